@@ -1,0 +1,38 @@
+"""The ``diffplan`` command: a thin dispatcher to each capability's own entry point.
+
+Each subcommand lives next to the code it drives and exposes ``main(argv: list[str]) -> int``;
+it is imported only when called, so ``diffplan --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: (subcommand words) -> (module, help line)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("data", "synth"): ("simulation.datasets.synthetic.cli", "generate a synthetic city (nuPlan-format logs + maps)"),
+    ("data", "scenes"): ("simulation.datasets.cli", "extract NAVSIM scenes / nuPlan scenarios and print a summary"),
+    ("viz",): ("simulation.visualize", "BEV plot (PNG) of a scene or GIF of a log"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: diffplan <command> [args]", "", "commands:"]
+    for words, (_, text) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<16} {text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    for words, (module, _) in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
+        if tuple(args[: len(words)]) == words:
+            entry = importlib.import_module(module).main
+            return int(entry(args[len(words) :]) or 0)
+    print(_usage(), file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
+    return 0 if not args or args[0] in ("-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
