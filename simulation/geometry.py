@@ -75,9 +75,7 @@ def center_to_rear_axle(poses: np.ndarray, vehicle: VehicleParameters = PACIFICA
     return out
 
 
-def box_corners(
-    x: np.ndarray, y: np.ndarray, heading: np.ndarray, length: np.ndarray, width: np.ndarray
-) -> np.ndarray:
+def box_corners(x: np.ndarray, y: np.ndarray, heading: np.ndarray, length: np.ndarray, width: np.ndarray) -> np.ndarray:
     """Corners ``(..., 4, 2)`` of oriented boxes, counter-clockwise from front-left.
 
     Order: front-left, rear-left, rear-right, front-right.
@@ -106,9 +104,7 @@ def ego_box_corners(poses: np.ndarray, vehicle: VehicleParameters = PACIFICA) ->
     """Corners ``(..., 4, 2)`` of the ego footprint for rear-axle poses ``(..., 3)``."""
     c = rear_axle_to_center(poses, vehicle)
     shape = poses.shape[:-1]
-    return box_corners(
-        c[..., 0], c[..., 1], c[..., 2], np.full(shape, vehicle.length), np.full(shape, vehicle.width)
-    )
+    return box_corners(c[..., 0], c[..., 1], c[..., 2], np.full(shape, vehicle.length), np.full(shape, vehicle.width))
 
 
 def boxes_overlap(corners_a: np.ndarray, corners_b: np.ndarray, eps: float = 0.0) -> np.ndarray:
