@@ -1,0 +1,287 @@
+"""Benchmark runner, journal, executors, report and Hydra configs, with fake planners / scorers / scenes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulation.benchmarks.executors import ProcessExecutor, RayExecutor, SequentialExecutor, make_chunks
+from simulation.benchmarks.journal import Journal, JournalError
+from simulation.benchmarks.protocols import PROTOCOLS, get_protocol
+from simulation.benchmarks.report import scores_table, write_report
+from simulation.benchmarks.runner import JOURNAL_NAME, run_benchmark
+from simulation.benchmarks.units import InMemorySource, NavsimUnit, SceneEvaluator, SceneRef
+from simulation.protocols import Observation
+from simulation.types import STATE_DIM, Agents, EgoStates, Scene, StateIndex, TrafficLights, Trajectory
+
+HEADER = {"protocol": "navsim_v1", "planner": "fake", "split": "unit"}
+
+
+def make_scene(token: str, log_name: str, speed: float) -> Scene:
+    """14 frames at 2 Hz, ego driving along +x at ``speed``; current frame index 3."""
+    t = 14
+    states = np.zeros((t, STATE_DIM))
+    states[:, StateIndex.X] = speed * 0.5 * np.arange(t)
+    states[:, StateIndex.VX] = speed
+    stamps = np.arange(t, dtype=np.int64) * 500_000
+    return Scene(
+        log_name=log_name,
+        token=token,
+        map_name="toy",
+        frame_tokens=np.array([f"{token}{i:02d}" for i in range(t)]),
+        timestamps_us=stamps,
+        ego=EgoStates(states, stamps),
+        agents=Agents.empty(t),
+        traffic_lights=TrafficLights.empty(t),
+        route_roadblock_ids=("1",),
+        current_index=3,
+    )
+
+
+def toy_scenes() -> list[Scene]:
+    """10 scenes over 3 logs; speeds 0..9 m/s."""
+    return [make_scene(f"tok{i:02d}", f"log{i % 3}", float(i)) for i in range(10)]
+
+
+class FakePlanner:
+    """Constant velocity from the current state; raises on ``fail`` tokens, NaN on ``nan`` tokens."""
+
+    name = "fake_cv"
+
+    def __init__(self, fail: tuple[str, ...] = (), nan: tuple[str, ...] = ()) -> None:
+        self.fail, self.nan = fail, nan
+
+    def plan(self, observation: Observation) -> Trajectory:
+        assert observation.log is not None
+        token = observation.log.token
+        if token in self.fail:
+            raise RuntimeError(f"planner exploded on {token}")
+        poses = np.zeros((8, 3))
+        poses[:, 0] = observation.current_state[StateIndex.VX] * 0.5 * np.arange(1, 9)
+        if token in self.nan:
+            poses[3, 1] = np.nan
+        return Trajectory(poses)
+
+
+class FakeScorer:
+    """EP = final x / 40 clipped, the other v1 sub-metrics 1 (comfort 0 above 8 m/s); PDMS formula."""
+
+    def score(self, metric_cache: Any, trajectories: np.ndarray) -> dict[str, np.ndarray]:
+        assert isinstance(metric_cache, Scene)
+        k = trajectories.shape[0]
+        ep = np.clip(trajectories[:, -1, 0] / 40.0, 0.0, 1.0)
+        comfort = (trajectories[:, -1, 0] <= 32.0).astype(float)
+        ones = np.ones(k)
+        score = ones * ones * (5 * ones + 5 * ep + 2 * comfort) / 12
+        return {
+            "no_at_fault_collisions": ones,
+            "drivable_area_compliance": ones,
+            "ego_progress": ep,
+            "time_to_collision_within_bound": ones,
+            "comfort": comfort,
+            "driving_direction_compliance": ones,
+            "score": score,
+        }
+
+
+def scene_as_cache(scene: Scene, map_api: Any) -> Scene:
+    return scene
+
+
+def build_evaluator(fail: tuple[str, ...] = (), nan: tuple[str, ...] = ()) -> SceneEvaluator:
+    """Module-level factory (picklable by reference for process and Ray workers)."""
+    unit = NavsimUnit(FakePlanner(fail, nan), FakeScorer(), scene_as_cache)
+    return SceneEvaluator(InMemorySource(toy_scenes()), unit, get_protocol("navsim_v1"))
+
+
+def expected_score(speed: float) -> float:
+    final_x = speed * 4.0
+    return (5 + 5 * min(final_x / 40.0, 1.0) + 2 * float(final_x <= 32.0)) / 12
+
+
+def _run(out: Path, executor: Any = None, **kw: Any) -> list[dict[str, Any]]:
+    refs = InMemorySource(toy_scenes()).refs()
+    factory = functools.partial(build_evaluator, **kw)
+    return run_benchmark(refs, factory, executor or SequentialExecutor(), out, HEADER, chunk_size=3)
+
+
+# ------------------------------------------------------------------------------------------------
+# runner, units, journal
+# ------------------------------------------------------------------------------------------------
+
+
+def test_sequential_rows_match_hand_computed_scores(tmp_path: Path) -> None:
+    rows = _run(tmp_path)
+    assert [r["token"] for r in rows] == [f"tok{i:02d}" for i in range(10)]
+    for i, row in enumerate(rows):
+        assert row["valid"] and row["error"] is None
+        assert row["score"] == pytest.approx(expected_score(float(i)))
+        assert row["plan"][-1][0] == pytest.approx(4.0 * i)
+    # speed 9 -> final x 36 > 32: comfort fails, EP clipped to 0.9
+    assert rows[9]["comfort"] == 0.0 and rows[9]["ego_progress"] == pytest.approx(0.9)
+
+
+def test_failing_and_nan_planner_rows_are_invalid_and_run_goes_on(tmp_path: Path) -> None:
+    rows = _run(tmp_path, fail=("tok04",), nan=("tok07",))
+    by_token = {r["token"]: r for r in rows}
+    assert not by_token["tok04"]["valid"] and "planner exploded on tok04" in by_token["tok04"]["error"]
+    assert by_token["tok04"]["error"].startswith("RuntimeError")
+    assert not by_token["tok07"]["valid"] and "NaN" in by_token["tok07"]["error"]
+    assert math.isnan(by_token["tok07"]["score"])
+    assert sum(r["valid"] for r in rows) == 8
+    table = scores_table(get_protocol("navsim_v1"), rows)
+    average = table.iloc[-1]
+    assert not average["valid"]
+    good = [expected_score(float(i)) for i in range(10) if i not in (4, 7)]
+    assert average["score"] == pytest.approx(np.mean(good))
+
+
+def test_resume_after_kill_keeps_every_token_once(tmp_path: Path) -> None:
+    full = _run(tmp_path / "full")
+    # simulate kill -9: a journal with 4 complete rows, one repeated, and a half-written last line
+    journal = tmp_path / "killed" / JOURNAL_NAME
+    journal.parent.mkdir()
+    header = json.dumps({"journal": 1, **HEADER})
+    lines = [header] + [json.dumps(full[i]) for i in (0, 1, 2, 1, 5)]
+    journal.write_text("\n".join(lines) + "\n" + json.dumps(full[6])[:25])
+    calls: list[str] = []
+
+    class CountingExecutor(SequentialExecutor):
+        def map_chunks(self, factory, chunks):  # type: ignore[no-untyped-def]
+            calls.extend(ref.token for chunk in chunks for ref in chunk)
+            yield from super().map_chunks(factory, chunks)
+
+    rows = _run(tmp_path / "killed", executor=CountingExecutor())
+    assert sorted(calls) == sorted(f"tok{i:02d}" for i in (3, 4, 6, 7, 8, 9))
+    assert [r["token"] for r in rows] == [r["token"] for r in full]
+    assert [r["score"] for r in rows] == pytest.approx([r["score"] for r in full])
+    # the journal is clean JSON lines again, and each token appears once after dedup
+    stored = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
+    assert sorted({r["token"] for r in stored}) == sorted(r["token"] for r in full)
+    write_report(get_protocol("navsim_v1"), rows, tmp_path / "killed", HEADER)
+    csv = pd.read_csv(tmp_path / "killed" / "scores.csv")
+    assert list(csv["token"]).count("tok01") == 1 and len(csv) == 11
+    # a third run finds everything done and evaluates nothing
+    calls.clear()
+    assert len(_run(tmp_path / "killed", executor=CountingExecutor())) == 10 and calls == []
+
+
+def test_journal_refuses_another_runs_folder(tmp_path: Path) -> None:
+    Journal(tmp_path / "j.jsonl", HEADER).open()
+    with pytest.raises(JournalError, match="another run"):
+        Journal(tmp_path / "j.jsonl", {**HEADER, "planner": "other"}).open()
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    with pytest.raises(JournalError, match="unreadable header"):
+        Journal(tmp_path / "bad.jsonl", HEADER).open()
+
+
+def test_chunks_never_mix_groups() -> None:
+    refs = InMemorySource(toy_scenes()).refs()
+    chunks = make_chunks(refs, 2)
+    assert all(len({r.group for r in c}) == 1 and len(c) <= 2 for c in chunks)
+    assert sorted(r.token for c in chunks for r in c) == sorted(r.token for r in refs)
+    assert len(chunks) == 6  # groups of 4, 3, 3 -> 2 + 2 + 2
+    with pytest.raises(ValueError):
+        make_chunks(refs, 0)
+
+
+def test_missing_metric_marks_row_invalid() -> None:
+    class Partial(FakeScorer):
+        def score(self, metric_cache: Any, trajectories: np.ndarray) -> dict[str, np.ndarray]:
+            out = super().score(metric_cache, trajectories)
+            del out["comfort"]
+            return out
+
+    evaluator = SceneEvaluator(
+        InMemorySource(toy_scenes()[:1]),
+        NavsimUnit(FakePlanner(), Partial(), scene_as_cache),
+        get_protocol("navsim_v1"),
+    )
+    (row,) = evaluator([SceneRef("tok00", "log0", "log0")])
+    assert not row["valid"] and "comfort" in row["error"]
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+
+
+def test_csv_columns_average_row_and_summary(tmp_path: Path) -> None:
+    rows = _run(tmp_path, fail=("tok02",))
+    for i, row in enumerate(rows):
+        row["scenario_type"] = "fast" if i >= 5 else "slow"
+    drawn: list[str] = []
+
+    def draw(row: dict[str, Any], path: Path) -> None:
+        drawn.append(row["token"])
+        path.write_bytes(b"png")
+
+    written = write_report(get_protocol("navsim_v1"), rows, tmp_path, {"planner": "fake"}, draw_scene=draw, num_worst=3)
+    csv = pd.read_csv(written["scores"])
+    assert list(csv.columns) == [
+        "token",
+        "valid",
+        "no_at_fault_collisions",
+        "drivable_area_compliance",
+        "ego_progress",
+        "time_to_collision_within_bound",
+        "comfort",
+        "driving_direction_compliance",
+        "score",
+    ]
+    assert csv["token"].iloc[-1] == "average" and len(csv) == 11
+    eps = [min(4.0 * i / 40.0, 1.0) for i in range(10) if i != 2]
+    assert csv["ego_progress"].iloc[-1] == pytest.approx(np.mean(eps))
+    assert csv["comfort"].iloc[-1] == pytest.approx(8 / 9)  # speed 9 fails comfort; tok02 skipped
+    assert bool(csv["valid"].iloc[-1]) is False
+    # worst three valid scores: speeds 0, 1, 3 (2 failed)
+    assert drawn == ["tok00", "tok01", "tok03"]
+    summary = written["summary"].read_text()
+    assert "| PDMS |" in summary and "| fast | 5 | 5 |" in summary and "| slow | 5 | 4 |" in summary
+    slow = np.mean([expected_score(float(i)) for i in (0, 1, 3, 4)])
+    assert f"| slow | 5 | 4 | {100 * slow:.1f} |" in summary
+    assert "planner exploded on tok02" in summary and "worst/tok00.png" in summary
+    assert written["hist"].read_bytes()[:4] == b"\x89PNG"
+    details = pd.read_csv(written["details"])
+    assert details.loc[details["token"] == "tok02", "error"].iloc[0].startswith("RuntimeError")
+
+
+def test_v2_and_cls_protocols_have_their_columns() -> None:
+    v2 = get_protocol("navsim_v2")
+    assert v2.csv_columns[-2:] == ("two_frame_extended_comfort", "score") and "lane_keeping" in v2.columns
+    assert PROTOCOLS["nuplan_cls_r"].reactive and not PROTOCOLS["nuplan_cls_nr"].reactive
+    assert "ego_progress_along_expert_route" in PROTOCOLS["nuplan_cls_nr"].columns
+    with pytest.raises(KeyError, match="known"):
+        get_protocol("navsim_v3")
+
+
+# ------------------------------------------------------------------------------------------------
+# executors
+# ------------------------------------------------------------------------------------------------
+
+
+def _comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_process_executor_matches_sequential(tmp_path: Path) -> None:
+    seq = _run(tmp_path / "seq", fail=("tok05",))
+    proc = _run(tmp_path / "proc", executor=ProcessExecutor(num_workers=2, start_method="spawn"), fail=("tok05",))
+    assert json.dumps(_comparable(proc), sort_keys=True) == json.dumps(_comparable(seq), sort_keys=True)
+
+
+def test_ray_executor_matches_sequential(tmp_path: Path) -> None:
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test module is not importable by workers
+    seq = _run(tmp_path / "seq", nan=("tok08",))
+    ray_rows = _run(tmp_path / "ray", executor=RayExecutor(num_cpus=2), nan=("tok08",))
+    assert json.dumps(_comparable(ray_rows), sort_keys=True) == json.dumps(_comparable(seq), sort_keys=True)
