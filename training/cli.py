@@ -14,6 +14,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "synth"): ("simulation.datasets.synthetic.cli", "generate a synthetic city (nuPlan-format logs + maps)"),
     ("data", "scenes"): ("simulation.datasets.cli", "extract NAVSIM scenes / nuPlan scenarios and print a summary"),
     ("viz",): ("simulation.visualize", "BEV plot (PNG) of a scene or GIF of a log"),
+    ("bench",): ("simulation.benchmarks.cli", "closed-loop / NAVSIM benchmarks (Hydra)"),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import sys
@@ -12,7 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from simulation.benchmarks.cli import CONFIG_DIR, compose_config
+from simulation.benchmarks.cli import main as bench_main
 from simulation.benchmarks.executors import ProcessExecutor, RayExecutor, SequentialExecutor, make_chunks
 from simulation.benchmarks.journal import Journal, JournalError
 from simulation.benchmarks.protocols import PROTOCOLS, get_protocol
@@ -21,6 +27,7 @@ from simulation.benchmarks.runner import JOURNAL_NAME, run_benchmark
 from simulation.benchmarks.units import InMemorySource, NavsimUnit, SceneEvaluator, SceneRef
 from simulation.protocols import Observation
 from simulation.types import STATE_DIM, Agents, EgoStates, Scene, StateIndex, TrafficLights, Trajectory
+from training.cli import COMMANDS
 
 HEADER = {"protocol": "navsim_v1", "planner": "fake", "split": "unit"}
 
@@ -285,3 +292,51 @@ def test_ray_executor_matches_sequential(tmp_path: Path) -> None:
     seq = _run(tmp_path / "seq", nan=("tok08",))
     ray_rows = _run(tmp_path / "ray", executor=RayExecutor(num_cpus=2), nan=("tok08",))
     assert json.dumps(_comparable(ray_rows), sort_keys=True) == json.dumps(_comparable(seq), sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hydra configs and CLI
+# ------------------------------------------------------------------------------------------------
+
+
+def _choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_every_shipped_config_combination_composes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NUPLAN_DATA_ROOT", str(tmp_path / "logs"))
+    monkeypatch.setenv("NUPLAN_MAPS_ROOT", str(tmp_path / "maps"))
+    monkeypatch.delenv("OPENSCENE_DATA_ROOT", raising=False)
+    protocols, planners, workers = _choices("protocol"), _choices("planner"), _choices("worker")
+    assert protocols == sorted(PROTOCOLS) and planners == ["constant_velocity", "idm", "log_replay", "pdm_closed"]
+    assert workers == ["process", "ray", "sequential"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for protocol, planner, worker in itertools.product(protocols, planners, workers):
+            cfg = compose("config", overrides=[f"protocol={protocol}", f"planner={planner}", f"worker={worker}"])
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            assert isinstance(resolved, dict)
+            assert resolved["output_dir"] == f"outputs/bench/{protocol}/{planner}/synth_test"
+            assert resolved["data_root"] == str(tmp_path / "logs") and resolved["openscene_root"] is None
+            spec = get_protocol(resolved["protocol"]["name"])
+            assert resolved["planner"]["_target_"].startswith("planners.rule_based.")
+            assert resolved["protocol"]["scorer"]["_target_"].startswith("rewards.")
+            assert ("reference_planner" in resolved["protocol"]) == spec.is_navsim
+            assert ("simulator" in resolved["protocol"]) == (not spec.is_navsim)
+            if not spec.is_navsim:
+                assert resolved["protocol"]["reactive"] == spec.reactive
+            executor = instantiate(cfg.worker)
+            assert hasattr(executor, "map_chunks")
+
+
+def test_cli_overrides_and_missing_data_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("NUPLAN_DATA_ROOT", raising=False)
+    cfg = compose_config(["protocol=nuplan_cls_r", "planner=idm", "split=synth_val", "chunk_size=2", "worker=ray"])
+    assert cfg.protocol.name == "nuplan_cls_r" and cfg.planner.name == "idm" and cfg.split == "synth_val"
+    assert cfg.worker._target_.endswith("RayExecutor") and cfg.chunk_size == 2 and cfg.data_root is None
+    assert bench_main(["--cfg", "planner=log_replay"]) == 0
+    assert "planners.rule_based.LogReplayPlanner" in capsys.readouterr().out
+    assert bench_main(["maps_root=/tmp"]) == 2
+    assert "NUPLAN_DATA_ROOT" in capsys.readouterr().out
+    assert COMMANDS[("bench",)][0] == "simulation.benchmarks.cli"

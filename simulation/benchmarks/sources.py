@@ -1,0 +1,140 @@
+"""Scene sources over nuPlan ``.db`` logs, map access and metric caches for the benchmark workers.
+
+A :class:`LogSource` lists the benchmark's tokens in the driver (``refs``) and loads them in the workers
+(``load``), one log file at a time: a worker keeps the windows of the last log it read, and chunks never
+mix logs, so each log is read once per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulation.benchmarks.units import SceneRef
+from simulation.datasets.log_data import LogData
+from simulation.types import LogWindow
+
+logger = logging.getLogger(__name__)
+
+#: ``log file path -> windows`` (scenes or scenarios) with their scenario types.
+Extractor = Callable[[str], Sequence[tuple[LogWindow, str]]]
+
+
+def frame_scenario_types(log: LogData, frame_tokens: Sequence[str]) -> list[str]:
+    """nuPlan scenario type tagged at each of ``frame_tokens`` (first tag by name; ``unknown`` if untagged)."""
+    index = {str(tok): i for i, tok in enumerate(log.frame_tokens)}
+    tags: dict[int, str] = {}
+    for frame, kind in sorted(zip(log.tag_frame.tolist(), log.tag_type.tolist(), strict=True), key=lambda t: t[1]):
+        tags.setdefault(int(frame), str(kind))
+    return [tags.get(index.get(str(tok), -1), "unknown") for tok in frame_tokens]
+
+
+@dataclass
+class LogSource:
+    """Windows extracted from log files; the group of a token is its log file.
+
+    Args:
+        log_paths: the split's log files.
+        extract: ``path -> [(window, scenario_type)]`` (must be picklable for process / Ray workers).
+    """
+
+    log_paths: Sequence[str]
+    extract: Extractor
+    _group: str | None = field(default=None, init=False, repr=False)
+    _windows: dict[str, LogWindow] = field(default_factory=dict, init=False, repr=False)
+
+    def refs(self) -> list[SceneRef]:
+        refs: list[SceneRef] = []
+        for path in self.log_paths:
+            windows = self._load_group(str(path))
+            refs += [SceneRef(tok, str(path), w.log_name, kind) for tok, (w, kind) in windows.items()]
+        return refs
+
+    def _load_group(self, path: str) -> dict[str, tuple[LogWindow, str]]:
+        windows = {w.token: (w, kind) for w, kind in self.extract(path)}
+        self._group, self._windows = path, {tok: w for tok, (w, _) in windows.items()}
+        return windows
+
+    def load(self, ref: SceneRef) -> LogWindow:
+        if ref.group != self._group:
+            self._load_group(ref.group)
+        try:
+            return self._windows[ref.token]
+        except KeyError:
+            raise KeyError(f"{ref.group}: token {ref.token} not found among its {len(self._windows)} windows") from None
+
+
+@dataclass
+class MapProvider:
+    """``map_name -> MapAPI``, loaded once per process from ``maps_root``."""
+
+    maps_root: str
+    _maps: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __call__(self, map_name: str) -> Any:
+        if map_name not in self._maps:
+            from simulation.maps.api import MapAPI
+
+            self._maps[map_name] = MapAPI.load(self.maps_root, map_name)
+        return self._maps[map_name]
+
+
+def metric_cache_path(cache_dir: str | Path, log_name: str, token: str) -> Path:
+    """Where a scene's metric cache is stored: ``<cache_dir>/<log_name>/<token>.npz``."""
+    return Path(cache_dir) / log_name / f"{token}.npz"
+
+
+@dataclass
+class MetricCacheProvider:
+    """``(scene, map_api) -> MetricCache``: loaded from ``cache_dir`` when present, else built (and saved there).
+
+    Args:
+        reference_planner: PDM-Closed, whose plan normalises ego progress.
+        version: scorer version (``v1`` or ``v2``).
+        cache_dir: folder of stored caches, or ``None`` to build every cache in memory.
+    """
+
+    reference_planner: Any
+    version: str
+    cache_dir: str | None = None
+
+    def __call__(self, scene: Any, map_api: Any) -> Any:
+        from simulation.metric_cache import MetricCache, build_metric_cache
+
+        path = None if self.cache_dir is None else metric_cache_path(self.cache_dir, scene.log_name, scene.token)
+        if path is not None and path.exists():
+            return MetricCache.load(path)
+        cache = build_metric_cache(scene, map_api, self.reference_planner, self.version)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cache.save(path)
+        return cache
+
+
+def split_log_paths(data_root: str | Path, split: str) -> list[str]:
+    """The ``.db`` log files of ``split`` under ``data_root`` (split definitions: ``configs/data/splits``)."""
+    from simulation.datasets.scenes import split_log_paths as _split_log_paths
+
+    return [str(p) for p in _split_log_paths(data_root, split)]
+
+
+@dataclass(frozen=True)
+class NuplanExtractor:
+    """Extract NAVSIM scenes (``kind='navsim'``) or nuPlan scenarios (``kind='closed_loop'``) from a ``.db`` log."""
+
+    kind: str
+    scene_filter: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, path: str) -> list[tuple[LogWindow, str]]:
+        from simulation.datasets.nuplan_db import read_log
+        from simulation.datasets.scenes import SceneFilter, extract_scenarios, extract_scenes
+
+        log = read_log(path)
+        if self.kind == "navsim":
+            scenes = extract_scenes(log, SceneFilter(**dict(self.scene_filter)))
+            types = frame_scenario_types(log, [str(s.frame_tokens[s.current_index]) for s in scenes])
+            return list(zip(scenes, types, strict=True))
+        return [(s, str(s.scenario_type)) for s in extract_scenarios(log)]
