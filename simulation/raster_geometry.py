@@ -1,0 +1,182 @@
+"""Map geometry flattened for rasterisation: every ring of every object in one vertex array.
+
+Built once per map (see :func:`simulation.render.map_geometry`); per frame the rasteriser only culls
+objects by bounding box, transforms the visible vertices and fills them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+
+from simulation.maps.layers import SemanticMapLayer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RingSet:
+    """Rings (polygon rings or polylines) of map objects, flattened.
+
+    Attributes:
+        object_ids: ``(O,)`` str map ids.
+        object_bbox: ``(O, 4)`` float64 (xmin, ymin, xmax, ymax), NaN for objects without rings.
+        vertices: ``(V, 2)`` float64 global coordinates of all rings, ring after ring.
+        vertex_ring: ``(V,)`` int64 ring of each vertex.
+        ring_lengths: ``(R,)`` int64 vertices per ring.
+        ring_object: ``(R,)`` int64 object of each ring (non-decreasing).
+        closed: True for polygons (filled, even-odd within an object), False for polylines (stroked).
+    """
+
+    object_ids: np.ndarray
+    object_bbox: np.ndarray
+    vertices: np.ndarray
+    vertex_ring: np.ndarray
+    ring_lengths: np.ndarray
+    ring_object: np.ndarray
+    closed: bool
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {str(k): i for i, k in enumerate(self.object_ids.tolist())}
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.object_ids.shape[0])
+
+    def in_view(self, bbox: np.ndarray) -> np.ndarray:
+        """``(O,)`` bool: objects whose bbox overlaps ``bbox`` (xmin, ymin, xmax, ymax)."""
+        b = self.object_bbox
+        return (b[:, 0] <= bbox[2]) & (b[:, 2] >= bbox[0]) & (b[:, 1] <= bbox[3]) & (b[:, 3] >= bbox[1])
+
+    def id_mask(self, ids: Any) -> np.ndarray:
+        """``(O,)`` bool: objects whose id is in ``ids`` (unknown ids are ignored)."""
+        mask = np.zeros(self.num_objects, dtype=bool)
+        hits = [self._index[i] for i in ids if i in self._index]
+        mask[hits] = True
+        return mask
+
+    @staticmethod
+    def from_polylines(ids: list[str], lines: list[np.ndarray]) -> RingSet:
+        """One open ring per object from polylines ``(n_i, 2)`` (lines with fewer than 2 points are dropped)."""
+        keep = [k for k, line in enumerate(lines) if len(line) >= 2]
+        arrays = [np.asarray(lines[k], dtype=np.float64)[:, :2] for k in keep]
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        vertices = np.concatenate(arrays) if arrays else np.zeros((0, 2))
+        ring_object = np.array(keep, dtype=np.int64)
+        return _assemble(np.asarray(ids, dtype=object), vertices, lengths, ring_object, closed=False)
+
+    @staticmethod
+    def from_geometries(ids: list[str], geometries: list[Any], erode_m: float = 0.0) -> RingSet:
+        """Polygon rings (exteriors and holes) of shapely (multi)polygons, each eroded by ``erode_m``."""
+        geoms = np.asarray(geometries, dtype=object)
+        if len(geoms) and erode_m > 0:
+            geoms = shapely.buffer(geoms, -erode_m, join_style="mitre")
+        if len(geoms) == 0:
+            return _assemble(
+                np.asarray(ids, dtype=object), np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64), True
+            )
+        parts, part_obj = shapely.get_parts(geoms, return_index=True)
+        is_poly = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
+        parts, part_obj = parts[is_poly & ~shapely.is_empty(parts)], part_obj[is_poly & ~shapely.is_empty(parts)]
+        rings, ring_part = shapely.get_rings(parts, return_index=True)
+        coords, vertex_ring = shapely.get_coordinates(rings, return_index=True)
+        lengths = np.bincount(vertex_ring, minlength=len(rings)).astype(np.int64)
+        return _assemble(np.asarray(ids, dtype=object), coords, lengths, part_obj[ring_part].astype(np.int64), True)
+
+
+def _assemble(
+    ids: np.ndarray, vertices: np.ndarray, lengths: np.ndarray, ring_object: np.ndarray, closed: bool
+) -> RingSet:
+    """Build a :class:`RingSet` (computes vertex -> ring and object bounding boxes)."""
+    order = np.argsort(ring_object, kind="stable")
+    if not np.array_equal(order, np.arange(len(order))):
+        starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        vertices = np.concatenate([vertices[s : s + n] for s, n in zip(starts[order], lengths[order], strict=True)])
+        lengths, ring_object = lengths[order], ring_object[order]
+    vertex_ring = np.repeat(np.arange(len(lengths)), lengths)
+    bbox = np.full((len(ids), 4), np.nan)
+    if len(vertices):
+        obj = ring_object[vertex_ring]
+        for col, (fn, axis) in enumerate(((np.fmin, 0), (np.fmin, 1), (np.fmax, 0), (np.fmax, 1))):
+            fn.at(bbox[:, col], obj, vertices[:, axis])
+    return RingSet(
+        ids, bbox, np.ascontiguousarray(vertices, dtype=np.float64), vertex_ring, lengths, ring_object, closed
+    )
+
+
+@dataclass
+class MapRasterGeometry:
+    """All map geometry the raster draws, flattened (global coordinates).
+
+    Attributes:
+        drivable: drivable-area polygons (eroded).
+        lane_polygons: lane and lane-connector polygons (eroded), for the route and red-light channels.
+        centerlines: baselines of lanes and lane connectors.
+        boundaries: left and right boundaries of lanes.
+        crosswalks: crosswalk polygons (eroded).
+    """
+
+    drivable: RingSet
+    lane_polygons: RingSet
+    centerlines: RingSet
+    boundaries: RingSet
+    crosswalks: RingSet
+    _routes: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_vertices(self) -> int:
+        sets = (self.drivable, self.lane_polygons, self.centerlines, self.boundaries, self.crosswalks)
+        return int(sum(len(s.vertices) for s in sets))
+
+    def route_mask(self, map_api: Any, route_ids: tuple[str, ...]) -> np.ndarray:
+        """``(O,)`` bool over ``lane_polygons``: lanes / connectors inside the route (cached per route)."""
+        mask = self._routes.get(route_ids)
+        if mask is None:
+            lane_ids = map_api.route_lane_ids(list(route_ids)) if route_ids else set()
+            mask = self.lane_polygons.id_mask(sorted(str(i) for i in lane_ids))
+            if len(self._routes) > 256:
+                self._routes.clear()
+            self._routes[route_ids] = mask
+        return mask
+
+    @staticmethod
+    def from_map_api(map_api: Any, erode_m: float) -> MapRasterGeometry:
+        """Flatten a :class:`~simulation.maps.api.MapAPI` (uses lanes, lane_connectors, polygons, drivable_area)."""
+        lanes = list(map_api.lanes.values())
+        connectors = list(map_api.lane_connectors.values())
+        both = lanes + connectors
+        lane_ids = [str(o.id) for o in both]
+        crosswalks = map_api.polygons(SemanticMapLayer.CROSSWALK)
+        lane_set = RingSet.from_geometries(lane_ids, [o.polygon for o in both], erode_m)
+        drivable = _whole_drivable_area(map_api, lane_set, crosswalks)
+        boundary_ids = [f"{o.id}:{side}" for o in lanes for side in ("left", "right")]
+        boundary_lines = [line for o in lanes for line in (o.left_boundary, o.right_boundary)]
+        return MapRasterGeometry(
+            drivable=RingSet.from_geometries(["drivable_area"] * len(drivable), drivable, erode_m)
+            if drivable
+            else RingSet.from_geometries([], [], 0.0),
+            lane_polygons=lane_set,
+            centerlines=RingSet.from_polylines(lane_ids, [np.asarray(o.baseline) for o in both]),
+            boundaries=RingSet.from_polylines(boundary_ids, [np.asarray(b) for b in boundary_lines]),
+            crosswalks=RingSet.from_geometries([str(k) for k in crosswalks], list(crosswalks.values()), erode_m),
+        )
+
+
+def _whole_drivable_area(map_api: Any, lanes: RingSet, crosswalks: dict[str, Any]) -> list[Any]:
+    """The drivable area of the whole map, split into its disjoint polygons."""
+    boxes = [lanes.object_bbox] + [np.array([shapely.bounds(g) for g in crosswalks.values()]).reshape(-1, 4)]
+    bbox = np.concatenate(boxes)
+    bbox = bbox[np.isfinite(bbox).all(1)]
+    if len(bbox) == 0:
+        return []
+    lo, hi = bbox[:, :2].min(0), bbox[:, 2:].max(0)
+    centre, radius = (lo + hi) / 2.0, float(np.hypot(*(hi - lo)) / 2.0 + 100.0)
+    area = map_api.drivable_area(centre, radius)
+    if area is None or area.is_empty:
+        return []
+    return list(shapely.get_parts(area))
