@@ -30,10 +30,21 @@ class EgoStatusMLP(nn.Module):
             nn.Linear(EGO_STATUS_DIM, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, NUM_POSES * 3)
         )
 
-    def forward(self, features: dict[str, torch.Tensor]) -> PlanOutput:
-        check_features(features)
+    @classmethod
+    def from_config_dict(cls, config: dict) -> EgoStatusMLP:
+        return cls(EgoStatusMLPConfig(**config))
+
+    def sample(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+        """Deterministic planner: ``noise`` is ignored (kept for the export interface)."""
         poses = self.mlp(features["ego_status"]).reshape(-1, NUM_POSES, 3)
         return PlanOutput(trajectory=poses)
+
+    def initial_noise_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> PlanOutput:
+        check_features(features)
+        return self.sample(features)
 
     def compute_loss(
         self, features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]

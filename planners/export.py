@@ -58,7 +58,7 @@ def example_inputs(
     planner: nn.Module, batch: int = 1, bev_size: tuple[int, int] = (128, 128)
 ) -> tuple[torch.Tensor, ...]:
     """Dummy inputs of the right shapes for tracing ``planner``."""
-    channels = int(planner.config.bev_channels)  # type: ignore[union-attr,arg-type]
+    channels = int(getattr(planner.config, "bev_channels", 1))
     noise_shape = planner.initial_noise_shape(batch)  # type: ignore[operator]
     g = torch.Generator().manual_seed(0)
     return (

@@ -10,12 +10,15 @@ the vanilla baseline: it denoises pure noise with 20 DDIM steps.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from planners.anchors import kmeans_anchors
 from planners.base import NUM_POSES, PlanOutput, check_features
 from planners.encoders import AgentEncoder, BEVEncoder, EgoEncoder, sinusoidal_embedding
 from planners.schedulers import TruncatedDDIMScheduler, ddim_step
@@ -43,7 +46,7 @@ class TruncatedDiffusionConfig:
     reg_weight: float = 8.0
     focal_gamma: float = 2.0
     focal_alpha: float = 0.25
-    extra: dict = field(default_factory=dict)
+    kmeans_seed: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,15 +121,26 @@ class TruncatedDiffusionPlanner(nn.Module):
 
     Args:
         config: hyper-parameters.
-        anchors: ``(K, 8, 2)`` trajectory anchors in metres (K-means of the training split).
+        anchors: ``(K, 8, 2)`` trajectory anchors in metres (K-means of the training split), a ``.npy`` file
+            holding them, or ``None``: then they are computed from the training split by :meth:`init_from_data`
+            before training starts, and stored with the checkpoint.
     """
 
     anchors: torch.Tensor
+    anchors_ready: torch.Tensor
     lo: torch.Tensor
     span: torch.Tensor
 
-    def __init__(self, config: TruncatedDiffusionConfig, anchors: torch.Tensor) -> None:
+    def __init__(
+        self, config: TruncatedDiffusionConfig | None = None, anchors: torch.Tensor | str | None = None
+    ) -> None:
         super().__init__()
+        config = config or TruncatedDiffusionConfig()
+        ready = anchors is not None
+        if isinstance(anchors, str | Path):
+            anchors = torch.from_numpy(np.load(anchors))
+        if anchors is None:
+            anchors = torch.zeros(config.num_anchors, NUM_POSES, 2)
         if anchors.shape != (config.num_anchors, NUM_POSES, 2):
             raise ValueError(f"anchors must be ({config.num_anchors}, {NUM_POSES}, 2), got {tuple(anchors.shape)}")
         self.config = config
@@ -140,6 +154,7 @@ class TruncatedDiffusionPlanner(nn.Module):
             [CascadeLayer(d, config.num_heads, config.bev_extent) for _ in range(config.num_layers)]
         )
         self.register_buffer("anchors", anchors.float())
+        self.register_buffer("anchors_ready", torch.tensor(ready))
         self.register_buffer("lo", torch.tensor([config.x_range[0], config.y_range[0]]))
         self.register_buffer(
             "span", torch.tensor([config.x_range[1] - config.x_range[0], config.y_range[1] - config.y_range[0]])
@@ -154,6 +169,23 @@ class TruncatedDiffusionPlanner(nn.Module):
             (float(self.scheduler.alpha(t)), float(self.scheduler.alpha(self.scheduler.previous_timestep(t))))
             for t in steps
         ]
+
+    @classmethod
+    def from_config_dict(cls, config: dict) -> TruncatedDiffusionPlanner:
+        """Rebuild from a stored config (anchors come with the state dict)."""
+        fields = dict(config)
+        for key in ("bev_extent", "x_range", "y_range"):
+            fields[key] = tuple(fields[key])
+        return cls(TruncatedDiffusionConfig(**fields))
+
+    def needs_data_init(self) -> bool:
+        return not bool(self.anchors_ready)
+
+    def init_from_data(self, trajectories: np.ndarray) -> None:
+        """Set the anchors to the K-means of training trajectories ``(M, 8, 2+)``."""
+        anchors = kmeans_anchors(trajectories, self.config.num_anchors, seed=self.config.kmeans_seed)
+        self.anchors.copy_(torch.from_numpy(anchors).float())
+        self.anchors_ready.fill_(True)
 
     # ---------------------------------------------------------------- normalisation
     def normalize(self, xy: torch.Tensor) -> torch.Tensor:

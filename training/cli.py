@@ -9,12 +9,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-#: (subcommand words) -> (module, help line)
+#: (subcommand words) -> ("module" or "module:function", help line); the function defaults to ``main``.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "synth"): ("simulation.datasets.synthetic.cli", "generate a synthetic city (nuPlan-format logs + maps)"),
     ("data", "scenes"): ("simulation.datasets.cli", "extract NAVSIM scenes / nuPlan scenarios and print a summary"),
     ("viz",): ("simulation.visualize", "BEV plot (PNG) of a scene or GIF of a log"),
     ("bench",): ("simulation.benchmarks.cli", "closed-loop / NAVSIM benchmarks (Hydra)"),
+    ("fit",): ("training.lightning_cli:fit_main", "train a planner (Lightning CLI, --config configs/train/*.yaml)"),
+    ("validate",): ("training.lightning_cli:validate_main", "validate a planner (Lightning CLI)"),
+    ("test",): ("training.lightning_cli:test_main", "test a planner (Lightning CLI)"),
+    ("predict",): ("training.lightning_cli:predict_main", "predict with a planner (Lightning CLI)"),
+    ("export",): ("training.export_cli", "export a trained planner to TorchScript / ONNX"),
 }
 
 
@@ -29,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     for words, (module, _) in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
         if tuple(args[: len(words)]) == words:
-            entry = importlib.import_module(module).main
+            module_name, _, func = module.partition(":")
+            entry = getattr(importlib.import_module(module_name), func or "main")
             return int(entry(args[len(words) :]) or 0)
     print(_usage(), file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
     return 0 if not args or args[0] in ("-h", "--help") else 2

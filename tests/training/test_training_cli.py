@@ -1,0 +1,75 @@
+"""Lightning CLI: every shipped training config runs (fast_dev_run), checkpoints round-trip and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from planners.export import ExportedPlanner, example_inputs
+from training.cli import main as diffplan
+from training.data import FeatureCacheError, PlannerDataModule
+from training.imitation import CheckpointError, load_planner
+from training.lightning_cli import run_cli
+
+CONFIGS = sorted(Path("configs/train").glob("*.yaml"))
+SMALL = ["--model.planner.init_args.config.d_model", "32"]
+
+
+def _args(config: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    args = [
+        "--config", str(config),
+        "--data.cache_dir", str(cache),
+        "--data.batch_size", "8",
+        "--trainer.default_root_dir", str(out),
+        "--trainer.logger.init_args.save_dir", str(out),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    if "ego_mlp" not in config.name:
+        args += SMALL
+    return [*args, *extra]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_fast_dev_run_every_config(config: Path, feature_cache: Path, tmp_path: Path) -> None:
+    cli = run_cli(["fit", *_args(config, feature_cache, tmp_path, "--trainer.fast_dev_run", "true")])
+    assert cli.trainer.state.finished
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_fit_checkpoint_resume_load_and_export(feature_cache: Path, tmp_path: Path) -> None:
+    config = Path("configs/train/truncated_il.yaml")
+    fit = ["fit", *_args(config, feature_cache, tmp_path, "--trainer.max_epochs", "1")]
+    cli = run_cli(fit)
+    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)  # type: ignore[union-attr]
+    assert ckpt.exists() and not list(ckpt.parent.glob(".*.tmp"))
+    planner = load_planner(ckpt)
+    # Anchors were computed from the training split and travel with the checkpoint.
+    assert bool(planner.anchors_ready) and float(planner.anchors.abs().sum()) > 0
+    torch.testing.assert_close(planner.anchors, cli.model.planner.anchors)
+    # Resume one more epoch from the checkpoint.
+    resumed = run_cli(
+        ["fit", *_args(config, feature_cache, tmp_path, "--trainer.max_epochs", "2"), "--ckpt_path", str(ckpt)]
+    )
+    assert resumed.trainer.current_epoch == 2
+    # Export through the CLI and check parity against the loaded planner.
+    out = tmp_path / "planner.pt"
+    assert diffplan(["export", "--ckpt", str(ckpt), "--out", str(out), "--bev-size", "64", "64"]) == 0
+    inputs = example_inputs(planner, batch=2, bev_size=(64, 64))
+    with torch.no_grad():
+        eager = planner.sample(dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4])), inputs[4])
+    torch.testing.assert_close(ExportedPlanner(out)(*inputs)[0], eager.trajectory, atol=1e-5, rtol=0)
+    with pytest.raises(CheckpointError, match="expected a EgoStatusMLP"):
+        load_planner(ckpt, expect_class="EgoStatusMLP")
+
+
+def test_bad_inputs(feature_cache: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.ckpt"
+    torch.save({"state_dict": {}}, bogus)
+    with pytest.raises(CheckpointError, match="not a diffplan planner checkpoint"):
+        load_planner(bogus)
+    with pytest.raises(FeatureCacheError, match="no feature cache"):
+        PlannerDataModule(cache_dir=str(tmp_path)).train_trajectories()
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", "configs/train/ego_mlp.yaml", "--model.not_a_key", "1"])

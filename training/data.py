@@ -1,0 +1,166 @@
+"""Feature cache and the LightningDataModule that reads it.
+
+Cache layout (plain ``.npz`` shards, written atomically)::
+
+    <cache_dir>/meta.json                 raster config, shapes, format version
+    <cache_dir>/<split>/shard_00000.npz   bev (n,C,H,W) uint8, ego_status (n,8), agents (n,N,F),
+                                          agents_mask (n,N), trajectory (n,8,3), tokens (n,)
+
+The raster is stored as ``uint8`` (channel values in [0, 1] quantised to 1/255) and turned back into
+float32 in the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+FEATURE_KEYS = ("bev", "ego_status", "agents", "agents_mask")
+TARGET_KEYS = ("trajectory",)
+
+
+class FeatureCacheError(ValueError):
+    """A missing, incomplete or incompatible feature cache."""
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+
+
+def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / ".meta.json.tmp"
+    tmp.write_text(json.dumps({"version": CACHE_VERSION, **meta}, indent=2, sort_keys=True))
+    os.replace(tmp, cache_dir / "meta.json")
+
+
+def read_meta(cache_dir: Path) -> dict[str, Any]:
+    path = Path(cache_dir) / "meta.json"
+    if not path.exists():
+        raise FeatureCacheError(f"{cache_dir}: no feature cache here (missing meta.json); run `diffplan data cache`")
+    meta = json.loads(path.read_text())
+    if meta.get("version") != CACHE_VERSION:
+        raise FeatureCacheError(f"{path}: cache format {meta.get('version')} != {CACHE_VERSION}; rebuild the cache")
+    return meta
+
+
+def stack_samples(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack per-sample feature dicts into shard arrays (bev quantised to uint8)."""
+    out = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+    out["bev"] = np.clip(np.rint(out["bev"] * 255.0), 0, 255).astype(np.uint8)
+    return out
+
+
+class FeatureCacheDataset(Dataset):
+    """All shards of one split, loaded into memory."""
+
+    def __init__(self, cache_dir: str | Path, split: str) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.meta = read_meta(self.cache_dir)
+        shards = sorted((self.cache_dir / split).glob("shard_*.npz"))
+        if not shards:
+            raise FeatureCacheError(f"{self.cache_dir}: split {split!r} has no shards")
+        parts: dict[str, list[np.ndarray]] = {}
+        for shard in shards:
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    for key in (*FEATURE_KEYS, *TARGET_KEYS, "tokens"):
+                        parts.setdefault(key, []).append(data[key])
+            except (OSError, ValueError, KeyError) as err:
+                raise FeatureCacheError(f"{shard}: unreadable shard ({err})") from None
+        self.arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        expected = tuple(self.meta["bev_shape"])
+        if self.arrays["bev"].shape[1:] != expected:
+            raise FeatureCacheError(f"{self.cache_dir}/{split}: bev {self.arrays['bev'].shape[1:]} != meta {expected}")
+
+    def __len__(self) -> int:
+        return int(self.arrays["tokens"].shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        a = self.arrays
+        features = {
+            "bev": torch.from_numpy(a["bev"][i].astype(np.float32) / 255.0),
+            "ego_status": torch.from_numpy(a["ego_status"][i].astype(np.float32)),
+            "agents": torch.from_numpy(a["agents"][i].astype(np.float32)),
+            "agents_mask": torch.from_numpy(a["agents_mask"][i].astype(bool)),
+        }
+        targets = {"trajectory": torch.from_numpy(a["trajectory"][i].astype(np.float32))}
+        return {"features": features, "targets": targets, "tokens": str(a["tokens"][i])}
+
+
+class PlannerDataModule(pl.LightningDataModule):
+    """Train / val / test splits of a feature cache.
+
+    Args:
+        cache_dir: folder written by ``diffplan data cache``.
+        train_split, val_split, test_split: split folder names inside the cache.
+        batch_size, num_workers: loader settings; memory is pinned when a GPU is present.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str = "outputs/demo/cache",
+        train_split: str = "synth_train",
+        val_split: str = "synth_val",
+        test_split: str = "synth_test",
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.cache_dir = Path(cache_dir)
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self._datasets: dict[str, FeatureCacheDataset] = {}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return read_meta(self.cache_dir)
+
+    def dataset(self, stage: str) -> FeatureCacheDataset:
+        if stage not in self._datasets:
+            self._datasets[stage] = FeatureCacheDataset(self.cache_dir, self.splits[stage])
+        return self._datasets[stage]
+
+    def train_trajectories(self) -> np.ndarray:
+        """``(M, 8, 3)`` target trajectories of the training split (for anchors)."""
+        return self.dataset("train").arrays["trajectory"]
+
+    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(stage),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

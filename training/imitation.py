@@ -1,0 +1,138 @@
+"""One generic LightningModule that trains any learned planner by imitation.
+
+A planner is an ``nn.Module`` with ``forward(features) -> PlanOutput`` and
+``compute_loss(features, targets) -> {"loss": ..., ...}``. Planners that need statistics of the
+training split before the first step (the truncated diffusion planner's K-means anchors) expose
+``needs_data_init()`` and ``init_from_data(trajectories)``; the module calls them once in ``setup``
+and the result travels with the checkpoint (buffers), so resumed and loaded runs do not recompute it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "diffplan"
+
+
+class PlannerModule(pl.LightningModule):
+    """Imitation learning for any planner.
+
+    Args:
+        planner: the planner network (composed from YAML by the Lightning CLI with ``class_path``).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps before a cosine decay to ``min_lr`` over the run.
+        min_lr: final learning rate.
+    """
+
+    def __init__(
+        self,
+        planner: nn.Module,
+        lr: float = 6e-4,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        min_lr: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.planner = planner
+        self.save_hyperparameters(ignore=["planner"])
+
+    # ------------------------------------------------------------------ data-dependent initialisation
+    def setup(self, stage: str) -> None:
+        needs = getattr(self.planner, "needs_data_init", None)
+        if stage == "fit" and callable(needs) and needs():
+            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+            trajectories = datamodule.train_trajectories()
+            self.planner.init_from_data(trajectories)  # type: ignore[operator]
+            logger.info("initialised %s from %d training trajectories", type(self.planner).__name__, len(trajectories))
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, features: dict[str, torch.Tensor]) -> Any:
+        return self.planner(features)
+
+    def _step(self, batch: dict[str, dict[str, torch.Tensor]], stage: str) -> torch.Tensor:
+        losses = self.planner.compute_loss(batch["features"], batch["targets"])  # type: ignore[operator]
+        bs = batch["targets"]["trajectory"].shape[0]
+        for name, value in losses.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=bs, sync_dist=stage != "train")
+        if stage != "train":
+            with torch.no_grad():
+                pred = self.planner(batch["features"]).trajectory
+            err = (pred[..., :2] - batch["targets"]["trajectory"][..., :2]).norm(dim=-1)
+            self.log(f"{stage}/ade", err.mean(), batch_size=bs, sync_dist=True)
+            self.log(f"{stage}/fde", err[:, -1].mean(), batch_size=bs, sync_dist=True)
+        return losses["loss"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        out = self.planner(batch["features"])
+        return {"tokens": batch.get("tokens"), "trajectory": out.trajectory, "candidates": out.candidates}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, floor = int(hp["warmup_steps"]), hp["min_lr"] / hp["lr"]
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        config = getattr(self.planner, "config", None)
+        checkpoint[CHECKPOINT_KEY] = {
+            "planner_class": f"{type(self.planner).__module__}.{type(self.planner).__qualname__}",
+            "planner_config": config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
+        }
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not hold a diffplan planner, or one of another planner / layout."""
+
+
+def load_planner(ckpt_path: str | Path, expect_class: str | None = None) -> nn.Module:
+    """Rebuild the planner stored in a Lightning checkpoint (class, config and weights), in eval mode."""
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    info = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if not info or not info.get("planner_class"):
+        raise CheckpointError(f"{path}: not a diffplan planner checkpoint (no '{CHECKPOINT_KEY}' record)")
+    cls_path = info["planner_class"]
+    if expect_class is not None and not cls_path.endswith(expect_class):
+        raise CheckpointError(f"{path}: holds a {cls_path}, expected a {expect_class}")
+    module_name, cls_name = cls_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    planner = cls.from_config_dict(info["planner_config"]) if info["planner_config"] is not None else cls()
+    state = {k[len("planner.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("planner.")}
+    try:
+        planner.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match {cls_path} with the stored config: {err}") from None
+    return planner.eval()

@@ -1,0 +1,70 @@
+"""``diffplan fit | validate | test | predict``: the Lightning CLI over :class:`PlannerModule`.
+
+Configs live in ``configs/train/<name>.yaml``; every Lightning CLI feature works as usual
+(``--print_config``, dotted overrides such as ``--trainer.max_epochs 3``, ``--ckpt_path`` to resume).
+Runs are seeded (``seed_everything: 0`` by default), log to TensorBoard (CSV when TensorBoard is not
+installed) and write checkpoints atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.cli import LightningCLI
+
+from training.data import PlannerDataModule
+from training.imitation import PlannerModule
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file in the same folder, then renamed: a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        import torch
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, target)
+
+
+def _default_logger() -> dict[str, Any]:
+    try:
+        import tensorboard  # noqa: F401
+
+        return {"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": {"save_dir": "outputs/train"}}
+    except ImportError:
+        return {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "outputs/train"}}
+
+
+def run_cli(args: list[str]) -> LightningCLI:
+    """Run the Lightning CLI with ``args`` (subcommand first); returns the CLI object."""
+    return LightningCLI(
+        PlannerModule,
+        PlannerDataModule,
+        args=args,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"logger": _default_logger(), "plugins": [AtomicCheckpointIO()]},
+        parser_kwargs={"default_env": False},
+    )
+
+
+def _subcommand(name: str):
+    def entry(argv: list[str]) -> int:
+        run_cli([name, *argv])
+        return 0
+
+    return entry
+
+
+fit_main = _subcommand("fit")
+validate_main = _subcommand("validate")
+test_main = _subcommand("test")
+predict_main = _subcommand("predict")
