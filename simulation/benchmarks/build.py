@@ -7,7 +7,7 @@ scorer, the simulator and the data source there, so nothing heavy crosses proces
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,15 +16,10 @@ from hydra.utils import instantiate
 
 from simulation.benchmarks.protocols import BenchmarkProtocol, get_protocol
 from simulation.benchmarks.report import SceneDrawer
-from simulation.benchmarks.sources import LogSource, MapProvider, MetricCacheProvider, NuplanExtractor, split_log_paths
 from simulation.benchmarks.units import ClosedLoopUnit, NavsimUnit, SceneEvaluator, SceneSource, Unit
 from simulation.protocols import Planner
 
 logger = logging.getLogger(__name__)
-
-
-class BenchConfigError(ValueError):
-    """A benchmark config that cannot run: missing data roots, unknown data source, empty split."""
 
 
 def instantiate_planner(cfg: Mapping[str, Any]) -> Planner:
@@ -33,26 +28,15 @@ def instantiate_planner(cfg: Mapping[str, Any]) -> Planner:
     return instantiate(spec, _convert_="all")
 
 
-def check_data_roots(cfg: Mapping[str, Any], protocol: BenchmarkProtocol) -> None:
-    """Raise :class:`BenchConfigError` naming the environment variable / override that is missing."""
-    if cfg["data_source"] != "nuplan":
-        raise BenchConfigError(f"data_source={cfg['data_source']!r} is not supported (use nuplan)")
-    if not cfg.get("data_root"):
-        raise BenchConfigError("no data root: set NUPLAN_DATA_ROOT or pass data_root=<folder of .db logs>")
-    if not cfg.get("maps_root"):
-        raise BenchConfigError("no maps root: set NUPLAN_MAPS_ROOT or pass maps_root=<nuPlan maps folder>")
-    for key in ("data_root", "maps_root"):
-        if not Path(cfg[key]).is_dir():
-            raise BenchConfigError(f"{key}={cfg[key]} is not a folder")
-
-
 def build_source(cfg: Mapping[str, Any], protocol: BenchmarkProtocol) -> SceneSource:
-    """The scenes (NAVSIM protocols) or scenarios (CLS protocols) of ``cfg['split']``."""
-    paths = split_log_paths(cfg["data_root"], str(cfg["split"]))
-    if not paths:
-        raise BenchConfigError(f"split {cfg['split']!r} has no logs under {cfg['data_root']}")
-    extractor = NuplanExtractor(protocol.kind, dict(cfg["protocol"].get("scene_filter") or {}))
-    return LogSource(paths, extractor)
+    """The configured source of scenes (NAVSIM protocols) or scenarios (CLS protocols)."""
+    scene_filter = dict(cfg["protocol"].get("scene_filter") or {})
+    return instantiate(cfg["source"], kind=protocol.kind, scene_filter=scene_filter, _convert_="all")
+
+
+def build_maps(cfg: Mapping[str, Any]) -> Callable[[str], Any] | None:
+    """``map_name -> MapAPI`` (``None`` when the config has no ``maps``: map-free planners and fakes)."""
+    return None if cfg.get("maps") is None else instantiate(cfg["maps"], _convert_="all")
 
 
 @dataclass
@@ -79,10 +63,9 @@ def build_unit(cfg: Mapping[str, Any], protocol: BenchmarkProtocol) -> Unit:
     """The protocol's unit of work with the configured planner and scorer."""
     planner = instantiate_planner(cfg["planner"])
     pcfg = cfg["protocol"]
-    maps = MapProvider(str(cfg["maps_root"]))
+    maps = build_maps(cfg)
     if protocol.is_navsim:
-        reference = instantiate(pcfg["reference_planner"], _convert_="all")
-        caches = MetricCacheProvider(reference, protocol.pdm_version, cfg.get("metric_cache_dir"))
+        caches = instantiate(pcfg["metric_cache"], _convert_="all")
         return NavsimUnit(planner, instantiate(pcfg["scorer"], _convert_="all"), caches, maps)
     simulator = instantiate(pcfg["simulator"], _convert_="all", reactive=bool(pcfg["reactive"]))
     scorer = instantiate(pcfg["scorer"], _convert_="all")
@@ -102,7 +85,9 @@ def scene_drawer(cfg: Mapping[str, Any], protocol: BenchmarkProtocol, source: Sc
     except ImportError:
         logger.info("simulation.visualize is not available: no BEV images of the worst scenes")
         return None
-    maps = MapProvider(str(cfg["maps_root"]))
+    maps = build_maps(cfg)
+    if maps is None:
+        return None
     by_token = {ref.token: ref for ref in source.refs()}
 
     def draw(row: Mapping[str, Any], path: Path) -> None:
@@ -127,7 +112,9 @@ def closed_loop_gifs(
         from simulation import visualize  # type: ignore[attr-defined]
     except ImportError:
         return {}
-    maps = MapProvider(str(cfg["maps_root"]))
+    maps = build_maps(cfg)
+    if maps is None:
+        return {}
     by_token = {ref.token: ref for ref in source.refs()}
     written: dict[str, Path] = {}
     (out / "gifs").mkdir(exist_ok=True)

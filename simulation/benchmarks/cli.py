@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from simulation.benchmarks import build
-from simulation.benchmarks.build import BenchConfigError
 from simulation.benchmarks.protocols import get_protocol
 from simulation.benchmarks.report import write_report
 from simulation.benchmarks.runner import run_benchmark
+from simulation.benchmarks.sources import BenchConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +54,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the benchmark described by a composed config; returns the average row and the output paths."""
     protocol = get_protocol(str(cfg.protocol.name))
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    build.check_data_roots(container, protocol)
+    source = build.build_source(container, protocol)
+    refs = source.refs()
     out = Path(str(cfg.output_dir)).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, out / "config.yaml")
-    source = build.build_source(container, protocol)
-    refs = source.refs()
     if cfg.max_scenes is not None:
         refs = refs[: int(cfg.max_scenes)]
     logger.info("%s: %d tokens, planner %s, worker %s", protocol.name, len(refs), cfg.planner.name, cfg.worker._target_)
@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         chunk_size=int(cfg.chunk_size),
         progress=bool(cfg.progress),
     )
-    run_info = {**header, "data_source": cfg.data_source, "worker": cfg.worker._target_.rsplit(".", 1)[-1]}
+    run_info = {**header, "worker": cfg.worker._target_.rsplit(".", 1)[-1], "output_dir": str(out)}
     written = write_report(
         protocol,
         rows,
@@ -104,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = run(cfg)
-    except BenchConfigError as err:
-        print(f"diffplan bench: {err}")
+    except (BenchConfigError, InstantiationException) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, BenchConfigError) else err
+        if not isinstance(cause, BenchConfigError):
+            raise
+        print(f"diffplan bench: {cause}")
         return 2
     valid = sum(bool(r.get("valid")) for r in result["rows"])
     print(

@@ -19,6 +19,11 @@ from simulation.types import LogWindow
 
 logger = logging.getLogger(__name__)
 
+
+class BenchConfigError(ValueError):
+    """A benchmark config that cannot run: missing data roots, an empty split."""
+
+
 #: ``log file path -> windows`` (scenes or scenarios) with their scenario types.
 Extractor = Callable[[str], Sequence[tuple[LogWindow, str]]]
 
@@ -71,8 +76,14 @@ class LogSource:
 class MapProvider:
     """``map_name -> MapAPI``, loaded once per process from ``maps_root``."""
 
-    maps_root: str
+    maps_root: str | None
     _maps: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.maps_root:
+            raise BenchConfigError("no maps root: set NUPLAN_MAPS_ROOT or pass maps_root=<nuPlan maps folder>")
+        if not Path(self.maps_root).is_dir():
+            raise BenchConfigError(f"maps_root={self.maps_root} is not a folder")
 
     def __call__(self, map_name: str) -> Any:
         if map_name not in self._maps:
@@ -138,3 +149,17 @@ class NuplanExtractor:
             types = frame_scenario_types(log, [str(s.frame_tokens[s.current_index]) for s in scenes])
             return list(zip(scenes, types, strict=True))
         return [(s, str(s.scenario_type)) for s in extract_scenarios(log)]
+
+
+def nuplan_log_source(
+    data_root: str | None, split: str, kind: str, scene_filter: Mapping[str, Any] | None = None
+) -> LogSource:
+    """Scenes (``kind='navsim'``) or scenarios (``kind='closed_loop'``) of the ``.db`` logs of ``split``."""
+    if not data_root:
+        raise BenchConfigError("no data root: set NUPLAN_DATA_ROOT or pass data_root=<folder of .db logs>")
+    if not Path(data_root).is_dir():
+        raise BenchConfigError(f"data_root={data_root} is not a folder")
+    paths = split_log_paths(data_root, split)
+    if not paths:
+        raise BenchConfigError(f"split {split!r} has no logs under {data_root}")
+    return LogSource(paths, NuplanExtractor(kind, dict(scene_filter or {})))

@@ -6,6 +6,7 @@ import functools
 import itertools
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -320,10 +321,11 @@ def test_every_shipped_config_combination_composes(monkeypatch: pytest.MonkeyPat
             spec = get_protocol(resolved["protocol"]["name"])
             assert resolved["planner"]["_target_"].startswith("planners.rule_based.")
             assert resolved["protocol"]["scorer"]["_target_"].startswith("rewards.")
-            assert ("reference_planner" in resolved["protocol"]) == spec.is_navsim
+            assert ("metric_cache" in resolved["protocol"]) == spec.is_navsim
             assert ("simulator" in resolved["protocol"]) == (not spec.is_navsim)
             if not spec.is_navsim:
                 assert resolved["protocol"]["reactive"] == spec.reactive
+            assert resolved["source"]["_target_"] == "simulation.benchmarks.sources.nuplan_log_source"
             executor = instantiate(cfg.worker)
             assert hasattr(executor, "map_chunks")
 
@@ -340,3 +342,43 @@ def test_cli_overrides_and_missing_data_root(
     assert bench_main(["maps_root=/tmp"]) == 2
     assert "NUPLAN_DATA_ROOT" in capsys.readouterr().out
     assert COMMANDS[("bench",)][0] == "simulation.benchmarks.cli"
+
+
+def toy_source(data_root: Any, split: str, kind: str, scene_filter: dict[str, Any], count: int = 10) -> InMemorySource:
+    """A ``source`` target for configs: the toy scenes (``kind`` / ``scene_filter`` are the protocol's)."""
+    assert kind == "navsim" and scene_filter["num_future_frames"] == 10 and split == "synth_test"
+    return InMemorySource(toy_scenes()[:count])
+
+
+def test_cli_end_to_end_with_fake_targets(tmp_path: Path) -> None:
+    config_dir = tmp_path / "bench"
+    shutil.copytree(CONFIG_DIR, config_dir)
+    navsim_v1 = OmegaConf.load(config_dir / "protocol" / "navsim_v1.yaml")
+    navsim_v1.scorer = {"_target_": f"{__name__}.FakeScorer"}
+    navsim_v1.metric_cache = {"_target_": f"{__name__}.scene_as_cache", "_partial_": True}
+    OmegaConf.save(navsim_v1, config_dir / "protocol" / "fake_v1.yaml")
+    (config_dir / "planner" / "fake.yaml").write_text(f"name: fake\n_target_: {__name__}.FakePlanner\nfail: [tok04]\n")
+    out = tmp_path / "run"
+    argv = [
+        "--config-dir",
+        str(config_dir),
+        "protocol=fake_v1",
+        "planner=fake",
+        "worker=process",
+        "worker.num_workers=2",
+        f"source._target_={__name__}.toy_source",
+        "maps=null",
+        f"output_dir={out}",
+        "progress=false",
+    ]
+    assert bench_main(argv) == 0
+    csv = pd.read_csv(out / "scores.csv")
+    assert len(csv) == 11 and csv["token"].iloc[-1] == "average"
+    good = [expected_score(float(i)) for i in range(10) if i != 4]
+    assert csv["score"].iloc[-1] == pytest.approx(np.mean(good))
+    assert OmegaConf.load(out / "config.yaml").planner.name == "fake"
+    assert (out / "score_hist.png").exists() and "planner exploded" in (out / "summary.md").read_text()
+    journal_lines = (out / JOURNAL_NAME).read_text().splitlines()
+    assert bench_main(argv) == 0  # resumes: nothing left to evaluate, same report
+    assert (out / JOURNAL_NAME).read_text().splitlines() == journal_lines
+    pd.testing.assert_frame_equal(pd.read_csv(out / "scores.csv"), csv)
