@@ -49,16 +49,6 @@ class SimulateClosedLoop:
         return self.simulator.run(scenario, planner, map_api=map_api)
 
 
-@dataclass
-class ScoreClosedLoop:
-    """``(scenario, rollout, map_api) -> metrics`` with a nuPlan closed-loop scorer."""
-
-    scorer: Any
-
-    def __call__(self, scenario: Any, rollout: Any, map_api: Any) -> Mapping[str, Any]:
-        return self.scorer.score(scenario, rollout, map_api)
-
-
 def build_unit(cfg: Mapping[str, Any], protocol: BenchmarkProtocol) -> Unit:
     """The protocol's unit of work with the configured planner and scorer."""
     planner = instantiate_planner(cfg["planner"])
@@ -69,7 +59,7 @@ def build_unit(cfg: Mapping[str, Any], protocol: BenchmarkProtocol) -> Unit:
         return NavsimUnit(planner, instantiate(pcfg["scorer"], _convert_="all"), caches, maps)
     simulator = instantiate(pcfg["simulator"], _convert_="all", reactive=bool(pcfg["reactive"]))
     scorer = instantiate(pcfg["scorer"], _convert_="all")
-    return ClosedLoopUnit(planner, SimulateClosedLoop(simulator), ScoreClosedLoop(scorer), maps)
+    return ClosedLoopUnit(planner, SimulateClosedLoop(simulator), scorer, maps)
 
 
 def build_evaluator(cfg: Mapping[str, Any]) -> SceneEvaluator:

@@ -9,6 +9,7 @@ import math
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,10 @@ from simulation.benchmarks.journal import Journal, JournalError
 from simulation.benchmarks.protocols import PROTOCOLS, get_protocol
 from simulation.benchmarks.report import scores_table, write_report
 from simulation.benchmarks.runner import JOURNAL_NAME, run_benchmark
-from simulation.benchmarks.units import InMemorySource, NavsimUnit, SceneEvaluator, SceneRef
+from simulation.benchmarks.sources import LogSource, frame_scenario_types
+from simulation.benchmarks.units import ClosedLoopUnit, InMemorySource, NavsimUnit, SceneEvaluator, SceneRef
 from simulation.protocols import Observation
-from simulation.types import STATE_DIM, Agents, EgoStates, Scene, StateIndex, TrafficLights, Trajectory
+from simulation.types import STATE_DIM, Agents, EgoStates, LogWindow, Scene, StateIndex, TrafficLights, Trajectory
 from training.cli import COMMANDS
 
 HEADER = {"protocol": "navsim_v1", "planner": "fake", "split": "unit"}
@@ -382,3 +384,72 @@ def test_cli_end_to_end_with_fake_targets(tmp_path: Path) -> None:
     assert bench_main(argv) == 0  # resumes: nothing left to evaluate, same report
     assert (out / JOURNAL_NAME).read_text().splitlines() == journal_lines
     pd.testing.assert_frame_equal(pd.read_csv(out / "scores.csv"), csv)
+
+
+# ------------------------------------------------------------------------------------------------
+# closed-loop unit and log sources
+# ------------------------------------------------------------------------------------------------
+
+
+class FakeRollout:
+    def __init__(self, ego_states: np.ndarray) -> None:
+        self.ego_states = ego_states
+
+
+def fake_simulate(scenario: Scene, planner: Any, map_api: Any) -> FakeRollout:
+    """Drives the planner's first pose every step for 5 steps (a toy closed loop)."""
+    states = [scenario.current_ego.copy()]
+    for _ in range(5):
+        obs = Observation(scenario.ego, scenario.agents, scenario.traffic_lights, (), scenario.map_name, log=scenario)
+        step = planner.plan(obs).poses[0]
+        nxt = states[-1].copy()
+        nxt[StateIndex.X] += step[0] / 5.0
+        states.append(nxt)
+    return FakeRollout(np.stack(states))
+
+
+def fake_cls_score(scenario: Scene, rollout: FakeRollout, map_api: Any) -> dict[str, float]:
+    progress = float(rollout.ego_states[-1, StateIndex.X] - rollout.ego_states[0, StateIndex.X])
+    metrics = {c: 1.0 for c in get_protocol("nuplan_cls_nr").columns}
+    metrics["ego_progress_along_expert_route"] = min(progress / 10.0, 1.0)
+    metrics["score"] = (5 * metrics["ego_progress_along_expert_route"] + 11) / 16
+    return metrics
+
+
+def test_closed_loop_unit_rows() -> None:
+    unit = ClosedLoopUnit(FakePlanner(fail=("tok01",)), fake_simulate, fake_cls_score)
+    evaluator = SceneEvaluator(InMemorySource(toy_scenes()[:3]), unit, get_protocol("nuplan_cls_r"))
+    rows = evaluator(InMemorySource(toy_scenes()[:3]).refs())
+    assert [r["valid"] for r in rows] == [True, False, True]
+    # speed 2: first pose 1 m ahead, 5 steps of 0.2 m -> 1 m progress -> ratio 0.1
+    assert rows[2]["ego_progress_along_expert_route"] == pytest.approx(0.1)
+    assert rows[2]["score"] == pytest.approx((0.5 + 11) / 16)
+    assert len(rows[2]["ego_poses"]) == 6 and rows[2]["ego_poses"][-1][0] == pytest.approx(3.0 + 1.0)
+    table = scores_table(get_protocol("nuplan_cls_r"), rows)
+    assert list(table.columns[2:4]) == ["no_ego_at_fault_collisions", "drivable_area_compliance"]
+
+
+def test_log_source_loads_each_group_once_and_types_frames() -> None:
+    reads: list[str] = []
+    scenes = toy_scenes()
+
+    def extract(path: str) -> list[tuple[LogWindow, str]]:
+        reads.append(path)
+        return [(s, "type_" + s.log_name) for s in scenes if s.log_name == Path(path).stem]
+
+    source = LogSource([f"/logs/log{i}.db" for i in range(3)], extract)
+    refs = source.refs()
+    assert len(refs) == 10 and refs[0] == SceneRef("tok00", "/logs/log0.db", "log0", "type_log0")
+    reads.clear()
+    for ref in sorted(refs, key=lambda r: r.group):
+        assert source.load(ref).token == ref.token
+    assert reads == [f"/logs/log{i}.db" for i in range(3)]
+    with pytest.raises(KeyError, match="tok99"):
+        source.load(SceneRef("tok99", "/logs/log2.db"))
+    log = SimpleNamespace(
+        frame_tokens=np.array(["a", "b", "c"]),
+        tag_frame=np.array([1, 1, 2]),
+        tag_type=np.array(["stopping_at_red_light", "following_lane", "starting_left_turn"]),
+    )
+    types = frame_scenario_types(log, ["a", "b", "c", "zz"])  # type: ignore[arg-type]
+    assert types == ["unknown", "following_lane", "starting_left_turn", "unknown"]
