@@ -42,7 +42,7 @@ class EgoStatusMLP(nn.Module):
     def initial_noise_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, 1)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> PlanOutput:
+    def forward(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
         check_features(features)
         return self.sample(features)
 

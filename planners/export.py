@@ -127,12 +127,21 @@ class ExportedPlanner:
         if not self.path.exists():
             raise FileNotFoundError(f"exported planner not found: {self.path}")
         self.format: ExportFormat = "onnx" if self.path.suffix == ".onnx" else "torchscript"
+        sidecar = Path(f"{self.path}.json")
+        self.meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
         if self.format == "onnx":
             import onnxruntime as ort
 
             self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         else:
             self._module = torch.jit.load(str(self.path)).eval()
+
+    def noise_shape(self, batch: int) -> tuple[int, ...]:
+        """Shape of the ``noise`` input for ``batch`` samples (from the export sidecar)."""
+        shape = self.meta.get("inputs", {}).get("noise")
+        if shape is None:
+            raise ValueError(f"{self.path}: no sidecar {self.path}.json with the input shapes")
+        return (batch, *shape[1:])
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.format == "onnx":

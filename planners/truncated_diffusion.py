@@ -29,7 +29,7 @@ class TruncatedDiffusionConfig:
     """Hyper-parameters; stored with checkpoints and compared on load."""
 
     bev_channels: int = 12
-    bev_extent: tuple[float, float, float, float] = (-32.0, 32.0, -32.0, 32.0)  # x_min, x_max, y_min, y_max (m)
+    bev_extent: tuple[float, float, float, float] = (-16.0, 48.0, -32.0, 32.0)  # x_min, x_max, y_min, y_max (m)
     d_model: int = 128
     num_heads: int = 4
     num_layers: int = 2
