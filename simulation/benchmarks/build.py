@@ -6,18 +6,22 @@ scorer, the simulator and the data source there, so nothing heavy crosses proces
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.utils import instantiate
 
+from simulation import visualize
 from simulation.benchmarks.protocols import BenchmarkProtocol, get_protocol
 from simulation.benchmarks.report import SceneDrawer
-from simulation.benchmarks.units import ClosedLoopUnit, NavsimUnit, SceneEvaluator, SceneSource, Unit
+from simulation.benchmarks.units import ClosedLoopUnit, NavsimUnit, SceneEvaluator, SceneRef, SceneSource, Unit
 from simulation.protocols import Planner
+from simulation.types import EgoStates, LogWindow
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +72,36 @@ def build_evaluator(cfg: Mapping[str, Any]) -> SceneEvaluator:
     return SceneEvaluator(build_source(cfg, protocol), build_unit(cfg, protocol), protocol)
 
 
-def scene_drawer(cfg: Mapping[str, Any], protocol: BenchmarkProtocol, source: SceneSource) -> SceneDrawer | None:
-    """Draws a worst scene with its plan (NAVSIM) or driven path (closed loop) on the BEV map."""
-    try:
-        from simulation import visualize  # type: ignore[attr-defined]
-    except ImportError:
-        logger.info("simulation.visualize is not available: no BEV images of the worst scenes")
-        return None
+def with_driven_ego(window: LogWindow, ego_poses: np.ndarray) -> LogWindow:
+    """``window`` with its ego poses from the current frame on replaced by ``ego_poses`` ``(T, 3)`` (driven path).
+
+    Frames after the driven ones keep the last driven pose; the other ego columns are kept from the log.
+    """
+    states = window.ego.states.copy()
+    driven = np.asarray(ego_poses, dtype=np.float64)[: window.num_frames - window.current_index]
+    end = window.current_index + len(driven)
+    states[window.current_index : end, :3] = driven
+    states[end:, :3] = driven[-1]
+    return dataclasses.replace(window, ego=EgoStates(states, window.ego.timestamps_us))
+
+
+def scene_drawer(
+    cfg: Mapping[str, Any], protocol: BenchmarkProtocol, source: SceneSource, refs: Sequence[SceneRef]
+) -> SceneDrawer | None:
+    """Draws a worst scene: NAVSIM with its plan as the chosen trajectory; closed loop with the driven path as
+    the ego's future (:func:`with_driven_ego`)."""
     maps = build_maps(cfg)
-    if maps is None:
-        return None
-    by_token = {ref.token: ref for ref in source.refs()}
+    by_token = {ref.token: ref for ref in refs}
 
     def draw(row: Mapping[str, Any], path: Path) -> None:
         window = source.load(by_token[str(row["token"])])
-        visualize.plot_scene(window, maps(window.map_name), path, plan=row.get("plan"), ego_path=row.get("ego_poses"))
+        map_api = None if maps is None else maps(window.map_name)
+        if row.get("plan") is not None:
+            visualize.save_scene_png(window, map_api, path, chosen=np.asarray(row["plan"], dtype=np.float64))
+        elif row.get("ego_poses") is not None:
+            visualize.save_scene_png(with_driven_ego(window, np.asarray(row["ego_poses"])), map_api, path)
+        else:
+            visualize.save_scene_png(window, map_api, path)
 
     return draw
 
@@ -91,28 +110,23 @@ def closed_loop_gifs(
     cfg: Mapping[str, Any],
     protocol: BenchmarkProtocol,
     source: SceneSource,
+    refs: Sequence[SceneRef],
     rows: Sequence[Mapping[str, Any]],
     out: Path,
 ) -> dict[str, Path]:
-    """GIFs of the first ``report.num_gifs`` valid closed-loop scenarios (when ``simulation.visualize`` exists)."""
+    """GIFs of the first ``report.num_gifs`` valid closed-loop scenarios: the driven ego among the logged agents."""
     count = int(cfg["report"].get("num_gifs") or 0)
     if protocol.is_navsim or count <= 0:
         return {}
-    try:
-        from simulation import visualize  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
     maps = build_maps(cfg)
-    if maps is None:
-        return {}
-    by_token = {ref.token: ref for ref in source.refs()}
+    by_token = {ref.token: ref for ref in refs}
     written: dict[str, Path] = {}
-    (out / "gifs").mkdir(exist_ok=True)
     for row in [r for r in rows if r.get("valid") and r.get("ego_poses")][:count]:
-        window = source.load(by_token[str(row["token"])])
+        window = with_driven_ego(source.load(by_token[str(row["token"])]), np.asarray(row["ego_poses"]))
         path = out / "gifs" / f"{row['token']}.gif"
         try:
-            visualize.log_gif(window, maps(window.map_name), path, ego_path=row["ego_poses"])
+            map_api = None if maps is None else maps(window.map_name)
+            visualize.log_gif(window, map_api, path, start=window.current_index, step=5)
         except Exception as err:  # noqa: BLE001 - a GIF failing must not lose the report
             logger.warning("no GIF for %s: %s: %s", row["token"], type(err).__name__, err)
             continue

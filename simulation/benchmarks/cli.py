@@ -78,10 +78,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rows,
         out,
         run_info,
-        draw_scene=build.scene_drawer(container, protocol, source),
+        draw_scene=build.scene_drawer(container, protocol, source, refs),
         num_worst=int(cfg.report.num_worst),
     )
-    written.update(build.closed_loop_gifs(container, protocol, source, rows, out))
+    written.update(build.closed_loop_gifs(container, protocol, source, refs, rows, out))
     return {"output_dir": out, "score": _mean_score(rows), "files": written, "rows": rows}
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from simulation.benchmarks.protocols import BenchmarkProtocol
 from simulation.protocols import Observation, Planner, Scorer
-from simulation.types import Agents, EgoStates, LogWindow, Scene, TrafficLights, Trajectory
+from simulation.types import Agents, DrivingCommand, EgoStates, LogWindow, Scene, TrafficLights, Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def observation_from_scene(scene: LogWindow, map_api: Any = None) -> Observation
         route_roadblock_ids=tuple(scene.route_roadblock_ids),
         map_name=scene.map_name,
         map_api=map_api,
-        driving_command=int(getattr(scene, "driving_command", 3)),
+        driving_command=int(getattr(scene, "driving_command", DrivingCommand.UNKNOWN)),
         goal=getattr(scene, "goal", None),
         log=scene,
         log_index=scene.current_index,

@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from simulation.benchmarks.build import with_driven_ego
 from simulation.benchmarks.cli import CONFIG_DIR, compose_config
 from simulation.benchmarks.cli import main as bench_main
 from simulation.benchmarks.executors import ProcessExecutor, RayExecutor, SequentialExecutor, make_chunks
@@ -380,6 +381,9 @@ def test_cli_end_to_end_with_fake_targets(tmp_path: Path) -> None:
     assert csv["score"].iloc[-1] == pytest.approx(np.mean(good))
     assert OmegaConf.load(out / "config.yaml").planner.name == "fake"
     assert (out / "score_hist.png").exists() and "planner exploded" in (out / "summary.md").read_text()
+    worst = sorted(p.name for p in (out / "worst").glob("*.png"))
+    assert worst == ["tok00.png", "tok01.png", "tok02.png", "tok03.png", "tok05.png"]
+    assert "![tok00](worst/tok00.png)" in (out / "summary.md").read_text()
     journal_lines = (out / JOURNAL_NAME).read_text().splitlines()
     assert bench_main(argv) == 0  # resumes: nothing left to evaluate, same report
     assert (out / JOURNAL_NAME).read_text().splitlines() == journal_lines
@@ -453,3 +457,13 @@ def test_log_source_loads_each_group_once_and_types_frames() -> None:
     )
     types = frame_scenario_types(log, ["a", "b", "c", "zz"])  # type: ignore[arg-type]
     assert types == ["unknown", "following_lane", "starting_left_turn", "unknown"]
+
+
+def test_with_driven_ego_replaces_future_poses() -> None:
+    scene = make_scene("tokxx", "log0", 2.0)
+    driven = np.array([[3.0, 0.0, 0.0], [3.5, 0.5, 0.1], [4.0, 1.0, 0.2]])
+    out = with_driven_ego(scene, driven)
+    np.testing.assert_allclose(out.ego.states[:3], scene.ego.states[:3])
+    np.testing.assert_allclose(out.ego.states[3:6, :3], driven)
+    np.testing.assert_allclose(out.ego.states[6:, :3], np.repeat(driven[-1:], 8, axis=0))
+    assert out.ego.states[10, StateIndex.VX] == 2.0 and scene.ego.states[5, StateIndex.Y] == 0.0
