@@ -113,6 +113,7 @@ def export_planner(
         "inputs": {n: list(t.shape) for n, t in zip(INPUT_NAMES, inputs)},
         "num_poses": NUM_POSES,
         "config": getattr(planner.config, "to_dict", dict)(),
+        "raster": getattr(planner, "raster_config", None),
     }
     Path(f"{path}.json").write_text(json.dumps(meta, indent=2, default=str))
     logger.info("exported %s planner to %s", fmt, path)

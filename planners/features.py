@@ -172,3 +172,14 @@ class LearnedPlanner:
             raise ValueError(f"{self.name}: planner returned a non-finite trajectory")
         self.last_candidates = None if candidates is None else candidates[0].double().numpy()
         return Trajectory(poses)
+
+
+def exported_planner(path: str, name: str = "exported", seed: int = 0) -> LearnedPlanner:
+    """A closed-loop planner from an exported TorchScript / ONNX file (Hydra ``_target_``)."""
+    from planners.export import ExportedPlanner
+
+    model = ExportedPlanner(path)
+    raster = model.meta.get("raster")
+    return LearnedPlanner(
+        model, name=name, raster=RasterConfig.from_dict(raster) if raster else PLANNER_RASTER, seed=seed
+    )

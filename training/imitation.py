@@ -49,12 +49,27 @@ class PlannerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ data-dependent initialisation
     def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        meta = getattr(datamodule, "meta", None)
+        if meta is not None:
+            self._check_raster(meta)
         needs = getattr(self.planner, "needs_data_init", None)
-        if stage == "fit" and callable(needs) and needs():
-            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+        if stage == "fit" and callable(needs) and needs() and datamodule is not None:
             trajectories = datamodule.train_trajectories()
             self.planner.init_from_data(trajectories)  # type: ignore[operator]
             logger.info("initialised %s from %d training trajectories", type(self.planner).__name__, len(trajectories))
+
+    def _check_raster(self, meta: dict[str, Any]) -> None:
+        """The cache's raster must be the one the planner is built for; remember it for the checkpoint."""
+        raster = meta.get("raster", {})
+        expected = getattr(getattr(self.planner, "config", None), "bev_channels", None)
+        channels = meta.get("bev_shape", [None])[0]
+        if expected is not None and channels != expected:
+            raise ValueError(
+                f"feature cache has {channels} raster channels ({raster.get('channels')}), "
+                f"the planner expects {expected}: rebuild the cache or change the planner config"
+            )
+        self.planner.raster_config = raster  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ steps
     def forward(self, features: dict[str, torch.Tensor]) -> Any:
@@ -108,6 +123,7 @@ class PlannerModule(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "planner_class": f"{type(self.planner).__module__}.{type(self.planner).__qualname__}",
             "planner_config": config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
+            "raster": getattr(self.planner, "raster_config", None),
         }
 
 
@@ -135,4 +151,16 @@ def load_planner(ckpt_path: str | Path, expect_class: str | None = None) -> nn.M
         planner.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not match {cls_path} with the stored config: {err}") from None
+    planner.raster_config = info.get("raster")
     return planner.eval()
+
+
+def planner_from_checkpoint(ckpt_path: str, name: str = "learned", seed: int = 0) -> Any:
+    """A closed-loop :class:`~planners.features.LearnedPlanner` from a training checkpoint (Hydra ``_target_``)."""
+    from planners.features import PLANNER_RASTER, LearnedPlanner
+    from simulation.render import RasterConfig
+
+    planner = load_planner(ckpt_path)
+    stored = getattr(planner, "raster_config", None)
+    raster = RasterConfig.from_dict(stored) if stored else PLANNER_RASTER
+    return LearnedPlanner(planner, name=name, raster=raster, seed=seed)
