@@ -153,7 +153,7 @@ class MapRasterGeometry:
         lane_ids = [str(o.id) for o in both]
         crosswalks = map_api.polygons(SemanticMapLayer.CROSSWALK)
         lane_set = RingSet.from_geometries(lane_ids, [o.polygon for o in both], erode_m)
-        drivable = _whole_drivable_area(map_api, lane_set, crosswalks)
+        drivable = whole_drivable_area(map_api, lane_set, crosswalks)
         boundary_ids = [f"{o.id}:{side}" for o in lanes for side in ("left", "right")]
         boundary_lines = [line for o in lanes for line in (o.left_boundary, o.right_boundary)]
         return MapRasterGeometry(
@@ -167,7 +167,7 @@ class MapRasterGeometry:
         )
 
 
-def _whole_drivable_area(map_api: Any, lanes: RingSet, crosswalks: dict[str, Any]) -> list[Any]:
+def whole_drivable_area(map_api: Any, lanes: RingSet, crosswalks: dict[str, Any]) -> list[Any]:
     """The drivable area of the whole map, split into its disjoint polygons."""
     boxes = [lanes.object_bbox] + [np.array([shapely.bounds(g) for g in crosswalks.values()]).reshape(-1, 4)]
     bbox = np.concatenate(boxes)

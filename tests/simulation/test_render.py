@@ -13,6 +13,7 @@ from shapely.geometry import LineString, Polygon, box
 
 from simulation.geometry import agent_box_corners
 from simulation.maps.layers import SemanticMapLayer
+from simulation.protocols import Observation
 from simulation.render import (
     CHANNELS,
     DEFAULT_RASTER,
@@ -23,6 +24,7 @@ from simulation.render import (
     map_geometry,
     pixel_to_ego,
     render_bev,
+    render_observation,
     render_raster,
 )
 from simulation.types import (
@@ -248,7 +250,7 @@ def test_history_fades_with_age() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(
-    st.floats(-20, 40),
+    st.floats(-13, 40),
     st.floats(-25, 25),
     st.floats(-np.pi, np.pi),
     st.floats(1.0, 8.0),
@@ -325,3 +327,9 @@ def test_lane_ring_geometry_is_eroded(toy_map: _ToyMap) -> None:
     assert lanes.num_objects == 3
     np.testing.assert_allclose(lanes.object_bbox[0], [0.125, -1.375, 19.875, 1.375])
     assert LineString(lanes.vertices[:2]).length > 0
+
+
+def test_render_observation_matches_render_bev(toy_map: _ToyMap) -> None:
+    scene = _scene(TrafficLightStatus.RED)
+    obs = Observation(scene.ego, scene.agents, scene.traffic_lights, scene.route_roadblock_ids, "toy", toy_map)
+    np.testing.assert_array_equal(render_observation(obs), render_bev(scene, toy_map))
