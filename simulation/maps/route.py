@@ -1,0 +1,191 @@
+"""Routes over the roadblock graph: gap repair, lanes of a route, the route centre line, nearest lane.
+
+Functions take a :class:`~simulation.maps.api.MapAPI` (only its four object dictionaries, ``lane_edge`` and
+``lane_polygon_tree`` are used). A route is a list of roadblock and roadblock-connector ids, as in nuPlan's
+``scene.roadblock_ids``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import shapely
+from shapely.geometry import Point
+
+from simulation.geometry import interpolate_polyline, normalize_angle, project_on_polyline
+from simulation.maps.errors import UnknownMapObjectError
+from simulation.maps.objects import LaneGraphEdge, Roadblock
+
+if TYPE_CHECKING:
+    from simulation.maps.api import MapAPI
+
+logger = logging.getLogger(__name__)
+
+#: Most roadblocks / connectors a gap repair may insert between two consecutive route entries.
+MAX_REPAIR_DEPTH = 12
+#: Consecutive centre-line points closer than this (m) are merged.
+DEDUP_TOLERANCE = 1e-3
+
+
+def _block(api: MapAPI, block_id: str) -> Roadblock | None:
+    return api.roadblocks.get(block_id) or api.roadblock_connectors.get(block_id)
+
+
+def _connecting_path(api: MapAPI, start: str, goal: str, max_depth: int) -> list[str] | None:
+    """Shortest ``[start, ..., goal]`` through the roadblock graph (breadth first), ``None`` if none is found."""
+    parent: dict[str, str] = {}
+    queue: deque[tuple[str, int]] = deque([(start, 0)])
+    seen = {start}
+    while queue:
+        node, depth = queue.popleft()
+        if depth > max_depth:
+            break
+        block = _block(api, node)
+        for nxt in block.outgoing_ids if block is not None else ():
+            if nxt in seen:
+                continue
+            parent[nxt] = node
+            if nxt == goal:
+                path = [goal]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return path[::-1]
+            seen.add(nxt)
+            queue.append((nxt, depth + 1))
+    return None
+
+
+def route_roadblock_ids(api: MapAPI, ids: Iterable[str | int], max_depth: int = MAX_REPAIR_DEPTH) -> list[str]:
+    """A route whose consecutive entries are connected in the roadblock graph.
+
+    Unknown ids and repeats are dropped; where entry ``k + 1`` is not an outgoing neighbour of entry ``k``, the
+    shortest connecting chain of roadblocks / roadblock connectors is inserted (breadth-first search up to
+    ``max_depth`` hops). A gap without any connection is kept as it is.
+    """
+    known = [str(i) for i in ids if _block(api, str(i)) is not None]
+    route: list[str] = []
+    for block_id in known:
+        if route and block_id == route[-1]:
+            continue
+        if not route:
+            route.append(block_id)
+            continue
+        prev = _block(api, route[-1])
+        if prev is not None and block_id in prev.outgoing_ids:
+            route.append(block_id)
+            continue
+        path = _connecting_path(api, route[-1], block_id, max_depth)
+        if path is None:
+            logger.debug("map %s: no connection from %s to %s in the route", api.map_name, route[-1], block_id)
+            route.append(block_id)
+        else:
+            route.extend(path[1:])
+    return route
+
+
+def route_lane_ids(api: MapAPI, route_ids: Iterable[str | int]) -> set[str]:
+    """Ids of the lanes and lane connectors inside the roadblocks / roadblock connectors of a route."""
+    out: set[str] = set()
+    for block_id in route_ids:
+        block = _block(api, str(block_id))
+        if block is not None:
+            out.update(block.interior_ids)
+    return out
+
+
+def _heading_error(edge: LaneGraphEdge, pose: np.ndarray) -> float:
+    """|pose heading - baseline heading| at the pose's projection onto the baseline."""
+    s, _ = project_on_polyline(pose[None, :2], edge.baseline)
+    heading = interpolate_polyline(edge.baseline, s)[0, 2]
+    return float(abs(normalize_angle(pose[2] - heading)))
+
+
+def nearest_lane_id(api: MapAPI, pose: np.ndarray, route_ids: Sequence[str | int] | None = None) -> str:
+    """The lane or lane connector nearest to ``pose`` ``(3,)`` (x, y, heading).
+
+    Among objects at the smallest distance (e.g. all those containing the point) the one whose baseline heading is
+    closest to the pose heading wins. With ``route_ids`` only lanes / connectors of the route are candidates.
+
+    Raises:
+        UnknownMapObjectError: there is no candidate (empty map or route).
+    """
+    pose = np.asarray(pose, dtype=np.float64).reshape(3)
+    point = Point(pose[0], pose[1])
+    if route_ids is not None:
+        ids = sorted(route_lane_ids(api, route_ids))
+        polys = np.array([api.lane_edge(i).polygon for i in ids], dtype=object)
+        dist = shapely.distance(polys, point) if len(ids) else np.zeros(0)
+    else:
+        all_ids, tree = api.lane_polygon_tree()
+        hits = tree.query_nearest(point, all_matches=True) if len(all_ids) else np.zeros(0, np.int64)
+        ids = [str(all_ids[k]) for k in np.sort(hits)]
+        dist = np.zeros(len(ids))
+    if not ids:
+        raise UnknownMapObjectError(f"map {api.map_name}: no lane or lane connector to match the pose")
+    close = [i for i, d in zip(ids, dist) if d <= float(np.min(dist)) + 1e-6]
+    return min(close, key=lambda i: (_heading_error(api.lane_edge(i), pose), i))
+
+
+def _straightness(api: MapAPI, edge_id: str) -> float:
+    """Absolute heading change along an edge's baseline (used to prefer straight continuations)."""
+    line = api.lane_edge(edge_id).baseline
+    start = np.arctan2(*(line[1] - line[0])[::-1])
+    end = np.arctan2(*(line[-1] - line[-2])[::-1])
+    return float(abs(normalize_angle(end - start)))
+
+
+def _furthest_chain(api: MapAPI, start: str, allowed: set[str], rank: dict[str, int]) -> list[str]:
+    """Breadth-first walk from ``start`` over outgoing edges inside ``allowed`` that never go back in the route;
+    returns the chain to the edge furthest along the route (fewest hops, straightest first on ties)."""
+    parent: dict[str, str | None] = {start: None}
+    order = [start]
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        node_rank = rank[api.lane_edge(node).roadblock_id]
+        nexts = [n for n in api.lane_edge(node).outgoing_ids if n in allowed and n not in parent]
+        for nxt in sorted(nexts, key=lambda n: (_straightness(api, n), n)):
+            if rank[api.lane_edge(nxt).roadblock_id] < node_rank:
+                continue
+            parent[nxt] = node
+            order.append(nxt)
+            queue.append(nxt)
+    best = max(range(len(order)), key=lambda k: (rank[api.lane_edge(order[k]).roadblock_id], -k))
+    chain = [order[best]]
+    while parent[chain[-1]] is not None:
+        chain.append(str(parent[chain[-1]]))
+    return chain[::-1]
+
+
+def route_centerline(api: MapAPI, route_ids: Sequence[str | int], start_pose: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` float64 centre line along a route, starting with the whole baseline of the route lane nearest
+    ``start_pose`` ``(3,)`` and continued through outgoing lanes / connectors that stay inside the route up to the
+    furthest reachable route entry (consecutive duplicate points merged). The route is gap-repaired first.
+
+    When a sibling lane of the same roadblock reaches further along the route than the nearest lane (the route
+    turns off from another lane), the centre line starts on that sibling instead (nearest such sibling among those
+    that reach furthest).
+    """
+    route = route_roadblock_ids(api, route_ids)
+    rank: dict[str, int] = {}
+    for k, block_id in enumerate(route):
+        rank.setdefault(block_id, k)
+    allowed = route_lane_ids(api, route)
+    start = nearest_lane_id(api, start_pose, route)
+    chain = _furthest_chain(api, start, allowed, rank)
+    block = _block(api, api.lane_edge(start).roadblock_id)
+    siblings = [i for i in (block.interior_ids if block is not None else ()) if i != start and i in allowed]
+    here = Point(float(start_pose[0]), float(start_pose[1]))
+    for other in sorted(siblings, key=lambda i: (api.lane_edge(i).polygon.distance(here), i)):
+        # a neighbouring lane that gets further along the route (a lane change) wins
+        candidate = _furthest_chain(api, other, allowed, rank)
+        if rank[api.lane_edge(candidate[-1]).roadblock_id] > rank[api.lane_edge(chain[-1]).roadblock_id]:
+            chain = candidate
+    points = np.concatenate([api.lane_edge(i).baseline[:, :2] for i in chain]).astype(np.float64)
+    keep = np.ones(len(points), dtype=bool)
+    keep[1:] = np.linalg.norm(np.diff(points, axis=0), axis=1) > DEDUP_TOLERANCE
+    return points[keep]
