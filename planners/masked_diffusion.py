@@ -1,0 +1,317 @@
+"""Masked discrete diffusion planner over trajectory tokens (WAM-Diff / ReflectDrive style).
+
+A bidirectional transformer reads the 16 trajectory tokens (some masked) and attends to the scene
+(BEV encoder tokens, agent tokens, ego token). Training masks each token with probability
+``r ~ U(0, 1)`` and weights the cross-entropy on masked tokens by ``1 / r``. Decoding starts fully
+masked and unmasks a fixed number of tokens per step in one of three orders: by confidence, causal
+(near to far) or reverse-causal (far to near); with temperature / top-k sampling and optional
+classifier-free guidance (the condition is dropped during training with ``cond_drop_prob``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from planners.base import NUM_POSES, PlanOutput, check_features
+from planners.encoders import AgentEncoder, BEVEncoder, EgoEncoder, sinusoidal_embedding
+from planners.tokenizer import CodebookConfig, TrajectoryTokenizer
+
+DecodingOrder = Literal["confidence", "causal", "reverse_causal"]
+ORDERS: tuple[str, ...] = ("confidence", "causal", "reverse_causal")
+
+
+@dataclass
+class MaskedDiffusionConfig:
+    """Hyper-parameters; stored with checkpoints."""
+
+    bev_channels: int = 12
+    d_model: int = 128
+    num_heads: int = 4
+    num_layers: int = 3
+    backbone: str = "resnet10t"
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    num_steps: int = 8
+    order: str = "reverse_causal"
+    temperature: float = 0.0
+    top_k: int = 0
+    cfg_scale: float = 0.0
+    cond_drop_prob: float = 0.1
+    num_candidates: int = 3
+    goal_top_k: int = 20
+    goal_nms_m: float = 0.9
+
+    def __post_init__(self) -> None:
+        if isinstance(self.codebook, dict):
+            self.codebook = CodebookConfig(**self.codebook)
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown decoding order {self.order!r}; choose one of {ORDERS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def headings_from_xy(xy: torch.Tensor) -> torch.Tensor:
+    """``(..., 8, 2)`` waypoints -> ``(..., 8, 3)`` poses, heading of the displacement from the previous point."""
+    prev = torch.cat([torch.zeros_like(xy[..., :1, :]), xy[..., :-1, :]], dim=-2)
+    d = xy - prev
+    heading = torch.atan2(d[..., 1], d[..., 0])
+    still = d.norm(dim=-1) < 0.05
+    heading = torch.where(still, torch.zeros_like(heading), heading)
+    return torch.cat([xy, heading.unsqueeze(-1)], dim=-1)
+
+
+class MaskedDiffusionPlanner(nn.Module):
+    """Masked diffusion over the 16 trajectory tokens, conditioned on the scene."""
+
+    def __init__(self, config: MaskedDiffusionConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or MaskedDiffusionConfig()
+        self.tokenizer = TrajectoryTokenizer(config.codebook)
+        d, tok = config.d_model, self.tokenizer
+        self.bev_encoder = BEVEncoder(config.bev_channels, d, config.backbone)
+        self.agent_encoder = AgentEncoder(d)
+        self.ego_encoder = EgoEncoder(d)
+        self.null_condition = nn.Parameter(torch.zeros(1, 1, d))
+        self.token_embed = nn.Embedding(tok.vocab_size, d)
+        self.position_embed = nn.Parameter(torch.randn(tok.seq_len, d) * 0.02)
+        layer = nn.TransformerDecoderLayer(d, config.num_heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, config.num_layers)
+        self.head = nn.Linear(d, tok.vocab_size)
+        self.register_buffer("legal", tok.position_vocab_mask(), persistent=False)
+
+    legal: torch.Tensor
+
+    @classmethod
+    def from_config_dict(cls, config: dict) -> MaskedDiffusionPlanner:
+        return cls(MaskedDiffusionConfig(**config))
+
+    # ------------------------------------------------------------------ network
+    def encode(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scene memory ``(B, M, d)`` (BEV cells, agents, ego) and its padding mask ``(B, M)``."""
+        bev = self.bev_encoder(features["bev"])
+        b, d, h, w = bev.shape
+        rows = torch.arange(h, device=bev.device).repeat_interleave(w)
+        cols = torch.arange(w, device=bev.device).repeat(h)
+        pos = torch.cat([sinusoidal_embedding(rows, d // 2), sinusoidal_embedding(cols, d // 2)], dim=-1)
+        bev_tokens = bev.flatten(2).transpose(1, 2) + pos
+        memory = torch.cat(
+            [bev_tokens, self.agent_encoder(features["agents"]), self.ego_encoder(features["ego_status"])], 1
+        )
+        pad = torch.zeros(b, memory.shape[1], dtype=torch.bool, device=bev.device)
+        pad[:, h * w : h * w + features["agents_mask"].shape[1]] = ~features["agents_mask"]
+        return memory, pad
+
+    def logits(self, tokens: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """``(B, 16)`` tokens -> ``(B, 16, vocab)`` logits, illegal ids (other axis, mask) at ``-inf``."""
+        x = self.token_embed(tokens) + self.position_embed
+        x = self.decoder(x, memory, memory_key_padding_mask=pad)
+        return self.head(x).masked_fill(~self.legal, float("-inf"))
+
+    def _guided_logits(
+        self, tokens: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor, cfg_scale: float
+    ) -> torch.Tensor:
+        cond = self.logits(tokens, memory, pad)
+        if cfg_scale <= 0.0:
+            return cond
+        null = self.null_condition.expand(tokens.shape[0], 1, -1)
+        uncond = self.logits(tokens, null, torch.zeros(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device))
+        guided = uncond + (1.0 + cfg_scale) * (cond - uncond)
+        return guided.masked_fill(~self.legal, float("-inf"))
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(
+        self,
+        features: dict[str, torch.Tensor],
+        targets: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Masked-token cross-entropy weighted by ``1 / r`` (an upper bound of the sequence NLL)."""
+        check_features(features, self.config.bev_channels)
+        tokens = self.tokenizer.encode(targets["trajectory"])
+        b, length = tokens.shape
+        device = tokens.device
+        r = torch.rand(b, 1, device=device, generator=generator).clamp(min=1.0 / length)
+        masked = torch.rand(b, length, device=device, generator=generator) < r
+        none = ~masked.any(1)
+        masked[none, torch.randint(0, length, (int(none.sum()),), device=device, generator=generator)] = True
+        inputs = torch.where(masked, torch.full_like(tokens, self.tokenizer.mask_id), tokens)
+        memory, pad = self.encode(features)
+        drop = torch.rand(b, device=device, generator=generator) < self.config.cond_drop_prob
+        if bool(drop.any()):
+            memory = torch.where(drop[:, None, None], self.null_condition.expand_as(memory[:, :1]), memory)
+            pad = pad & ~drop[:, None]
+            pad[:, 1:] |= drop[:, None]
+        logits = self.logits(inputs, memory, pad)
+        ce = F.cross_entropy(logits.reshape(b * length, -1), tokens.reshape(-1), reduction="none").reshape(b, length)
+        loss = ((ce * masked).sum(1) / (r.squeeze(1) * length)).mean()
+        accuracy = ((logits.argmax(-1) == tokens) & masked).sum() / masked.sum()
+        return {"loss": loss, "masked_accuracy": accuracy}
+
+    # ------------------------------------------------------------------ decoding
+    @staticmethod
+    def _order_scores(order: str, confidence: torch.Tensor) -> torch.Tensor:
+        position = torch.arange(confidence.shape[1], device=confidence.device, dtype=confidence.dtype)
+        if order == "confidence":
+            return confidence
+        if order == "causal":  # near waypoints first
+            return -position.expand_as(confidence)
+        if order == "reverse_causal":  # far waypoints first
+            return position.expand_as(confidence)
+        raise ValueError(f"unknown decoding order {order!r}; choose one of {ORDERS}")
+
+    def _pick(self, logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None):
+        """Token and its probability per position, by argmax or temperature / top-k sampling."""
+        probs = torch.softmax(logits, dim=-1)
+        if temperature <= 0.0:
+            conf, token = probs.max(-1)
+            return token, conf
+        scaled = logits / temperature
+        if top_k > 0:
+            kth = scaled.topk(top_k, dim=-1).values[..., -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        sample_probs = torch.softmax(scaled, dim=-1)
+        flat = torch.multinomial(sample_probs.reshape(-1, sample_probs.shape[-1]), 1, generator=generator)
+        token = flat.reshape(logits.shape[:-1])
+        return token, probs.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+
+    def generate(
+        self,
+        features: dict[str, torch.Tensor],
+        fixed: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        order: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        cfg_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Decode ``(B, 16)`` tokens in ``num_steps`` steps; ``fixed`` ``(B, 16)`` holds ids to keep (-1 = free)."""
+        c = self.config
+        steps = c.num_steps if num_steps is None else num_steps
+        order = c.order if order is None else order
+        temperature = c.temperature if temperature is None else temperature
+        top_k = c.top_k if top_k is None else top_k
+        cfg_scale = c.cfg_scale if cfg_scale is None else cfg_scale
+        memory, pad = self.encode(features) if context is None else context
+        b, length = memory.shape[0], self.tokenizer.seq_len
+        tokens = torch.full((b, length), self.tokenizer.mask_id, dtype=torch.long, device=memory.device)
+        if fixed is not None:
+            tokens = torch.where(fixed >= 0, fixed, tokens)
+        for step in range(steps):
+            masked = tokens == self.tokenizer.mask_id
+            remaining = masked.sum(1)
+            quota = torch.ceil(remaining.float() / (steps - step)).long()  # (B,): all unmasked after the last step
+            logits = self._guided_logits(tokens, memory, pad, cfg_scale)
+            token, conf = self._pick(logits, temperature, top_k, generator)
+            score = self._order_scores(order, conf).masked_fill(~masked, float("-inf"))
+            rank = score.argsort(dim=1, descending=True).argsort(dim=1)
+            chosen = masked & (rank < quota[:, None])
+            tokens = torch.where(chosen, token, tokens)
+        return tokens
+
+    def sample(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+        """Fixed-step decoding (the configured order, argmax); ``noise`` is unused (export interface)."""
+        tokens = self.generate(features, temperature=0.0)
+        xy = self.tokenizer.decode(tokens)
+        return PlanOutput(trajectory=headings_from_xy(xy))
+
+    def initial_noise_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, 1)
+
+    def forward(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+        """Goal-conditioned candidates, the most likely one chosen (see :meth:`goal_candidates`)."""
+        check_features(features, self.config.bev_channels)
+        return self.goal_candidates(features)
+
+    # ------------------------------------------------------------------ log-probabilities
+    def log_prob_exact(self, features: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` exact sequence log-probability under the left-to-right factorisation.
+
+        ``log p(o) = sum_t log p(o_t | o_<t, o_>=t masked)``: 16 conditionals evaluated in one batched pass.
+        """
+        memory, pad = self.encode(features)
+        b, length = tokens.shape
+        keep = torch.tril(torch.ones(length, length, dtype=torch.bool, device=tokens.device), diagonal=-1)
+        inputs = torch.where(
+            keep[None], tokens[:, None, :], torch.full_like(tokens[:, None, :], self.tokenizer.mask_id)
+        )
+        flat = inputs.reshape(b * length, length)
+        logits = self.logits(flat, memory.repeat_interleave(length, 0), pad.repeat_interleave(length, 0))
+        logp = torch.log_softmax(logits.reshape(b, length, length, -1), dim=-1)
+        diag = logp[:, torch.arange(length), torch.arange(length)]  # (B, L, vocab): position t given o_<t
+        return diag.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(1)
+
+    def log_prob_one_pass(self, features: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` one-pass (mean-field) estimate: every token scored from the fully masked sequence."""
+        memory, pad = self.encode(features)
+        masked = torch.full_like(tokens, self.tokenizer.mask_id)
+        logp = torch.log_softmax(self.logits(masked, memory, pad), dim=-1)
+        return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(1)
+
+    # ------------------------------------------------------------------ goal-conditioned candidates
+    def goal_candidates(self, features: dict[str, torch.Tensor], num_candidates: int | None = None) -> PlanOutput:
+        """Top endpoint goals (distance NMS), one inpainted trajectory per goal; chosen = most likely goal."""
+        k = self.config.num_candidates if num_candidates is None else num_candidates
+        memory, pad = self.encode(features)
+        tok = self.tokenizer
+        b = memory.shape[0]
+        masked = torch.full((b, tok.seq_len), tok.mask_id, dtype=torch.long, device=memory.device)
+        logp = torch.log_softmax(self.logits(masked, memory, pad), dim=-1)
+        lx, ly = logp[:, -2, : tok.num_x], logp[:, -1, tok.num_x : tok.mask_id]
+        goals, goal_scores = self._nms_goals(lx, ly, k)  # (B, K, 2) ids, (B, K)
+        fixed = torch.full((b, k, tok.seq_len), -1, dtype=torch.long, device=memory.device)
+        fixed[..., -2], fixed[..., -1] = goals[..., 0], goals[..., 1] + tok.num_x
+        tokens = self.generate(
+            {},
+            fixed=fixed.reshape(b * k, -1),
+            temperature=0.0,
+            context=(memory.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)),
+        )
+        poses = headings_from_xy(tok.decode(tokens)).reshape(b, k, NUM_POSES, 3)
+        best = goal_scores.argmax(1)
+        return PlanOutput(poses[torch.arange(b), best], poses, goal_scores)
+
+    def _nms_goals(self, lx: torch.Tensor, ly: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy distance NMS over the top joint endpoint cells of ``log p(x) + log p(y)``."""
+        c = self.config
+        top = min(c.goal_top_k, lx.shape[1] * ly.shape[1])
+        kx = min(top, lx.shape[1])
+        ky = min(top, ly.shape[1])
+        vx, ix = lx.topk(kx, dim=1)
+        vy, iy = ly.topk(ky, dim=1)
+        joint = (vx[:, :, None] + vy[:, None, :]).flatten(1)
+        scores, flat = joint.topk(min(top, joint.shape[1]), dim=1)
+        gx, gy = ix.gather(1, flat // ky), iy.gather(1, flat % ky)
+        res = c.codebook.resolution
+        out_ids, out_scores = [], []
+        for bi in range(lx.shape[0]):
+            xy = torch.stack([gx[bi], gy[bi]], -1).float() * res
+            keep: list[int] = []
+            for j in range(xy.shape[0]):
+                if all(float((xy[j] - xy[i]).norm()) >= c.goal_nms_m for i in keep):
+                    keep.append(j)
+                if len(keep) == k:
+                    break
+            while len(keep) < k:  # fewer distinct goals than candidates: repeat the best
+                keep.append(keep[0])
+            idx = torch.tensor(keep, device=lx.device)
+            out_ids.append(torch.stack([gx[bi, idx], gy[bi, idx]], -1))
+            out_scores.append(scores[bi, idx])
+        return torch.stack(out_ids), torch.stack(out_scores)
+
+
+def masking_schedule(num_tokens: int, num_steps: int) -> list[int]:
+    """Tokens unmasked at each step when decoding ``num_tokens`` in ``num_steps`` steps (sums to ``num_tokens``)."""
+    out, remaining = [], num_tokens
+    for step in range(num_steps):
+        n = math.ceil(remaining / (num_steps - step))
+        out.append(n)
+        remaining -= n
+    return out
