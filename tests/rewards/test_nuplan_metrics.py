@@ -289,3 +289,27 @@ def test_open_loop_metrics_perfect_and_offset():
 def test_center_conversion_consistency():
     poses = np.array([[1.0, 2.0, 0.3]])
     assert center_to_rear_axle(poses)[0, 0] == pytest.approx(1.0 - D * np.cos(0.3))
+
+
+def test_fixture_map_drive_through_junction():
+    from simulation.maps.api import MapAPI
+    from simulation.maps.testing import FIXTURE_ORIGIN, build_fixture_map
+
+    api = MapAPI.from_data(build_fixture_map())
+    ox, oy = FIXTURE_ORIGIN
+    expert = straight_states(ox - 55.0, oy - 2.0, 10.0, 101)  # lane 11 -> connector 111 -> lane 21
+    r = rollout(expert)
+    points = np.concatenate([r.ego_states[:, :2], r.expert_states[:, :2]])
+    ctx = build_lane_graph_context(api, points)
+    m = compute_closed_loop_metrics(r, ctx)
+    assert m == pytest.approx({k: 1.0 for k in m})
+    fast = rollout(straight_states(ox - 55.0, oy - 2.0, 16.0, 101), expert=expert)
+    m = compute_closed_loop_metrics(
+        fast, build_lane_graph_context(api, np.concatenate([points, fast.ego_states[:, :2]]))
+    )
+    # 16 m/s: 2.6 m/s over the 13.4 m/s limit in lanes 11, 21 and connector 111 (max of 11 and 21);
+    # 20 m/s in connector 121 (max of 21 and 41) and lane 41 (centre x >= 50)
+    centers = fast.ego_states[:, 0] - ox + D
+    over = np.where(centers < 50.0, 2.6, 0.0)
+    assert m["speed_limit_compliance"] == pytest.approx(1 - over.sum() * 0.1 / (2.23 * 10.0))
+    assert m["ego_progress_along_expert_route"] == 1.0

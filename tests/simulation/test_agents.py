@@ -220,3 +220,23 @@ def test_overlapping_agents_are_dropped_when_snapped():
     state = build_idm_agents(sc, RailMap(), sc.ego.states[0], 0)
     assert state.num_agents == 1
     assert dataclasses.replace(state).num_agents == 1
+
+
+def test_fixture_map_agent_stops_at_red_connector_then_goes():
+    from simulation.maps.api import MapAPI
+    from simulation.maps.testing import FIXTURE_ORIGIN, build_fixture_map
+
+    api = MapAPI.from_data(build_fixture_map())
+    ox, oy = FIXTURE_ORIGIN
+    sc = make_scenario(track(ox - 40.0, oy - 2.0, 8.0, 2), [TrackedObjectType.VEHICLE], ego_x=ox, ego_y=oy + 40.0)
+    state = build_idm_agents(sc, api, sc.ego.states[0], 0)
+    # straightest route: lane 11 -> connector 111 -> lane 21 -> connector 121 -> lane 41
+    assert [c for c in state.segment_connector[0] if c] == ["111", "121"]
+    ego = sc.ego.states[0]
+    for _ in range(150):
+        state = idm_step(state, ego, np.zeros((0, 7)), {"111"}, 0.1)
+    front = idm_boxes(state)[0, AgentIndex.X] - ox + 2.0
+    assert -12.0 < front < -10.0 and state.speed[0] < 0.05
+    for _ in range(100):
+        state = idm_step(state, ego, np.zeros((0, 7)), set(), 0.1)
+    assert idm_boxes(state)[0, AgentIndex.X] - ox > 0.0
