@@ -7,6 +7,7 @@ objects by bounding box, transforms the visible vertices and fills them.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ import shapely
 from simulation.maps.layers import SemanticMapLayer
 
 logger = logging.getLogger(__name__)
+
+_UNION_CACHE_SIZE = 64
 
 
 @dataclass
@@ -113,63 +116,97 @@ def _assemble(
 class MapRasterGeometry:
     """All map geometry the raster draws, flattened (global coordinates).
 
+    Polygons are eroded by ``erode_m`` (half a pixel). Objects that share edges within one channel (the lanes
+    of a route, neighbouring red connectors) are united before erosion, so no seam opens between them: the
+    route and red-light areas are built per route / per set of red connectors and cached.
+
     Attributes:
-        drivable: drivable-area polygons (eroded).
-        lane_polygons: lane and lane-connector polygons (eroded), for the route and red-light channels.
+        drivable: drivable-area polygons.
         centerlines: baselines of lanes and lane connectors.
         boundaries: left and right boundaries of lanes.
-        crosswalks: crosswalk polygons (eroded).
+        crosswalks: crosswalk polygons.
+        lane_ids: ``(M,)`` ids of lanes then lane connectors; ``lane_geoms`` ``(M,)`` their polygons (not eroded).
+        lane_bbox: ``(M, 4)`` their bounding boxes.
+        erode_m: erosion applied to polygons.
     """
 
     drivable: RingSet
-    lane_polygons: RingSet
     centerlines: RingSet
     boundaries: RingSet
     crosswalks: RingSet
-    _routes: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False)
+    lane_ids: np.ndarray
+    lane_geoms: np.ndarray
+    lane_bbox: np.ndarray
+    erode_m: float
+    _unions: OrderedDict[tuple[str, frozenset[str]], RingSet] = field(default_factory=OrderedDict, repr=False)
+    _route_lanes: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict, repr=False)
+    _lane_index: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def num_vertices(self) -> int:
-        sets = (self.drivable, self.lane_polygons, self.centerlines, self.boundaries, self.crosswalks)
+        sets = (self.drivable, self.centerlines, self.boundaries, self.crosswalks)
         return int(sum(len(s.vertices) for s in sets))
 
-    def route_mask(self, map_api: Any, route_ids: tuple[str, ...]) -> np.ndarray:
-        """``(O,)`` bool over ``lane_polygons``: lanes / connectors inside the route (cached per route)."""
-        mask = self._routes.get(route_ids)
-        if mask is None:
-            lane_ids = map_api.route_lane_ids(list(route_ids)) if route_ids else set()
-            mask = self.lane_polygons.id_mask(sorted(str(i) for i in lane_ids))
-            if len(self._routes) > 256:
-                self._routes.clear()
-            self._routes[route_ids] = mask
-        return mask
+    def united(self, kind: str, ids: Any, view: np.ndarray | None = None) -> RingSet:
+        """Union of the lanes / connectors ``ids`` (those overlapping the bbox ``view`` (4,) when given) as one
+        eroded object; LRU-cached per ``(kind, ids)``."""
+        if not self._lane_index:
+            self._lane_index = {k: i for i, k in enumerate(self.lane_ids.tolist())}
+        mask = np.zeros(len(self.lane_ids), dtype=bool)
+        mask[[self._lane_index[i] for i in ids if i in self._lane_index]] = True
+        if view is not None:
+            b = self.lane_bbox
+            mask &= (b[:, 0] <= view[2]) & (b[:, 2] >= view[0]) & (b[:, 1] <= view[3]) & (b[:, 3] >= view[1])
+        key = (kind, frozenset(self.lane_ids[mask].tolist()))
+        rings = self._unions.get(key)
+        if rings is None:
+            geoms = [shapely.union_all(self.lane_geoms[mask])] if mask.any() else []
+            rings = RingSet.from_geometries([kind] * len(geoms), geoms, self.erode_m)
+            self._unions[key] = rings
+            if len(self._unions) > _UNION_CACHE_SIZE:
+                self._unions.popitem(last=False)
+        else:
+            self._unions.move_to_end(key)
+        return rings
+
+    def route(self, map_api: Any, route_ids: tuple[str, ...]) -> RingSet:
+        """Lanes and connectors inside the route roadblocks ``route_ids``, united and eroded (cached)."""
+        lane_ids = self._route_lanes.get(route_ids)
+        if lane_ids is None:
+            lane_ids = frozenset(str(i) for i in map_api.route_lane_ids(list(route_ids))) if route_ids else frozenset()
+            if len(self._route_lanes) > _UNION_CACHE_SIZE:
+                self._route_lanes.clear()
+            self._route_lanes[route_ids] = lane_ids
+        return self.united("route", lane_ids)
 
     @staticmethod
     def from_map_api(map_api: Any, erode_m: float) -> MapRasterGeometry:
         """Flatten a :class:`~simulation.maps.api.MapAPI` (uses lanes, lane_connectors, polygons, drivable_area)."""
         lanes = list(map_api.lanes.values())
-        connectors = list(map_api.lane_connectors.values())
-        both = lanes + connectors
-        lane_ids = [str(o.id) for o in both]
+        both = lanes + list(map_api.lane_connectors.values())
+        lane_ids = np.array([str(o.id) for o in both], dtype=object)
+        lane_geoms = np.empty(len(both), dtype=object)
+        lane_geoms[:] = [o.polygon for o in both]
+        lane_bbox = shapely.bounds(lane_geoms).reshape(-1, 4)
         crosswalks = map_api.polygons(SemanticMapLayer.CROSSWALK)
-        lane_set = RingSet.from_geometries(lane_ids, [o.polygon for o in both], erode_m)
-        drivable = whole_drivable_area(map_api, lane_set, crosswalks)
+        drivable = whole_drivable_area(map_api, lane_bbox, crosswalks)
         boundary_ids = [f"{o.id}:{side}" for o in lanes for side in ("left", "right")]
         boundary_lines = [line for o in lanes for line in (o.left_boundary, o.right_boundary)]
         return MapRasterGeometry(
-            drivable=RingSet.from_geometries(["drivable_area"] * len(drivable), drivable, erode_m)
-            if drivable
-            else RingSet.from_geometries([], [], 0.0),
-            lane_polygons=lane_set,
-            centerlines=RingSet.from_polylines(lane_ids, [np.asarray(o.baseline) for o in both]),
+            drivable=RingSet.from_geometries(["drivable_area"] * len(drivable), drivable, erode_m),
+            centerlines=RingSet.from_polylines(list(lane_ids), [np.asarray(o.baseline) for o in both]),
             boundaries=RingSet.from_polylines(boundary_ids, [np.asarray(b) for b in boundary_lines]),
             crosswalks=RingSet.from_geometries([str(k) for k in crosswalks], list(crosswalks.values()), erode_m),
+            lane_ids=lane_ids,
+            lane_geoms=lane_geoms,
+            lane_bbox=lane_bbox,
+            erode_m=erode_m,
         )
 
 
-def whole_drivable_area(map_api: Any, lanes: RingSet, crosswalks: dict[str, Any]) -> list[Any]:
-    """The drivable area of the whole map, split into its disjoint polygons."""
-    boxes = [lanes.object_bbox] + [np.array([shapely.bounds(g) for g in crosswalks.values()]).reshape(-1, 4)]
+def whole_drivable_area(map_api: Any, lane_bbox: np.ndarray, crosswalks: dict[str, Any]) -> list[Any]:
+    """The drivable area of the whole map (bounded by its lanes ``(M, 4)`` and crosswalks), as disjoint polygons."""
+    boxes = [lane_bbox.reshape(-1, 4), np.array([shapely.bounds(g) for g in crosswalks.values()]).reshape(-1, 4)]
     bbox = np.concatenate(boxes)
     bbox = bbox[np.isfinite(bbox).all(1)]
     if len(bbox) == 0:

@@ -33,7 +33,16 @@ import numpy as np
 
 from simulation.geometry import box_corners, global_to_local, transform_points_to_global, transform_points_to_local
 from simulation.raster_geometry import MapRasterGeometry, RingSet
-from simulation.types import PACIFICA, AgentIndex, Agents, LogWindow, StateIndex, TrackedObjectType, TrafficLights
+from simulation.types import (
+    PACIFICA,
+    AgentIndex,
+    Agents,
+    LogWindow,
+    StateIndex,
+    TrackedObjectType,
+    TrafficLights,
+    VehicleParameters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +258,7 @@ def _visible(boxes_local: np.ndarray, config: RasterConfig) -> np.ndarray:
     return (x > x_min - r) & (x < x_max + r) & (y > y_min - r) & (y < y_max + r)
 
 
-def ego_box(vehicle=PACIFICA) -> np.ndarray:
+def ego_box(vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
     """``(7,)`` ego footprint box in its own rear-axle frame."""
     box = np.zeros(len(AgentIndex))
     box[AgentIndex.X] = vehicle.rear_axle_to_center
@@ -258,7 +267,7 @@ def ego_box(vehicle=PACIFICA) -> np.ndarray:
     return box
 
 
-def ego_boxes(poses: np.ndarray, vehicle=PACIFICA) -> np.ndarray:
+def ego_boxes(poses: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
     """``(T, 7)`` global ego boxes (centre pose, size) of rear-axle poses ``(T, 3)``."""
     out = np.zeros((len(poses), len(AgentIndex)))
     out[:, AgentIndex.X] = poses[:, 0] + vehicle.rear_axle_to_center * np.cos(poses[:, 2])
@@ -315,23 +324,19 @@ def _render_map(
     planes: dict[str, np.ndarray], geometry: MapRasterGeometry, ego_pose, red_ids, route_ids, map_api, config
 ) -> None:
     view = _view_bbox(ego_pose, config)
-    if "drivable_area" in planes:
-        _draw_rings(planes["drivable_area"], geometry.drivable, geometry.drivable.in_view(view), ego_pose, config)
-    if "crosswalks" in planes:
-        _draw_rings(planes["crosswalks"], geometry.crosswalks, geometry.crosswalks.in_view(view), ego_pose, config)
-    if "lane_centerlines" in planes:
-        _draw_rings(
-            planes["lane_centerlines"], geometry.centerlines, geometry.centerlines.in_view(view), ego_pose, config
-        )
-    if "lane_boundaries" in planes:
-        _draw_rings(planes["lane_boundaries"], geometry.boundaries, geometry.boundaries.in_view(view), ego_pose, config)
-    lanes = geometry.lane_polygons
-    if "route" in planes and route_ids:
-        mask = lanes.in_view(view) & geometry.route_mask(map_api, tuple(route_ids))
-        _draw_rings(planes["route"], lanes, mask, ego_pose, config)
+    sets = {
+        "drivable_area": geometry.drivable,
+        "crosswalks": geometry.crosswalks,
+        "lane_centerlines": geometry.centerlines,
+        "lane_boundaries": geometry.boundaries,
+    }
+    if "route" in planes and len(route_ids):
+        sets["route"] = geometry.route(map_api, tuple(str(i) for i in route_ids))
     if "red_lights" in planes and len(red_ids):
-        mask = lanes.in_view(view) & lanes.id_mask([str(i) for i in red_ids])
-        _draw_rings(planes["red_lights"], lanes, mask, ego_pose, config)
+        sets["red_lights"] = geometry.united("red_lights", [str(i) for i in red_ids], view)
+    for name, rings in sets.items():
+        if name in planes:
+            _draw_rings(planes[name], rings, rings.in_view(view), ego_pose, config)
 
 
 def _render_agents(planes, ego_pose, boxes, types, history_boxes, history_valid, config) -> None:

@@ -9,7 +9,7 @@ import pytest
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shapely.geometry import LineString, Polygon, box
+from shapely.geometry import Polygon, box
 
 from simulation.geometry import agent_box_corners
 from simulation.maps.layers import SemanticMapLayer
@@ -322,11 +322,36 @@ def test_bad_inputs_raise() -> None:
         render_raster(None, EGO, NO_BOXES, NO_TYPES, history_boxes=np.zeros((2, 7)))
 
 
-def test_lane_ring_geometry_is_eroded(toy_map: _ToyMap) -> None:
-    lanes = map_geometry(toy_map, 0.25).lane_polygons
-    assert lanes.num_objects == 3
-    np.testing.assert_allclose(lanes.object_bbox[0], [0.125, -1.375, 19.875, 1.375])
-    assert LineString(lanes.vertices[:2]).length > 0
+def test_route_is_united_then_eroded(toy_map: _ToyMap) -> None:
+    geometry = map_geometry(toy_map, 0.25)
+    route = geometry.route(toy_map, ("rb1", "rbc1"))
+    assert route.num_objects == 1  # lane 1 and connector 2 are one area: no seam at x = 20
+    np.testing.assert_allclose(route.object_bbox[0], [0.125, -1.375, 29.875, 1.375])
+    assert geometry.route(toy_map, ("rb1", "rbc1")) is route  # cached
+    assert geometry.united("red_lights", ["2"], view=np.array([500.0, 500.0, 600.0, 600.0])).num_objects == 0
+
+
+@pytest.mark.parametrize("angle", [0.0, 17.0, 30.0, 45.0, 60.0, 73.0, 90.0])
+def test_adjacent_route_lanes_leave_no_seam(angle: float) -> None:
+    """Two side-by-side lanes on the route, rotated: every pixel well inside their union is filled."""
+    toy = _ToyMap()
+    lanes = [toy._lane("1", 0.0, 20.0, "rb1"), toy._lane("5", 0.0, 20.0, "rb1")]
+    lanes[1].polygon = box(0.0, 1.5, 20.0, 4.5)
+    toy.lanes = {lane.id: lane for lane in lanes}
+    toy.lane_connectors = {}
+    ego = np.array([3.3, 1.7, np.deg2rad(angle)])
+    plane = _plane(render_raster(toy, ego, NO_BOXES, NO_TYPES, route_ids=("rb1",)), "route") > 0
+    rows, cols = np.mgrid[0 : CFG.height_px, 0 : CFG.width_px]
+    local = pixel_to_ego(np.stack([cols + 0.5, rows + 0.5], -1).reshape(-1, 2))
+    c, s = np.cos(ego[2]), np.sin(ego[2])
+    glob = np.stack([ego[0] + c * local[:, 0] - s * local[:, 1], ego[1] + s * local[:, 0] + c * local[:, 1]], -1)
+    union = box(0.0, -1.5, 20.0, 4.5)
+    inside = shapely.contains_xy(union, glob[:, 0], glob[:, 1]).reshape(plane.shape)
+    core = inside & (shapely.distance(union.exterior, shapely.points(glob)) > CFG.resolution_m).reshape(plane.shape)
+    assert plane[core].all()
+    assert not plane[
+        ~inside & ~(shapely.distance(union.exterior, shapely.points(glob)) < CFG.resolution_m).reshape(plane.shape)
+    ].any()
 
 
 def test_render_observation_matches_render_bev(toy_map: _ToyMap) -> None:
