@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from shapely.geometry import Polygon, box
 
 from simulation.geometry import agent_box_corners
+from simulation.maps.api import MapAPI
 from simulation.maps.layers import SemanticMapLayer
+from simulation.maps.testing import FIXTURE_ORIGIN, build_fixture_map
 from simulation.protocols import Observation
 from simulation.render import (
     CHANNELS,
@@ -358,3 +360,32 @@ def test_render_observation_matches_render_bev(toy_map: _ToyMap) -> None:
     scene = _scene(TrafficLightStatus.RED)
     obs = Observation(scene.ego, scene.agents, scene.traffic_lights, scene.route_roadblock_ids, "toy", toy_map)
     np.testing.assert_array_equal(render_observation(obs), render_bev(scene, toy_map))
+
+
+# ---------------------------------------------------------------------------------------------- real MapAPI
+
+
+@pytest.fixture(scope="module")
+def fixture_map() -> MapAPI:
+    return MapAPI.from_data(build_fixture_map())
+
+
+def test_render_on_fixture_map(fixture_map: MapAPI) -> None:
+    """Ego on lane 11 at local (-30, -2) facing east (UTM-sized coordinates)."""
+    origin = np.array(FIXTURE_ORIGIN)
+    ego = np.array([origin[0] - 30.0, origin[1] - 2.0, 0.0])
+    car = _box(origin[0] - 10.0, origin[1] - 2.0, 0.0, 4.0, 2.0)[None]
+    r = render_raster(fixture_map, ego, car, np.array([TrackedObjectType.VEHICLE]), ["113"], ("1", "101", "2"))
+    # crosswalk 301: local x in [12, 16], y in [-8, 0] -> ego x in [42, 46], y in [-6, 2]
+    #                -> rows [8, 24), cols [120, 152)
+    np.testing.assert_array_equal(_plane(r, "crosswalks"), _expected(slice(8, 24), slice(120, 152)))
+    np.testing.assert_array_equal(_plane(r, "vehicles"), _expected(slice(104, 120), slice(124, 132)))
+    drivable = _plane(r, "drivable_area")
+    assert drivable[191, 128] and drivable[150, 140] and not drivable[150, 100]  # ego, road, walkway (y = +7)
+    route = _plane(r, "route")
+    assert route[111, 128] and route[111, 140]  # both straight connectors through the junction (ego x = 20)
+    assert not route[56, 80]  # ego (34, 12): the left-turn arm (roadblock 3) is off the route
+    red = _plane(r, "red_lights")
+    assert red.any() and not red[150].any()  # the left-turn connector only, inside the junction
+    cols = np.flatnonzero(_plane(r, "lane_centerlines")[150])  # baselines at ego y = 0, -4: on pixel edges 128, 144
+    assert len(cols) == 2 and cols[0] in (127, 128) and cols[1] - cols[0] == 16
