@@ -275,8 +275,9 @@ def _read_layer(
     return VectorLayer(np.array(cols[0], dtype=np.int64), geoms, columns)
 
 
-def _read_meta(con: sqlite3.Connection, path: Path, contents: dict[str, str]) -> dict[str, str]:
-    if "meta" not in contents:
+def _read_meta(con: sqlite3.Connection, path: Path) -> dict[str, str]:
+    """The ``meta`` key/value rows (the table is read even when ``gpkg_contents`` does not register it)."""
+    if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
         return {}
     names = {r[1] for r in con.execute('PRAGMA table_info("meta")')}
     if not {"key", "value"} <= names:
@@ -308,7 +309,7 @@ def read_map(path: str | Path, layers: Iterable[str] | None = None) -> MapData:
         if missing:
             raise MissingLayerError(f"{path}: missing required layer(s) {', '.join(missing)}")
         wanted = features if layers is None else [n for n in dict.fromkeys(layers) if n in features]
-        meta = _read_meta(con, path, contents)
+        meta = _read_meta(con, path)
         crs = meta.get(CRS_KEY) or geometry["lanes_polygons"][1]
         if crs is None or parse_crs(crs).is_geographic:
             raise CorruptMapError(f"{path}: no projected CRS (meta.{CRS_KEY} is {crs!r})")

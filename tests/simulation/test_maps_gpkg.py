@@ -237,3 +237,23 @@ def test_blob_round_trip_property(lines: list[list[tuple[float, float]]]) -> Non
         assert blob is not None
         minx, maxx, miny, maxy = struct.unpack("<4d", blob[8:40])
         assert (minx, miny, maxx, maxy) == tuple(shapely.bounds(geom))
+
+
+def test_meta_read_without_contents_row_and_fallbacks(tmp_path: Path, fixture_map: MapData) -> None:
+    path = write_map(fixture_map, map_file_path(tmp_path, "loc-a", "7.7"))
+    con = sqlite3.connect(path)
+    con.execute("DELETE FROM gpkg_contents WHERE table_name = 'meta'")
+    con.commit()
+    assert read_map(path).meta["generator"] == "diffplan map fixture"
+    con.execute("DROP TABLE meta")
+    con.commit()
+    con.close()
+    back = read_map(path)  # no meta: CRS from the layers' srs, names from the folders
+    assert (back.crs, back.location, back.version) == ("EPSG:32611", "loc-a", "7.7")
+    wgs = write_map(fixture_map, tmp_path / "wgs.gpkg", storage_crs="EPSG:4326")
+    con = sqlite3.connect(wgs)
+    con.execute("DROP TABLE meta")
+    con.commit()
+    con.close()
+    with pytest.raises(CorruptMapError, match="wgs.gpkg.*projectedCoordSystem"):
+        read_map(wgs)
