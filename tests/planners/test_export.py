@@ -33,6 +33,20 @@ def test_export_parity(planner: TruncatedDiffusionPlanner, tmp_path: Path, fmt: 
     torch.testing.assert_close(scores, eager.scores, atol=1e-5, rtol=0)
 
 
+def test_masked_planner_torchscript_parity(tmp_path: Path) -> None:
+    from planners.masked_diffusion import MaskedDiffusionConfig, MaskedDiffusionPlanner
+
+    torch.manual_seed(0)
+    planner = MaskedDiffusionPlanner(
+        MaskedDiffusionConfig(bev_channels=4, d_model=32, num_layers=1, num_steps=4)
+    ).eval()
+    path = export_planner(planner, tmp_path / "masked.pt", "torchscript", bev_size=(64, 64))
+    inputs = example_inputs(planner, batch=2, bev_size=(64, 64))
+    with torch.no_grad():
+        eager = planner.sample(dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4])))
+    torch.testing.assert_close(ExportedPlanner(path)(*inputs)[0], eager.trajectory, atol=1e-5, rtol=0)
+
+
 def test_export_rejects_unknown_format(planner: TruncatedDiffusionPlanner, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown export format"):
         export_planner(planner, tmp_path / "p.bin", "tflite")  # type: ignore[arg-type]
