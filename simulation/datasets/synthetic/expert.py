@@ -1,0 +1,290 @@
+"""The ego expert: a privileged, careful driver that follows a route of roadblocks.
+
+Longitudinally it uses the same constraints as traffic (leaders on its path, anything entering its
+corridor, red / yellow lights, occupied conflicting connectors) with gentler IDM parameters, a longer
+look-ahead and a jerk limit. Laterally it keeps to the lane baseline and changes lanes when the route
+needs it (a turn from another lane) or by preference, only into a free gap, with a quintic lateral
+profile over a speed-dependent distance. Its pose is the rear axle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulation.datasets.synthetic.network import Town, TurnType
+from simulation.datasets.synthetic.paths import PathBank, build_bank
+from simulation.datasets.synthetic.traffic import (
+    INF,
+    IDMParams,
+    Objects,
+    corridor_obstacles,
+    free_speed,
+    idm_accel,
+    path_leaders,
+    stop_line_gaps,
+)
+from simulation.geometry import project_on_polyline
+from simulation.types import PACIFICA
+
+EGO_OWNER = -7  # agent id of the ego in constraint searches
+REAR_TO_CENTER = PACIFICA.rear_axle_to_center
+EGO_PROBES = np.arange(0.25, 50.0, 2.0)
+
+
+@dataclass
+class EgoFrame:
+    """What the expert knew at one step (for scenario tags)."""
+
+    lead_gap: float
+    lead_v: float
+    lead_owner: int
+    light_stop: bool
+    stop_gap: float
+    segment: int
+    turn_type: int
+    changing_lane: bool
+    corridor_owner: int
+
+
+@dataclass
+class EgoDriver:
+    """Mutable state of the ego expert (see module docstring)."""
+
+    town: Town
+    rng: np.random.Generator
+    light_cols: dict[int, int]
+    conn_index: dict[int, int]
+    route: list[int]
+    s: float
+    v: float = 0.0
+    a: float = 0.0
+    params: IDMParams = field(init=False)
+    jerk: float = 2.5
+    lc_start: float = 0.0
+    lc_len: float = 0.0
+    lc_d0: float = 0.0
+    lc_active: bool = False
+    target: dict[int, int] = field(default_factory=dict)  # roadblock fid -> lane index the route needs
+    turn: dict[int, int] = field(default_factory=dict)  # roadblock fid -> chosen TurnType
+    bank: PathBank = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.rng
+        self.params = IDMParams(
+            v_factor=np.array([r.uniform(0.88, 0.98)]),
+            a=np.array([r.uniform(1.0, 1.4)]),
+            b=np.array([r.uniform(1.5, 2.0)]),
+            headway=np.array([r.uniform(1.4, 1.9)]),
+            s0=np.array([r.uniform(3.0, 4.0)]),
+            b_max=np.array([5.0]),
+        )
+        self.route = self._extend(self.route)
+        self._rebuild()
+
+    # ------------------------------------------------------------------ route
+    def _connector_for(self, lane_fid: int) -> int:
+        """Connector out of ``lane_fid`` for the movement chosen for its roadblock (straight while the
+        route still needs a lane change)."""
+        lane = self.town.paths[lane_fid]
+        turn = self.turn.get(lane.roadblock, TurnType.STRAIGHT)
+        outs = [c for c in lane.outgoing if self.town.paths[c].turn_type != TurnType.UTURN]
+        for wanted in (turn, TurnType.STRAIGHT):
+            same = [c for c in outs if self.town.paths[c].turn_type == wanted]
+            if same:
+                return same[0]
+        return outs[0]
+
+    def _choose(self, lane_fid: int) -> int:
+        """Pick the movement out of ``lane_fid``'s roadblock (and the lane it needs); return the connector."""
+        lane = self.town.paths[lane_fid]
+        rb = self.town.blocks[lane.roadblock]
+        if rb.fid not in self.turn:
+            opts = [
+                (self.town.paths[c].turn_type, self.town.paths[q].index)
+                for q in rb.paths
+                for c in self.town.paths[q].outgoing
+                if self.town.paths[c].turn_type != TurnType.UTURN
+            ]
+            w = np.array([1.5 if t == TurnType.STRAIGHT else 1.0 for t, _ in opts])
+            turn, idx = opts[int(self.rng.choice(len(opts), p=w / w.sum()))]
+            self.turn[rb.fid], self.target[rb.fid] = int(turn), int(idx)
+        return self._connector_for(lane_fid)
+
+    def _extend(self, route: list[int], lanes_ahead: int = 3) -> list[int]:
+        route = list(route)
+        while sum(not self.town.paths[f].is_connector for f in route) < lanes_ahead:
+            c = self._choose(route[-1])
+            route += [c, self.town.paths[c].outgoing[0]]
+        return route
+
+    def _rebuild(self) -> None:
+        self.bank = build_bank(self.town, [self.route], self.light_cols, accel=1.6, smooth=7)
+        self.conn_row = np.array([[self.conn_index.get(f, -1) for f in self.route]], dtype=np.int64)
+
+    def _advance_route(self) -> None:
+        """Drop segments behind once the rear axle is on the second lane of the route."""
+        lanes = [k for k, f in enumerate(self.route) if not self.town.paths[f].is_connector]
+        if len(lanes) < 2 or self.s < self.bank.seg_start[0, lanes[1]]:
+            return
+        cut = lanes[1] - 1  # keep the connector just driven, for smooth geometry
+        self.s -= float(self.bank.seg_start[0, cut])
+        self.lc_start -= float(self.bank.seg_start[0, cut])
+        self.route = self._extend(self.route[cut:])
+        self._rebuild()
+
+    # ------------------------------------------------------------------ lane change
+    def _current(self) -> tuple[int, int]:
+        k = int(self.bank.segment_index(np.array([self.s]))[0])
+        return k, self.route[k]
+
+    def _try_lane_change(self, t_seg: np.ndarray, t_u: np.ndarray, t_v: np.ndarray) -> None:
+        """Start a lane change towards the lane the route needs when the gap there is free."""
+        k, fid = self._current()
+        lane = self.town.paths[fid]
+        if self.lc_active or lane.is_connector:
+            return
+        rb = self.town.blocks[lane.roadblock]
+        want = self.target.get(rb.fid, lane.index)
+        u = self.s - float(self.bank.seg_start[0, k])
+        left = lane.length - u
+        if want == lane.index or u < 8.0:
+            return
+        if left < max(self.v * 5.0, 30.0) + 15.0:
+            if left < 25.0:  # too late: take a movement this lane offers
+                self.turn.pop(rb.fid, None)
+                self.target.pop(rb.fid, None)
+                self.turn[rb.fid] = self.town.paths[self._connector_for(fid)].turn_type
+                self.target[rb.fid] = lane.index
+                self.route = self._extend(self.route[: k + 1])
+                self._rebuild()
+            return
+        adj = self.town.paths[rb.paths[lane.index + (1 if want > lane.index else -1)]]
+        s_adj, d_adj = project_on_polyline(self._pose()[None, :2], adj.centre)
+        rel = t_u - (float(s_adj[0]) + REAR_TO_CENTER)
+        ahead, behind = 8.0 + self.v * 0.8, 10.0 + self.v * 0.6 + 2.0 * np.maximum(t_v - self.v, 0.0)
+        if np.any((t_seg == adj.fid) & (rel > -behind) & (rel < ahead)):
+            return
+        self.route = self._extend([adj.fid])
+        self.s = float(s_adj[0])
+        self.lc_active, self.lc_start, self.lc_d0 = True, self.s, float(d_adj[0])
+        self.lc_len = max(self.v * self.rng.uniform(4.5, 6.0), 30.0)
+        self._rebuild()
+
+    def _offset(self) -> tuple[float, float]:
+        """Lateral offset from the path and its derivative along the path (quintic profile)."""
+        if not self.lc_active:
+            return 0.0, 0.0
+        tau = np.clip((self.s - self.lc_start) / self.lc_len, 0.0, 1.0)
+        if tau >= 1.0:
+            self.lc_active = False
+            return 0.0, 0.0
+        q = 1 - 10 * tau**3 + 15 * tau**4 - 6 * tau**5
+        dq = (-30 * tau**2 + 60 * tau**3 - 30 * tau**4) / self.lc_len
+        return self.lc_d0 * q, self.lc_d0 * dq
+
+    def _pose(self) -> np.ndarray:
+        """``(3,)`` rear-axle pose."""
+        p = self.bank.poses(np.array([[self.s]]))[0, 0]
+        d, dd = self._offset()
+        n = np.array([-np.sin(p[2]), np.cos(p[2])])
+        return np.array([p[0] + n[0] * d, p[1] + n[1] * d, p[2] + np.arctan(dd)])
+
+    # ------------------------------------------------------------------ public
+    def pose(self) -> np.ndarray:
+        return self._pose()
+
+    def box(self) -> np.ndarray:
+        """``(7,)`` ego box (centre, heading, global velocity, size)."""
+        p = self._pose()
+        c, s = np.cos(p[2]), np.sin(p[2])
+        return np.array(
+            [
+                p[0] + REAR_TO_CENTER * c,
+                p[1] + REAR_TO_CENTER * s,
+                p[2],
+                self.v * c,
+                self.v * s,
+                PACIFICA.length,
+                PACIFICA.width,
+            ]
+        )
+
+    def register(self) -> Objects:
+        """The ego as a path entry for traffic leader searches."""
+        k, fid = self._current()
+        u = self.s + REAR_TO_CENTER - float(self.bank.seg_start[0, k])
+        return Objects(
+            np.array([fid]), np.array([u]), np.array([self.v]), np.array([PACIFICA.length / 2]), np.array([EGO_OWNER])
+        )
+
+    def step(
+        self,
+        dt: float,
+        light: np.ndarray,
+        blocked: bool,
+        objs: Objects,
+        boxes: np.ndarray,
+        box_owner: np.ndarray,
+        t_seg: np.ndarray,
+        t_u: np.ndarray,
+        t_v: np.ndarray,
+    ) -> EgoFrame:
+        """Advance the ego by ``dt`` given the traffic at this step; returns what it reacted to."""
+        self._advance_route()
+        self._try_lane_change(t_seg, t_u, t_v)
+        s, v, p = np.array([self.s]), np.array([self.v]), self.params
+        d, _ = self._offset()
+        gap_l, v_l, own_l = path_leaders(
+            self.bank, s + REAR_TO_CENTER, np.array([PACIFICA.length / 2]), np.array([EGO_OWNER]), objs, horizon=120.0
+        )
+        gap_c, v_c, own_c = corridor_obstacles(
+            self.bank,
+            s,
+            np.array([PACIFICA.front_length]),
+            np.array([PACIFICA.width / 2 + 0.5]),
+            np.array([EGO_OWNER]),
+            boxes,
+            box_owner,
+            EGO_PROBES,
+            np.array([d]),
+        )
+        gap_s, red = stop_line_gaps(
+            self.bank,
+            s,
+            np.array([PACIFICA.front_length]),
+            v,
+            light,
+            np.array([blocked]),
+            self.conn_row,
+            np.array([2.6]),
+        )
+        v0 = free_speed(self.bank, s, np.array([PACIFICA.front_length]), p)
+        acc = min(
+            float(idm_accel(v, v0, gap_l, v_l, p)[0]),
+            float(idm_accel(v, v0, gap_c, v_c, p)[0]),
+            float(idm_accel(v, v0, gap_s, np.zeros(1), p)[0]),
+        )
+        gap = min(float(gap_l[0]), float(gap_c[0]), float(gap_s[0]))
+        urgent = gap < 2.0 + 1.2 * self.v
+        j = (9.0 if urgent else self.jerk) * dt
+        self.a = float(np.clip(acc, self.a - j, self.a + self.jerk * dt))
+        if self.v <= 0.0 and self.a < 0.0:
+            self.a = 0.0
+        step = max(self.v * dt + 0.5 * self.a * dt * dt, 0.0)
+        self.v = max(self.v + self.a * dt, 0.0)
+        self.s += step
+        k, fid = self._current()
+        lead_from_path = gap_l[0] <= gap_c[0]
+        return EgoFrame(
+            lead_gap=float(min(gap_l[0], gap_c[0])),
+            lead_v=float(v_l[0] if lead_from_path else v_c[0]),
+            lead_owner=int(own_l[0] if lead_from_path else own_c[0]),
+            light_stop=bool(red[0]),
+            stop_gap=float(gap_s[0]),
+            segment=fid,
+            turn_type=self.town.paths[fid].turn_type,
+            changing_lane=self.lc_active,
+            corridor_owner=int(own_c[0]) if gap_c[0] < INF else -1,
+        )

@@ -1,0 +1,147 @@
+"""Pedestrians of the synthetic city: crossers at crosswalks (and a few away from them) and walkers on walkways.
+
+A crosser waits at the kerb until no vehicle is on, or about to reach, its crossing line, then walks
+across at its own pace; vehicles yield to it once it is on the road. Walkers follow walkway centre
+lines and never enter the road.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulation.datasets.synthetic.network import Town
+
+PED_SIZE = (0.6, 0.6)  # length, width
+
+
+@dataclass
+class Pedestrians:
+    """State of all pedestrians (``P`` rows).
+
+    Attributes:
+        a, b: ``(P, 2)`` start / end of the line each walks along.
+        speed: ``(P,)`` walking speed. start_t: ``(P,)`` time it appears. crosser: ``(P,)`` bool.
+        progress: ``(P,)`` metres walked. state: ``(P,)`` 0 waiting, 1 walking, 2 arrived.
+        linger: ``(P,)`` seconds it stays visible after arriving.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    speed: np.ndarray
+    start_t: np.ndarray
+    crosser: np.ndarray
+    progress: np.ndarray
+    state: np.ndarray
+    linger: np.ndarray
+    arrive_t: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def length(self) -> np.ndarray:
+        return np.linalg.norm(self.b - self.a, axis=1)
+
+    def visible(self, t: float) -> np.ndarray:
+        return (t >= self.start_t) & ((self.state < 2) | (t < self.arrive_t + self.linger))
+
+    def boxes(self, t: float) -> np.ndarray:
+        """``(P, 7)`` boxes (centre, heading, global velocity, size) at time ``t``."""
+        d = self.b - self.a
+        u = d / np.maximum(self.length[:, None], 1e-9)
+        pos = self.a + u * self.progress[:, None]
+        moving = (self.state == 1)[:, None]
+        vel = np.where(moving, u * self.speed[:, None], 0.0)
+        h = np.arctan2(d[:, 1], d[:, 0])
+        size = np.broadcast_to(np.array(PED_SIZE), (len(self), 2))
+        return np.concatenate([pos, h[:, None], vel, size], 1)
+
+    def step(self, t: float, dt: float, vehicle_boxes: np.ndarray) -> None:
+        """Advance by ``dt``; waiting crossers start when their line is clear of ``vehicle_boxes`` ``(V, 7)``."""
+        waiting = (self.state == 0) & (t >= self.start_t)
+        if waiting.any():
+            clear = _line_clear(self.a[waiting], self.b[waiting], vehicle_boxes)
+            idx = np.flatnonzero(waiting)
+            self.state[idx[clear]] = 1
+        walking = self.state == 1
+        self.progress[walking] += self.speed[walking] * dt
+        done = walking & (self.progress >= self.length)
+        self.progress[done] = self.length[done]
+        self.state[done] = 2
+        self.arrive_t[done] = t
+
+
+def _line_clear(a: np.ndarray, b: np.ndarray, boxes: np.ndarray, margin: float = 3.0) -> np.ndarray:
+    """``(Q,)`` True where no vehicle (now or 2.5 s ahead at constant velocity) is within ``margin`` + its
+    half length of the segment ``a``-``b``."""
+    if len(boxes) == 0:
+        return np.ones(len(a), dtype=bool)
+    pts = np.concatenate([boxes[:, :2], boxes[:, :2] + 1.25 * boxes[:, 3:5], boxes[:, :2] + 2.5 * boxes[:, 3:5]], 0)
+    reach = np.tile(boxes[:, 5] / 2 + margin, 3)
+    ab = b - a
+    t = ((pts[None, :, :] - a[:, None, :]) * ab[:, None, :]).sum(-1) / np.maximum((ab**2).sum(-1), 1e-9)[:, None]
+    closest = a[:, None, :] + np.clip(t, 0, 1)[..., None] * ab[:, None, :]
+    dist = np.linalg.norm(pts[None] - closest, axis=-1)
+    return ~(dist < reach[None, :]).any(1)
+
+
+def spawn_pedestrians(town: Town, duration: float, density: float, rng: np.random.Generator) -> Pedestrians:
+    """Crossers at crosswalks, a few jaywalkers across roads and walkers along walkways."""
+    a, b, speed, start, crosser, linger = [], [], [], [], [], []
+    for fid in sorted(town.crosswalks):
+        poly, _ = town.crosswalks[fid]
+        ring = np.asarray(poly.exterior.coords)[:4]
+        mid0, mid1 = (ring[0] + ring[3]) / 2, (ring[1] + ring[2]) / 2  # ends of the crossing line
+        for _ in range(rng.poisson(density * duration / 25.0)):
+            p, q = (mid0, mid1) if rng.random() < 0.5 else (mid1, mid0)
+            a.append(p - 1.0 * (q - p) / np.linalg.norm(q - p))
+            b.append(q + 1.0 * (q - p) / np.linalg.norm(q - p))
+            speed.append(rng.uniform(1.0, 1.6))
+            start.append(rng.uniform(0, duration))
+            crosser.append(True)
+            linger.append(rng.uniform(1.0, 4.0))
+    lanes = sorted(p.fid for p in town.lanes if p.index == 0)
+    for _ in range(rng.poisson(density * len(lanes) * 0.03)):  # jaywalkers: across a road away from crosswalks
+        lane = town.paths[lanes[int(rng.integers(len(lanes)))]]
+        k = int(rng.integers(len(lane.centre) // 4, max(3 * len(lane.centre) // 4, len(lane.centre) // 4 + 1)))
+        n = lane.left[k] - lane.right[k]
+        n /= np.linalg.norm(n)
+        span = 2 * lane.width * len(town.blocks[lane.roadblock].paths) + 4.0
+        p = lane.left[k] - n * (lane.width * len(town.blocks[lane.roadblock].paths) + 2.0)
+        a.append(p)
+        b.append(p + n * span)
+        speed.append(rng.uniform(1.2, 1.8))
+        start.append(rng.uniform(0, duration))
+        crosser.append(True)
+        linger.append(1.0)
+    walks = sorted(town.walkways)
+    for _ in range(rng.poisson(density * len(walks) * 0.5)):
+        ring = np.asarray(town.walkways[walks[int(rng.integers(len(walks)))]].exterior.coords)
+        half = (len(ring) - 1) // 2
+        line = (ring[:half] + ring[half : 2 * half][::-1]) / 2
+        i, j = sorted(rng.choice(len(line), 2, replace=False))
+        p, q = (line[i], line[j]) if rng.random() < 0.5 else (line[j], line[i])
+        a.append(p)
+        b.append(q)
+        speed.append(rng.uniform(0.9, 1.5))
+        start.append(rng.uniform(-duration, duration * 0.8))
+        crosser.append(False)
+        linger.append(duration)
+    n = len(a)
+    ped = Pedestrians(
+        a=np.array(a).reshape(n, 2),
+        b=np.array(b).reshape(n, 2),
+        speed=np.array(speed),
+        start_t=np.array(start),
+        crosser=np.array(crosser, dtype=bool),
+        progress=np.zeros(n),
+        state=np.where(np.array(crosser, dtype=bool), 0, 1).astype(np.int64),
+        linger=np.array(linger),
+        arrive_t=np.full(n, np.inf),
+    )
+    early = ~ped.crosser & (ped.start_t < 0)  # walkers already under way at t = 0
+    ped.progress[early] = np.minimum(-ped.start_t[early] * ped.speed[early], ped.length[early] - 0.1)
+    ped.start_t[early] = 0.0
+    return ped

@@ -1,0 +1,55 @@
+"""Fixed-time traffic lights of the synthetic city.
+
+Each signalled junction cycles through up to four protected phases: (axis street, straight + right),
+(axis street, left + U-turn), (cross street, straight + right), (cross street, left + U-turn). A phase is
+green for its own duration, then yellow for :data:`YELLOW_S`, then all-red for :data:`ALL_RED_S`; every
+connector of the other phases is red meanwhile. Phases without connectors are skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulation.datasets.synthetic.network import Town
+from simulation.types import TrafficLightStatus
+
+YELLOW_S = 3.0
+ALL_RED_S = 2.0
+
+
+def signalled_connectors(town: Town) -> np.ndarray:
+    """``(C,)`` int64 fids of the lane connectors that have a traffic light, sorted."""
+    return np.array(sorted(p.fid for p in town.connectors if p.phase >= 0), dtype=np.int64)
+
+
+def light_status(town: Town, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Status of every signalled connector at each time.
+
+    Args:
+        town: the road network.
+        times_s: ``(F,)`` seconds since the start of the log.
+
+    Returns:
+        connector fids ``(C,)`` and status ``(F, C)`` int8 :class:`TrafficLightStatus`.
+    """
+    fids = signalled_connectors(town)
+    status = np.full((len(times_s), len(fids)), TrafficLightStatus.RED, dtype=np.int8)
+    if len(fids) == 0:
+        return fids, status
+    junction = np.array([town.paths[int(f)].junction for f in fids])
+    phase = np.array([town.paths[int(f)].phase for f in fids])
+    for jf in np.unique(junction):
+        j = town.junctions[int(jf)]
+        mask = junction == jf
+        used = np.isin(np.arange(len(j.phase_green)), phase[mask])
+        dur = np.where(used, j.phase_green + YELLOW_S + ALL_RED_S, 0.0)
+        start = np.concatenate([[0.0], np.cumsum(dur)[:-1]])
+        tau = np.mod(times_s + j.cycle_offset, dur.sum())  # (F,)
+        rel = tau[:, None] - start[phase[mask]][None, :]  # (F, Cj) time into each connector's phase
+        green = (rel >= 0) & (rel < j.phase_green[phase[mask]])
+        yellow = (rel >= j.phase_green[phase[mask]]) & (rel < j.phase_green[phase[mask]] + YELLOW_S)
+        s = np.full(rel.shape, TrafficLightStatus.RED, dtype=np.int8)
+        s[green] = TrafficLightStatus.GREEN
+        s[yellow] = TrafficLightStatus.YELLOW
+        status[:, mask] = s
+    return fids, status

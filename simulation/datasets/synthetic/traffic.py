@@ -1,0 +1,265 @@
+"""Vectorised longitudinal traffic model: IDM along lane paths with leaders, lights, conflicts and obstacles.
+
+Every moving vehicle (traffic and the ego) is a row of a :class:`~.paths.PathBank` and moves by arc
+length. Each step computes, for all rows at once, the tightest of four constraints and applies the IDM
+law: (1) the nearest vehicle registered on a segment of the row's path ahead (vehicles on a connector
+are also registered at the start of the lane it merges into, so merges are ordered); (2) any box that
+enters the corridor ahead (pedestrians, crossing vehicles, the ego); (3) the stop line of a red light,
+or of a yellow one when it can still be stopped for; (4) the stop line of a junction while a conflicting
+connector is occupied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulation.datasets.synthetic.paths import PathBank
+from simulation.types import TrafficLightStatus
+
+#: Look-ahead offsets (m) at which the free-road speed anticipates curves and speed limits.
+ANTICIPATION = np.array([0.0, 4.0, 8.0, 14.0, 20.0, 30.0, 42.0, 56.0, 72.0])
+#: Probe offsets (m) ahead of the front bumper for the corridor check.
+PROBES = np.arange(0.25, 26.0, 2.0)
+INF = 1e9
+#: Segments ahead (including the current one) searched for leaders.
+WINDOW = 5
+
+
+@dataclass
+class IDMParams:
+    """Per-row IDM parameters (each ``(N,)``): speed factor on the allowed speed, max acceleration,
+    comfortable deceleration, time headway, minimum gap, emergency deceleration."""
+
+    v_factor: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    headway: np.ndarray
+    s0: np.ndarray
+    b_max: np.ndarray
+
+    @staticmethod
+    def sample(n: int, rng: np.random.Generator, cyclist: np.ndarray | None = None) -> IDMParams:
+        p = IDMParams(
+            v_factor=rng.uniform(0.8, 1.05, n),
+            a=rng.uniform(0.9, 1.8, n),
+            b=rng.uniform(1.6, 2.6, n),
+            headway=rng.uniform(1.0, 1.8, n),
+            s0=rng.uniform(2.0, 3.5, n),
+            b_max=np.full(n, 6.0),
+        )
+        if cyclist is not None:
+            p.v_factor = np.where(cyclist, rng.uniform(0.3, 0.45, n), p.v_factor)
+        return p
+
+
+@dataclass
+class Objects:
+    """Moving objects registered on path segments, for the path-leader search (``O`` entries).
+
+    Attributes:
+        seg: ``(O,)`` path fid the entry lies on. u: ``(O,)`` arc length of its centre on that path.
+        v: ``(O,)`` speed. half: ``(O,)`` half length. owner: ``(O,)`` agent id.
+    """
+
+    seg: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    half: np.ndarray
+    owner: np.ndarray
+
+
+def register(bank: PathBank, s: np.ndarray, v: np.ndarray, half: np.ndarray, owner: np.ndarray) -> Objects:
+    """Entries of the rows of ``bank`` at arc lengths ``s``: their segment, plus a virtual entry on the
+    lane after a connector (negative arc length) so that merging vehicles see each other."""
+    n = len(s)
+    k = bank.segment_index(s)
+    rows = np.arange(n)
+    seg = bank.seg_fid[rows, k]
+    u = s - bank.seg_start[rows, k]
+    nxt = np.minimum(k + 1, bank.seg_fid.shape[1] - 1)
+    exit_ = bank.seg_exit[rows, k]
+    has = exit_ >= 0
+    u_v = u - (bank.seg_start[rows, nxt] - bank.seg_start[rows, k])
+    return Objects(
+        seg=np.concatenate([seg, exit_[has]]),
+        u=np.concatenate([u, u_v[has]]),
+        v=np.concatenate([v, v[has]]),
+        half=np.concatenate([half, half[has]]),
+        owner=np.concatenate([owner, owner[has]]),
+    )
+
+
+def merge_objects(parts: list[Objects]) -> Objects:
+    return Objects(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("seg", "u", "v", "half", "owner")))
+
+
+def path_leaders(
+    bank: PathBank, s: np.ndarray, half: np.ndarray, owner: np.ndarray, objs: Objects, horizon: float = 90.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest registered object ahead on each row's path: gap ``(N,)``, its speed ``(N,)``, its owner ``(N,)``
+    (-1 and gap ``INF`` without one)."""
+    if len(objs.seg) == 0:
+        return np.full(len(s), INF), np.zeros(len(s)), np.full(len(s), -1)
+    kk = bank.seg_fid.shape[1]
+    window = np.minimum(bank.segment_index(s)[:, None] + np.arange(WINDOW)[None, :], kk - 1)  # (N, W)
+    seg_fid = np.take_along_axis(bank.seg_fid, window, 1)
+    seg_start = np.take_along_axis(bank.seg_start, window, 1)
+    match = seg_fid[:, :, None] == objs.seg[None, None, :]  # (N, W, O)
+    d = seg_start[:, :, None] + objs.u[None, None, :] - s[:, None, None]
+    ok = match & (d > 0.0) & (d < horizon) & (objs.owner[None, None, :] != owner[:, None, None])
+    d = np.where(ok, d, INF).min(1)  # (N, O)
+    j = d.argmin(1)
+    rows = np.arange(len(s))
+    dist = d[rows, j]
+    found = dist < INF
+    gap = np.where(found, dist - half - objs.half[j], INF)
+    return gap, np.where(found, objs.v[j], 0.0), np.where(found, objs.owner[j], -1)
+
+
+def corridor_obstacles(
+    bank: PathBank,
+    s: np.ndarray,
+    front: np.ndarray,
+    radius: np.ndarray,
+    owner: np.ndarray,
+    boxes: np.ndarray,
+    box_owner: np.ndarray,
+    probes: np.ndarray = PROBES,
+    lateral: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First box ``(A, 7)`` (x, y, heading, vx, vy, length, width) that a probe ahead of each row falls into.
+
+    Args:
+        s: ``(N,)`` arc length of the reference point; front: ``(N,)`` its distance to the front bumper.
+        radius: ``(N,)`` probe radius (half width plus a margin).
+        probes: ``(M,)`` probe distances ahead of the front bumper. lateral: ``(N,)`` left shift of the probes.
+
+    Returns:
+        gap ``(N,)`` from the front bumper (``INF`` if clear), the box speed along the path ``(N,)``, its owner.
+    """
+    n = len(s)
+    if len(boxes) == 0:
+        return np.full(n, INF), np.zeros(n), np.full(n, -1)
+    q = bank.poses(s[:, None] + front[:, None] + probes[None, :])  # (N, M, 3)
+    if lateral is not None:
+        q[..., 0] -= np.sin(q[..., 2]) * lateral[:, None]
+        q[..., 1] += np.cos(q[..., 2]) * lateral[:, None]
+    # candidate (row, box) pairs: box within reach of the probe span's bounding circle
+    mid = q[:, len(probes) // 2, :2]
+    reach = probes[-1] / 2 + radius + 1.0
+    dist = np.linalg.norm(mid[:, None, :] - boxes[None, :, :2], axis=-1)
+    ii, aa = np.nonzero(
+        (dist < reach[:, None] + np.hypot(boxes[:, 5], boxes[:, 6])[None, :] / 2)
+        & (box_owner[None, :] != owner[:, None])
+    )
+    gap, v_out, who = np.full(n, INF), np.zeros(n), np.full(n, -1)
+    if len(ii) == 0:
+        return gap, v_out, who
+    dx = q[ii, :, 0] - boxes[aa, None, 0]  # (P, M)
+    dy = q[ii, :, 1] - boxes[aa, None, 1]
+    c, sn = np.cos(boxes[aa, 2])[:, None], np.sin(boxes[aa, 2])[:, None]
+    r = radius[ii][:, None]
+    hit = (np.abs(dx * c + dy * sn) < boxes[aa, 5, None] / 2 + r) & (
+        np.abs(-dx * sn + dy * c) < boxes[aa, 6, None] / 2 + r
+    )
+    m = np.where(hit.any(1), hit.argmax(1), len(probes))  # first probe hit per pair
+    order = np.lexsort((m, ii))
+    ii, aa, m = ii[order], aa[order], m[order]
+    first = np.concatenate([[True], ii[1:] != ii[:-1]])
+    ii, aa, m = ii[first], aa[first], m[first]
+    ok = m < len(probes)
+    ii, aa, m = ii[ok], aa[ok], m[ok]
+    h = q[ii, m, 2]
+    v_along = boxes[aa, 3] * np.cos(h) + boxes[aa, 4] * np.sin(h)
+    gap[ii] = np.maximum(probes[m] - 0.25, 0.0)
+    v_out[ii] = np.maximum(v_along, 0.0)
+    who[ii] = box_owner[aa]
+    return gap, v_out, who
+
+
+def approach(bank: PathBank, s: np.ndarray, front: np.ndarray, conn_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The connector each row is on or approaching: segment index ``(N,)`` (-1 if none ahead) and the distance
+    from the front bumper to its stop line ``(N,)`` (negative once the front is past it)."""
+    n, kk = bank.seg_fid.shape
+    rows = np.arange(n)
+    k_cur = bank.segment_index(s)
+    ahead = np.arange(kk)[None, :] >= k_cur[:, None]
+    is_conn = (conn_row >= 0) & ahead
+    k = np.where(is_conn.any(1), is_conn.argmax(1), -1)
+    dist = np.where(k >= 0, bank.seg_start[rows, np.maximum(k, 0)] - 0.5 - (s + front), INF)
+    return k, dist
+
+
+def claims(
+    k: np.ndarray, dist: np.ndarray, conn_row: np.ndarray, light: np.ndarray, seg_light: np.ndarray, reach: float = 15.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Junction claims of rows: connector index ``(N,)`` in the conflict matrix (-1 if none) and priority key
+    ``(N,)`` (smaller goes first). A row claims its connector when it is on it or within ``reach`` of it
+    with a green / yellow / no light."""
+    rows = np.arange(len(k))
+    kk = np.maximum(k, 0)
+    ci = np.where(k >= 0, conn_row[rows, kk], -1)
+    col = seg_light[rows, kk]
+    status = np.where(col >= 0, light[np.maximum(col, 0)], TrafficLightStatus.GREEN)
+    ok = (k >= 0) & (ci >= 0) & (dist < reach) & ((status != TrafficLightStatus.RED) | (dist < 0.0))
+    return np.where(ok, ci, -1), np.where(dist < 0.0, -1e6 + dist, dist)
+
+
+def yield_blocked(
+    conn: np.ndarray, key: np.ndarray, all_conn: np.ndarray, all_key: np.ndarray, conflict: np.ndarray
+) -> np.ndarray:
+    """``(N,)`` True where a claim of higher priority sits on a connector conflicting with the row's claim."""
+    if len(all_conn) == 0 or len(conn) == 0:
+        return np.zeros(len(conn), dtype=bool)
+    valid = all_conn >= 0
+    c = conflict[np.maximum(conn, 0)][:, np.maximum(all_conn, 0)]  # (N, Q)
+    first = all_key[None, :] < key[:, None]
+    return (conn >= 0) & (c & first & valid[None, :]).any(1)
+
+
+def stop_line_gaps(
+    bank: PathBank,
+    s: np.ndarray,
+    front: np.ndarray,
+    v: np.ndarray,
+    light: np.ndarray,
+    blocked: np.ndarray,
+    conn_row: np.ndarray,
+    b_yellow: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gap to the stop line each row must respect (``INF`` if none) and whether it is for a light.
+
+    Args:
+        light: ``(L,)`` status of the signalled connectors at this step.
+        blocked: ``(N,)`` the row must yield to a conflicting claim (see :func:`yield_blocked`).
+        conn_row: ``(N, K)`` index of each segment in the conflict matrix (-1 for lanes).
+        b_yellow: ``(N,)`` deceleration a row accepts to stop at a yellow light.
+    """
+    k, dist = approach(bank, s, front, conn_row)
+    rows = np.arange(len(s))
+    col = np.where(k >= 0, bank.seg_light[rows, np.maximum(k, 0)], -1)
+    status = np.where(col >= 0, light[np.maximum(col, 0)], TrafficLightStatus.GREEN)
+    stop_light = (status == TrafficLightStatus.RED) | (
+        (status == TrafficLightStatus.YELLOW) & (dist > v**2 / (2.0 * b_yellow))
+    )
+    must = (k >= 0) & (stop_light | blocked) & (dist > -0.5)
+    return np.where(must, np.maximum(dist, 0.05), INF), must & stop_light
+
+
+def free_speed(bank: PathBank, s: np.ndarray, front: np.ndarray, p: IDMParams) -> np.ndarray:
+    """``(N,)`` desired speed: the allowed speed ahead, anticipated with the comfortable deceleration."""
+    ahead = s[:, None] + front[:, None] + ANTICIPATION[None, :]
+    vmax = bank.interp(bank.vmax, np.minimum(ahead, bank.length[:, None]))
+    vmax = np.where(ahead >= bank.length[:, None] - 0.5, 0.0, vmax)  # end of path: stop
+    reach = np.sqrt(vmax**2 + 2.0 * 0.6 * p.b[:, None] * ANTICIPATION[None, :])
+    return np.maximum(reach.min(1) * p.v_factor, 0.3)
+
+
+def idm_accel(v: np.ndarray, v0: np.ndarray, gap: np.ndarray, v_lead: np.ndarray, p: IDMParams) -> np.ndarray:
+    """IDM acceleration ``(N,)``; ``gap = INF`` means no leader."""
+    s_star = p.s0 + v * p.headway + v * (v - v_lead) / (2.0 * np.sqrt(p.a * p.b))
+    inter = np.where(gap < INF, (np.maximum(s_star, 0.0) / np.maximum(gap, 0.05)) ** 2, 0.0)
+    acc = p.a * (1.0 - (v / np.maximum(v0, 0.1)) ** 4 - inter)
+    return np.clip(acc, -p.b_max, p.a)

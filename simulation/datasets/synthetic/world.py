@@ -1,0 +1,294 @@
+"""One synthetic drive: traffic, pedestrians, static objects and the ego expert stepped together at 20 Hz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulation.datasets.synthetic.expert import EGO_OWNER, EgoDriver, EgoFrame
+from simulation.datasets.synthetic.network import Town, TurnType
+from simulation.datasets.synthetic.paths import PathBank, build_bank, random_route
+from simulation.datasets.synthetic.pedestrians import Pedestrians, spawn_pedestrians
+from simulation.datasets.synthetic.signals import light_status
+from simulation.datasets.synthetic.traffic import (
+    IDMParams,
+    approach,
+    claims,
+    corridor_obstacles,
+    free_speed,
+    idm_accel,
+    merge_objects,
+    path_leaders,
+    register,
+    stop_line_gaps,
+    yield_blocked,
+)
+from simulation.types import PACIFICA, TrackedObjectType
+
+DT = 0.05
+#: (type, length range, width range, height, share) of moving vehicles.
+VEHICLE_KINDS = (
+    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.68),
+    ("van", (5.2, 5.9), (2.0, 2.2), 2.2, 0.14),
+    ("truck", (8.5, 12.0), (2.4, 2.6), 3.2, 0.10),
+    ("bicycle", (1.7, 1.9), (0.6, 0.8), 1.7, 0.08),
+)
+
+
+@dataclass(frozen=True)
+class DriveConfig:
+    """Parameters of one drive.
+
+    Attributes:
+        duration_s: logged seconds. warmup_s: simulated, unlogged seconds before.
+        vehicles_per_km: moving vehicles per km of lane. pedestrian_density: crossers per crosswalk per 25 s.
+        parked_share: probability of a parked vehicle per 12 m of parking strip.
+    """
+
+    duration_s: float = 60.0
+    warmup_s: float = 8.0
+    vehicles_per_km: float = 20.0
+    pedestrian_density: float = 0.5
+    parked_share: float = 0.15
+
+
+@dataclass
+class DriveRecord:
+    """Everything logged from a drive (``F`` frames).
+
+    Attributes:
+        ego_pose: ``(F, 3)`` rear axle. ego_frames: ``F`` :class:`EgoFrame`.
+        boxes: ``(F, A, 7)`` all agents (vehicles, cyclists, pedestrians, static objects); valid ``(F, A)``.
+        types: ``(A,)`` TrackedObjectType. heights: ``(A,)``.
+        light_fids: ``(L,)``; light: ``(F, L)`` status.
+        ego_route: ``F`` path fids under the ego. route_blocks: roadblock / connector fids driven (in order),
+            plus those planned beyond the end.
+    """
+
+    ego_pose: np.ndarray
+    ego_frames: list[EgoFrame]
+    boxes: np.ndarray
+    valid: np.ndarray
+    types: np.ndarray
+    heights: np.ndarray
+    light_fids: np.ndarray
+    light: np.ndarray
+    route_blocks: list[int]
+    frame_blocks: np.ndarray
+
+
+def conflict_matrix(town: Town) -> tuple[np.ndarray, dict[int, int]]:
+    """``(C, C)`` bool: connectors of one junction (not sharing their upstream lane) whose shrunk polygons cross,
+    or which both turn and run side by side (long boxes on parallel curves reach into the next lane)."""
+    conns = sorted(town.connectors, key=lambda c: c.fid)
+    index = {c.fid: i for i, c in enumerate(conns)}
+    shrunk = [c.polygon.buffer(-0.35) for c in conns]
+    grown = [c.polygon.buffer(0.8) for c in conns]
+    turning = [c.turn_type != TurnType.STRAIGHT for c in conns]
+    out = np.zeros((len(conns), len(conns)), dtype=bool)
+    for i, a in enumerate(conns):
+        for j in range(i + 1, len(conns)):
+            b = conns[j]
+            if a.junction != b.junction or a.incoming[0] == b.incoming[0]:
+                continue
+            side = turning[i] and turning[j] and grown[i].intersects(b.polygon)  # long boxes on parallel curves
+            if side or shrunk[i].intersects(shrunk[j]):
+                out[i, j] = out[j, i] = True
+    return out, index
+
+
+def _spawn_traffic(town: Town, cfg: DriveConfig, rng: np.random.Generator, avoid: tuple[int, float]):
+    """Moving vehicles on lanes without overlaps: (routes, start s, sizes (N,2), types, heights, cyclist mask)."""
+    lanes = sorted(town.lanes, key=lambda p: p.fid)
+    total_km = sum(p.length for p in lanes) / 1000.0
+    n = int(rng.poisson(cfg.vehicles_per_km * total_km))
+    shares = np.array([k[4] for k in VEHICLE_KINDS])
+    occupied: dict[int, list[tuple[float, float]]] = {avoid[0]: [(avoid[1] - 12.0, avoid[1] + 12.0)]}
+    routes, s0, sizes, kinds = [], [], [], []
+    need = 22.0 * (cfg.duration_s + cfg.warmup_s) + 150.0
+    for _ in range(n):
+        kind = int(rng.choice(len(VEHICLE_KINDS), p=shares / shares.sum()))
+        name, lr, wr, _, _ = VEHICLE_KINDS[kind]
+        length, width = rng.uniform(*lr), rng.uniform(*wr)
+        lane = lanes[int(rng.integers(len(lanes)))]
+        if name == "bicycle":
+            lane = town.paths[town.blocks[lane.roadblock].paths[-1]]
+        if lane.length < length + 10:
+            continue
+        s = float(rng.uniform(length / 2 + 1, lane.length - length / 2 - 4))
+        span = (s - length / 2 - 3.0, s + length / 2 + 3.0)
+        if any(span[0] < b and a < span[1] for a, b in occupied.get(lane.fid, [])):
+            continue
+        occupied.setdefault(lane.fid, []).append(span)
+        routes.append(random_route(town, lane.fid, need, rng))
+        s0.append(s)
+        sizes.append((length, width))
+        kinds.append(kind)
+    return routes, np.array(s0), np.array(sizes).reshape(-1, 2), np.array(kinds, dtype=np.int64)
+
+
+def _static_boxes(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parked vehicles on parking strips and cones / barriers at their ends: boxes ``(S, 7)``, types, heights."""
+    boxes, types, heights = [], [], []
+    for _, line, head in town.shoulders:
+        for k in range(10, len(line) - 10, 12):
+            u = rng.random()
+            if u < cfg.parked_share:
+                length, width = (rng.uniform(4.2, 4.9), 1.9) if u < 0.8 * cfg.parked_share else (5.5, 2.1)
+                boxes.append([line[k, 0], line[k, 1], head[k], 0.0, 0.0, length, width])
+                types.append(TrackedObjectType.VEHICLE)
+                heights.append(1.6)
+            elif u < cfg.parked_share + 0.03:
+                kind = TrackedObjectType.TRAFFIC_CONE if rng.random() < 0.6 else TrackedObjectType.BARRIER
+                size = (0.4, 0.4) if kind == TrackedObjectType.TRAFFIC_CONE else (1.8, 0.5)
+                boxes.append([line[k, 0], line[k, 1], head[k], 0.0, 0.0, *size])
+                types.append(kind)
+                heights.append(0.7 if kind == TrackedObjectType.TRAFFIC_CONE else 1.0)
+    return np.array(boxes).reshape(-1, 7), np.array(types, dtype=np.int64), np.array(heights)
+
+
+def _ego_start(town: Town, rng: np.random.Generator) -> tuple[int, float]:
+    lanes = sorted((p for p in town.lanes if p.length > 60.0), key=lambda p: p.fid)
+    lane = lanes[int(rng.integers(len(lanes)))]
+    return lane.fid, float(rng.uniform(5.0, min(25.0, lane.length - 40.0)))
+
+
+def _vehicle_boxes(bank: PathBank, s: np.ndarray, v: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    pose = bank.poses(s[:, None])[:, 0]
+    return np.concatenate([pose, (v * np.cos(pose[:, 2]))[:, None], (v * np.sin(pose[:, 2]))[:, None], sizes], 1)
+
+
+@dataclass
+class _Traffic:
+    bank: PathBank
+    s: np.ndarray
+    v: np.ndarray
+    sizes: np.ndarray
+    params: IDMParams
+    conn_row: np.ndarray
+    active: np.ndarray
+
+
+def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> DriveRecord:
+    """Simulate a drive and record every logged frame (see :class:`DriveRecord`)."""
+    n_warm, n_log = int(round(cfg.warmup_s / DT)), int(round(cfg.duration_s / DT))
+    times = np.arange(n_warm + n_log) * DT
+    light_fids, light = light_status(town, times)
+    light_cols = {int(f): i for i, f in enumerate(light_fids)}
+    conflict, conn_index = conflict_matrix(town)
+    ego_lane, ego_s = _ego_start(town, rng)
+    routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s))
+    cyclist = kinds == 3
+    tr = _Traffic(
+        bank=build_bank(town, routes, light_cols) if routes else build_bank(town, [[ego_lane]], light_cols),
+        s=s0.astype(np.float64),
+        v=np.zeros(len(s0)),
+        sizes=sizes,
+        params=IDMParams.sample(len(s0), rng, cyclist),
+        conn_row=np.zeros((0, 0), dtype=np.int64),
+        active=np.ones(len(s0), dtype=bool),
+    )
+    tr.conn_row = np.vectorize(lambda f: conn_index.get(int(f), -1), otypes=[np.int64])(tr.bank.seg_fid)
+    ego = EgoDriver(town, rng, light_cols, conn_index, [ego_lane], ego_s)
+    peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng)
+    static, static_types, static_h = _static_boxes(town, cfg, rng)
+    n_veh = len(s0)
+    types = np.concatenate(
+        [
+            np.where(cyclist, TrackedObjectType.BICYCLE, TrackedObjectType.VEHICLE),
+            np.full(len(peds), TrackedObjectType.PEDESTRIAN),
+            static_types,
+        ]
+    ).astype(np.int64)
+    heights = np.concatenate([np.array([VEHICLE_KINDS[k][3] for k in kinds]), np.full(len(peds), 1.75), static_h])
+    n_agents = len(types)
+    boxes = np.zeros((n_log, n_agents, 7))
+    valid = np.zeros((n_log, n_agents), dtype=bool)
+    ego_pose = np.zeros((n_log, 3))
+    frames: list[EgoFrame] = []
+    frame_blocks = np.zeros(n_log, dtype=np.int64)
+    for f in range(n_warm + n_log):
+        veh = _vehicle_boxes(tr.bank, tr.s, tr.v, tr.sizes) if n_veh else np.zeros((0, 7))
+        ped = peds.boxes(times[f])
+        ped_vis = peds.visible(times[f])
+        if f >= n_warm:
+            g = f - n_warm
+            ego_pose[g] = ego.pose()
+            boxes[g] = np.concatenate([veh, ped, static], 0)
+            valid[g] = np.concatenate([tr.active, ped_vis, np.ones(len(static), dtype=bool)])
+            frame_blocks[g] = town.paths[ego.route[int(ego.bank.segment_index(np.array([ego.s]))[0])]].roadblock
+        ego_frame = _step(
+            tr, ego, peds, veh, ped[ped_vis], np.flatnonzero(ped_vis) + n_veh, static, light[f], conflict, times[f]
+        )
+        if f >= n_warm:
+            frames.append(ego_frame)
+    k_now = int(ego.bank.segment_index(np.array([ego.s]))[0])
+    route_blocks = _route_blocks(town, frame_blocks, ego.route[k_now:])
+    return DriveRecord(
+        ego_pose, frames, boxes, valid, types, heights, light_fids, light[n_warm:], route_blocks, frame_blocks
+    )
+
+
+def _claims_of(
+    bank: PathBank, s: np.ndarray, front: np.ndarray, rear: np.ndarray, conn_row: np.ndarray, light: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Front claims (connector, key) and rear occupancy claims of rows of a bank."""
+    k, dist = approach(bank, s, front, conn_row)
+    c_front, key = claims(k, dist, conn_row, light, bank.seg_light)
+    k_rear = bank.segment_index(s - rear)
+    c_rear = conn_row[np.arange(len(s)), k_rear]
+    return c_front, key, c_rear, np.full(len(s), -2e6)
+
+
+def _step(
+    tr: _Traffic, ego: EgoDriver, peds: Pedestrians, veh, ped_boxes, ped_owner, static, light, conflict, t
+) -> EgoFrame:
+    """One 20 Hz step of every actor (all decisions from the state at the start of the step)."""
+    n = len(tr.s)
+    owner = np.arange(n)
+    half = tr.sizes[:, 0] / 2
+    act = np.flatnonzero(tr.active)
+    ego_box = ego.box()
+    objs_t = register(tr.bank, tr.s[act], tr.v[act], half[act], owner[act])
+    k_act = tr.bank.segment_index(tr.s[act])
+    t_seg = tr.bank.seg_fid[act, k_act]
+    t_u = tr.s[act] - tr.bank.seg_start[act, k_act]
+    all_boxes = np.concatenate([veh[act], ego_box[None], ped_boxes, static], 0)
+    all_owner = np.concatenate([owner[act], [EGO_OWNER], ped_owner, np.full(len(static), -2)]).astype(np.int64)
+    # junction claims of traffic (inactive rows claim nothing) and of the ego
+    cf, kf, cr, kr = _claims_of(tr.bank, tr.s, half, half, tr.conn_row, light)
+    cf[~tr.active], cr[~tr.active] = -1, -1
+    e = np.array([ego.s])
+    ecf, ekf, ecr, ekr = _claims_of(
+        ego.bank, e, np.array([PACIFICA.front_length]), np.array([PACIFICA.rear_length]), ego.conn_row, light
+    )
+    all_c = np.concatenate([cf, cr, ecf, ecr])
+    all_k = np.concatenate([kf + 1e-6 * owner, kr, ekf, ekr])
+    blocked = yield_blocked(np.concatenate([cf, ecf]), np.concatenate([kf + 1e-6 * owner, ekf]), all_c, all_k, conflict)
+    frame = ego.step(DT, light, bool(blocked[-1]), objs_t, all_boxes, all_owner, t_seg, t_u, tr.v[act])
+    if n:
+        objs = merge_objects([objs_t, ego.register()])
+        p = tr.params
+        gap_l, v_l, _ = path_leaders(tr.bank, tr.s, half, owner, objs)
+        gap_c, v_c, _ = corridor_obstacles(tr.bank, tr.s, half, tr.sizes[:, 1] / 2 + 0.3, owner, all_boxes, all_owner)
+        gap_s, _ = stop_line_gaps(tr.bank, tr.s, half, tr.v, light, blocked[:-1], tr.conn_row, np.full(n, 3.0))
+        v0 = free_speed(tr.bank, tr.s, half, p)
+        acc = np.minimum(
+            np.minimum(idm_accel(tr.v, v0, gap_l, v_l, p), idm_accel(tr.v, v0, gap_c, v_c, p)),
+            idm_accel(tr.v, v0, gap_s, np.zeros(n), p),
+        )
+        tr.s += np.maximum(tr.v * DT + 0.5 * acc * DT * DT, 0.0)
+        tr.v = np.maximum(tr.v + acc * DT, 0.0)
+        tr.active &= tr.s < tr.bank.length - half - 1.0
+    peds.step(t, DT, np.concatenate([veh[act], ego_box[None]], 0))
+    return frame
+
+
+def _route_blocks(town: Town, frame_blocks: np.ndarray, planned: list[int]) -> list[int]:
+    """Roadblocks / connectors driven (in order, deduplicated) followed by those still planned."""
+    out: list[int] = []
+    for b in list(frame_blocks) + [town.paths[f].roadblock for f in planned]:
+        if not out or out[-1] != int(b):
+            out.append(int(b))
+    return out
