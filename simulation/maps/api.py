@@ -68,6 +68,11 @@ class MapAPI:
         """The MapAPI of ``location`` under ``maps_root`` (read once per process, then cached)."""
         return _load_cached(str(Path(maps_root).resolve()), location)
 
+    @staticmethod
+    def clear_cache() -> None:
+        """Forget the maps :meth:`load` has cached in this process."""
+        _load_cached.cache_clear()
+
     def __repr__(self) -> str:
         return (
             f"MapAPI({self.map_name!r}, lanes={len(self.lanes)}, lane_connectors={len(self.lane_connectors)}, "
@@ -119,8 +124,10 @@ class MapAPI:
         out: dict[str, BaseGeometry] = {}
         for name in names:
             vector = self.data.layers.get(name)
-            if vector is not None:
-                out.update({str(int(f)): g for f, g in zip(vector.fids, vector.geometries) if g is not None})
+            for fid, geom in zip(vector.fids, vector.geometries) if vector is not None else ():
+                if geom is not None:
+                    key = str(int(fid))
+                    out[f"{name}:{key}" if key in out else key] = geom  # fids may repeat across layers
         return out
 
     def polygons(self, layer: SemanticMapLayer) -> dict[str, BaseGeometry]:

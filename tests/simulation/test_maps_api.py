@@ -140,3 +140,13 @@ def test_load_reprojects_wgs84_map(tmp_path: Path) -> None:
     write_fixture_maps(tmp_path, storage_crs="EPSG:4326")
     api = MapAPI.load(tmp_path, FIXTURE_LOCATION)
     np.testing.assert_allclose(api.lanes["11"].baseline[0] - O, [-60.0, -2.0], atol=1e-6)
+
+
+def test_drivable_area_keeps_pieces_whose_fids_repeat_across_layers() -> None:
+    data = build_fixture_map()
+    carpark = data.layers["carpark_areas"]
+    clash = type(carpark)(np.array([701]), carpark.geometries, carpark.columns)  # 701 is also a road segment
+    api = MapAPI.from_data(MapData(data.location, data.version, data.crs, {**data.layers, "carpark_areas": clash}))
+    pieces = api.polygons(SemanticMapLayer.DRIVABLE_AREA)
+    assert "701" in pieces and "carpark_areas:701" in pieces
+    assert api.is_in_drivable_area(O[None] + [[30.0, -20.0]])[0]
