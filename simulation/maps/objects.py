@@ -126,9 +126,12 @@ def _lines_by_key(layer: VectorLayer | None, key_columns: tuple[str, ...]) -> di
 
 
 def _speed(value: Any) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """Speed limit of a column value (number or text); ``None`` for NULL, NaN or non-numeric text."""
+    try:
+        speed = float(value)
+    except (TypeError, ValueError):
         return None
-    return float(value)
+    return None if math.isnan(speed) else speed
 
 
 def _side_lines(polygon: BaseGeometry, baseline: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -257,3 +257,54 @@ def test_meta_read_without_contents_row_and_fallbacks(tmp_path: Path, fixture_ma
     con.close()
     with pytest.raises(CorruptMapError, match="wgs.gpkg.*projectedCoordSystem"):
         read_map(wgs)
+
+
+def _write_with_gdal(data: MapData, path: Path, crs: str) -> None:
+    """Write every layer with GDAL (pyogrio) in ``crs``, all columns as text, plus a meta table."""
+    from simulation.maps.gpkg_codec import reproject
+
+    for name, layer in data.layers.items():
+        geoms = reproject(layer.geometries, data.crs, crs)
+        text = [
+            np.array([None if v is None else str(v) for v in c.tolist()], dtype=object) for c in layer.columns.values()
+        ]
+        kind = "Polygon" if shapely.get_type_id(geoms[0]) == 3 else "LineString"
+        pyogrio.raw.write(
+            path,
+            shapely.to_wkb(geoms),
+            [layer.fids, *text],
+            ["src_fid", *layer.columns],
+            layer=name,
+            driver="GPKG",
+            geometry_type=kind,
+            crs=crs,
+            append=path.exists(),
+            layer_options={"SPATIAL_INDEX": "NO"},
+        )
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    con.execute("INSERT INTO meta VALUES ('projectedCoordSystem', ?)", (data.crs,))
+    # GDAL numbers features 1..N: map them back to the fixture's fids like a real map (fid = object id)
+    for name in data.layers:
+        con.execute(f'UPDATE "{name}" SET fid = -src_fid')
+        con.execute(f'UPDATE "{name}" SET fid = src_fid')
+    con.commit()
+    con.close()
+
+
+def test_reads_a_gdal_written_wgs84_map_with_text_ids(tmp_path: Path, fixture_map: MapData) -> None:
+    from simulation.maps.api import MapAPI
+
+    path = tmp_path / "gdal.gpkg"
+    _write_with_gdal(fixture_map, path, "EPSG:4326")
+    back = read_map(path)
+    assert back.crs == FIXTURE_CRS
+    for name, layer in fixture_map.layers.items():
+        got = back.layers[name]
+        np.testing.assert_array_equal(got.fids, layer.fids)
+        np.testing.assert_allclose(
+            shapely.get_coordinates(got.geometries), shapely.get_coordinates(layer.geometries), atol=1e-6
+        )
+    api = MapAPI.from_data(back)
+    assert api.lanes["11"].outgoing_ids == ("111", "113") and api.lane_connectors["113"].outgoing_ids == ("31",)
+    assert api.route_roadblock_ids(["1", "4"]) == ["1", "101", "2", "103", "4"]
