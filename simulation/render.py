@@ -11,7 +11,9 @@ Frame and pixel conventions (the planners and ``bev_warp`` rely on them):
 - A pixel of a filled channel is set when its **centre** lies inside the object (to 1/16 px). cv2's
   scan-line fill is inclusive (it also sets pixels whose centre is up to half a pixel outside), so
   polygons are eroded by half a pixel before filling: map polygons once per map, boxes per frame.
-  Every box still covers at least one pixel. Lines are 1 px wide (8-connected).
+  Every box still covers at least one pixel. Lines are 1 px wide (8-connected). The lanes of a route are
+  united before erosion (no seams between neighbours); red-light connectors are eroded by a twentieth of a
+  pixel only, so neighbouring red connectors leave no seam either (they may spill 0.45 px over their edges).
 - Channel values are in ``[0, 1]`` (float32). All channels are binary except ``history``: the boxes of
   the agents and the ego at past frames, oldest faintest: past frame ``j`` of ``P`` (0 = oldest) has
   intensity ``(j + 1) / (P + 1)``, newer frames drawn over older ones.
@@ -332,11 +334,12 @@ def _render_map(
     }
     if "route" in planes and len(route_ids):
         sets["route"] = geometry.route(map_api, tuple(str(i) for i in route_ids))
-    if "red_lights" in planes and len(red_ids):
-        sets["red_lights"] = geometry.united("red_lights", [str(i) for i in red_ids], view)
     for name, rings in sets.items():
         if name in planes:
             _draw_rings(planes[name], rings, rings.in_view(view), ego_pose, config)
+    if "red_lights" in planes and len(red_ids):
+        red = geometry.connectors
+        _draw_rings(planes["red_lights"], red, red.in_view(view) & red.id_mask(map(str, red_ids)), ego_pose, config)
 
 
 def _render_agents(planes, ego_pose, boxes, types, history_boxes, history_valid, config) -> None:

@@ -333,27 +333,28 @@ def test_route_is_united_then_eroded(toy_map: _ToyMap) -> None:
     assert geometry.united("red_lights", ["2"], view=np.array([500.0, 500.0, 600.0, 600.0])).num_objects == 0
 
 
+@pytest.mark.parametrize("channel", ["route", "red_lights"])
 @pytest.mark.parametrize("angle", [0.0, 17.0, 30.0, 45.0, 60.0, 73.0, 90.0])
-def test_adjacent_route_lanes_leave_no_seam(angle: float) -> None:
-    """Two side-by-side lanes on the route, rotated: every pixel well inside their union is filled."""
+def test_adjacent_lanes_leave_no_seam(angle: float, channel: str) -> None:
+    """Two side-by-side lanes (route) or connectors (both red), rotated: every pixel inside their union is
+    filled, except within a pixel of its outline, and nothing farther out."""
     toy = _ToyMap()
     lanes = [toy._lane("1", 0.0, 20.0, "rb1"), toy._lane("5", 0.0, 20.0, "rb1")]
     lanes[1].polygon = box(0.0, 1.5, 20.0, 4.5)
-    toy.lanes = {lane.id: lane for lane in lanes}
-    toy.lane_connectors = {}
+    objects = {lane.id: lane for lane in lanes}
+    toy.lanes, toy.lane_connectors = (objects, {}) if channel == "route" else ({}, objects)
     ego = np.array([3.3, 1.7, np.deg2rad(angle)])
-    plane = _plane(render_raster(toy, ego, NO_BOXES, NO_TYPES, route_ids=("rb1",)), "route") > 0
+    r = render_raster(toy, ego, NO_BOXES, NO_TYPES, red_connector_ids=["1", "5"], route_ids=("rb1",))
+    plane = _plane(r, channel) > 0
     rows, cols = np.mgrid[0 : CFG.height_px, 0 : CFG.width_px]
     local = pixel_to_ego(np.stack([cols + 0.5, rows + 0.5], -1).reshape(-1, 2))
     c, s = np.cos(ego[2]), np.sin(ego[2])
     glob = np.stack([ego[0] + c * local[:, 0] - s * local[:, 1], ego[1] + s * local[:, 0] + c * local[:, 1]], -1)
     union = box(0.0, -1.5, 20.0, 4.5)
     inside = shapely.contains_xy(union, glob[:, 0], glob[:, 1]).reshape(plane.shape)
-    core = inside & (shapely.distance(union.exterior, shapely.points(glob)) > CFG.resolution_m).reshape(plane.shape)
-    assert plane[core].all()
-    assert not plane[
-        ~inside & ~(shapely.distance(union.exterior, shapely.points(glob)) < CFG.resolution_m).reshape(plane.shape)
-    ].any()
+    near = (shapely.distance(union.exterior, shapely.points(glob)) < CFG.resolution_m).reshape(plane.shape)
+    assert plane[inside & ~near].all()
+    assert not plane[~inside & ~near].any()
 
 
 def test_render_observation_matches_render_bev(toy_map: _ToyMap) -> None:
