@@ -19,6 +19,8 @@ from simulation.maps.layers import SemanticMapLayer
 logger = logging.getLogger(__name__)
 
 _UNION_CACHE_SIZE = 64
+#: Large areas (drivable area, route) are cut into tiles of this size (metres) so frames cull them.
+TILE_M = 32.0
 
 
 @dataclass
@@ -43,9 +45,23 @@ class RingSet:
     ring_object: np.ndarray
     closed: bool
     _index: dict[str, int] = field(default_factory=dict, repr=False)
+    _object_rings: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64), repr=False)
+    _ring_starts: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64), repr=False)
 
     def __post_init__(self) -> None:
         self._index = {str(k): i for i, k in enumerate(self.object_ids.tolist())}
+        counts = np.bincount(self.ring_object, minlength=self.num_objects) if len(self.ring_object) else None
+        self._object_rings = np.r_[0, np.cumsum(counts)] if counts is not None else np.zeros(self.num_objects + 1)
+        self._object_rings = self._object_rings.astype(np.int64)
+        self._ring_starts = np.r_[0, np.cumsum(self.ring_lengths)].astype(np.int64)
+
+    def select(self, object_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rings of the objects in ``object_mask`` ``(O,)``: (vertex indices ``(n,)``, ring lengths ``(r,)``,
+        ring objects ``(r,)``), touching only the selected objects' data."""
+        objects = np.flatnonzero(object_mask)
+        rings = _ranges(self._object_rings[objects], self._object_rings[objects + 1])
+        vertices = _ranges(self._ring_starts[rings], self._ring_starts[rings + 1])
+        return vertices, self.ring_lengths[rings], self.ring_object[rings]
 
     @property
     def num_objects(self) -> int:
@@ -74,24 +90,61 @@ class RingSet:
         return _assemble(np.asarray(ids, dtype=object), vertices, lengths, ring_object, closed=False)
 
     @staticmethod
-    def from_geometries(ids: list[str], geometries: list[Any], erode_m: float = 0.0) -> RingSet:
-        """Polygon rings (exteriors and holes) of shapely (multi)polygons, each eroded by ``erode_m``."""
+    def from_geometries(
+        ids: list[str], geometries: list[Any], erode_m: float = 0.0, tile_m: float | None = None
+    ) -> RingSet:
+        """Polygon rings (exteriors and holes) of shapely (multi)polygons, each eroded by ``erode_m``.
+
+        With ``tile_m``, each eroded geometry is cut into ``tile_m`` square tiles (one object per tile, same
+        id) so that a frame only transforms the tiles in view; tiles overlap by nothing and, as cut edges are
+        not eroded, the inclusive fill leaves no gap between them.
+        """
         geoms = np.empty(len(geometries), dtype=object)
         geoms[:] = list(geometries)
         geoms = _valid(geoms)
         if len(geoms) and erode_m > 0:
             geoms = shapely.buffer(geoms, -erode_m, join_style="mitre")
+        ids_arr = np.asarray(ids, dtype=object)
+        if len(geoms) and tile_m is not None:
+            geoms, ids_arr = _tiles(geoms, ids_arr, tile_m)
         if len(geoms) == 0:
-            return _assemble(
-                np.asarray(ids, dtype=object), np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64), True
-            )
+            return _assemble(ids_arr, np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64), True)
         parts, part_obj = shapely.get_parts(geoms, return_index=True)
-        is_poly = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
-        parts, part_obj = parts[is_poly & ~shapely.is_empty(parts)], part_obj[is_poly & ~shapely.is_empty(parts)]
+        keep = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & ~shapely.is_empty(parts)
+        parts, part_obj = parts[keep], part_obj[keep]
         rings, ring_part = shapely.get_rings(parts, return_index=True)
         coords, vertex_ring = shapely.get_coordinates(rings, return_index=True)
         lengths = np.bincount(vertex_ring, minlength=len(rings)).astype(np.int64)
-        return _assemble(np.asarray(ids, dtype=object), coords, lengths, part_obj[ring_part].astype(np.int64), True)
+        return _assemble(ids_arr, coords, lengths, part_obj[ring_part].astype(np.int64), True)
+
+
+def _tiles(geoms: np.ndarray, ids: np.ndarray, tile_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cut geometries ``(G,)`` into grid tiles of ``tile_m`` metres; returns (pieces, their ids)."""
+    pieces, piece_ids = [], []
+    for geom, gid in zip(geoms, ids, strict=True):
+        if geom is None or geom.is_empty:
+            continue
+        x0, y0, x1, y1 = geom.bounds
+        xs = np.arange(np.floor(x0 / tile_m), np.ceil(x1 / tile_m) + 1) * tile_m
+        ys = np.arange(np.floor(y0 / tile_m), np.ceil(y1 / tile_m) + 1) * tile_m
+        gx, gy = np.meshgrid(xs[:-1], ys[:-1])
+        cells = shapely.box(gx.ravel(), gy.ravel(), gx.ravel() + tile_m, gy.ravel() + tile_m)
+        cut = shapely.intersection(geom, cells)
+        cut = cut[~shapely.is_empty(cut)]
+        pieces.extend(cut.tolist())
+        piece_ids.extend([gid] * len(cut))
+    out = np.empty(len(pieces), dtype=object)
+    out[:] = pieces
+    return out, np.asarray(piece_ids, dtype=object)
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(starts[k], ends[k])`` over ``k``, vectorised."""
+    lengths = ends - starts
+    if len(lengths) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
 
 
 def _assemble(
@@ -167,7 +220,7 @@ class MapRasterGeometry:
         rings = self._unions.get(key)
         if rings is None:
             geoms = [shapely.union_all(self.lane_geoms[mask])] if mask.any() else []
-            rings = RingSet.from_geometries([kind] * len(geoms), geoms, self.erode_m)
+            rings = RingSet.from_geometries([kind] * len(geoms), geoms, self.erode_m, TILE_M)
             self._unions[key] = rings
             if len(self._unions) > _UNION_CACHE_SIZE:
                 self._unions.popitem(last=False)
@@ -200,7 +253,7 @@ class MapRasterGeometry:
         boundary_ids = [f"{o.id}:{side}" for o in lanes for side in ("left", "right")]
         boundary_lines = [line for o in lanes for line in (o.left_boundary, o.right_boundary)]
         return MapRasterGeometry(
-            drivable=RingSet.from_geometries(["drivable_area"] * len(drivable), drivable, erode_m),
+            drivable=RingSet.from_geometries(["drivable_area"] * len(drivable), drivable, erode_m, TILE_M),
             centerlines=RingSet.from_polylines(list(lane_ids), [np.asarray(o.baseline) for o in both]),
             boundaries=RingSet.from_polylines(boundary_ids, [np.asarray(b) for b in boundary_lines]),
             crosswalks=RingSet.from_geometries([str(k) for k in crosswalks], list(crosswalks.values()), erode_m),

@@ -210,38 +210,40 @@ def _draw_rings(
     value: float = 1.0,
 ) -> None:
     """Fill (closed sets, per object, even-odd within an object) or stroke (open sets) selected objects."""
-    ring_mask = object_mask[rings.ring_object]
-    if not ring_mask.any():
+    if not object_mask.any():
         return
-    vertex_mask = ring_mask[rings.vertex_ring]
-    local = transform_points_to_local(rings.vertices[vertex_mask], ego_pose)
+    vertex_index, lengths, objects = rings.select(object_mask)
+    if len(lengths) == 0:
+        return
+    local = transform_points_to_local(rings.vertices[vertex_index], ego_pose)
     pts = _fixed_point(ego_to_pixel(local, config))
-    lengths = rings.ring_lengths[ring_mask]
     polys = np.split(pts, np.cumsum(lengths)[:-1])
     if not rings.closed:
         cv2.polylines(plane, polys, False, value, 1, cv2.LINE_8, SHIFT_BITS)
         return
-    objects = rings.ring_object[ring_mask]
     starts = np.flatnonzero(np.r_[True, objects[1:] != objects[:-1]])
     ends = np.r_[starts[1:], len(objects)]
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
         cv2.fillPoly(plane, polys[a:b], value, cv2.LINE_8, SHIFT_BITS)
 
 
-def _draw_boxes(plane: np.ndarray, boxes_local: np.ndarray, config: RasterConfig, value: float = 1.0) -> None:
-    """Fill oriented boxes ``(N, 7)`` given in the ego frame (sizes eroded by one pixel, at least 1e-3 m)."""
-    if len(boxes_local) == 0:
-        return
+def _box_quads(boxes: np.ndarray, ego_pose: np.ndarray, config: RasterConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-point pixel corners ``(N, 4, 2)`` int32 of global boxes ``(N, 7)`` (sizes eroded by one pixel, at
+    least 1e-3 m) and ``(N,)`` whether each box can touch the raster."""
+    local = _boxes_to_local(boxes, ego_pose)
     shrink = config.resolution_m
     corners = box_corners(
-        boxes_local[:, AgentIndex.X],
-        boxes_local[:, AgentIndex.Y],
-        boxes_local[:, AgentIndex.HEADING],
-        np.maximum(boxes_local[:, AgentIndex.LENGTH] - shrink, 1e-3),
-        np.maximum(boxes_local[:, AgentIndex.WIDTH] - shrink, 1e-3),
+        local[:, AgentIndex.X],
+        local[:, AgentIndex.Y],
+        local[:, AgentIndex.HEADING],
+        np.maximum(local[:, AgentIndex.LENGTH] - shrink, 1e-3),
+        np.maximum(local[:, AgentIndex.WIDTH] - shrink, 1e-3),
     )
-    pts = _fixed_point(ego_to_pixel(corners, config))
-    for quad in pts:
+    return _fixed_point(ego_to_pixel(corners, config)), _visible(local, config)
+
+
+def _fill_quads(plane: np.ndarray, quads: np.ndarray, value: float = 1.0) -> None:
+    for quad in quads:
         cv2.fillConvexPoly(plane, quad, value, cv2.LINE_8, SHIFT_BITS)
 
 
@@ -343,21 +345,21 @@ def _render_map(
 
 
 def _render_agents(planes, ego_pose, boxes, types, history_boxes, history_valid, config) -> None:
-    local = _boxes_to_local(boxes, ego_pose)
-    visible = _visible(local, config)
+    quads, visible = _box_quads(boxes, ego_pose, config)
     for name, kinds in AGENT_CHANNEL_TYPES.items():
         if name in planes:
-            _draw_boxes(planes[name], local[visible & np.isin(types, kinds)], config)
+            _fill_quads(planes[name], quads[visible & np.isin(types, kinds)])
     if "ego" in planes:
-        _draw_boxes(planes["ego"], ego_box()[None], config)
+        _fill_quads(planes["ego"], _box_quads(ego_box()[None], np.zeros(3), config)[0])
     if "history" in planes and history_boxes is not None and len(history_boxes):
-        num_past = len(history_boxes)
-        for j in range(num_past):
-            frame = history_boxes[j]
-            if history_valid is not None:
-                frame = frame[history_valid[j]]
-            frame_local = _boxes_to_local(frame[np.isfinite(frame).all(1)], ego_pose)
-            _draw_boxes(planes["history"], frame_local[_visible(frame_local, config)], config, (j + 1) / (num_past + 1))
+        num_past, num_boxes = history_boxes.shape[:2]
+        keep = np.isfinite(history_boxes).all(-1)
+        if history_valid is not None:
+            keep &= history_valid
+        frame = np.repeat(np.arange(num_past), num_boxes).reshape(num_past, num_boxes)[keep]
+        quads, visible = _box_quads(history_boxes[keep], ego_pose, config)
+        for j in range(num_past):  # oldest first: newer frames are drawn over older ones
+            _fill_quads(planes["history"], quads[visible & (frame == j)], (j + 1) / (num_past + 1))
 
 
 def render_raster(

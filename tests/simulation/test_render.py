@@ -327,8 +327,10 @@ def test_bad_inputs_raise() -> None:
 def test_route_is_united_then_eroded(toy_map: _ToyMap) -> None:
     geometry = map_geometry(toy_map, 0.25)
     route = geometry.route(toy_map, ("rb1", "rbc1"))
-    assert route.num_objects == 1  # lane 1 and connector 2 are one area: no seam at x = 20
-    np.testing.assert_allclose(route.object_bbox[0], [0.125, -1.375, 29.875, 1.375])
+    # lane 1 and connector 2 are one area (no seam at x = 20), cut into 32 m tiles at y = 0
+    assert route.num_objects == 2 and set(route.object_ids) == {"route"}
+    bbox = route.object_bbox
+    np.testing.assert_allclose([*bbox[:, :2].min(0), *bbox[:, 2:].max(0)], [0.125, -1.375, 29.875, 1.375])
     assert geometry.route(toy_map, ("rb1", "rbc1")) is route  # cached
     assert geometry.united("red_lights", ["2"], view=np.array([500.0, 500.0, 600.0, 600.0])).num_objects == 0
 
