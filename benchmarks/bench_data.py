@@ -221,11 +221,13 @@ def town_frames(map_api: Any, count: int, rng: np.random.Generator, num_agents: 
     phases = [[c for c, ph in zip(lights, phase_of, strict=True) if ph != k] for k in range(4)]
     kinds = np.array([TrackedObjectType.VEHICLE] * 14 + [TrackedObjectType.PEDESTRIAN] * 4 + [2, 3])
     sizes = {0: (4.8, 2.0), 1: (0.7, 0.7), 2: (1.8, 0.7), 3: (0.5, 0.5)}
-    starts = rng.integers(len(pts), size=8)  # eight "logs", one route each
+    starts = rng.integers(len(pts), size=8)  # eight "logs", one route each; the ego drives on its route
     routes = [_route_from(map_api, lanes[owner[k]].id) for k in starts]
+    on_route = [np.flatnonzero(np.isin([o.roadblock_id for o in lanes], r)[owner]) for r in routes]
     frames = []
     for _ in range(count):
-        k = int(rng.integers(len(pts)))
+        r = int(rng.integers(len(routes)))
+        k = int(rng.choice(on_route[r]))
         pose = np.array([*pts[k], heads[k]])
         near = np.flatnonzero(np.hypot(*(pts - pts[k]).T) < 50.0)
         pick = rng.choice(near, size=min(num_agents, len(near)), replace=False)
@@ -236,7 +238,7 @@ def town_frames(map_api: Any, count: int, rng: np.random.Generator, num_agents: 
         back = np.stack([np.cos(heads[pick]), np.sin(heads[pick])], -1)
         history = np.repeat(boxes[None], 3, 0)
         history[:, :, :2] -= np.array([3.0, 2.0, 1.0])[:, None, None] * 4.0 * back
-        red, route = phases[int(rng.integers(4))], routes[int(rng.integers(len(routes)))]
+        red, route = phases[int(rng.integers(4))], routes[r]
         frames.append(Frame(map_api, pose, boxes, types, red, route, history, np.ones(history.shape[:2], bool)))
     return frames
 

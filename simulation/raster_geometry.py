@@ -219,7 +219,7 @@ class MapRasterGeometry:
         key = (kind, frozenset(self.lane_ids[mask].tolist()))
         rings = self._unions.get(key)
         if rings is None:
-            geoms = [shapely.union_all(self.lane_geoms[mask])] if mask.any() else []
+            geoms = [_closed_union(self.lane_geoms[mask], self.erode_m)] if mask.any() else []
             rings = RingSet.from_geometries([kind] * len(geoms), geoms, self.erode_m, TILE_M)
             self._unions[key] = rings
             if len(self._unions) > _UNION_CACHE_SIZE:
@@ -265,6 +265,13 @@ class MapRasterGeometry:
             lane_bbox=lane_bbox,
             erode_m=erode_m,
         )
+
+
+def _closed_union(geoms: np.ndarray, gap_m: float) -> Any:
+    """Union of polygons ``(G,)`` with slivers and holes narrower than ``2 * gap_m`` closed (lanes of real and
+    synthetic maps meet with tiny gaps, which erosion would widen into visible holes)."""
+    union = shapely.union_all(geoms)
+    return shapely.buffer(shapely.buffer(union, gap_m, join_style="mitre"), -gap_m, join_style="mitre")
 
 
 def _valid(geoms: np.ndarray, source: Any = None) -> np.ndarray:

@@ -335,14 +335,15 @@ def test_route_is_united_then_eroded(toy_map: _ToyMap) -> None:
     assert geometry.united("red_lights", ["2"], view=np.array([500.0, 500.0, 600.0, 600.0])).num_objects == 0
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.01])
 @pytest.mark.parametrize("channel", ["route", "red_lights"])
 @pytest.mark.parametrize("angle", [0.0, 17.0, 30.0, 45.0, 60.0, 73.0, 90.0])
-def test_adjacent_lanes_leave_no_seam(angle: float, channel: str) -> None:
-    """Two side-by-side lanes (route) or connectors (both red), rotated: every pixel inside their union is
-    filled, except within a pixel of its outline, and nothing farther out."""
+def test_adjacent_lanes_leave_no_seam(angle: float, channel: str, gap: float) -> None:
+    """Two side-by-side lanes (route) or connectors (both red), touching or 1 cm apart, rotated: every pixel
+    inside their outline is filled, except within a pixel of the outline, and nothing farther out."""
     toy = _ToyMap()
     lanes = [toy._lane("1", 0.0, 20.0, "rb1"), toy._lane("5", 0.0, 20.0, "rb1")]
-    lanes[1].polygon = box(0.0, 1.5, 20.0, 4.5)
+    lanes[1].polygon = box(0.0, 1.5 + gap, 20.0, 4.5)
     objects = {lane.id: lane for lane in lanes}
     toy.lanes, toy.lane_connectors = (objects, {}) if channel == "route" else ({}, objects)
     ego = np.array([3.3, 1.7, np.deg2rad(angle)])
