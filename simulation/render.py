@@ -8,19 +8,22 @@ Frame and pixel conventions (the planners and ``bev_warp`` rely on them):
   sits at continuous ``(u, v) = (width / 2, height - behind_m / resolution)``, so by default the raster
   sees 48 m ahead, 16 m behind and 32 m to each side (256 x 256 px at 0.25 m/px).
   :attr:`RasterConfig.extent` gives ``(x_min, x_max, y_min, y_max)`` in metres.
-- A pixel of a filled channel is set when its **centre** lies inside the object (to 1/16 px). cv2's
-  scan-line fill is inclusive (it also sets pixels whose centre is up to half a pixel outside), so
-  polygons are eroded by half a pixel before filling: map polygons once per map, boxes per frame.
-  Every box still covers at least one pixel. Lines are 1 px wide (8-connected). The lanes of a route are
-  united before erosion (no seams between neighbours); red-light connectors are eroded by a twentieth of a
-  pixel only, so neighbouring red connectors leave no seam either (they may spill 0.45 px over their edges).
+- A pixel of a filled channel is set when its **centre** lies inside the object: exactly for edges along
+  the pixel grid, to about 0.2 px for slanted edges (coordinates carry 1/16 px). cv2's scan-line fill is
+  inclusive (it also sets pixels whose centre is up to half a pixel outside), so polygons are eroded by
+  half a pixel before filling: map polygons once per map, boxes per frame. Every box still covers at
+  least one pixel. Lines are 1 px wide (8-connected). The lanes of a route are united (sub-pixel gaps
+  closed) before erosion, so no seam opens between neighbours; red-light connectors are eroded by a
+  twentieth of a pixel only, so neighbouring red connectors leave no seam either (they may spill up to
+  0.45 px over their edges).
 - Channel values are in ``[0, 1]`` (float32). All channels are binary except ``history``: the boxes of
   the agents and the ego at past frames, oldest faintest: past frame ``j`` of ``P`` (0 = oldest) has
   intensity ``(j + 1) / (P + 1)``, newer frames drawn over older ones.
 
 Speed: the map's polygons and polylines are flattened once per map into vertex arrays (cached per
-``MapAPI`` object and resolution); each frame is a view cull on bounding boxes, one vectorised SE2
-transform of the visible vertices and cv2 fills on int32 fixed-point coordinates.
+``MapAPI`` object and resolution; the drivable area and route areas cut into 32 m tiles); each frame is a
+view cull on bounding boxes, one vectorised SE2 transform of the visible vertices and cv2 fills on int32
+fixed-point coordinates (``benchmarks/bench_data.py`` compares it with a shapely + PIL rasteriser).
 """
 
 from __future__ import annotations
