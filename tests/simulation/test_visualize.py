@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 from shapely.geometry import Polygon, box
 
+from simulation.maps.api import MapAPI
 from simulation.maps.layers import SemanticMapLayer
+from simulation.maps.testing import FIXTURE_ORIGIN, build_fixture_map
 from simulation.types import (
     AgentIndex,
     Agents,
@@ -177,3 +179,21 @@ def test_main_reports_missing_data_root(tmp_path: Path, capsys: pytest.CaptureFi
     rc = main(["--data-root", str(tmp_path / "nope"), "--log", "x", "--out", str(tmp_path)])
     assert rc == 1
     assert "data root" in capsys.readouterr().err
+
+
+def test_plot_on_fixture_map_draws_map_layers(tmp_path: Path) -> None:
+    """On the fixture MapAPI: lane, connector, route, red-light and crosswalk patches are all drawn."""
+    map_api = MapAPI.from_data(build_fixture_map())
+    scene = _window()
+    shift = np.array([*FIXTURE_ORIGIN, 0.0]) + [-40.0, -2.0, 0.0]  # ego on lane 11, driving east
+    ego = EgoStates(scene.ego.states + np.r_[shift, np.zeros(8)], scene.ego.timestamps_us)
+    boxes = scene.agents.boxes.copy()
+    boxes[..., :2] += shift[:2]
+    lights = TrafficLights(np.array(["113"]), scene.traffic_lights.status)
+    scene = replace(scene, ego=ego, agents=replace(scene.agents, boxes=boxes), traffic_lights=lights,
+                    route_roadblock_ids=("1", "101", "2"), map_name=map_api.map_name)  # fmt: skip
+    fig = plot_scene(scene, map_api)
+    patches = fig.axes[0].patches
+    assert len(patches) == 6  # drivable, lanes, connectors, route, red light, crosswalk
+    size, var = _png_stats(save_scene_png(scene, map_api, tmp_path / "fixture.png"))
+    assert size == (750, 600) and var > 100.0
