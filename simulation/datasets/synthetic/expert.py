@@ -46,6 +46,8 @@ class EgoFrame:
     turn_type: int
     changing_lane: bool
     corridor_owner: int
+    v: float = 0.0
+    a: float = 0.0
 
 
 @dataclass
@@ -264,7 +266,7 @@ class EgoDriver:
         acc = min(
             float(idm_accel(v, v0, gap_l, v_l, p)[0]),
             float(idm_accel(v, v0, gap_c, v_c, p)[0]),
-            float(idm_accel(v, v0, gap_s, np.zeros(1), p)[0]),
+            float(idm_accel(v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(1), p)[0]),
         )
         gap = min(float(gap_l[0]), float(gap_c[0]), float(gap_s[0]))
         urgent = gap < 2.0 + 1.2 * self.v
@@ -272,6 +274,7 @@ class EgoDriver:
         self.a = float(np.clip(acc, self.a - j, self.a + self.jerk * dt))
         if self.v <= 0.0 and self.a < 0.0:
             self.a = 0.0
+        v_before = self.v
         step = max(self.v * dt + 0.5 * self.a * dt * dt, 0.0)
         self.v = max(self.v + self.a * dt, 0.0)
         self.s += step
@@ -287,4 +290,6 @@ class EgoDriver:
             turn_type=self.town.paths[fid].turn_type,
             changing_lane=self.lc_active,
             corridor_owner=int(own_c[0]) if gap_c[0] < INF else -1,
+            v=v_before,
+            a=self.a,
         )

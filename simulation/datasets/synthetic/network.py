@@ -200,7 +200,8 @@ def _streets(config: TownConfig, rng: np.random.Generator) -> tuple[np.ndarray, 
     """Per street: lanes per direction, lane width, speed limit and shoulder (parking strip) width."""
     nc, nr = config.grid
     n = nr + nc
-    lanes = rng.integers(1, config.max_lanes + 1, n)
+    share = np.array([0.25, 0.45, 0.3])[: config.max_lanes]
+    lanes = 1 + rng.choice(config.max_lanes, n, p=share / share.sum())
     ring = [0, nr - 1, nr, nr + nc - 1]
     lanes[ring] = lanes[0]
     width = rng.uniform(*config.lane_width, n)
@@ -346,7 +347,7 @@ def _build_junction(town: Town, fids: _Fids, centre: np.ndarray, arms: list[_Arm
     junction = Junction(jf, centre, Polygon(), len(arms), has_lights=not corner)
     stops: dict[int, int] = {}
     if junction.has_lights:
-        junction.phase_green = np.array([rng.uniform(9, 14), rng.uniform(4, 6)] * 2)
+        junction.phase_green = np.array([rng.uniform(12, 20), rng.uniform(12, 20)])
         junction.cycle_offset = float(rng.uniform(0, 100))
         for a in arms:
             stops[a.incoming] = fids()
@@ -362,7 +363,7 @@ def _build_junction(town: Town, fids: _Fids, centre: np.ndarray, arms: list[_Arm
             conns.append(_connector(town, fids, lane_in, lane_out, rbc, jf, turn))
             if junction.has_lights:
                 c = town.paths[conns[-1]]
-                c.phase = 2 * int(a_in.street != axis_street) + int(turn in (TurnType.LEFT, TurnType.UTURN))
+                c.phase = int(a_in.street != axis_street)
                 c.stop_fid = stops[a_in.incoming]
         poly = shapely.union_all([town.paths[c].polygon for c in conns]).buffer(0.05)
         if poly.geom_type != "Polygon":

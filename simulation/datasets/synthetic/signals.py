@@ -1,9 +1,10 @@
 """Fixed-time traffic lights of the synthetic city.
 
-Each signalled junction cycles through up to four protected phases: (axis street, straight + right),
-(axis street, left + U-turn), (cross street, straight + right), (cross street, left + U-turn). A phase is
-green for its own duration, then yellow for :data:`YELLOW_S`, then all-red for :data:`ALL_RED_S`; every
-connector of the other phases is red meanwhile. Phases without connectors are skipped.
+Each signalled junction cycles through two phases: every movement from the arms of its main street,
+then every movement from the arms of the cross street. Left turns and U-turns are permissive: they yield
+to oncoming traffic (see :func:`~simulation.datasets.synthetic.traffic.claims`). A phase is green for its
+own duration, then yellow for :data:`YELLOW_S`, then all-red for :data:`ALL_RED_S`; every connector of the
+other phase is red meanwhile. Phases without connectors are skipped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from simulation.datasets.synthetic.network import Town
 from simulation.types import TrafficLightStatus
 
 YELLOW_S = 3.0
-ALL_RED_S = 2.0
+ALL_RED_S = 1.5
 
 
 def signalled_connectors(town: Town) -> np.ndarray:

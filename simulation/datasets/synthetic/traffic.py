@@ -23,6 +23,10 @@ ANTICIPATION = np.array([0.0, 4.0, 8.0, 14.0, 20.0, 30.0, 42.0, 56.0, 72.0])
 #: Probe offsets (m) ahead of the front bumper for the corridor check.
 PROBES = np.arange(0.25, 26.0, 2.0)
 INF = 1e9
+#: Claim a junction connector this many seconds before reaching it.
+CLAIM_HORIZON_S = 4.5
+#: Extra priority key of left turns and U-turns (seconds): they yield to oncoming traffic.
+YIELD_PENALTY_S = 3.0
 #: Segments ahead (including the current one) searched for leaders.
 WINDOW = 5
 
@@ -50,7 +54,7 @@ class IDMParams:
             b_max=np.full(n, 6.0),
         )
         if cyclist is not None:
-            p.v_factor = np.where(cyclist, rng.uniform(0.3, 0.45, n), p.v_factor)
+            p.v_factor = np.where(cyclist, rng.uniform(0.45, 0.6, n), p.v_factor)
         return p
 
 
@@ -193,18 +197,28 @@ def approach(bank: PathBank, s: np.ndarray, front: np.ndarray, conn_row: np.ndar
 
 
 def claims(
-    k: np.ndarray, dist: np.ndarray, conn_row: np.ndarray, light: np.ndarray, seg_light: np.ndarray, reach: float = 15.0
+    bank: PathBank, k: np.ndarray, dist: np.ndarray, v: np.ndarray, conn_row: np.ndarray, light: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Junction claims of rows: connector index ``(N,)`` in the conflict matrix (-1 if none) and priority key
-    ``(N,)`` (smaller goes first). A row claims its connector when it is on it or within ``reach`` of it
-    with a green / yellow / no light."""
+    ``(N,)`` (smaller goes first).
+
+    A row claims its connector when it is on it, committed (it could not stop comfortably) or due within
+    :data:`CLAIM_HORIZON_S` (or 8 m) under a non-red light. The key is the time to reach the stop line, plus
+    :data:`YIELD_PENALTY_S` for left turns and U-turns (they yield to oncoming traffic); rows on the
+    connector or committed to it come first.
+    """
     rows = np.arange(len(k))
     kk = np.maximum(k, 0)
     ci = np.where(k >= 0, conn_row[rows, kk], -1)
-    col = seg_light[rows, kk]
+    col = bank.seg_light[rows, kk]
     status = np.where(col >= 0, light[np.maximum(col, 0)], TrafficLightStatus.GREEN)
-    ok = (k >= 0) & (ci >= 0) & (dist < reach) & ((status != TrafficLightStatus.RED) | (dist < 0.0))
-    return np.where(ok, ci, -1), np.where(dist < 0.0, -1e6 + dist, dist)
+    tta = np.maximum(dist, 0.0) / np.maximum(v, 1.0)
+    turn = bank.seg_turn[rows, kk]
+    key = tta + YIELD_PENALTY_S * ((turn == 1) | (turn == 3))
+    committed = (dist < 0.0) | (dist < v**2 / (2.0 * 2.5) - 0.5)
+    due = (tta < CLAIM_HORIZON_S) | (dist < 8.0)
+    ok = (k >= 0) & (ci >= 0) & (committed | (due & (status != TrafficLightStatus.RED)))
+    return np.where(ok, ci, -1), np.where(committed, -1e6 + dist, key)
 
 
 def yield_blocked(

@@ -12,6 +12,7 @@ from simulation.datasets.synthetic.paths import PathBank, build_bank, random_rou
 from simulation.datasets.synthetic.pedestrians import Pedestrians, spawn_pedestrians
 from simulation.datasets.synthetic.signals import light_status
 from simulation.datasets.synthetic.traffic import (
+    INF,
     IDMParams,
     approach,
     claims,
@@ -29,10 +30,10 @@ from simulation.types import PACIFICA, TrackedObjectType
 DT = 0.05
 #: (type, length range, width range, height, share) of moving vehicles.
 VEHICLE_KINDS = (
-    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.68),
+    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.72),
     ("van", (5.2, 5.9), (2.0, 2.2), 2.2, 0.14),
     ("truck", (8.5, 12.0), (2.4, 2.6), 3.2, 0.10),
-    ("bicycle", (1.7, 1.9), (0.6, 0.8), 1.7, 0.08),
+    ("bicycle", (1.7, 1.9), (0.6, 0.8), 1.7, 0.04),
 )
 
 
@@ -231,11 +232,17 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
 
 
 def _claims_of(
-    bank: PathBank, s: np.ndarray, front: np.ndarray, rear: np.ndarray, conn_row: np.ndarray, light: np.ndarray
+    bank: PathBank,
+    s: np.ndarray,
+    v: np.ndarray,
+    front: np.ndarray,
+    rear: np.ndarray,
+    conn_row: np.ndarray,
+    light: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Front claims (connector, key) and rear occupancy claims of rows of a bank."""
     k, dist = approach(bank, s, front, conn_row)
-    c_front, key = claims(k, dist, conn_row, light, bank.seg_light)
+    c_front, key = claims(bank, k, dist, v, conn_row, light)
     k_rear = bank.segment_index(s - rear)
     c_rear = conn_row[np.arange(len(s)), k_rear]
     return c_front, key, c_rear, np.full(len(s), -2e6)
@@ -257,11 +264,17 @@ def _step(
     all_boxes = np.concatenate([veh[act], ego_box[None], ped_boxes, static], 0)
     all_owner = np.concatenate([owner[act], [EGO_OWNER], ped_owner, np.full(len(static), -2)]).astype(np.int64)
     # junction claims of traffic (inactive rows claim nothing) and of the ego
-    cf, kf, cr, kr = _claims_of(tr.bank, tr.s, half, half, tr.conn_row, light)
+    cf, kf, cr, kr = _claims_of(tr.bank, tr.s, tr.v, half, half, tr.conn_row, light)
     cf[~tr.active], cr[~tr.active] = -1, -1
     e = np.array([ego.s])
     ecf, ekf, ecr, ekr = _claims_of(
-        ego.bank, e, np.array([PACIFICA.front_length]), np.array([PACIFICA.rear_length]), ego.conn_row, light
+        ego.bank,
+        e,
+        np.array([ego.v]),
+        np.array([PACIFICA.front_length]),
+        np.array([PACIFICA.rear_length]),
+        ego.conn_row,
+        light,
     )
     all_c = np.concatenate([cf, cr, ecf, ecr])
     all_k = np.concatenate([kf + 1e-6 * owner, kr, ekf, ekr])
@@ -276,7 +289,7 @@ def _step(
         v0 = free_speed(tr.bank, tr.s, half, p)
         acc = np.minimum(
             np.minimum(idm_accel(tr.v, v0, gap_l, v_l, p), idm_accel(tr.v, v0, gap_c, v_c, p)),
-            idm_accel(tr.v, v0, gap_s, np.zeros(n), p),
+            idm_accel(tr.v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(n), p),
         )
         tr.s += np.maximum(tr.v * DT + 0.5 * acc * DT * DT, 0.0)
         tr.v = np.maximum(tr.v + acc * DT, 0.0)

@@ -1,0 +1,139 @@
+"""Write a synthetic city in the nuPlan layout, byte-for-byte reproducibly and atomically.
+
+Layout under ``DIR`` (a valid ``NUPLAN_DATA_ROOT``; ``DIR/maps`` a valid ``NUPLAN_MAPS_ROOT``)::
+
+    DIR/maps/nuplan-maps-v1.0.json
+    DIR/maps/<location>/<version>/map.gpkg
+    DIR/splits/<split>/<log>.db
+    DIR/synth_manifest.json            generation parameters (a re-run must match them)
+
+Each file is written by the map / log writer to a scratch name, then copied with ``VACUUM INTO`` (which
+lays pages out from the logical content only, so equal content gives equal bytes) to a temporary name
+in the target folder and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from simulation.datasets.synthetic.generator import LogSpec, generate_log, make_map
+from simulation.datasets.synthetic.map_layers import SYNTH_MAP_VERSION, location_name
+
+MANIFEST = "synth_manifest.json"
+_FIXED_TIME = "2024-01-01T00:00:00.000Z"
+
+
+class OutputFolderError(ValueError):
+    """The output folder holds something other than a synthetic city with the same parameters."""
+
+
+def log_path(root: Path, spec: LogSpec) -> Path:
+    return root / "splits" / spec.split / f"{spec.name}.db"
+
+
+def map_path(root: Path, town: int) -> Path:
+    return root / "maps" / location_name(town) / SYNTH_MAP_VERSION / "map.gpkg"
+
+
+def _vacuum_into(scratch: Path, final: Path, fix_sql: str | None = None) -> None:
+    """Copy the SQLite file ``scratch`` to ``final`` with ``VACUUM INTO`` (atomic rename), then delete it."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        con = sqlite3.connect(scratch)
+        try:
+            if fix_sql:
+                with con:
+                    con.execute(fix_sql)
+            con.execute("VACUUM INTO ?", (str(tmp),))
+        finally:
+            con.close()
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
+
+
+def write_town_map(root: Path, seed: int, town: int) -> Path:
+    """Write ``DIR/maps/<location>/<version>/map.gpkg`` of a town (skipped if present)."""
+    from simulation.maps.gpkg import write_map
+
+    final = map_path(root, town)
+    if final.is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = final.with_name(f".{final.name}.{os.getpid()}.scratch")
+    write_map(make_map(seed, town), scratch)
+    has_contents = (
+        sqlite3.connect(scratch)
+        .execute("SELECT count(*) FROM sqlite_master WHERE name = 'gpkg_contents'")
+        .fetchone()[0]
+    )
+    fix = f"UPDATE gpkg_contents SET last_change = '{_FIXED_TIME}'" if has_contents else None
+    _vacuum_into(scratch, final, fix)
+    return final
+
+
+def write_maps_index(root: Path, towns: list[int]) -> None:
+    from simulation.maps.gpkg import write_maps_json
+
+    write_maps_json(root / "maps", {location_name(t): SYNTH_MAP_VERSION for t in towns})
+
+
+def write_one_log(root: str, spec: LogSpec) -> dict[str, Any]:
+    """Generate and write one log (skipped if present); returns its statistics (empty when skipped)."""
+    from simulation.datasets.nuplan_db import write_log
+
+    final = log_path(Path(root), spec)
+    if final.is_file():
+        return {}
+    final.parent.mkdir(parents=True, exist_ok=True)
+    log, stats = generate_log(spec)
+    scratch = final.with_name(f".{final.name}.{os.getpid()}.scratch")
+    write_log(log, scratch)
+    _vacuum_into(scratch, final)
+    return dict(stats)
+
+
+def check_output_folder(root: Path, manifest: dict[str, Any]) -> None:
+    """Raise :class:`OutputFolderError` unless ``root`` is absent, empty, or an earlier run with the same
+    parameters (whose missing logs a re-run completes)."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise OutputFolderError(f"{root}: output path exists and is not a folder")
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries:
+        return
+    path = root / MANIFEST
+    if not path.is_file():
+        raise OutputFolderError(f"{root}: folder is not empty and holds no {MANIFEST} (found {entries[:5]})")
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as exc:
+        raise OutputFolderError(f"{path}: unreadable manifest ({exc})") from exc
+    if old != manifest:
+        diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+        raise OutputFolderError(f"{root}: holds a synthetic city generated with other parameters ({diff})")
+    extra = set(entries) - {MANIFEST, "maps", "splits", "plots", "synth_summary.json"}
+    if extra:
+        raise OutputFolderError(f"{root}: unexpected entries {sorted(extra)}")
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, root / MANIFEST)
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> Counter:
+    out: Counter = Counter()
+    for p in parts:
+        out.update(p)
+    return out
