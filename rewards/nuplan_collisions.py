@@ -140,6 +140,7 @@ def time_to_collision(
     first_collision_frame: np.ndarray,
     at_fault_frames: np.ndarray,
     wide_search: np.ndarray,
+    types: np.ndarray | None = None,
 ) -> TTCResult:
     """nuPlan's TTC per frame.
 
@@ -150,6 +151,8 @@ def time_to_collision(
         at_fault_frames: ``(T,)`` frames where TTC is 0.
         wide_search: ``(T,)`` ego off common/connected lanes or in an intersection: every track not
             behind (within 150 deg) is relevant, otherwise only tracks ahead (within 30 deg).
+        types: ``(N,)`` track types; static objects are projected with speed 0 (as nuPlan does for
+            non-agent tracks).
     """
     t_len, n = valid.shape
     ttc = np.full(t_len, np.inf)
@@ -160,6 +163,8 @@ def time_to_collision(
     angle = _relative_angle(ego_states[:, None, :3], boxes[..., :2])
     limit = np.asarray(np.where(wide_search, REAR_ANGLE_RAD, AHEAD_ANGLE_RAD)).reshape(-1, 1)
     speed = np.hypot(boxes[..., AgentIndex.VX], boxes[..., AgentIndex.VY])
+    if types is not None:
+        speed = np.where(np.isin(types, STATIC_TYPES)[None], 0.0, speed)
     reach = (ego_speed[:, None] + speed) * TTC_HORIZON_S + boxes[..., AgentIndex.LENGTH] + PACIFICA.length
     near = np.linalg.norm(boxes[..., :2] - ego_states[:, None, :2], axis=-1) < reach
     relevant = valid & ~collided & (angle < limit) & near & (ego_speed[:, None] > TTC_MIN_EGO_SPEED)

@@ -187,6 +187,7 @@ def compute_closed_loop_metrics(rollout: ClosedLoopRollout, ctx: LaneGraphContex
         collisions.first_collision_frame,
         collisions.at_fault_frames,
         ~in_route | _in_intersection(ctx, ego[:, :2]),
+        rollout.agent_types,
     )
     blocks = route_blocks_of_expert(ctx, expert_centers)
     ego_progress = float(progress_along_route(ctx, blocks, centers).sum())
