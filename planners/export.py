@@ -90,6 +90,8 @@ def export_planner(
     wrapper = ExportablePlanner(planner).eval()
     inputs = example_inputs(planner, 1, bev_size)
     tmp = _atomic_target(path)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX / portable form
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
@@ -107,6 +109,7 @@ def export_planner(
                 dynamic_axes=dynamic,
                 opset_version=17,
             )
+    torch.backends.mha.set_fastpath_enabled(fastpath)
     os.replace(tmp, path)
     meta = {
         "format": fmt,
@@ -146,7 +149,8 @@ class ExportedPlanner:
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.format == "onnx":
-            feed = {name: t.cpu().numpy() for name, t in zip(INPUT_NAMES, inputs)}
+            used = {i.name for i in self._session.get_inputs()}  # ONNX drops inputs a planner ignores
+            feed = {name: t.cpu().numpy() for name, t in zip(INPUT_NAMES, inputs) if name in used}
             return tuple(torch.from_numpy(o) for o in self._session.run(None, feed))
         with torch.no_grad():
             return tuple(self._module(*inputs))

@@ -280,7 +280,11 @@ class TruncatedDiffusionPlanner(nn.Module):
         b = features["ego_status"].shape[0]
         if noise is None:
             noise = torch.randn(self.initial_noise_shape(b), device=features["ego_status"].device)
-        context = self.encode(features)
+        return self.denoise(self.encode(features), noise)
+
+    def denoise(self, context: tuple[torch.Tensor, torch.Tensor, torch.Tensor], noise: torch.Tensor) -> PlanOutput:
+        """The sampler alone: anchored (or pure) noise ``(B, K, 8, 2)`` -> candidates, given the encoded scene."""
+        b = noise.shape[0]
         if self.config.truncated:
             a0 = self.alpha_pairs[0][0]
             x = a0**0.5 * self.normalize(self.anchors).unsqueeze(0) + (1.0 - a0) ** 0.5 * noise

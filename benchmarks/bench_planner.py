@@ -1,0 +1,120 @@
+"""Planner latency and throughput: eager, TorchScript and ONNX Runtime, batch 1 and 64, in one run.
+
+Prints a table (ms per call, scenes per second) for EgoStatusMLP, the vanilla (20-step) diffusion
+baseline, the truncated (2-step) diffusion planner and the masked diffusion planner, plus the
+truncated / vanilla speed ratio. Randomly initialised weights: speed does not depend on training.
+
+    .venv/bin/python benchmarks/bench_planner.py [--device cuda] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from planners.ego_mlp import EgoStatusMLP
+from planners.export import ExportedPlanner, example_inputs, export_planner
+from planners.features import PLANNER_RASTER
+from planners.masked_diffusion import MaskedDiffusionConfig, MaskedDiffusionPlanner
+from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
+
+BEV = (PLANNER_RASTER.height_px, PLANNER_RASTER.width_px)
+
+
+def planners() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    anchors = torch.randn(20, 8, 2) * 10
+    return {
+        "ego_mlp": EgoStatusMLP(),
+        "vanilla_diffusion_20": TruncatedDiffusionPlanner(TruncatedDiffusionConfig(truncated=False), anchors),
+        "truncated_diffusion_2": TruncatedDiffusionPlanner(TruncatedDiffusionConfig(), anchors),
+        "masked_diffusion_8": MaskedDiffusionPlanner(MaskedDiffusionConfig(num_steps=8)),
+    }
+
+
+def timeit(fn: Callable[[], object], repeats: int, device: str) -> float:
+    """Median seconds per call after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_one(name: str, model: torch.nn.Module, repeats: int, device: str, tmp: Path) -> list[tuple]:
+    rows = []
+    model = model.eval().to(device)
+    paths = {
+        "torchscript": export_planner(model.cpu(), tmp / f"{name}.pt", "torchscript", bev_size=BEV),
+        "onnx": export_planner(model.cpu(), tmp / f"{name}.onnx", "onnx", bev_size=BEV) if device == "cpu" else None,
+    }
+    model = model.to(device)
+    for batch in (1, 64):
+        inputs = tuple(t.to(device) for t in example_inputs(model, batch, BEV))
+        feats = dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4]))
+        with torch.no_grad():
+            eager = timeit(partial(model.sample, feats, inputs[4]), repeats, device)
+        rows.append((name, "eager", batch, eager))
+        scripted = torch.jit.load(str(paths["torchscript"]), map_location=device)
+        with torch.no_grad():
+            rows.append((name, "torchscript", batch, timeit(partial(scripted, *inputs), repeats, device)))
+        if paths["onnx"] is not None:
+            ort = ExportedPlanner(paths["onnx"])
+            rows.append((name, "onnx", batch, timeit(partial(ort, *inputs), repeats, device)))
+    return rows
+
+
+def bench_samplers(models: dict[str, torch.nn.Module], repeats: int, device: str) -> list[tuple]:
+    """The sampling loop alone (scene encoded once), for the truncated and vanilla diffusion planners."""
+    rows = []
+    for name in ("vanilla_diffusion_20", "truncated_diffusion_2"):
+        model = models[name].eval().to(device)
+        for batch in (1, 64):
+            inputs = tuple(t.to(device) for t in example_inputs(model, batch, BEV))
+            with torch.no_grad():
+                context = model.encode(dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4])))
+                rows.append(
+                    (name, "sampler", batch, timeit(partial(model.denoise, context, inputs[4]), repeats, device))
+                )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 = the single-core figures)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows: list[tuple] = []
+    models = planners()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            rows.extend(bench_one(name, model, args.repeats, args.device, Path(tmp)))
+    rows.extend(bench_samplers(models, args.repeats, args.device))
+    print(f"device={args.device} threads={args.threads} raster={BEV}")
+    print(f"{'planner':<24}{'format':<13}{'batch':>6}{'ms/call':>10}{'scenes/s':>11}")
+    for name, fmt, batch, sec in rows:
+        print(f"{name:<24}{fmt:<13}{batch:>6}{sec * 1e3:>10.2f}{batch / sec:>11.1f}")
+    lookup = {(n, f, b): s for n, f, b, s in rows}
+    for fmt in ("sampler", "eager", "torchscript"):
+        for batch in (1, 64):
+            ratio = lookup[("vanilla_diffusion_20", fmt, batch)] / lookup[("truncated_diffusion_2", fmt, batch)]
+            print(f"truncated (2 steps) vs vanilla (20 steps), {fmt}, batch {batch}: {ratio:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()
