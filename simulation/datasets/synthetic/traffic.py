@@ -23,6 +23,8 @@ ANTICIPATION = np.array([0.0, 4.0, 8.0, 14.0, 20.0, 30.0, 42.0, 56.0, 72.0])
 #: Probe offsets (m) ahead of the front bumper for the corridor check.
 PROBES = np.arange(0.25, 26.0, 2.0)
 INF = 1e9
+#: Vehicles stop this far before the end of their lane (room for long boxes swinging out of the next lane).
+STOP_MARGIN = 2.5
 #: Claim a junction connector this many seconds before reaching it.
 CLAIM_HORIZON_S = 4.5
 #: Extra priority key of left turns and U-turns (seconds): they yield to oncoming traffic.
@@ -192,7 +194,7 @@ def approach(bank: PathBank, s: np.ndarray, front: np.ndarray, conn_row: np.ndar
     ahead = np.arange(kk)[None, :] >= k_cur[:, None]
     is_conn = (conn_row >= 0) & ahead
     k = np.where(is_conn.any(1), is_conn.argmax(1), -1)
-    dist = np.where(k >= 0, bank.seg_start[rows, np.maximum(k, 0)] - 0.5 - (s + front), INF)
+    dist = np.where(k >= 0, bank.seg_start[rows, np.maximum(k, 0)] - STOP_MARGIN - (s + front), INF)
     return k, dist
 
 

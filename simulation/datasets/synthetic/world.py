@@ -133,7 +133,7 @@ def _static_boxes(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> tup
     """Parked vehicles on parking strips and cones / barriers at their ends: boxes ``(S, 7)``, types, heights."""
     boxes, types, heights = [], [], []
     for _, line, head in town.shoulders:
-        for k in range(10, len(line) - 10, 12):
+        for k in range(20, len(line) - 20, 12):
             u = rng.random()
             if u < cfg.parked_share:
                 length, width = (rng.uniform(4.2, 4.9), 1.9) if u < 0.8 * cfg.parked_share else (5.5, 2.1)
