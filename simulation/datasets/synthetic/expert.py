@@ -221,6 +221,17 @@ class EgoDriver:
             np.array([fid]), np.array([u]), np.array([self.v]), np.array([PACIFICA.length / 2]), np.array([EGO_OWNER])
         )
 
+    def _integrate(self, acc: float, gap: float, dt: float) -> None:
+        """Apply the commanded acceleration through the jerk limit (relaxed when an obstacle is close)."""
+        urgent = gap < 2.0 + 1.2 * self.v
+        j = (9.0 if urgent else self.jerk) * dt
+        self.a = float(np.clip(acc, self.a - j, self.a + self.jerk * dt))
+        if self.v <= 0.0 and self.a < 0.0:
+            self.a = 0.0
+        step = max(self.v * dt + 0.5 * self.a * dt * dt, 0.0)
+        self.v = max(self.v + self.a * dt, 0.0)
+        self.s += step
+
     def step(
         self,
         dt: float,
@@ -268,16 +279,8 @@ class EgoDriver:
             float(idm_accel(v, v0, gap_c, v_c, p)[0]),
             float(idm_accel(v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(1), p)[0]),
         )
-        gap = min(float(gap_l[0]), float(gap_c[0]), float(gap_s[0]))
-        urgent = gap < 2.0 + 1.2 * self.v
-        j = (9.0 if urgent else self.jerk) * dt
-        self.a = float(np.clip(acc, self.a - j, self.a + self.jerk * dt))
-        if self.v <= 0.0 and self.a < 0.0:
-            self.a = 0.0
         v_before = self.v
-        step = max(self.v * dt + 0.5 * self.a * dt * dt, 0.0)
-        self.v = max(self.v + self.a * dt, 0.0)
-        self.s += step
+        self._integrate(acc, min(float(gap_l[0]), float(gap_c[0]), float(gap_s[0])), dt)
         k, fid = self._current()
         lead_from_path = gap_l[0] <= gap_c[0]
         return EgoFrame(

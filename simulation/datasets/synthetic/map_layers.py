@@ -57,7 +57,6 @@ def town_to_map(town: Town, town_index: int) -> MapData:
     """Build the :class:`MapData` of a town (geometry shifted to its UTM origin)."""
     o = town_origin(town_index)
     lanes = [p for p in town.paths.values() if not p.is_connector]
-    conns = [p for p in town.paths.values() if p.is_connector]
     layers: dict[str, VectorLayer] = {}
     layers["lanes_polygons"] = _layer(
         [
@@ -90,6 +89,16 @@ def town_to_map(town: Town, town_index: int) -> MapData:
             "width",
         ],
     )
+    layers.update(_connector_layers(town, o))
+    layers.update(_other_layers(town, o))
+    meta = {"projectedCoordSystem": SYNTH_CRS, "version": SYNTH_MAP_VERSION, "generator": "diffplan synthetic city"}
+    return MapData(location_name(town_index), SYNTH_MAP_VERSION, SYNTH_CRS, layers, meta)
+
+
+def _connector_layers(town: Town, o: np.ndarray) -> dict[str, VectorLayer]:
+    """Roadblocks, lane connectors (lines and polygons) and roadblock connectors."""
+    conns = [p for p in town.paths.values() if p.is_connector]
+    layers: dict[str, VectorLayer] = {}
     blocks = [b for b in town.blocks.values() if not b.is_connector]
     layers["lane_groups_polygons"] = _layer(
         [
@@ -162,9 +171,7 @@ def town_to_map(town: Town, town_index: int) -> MapData:
         ],
         ["from_lane_group_fid", "to_lane_group_fid", "intersection_fid", "left_boundary_fid", "right_boundary_fid"],
     )
-    layers.update(_other_layers(town, o))
-    meta = {"projectedCoordSystem": SYNTH_CRS, "version": SYNTH_MAP_VERSION, "generator": "diffplan synthetic city"}
-    return MapData(location_name(town_index), SYNTH_MAP_VERSION, SYNTH_CRS, layers, meta)
+    return layers
 
 
 def _other_layers(town: Town, o: np.ndarray) -> dict[str, VectorLayer]:

@@ -87,7 +87,7 @@ def _lead_tags(record: DriveRecord, f: int, v: float, a: float) -> list[tuple[st
     suffix = "with_lead" if lead_before_light else "without_lead"
     if light and stopping:
         out.append(("stopping_at_traffic_light_" + suffix, lead))
-    if light and v < 0.1 and fr.stop_gap < 12.0 + fr.lead_gap * lead_before_light:
+    if light and v < 0.1 and fr.stop_gap < (40.0 if lead_before_light else 12.0):
         out.append(("stationary_at_traffic_light_" + suffix, lead))
     if v < 0.1 and lead_vehicle >= 0 and fr.lead_gap < 8.0 and not light:
         out.append(("stationary_in_traffic", lead_vehicle))

@@ -30,9 +30,9 @@ from simulation.types import PACIFICA, TrackedObjectType
 DT = 0.05
 #: (type, length range, width range, height, share) of moving vehicles.
 VEHICLE_KINDS = (
-    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.72),
+    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.70),
     ("van", (5.2, 5.9), (2.0, 2.2), 2.2, 0.14),
-    ("truck", (8.5, 12.0), (2.4, 2.6), 3.2, 0.10),
+    ("truck", (8.5, 12.0), (2.4, 2.6), 3.2, 0.12),
     ("bicycle", (1.7, 1.9), (0.6, 0.8), 1.7, 0.04),
 )
 
