@@ -1,0 +1,421 @@
+"""Per-scene metric cache for NAVSIM scoring (PDMS v1.1 / EPDMS v2): everything the scorer needs, as arrays.
+
+:func:`build_metric_cache` reads the map and the log once (specs/navsim.md §3.6-3.8, §5.3); scoring then never
+touches either. The reference planner (PDM-Closed) and the tracker are passed in, so this module imports no
+planner. Files are ``.npz`` archives (no pickling) written atomically and checked for their format version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulation.geometry import global_to_local, normalize_angle, polyline_lengths, rear_axle_to_center
+from simulation.maps.layers import SemanticMapLayer
+from simulation.polygon_grid import PolygonGrid, PolygonSet
+from simulation.types import DYNAMIC_TYPES, AgentIndex, Scene, StateIndex, TrafficLightStatus, Trajectory
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+#: Scored horizon: 40 steps of 0.1 s after the current state.
+NUM_STEPS = 41
+DT = 0.1
+#: Observation length (10 Hz samples incl. t = 0): v1 keeps 5 s so that TTC can look 0.9 s past 4 s; v2 keeps 4 s.
+OBSERVATION_STEPS = {"v1": 51, "v2": 41}
+MAP_RADIUS = 100.0  # m around the ego centre
+LOG_INTERVAL_S = 0.5
+#: Layers whose polygons make up the drivable area (lanes are tested separately).
+DRIVABLE_LAYERS = (
+    SemanticMapLayer.ROADBLOCK,
+    SemanticMapLayer.INTERSECTION,
+    SemanticMapLayer.DRIVABLE_AREA,
+    SemanticMapLayer.CARPARK_AREA,
+)
+LANE_LAYERS = (SemanticMapLayer.LANE, SemanticMapLayer.LANE_CONNECTOR)
+
+#: ``simulate(current_state (11,), poses_local (B, 8, 3)) -> states (B, 41, 11)``.
+Simulator = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: ``reference_planner(scene, map_api) -> poses (8, 3)`` in the current rear-axle frame (or a Trajectory).
+ReferencePlanner = Callable[[Scene, Any], "np.ndarray | Trajectory"]
+
+
+class MetricCacheError(ValueError):
+    """A metric cache file is missing, unreadable, of another format version, or inconsistent."""
+
+
+@dataclass(frozen=True)
+class MetricCache:
+    """Everything NAVSIM's scorer needs for one scene (all coordinates global, ego poses at the rear axle).
+
+    Attributes:
+        token: scene token. log_name / map_name: where it comes from.
+        version: ``"v1"`` (PDMS, 5 s observation) or ``"v2"`` (EPDMS, 4 s observation, red lights).
+        current_state: ``(11,)`` ego state at t = 0 (:class:`StateIndex`).
+        agent_boxes: ``(T, N, 7)`` agent boxes at 10 Hz (:class:`AgentIndex`), ``T`` = 51 (v1) or 41 (v2).
+        agent_valid: ``(T, N)`` bool, the track exists at that step.
+        agent_types: ``(N,)`` int64 ``TrackedObjectType``. agent_track_ids: ``(N,)`` str.
+        map_grid: drivable-map polygons (roadblocks, their lanes, connector lanes, intersections, carparks
+            within 100 m) with a grid index for point-in-polygon tests.
+        map_ids: ``(M,)`` str map ids. map_layers: ``(M,)`` int64 :class:`SemanticMapLayer` of each polygon.
+        route_lane_ids: ``(L,)`` str ids of the lanes / lane connectors on the route.
+        centerline: ``(C, 2)`` route centre line (PDM-Closed's path). centerline_s: ``(C,)`` its arc length.
+        red_connector_ids: ``(R,)`` str on-route lane connectors red at some step.
+        red_mask: ``(41, R)`` bool, connector ``r`` is red at step ``t`` (empty for v1).
+        red_polygons: the ``R`` connector polygons.
+        reference_states: ``(41, 11)`` simulated states of the PDM-Closed reference plan.
+        human_trajectory: ``(8, 3)`` logged future poses in the current rear-axle frame (0.5 s steps).
+        human_states: ``(41, 11)`` simulated states of the human plan.
+        history_states: ``(H, 11)`` logged past ego states at 0.1 s before t = 0 (EPDMS history comfort).
+    """
+
+    token: str
+    log_name: str
+    map_name: str
+    version: str
+    current_state: np.ndarray
+    agent_boxes: np.ndarray
+    agent_valid: np.ndarray
+    agent_types: np.ndarray
+    agent_track_ids: np.ndarray
+    map_grid: PolygonGrid
+    map_ids: np.ndarray
+    map_layers: np.ndarray
+    route_lane_ids: np.ndarray
+    centerline: np.ndarray
+    centerline_s: np.ndarray
+    red_connector_ids: np.ndarray
+    red_mask: np.ndarray
+    red_polygons: PolygonSet
+    reference_states: np.ndarray
+    human_trajectory: np.ndarray
+    human_states: np.ndarray
+    history_states: np.ndarray
+
+    @cached_property
+    def map_categories(self) -> np.ndarray:
+        """``(M,)`` int64 bit mask per map polygon: 1 drivable, 2 lane, 4 on-route lane, 8 intersection."""
+        layers = self.map_layers
+        cat = np.isin(layers, [int(x) for x in DRIVABLE_LAYERS]).astype(np.int64)
+        lane = np.isin(layers, [int(x) for x in LANE_LAYERS])
+        cat |= 2 * lane
+        cat |= 4 * (lane & np.isin(self.map_ids, self.route_lane_ids))
+        cat |= 8 * (layers == SemanticMapLayer.INTERSECTION)
+        return cat
+
+    def polygons(self, layer: SemanticMapLayer) -> dict[str, Any]:
+        """Shapely polygons of one map layer by id (rebuilt from the stored rings)."""
+        geoms = self.map_grid.polygons.geometries()
+        return {str(i): g for i, g, lay in zip(self.map_ids, geoms, self.map_layers, strict=True) if lay == layer}
+
+    def validate(self) -> None:
+        """Raise :class:`MetricCacheError` when shapes disagree."""
+        t = OBSERVATION_STEPS.get(self.version)
+        n = self.agent_types.shape[0]
+        checks = [
+            (t is not None, f"unknown version {self.version!r}"),
+            (self.current_state.shape == (11,), "current_state must be (11,)"),
+            (self.agent_boxes.shape == (t, n, 7), f"agent_boxes {self.agent_boxes.shape} != {(t, n, 7)}"),
+            (self.agent_valid.shape == (t, n), "agent_valid shape"),
+            (self.agent_track_ids.shape == (n,), "agent_track_ids shape"),
+            (self.map_ids.shape == self.map_layers.shape == (self.map_grid.polygons.num_polygons,), "map ids"),
+            (self.centerline.ndim == 2 and len(self.centerline) >= 2, "centerline needs >= 2 points"),
+            (self.red_mask.shape[1:] == self.red_connector_ids.shape, "red_mask shape"),
+            (self.reference_states.shape == (NUM_STEPS, 11), "reference_states must be (41, 11)"),
+            (self.human_states.shape == (NUM_STEPS, 11), "human_states must be (41, 11)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise MetricCacheError(f"metric cache {self.token}: {msg}")
+
+    # ------------------------------------------------------------------------------------------- files
+
+    def save(self, path: str | Path) -> Path:
+        """Write the cache to ``path`` (``.npz``) atomically; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = _to_arrays(self)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> MetricCache:
+        """Read a cache written by :meth:`save`; raise :class:`MetricCacheError` on any problem."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as err:
+            raise MetricCacheError(f"{path}: cannot read metric cache ({err})") from None
+        try:
+            meta = json.loads(str(arrays.pop("meta")))
+        except KeyError:
+            raise MetricCacheError(f"{path}: not a metric cache (no meta entry)") from None
+        if meta.get("format_version") != CACHE_FORMAT_VERSION:
+            raise MetricCacheError(f"{path}: format version {meta.get('format_version')} != {CACHE_FORMAT_VERSION}")
+        try:
+            cache = _from_arrays(meta, arrays)
+        except KeyError as err:
+            raise MetricCacheError(f"{path}: missing entry {err}") from None
+        cache.validate()
+        return cache
+
+
+_STR_FIELDS = ("token", "log_name", "map_name", "version")
+_GRID_FIELDS = ("origin", "shape", "cell_offsets", "cell_polys", "cell_full")
+_SET_FIELDS = ("coords", "ring_offsets", "poly_rings", "bounds")
+
+
+def _to_arrays(cache: MetricCache) -> dict[str, np.ndarray]:
+    meta = {k: getattr(cache, k) for k in _STR_FIELDS}
+    meta |= {"format_version": CACHE_FORMAT_VERSION, "cell_size": cache.map_grid.cell_size}
+    out: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
+    for f in fields(cache):
+        value = getattr(cache, f.name)
+        if isinstance(value, np.ndarray):
+            out[f.name] = value.astype(str) if value.dtype == object else value
+    for k in _GRID_FIELDS:
+        out[f"map_grid.{k}"] = getattr(cache.map_grid, k)
+    for k in _SET_FIELDS:
+        out[f"map_grid.polygons.{k}"] = getattr(cache.map_grid.polygons, k)
+        out[f"red_polygons.{k}"] = getattr(cache.red_polygons, k)
+    return out
+
+
+def _from_arrays(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MetricCache:
+    grid_set = PolygonSet(**{k: arrays[f"map_grid.polygons.{k}"] for k in _SET_FIELDS})
+    grid = PolygonGrid(
+        polygons=grid_set, cell_size=float(meta["cell_size"]), **{k: arrays[f"map_grid.{k}"] for k in _GRID_FIELDS}
+    )
+    red = PolygonSet(**{k: arrays[f"red_polygons.{k}"] for k in _SET_FIELDS})
+    kwargs: dict[str, Any] = {k: meta[k] for k in _STR_FIELDS}
+    for f in fields(MetricCache):
+        if f.name not in kwargs and f.name not in ("map_grid", "red_polygons"):
+            kwargs[f.name] = arrays[f.name]
+    return MetricCache(map_grid=grid, red_polygons=red, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def interpolate_agents(
+    boxes: np.ndarray, valid: np.ndarray, types: np.ndarray, num_steps: int, log_interval_s: float = LOG_INTERVAL_S
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log-replay agents at 10 Hz, following NAVSIM's metric caching (specs/navsim.md §3.6).
+
+    Each track is linearly interpolated (x, y, unwrapped heading, velocity) between its first and last
+    observed frame; it does not exist outside them. A track seen in a single frame is kept, unmoved, at
+    every step. Sizes come from the first observation; static object types get zero velocity.
+
+    Args:
+        boxes: ``(F, N, 7)`` global boxes at the log frames, frame 0 = current (t = 0).
+        valid: ``(F, N)`` bool.
+        types: ``(N,)`` ``TrackedObjectType`` ids.
+        num_steps: number of 0.1 s samples (51 for 5 s, 41 for 4 s).
+
+    Returns:
+        boxes ``(num_steps, N, 7)`` and valid ``(num_steps, N)``.
+    """
+    horizon = (num_steps - 1) * DT
+    n_frames = min(boxes.shape[0], int(round(horizon / log_interval_s)) + 1)
+    frame_t = np.arange(n_frames, dtype=np.float64) * log_interval_s
+    step_t = np.arange(num_steps, dtype=np.float64) * DT
+    n = boxes.shape[1]
+    out = np.zeros((num_steps, n, 7))
+    out_valid = np.zeros((num_steps, n), dtype=bool)
+    dynamic = np.isin(types, [int(t) for t in DYNAMIC_TYPES])
+    for k in range(n):
+        f = np.flatnonzero(valid[:n_frames, k])
+        if len(f) == 0:
+            continue
+        first = boxes[f[0], k]
+        if len(f) == 1:
+            out[:, k] = first
+            out_valid[:, k] = True
+        else:
+            mask = (frame_t[f[0]] <= step_t) & (step_t <= frame_t[f[-1]])
+            t, src = step_t[mask], boxes[f, k]
+            heading = np.unwrap(src[:, AgentIndex.HEADING])
+            out[mask, k, AgentIndex.X] = np.interp(t, frame_t[f], src[:, AgentIndex.X])
+            out[mask, k, AgentIndex.Y] = np.interp(t, frame_t[f], src[:, AgentIndex.Y])
+            out[mask, k, AgentIndex.HEADING] = normalize_angle(np.interp(t, frame_t[f], heading))
+            out[mask, k, AgentIndex.VX] = np.interp(t, frame_t[f], src[:, AgentIndex.VX])
+            out[mask, k, AgentIndex.VY] = np.interp(t, frame_t[f], src[:, AgentIndex.VY])
+            out[mask, k, AgentIndex.LENGTH] = first[AgentIndex.LENGTH]
+            out[mask, k, AgentIndex.WIDTH] = first[AgentIndex.WIDTH]
+            out_valid[mask, k] = True
+        if not dynamic[k]:
+            out[:, k, AgentIndex.VX] = 0.0
+            out[:, k, AgentIndex.VY] = 0.0
+    return out, out_valid
+
+
+def interpolate_history(states: np.ndarray, timestamps_us: np.ndarray) -> np.ndarray:
+    """Past ego states ``(H, 11)`` at 0.1 s from the oldest history frame, the last sample (t = 0) excluded.
+
+    Linear in every column except the heading (interpolated on the unwrapped angle), from ``states`` ``(F, 11)``
+    at ``timestamps_us`` ``(F,)`` (oldest first, current last).
+    """
+    t_us = np.arange(timestamps_us[0], timestamps_us[-1], 100_000, dtype=np.int64)[:-1]
+    out = np.empty((len(t_us), states.shape[1]))
+    unwrapped = states.copy()
+    unwrapped[:, StateIndex.HEADING] = np.unwrap(states[:, StateIndex.HEADING])
+    for c in range(states.shape[1]):
+        out[:, c] = np.interp(t_us, timestamps_us, unwrapped[:, c])
+    out[:, StateIndex.HEADING] = normalize_angle(out[:, StateIndex.HEADING])
+    return out
+
+
+def drivable_map_polygons(map_api: Any, center: np.ndarray, radius: float = MAP_RADIUS) -> tuple[list, list, list]:
+    """PDM's drivable map around ``center`` ``(2,)``: ``(ids, layers, polygons)`` of the roadblocks, their lanes,
+    the lane connectors of the roadblock connectors, intersections and carparks within ``radius``."""
+    near = map_api.proximal_ids(
+        center,
+        radius,
+        [
+            SemanticMapLayer.ROADBLOCK,
+            SemanticMapLayer.ROADBLOCK_CONNECTOR,
+            SemanticMapLayer.INTERSECTION,
+            SemanticMapLayer.CARPARK_AREA,
+        ],
+    )
+    ids: list[str] = []
+    layers: list[int] = []
+    polys: list[Any] = []
+
+    def add(i: str, layer: SemanticMapLayer, poly: Any) -> None:
+        ids.append(str(i))
+        layers.append(int(layer))
+        polys.append(poly)
+
+    for rb_id in near[SemanticMapLayer.ROADBLOCK]:
+        rb = map_api.roadblocks[rb_id]
+        add(rb_id, SemanticMapLayer.ROADBLOCK, rb.polygon)
+        for lane_id in rb.interior_ids:
+            add(lane_id, SemanticMapLayer.LANE, map_api.lanes[lane_id].polygon)
+    for rbc_id in near[SemanticMapLayer.ROADBLOCK_CONNECTOR]:
+        for lc_id in map_api.roadblock_connectors[rbc_id].interior_ids:
+            add(lc_id, SemanticMapLayer.LANE_CONNECTOR, map_api.lane_connectors[lc_id].polygon)
+    for layer in (SemanticMapLayer.INTERSECTION, SemanticMapLayer.CARPARK_AREA):
+        geoms = map_api.polygons(layer)
+        for i in near[layer]:
+            add(i, layer, geoms[i])
+    return ids, layers, polys
+
+
+def red_light_masks(
+    scene: Scene, route_lane_ids: set[str], num_steps: int = NUM_STEPS
+) -> tuple[np.ndarray, np.ndarray]:
+    """On-route red lane connectors per 0.1 s step (status held over each log interval): ``(ids (R,), mask (T, R))``."""
+    ci = scene.current_index
+    steps_per_frame = int(round(LOG_INTERVAL_S / DT))
+    frames = np.minimum(ci + np.arange(num_steps) // steps_per_frame, scene.num_frames - 1)
+    tl = scene.traffic_lights
+    ids = np.array([str(i) for i in tl.lane_connector_ids])
+    on_route = np.isin(ids, sorted(route_lane_ids)) if len(ids) else np.zeros(0, bool)
+    red = (tl.status[frames] == TrafficLightStatus.RED) & on_route[None, :]
+    keep = red.any(0)
+    return ids[keep], red[:, keep]
+
+
+def _default_simulator() -> Simulator:
+    try:
+        from simulation.kinematics import simulate_proposals
+    except ImportError as err:  # the tracker module is required to build caches
+        raise MetricCacheError(f"building a metric cache needs simulation.kinematics ({err})") from None
+    return simulate_proposals
+
+
+def build_metric_cache(
+    scene: Scene,
+    map_api: Any,
+    reference_planner: ReferencePlanner | None = None,
+    version: str = "v1",
+    simulate: Simulator | None = None,
+) -> MetricCache:
+    """Precompute the metric cache of ``scene``.
+
+    Args:
+        scene: a scene with its current frame and at least 8 future frames (10 for v1's 5 s observation).
+        map_api: the scene's :class:`~simulation.maps.api.MapAPI`.
+        reference_planner: PDM-Closed (or another reference) as ``planner(scene, map_api) -> (8, 3)`` local
+            poses; ``None`` uses the human plan as the reference for progress normalisation.
+        version: ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
+        simulate: tracker + bicycle model; defaults to :func:`simulation.kinematics.simulate_proposals`.
+    """
+    if version not in OBSERVATION_STEPS:
+        raise MetricCacheError(f"{scene.token}: unknown metric cache version {version!r}")
+    ci = scene.current_index
+    if scene.num_future_frames < 8:
+        raise MetricCacheError(f"{scene.token}: needs 8 future frames, has {scene.num_future_frames}")
+    simulate = simulate or _default_simulator()
+    current = np.asarray(scene.current_ego, dtype=np.float64)
+    pose = current[:3]
+    center = rear_axle_to_center(pose)[:2]
+
+    ids, layers, polys = drivable_map_polygons(map_api, center)
+    route_ids = map_api.route_roadblock_ids(scene.route_roadblock_ids)
+    route_lanes = map_api.route_lane_ids(route_ids)
+    centerline = np.asarray(map_api.route_centerline(route_ids, pose), dtype=np.float64)
+
+    t_obs = OBSERVATION_STEPS[version]
+    a = scene.agents
+    boxes, valid = interpolate_agents(a.boxes[ci:], a.valid[ci:], a.types, t_obs)
+    if version == "v2":
+        red_ids, red_mask = red_light_masks(scene, route_lanes)
+    else:
+        red_ids, red_mask = np.zeros(0, dtype=str), np.zeros((NUM_STEPS, 0), dtype=bool)
+    red_polys = PolygonSet.from_geometries([map_api.lane_connector_polygon(i) for i in red_ids])
+
+    human = global_to_local(scene.ego.poses[ci + 1 : ci + 9], pose)
+    human_states = simulate(current, human[None])[0]
+    if reference_planner is None:
+        reference_states = human_states
+    else:
+        ref = reference_planner(scene, map_api)
+        ref_poses = ref.poses if isinstance(ref, Trajectory) else np.asarray(ref)
+        reference_states = simulate(current, ref_poses[None])[0]
+    history = interpolate_history(scene.ego.states[: ci + 1], scene.timestamps_us[: ci + 1])
+
+    cache = MetricCache(
+        token=scene.token,
+        log_name=scene.log_name,
+        map_name=scene.map_name,
+        version=version,
+        current_state=current,
+        agent_boxes=boxes,
+        agent_valid=valid,
+        agent_types=np.asarray(a.types, dtype=np.int64),
+        agent_track_ids=np.asarray(a.track_ids).astype(str),
+        map_grid=PolygonGrid.build(polys),
+        map_ids=np.array(ids, dtype=str),
+        map_layers=np.array(layers, dtype=np.int64),
+        route_lane_ids=np.array(sorted(route_lanes), dtype=str),
+        centerline=centerline,
+        centerline_s=polyline_lengths(centerline),
+        red_connector_ids=red_ids,
+        red_mask=red_mask,
+        red_polygons=red_polys,
+        reference_states=np.asarray(reference_states, dtype=np.float64),
+        human_trajectory=human,
+        human_states=np.asarray(human_states, dtype=np.float64),
+        history_states=history,
+    )
+    cache.validate()
+    return cache
