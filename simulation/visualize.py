@@ -67,6 +67,8 @@ TYPE_COLORS = {
     TrackedObjectType.BICYCLE: "#17becf",
 }
 STATIC_COLOR = "#8c564b"
+#: Ego history and ground-truth future drawn around the current frame, seconds.
+PAST_S, FUTURE_S = 2.0, 8.0
 
 
 class VisualizationError(ValueError):
@@ -187,11 +189,16 @@ def plot_frame(
     boxes = window.agents.boxes[index][valid].copy()
     boxes[:, :3] = global_to_local(boxes[:, :3], origin)
     _draw_boxes(ax, boxes, _agent_colors(window.agents.types[valid]))
-    past = transform_points_to_local(window.ego.states[: index + 1, :2], origin)
-    future = transform_points_to_local(window.ego.states[index:, :2], origin)
-    _plot_path(ax, past, 7, color=COLORS["ego"], lw=2.0, marker="o", ms=3)
+    t = (window.timestamps_us - window.timestamps_us[index]) * 1e-6
+    every = max(1, int(round(0.5 / float(np.median(np.diff(t))) if len(t) > 1 else 1)))  # a marker every 0.5 s
+    past_idx = np.flatnonzero((t >= -PAST_S) & (np.arange(len(t)) <= index))
+    future_idx = np.flatnonzero((t <= FUTURE_S) & (np.arange(len(t)) >= index))
+    past = transform_points_to_local(window.ego.states[past_idx, :2], origin)
+    future = transform_points_to_local(window.ego.states[future_idx, :2], origin)
+    mark_past = slice((len(past) - 1) % every, None, every)  # keep a marker on the current pose
+    _plot_path(ax, past, 7, color=COLORS["ego"], lw=2.0, marker="o", ms=3, markevery=mark_past)
     if len(future) > 1:
-        _plot_path(ax, future, 7, color=COLORS["future"], lw=1.5, ls="--", marker=".", ms=4)
+        _plot_path(ax, future, 7, color=COLORS["future"], lw=1.5, ls="--", marker=".", ms=4, markevery=every)
     if candidates is not None:
         for traj in np.asarray(candidates).reshape(-1, np.asarray(candidates).shape[-2], 3):
             _plot_path(ax, np.vstack([[0.0, 0.0], traj[:, :2]]), 8, color=COLORS["candidate"], lw=0.8, alpha=0.6)
