@@ -155,13 +155,14 @@ def test_ttc_side_track_ignored_in_own_lane_but_not_in_intersection():
 def test_dac_corner_off_road_and_drivable_layers():
     assert _score(make_cache(), straight_states(10.0, y=-3.5))["drivable_area_compliance"][0] == 0.0
     carpark = [("cp", SemanticMapLayer.CARPARK_AREA, box(-50, -8, 150, -4))]
-    assert _score(make_cache(extra_polygons=carpark), straight_states(10.0, y=-3.5))[
-        "drivable_area_compliance"
-    ][0] == 1.0
+    assert (
+        _score(make_cache(extra_polygons=carpark), straight_states(10.0, y=-3.5))["drivable_area_compliance"][0] == 1.0
+    )
     lane_only = [("l2", SemanticMapLayer.LANE, box(-50, -8, 150, -4))]  # lanes are not drivable area
-    assert _score(make_cache(extra_polygons=lane_only), straight_states(10.0, y=-3.5))[
-        "drivable_area_compliance"
-    ][0] == 0.0
+    assert (
+        _score(make_cache(extra_polygons=lane_only), straight_states(10.0, y=-3.5))["drivable_area_compliance"][0]
+        == 0.0
+    )
 
 
 def test_dac_zero_gives_score_zero_and_ep_zero_v1():
@@ -198,16 +199,25 @@ def _red(steps: slice) -> tuple:
 
 
 def test_tlc_red_connector():
-    assert _score(make_cache("v2", red=_red(slice(None))), straight_states(10.0), "v2", apply_human_filter=False)[
-        "traffic_light_compliance"
-    ][0] == 0.0
+    assert (
+        _score(make_cache("v2", red=_red(slice(None))), straight_states(10.0), "v2", apply_human_filter=False)[
+            "traffic_light_compliance"
+        ][0]
+        == 0.0
+    )
     # red only for the first second; the ego front reaches x = 20 at ~1.6 s
-    assert _score(make_cache("v2", red=_red(slice(0, 10))), straight_states(10.0), "v2", apply_human_filter=False)[
-        "traffic_light_compliance"
-    ][0] == 1.0
-    assert _score(make_cache("v2", red=_red(slice(None))), straight_states(2.0), "v2", apply_human_filter=False)[
-        "traffic_light_compliance"
-    ][0] == 1.0
+    assert (
+        _score(make_cache("v2", red=_red(slice(0, 10))), straight_states(10.0), "v2", apply_human_filter=False)[
+            "traffic_light_compliance"
+        ][0]
+        == 1.0
+    )
+    assert (
+        _score(make_cache("v2", red=_red(slice(None))), straight_states(2.0), "v2", apply_human_filter=False)[
+            "traffic_light_compliance"
+        ][0]
+        == 1.0
+    )
 
 
 # --------------------------------------------------------------------------------------------- LK

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.signal import savgol_filter
 from pdm_factory import make_cache, straight_states
+from scipy.signal import savgol_filter
 
 from rewards.comfort import comfort_checks, comfort_signals, two_frame_extended_comfort
 from rewards.pdm import aggregate_epdms, aggregate_pdms, ego_progress, human_filter, score_states
