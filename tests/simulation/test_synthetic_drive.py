@@ -10,7 +10,7 @@ from scipy.signal import savgol_filter
 from simulation.datasets.synthetic.generator import LogSpec, ego_states, make_town, record_to_log
 from simulation.datasets.synthetic.tags import SCENARIO_TYPES, TAG_STRIDE
 from simulation.datasets.synthetic.world import DriveConfig, simulate_drive
-from simulation.geometry import agent_box_corners, boxes_overlap, ego_box_corners
+from simulation.geometry import agent_box_corners, boxes_overlap, ego_box_corners, project_on_polyline
 from simulation.types import PACIFICA, StateIndex, TrackedObjectType
 
 SEED = 11
@@ -25,7 +25,7 @@ def _spec(index: int, density: float) -> LogSpec:
 def drives():
     town = make_town(SEED, 0)
     out = []
-    for index, density in ((0, 40.0), (1, 25.0)):
+    for index, density in ((0, 40.0), (1, 25.0), (2, 15.0)):
         rng = np.random.default_rng(np.random.SeedSequence([SEED, 3, index]))
         out.append((_spec(index, density), simulate_drive(town, _spec(index, density).drive, rng)))
     return town, out
@@ -124,3 +124,20 @@ def test_same_seed_same_drive(drives):
     again = simulate_drive(town, spec.drive, np.random.default_rng(np.random.SeedSequence([SEED, 3, spec.index])))
     assert np.array_equal(again.boxes, rec.boxes) and np.array_equal(again.ego_pose, rec.ego_pose)
     assert np.array_equal(again.light, rec.light)
+
+
+def test_expert_passes_a_stopped_vehicle_by_changing_lanes(drives):
+    """Log 2 (seed 11) starts the ego behind a stopped van in the rightmost lane: it changes lanes and passes."""
+    town, runs = drives
+    spec, rec = runs[2]
+    van = rec.boxes[0, rec.valid[0] & (rec.heights == 2.2) & (np.linalg.norm(rec.boxes[0, :, 3:5], axis=1) == 0)]
+    assert len(van) >= 1
+    lane = town.paths[1051]
+    assert any(town.paths[f.segment].roadblock == lane.roadblock for f in rec.ego_frames[:5])
+    assert any(f.changing_lane for f in rec.ego_frames)
+    # the ego ends up past the van along its lane
+    s_van, d_van = project_on_polyline(van[:, :2], lane.centre)
+    s_van = s_van[np.abs(d_van) < 1.0]
+    assert len(s_van) == 1
+    s_ego, _ = project_on_polyline(rec.ego_pose[-1:, :2], lane.centre)
+    assert s_ego[0] > s_van.min() + 10.0 or rec.ego_frames[-1].segment not in town.blocks[lane.roadblock].paths

@@ -70,6 +70,7 @@ class EgoDriver:
     lc_active: bool = False
     target: dict[int, int] = field(default_factory=dict)  # roadblock fid -> lane index the route needs
     turn: dict[int, int] = field(default_factory=dict)  # roadblock fid -> chosen TurnType
+    blockers: dict[int, float] = field(default_factory=dict)  # lane fid -> arc length of a stopped vehicle
     bank: PathBank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,10 +152,12 @@ class EgoDriver:
         want = self.target.get(rb.fid, lane.index)
         u = self.s - float(self.bank.seg_start[0, k])
         left = lane.length - u
+        if fid in self.blockers and u < self.blockers[fid]:  # pass the stopped vehicle on the left
+            want, left = lane.index - 1, self.blockers[fid] - u - 12.0
         if want == lane.index or u < 8.0:
             return
         if left < max(self.v * 5.0, 30.0) + 15.0:
-            if left < 25.0:  # too late: take a movement this lane offers
+            if left < 25.0 and fid not in self.blockers:  # too late: take a movement this lane offers
                 self.turn.pop(rb.fid, None)
                 self.target.pop(rb.fid, None)
                 self.turn[rb.fid] = self.town.paths[self._connector_for(fid)].turn_type
@@ -164,6 +167,8 @@ class EgoDriver:
             return
         adj = self.town.paths[rb.paths[lane.index + (1 if want > lane.index else -1)]]
         s_adj, d_adj = project_on_polyline(self._pose()[None, :2], adj.centre)
+        if adj.fid in self.blockers and float(s_adj[0]) < self.blockers[adj.fid] + 15.0:
+            return  # not back into the lane of a stopped vehicle before passing it
         rel = t_u - (float(s_adj[0]) + REAR_TO_CENTER)
         ahead, behind = 8.0 + self.v * 0.8, 10.0 + self.v * 0.6 + 2.0 * np.maximum(t_v - self.v, 0.0)
         if np.any((t_seg == adj.fid) & (rel > -behind) & (rel < ahead)):

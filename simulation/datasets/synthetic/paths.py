@@ -153,12 +153,16 @@ def _smooth(x: np.ndarray, w: int) -> np.ndarray:
     return np.maximum(np.convolve(x, k, mode="same"), 0.0)
 
 
-def random_route(town: Town, start_lane: int, min_length: float, rng: np.random.Generator) -> list[int]:
-    """Random walk through the lane graph from ``start_lane`` until ``min_length`` metres (no U-turns)."""
+def random_route(
+    town: Town, start_lane: int, min_length: float, rng: np.random.Generator, avoid: frozenset[int] = frozenset()
+) -> list[int]:
+    """Random walk through the lane graph from ``start_lane`` until ``min_length`` metres (no U-turns),
+    entering lanes in ``avoid`` only when nothing else is possible."""
     route, total = [start_lane], town.paths[start_lane].length
     while total < min_length:
         lane = town.paths[route[-1]]
         options = [c for c in lane.outgoing if town.paths[c].turn_type != TurnType.UTURN]
+        options = [c for c in options if town.paths[c].outgoing[0] not in avoid] or options
         if not options:
             break
         weights = np.array([2.0 if town.paths[c].turn_type == TurnType.STRAIGHT else 1.0 for c in options])

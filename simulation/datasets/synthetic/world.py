@@ -99,7 +99,9 @@ def conflict_matrix(town: Town) -> tuple[np.ndarray, dict[int, int]]:
     return out, index
 
 
-def _spawn_traffic(town: Town, cfg: DriveConfig, rng: np.random.Generator, avoid: tuple[int, float]):
+def _spawn_traffic(
+    town: Town, cfg: DriveConfig, rng: np.random.Generator, avoid: tuple[int, float], blocked: frozenset[int]
+):
     """Moving vehicles on lanes without overlaps: (routes, start s, sizes (N,2), types, heights, cyclist mask)."""
     lanes = sorted(town.lanes, key=lambda p: p.fid)
     total_km = sum(p.length for p in lanes) / 1000.0
@@ -115,14 +117,14 @@ def _spawn_traffic(town: Town, cfg: DriveConfig, rng: np.random.Generator, avoid
         lane = lanes[int(rng.integers(len(lanes)))]
         if name == "bicycle":
             lane = town.paths[town.blocks[lane.roadblock].paths[-1]]
-        if lane.length < length + 10:
+        if lane.length < length + 10 or lane.fid in blocked:
             continue
         s = float(rng.uniform(length / 2 + 1, lane.length - length / 2 - 4))
         span = (s - length / 2 - 3.0, s + length / 2 + 3.0)
         if any(span[0] < b and a < span[1] for a, b in occupied.get(lane.fid, [])):
             continue
         occupied.setdefault(lane.fid, []).append(span)
-        routes.append(random_route(town, lane.fid, need, rng))
+        routes.append(random_route(town, lane.fid, need, rng, blocked))
         s0.append(s)
         sizes.append((length, width))
         kinds.append(kind)
@@ -149,8 +151,38 @@ def _static_boxes(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> tup
     return np.array(boxes).reshape(-1, 7), np.array(types, dtype=np.int64), np.array(heights)
 
 
-def _ego_start(town: Town, rng: np.random.Generator) -> tuple[int, float]:
-    lanes = sorted((p for p in town.lanes if p.length > 60.0), key=lambda p: p.fid)
+def _blockers(town: Town, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Stopped vans (hazard lights on) in the rightmost lane of some multi-lane roadblocks, far enough from
+    the lane start to be passed by a lane change: lane fid -> box ``(7,)``."""
+    lanes = sorted(
+        (
+            p
+            for p in town.lanes
+            if p.length > 115.0 and p.index > 0 and p.index == len(town.blocks[p.roadblock].paths) - 1
+        ),
+        key=lambda p: p.fid,
+    )
+    out: dict[int, np.ndarray] = {}
+    if not lanes or rng.random() < 0.4:
+        return out
+    for k in rng.choice(len(lanes), min(len(lanes), int(rng.integers(1, 3))), replace=False):
+        lane = lanes[int(k)]
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(lane.centre, axis=0), axis=1))])
+        s = float(rng.uniform(85.0, cum[-1] - 25.0))
+        i = int(np.searchsorted(cum, s))
+        d = lane.centre[i] - lane.centre[i - 1]
+        h = float(np.arctan2(d[1], d[0]))
+        c = lane.centre[i] + 0.3 * np.array([np.sin(h), -np.cos(h)])  # 0.3 m towards the kerb
+        out[lane.fid] = np.array([c[0], c[1], h, 0.0, 0.0, 5.5, 2.1, s])
+    return out
+
+
+def _ego_start(town: Town, rng: np.random.Generator, blocked: frozenset[int]) -> tuple[int, float]:
+    """Start lane and arc length of the ego; half the time behind a stopped vehicle when there is one."""
+    if blocked and rng.random() < 0.5:
+        lane = town.paths[sorted(blocked)[int(rng.integers(len(blocked)))]]
+        return lane.fid, float(rng.uniform(2.0, 10.0))
+    lanes = sorted((p for p in town.lanes if p.length > 60.0 and p.fid not in blocked), key=lambda p: p.fid)
     lane = lanes[int(rng.integers(len(lanes)))]
     return lane.fid, float(rng.uniform(5.0, min(25.0, lane.length - 40.0)))
 
@@ -178,8 +210,10 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     light_fids, light = light_status(town, times)
     light_cols = {int(f): i for i, f in enumerate(light_fids)}
     conflict, conn_index = conflict_matrix(town)
-    ego_lane, ego_s = _ego_start(town, rng)
-    routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s))
+    blockers = _blockers(town, rng)
+    blocked = frozenset(blockers)
+    ego_lane, ego_s = _ego_start(town, rng, blocked)
+    routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s), blocked)
     cyclist = kinds == 3
     tr = _Traffic(
         bank=build_bank(town, routes, light_cols) if routes else build_bank(town, [[ego_lane]], light_cols),
@@ -191,9 +225,16 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         active=np.ones(len(s0), dtype=bool),
     )
     tr.conn_row = np.vectorize(lambda f: conn_index.get(int(f), -1), otypes=[np.int64])(tr.bank.seg_fid)
-    ego = EgoDriver(town, rng, light_cols, conn_index, [ego_lane], ego_s)
+    ego = EgoDriver(
+        town, rng, light_cols, conn_index, [ego_lane], ego_s, blockers={k: b[7] for k, b in blockers.items()}
+    )
     peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng)
     static, static_types, static_h = _static_boxes(town, cfg, rng)
+    if blockers:
+        stopped = np.array([blockers[k][:7] for k in sorted(blockers)])
+        static = np.concatenate([static, stopped], 0)
+        static_types = np.concatenate([static_types, np.full(len(stopped), TrackedObjectType.VEHICLE)])
+        static_h = np.concatenate([static_h, np.full(len(stopped), 2.2)])
     n_veh = len(s0)
     types = np.concatenate(
         [
