@@ -22,6 +22,7 @@ import numpy as np
 from simulation.geometry import global_to_local, normalize_angle, polyline_lengths, rear_axle_to_center
 from simulation.maps.layers import SemanticMapLayer
 from simulation.polygon_grid import PolygonGrid, PolygonSet
+from simulation.protocols import Planner
 from simulation.types import DYNAMIC_TYPES, AgentIndex, Scene, StateIndex, TrafficLightStatus, Trajectory
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ LANE_LAYERS = (SemanticMapLayer.LANE, SemanticMapLayer.LANE_CONNECTOR)
 
 #: ``simulate(current_state (11,), poses_local (B, 8, 3)) -> states (B, 41, 11)``.
 Simulator = Callable[[np.ndarray, np.ndarray], np.ndarray]
-#: ``reference_planner(scene, map_api) -> poses (8, 3)`` in the current rear-axle frame (or a Trajectory).
-ReferencePlanner = Callable[[Scene, Any], "np.ndarray | Trajectory"]
+#: A :class:`~simulation.protocols.Planner` (``plan(observation) -> Trajectory``) or a callable
+#: ``(scene, map_api) -> poses (N, 3) | Trajectory`` in the current rear-axle frame.
+ReferencePlanner = Planner | Callable[[Scene, Any], "np.ndarray | Trajectory"]
 
 
 class MetricCacheError(ValueError):
@@ -334,6 +336,33 @@ def red_light_masks(
     return ids[keep], red[:, keep]
 
 
+def reference_poses(
+    planner: ReferencePlanner, scene: Scene, map_api: Any, interval_s: float = LOG_INTERVAL_S
+) -> np.ndarray:
+    """The reference plan of ``scene`` as ``(8, 3)`` local poses at 0.5 s (resampled if the plan uses another
+    interval: linear in x, y and the unwrapped heading)."""
+    plan: np.ndarray | Trajectory
+    if isinstance(planner, Planner):
+        from simulation.benchmarks.units import observation_from_scene
+
+        plan = planner.plan(observation_from_scene(scene, map_api))
+    else:
+        plan = planner(scene, map_api)
+    poses = np.asarray(plan.poses if isinstance(plan, Trajectory) else plan, dtype=np.float64).reshape(-1, 3)
+    dt = plan.interval_s if isinstance(plan, Trajectory) else interval_s
+    if not np.isfinite(poses).all():
+        raise MetricCacheError(f"{scene.token}: reference planner returned NaN or inf poses")
+    if abs(dt - interval_s) < 1e-9 and len(poses) == 8:
+        return poses
+    t = np.arange(len(poses) + 1) * dt
+    full = np.concatenate([np.zeros((1, 3)), poses])
+    full[:, 2] = np.unwrap(full[:, 2])
+    want = np.arange(1, 9) * interval_s
+    out = np.stack([np.interp(want, t, full[:, c]) for c in range(3)], -1)
+    out[:, 2] = normalize_angle(out[:, 2])
+    return out
+
+
 def _default_simulator() -> Simulator:
     try:
         from simulation.kinematics import simulate_proposals
@@ -354,8 +383,8 @@ def build_metric_cache(
     Args:
         scene: a scene with its current frame and at least 8 future frames (10 for v1's 5 s observation).
         map_api: the scene's :class:`~simulation.maps.api.MapAPI`.
-        reference_planner: PDM-Closed (or another reference) as ``planner(scene, map_api) -> (8, 3)`` local
-            poses; ``None`` uses the human plan as the reference for progress normalisation.
+        reference_planner: PDM-Closed (or another reference), a ``Planner`` or ``planner(scene, map_api)``
+            returning local poses; ``None`` uses the human plan as the reference for progress normalisation.
         version: ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
         simulate: tracker + bicycle model; defaults to :func:`simulation.kinematics.simulate_proposals`.
     """
@@ -388,9 +417,7 @@ def build_metric_cache(
     if reference_planner is None:
         reference_states = human_states
     else:
-        ref = reference_planner(scene, map_api)
-        ref_poses = ref.poses if isinstance(ref, Trajectory) else np.asarray(ref)
-        reference_states = simulate(current, ref_poses[None])[0]
+        reference_states = simulate(current, reference_poses(reference_planner, scene, map_api)[None])[0]
     history = interpolate_history(scene.ego.states[: ci + 1], scene.timestamps_us[: ci + 1])
 
     cache = MetricCache(
