@@ -248,11 +248,11 @@ def test_comfort_bounds():
     assert ego_is_comfortable(ok, np.arange(60) * 100_000) == 1.0
     hard = straight_states(0.0, -2.0, 5.0, 60, accel=3.0)
     checks = comfort_checks(hard, np.arange(60) * 100_000)
-    assert not checks["lon_acceleration"] and checks["lat_acceleration"]
+    assert not checks["lon_accel"] and checks["lat_accel"]
     turning = straight_states(0.0, -2.0, 5.0, 60)
     turning[:, StateIndex.HEADING] = 1.0 * np.arange(60) * 0.1  # 1 rad/s yaw rate
     checks = comfort_checks(turning, np.arange(60) * 100_000)
-    assert not checks["yaw_rate"] and checks["yaw_acceleration"]
+    assert not checks["yaw_rate"] and checks["yaw_accel"]
 
 
 def test_cls_aggregation_by_hand():
