@@ -22,6 +22,8 @@ from simulation.maps.layers import MapData
 from simulation.types import StateIndex
 
 SPLITS = ("synth_train", "synth_val", "synth_test")
+#: Split of log ``i`` is ``SPLITS[SPLIT_PATTERN[i % 10]]``: 60 / 20 / 20, and val / test logs early on.
+SPLIT_PATTERN = (0, 0, 2, 0, 1, 0, 0, 2, 0, 1)
 SCENE_FRAMES = 400  # 20 s scenes
 LOG_START_US = 1_704_103_200_000_000  # 2024-01-01 10:00 UTC
 TL_RADIUS = 150.0  # lights of junctions within this distance of the ego are reported
@@ -63,13 +65,13 @@ def make_map(seed: int, town_index: int) -> MapData:
 def plan_logs(
     num_logs: int, num_towns: int, seed: int, duration_s: float, disjoint_test: bool = False
 ) -> list[LogSpec]:
-    """Log specs: towns round-robin, splits 70 / 15 / 15 by log (test logs on the last town if ``disjoint_test``),
+    """Log specs: towns round-robin, splits 60 / 20 / 20 by log (:data:`SPLIT_PATTERN`; test logs on the
+    last town if ``disjoint_test``),
     traffic density varying from nearly empty roads to congestion."""
     specs = []
     for i in range(num_logs):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2, i]))
-        r = i % 20
-        split = SPLITS[0] if r < 14 else SPLITS[1] if r < 17 else SPLITS[2]
+        split = SPLITS[SPLIT_PATTERN[i % len(SPLIT_PATTERN)]]
         town = i % num_towns
         if disjoint_test and num_towns > 1:
             town = num_towns - 1 if split == SPLITS[2] else i % (num_towns - 1)
