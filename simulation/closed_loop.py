@@ -5,7 +5,8 @@ One iteration (specs/nuplan.md §3), at the scenario's 10 Hz:
 1. the planner sees an :class:`~simulation.protocols.Observation` with a 2 s history buffer
    (22 samples at 0.1 s: nuPlan's ``int((2 + dt) / dt) + 1``), pre-filled from the log;
 2. its trajectory (8 poses in the current rear-axle frame) becomes a global reference;
-3. the ego controller moves the ego to the next iteration (perfect tracking or log playback);
+3. the ego controller moves the ego to the next iteration (the two-stage controller: LQR tracker +
+   kinematic bicycle; or perfect tracking; or log playback);
 4. the agents move: log replay (CLS-NR) or IDM agents reacting to the ego's state at the iteration
    that just ended (CLS-R); traffic lights always come from the log.
 
@@ -34,13 +35,13 @@ from simulation.agents import (
     open_loop_obstacles,
     reactive_agent_boxes,
 )
-from simulation.ego_control import log_playback, perfect_tracking, plan_to_global
+from simulation.ego_control import log_playback, perfect_tracking, plan_to_global, two_stage_tracking
 from simulation.protocols import Observation, Planner
 from simulation.types import Agents, EgoStates, Scenario, TrafficLights, Trajectory
 
 logger = logging.getLogger(__name__)
 
-ControllerName = Literal["perfect", "log_playback"]
+ControllerName = Literal["two_stage", "perfect", "log_playback"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class ClosedLoopConfig:
         dt: simulation step (the scenario's frame interval; nuPlan: 0.1 s).
         replan_interval: the planner is called every this many iterations (1 = every step).
         reactive: IDM agents (CLS-R) instead of log replay (CLS-NR).
-        controller: ego controller: ``perfect`` tracking or ``log_playback``.
+        controller: ego controller: ``two_stage`` (LQR tracker + kinematic bicycle, nuPlan's, the default),
+            ``perfect`` tracking or ``log_playback``.
         history_s: length of the planner's history buffer.
         idm: IDM agent parameters (reactive mode).
     """
@@ -59,7 +61,7 @@ class ClosedLoopConfig:
     dt: float = 0.1
     replan_interval: int = 1
     reactive: bool = False
-    controller: ControllerName = "perfect"
+    controller: ControllerName = "two_stage"
     history_s: float = 2.0
     idm: IDMParameters = field(default_factory=IDMParameters)
 
@@ -227,7 +229,9 @@ class ClosedLoopSimulator:
             return _stopped(state.current_state)
         made_at, times, poses = plan
         elapsed = (state.iteration - made_at) * dt
-        return perfect_tracking(state.current_state, times - elapsed, poses, dt)
+        if self.config.controller == "perfect":
+            return perfect_tracking(state.current_state, times - elapsed, poses, dt)
+        return two_stage_tracking(state.current_state, times - elapsed, poses, dt)
 
     # ---------------------------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """Ego controllers of the closed loop: how a planned trajectory moves the ego by one step.
 
+- two-stage (nuPlan's ``TwoStageController``, the default): the LQR tracker of
+  :mod:`simulation.kinematics` turns the reference into acceleration and steering-rate commands and
+  the kinematic bicycle propagates the state by ``dt``;
 - perfect tracking (nuPlan's ``PerfectTrackingController``): the ego jumps to the reference at
   ``t + dt``;
 - log playback: the ego takes the logged state of the next frame.
@@ -54,6 +57,25 @@ def perfect_tracking(state: np.ndarray, times: np.ndarray, poses: np.ndarray, dt
     out[StateIndex.YAW_RATE] = yaw_rate
     out[StateIndex.YAW_ACCEL] = (yaw_rate - state[StateIndex.YAW_RATE]) / dt
     return out
+
+
+class ControllerUnavailableError(RuntimeError):
+    """The two-stage controller needs :mod:`simulation.kinematics`, which could not be imported."""
+
+
+#: Reference length handed to the tracker: 40 steps of 0.1 s (nuPlan's tracking horizon is 1 s; the
+#: least-squares velocity / curvature profiles are fitted over the whole reference).
+TRACKING_STEPS = 40
+
+
+def two_stage_tracking(state: np.ndarray, times: np.ndarray, poses: np.ndarray, dt: float) -> np.ndarray:
+    """Next state ``(11,)`` of the LQR tracker + kinematic bicycle following the reference from now on."""
+    try:  # imported here: kinematics sits beside this module and is optional for the other controllers
+        from simulation.kinematics import track_and_propagate
+    except ImportError as err:
+        raise ControllerUnavailableError(f"the two-stage controller needs simulation.kinematics ({err})") from None
+    reference = sample_reference(times, poses, np.arange(TRACKING_STEPS + 1) * dt)
+    return np.asarray(track_and_propagate(state, reference[None], dt=dt))[0, 1]
 
 
 def log_playback(window: LogWindow, frame: int) -> np.ndarray:

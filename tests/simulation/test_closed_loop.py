@@ -178,7 +178,7 @@ def test_non_reactive_agents_replay_the_log_and_run_length():
 
 @pytest.mark.parametrize("reactive", [False, True])
 def test_runs_are_deterministic(reactive):
-    sim = ClosedLoopSimulator(reactive=reactive)
+    sim = ClosedLoopSimulator(reactive=reactive, controller="perfect")
     a = sim.run(make_scenario(follower=True), ConstantVelocity(), map_api=RoadMap())
     b = sim.run(make_scenario(follower=True), ConstantVelocity(), map_api=RoadMap())
     np.testing.assert_array_equal(a.ego_states, b.ego_states)
@@ -226,12 +226,12 @@ def test_reactive_follower_stops_behind_a_stopping_ego():
 
 def test_cls_nr_scores_for_simple_planners():
     sc, road = make_scenario(), RoadMap()
-    expert = ClosedLoopSimulator().run(sc, ExpertReplay())
+    expert = ClosedLoopSimulator(controller="perfect").run(sc, ExpertReplay())
     m = score_simulation(sc, expert, road)
     # as in nuPlan, the history holds the 150 planner steps, not the final state: progress 119.2 / 120 m
     assert m["ego_progress_along_expert_route"] == pytest.approx(149 / 150)
     assert m["score"] == pytest.approx((5 * 149 / 150 + 11) / 16)
-    stopped = score_simulation(sc, ClosedLoopSimulator().run(sc, ConstantVelocity(speed=0.0)), road)
+    stopped = score_simulation(sc, ClosedLoopSimulator(controller="perfect").run(sc, ConstantVelocity(speed=0.0)), road)
     assert stopped["ego_is_making_progress"] == 0.0 and stopped["score"] == 0.0
 
 
@@ -241,3 +241,12 @@ def test_state_is_immutable_between_steps():
     s1 = sim.step(s0, ConstantVelocity().plan(sim.observe(s0)))
     assert isinstance(s1, SimState) and s0.iteration == 0 and len(s0.ego_states) == HISTORY + 1
     assert len(s1.ego_states) == HISTORY + 2
+
+
+def test_config_defaults_follow_nuplan():
+    cfg = ClosedLoopSimulator(reactive=True).config
+    assert cfg.controller == "two_stage" and cfg.dt == 0.1 and cfg.replan_interval == 1 and cfg.reactive
+    with pytest.raises(ValueError, match="replan_interval"):
+        ClosedLoopSimulator(replan_interval=0)
+    with pytest.raises(ValueError, match="needs the map"):
+        ClosedLoopSimulator(reactive=True).reset(make_scenario())
