@@ -16,7 +16,7 @@ from enum import IntEnum
 import numba
 import numpy as np
 
-from simulation.geometry import agent_box_corners, ego_box_corners, project_on_polyline, rear_axle_to_center
+from simulation.geometry import boxes_overlap, ego_box_corners, rear_axle_to_center
 from simulation.metric_cache import MetricCache
 from simulation.polygon_grid import box_intersects_polygon, grid_hits
 from simulation.types import DYNAMIC_TYPES, PACIFICA, AgentIndex, StateIndex
@@ -150,29 +150,34 @@ def _overlap(a, ax, ay, b) -> bool:  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True)
-def _first_contacts(ego, velocity, steps, dt, active, t_count, agents, agent_valid, radius, out):  # type: ignore[no-untyped-def]
+def _first_contacts(ego, ego_c, velocity, steps, dt, active, t_count, agents, agent_c, agent_valid, radius,
+                    ego_box, agent_box, out):  # type: ignore[no-untyped-def]  # fmt: skip
     """``out[k, n]`` = first event ``t * len(steps) + j`` where the ego box at step ``t`` moved by ``velocity *
-    steps[j] * dt`` touches agent ``n`` at step ``t + steps[j]`` (``-1`` if none); events in time-major order."""
+    steps[j] * dt`` touches agent ``n`` at step ``t + steps[j]`` (``-1`` if none); events in time-major order.
+
+    Pairs whose swept bounding boxes (``ego_box`` ``(K, 4)``, ``agent_box`` ``(N, 4)``) are farther apart than
+    ``radius[n]`` are skipped; otherwise a centre-distance test precedes the separating-axis test."""
     n_steps = steps.shape[0]
     for k in range(ego.shape[0]):
         for n in range(agents.shape[1]):
+            r = radius[n]
+            if (ego_box[k, 0] > agent_box[n, 2] + r or agent_box[n, 0] > ego_box[k, 2] + r
+                    or ego_box[k, 1] > agent_box[n, 3] + r or agent_box[n, 1] > ego_box[k, 3] + r):  # fmt: skip
+                continue
             done = False
             for t in range(t_count):
                 if done:
                     break
                 if not active[k, t]:
                     continue
-                cx = 0.25 * (ego[k, t, 0, 0] + ego[k, t, 1, 0] + ego[k, t, 2, 0] + ego[k, t, 3, 0])
-                cy = 0.25 * (ego[k, t, 0, 1] + ego[k, t, 1, 1] + ego[k, t, 2, 1] + ego[k, t, 3, 1])
                 for j in range(n_steps):
                     ta = t + steps[j]
                     if not agent_valid[ta, n]:
                         continue
                     dx = velocity[k, t, 0] * steps[j] * dt
                     dy = velocity[k, t, 1] * steps[j] * dt
-                    bx = 0.25 * (agents[ta, n, 0, 0] + agents[ta, n, 1, 0] + agents[ta, n, 2, 0] + agents[ta, n, 3, 0])
-                    by = 0.25 * (agents[ta, n, 0, 1] + agents[ta, n, 1, 1] + agents[ta, n, 2, 1] + agents[ta, n, 3, 1])
-                    if (cx + dx - bx) ** 2 + (cy + dy - by) ** 2 > radius[n] ** 2:
+                    ex, ey = ego_c[k, t, 0] + dx - agent_c[ta, n, 0], ego_c[k, t, 1] + dy - agent_c[ta, n, 1]
+                    if ex * ex + ey * ey > r * r:
                         continue
                     if _overlap(ego[k, t], dx, dy, agents[ta, n]):
                         out[k, n] = t * n_steps + j
@@ -193,15 +198,22 @@ def first_contacts(
 
     See :func:`_first_contacts` for the event order.
     """
-    agents = agent_box_corners(cache.agent_boxes)  # (T_obs, N, 4, 2)
-    size = cache.agent_boxes[..., [AgentIndex.LENGTH, AgentIndex.WIDTH]] / 2.0
-    radius = _EGO_RADIUS + np.hypot(size[..., 0], size[..., 1]).max(0, initial=0.0) + 1e-6
-    out = np.full((corners.shape[0], cache.agent_boxes.shape[1]), -1, dtype=np.int64)
-    if out.size:
-        _first_contacts(
-            np.ascontiguousarray(corners), np.ascontiguousarray(velocity), steps.astype(np.int64), dt,
-            np.ascontiguousarray(active), t_count, np.ascontiguousarray(agents), cache.agent_valid, radius, out,
-        )  # fmt: skip
+    boxes = cache.agent_boxes
+    out = np.full((corners.shape[0], boxes.shape[1]), -1, dtype=np.int64)
+    if out.size == 0:
+        return out
+    agent_c = np.ascontiguousarray(boxes[..., :2])
+    half, agent_box = cache.agent_extent
+    radius = _EGO_RADIUS + half + 1e-6
+    ego_c = corners.mean(-2)
+    far = ego_c[:, :t_count] + velocity[:, :t_count] * (steps.max() * dt)
+    both = np.concatenate([ego_c[:, :t_count], far], 1)
+    ego_box = np.concatenate([both.min(1), both.max(1)], -1)
+    _first_contacts(
+        np.ascontiguousarray(corners), np.ascontiguousarray(ego_c), np.ascontiguousarray(velocity),
+        steps.astype(np.int64), dt, np.ascontiguousarray(active), t_count, cache.agent_corners, agent_c,
+        cache.agent_valid, radius, ego_box, agent_box, out,
+    )  # fmt: skip
     return out
 
 
@@ -249,8 +261,7 @@ def no_at_fault_collisions(cache: MetricCache, states: np.ndarray, points: np.nd
     ego_stopped = _speeds(ego_state) <= STOPPED_SPEED_THRESHOLD
     behind = relative_angle(ego_state[:, :3], agent[:, :2]) > np.deg2rad(BEHIND_ANGLE_DEG)
     bumper = corners[k, t][:, [0, 0, 3, 3]]  # degenerate box = front-left -> front-right segment
-    agent_corners = agent_box_corners(agent)
-    front = np.array([_overlap(b, 0.0, 0.0, a) for b, a in zip(bumper, agent_corners, strict=True)], dtype=bool)
+    front = boxes_overlap(bumper, cache.agent_corners[t, n])
     lateral_fault = areas[k, t, EgoArea.MULTIPLE_LANES] | areas[k, t, EgoArea.NON_DRIVABLE_AREA]
     stopped_track = _track_stopped(cache)[n]
     at_fault = ~ego_stopped & (stopped_track | (~behind & (front | lateral_fault)))
@@ -347,9 +358,37 @@ def traffic_light_compliance(cache: MetricCache, points: np.ndarray) -> np.ndarr
     return out
 
 
+@numba.njit(cache=True)
+def _project_kernel(points, line, cum, s_out, d_out):  # type: ignore[no-untyped-def]
+    for i in range(points.shape[0]):
+        px, py = points[i, 0], points[i, 1]
+        best, best_s = np.inf, 0.0
+        for k in range(line.shape[0] - 1):
+            ax, ay = line[k, 0], line[k, 1]
+            bx, by = line[k + 1, 0] - ax, line[k + 1, 1] - ay
+            len2 = max(bx * bx + by * by, 1e-12)
+            t = min(max(((px - ax) * bx + (py - ay) * by) / len2, 0.0), 1.0)
+            dx, dy = ax + t * bx - px, ay + t * by - py
+            d2 = dx * dx + dy * dy
+            if d2 < best:
+                best, best_s = d2, cum[k] + t * np.sqrt(len2)
+        s_out[i] = best_s
+        d_out[i] = np.sqrt(best)
+
+
+def project_on_centerline(cache: MetricCache, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Arc length and distance ``(...)`` of points ``(..., 2)`` on the cached centre line (nearest point, first
+    segment on ties, as shapely's ``project`` / ``distance``)."""
+    flat = np.ascontiguousarray(points.reshape(-1, 2), dtype=np.float64)
+    s_out, d_out = np.empty(len(flat)), np.empty(len(flat))
+    line = np.ascontiguousarray(cache.centerline[:, :2], dtype=np.float64)
+    _project_kernel(flat, line, np.ascontiguousarray(cache.centerline_s, dtype=np.float64), s_out, d_out)
+    return s_out.reshape(points.shape[:-1]), d_out.reshape(points.shape[:-1])
+
+
 def raw_progress(cache: MetricCache, points: np.ndarray) -> np.ndarray:
     """Progress ``(K,)`` in metres of the ego centre along the route centre line from t = 0 to the end (>= 0)."""
-    s, _ = project_on_polyline(points[:, [0, -1], 4, :], cache.centerline)
+    s, _ = project_on_centerline(cache, points[:, [0, -1], 4, :])
     return np.clip(s[:, 1] - s[:, 0], 0.0, None)
 
 
@@ -369,8 +408,8 @@ def _lane_keeping_kernel(exceed, skip, steps_required, out):  # type: ignore[no-
 def lane_keeping(cache: MetricCache, points: np.ndarray, areas: np.ndarray) -> np.ndarray:
     """LK ``(K,)``: 0 if the centre stays > 0.5 m from the centre line for 20 consecutive steps (intersection
     steps neither count nor reset the run), else 1."""
-    _, lateral = project_on_polyline(points[..., 4, :], cache.centerline)
-    exceed = np.abs(lateral) > LK_DEVIATION_LIMIT
+    _, distance = project_on_centerline(cache, points[..., 4, :])
+    exceed = distance > LK_DEVIATION_LIMIT
     out = np.ones(points.shape[0])
     _lane_keeping_kernel(exceed, areas[..., EgoArea.CENTER_IN_INTERSECTION], LK_STEPS, out)
     return out

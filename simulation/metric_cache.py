@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from simulation.geometry import global_to_local, normalize_angle, polyline_lengths, rear_axle_to_center
+from simulation.geometry import (
+    agent_box_corners,
+    global_to_local,
+    normalize_angle,
+    polyline_lengths,
+    rear_axle_to_center,
+)
 from simulation.maps.layers import SemanticMapLayer
 from simulation.polygon_grid import PolygonGrid, PolygonSet
 from simulation.protocols import Planner
@@ -113,6 +119,23 @@ class MetricCache:
         cat |= 4 * (lane & np.isin(self.map_ids, self.route_lane_ids))
         cat |= 8 * (layers == SemanticMapLayer.INTERSECTION)
         return cat
+
+    @cached_property
+    def agent_corners(self) -> np.ndarray:
+        """``(T, N, 4, 2)`` agent box corners (front-left, rear-left, rear-right, front-right)."""
+        return np.ascontiguousarray(agent_box_corners(self.agent_boxes))
+
+    @cached_property
+    def agent_extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(N,)`` largest half diagonal and ``(N, 4)`` bounds (min x, min y, max x, max y) of each track's centres
+        over its valid steps (empty bounds ``(inf, inf, -inf, -inf)`` for a track that never exists)."""
+        valid = self.agent_valid[..., None]
+        centers = self.agent_boxes[..., :2]
+        half = np.hypot(self.agent_boxes[..., AgentIndex.LENGTH], self.agent_boxes[..., AgentIndex.WIDTH]) / 2.0
+        radius = np.where(self.agent_valid, half, 0.0).max(0, initial=0.0)
+        bounds = np.concatenate([np.where(valid, centers, np.inf).min(0, initial=np.inf),
+                                 np.where(valid, centers, -np.inf).max(0, initial=-np.inf)], -1)  # fmt: skip
+        return radius, bounds
 
     def polygons(self, layer: SemanticMapLayer) -> dict[str, Any]:
         """Shapely polygons of one map layer by id (rebuilt from the stored rings)."""
