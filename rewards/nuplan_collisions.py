@@ -133,6 +133,35 @@ class TTCResult:
     score: float
 
 
+def _moved_corners(poses: np.ndarray, speed: np.ndarray, size: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Corners ``(K, S, 4, 2)`` of boxes (centre poses ``(K, 3)``, ``size`` ``(K, 2)`` length / width) moved
+    ``speed * shift`` ``(K,) x (S,)`` metres along their heading."""
+    move = speed[:, None] * shift[None]
+    c, s = np.cos(poses[:, 2])[:, None], np.sin(poses[:, 2])[:, None]
+    ones = np.ones_like(move)
+    return box_corners(
+        poses[:, None, 0] + c * move,
+        poses[:, None, 1] + s * move,
+        poses[:, None, 2] * ones,
+        size[:, None, 0] * ones,
+        size[:, None, 1] * ones,
+    )
+
+
+def _swept_overlap(
+    ego: np.ndarray, ego_v: np.ndarray, trk: np.ndarray, trk_v: np.ndarray, horizon: float
+) -> np.ndarray:
+    """nuPlan's pre-filter: boxes elongated by their travel over ``horizon`` overlap, ``(K,)`` bool."""
+
+    def elongated(poses: np.ndarray, v: np.ndarray, size: np.ndarray) -> np.ndarray:
+        grown = np.stack([size[:, 0] + v * horizon, size[:, 1]], -1)
+        return _moved_corners(poses, v, grown, np.array([horizon / 2.0]))[:, 0]
+
+    ego_size = np.tile([PACIFICA.length, PACIFICA.width], (len(ego), 1))
+    trk_size = trk[:, [AgentIndex.LENGTH, AgentIndex.WIDTH]]
+    return boxes_overlap(elongated(ego, ego_v, ego_size), elongated(trk[:, :3], trk_v, trk_size))
+
+
 def time_to_collision(
     ego_states: np.ndarray,
     boxes: np.ndarray,
@@ -141,6 +170,7 @@ def time_to_collision(
     at_fault_frames: np.ndarray,
     wide_search: np.ndarray,
     types: np.ndarray | None = None,
+    full_horizon: bool = False,
 ) -> TTCResult:
     """nuPlan's TTC per frame.
 
@@ -153,43 +183,31 @@ def time_to_collision(
             behind (within 150 deg) is relevant, otherwise only tracks ahead (within 30 deg).
         types: ``(N,)`` track types; static objects are projected with speed 0 (as nuPlan does for
             non-agent tracks).
+        full_horizon: search the whole 3 s; by default only the steps up to 0.95 s are searched
+            (all the score needs; larger TTCs are then reported as inf).
     """
-    t_len, n = valid.shape
+    t_len = valid.shape[0]
     ttc = np.full(t_len, np.inf)
     steps = np.arange(1, int(round(TTC_HORIZON_S / TTC_STEP_S))) * TTC_STEP_S  # 0.1 ... 2.9
+    if not full_horizon:
+        steps = steps[steps <= LEAST_MIN_TTC_S]
     ego_speed = np.hypot(ego_states[:, StateIndex.VX], ego_states[:, StateIndex.VY])
-    frame = np.arange(t_len)[:, None]
-    collided = (first_collision_frame[None] >= 0) & (frame >= first_collision_frame[None])
+    collided = (first_collision_frame[None] >= 0) & (np.arange(t_len)[:, None] >= first_collision_frame[None])
     angle = _relative_angle(ego_states[:, None, :3], boxes[..., :2])
     limit = np.asarray(np.where(wide_search, REAR_ANGLE_RAD, AHEAD_ANGLE_RAD)).reshape(-1, 1)
     speed = np.hypot(boxes[..., AgentIndex.VX], boxes[..., AgentIndex.VY])
     if types is not None:
         speed = np.where(np.isin(types, STATIC_TYPES)[None], 0.0, speed)
-    reach = (ego_speed[:, None] + speed) * TTC_HORIZON_S + boxes[..., AgentIndex.LENGTH] + PACIFICA.length
-    near = np.linalg.norm(boxes[..., :2] - ego_states[:, None, :2], axis=-1) < reach
-    relevant = valid & ~collided & (angle < limit) & near & (ego_speed[:, None] > TTC_MIN_EGO_SPEED)
+    relevant = valid & ~collided & (angle < limit) & (ego_speed[:, None] > TTC_MIN_EGO_SPEED)
     ts, ns = np.nonzero(relevant)
+    center = rear_axle_to_center(ego_states[ts, :3])
+    keep = _swept_overlap(center, ego_speed[ts], boxes[ts, ns], speed[ts, ns], float(steps[-1]))
+    ts, ns, center = ts[keep], ns[keep], center[keep]
     if len(ts):
-        center = rear_axle_to_center(ego_states[ts, :3])
-        head = center[:, 2]
-        move = ego_speed[ts, None] * steps  # (K, S)
-        ego_c = box_corners(
-            center[:, None, 0] + np.cos(head)[:, None] * move,
-            center[:, None, 1] + np.sin(head)[:, None] * move,
-            np.repeat(head[:, None], len(steps), 1),
-            np.full(move.shape, PACIFICA.length),
-            np.full(move.shape, PACIFICA.width),
-        )
+        ego_size = np.tile([PACIFICA.length, PACIFICA.width], (len(ts), 1))
+        ego_c = _moved_corners(center, ego_speed[ts], ego_size, steps)
         trk = boxes[ts, ns]
-        tmove = speed[ts, ns][:, None] * steps
-        th = trk[:, AgentIndex.HEADING][:, None]
-        trk_c = box_corners(
-            trk[:, None, AgentIndex.X] + np.cos(th) * tmove,
-            trk[:, None, AgentIndex.Y] + np.sin(th) * tmove,
-            np.repeat(th, len(steps), 1),
-            np.repeat(trk[:, None, AgentIndex.LENGTH], len(steps), 1),
-            np.repeat(trk[:, None, AgentIndex.WIDTH], len(steps), 1),
-        )
+        trk_c = _moved_corners(trk[:, :3], speed[ts, ns], trk[:, [AgentIndex.LENGTH, AgentIndex.WIDTH]], steps)
         hits = boxes_overlap(ego_c, trk_c)  # (K, S)
         pair_ttc = np.where(hits.any(1), steps[hits.argmax(1)], np.inf)
         np.minimum.at(ttc, ts, pair_ttc)

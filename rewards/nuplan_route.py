@@ -125,11 +125,12 @@ def progress_along_route(ctx: LaneGraphContext, blocks: list[tuple[str, int]], c
         return progress
     polys = np.asarray([ctx.roadblock_polygons[rb] for rb, _ in blocks], dtype=object)
     inside = shapely.contains_xy(polys[:, None], centers[None, :, 0], centers[None, :, 1])  # (R, T)
+    along = np.stack([project_on_polyline(centers, ctx.baselines[m])[0] for _, m in blocks])  # (R, T)
     cur = 0
-    prev_dist = _proj(ctx, blocks[0][1], centers[0])
+    prev_dist = float(along[0, 0])
     for t in range(1, len(centers)):
         if inside[cur, t]:
-            dist = _proj(ctx, blocks[cur][1], centers[t])
+            dist = float(along[cur, t])
             progress[t], prev_dist = dist - prev_dist, dist
             continue
         skipped, nxt, skip_block = 0.0, cur + 1, -1
@@ -137,7 +138,7 @@ def progress_along_route(ctx: LaneGraphContext, blocks: list[tuple[str, int]], c
             if inside[nxt, t]:
                 old = blocks[cur][1]
                 last = ctx.baselines[old][-1]
-                dist = _proj(ctx, blocks[nxt][1], centers[t])
+                dist = float(along[nxt, t])
                 step = ctx.baseline_length(old) - prev_dist + dist - _proj(ctx, blocks[nxt][1], last)
                 progress[t], prev_dist, cur = step + skipped, dist, nxt
                 break

@@ -294,14 +294,17 @@ def _path_headings(paths: np.ndarray) -> np.ndarray:
     return np.take_along_axis(h, idx, 1)
 
 
-def _project(paths: np.ndarray, points: np.ndarray, path_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _project(
+    paths: np.ndarray, points: np.ndarray, path_s: np.ndarray | None = None, heading: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Arc length and signed lateral offset ``(K, M)`` of points ``(K, M, 2)`` on paths ``(K, P, 2)``.
 
     Nearest path point, refined along its tangent (paths are sampled every metre).
     """
     s_all = polyline_lengths(paths) if path_s is None else path_s
-    heading = _path_headings(paths)
-    d2 = ((points[:, :, None, :] - paths[:, None, :, :]) ** 2).sum(-1)  # (K, M, P)
+    heading = _path_headings(paths) if heading is None else heading
+    # squared distances (K, M, P) as |p|^2 - 2 p.q + |q|^2 (one batched matmul)
+    d2 = (points**2).sum(-1)[..., None] - 2.0 * points @ paths.transpose(0, 2, 1) + (paths**2).sum(-1)[:, None]
     k = d2.argmin(-1)
     base = np.take_along_axis(paths, k[..., None].repeat(2, -1), 1)
     h = np.take_along_axis(heading, k, 1)
@@ -312,7 +315,23 @@ def _project(paths: np.ndarray, points: np.ndarray, path_s: np.ndarray | None = 
     return s, lateral
 
 
-def _path_poses(paths: np.ndarray, s: np.ndarray, path_s: np.ndarray | None = None) -> np.ndarray:
+def _path_window(state: IDMAgentsState, ks: np.ndarray, lookahead: float) -> tuple[np.ndarray, ...]:
+    """Points, arc lengths and headings ``(Q, W, ...)`` of the paths of agents ``ks`` from just behind each
+    agent to ``lookahead`` metres ahead (paths are sampled every metre)."""
+    width = int(np.ceil(lookahead / PATH_SPACING_M)) + 10
+    last = state.path_xy.shape[1] - 1
+    start = np.clip((state.progress[ks] / PATH_SPACING_M).astype(np.int64) - 5, 0, last)
+    idx = np.minimum(start[:, None] + np.arange(width)[None], last)
+    return (
+        np.take_along_axis(state.path_xy[ks], idx[..., None].repeat(2, -1), 1),
+        np.take_along_axis(state.path_s[ks], idx, 1),
+        np.take_along_axis(state.path_heading[ks], idx, 1),
+    )
+
+
+def _path_poses(
+    paths: np.ndarray, s: np.ndarray, path_s: np.ndarray | None = None, heading: np.ndarray | None = None
+) -> np.ndarray:
     """Poses ``(K, 3)`` at arc lengths ``s`` ``(K,)`` along padded paths ``(K, P, 2)`` (clamped to the ends)."""
     s_all = polyline_lengths(paths) if path_s is None else path_s
     n = paths.shape[1]
@@ -322,7 +341,7 @@ def _path_poses(paths: np.ndarray, s: np.ndarray, path_s: np.ndarray | None = No
     s0, s1 = s_all[rows, i], s_all[rows, j]
     w = np.clip((s - s0) / np.maximum(s1 - s0, 1e-9), 0.0, 1.0)
     xy = paths[rows, i] + w[:, None] * (paths[rows, j] - paths[rows, i])
-    h = _path_headings(paths)[rows, i]
+    h = (_path_headings(paths) if heading is None else heading)[rows, i]
     return np.concatenate([xy, h[:, None]], -1)
 
 
@@ -333,7 +352,7 @@ def _path_poses(paths: np.ndarray, s: np.ndarray, path_s: np.ndarray | None = No
 
 def idm_boxes(state: IDMAgentsState) -> np.ndarray:
     """Current boxes ``(K, 7)`` of the agents (centre on the path, velocity along it)."""
-    pose = _path_poses(state.path_xy, state.progress, state.path_s)
+    pose = _path_poses(state.path_xy, state.progress, state.path_s, state.path_heading)
     vel = state.speed[:, None] * np.stack([np.cos(pose[:, 2]), np.sin(pose[:, 2])], -1)
     return np.concatenate([pose, vel, state.length[:, None], state.width[:, None]], -1)
 
@@ -350,22 +369,25 @@ def _obstacles(state: IDMAgentsState, ego_state: np.ndarray, others: np.ndarray)
 
 
 def leader_gaps(
-    state: IDMAgentsState, ego_state: np.ndarray, others: np.ndarray, lookahead: float = 80.0
+    state: IDMAgentsState, ego_state: np.ndarray, others: np.ndarray, lookahead: float = 60.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gap ``(K,)`` from each agent's front to the nearest obstacle on its path and that obstacle's speed
     along the agent's heading (inf / 0 when none). Obstacles: the ego, the other agents, ``others`` ``(J, 7)``."""
     k_n = state.num_agents
     corners, vel = _obstacles(state, ego_state, others)
     gap, lead_v = np.full(k_n, np.inf), np.zeros(k_n)
-    pose = _path_poses(state.path_xy, state.progress, state.path_s)
-    dist = np.linalg.norm(corners.mean(1)[None] - pose[:, None, :2], axis=-1)  # (K, O)
-    candidate = (dist < lookahead) & state.active[:, None]
+    pose = _path_poses(state.path_xy, state.progress, state.path_s, state.path_heading)
+    rel = corners.mean(1)[None] - pose[:, None, :2]  # (K, O, 2)
+    ahead_x = np.cos(pose[:, 2:3]) * rel[..., 0] + np.sin(pose[:, 2:3]) * rel[..., 1]
+    dist = np.linalg.norm(rel, axis=-1)
+    candidate = (dist < lookahead) & (ahead_x > -10.0) & state.active[:, None]
     candidate[np.arange(k_n), 1 + np.arange(k_n)] = False  # an agent is not its own leader
     candidate[:, 1 : 1 + k_n] &= state.active[None]
     ks, os_ = np.nonzero(candidate)
     if len(ks) == 0:
         return gap, lead_v
-    s, lat = _project(state.path_xy[ks], corners[os_], state.path_s[ks])  # (Q, 4)
+    px, ps, ph = _path_window(state, ks, lookahead)
+    s, lat = _project(px, corners[os_], ps, ph)  # (Q, 4)
     front = state.progress[ks] + state.length[ks] / 2.0
     ahead = (s > state.progress[ks, None]) & (s <= state.path_length[ks, None])
     half = state.width[ks, None] / 2.0
@@ -433,7 +455,7 @@ def idm_step(
     accel = idm_acceleration(state.speed, _target_speed(state, params), gaps.min(0), lead_speed, params)
     progress = state.progress + np.where(state.active, state.speed * dt, 0.0)
     speed = np.where(state.active, np.maximum(0.0, state.speed + accel * dt), state.speed)
-    pose = _path_poses(state.path_xy, progress, state.path_s)
+    pose = _path_poses(state.path_xy, progress, state.path_s, state.path_heading)
     far = np.linalg.norm(pose[:, :2] - ego_state[:2], axis=-1) > params.radius
     return dataclasses.replace(state, progress=progress, speed=speed, active=state.active & ~far)
 

@@ -189,7 +189,9 @@ def test_ttc_against_stopped_vehicle(gap, expected):
     # TTC = 0.8 s (< 0.95, fails) or 1.2 s then 1.1 s (passes) over two frames.
     ego = straight_states(0.0, -2.0, 10.0, 2)
     track = agent_track(D + PACIFICA.length / 2 + gap + 2.0 - 0.005, -2.0, 0.0, 2)
-    ttc = time_to_collision(ego, track, np.ones((2, 1), bool), np.array([-1]), np.zeros(2, bool), np.zeros(2, bool))
+    ttc = time_to_collision(
+        ego, track, np.ones((2, 1), bool), np.array([-1]), np.zeros(2, bool), np.zeros(2, bool), full_horizon=True
+    )
     assert ttc.score == expected
     assert ttc.ttc[0] == pytest.approx(0.8 if gap == 8.0 else 1.2)
 
@@ -313,3 +315,16 @@ def test_fixture_map_drive_through_junction():
     over = np.where(centers < 50.0, 2.6, 0.0)
     assert m["speed_limit_compliance"] == pytest.approx(1 - over.sum() * 0.1 / (2.23 * 10.0))
     assert m["ego_progress_along_expert_route"] == 1.0
+
+
+def test_ttc_short_search_agrees_with_full_horizon():
+    rng = np.random.default_rng(3)
+    ego = straight_states(0.0, -2.0, 10.0, 40)
+    boxes = np.concatenate(
+        [agent_track(rng.uniform(5, 60), rng.uniform(-4, 0), rng.uniform(0, 8), 40) for _ in range(12)], 1
+    )
+    args = (ego, boxes, np.ones((40, 12), bool), np.full(12, -1), np.zeros(40, bool), np.ones(40, bool))
+    full, short = time_to_collision(*args, full_horizon=True), time_to_collision(*args)
+    assert full.score == short.score
+    np.testing.assert_array_equal(short.ttc, np.where(full.ttc <= 0.95, full.ttc, np.inf))
+    assert np.isfinite(full.ttc).any()
