@@ -12,6 +12,7 @@ Horizons longer than a plan are skipped (diffplan's plans are 4 s by default; nu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,3 +92,20 @@ def open_loop_metrics(
     weighted = sum(float(w * out[k]) for k, w in OLS_WEIGHTS.items()) / sum(OLS_WEIGHTS.values())
     out["score"] = out["planner_miss_rate_within_bound"] * weighted
     return out
+
+
+def open_loop_score_history(
+    history: Any, expert_states: np.ndarray, expert_timestamps_us: np.ndarray
+) -> dict[str, float]:
+    """OLS of a ``simulation.closed_loop.SimulationHistory`` (run with the log-playback controller, as nuPlan's
+    open-loop protocol does): its plans at 1 Hz (every 10th sample) against the expert ``(T, 11)``."""
+    t0 = int(history.timestamps_us[0])
+    picks = [k for k in range(0, history.num_samples, 10) if history.plans[k] is not None]
+    if not picks:
+        raise ValueError(f"open_loop_score_history: scenario {history.token} has no plan at the 1 Hz samples")
+    return open_loop_metrics(
+        [(np.asarray(history.plan_times_us[k]) - t0) * 1e-6 for k in picks],
+        [np.asarray(history.plans[k]) for k in picks],
+        (np.asarray(expert_timestamps_us) - t0) * 1e-6,
+        np.asarray(expert_states)[:, :3],
+    )

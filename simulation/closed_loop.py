@@ -129,6 +129,7 @@ class SimulationHistory:
         agent_types / track_ids: ``(N,)``.
         traffic_lights: log traffic-light status at the ``T`` samples.
         plans: ``T`` global reference poses ``(P, 3)`` (``None`` where no plan was available).
+        plan_times_us: ``T`` absolute timestamps ``(P,)`` of those poses (``None`` likewise).
         planner_errors: ``T`` error texts (``None`` where the planner succeeded).
     """
 
@@ -141,6 +142,7 @@ class SimulationHistory:
     track_ids: np.ndarray
     traffic_lights: TrafficLights
     plans: tuple[np.ndarray | None, ...]
+    plan_times_us: tuple[np.ndarray | None, ...]
     planner_errors: tuple[str | None, ...]
 
     @property
@@ -261,6 +263,12 @@ class ClosedLoopSimulator:
             track_ids=sc.agents.track_ids,
             traffic_lights=TrafficLights(sc.traffic_lights.lane_connector_ids, sc.traffic_lights.status[frames]),
             plans=tuple(None if p is None else p[2] for p in state.plans),
+            plan_times_us=tuple(
+                None
+                if p is None
+                else state.timestamps_us[state.num_history + p[0]] + np.round(p[1] * 1e6).astype(np.int64)
+                for p in state.plans
+            ),
             planner_errors=state.planner_errors,
         )
 

@@ -250,3 +250,19 @@ def test_config_defaults_follow_nuplan():
         ClosedLoopSimulator(replan_interval=0)
     with pytest.raises(ValueError, match="needs the map"):
         ClosedLoopSimulator(reactive=True).reset(make_scenario())
+
+
+def test_open_loop_score_of_expert_replay_is_perfect():
+    from rewards.nuplan_open_loop import open_loop_score_history
+
+    sc = make_scenario()
+    history = ClosedLoopSimulator(controller="log_playback").run(sc, ExpertReplay())
+    assert history.plan_times_us[10][0] == sc.timestamps_us[10]
+    assert history.plan_times_us[10][-1] == sc.timestamps_us[10] + 4_000_000
+    ols = open_loop_score_history(history, sc.ego.states, sc.timestamps_us)
+    assert ols["score"] == pytest.approx(1.0)
+    lazy = open_loop_score_history(
+        ClosedLoopSimulator(controller="log_playback").run(sc, ConstantVelocity(0.0)), sc.ego.states, sc.timestamps_us
+    )
+    # a plan standing still is 8 m/s x t behind the expert: ADE over 0.1 .. 3 s is 8 * 1.55 = 12.4 m -> score 0
+    assert lazy["planner_expert_average_l2_error_within_bound"] == 0.0 and lazy["planner_miss_rate_within_bound"] == 0.0
