@@ -135,35 +135,35 @@ def _areas(cache: MetricCache, states: np.ndarray) -> np.ndarray:
     return np.stack([multi, nondrv, oncoming, inside[..., inter, 5].any(-1)], -1)
 
 
-def baseline_scores(cache: MetricCache, states: np.ndarray) -> dict[str, np.ndarray]:
-    """PDMS v1 the straightforward way (reference scorer structure); proposal 0 is the reference."""
-    k_n = len(states)
-    polys = _ego_polys(states)
-    areas = _areas(cache, states)
+def _agent_trees(cache: MetricCache) -> list[tuple[np.ndarray, shapely.STRtree]]:
     corners = agent_box_corners(cache.agent_boxes)
     trees = []
     for t in range(cache.agent_boxes.shape[0]):
         idx = np.flatnonzero(cache.agent_valid[t])
         trees.append((idx, shapely.STRtree(shapely.polygons(corners[t, idx]))))
+    return trees
+
+
+def _baseline_nc(cache: MetricCache, states: np.ndarray, areas: np.ndarray, trees: list) -> np.ndarray:
+    polys = _ego_polys(states)
     speed = np.hypot(states[..., 3], states[..., 4])
     first = np.argmax(cache.agent_valid, 0)
     stopped = ~np.isin(cache.agent_types, [int(x) for x in DYNAMIC_TYPES]) | (
         np.hypot(*cache.agent_boxes[first, np.arange(len(first)), 3:5].T) <= 0.05
     )
-    nc = np.ones(k_n)
-    ignore = [set() for _ in range(k_n)]
+    nc = np.ones(len(states))
+    ignore: list[set] = [set() for _ in states]
     for t in range(NUM_STEPS):
         idx, tree = trees[t]
         for k, g in zip(*tree.query(polys[:, t], predicate="intersects"), strict=True):
             n = idx[g]
             if n in ignore[k]:
                 continue
-            ego = states[k, t]
             if speed[k, t] <= 0.05:
                 fault = False
             elif stopped[n]:
                 fault = True
-            elif _angle(ego, tuple(cache.agent_boxes[t, n, :2])) > np.deg2rad(150):
+            elif _angle(states[k, t], tuple(cache.agent_boxes[t, n, :2])) > np.deg2rad(150):
                 fault = False
             elif LineString(np.asarray(polys[k, t].exterior.coords)[[0, 3]]).intersects(tree.geometries[g]):
                 fault = True
@@ -173,8 +173,13 @@ def baseline_scores(cache: MetricCache, states: np.ndarray) -> dict[str, np.ndar
                 nc[k] = min(nc[k], 0.0 if cache.agent_types[n] in DYNAMIC_TYPES else 0.5)
             else:
                 ignore[k].add(n)
-    ttc = np.ones(k_n)
-    ignore = [set() for _ in range(k_n)]
+    return nc
+
+
+def _baseline_ttc(cache: MetricCache, states: np.ndarray, areas: np.ndarray, trees: list) -> np.ndarray:
+    speed = np.hypot(states[..., 3], states[..., 4])
+    ttc = np.ones(len(states))
+    ignore: list[set] = [set() for _ in states]
     dxy = np.stack([np.cos(states[..., 2]), np.sin(states[..., 2])], -1) * speed[..., None]
     ego_c = ego_box_corners(states[..., :3])
     for t in range(NUM_STEPS):
@@ -186,24 +191,34 @@ def baseline_scores(cache: MetricCache, states: np.ndarray) -> dict[str, np.ndar
                 if n in ignore[k] or speed[k, t] < 5e-3:
                     continue
                 ang = _angle(states[k, t], tuple(cache.agent_boxes[t + j, n, :2]))
-                if ang < np.deg2rad(30) or (
-                    (areas[k, t, 0] or areas[k, t, 1] or areas[k, t, 3]) and not ang > np.deg2rad(150)
-                ):
+                risky = areas[k, t, 0] or areas[k, t, 1] or areas[k, t, 3]
+                if ang < np.deg2rad(30) or (risky and not ang > np.deg2rad(150)):
                     ttc[k] = 0.0
                 else:
                     ignore[k].add(n)
+    return ttc
+
+
+def baseline_scores(cache: MetricCache, states: np.ndarray) -> dict[str, np.ndarray]:
+    """PDMS v1 the straightforward way (reference scorer structure); proposal 0 is the reference."""
+    areas = _areas(cache, states)
+    trees = _agent_trees(cache)
+    nc = _baseline_nc(cache, states, areas, trees)
+    ttc = _baseline_ttc(cache, states, areas, trees)
     dac = np.where(areas[..., 1].any(-1), 0.0, 1.0)
     center = rear_axle_to_center(states[..., :3])[..., :2]
     prog = np.zeros(center.shape[:2])
     prog[:, 1:] = np.linalg.norm(np.diff(center, axis=1), axis=-1) * areas[:, 1:, 2]
-    worst = np.array([[prog[k, max(0, t - 10) : t + 1].sum() for t in range(NUM_STEPS)] for k in range(k_n)]).max(-1)
+    worst = np.array([[prog[k, max(0, t - 10) : t + 1].sum() for t in range(NUM_STEPS)] for k in range(len(states))])
+    worst = worst.max(-1)
     ddc = np.where(worst < 2, 1.0, np.where(worst < 6, 0.5, 0.0))
     line = LineString(cache.centerline)
     raw = np.array([max(0.0, line.project(shapely.Point(c[-1])) - line.project(shapely.Point(c[0]))) for c in center])
     comfort = _baseline_comfort(states)
     mult = nc * dac
     masked = raw * mult
-    ep = np.array([masked[k] / m if (m := max(masked[0], masked[k])) > 5 else float(mult[k] != 0) for k in range(k_n)])
+    ep = np.array([masked[k] / m if (m := max(masked[0], masked[k])) > 5 else float(mult[k] != 0)
+                   for k in range(len(states))])  # fmt: skip
     score = mult * (5 * ttc + 5 * ep + 2 * comfort) / 12
     return {"no_at_fault_collisions": nc, "drivable_area_compliance": dac, "driving_direction_compliance": ddc,
             "time_to_collision_within_bound": ttc, "comfort": comfort, "ego_progress": ep, "score": score}  # fmt: skip

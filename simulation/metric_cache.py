@@ -394,6 +394,20 @@ def _default_simulator() -> Simulator:
     return simulate_proposals
 
 
+def _simulated_plans(
+    scene: Scene, map_api: Any, reference_planner: ReferencePlanner | None, simulate: Simulator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Human plan ``(8, 3)`` (local), its simulated states ``(41, 11)`` and the reference's ``(41, 11)``."""
+    current = np.asarray(scene.current_ego, dtype=np.float64)
+    ci = scene.current_index
+    human = global_to_local(scene.ego.poses[ci + 1 : ci + 9], current[:3])
+    human_states = np.asarray(simulate(current, human[None])[0], dtype=np.float64)
+    if reference_planner is None:
+        return human, human_states, human_states
+    ref_states = simulate(current, reference_poses(reference_planner, scene, map_api)[None])[0]
+    return human, human_states, np.asarray(ref_states, dtype=np.float64)
+
+
 def build_metric_cache(
     scene: Scene,
     map_api: Any,
@@ -435,12 +449,7 @@ def build_metric_cache(
         red_ids, red_mask = np.zeros(0, dtype=str), np.zeros((NUM_STEPS, 0), dtype=bool)
     red_polys = PolygonSet.from_geometries([map_api.lane_connector_polygon(i) for i in red_ids])
 
-    human = global_to_local(scene.ego.poses[ci + 1 : ci + 9], pose)
-    human_states = simulate(current, human[None])[0]
-    if reference_planner is None:
-        reference_states = human_states
-    else:
-        reference_states = simulate(current, reference_poses(reference_planner, scene, map_api)[None])[0]
+    human, human_states, reference_states = _simulated_plans(scene, map_api, reference_planner, simulate)
     history = interpolate_history(scene.ego.states[: ci + 1], scene.timestamps_us[: ci + 1])
 
     cache = MetricCache(
@@ -462,9 +471,9 @@ def build_metric_cache(
         red_connector_ids=red_ids,
         red_mask=red_mask,
         red_polygons=red_polys,
-        reference_states=np.asarray(reference_states, dtype=np.float64),
+        reference_states=reference_states,
         human_trajectory=human,
-        human_states=np.asarray(human_states, dtype=np.float64),
+        human_states=human_states,
         history_states=history,
     )
     cache.validate()
