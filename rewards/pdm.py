@@ -50,6 +50,12 @@ def raw_metrics(cache: MetricCache, states: np.ndarray, version: Version) -> dic
     """
     if states.ndim != 3 or states.shape[1:] != (NUM_STEPS, 11):
         raise ValueError(f"states must be (K, {NUM_STEPS}, 11), got {states.shape}")
+    needed = TTC_STEPS[version] + int(pm.TTC_LOOKAHEAD_STEPS.max())
+    if cache.agent_boxes.shape[0] < needed:
+        raise ValueError(
+            f"metric cache {cache.token} ({cache.version}) observes {cache.agent_boxes.shape[0]} steps; "
+            f"{version} scoring needs {needed}"
+        )
     points = pm.ego_points(states)
     areas = pm.ego_area(cache, points)
     out = {
@@ -143,9 +149,13 @@ def score_states(
         apply_human_filter: v2 only, NAVSIM's human filter (original scenes).
 
     Returns:
-        ``(K,)`` arrays: the sub-metrics, ``progress_m`` (raw) and ``score`` (PDMS or EPDMS).
+        ``(K,)`` arrays: the sub-metrics, ``progress_m`` (raw) and ``score`` (PDMS or EPDMS); v2 also gives
+        ``pdm_score``, the EPDMS without extended comfort (denominator 14).
     """
-    both = np.concatenate([cache.reference_states[None], np.asarray(states, dtype=np.float64)], 0)
+    states = np.asarray(states, dtype=np.float64)
+    if states.ndim != 3 or states.shape[1:] != (NUM_STEPS, 11):
+        raise ValueError(f"states must be (K, {NUM_STEPS}, 11), got {states.shape}")
+    both = np.concatenate([cache.reference_states[None], states], 0)
     metrics = raw_metrics(cache, both, version)
     mult = multiplier_product(metrics, version)
     masked = metrics["progress_m"] * mult
@@ -161,6 +171,7 @@ def score_states(
     out["extended_comfort"] = (
         two_frame_extended_comfort(both[1:], np.asarray(previous_states)) if with_ec else np.ones(len(states))
     )
+    out["pdm_score"] = aggregate_epdms(out, with_extended_comfort=False)
     out["score"] = aggregate_epdms(out, with_ec)
     return out
 
@@ -188,13 +199,13 @@ class PDMScorer:
 
     def simulate(self, metric_cache: MetricCache, trajectories: np.ndarray) -> np.ndarray:
         """States ``(K, 41, 11)`` of the LQR tracker + bicycle model following poses ``(K, 8, 3)`` (local frame)."""
-        from simulation.kinematics import simulate_proposals
-
         poses = np.asarray(trajectories, dtype=np.float64)
         if poses.ndim == 2:
             poses = poses[None]
         if poses.ndim != 3 or poses.shape[-1] != 3 or not np.isfinite(poses).all():
             raise ValueError(f"trajectories must be finite (K, N, 3) poses, got shape {poses.shape}")
+        from simulation.kinematics import simulate_proposals
+
         return simulate_proposals(metric_cache.current_state, poses)
 
     def score(self, metric_cache: MetricCache, trajectories: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,7 +8,8 @@ from pdm_factory import make_cache, straight_states
 from scipy.signal import savgol_filter
 
 from rewards.comfort import comfort_checks, comfort_signals, two_frame_extended_comfort
-from rewards.pdm import aggregate_epdms, aggregate_pdms, ego_progress, human_filter, score_states
+from rewards.pdm import PDMScorer, aggregate_epdms, aggregate_pdms, ego_progress, human_filter, score_states
+from simulation.protocols import Scorer
 from simulation.types import StateIndex
 
 T = np.arange(41) * 0.1
@@ -186,3 +187,14 @@ def test_epdms_with_previous_plan():
     out = score_states(cache, lk_fail, "v2")
     assert out["lane_keeping"][0] == 0.0
     assert out["score"][0] == pytest.approx(12 / 14)  # no previous frame: EC weight 0
+
+
+def test_version_and_input_checks():
+    with pytest.raises(ValueError, match="needs 50"):
+        score_states(make_cache("v2"), straight_states(10.0)[None], "v1")
+    with pytest.raises(ValueError, match="states must be"):
+        score_states(make_cache(), straight_states(10.0)[None, :40])
+    scorer = PDMScorer("v2")
+    assert isinstance(scorer, Scorer)
+    with pytest.raises(ValueError, match="finite"):
+        scorer.score(make_cache("v2"), np.full((2, 8, 3), np.nan))
