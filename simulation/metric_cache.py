@@ -365,12 +365,14 @@ def reference_poses(
     """The reference plan of ``scene`` as ``(8, 3)`` local poses at 0.5 s (resampled if the plan uses another
     interval: linear in x, y and the unwrapped heading)."""
     plan: np.ndarray | Trajectory
-    if isinstance(planner, Planner):
+    if hasattr(planner, "plan"):
         from simulation.benchmarks.units import observation_from_scene
 
         plan = planner.plan(observation_from_scene(scene, map_api))
-    else:
+    elif callable(planner):
         plan = planner(scene, map_api)
+    else:
+        raise MetricCacheError(f"{scene.token}: reference planner {planner!r} has no plan() and is not callable")
     poses = np.asarray(plan.poses if isinstance(plan, Trajectory) else plan, dtype=np.float64).reshape(-1, 3)
     dt = plan.interval_s if isinstance(plan, Trajectory) else interval_s
     if not np.isfinite(poses).all():

@@ -22,6 +22,7 @@ from simulation.metric_cache import (
     build_metric_cache,
     interpolate_agents,
     interpolate_history,
+    reference_poses,
 )
 from simulation.polygon_grid import PolygonGrid, PolygonSet, box_intersects_polygon
 from simulation.types import (
@@ -32,6 +33,7 @@ from simulation.types import (
     StateIndex,
     TrafficLights,
     TrafficLightStatus,
+    Trajectory,
 )
 from simulation.types import TrackedObjectType as TT
 
@@ -228,3 +230,22 @@ def test_load_errors(tmp_path: Path, fixture_api):
         MetricCache.load(tmp_path / "old.npz")
     with pytest.raises(MetricCacheError, match="unknown metric cache version"):
         build_metric_cache(_scene(20.0, 5.0, ("2",)), fixture_api, None, "v3", simulate=_simulate)
+
+
+def test_reference_poses_from_planner_and_resampling(fixture_api):
+    scene = _scene(20.0, 5.0, ("2", "103", "4"))
+    fine = np.zeros((40, 3))
+    fine[:, 0] = np.arange(1, 41) * 0.1 * 3.0  # 3 m/s at 10 Hz
+
+    class Fine:
+        name = "fine"
+
+        def plan(self, observation):
+            assert observation.log is scene and observation.map_api is fixture_api
+            return Trajectory(fine, interval_s=0.1)
+
+    poses = reference_poses(Fine(), scene, fixture_api)
+    np.testing.assert_allclose(poses[:, 0], np.arange(1, 9) * 1.5)
+    np.testing.assert_allclose(reference_poses(lambda s, m: fine[4::5], scene, fixture_api), fine[4::5])
+    with pytest.raises(MetricCacheError, match="NaN"):
+        reference_poses(lambda s, m: np.full((8, 3), np.nan), scene, fixture_api)
