@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pdm_factory import agent_track, make_cache, straight_states
-from shapely.geometry import box
+from shapely.geometry import Polygon, box
 
+from rewards import pdm_metrics as pm
 from rewards.pdm import score_states
+from simulation.geometry import agent_box_corners
 from simulation.maps.layers import SemanticMapLayer
 from simulation.types import StateIndex
 from simulation.types import TrackedObjectType as TT
@@ -247,3 +251,34 @@ def test_lane_keeping_intersection_steps_neither_count_nor_reset():
     lk = _score(make_cache("v2", extra_polygons=inter), _lateral_profile(off), "v2")["lane_keeping"][0]
     assert lk == 0.0
     assert _score(make_cache("v2"), _lateral_profile(off), "v2")["lane_keeping"][0] == 1.0
+
+
+# --------------------------------------------------------------------------------------------- geometry kernels
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000))
+def test_overlap_kernel_matches_shapely(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        a = agent_box_corners(np.array([*rng.uniform(-4, 4, 2), rng.uniform(-np.pi, np.pi), 0, 0, 5.0, 2.0]))
+        b = agent_box_corners(np.array([*rng.uniform(-4, 4, 2), rng.uniform(-np.pi, np.pi), 0, 0,
+                                        *rng.uniform(0.3, 5.0, 2)]))  # fmt: skip
+        shift = rng.uniform(-1, 1, 2)
+        pa, pb = Polygon(a + shift), Polygon(b)
+        if pa.exterior.distance(pb.exterior) < 1e-9:
+            continue
+        assert pm._overlap(a, shift[0], shift[1], b) == pa.intersects(pb)
+
+
+def test_ego_area_flags():
+    cache = make_cache(with_intersection=True)
+    states = np.stack([straight_states(0.0), straight_states(0.0, y=0.3), straight_states(0.0, x0=105.0),
+                       straight_states(0.0, y=2.0)])  # fmt: skip
+    areas = pm.ego_area(cache, pm.ego_points(states))[:, 0]
+    E = pm.EgoArea
+    np.testing.assert_array_equal(areas[:, E.MULTIPLE_LANES], [False, True, False, False])
+    np.testing.assert_array_equal(areas[:, E.ONCOMING_TRAFFIC], [False, True, False, True])
+    np.testing.assert_array_equal(areas[:, E.REAR_AXLE_IN_INTERSECTION], [False, False, True, False])
+    np.testing.assert_array_equal(areas[:, E.CENTER_IN_INTERSECTION], [False, False, True, False])
+    assert not areas[:, E.NON_DRIVABLE_AREA].any()
