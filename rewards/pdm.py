@@ -11,6 +11,7 @@ EPDMS = NC * DAC * DDC * TLC * (5 EP + 5 TTC + 2 LK + 2 HC + 2 EC) / 16   (after
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -176,8 +177,22 @@ def score_states(
     return out
 
 
+_HUMAN_MEMO: dict[int, dict[str, np.ndarray]] = {}
+
+
 def human_metrics(cache: MetricCache) -> dict[str, np.ndarray]:
-    """v2 sub-metrics ``(1,)`` of the logged human plan scored alone (no reference, no history)."""
+    """v2 sub-metrics ``(1,)`` of the logged human plan scored alone (no reference, no history).
+
+    They depend on the cache only, so they are computed once per cache object (memo dropped with the cache).
+    """
+    key = id(cache)
+    if key not in _HUMAN_MEMO:
+        _HUMAN_MEMO[key] = _human_metrics(cache)
+        weakref.finalize(cache, _HUMAN_MEMO.pop, key, None)
+    return _HUMAN_MEMO[key]
+
+
+def _human_metrics(cache: MetricCache) -> dict[str, np.ndarray]:
     metrics = raw_metrics(cache, cache.human_states[None], "v2")
     mult = multiplier_product(metrics, "v2")
     metrics["ego_progress"] = ego_progress(metrics["progress_m"], mult, 0.0, "v2")

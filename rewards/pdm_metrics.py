@@ -38,7 +38,7 @@ LK_DEVIATION_LIMIT = 0.5
 LK_STEPS = int(np.ceil(2.0 / 0.1))
 
 _EGO_RADIUS = float(np.hypot(PACIFICA.length / 2.0, PACIFICA.width / 2.0))
-_MAX_HITS = 32
+_MAX_HITS = 64
 
 
 class EgoArea(IntEnum):
@@ -358,22 +358,47 @@ def traffic_light_compliance(cache: MetricCache, points: np.ndarray) -> np.ndarr
     return out
 
 
+_CHUNK = 16  # centre-line segments per bounding box in the projection kernel
+
+
 @numba.njit(cache=True)
-def _project_kernel(points, line, cum, s_out, d_out):  # type: ignore[no-untyped-def]
+def _segment_candidate(px, py, line, cum, k):  # type: ignore[no-untyped-def]
+    ax, ay = line[k, 0], line[k, 1]
+    bx, by = line[k + 1, 0] - ax, line[k + 1, 1] - ay
+    len2 = max(bx * bx + by * by, 1e-12)
+    t = min(max(((px - ax) * bx + (py - ay) * by) / len2, 0.0), 1.0)
+    dx, dy = ax + t * bx - px, ay + t * by - py
+    return dx * dx + dy * dy, cum[k] + t * np.sqrt(len2)
+
+
+@numba.njit(cache=True)
+def _project_kernel(points, line, cum, chunk_box, s_out, d_out):  # type: ignore[no-untyped-def]
+    """Nearest point on the polyline (first segment on ties); chunks whose box is farther than the best
+    distance found so far are skipped, chunks are visited in order so ties keep the first segment."""
+    n_seg = line.shape[0] - 1
     for i in range(points.shape[0]):
         px, py = points[i, 0], points[i, 1]
         best, best_s = np.inf, 0.0
-        for k in range(line.shape[0] - 1):
-            ax, ay = line[k, 0], line[k, 1]
-            bx, by = line[k + 1, 0] - ax, line[k + 1, 1] - ay
-            len2 = max(bx * bx + by * by, 1e-12)
-            t = min(max(((px - ax) * bx + (py - ay) * by) / len2, 0.0), 1.0)
-            dx, dy = ax + t * bx - px, ay + t * by - py
-            d2 = dx * dx + dy * dy
-            if d2 < best:
-                best, best_s = d2, cum[k] + t * np.sqrt(len2)
+        for c in range(chunk_box.shape[0]):
+            gx = max(chunk_box[c, 0] - px, 0.0, px - chunk_box[c, 2])
+            gy = max(chunk_box[c, 1] - py, 0.0, py - chunk_box[c, 3])
+            if gx * gx + gy * gy > best:
+                continue
+            for k in range(c * _CHUNK, min((c + 1) * _CHUNK, n_seg)):
+                d2, s = _segment_candidate(px, py, line, cum, k)
+                if d2 < best:
+                    best, best_s = d2, s
         s_out[i] = best_s
         d_out[i] = np.sqrt(best)
+
+
+def _chunk_boxes(line: np.ndarray) -> np.ndarray:
+    """``(C, 4)`` bounds of consecutive groups of :data:`_CHUNK` segments of ``line`` ``(S + 1, 2)``."""
+    n_seg = len(line) - 1
+    starts = np.arange(0, n_seg, _CHUNK)
+    lo = np.minimum.reduceat(np.minimum(line[:-1], line[1:]), starts, axis=0)
+    hi = np.maximum.reduceat(np.maximum(line[:-1], line[1:]), starts, axis=0)
+    return np.ascontiguousarray(np.concatenate([lo, hi], -1))
 
 
 def project_on_centerline(cache: MetricCache, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -382,7 +407,8 @@ def project_on_centerline(cache: MetricCache, points: np.ndarray) -> tuple[np.nd
     flat = np.ascontiguousarray(points.reshape(-1, 2), dtype=np.float64)
     s_out, d_out = np.empty(len(flat)), np.empty(len(flat))
     line = np.ascontiguousarray(cache.centerline[:, :2], dtype=np.float64)
-    _project_kernel(flat, line, np.ascontiguousarray(cache.centerline_s, dtype=np.float64), s_out, d_out)
+    cum = np.ascontiguousarray(cache.centerline_s, dtype=np.float64)
+    _project_kernel(flat, line, cum, _chunk_boxes(line), s_out, d_out)
     return s_out.reshape(points.shape[:-1]), d_out.reshape(points.shape[:-1])
 
 

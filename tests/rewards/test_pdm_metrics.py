@@ -5,6 +5,8 @@ Ego (Pacifica, rear axle at y = -2, heading +x) spans x in [x - 1.127, x + 4.049
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -282,3 +284,21 @@ def test_ego_area_flags():
     np.testing.assert_array_equal(areas[:, E.REAR_AXLE_IN_INTERSECTION], [False, False, True, False])
     np.testing.assert_array_equal(areas[:, E.CENTER_IN_INTERSECTION], [False, False, True, False])
     assert not areas[:, E.NON_DRIVABLE_AREA].any()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000))
+def test_centerline_projection_matches_shapely(seed):
+    from shapely.geometry import LineString, Point
+
+    from simulation.geometry import polyline_lengths
+
+    rng = np.random.default_rng(seed)
+    line = np.cumsum(rng.normal(0.0, 2.0, (int(rng.integers(2, 80)), 2)), 0)
+    cache = dataclasses.replace(make_cache(), centerline=line, centerline_s=polyline_lengths(line))
+    pts = rng.uniform(line.min(0) - 5, line.max(0) + 5, (50, 2))
+    s, d = pm.project_on_centerline(cache, pts)
+    ls = LineString(line)
+    np.testing.assert_allclose(d, [ls.distance(Point(p)) for p in pts], atol=1e-9)
+    near = [ls.interpolate(v).distance(Point(p)) for v, p in zip(s, pts, strict=True)]
+    np.testing.assert_allclose(near, d, atol=1e-6)  # the arc length lands on a nearest point
