@@ -13,6 +13,7 @@ candidates are kinematic rollouts with random accelerations, yaw rates and lane 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -269,13 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     n_base = min(len(caches), 5)
     base64 = sum(_time(lambda c=c, s=s: baseline_scores(c, np.concatenate([c.reference_states[None], s])), 1)
                  for c, s in zip(caches[:n_base], cands[:n_base], strict=True)) * len(caches) / n_base  # fmt: skip
+    v2 = [dataclasses.replace(c, version="v2", agent_boxes=c.agent_boxes[:41], agent_valid=c.agent_valid[:41])
+          for c in caches]  # fmt: skip
+    score_states(v2[0], cands[0][:1], "v2")
+    fast2_v2 = sum(_time(lambda c=c, s=s: score_states(c, s[:1], "v2"), 20) for c, s in zip(v2, cands, strict=True))
+    fast64_v2 = sum(_time(lambda c=c, s=s: score_states(c, s, "v2"), 5) for c, s in zip(v2, cands, strict=True))
     agree = {k: 0 for k in V1_KEYS}
+    means = {k: 0.0 for k in V1_KEYS}
     total = 0
     for c, s in zip(caches, cands, strict=True):
         fast = score_states(c, s)
         base = baseline_scores(c, np.concatenate([c.reference_states[None], s]))
         for key in V1_KEYS:
             agree[key] += int(np.isclose(fast[key], base[key][1:], atol=1e-9).sum())
+            means[key] += float(fast[key].sum())
         total += len(s)
     n = len(caches)
     print(
@@ -285,8 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.candidates} candidates/scene: {1e3 * fast64 / n:.2f} ms/scene, "
           f"{n * args.candidates / fast64:.0f} candidate scorings/s; baseline {n * args.candidates / base64:.0f}/s; "
           f"speed-up x{base64 / fast64:.1f}")  # fmt: skip
+    print(f"EPDMS (v2): {1e3 * fast2_v2 / n:.3f} ms/scene with 2 proposals; "
+          f"{n * args.candidates / fast64_v2:.0f} candidate scorings/s at {args.candidates} per scene")  # fmt: skip
     print("agreement with the baseline over", total, "candidates:",
           ", ".join(f"{k} {agree[k] / total:.1%}" for k in V1_KEYS))  # fmt: skip
+    print("mean sub-metrics of the candidates:", ", ".join(f"{k} {means[k] / total:.3f}" for k in V1_KEYS))
     return 0
 
 
