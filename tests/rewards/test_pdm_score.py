@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from pdm_factory import make_cache, straight_states
@@ -9,6 +11,7 @@ from scipy.signal import savgol_filter
 
 from rewards.comfort import comfort_checks, comfort_signals, two_frame_extended_comfort
 from rewards.pdm import PDMScorer, aggregate_epdms, aggregate_pdms, ego_progress, human_filter, score_states
+from simulation.polygon_grid import PolygonGrid
 from simulation.protocols import Scorer
 from simulation.types import StateIndex
 
@@ -198,3 +201,16 @@ def test_version_and_input_checks():
     assert isinstance(scorer, Scorer)
     with pytest.raises(ValueError, match="finite"):
         scorer.score(make_cache("v2"), np.full((2, 8, 3), np.nan))
+
+
+def test_empty_map_and_no_agents():
+    cache = make_cache()
+    empty = dataclasses.replace(
+        cache,
+        map_grid=PolygonGrid.build([]),
+        map_ids=np.zeros(0, str),
+        map_layers=np.zeros(0, np.int64),
+    )
+    out = score_states(empty, straight_states(10.0)[None])
+    assert out["drivable_area_compliance"][0] == 0.0 and out["no_at_fault_collisions"][0] == 1.0
+    assert out["driving_direction_compliance"][0] == 0.0  # no on-route lane anywhere
