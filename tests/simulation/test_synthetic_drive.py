@@ -17,7 +17,8 @@ SEED = 11
 
 
 def _spec(index: int, density: float) -> LogSpec:
-    drive = DriveConfig(duration_s=20.0, warmup_s=6.0, vehicles_per_km=density, pedestrian_density=1.0)
+    warmup = 1.0 if index == 2 else 6.0  # log 2: the lane change around a stopped van happens early
+    drive = DriveConfig(duration_s=20.0, warmup_s=warmup, vehicles_per_km=density, pedestrian_density=1.0)
     return LogSpec(f"test_{index}", index, 0, "synth_train", SEED, drive)
 
 

@@ -31,6 +31,8 @@ from simulation.types import PACIFICA
 EGO_OWNER = -7  # agent id of the ego in constraint searches
 REAR_TO_CENTER = PACIFICA.rear_axle_to_center
 EGO_PROBES = np.arange(0.25, 50.0, 2.0)
+VAN_HALF = 2.75  # half length of the stopped vans of :func:`~simulation.datasets.synthetic.world._blockers`
+WAIT_BEHIND = 14.0  # the ego waits this far behind a stopped vehicle it cannot pass yet
 
 
 @dataclass
@@ -71,6 +73,8 @@ class EgoDriver:
     target: dict[int, int] = field(default_factory=dict)  # roadblock fid -> lane index the route needs
     turn: dict[int, int] = field(default_factory=dict)  # roadblock fid -> chosen TurnType
     blockers: dict[int, float] = field(default_factory=dict)  # lane fid -> arc length of a stopped vehicle
+    signal: tuple[int, float] | None = None  # (lane fid, arc length) the ego waits to merge into
+    wait: float = 0.0  # seconds the ego has been yielding at a junction
     bank: PathBank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,7 +147,9 @@ class EgoDriver:
         return k, self.route[k]
 
     def _try_lane_change(self, t_seg: np.ndarray, t_u: np.ndarray, t_v: np.ndarray) -> None:
-        """Start a lane change towards the lane the route needs when the gap there is free."""
+        """Start a lane change towards the lane the route needs, or around a stopped vehicle, when the gap
+        there is free; otherwise signal, so that followers in that lane leave a gap."""
+        self.signal = None
         k, fid = self._current()
         lane = self.town.paths[fid]
         if self.lc_active or lane.is_connector:
@@ -151,12 +157,15 @@ class EgoDriver:
         rb = self.town.blocks[lane.roadblock]
         want = self.target.get(rb.fid, lane.index)
         u = self.s - float(self.bank.seg_start[0, k])
-        left = lane.length - u
+        left, lc_len = lane.length - u, max(self.v * 5.0, 30.0)
+        room = lc_len + 15.0
         if fid in self.blockers and u < self.blockers[fid]:  # pass the stopped vehicle on the left
-            want, left = lane.index - 1, self.blockers[fid] - u - 12.0
-        if want == lane.index or u < 8.0:
+            want, left = lane.index - 1, self.blockers[fid] - VAN_HALF - (u + PACIFICA.front_length)
+            lc_len = max(self.v * 4.5, 12.0)
+            room = 0.8 * lc_len
+        if want == lane.index or u < 5.0:
             return
-        if left < max(self.v * 5.0, 30.0) + 15.0:
+        if left < room:
             if left < 25.0 and fid not in self.blockers:  # too late: take a movement this lane offers
                 self.turn.pop(rb.fid, None)
                 self.target.pop(rb.fid, None)
@@ -170,14 +179,33 @@ class EgoDriver:
         if adj.fid in self.blockers and float(s_adj[0]) < self.blockers[adj.fid] + 15.0:
             return  # not back into the lane of a stopped vehicle before passing it
         rel = t_u - (float(s_adj[0]) + REAR_TO_CENTER)
-        ahead, behind = 8.0 + self.v * 0.8, 10.0 + self.v * 0.6 + 2.0 * np.maximum(t_v - self.v, 0.0)
+        ahead = 8.0 + self.v * 0.8
+        behind = 4.0 + self.v * 0.6 + 2.0 * np.maximum(t_v - self.v, 0.0) + t_v
         if np.any((t_seg == adj.fid) & (rel > -behind) & (rel < ahead)):
+            self.signal = (adj.fid, float(s_adj[0]) + REAR_TO_CENTER)
             return
         self.route = self._extend([adj.fid])
         self.s = float(s_adj[0])
         self.lc_active, self.lc_start, self.lc_d0 = True, self.s, float(d_adj[0])
-        self.lc_len = max(self.v * self.rng.uniform(4.5, 6.0), 30.0)
+        self.lc_len = lc_len * self.rng.uniform(1.0, 1.2)
         self._rebuild()
+
+    def _blocker_gap(self) -> float:
+        """Distance from the front bumper to the point where the ego waits behind a stopped vehicle on its lane
+        (leaving room to pull out), ``INF`` if none."""
+        k, fid = self._current()
+        if fid not in self.blockers or self.lc_active:
+            return INF
+        u = self.s - float(self.bank.seg_start[0, k])
+        gap = self.blockers[fid] - VAN_HALF - WAIT_BEHIND - (u + PACIFICA.front_length)
+        return gap if gap > -WAIT_BEHIND else INF
+
+    def _probe_offsets(self) -> np.ndarray:
+        """``(M,)`` lateral offsets of the planned lane-change profile at the corridor probes."""
+        if not self.lc_active:
+            return np.zeros(len(EGO_PROBES))
+        tau = np.clip((self.s + PACIFICA.front_length + EGO_PROBES - self.lc_start) / self.lc_len, 0.0, 1.0)
+        return self.lc_d0 * (1 - 10 * tau**3 + 15 * tau**4 - 6 * tau**5)
 
     def _offset(self) -> tuple[float, float]:
         """Lateral offset from the path and its derivative along the path (quintic profile)."""
@@ -222,8 +250,16 @@ class EgoDriver:
         """The ego as a path entry for traffic leader searches."""
         k, fid = self._current()
         u = self.s + REAR_TO_CENTER - float(self.bank.seg_start[0, k])
+        seg, pos, half = [fid], [u], [PACIFICA.length / 2]
+        min_d = [0.0]
+        if self.signal is not None:  # followers in the target lane (not those alongside) leave a gap
+            seg.append(self.signal[0])
+            pos.append(self.signal[1])
+            half.append(PACIFICA.length / 2 + 2.0)
+            min_d.append(PACIFICA.length + 6.0)
+        n = len(seg)
         return Objects(
-            np.array([fid]), np.array([u]), np.array([self.v]), np.array([PACIFICA.length / 2]), np.array([EGO_OWNER])
+            np.array(seg), np.array(pos), np.full(n, self.v), np.array(half), np.full(n, EGO_OWNER), np.array(min_d)
         )
 
     def _integrate(self, acc: float, gap: float, dt: float) -> None:
@@ -253,7 +289,6 @@ class EgoDriver:
         self._advance_route()
         self._try_lane_change(t_seg, t_u, t_v)
         s, v, p = np.array([self.s]), np.array([self.v]), self.params
-        d, _ = self._offset()
         gap_l, v_l, own_l = path_leaders(
             self.bank, s + REAR_TO_CENTER, np.array([PACIFICA.length / 2]), np.array([EGO_OWNER]), objs, horizon=120.0
         )
@@ -266,7 +301,7 @@ class EgoDriver:
             boxes,
             box_owner,
             EGO_PROBES,
-            np.array([d]),
+            self._probe_offsets()[None, :],
         )
         gap_s, red = stop_line_gaps(
             self.bank,
@@ -284,8 +319,11 @@ class EgoDriver:
             float(idm_accel(v, v0, gap_c, v_c, p)[0]),
             float(idm_accel(v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(1), p)[0]),
         )
+        gap_b = self._blocker_gap()
+        if gap_b < INF:  # wait with room to pull out behind a stopped vehicle it cannot pass yet
+            acc = min(acc, float(idm_accel(v, v0, np.array([max(gap_b, 0.05) + p.s0[0] - 1.0]), np.zeros(1), p)[0]))
         v_before = self.v
-        self._integrate(acc, min(float(gap_l[0]), float(gap_c[0]), float(gap_s[0])), dt)
+        self._integrate(acc, min(float(gap_l[0]), float(gap_c[0]), float(gap_s[0]), gap_b), dt)
         k, fid = self._current()
         lead_from_path = gap_l[0] <= gap_c[0]
         return EgoFrame(

@@ -146,6 +146,7 @@ class Town:
     walkways: dict[int, Polygon]
     carparks: dict[int, tuple[Polygon, float]]
     shoulders: list[tuple[int, np.ndarray, np.ndarray]]  # (lane fid, centre (N,2), heading (N,)) parking strips
+    crosswalk_signal: dict[int, int] = field(default_factory=dict)  # crosswalk fid -> a connector of its arm
 
     @property
     def lanes(self) -> list[Path]:
@@ -423,8 +424,10 @@ def _crossings(town: Town, fids: _Fids, arms: list[_Arm], stops: dict[int, int],
         across = p_right - p_left
         a0, a1 = p_left - 0.1 * across, p_right + 0.1 * across
         ring = np.array([a0 + 1.5 * inward, a1 + 1.5 * inward, a1 + 5.5 * inward, a0 + 5.5 * inward])
-        town.crosswalks[fids()] = (Polygon(ring), jf)
+        cw = fids()
+        town.crosswalks[cw] = (Polygon(ring), jf)
         conn = [c for lane in lanes_in for c in lane.outgoing]
+        town.crosswalk_signal[cw] = conn[0]
         stop = shapely.union_all([Polygon(strip_polygon(ln.left[-3:], ln.right[-3:])) for ln in lanes_in])
         town.stop_polygons[stops[a.incoming]] = (stop.convex_hull, [ln.fid for ln in lanes_in], conn)
 

@@ -1,8 +1,9 @@
 """Pedestrians of the synthetic city: crossers at crosswalks (and a few away from them) and walkers on walkways.
 
-A crosser waits at the kerb until no vehicle is on, or about to reach, its crossing line, then walks
-across at its own pace; vehicles yield to it once it is on the road. Walkers follow walkway centre
-lines and never enter the road.
+A crosser at a signalled crosswalk waits until the traffic entering the junction over its crosswalk has a
+red light and no vehicle is on, or about to reach, its crossing line (a jaywalker only for the latter),
+then walks across at its own pace; vehicles (turning ones included) yield to it once it is on the road.
+Walkers follow walkway centre lines and never enter the road.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulation.datasets.synthetic.network import Town
+from simulation.types import TrafficLightStatus
 
 PED_SIZE = (0.6, 0.6)  # length, width
 
@@ -36,6 +38,7 @@ class Pedestrians:
     state: np.ndarray
     linger: np.ndarray
     arrive_t: np.ndarray
+    light_col: np.ndarray  # (P,) traffic-light column that must be red before crossing, -1 for none
 
     def __len__(self) -> int:
         return int(self.a.shape[0])
@@ -58,9 +61,11 @@ class Pedestrians:
         size = np.broadcast_to(np.array(PED_SIZE), (len(self), 2))
         return np.concatenate([pos, h[:, None], vel, size], 1)
 
-    def step(self, t: float, dt: float, vehicle_boxes: np.ndarray) -> None:
-        """Advance by ``dt``; waiting crossers start when their line is clear of ``vehicle_boxes`` ``(V, 7)``."""
-        waiting = (self.state == 0) & (t >= self.start_t)
+    def step(self, t: float, dt: float, vehicle_boxes: np.ndarray, light: np.ndarray) -> None:
+        """Advance by ``dt``; waiting crossers start when their light column in ``light`` ``(L,)`` is red and
+        their line is clear of ``vehicle_boxes`` ``(V, 7)``."""
+        red = (self.light_col < 0) | (light[np.maximum(self.light_col, 0)] == TrafficLightStatus.RED)
+        waiting = (self.state == 0) & (t >= self.start_t) & red
         if waiting.any():
             clear = _line_clear(self.a[waiting], self.b[waiting], vehicle_boxes)
             idx = np.flatnonzero(waiting)
@@ -87,9 +92,11 @@ def _line_clear(a: np.ndarray, b: np.ndarray, boxes: np.ndarray, margin: float =
     return ~(dist < reach[None, :]).any(1)
 
 
-def spawn_pedestrians(town: Town, duration: float, density: float, rng: np.random.Generator) -> Pedestrians:
+def spawn_pedestrians(
+    town: Town, duration: float, density: float, rng: np.random.Generator, light_cols: dict[int, int]
+) -> Pedestrians:
     """Crossers at crosswalks, a few jaywalkers across roads and walkers along walkways."""
-    a, b, speed, start, crosser, linger = [], [], [], [], [], []
+    a, b, speed, start, crosser, linger, cols = [], [], [], [], [], [], []
     for fid in sorted(town.crosswalks):
         poly, _ = town.crosswalks[fid]
         ring = np.asarray(poly.exterior.coords)[:4]
@@ -102,6 +109,7 @@ def spawn_pedestrians(town: Town, duration: float, density: float, rng: np.rando
             start.append(rng.uniform(0, duration))
             crosser.append(True)
             linger.append(rng.uniform(1.0, 4.0))
+            cols.append(light_cols.get(town.crosswalk_signal.get(fid, -1), -1))
     lanes = sorted(p.fid for p in town.lanes if p.index == 0)
     for _ in range(rng.poisson(density * len(lanes) * 0.03)):  # jaywalkers: across a road away from crosswalks
         lane = town.paths[lanes[int(rng.integers(len(lanes)))]]
@@ -116,6 +124,7 @@ def spawn_pedestrians(town: Town, duration: float, density: float, rng: np.rando
         start.append(rng.uniform(0, duration))
         crosser.append(True)
         linger.append(1.0)
+        cols.append(-1)
     walks = sorted(town.walkways)
     for _ in range(rng.poisson(density * len(walks) * 0.5)):
         ring = np.asarray(town.walkways[walks[int(rng.integers(len(walks)))]].exterior.coords)
@@ -129,6 +138,7 @@ def spawn_pedestrians(town: Town, duration: float, density: float, rng: np.rando
         start.append(rng.uniform(-duration, duration * 0.8))
         crosser.append(False)
         linger.append(duration)
+        cols.append(-1)
     n = len(a)
     ped = Pedestrians(
         a=np.array(a).reshape(n, 2),
@@ -140,6 +150,7 @@ def spawn_pedestrians(town: Town, duration: float, density: float, rng: np.rando
         state=np.where(np.array(crosser, dtype=bool), 0, 1).astype(np.int64),
         linger=np.array(linger),
         arrive_t=np.full(n, np.inf),
+        light_col=np.array(cols, dtype=np.int64),
     )
     early = ~ped.crosser & (ped.start_t < 0)  # walkers already under way at t = 0
     ped.progress[early] = np.minimum(-ped.start_t[early] * ped.speed[early], ped.length[early] - 0.1)

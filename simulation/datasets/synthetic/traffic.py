@@ -67,6 +67,7 @@ class Objects:
     Attributes:
         seg: ``(O,)`` path fid the entry lies on. u: ``(O,)`` arc length of its centre on that path.
         v: ``(O,)`` speed. half: ``(O,)`` half length. owner: ``(O,)`` agent id.
+        min_d: ``(O,)`` only rows whose centre is more than this far behind see the entry (0: all rows behind).
     """
 
     seg: np.ndarray
@@ -74,6 +75,10 @@ class Objects:
     v: np.ndarray
     half: np.ndarray
     owner: np.ndarray
+    min_d: np.ndarray | None = None
+
+    def min_distance(self) -> np.ndarray:
+        return np.zeros(len(self.seg)) if self.min_d is None else self.min_d
 
 
 def register(bank: PathBank, s: np.ndarray, v: np.ndarray, half: np.ndarray, owner: np.ndarray) -> Objects:
@@ -98,7 +103,12 @@ def register(bank: PathBank, s: np.ndarray, v: np.ndarray, half: np.ndarray, own
 
 
 def merge_objects(parts: list[Objects]) -> Objects:
-    return Objects(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("seg", "u", "v", "half", "owner")))
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    return Objects(
+        cat("seg"), cat("u"), cat("v"), cat("half"), cat("owner"), np.concatenate([p.min_distance() for p in parts])
+    )
 
 
 def path_leaders(
@@ -114,7 +124,8 @@ def path_leaders(
     seg_start = np.take_along_axis(bank.seg_start, window, 1)
     match = seg_fid[:, :, None] == objs.seg[None, None, :]  # (N, W, O)
     d = seg_start[:, :, None] + objs.u[None, None, :] - s[:, None, None]
-    ok = match & (d > 0.0) & (d < horizon) & (objs.owner[None, None, :] != owner[:, None, None])
+    ok = match & (d > objs.min_distance()[None, None, :]) & (d < horizon)
+    ok &= objs.owner[None, None, :] != owner[:, None, None]
     d = np.where(ok, d, INF).min(1)  # (N, O)
     j = d.argmin(1)
     rows = np.arange(len(s))
@@ -140,7 +151,8 @@ def corridor_obstacles(
     Args:
         s: ``(N,)`` arc length of the reference point; front: ``(N,)`` its distance to the front bumper.
         radius: ``(N,)`` probe radius (half width plus a margin).
-        probes: ``(M,)`` probe distances ahead of the front bumper. lateral: ``(N,)`` left shift of the probes.
+        probes: ``(M,)`` probe distances ahead of the front bumper. lateral: ``(N,)`` or ``(N, M)`` left shift
+            of the probes.
 
     Returns:
         gap ``(N,)`` from the front bumper (``INF`` if clear), the box speed along the path ``(N,)``, its owner.
@@ -150,8 +162,9 @@ def corridor_obstacles(
         return np.full(n, INF), np.zeros(n), np.full(n, -1)
     q = bank.poses(s[:, None] + front[:, None] + probes[None, :])  # (N, M, 3)
     if lateral is not None:
-        q[..., 0] -= np.sin(q[..., 2]) * lateral[:, None]
-        q[..., 1] += np.cos(q[..., 2]) * lateral[:, None]
+        lat = np.broadcast_to(lateral.reshape(n, -1), q.shape[:2])
+        q[..., 0] -= np.sin(q[..., 2]) * lat
+        q[..., 1] += np.cos(q[..., 2]) * lat
     # candidate (row, box) pairs: box within reach of the probe span's bounding circle
     mid = q[:, len(probes) // 2, :2]
     reach = probes[-1] / 2 + radius + 1.0

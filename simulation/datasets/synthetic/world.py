@@ -81,7 +81,8 @@ class DriveRecord:
 
 def conflict_matrix(town: Town) -> tuple[np.ndarray, dict[int, int]]:
     """``(C, C)`` bool: connectors of one junction (not sharing their upstream lane) whose shrunk polygons cross,
-    or which both turn and run side by side (long boxes on parallel curves reach into the next lane)."""
+    or which leave the same roadblock, both turn and run side by side (long boxes on parallel curves reach into
+    the next lane)."""
     conns = sorted(town.connectors, key=lambda c: c.fid)
     index = {c.fid: i for i, c in enumerate(conns)}
     shrunk = [c.polygon.buffer(-0.35) for c in conns]
@@ -93,7 +94,8 @@ def conflict_matrix(town: Town) -> tuple[np.ndarray, dict[int, int]]:
             b = conns[j]
             if a.junction != b.junction or a.incoming[0] == b.incoming[0]:
                 continue
-            side = turning[i] and turning[j] and grown[i].intersects(b.polygon)  # long boxes on parallel curves
+            same_block = town.paths[a.incoming[0]].roadblock == town.paths[b.incoming[0]].roadblock
+            side = same_block and turning[i] and turning[j] and grown[i].intersects(b.polygon)  # parallel curves
             if side or shrunk[i].intersects(shrunk[j]):
                 out[i, j] = out[j, i] = True
     return out, index
@@ -201,6 +203,7 @@ class _Traffic:
     params: IDMParams
     conn_row: np.ndarray
     active: np.ndarray
+    wait: np.ndarray  # (N,) seconds each row has been yielding at a junction (fairness of claims)
 
 
 def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> DriveRecord:
@@ -223,12 +226,13 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         params=IDMParams.sample(len(s0), rng, cyclist),
         conn_row=np.zeros((0, 0), dtype=np.int64),
         active=np.ones(len(s0), dtype=bool),
+        wait=np.zeros(len(s0)),
     )
     tr.conn_row = np.vectorize(lambda f: conn_index.get(int(f), -1), otypes=[np.int64])(tr.bank.seg_fid)
     ego = EgoDriver(
         town, rng, light_cols, conn_index, [ego_lane], ego_s, blockers={k: b[7] for k, b in blockers.items()}
     )
-    peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng)
+    peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng, light_cols)
     static, static_types, static_h = _static_boxes(town, cfg, rng)
     if blockers:
         stopped = np.array([blockers[k][:7] for k in sorted(blockers)])
@@ -317,9 +321,13 @@ def _step(
         ego.conn_row,
         light,
     )
+    kf = kf - tr.wait + 1e-6 * owner  # who has waited longer goes first (no starvation)
+    ekf = ekf - ego.wait
     all_c = np.concatenate([cf, cr, ecf, ecr])
-    all_k = np.concatenate([kf + 1e-6 * owner, kr, ekf, ekr])
-    blocked = yield_blocked(np.concatenate([cf, ecf]), np.concatenate([kf + 1e-6 * owner, ekf]), all_c, all_k, conflict)
+    all_k = np.concatenate([kf, kr, ekf, ekr])
+    blocked = yield_blocked(np.concatenate([cf, ecf]), np.concatenate([kf, ekf]), all_c, all_k, conflict)
+    tr.wait = np.where(blocked[:-1], tr.wait + DT, 0.0)
+    ego.wait = ego.wait + DT if blocked[-1] else 0.0
     frame = ego.step(DT, light, bool(blocked[-1]), objs_t, all_boxes, all_owner, t_seg, t_u, tr.v[act])
     if n:
         objs = merge_objects([objs_t, ego.register()])
@@ -335,7 +343,7 @@ def _step(
         tr.s += np.maximum(tr.v * DT + 0.5 * acc * DT * DT, 0.0)
         tr.v = np.maximum(tr.v + acc * DT, 0.0)
         tr.active &= tr.s < tr.bank.length - half - 1.0
-    peds.step(t, DT, np.concatenate([veh[act], ego_box[None]], 0))
+    peds.step(t, DT, np.concatenate([veh[act], ego_box[None]], 0), light)
     return frame
 
 
