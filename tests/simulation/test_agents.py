@@ -240,3 +240,16 @@ def test_fixture_map_agent_stops_at_red_connector_then_goes():
     for _ in range(100):
         state = idm_step(state, ego, np.zeros((0, 7)), set(), 0.1)
     assert idm_boxes(state)[0, AgentIndex.X] - ox > 0.0
+
+
+def test_path_projection_round_trip():
+    from simulation.agents import _path_headings, _path_poses, _project, _resample
+
+    arc = np.stack([20 * np.sin(np.linspace(0, 1.5, 60)), 20 * (1 - np.cos(np.linspace(0, 1.5, 60)))], -1)
+    paths = np.stack([_resample(arc, 1.0)])
+    s = np.array([3.3])
+    pose = _path_poses(paths, s)
+    back, lateral = _project(paths, pose[:, None, :2], heading=_path_headings(paths))
+    assert back[0, 0] == pytest.approx(3.3, abs=0.02) and abs(lateral[0, 0]) < 0.02
+    left = pose[:, :2] + 1.5 * np.stack([-np.sin(pose[:, 2]), np.cos(pose[:, 2])], -1)
+    assert _project(paths, left[:, None])[1][0, 0] == pytest.approx(1.5, abs=0.05)
