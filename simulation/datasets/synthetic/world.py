@@ -81,8 +81,8 @@ class DriveRecord:
 
 def conflict_matrix(town: Town) -> tuple[np.ndarray, dict[int, int]]:
     """``(C, C)`` bool: connectors of one junction (not sharing their upstream lane) whose shrunk polygons cross,
-    or which leave the same roadblock, both turn and run side by side (long boxes on parallel curves reach into
-    the next lane)."""
+    which merge into the same lane, or which leave the same roadblock side by side with one of them turning
+    (long boxes on curves reach into the next lane)."""
     conns = sorted(town.connectors, key=lambda c: c.fid)
     index = {c.fid: i for i, c in enumerate(conns)}
     shrunk = [c.polygon.buffer(-0.35) for c in conns]
@@ -95,8 +95,9 @@ def conflict_matrix(town: Town) -> tuple[np.ndarray, dict[int, int]]:
             if a.junction != b.junction or a.incoming[0] == b.incoming[0]:
                 continue
             same_block = town.paths[a.incoming[0]].roadblock == town.paths[b.incoming[0]].roadblock
-            side = same_block and turning[i] and turning[j] and grown[i].intersects(b.polygon)  # parallel curves
-            if side or shrunk[i].intersects(shrunk[j]):
+            side = same_block and (turning[i] or turning[j]) and grown[i].intersects(b.polygon)  # swinging boxes
+            merge = a.outgoing[0] == b.outgoing[0]
+            if side or merge or shrunk[i].intersects(shrunk[j]):
                 out[i, j] = out[j, i] = True
     return out, index
 
