@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -214,3 +216,21 @@ def test_empty_map_and_no_agents():
     out = score_states(empty, straight_states(10.0)[None])
     assert out["drivable_area_compliance"][0] == 0.0 and out["no_at_fault_collisions"][0] == 1.0
     assert out["driving_direction_compliance"][0] == 0.0  # no on-route lane anywhere
+
+
+def test_pdm_scorer_wires_tracker_and_scoring(monkeypatch):
+    """PDMScorer hands the poses and the cached current state to the tracker and scores what it returns."""
+    seen = {}
+
+    def fake_simulate(current_state, poses):
+        seen["current"], seen["poses"] = current_state, poses
+        return np.stack([straight_states(10.0), straight_states(10.0, y=-3.5)])
+
+    fake = types.ModuleType("simulation.kinematics")
+    fake.simulate_proposals = fake_simulate
+    monkeypatch.setitem(sys.modules, "simulation.kinematics", fake)
+    cache = make_cache()
+    out = PDMScorer("v1").score(cache, np.zeros((2, 8, 3)))
+    assert seen["poses"].shape == (2, 8, 3) and np.array_equal(seen["current"], cache.current_state)
+    np.testing.assert_array_equal(out["drivable_area_compliance"], [1.0, 0.0])
+    np.testing.assert_allclose(out["score"], [1.0, 0.0])
