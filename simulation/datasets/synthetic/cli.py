@@ -8,6 +8,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -82,6 +83,10 @@ def validate(args: argparse.Namespace) -> tuple[int, int, float, int | str]:
             raise SynthParameterError(f"--workers {workers}: need at least 1")
     if args.plots < 0:
         raise SynthParameterError(f"--plots {args.plots}: must be >= 0")
+    try:
+        importlib.import_module("simulation.datasets.nuplan_db")
+    except ImportError as exc:
+        raise SynthParameterError(f"the nuPlan log writer is not available ({exc})") from exc
     return logs, towns, duration, workers
 
 
