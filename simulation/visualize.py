@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         written = _run(args)
-    except (VisualizationError, ValueError, OSError) as err:
+    except (VisualizationError, ValueError, OSError, ImportError) as err:
         print(f"diffplan viz: {err}", file=sys.stderr)
         return 1
     for path in written:
