@@ -161,8 +161,9 @@ class EgoDriver:
         room = lc_len + 15.0
         if fid in self.blockers and u < self.blockers[fid]:  # pass the stopped vehicle on the left
             want, left = lane.index - 1, self.blockers[fid] - VAN_HALF - (u + PACIFICA.front_length)
-            lc_len = max(self.v * 4.5, 12.0)
-            room = 0.8 * lc_len
+            if left < room:  # close to it: a short, slow pull-out
+                lc_len = max(self.v * 4.5, 12.0)
+                room = 0.8 * lc_len
         if want == lane.index or u < 5.0:
             return
         if left < room:
