@@ -24,7 +24,7 @@ ANTICIPATION = np.array([0.0, 4.0, 8.0, 14.0, 20.0, 30.0, 42.0, 56.0, 72.0])
 PROBES = np.arange(0.25, 26.0, 2.0)
 INF = 1e9
 #: Vehicles stop this far before the end of their lane (room for long boxes swinging out of the next lane).
-STOP_MARGIN = 2.5
+STOP_MARGIN = 3.5
 #: Claim a junction connector this many seconds before reaching it.
 CLAIM_HORIZON_S = 4.5
 #: Extra priority key of left turns and U-turns (seconds): they yield to oncoming traffic.
