@@ -1,0 +1,415 @@
+"""BEV-Warp: a functional, batched closed-loop environment in BEV space.
+
+``env.reset(scenes, maps) -> state`` precomputes every episode's tensors (:mod:`bev_warp.episodes`);
+``env.step(state, trajectories) -> (state, reward, done, info)`` is pure tensor math on ``env.device``:
+
+1. the plans (``(B, P, 3)`` poses in the current rear-axle frame, ``interval_s`` apart) become global references;
+2. the ego follows them for one replanning interval with the torch LQR tracker + kinematic bicycle at 0.1 s
+   (the reference is re-sampled from the plan at every 0.1 s, as the vector closed loop does);
+3. at every log frame passed, the vector world is checked against the logged (non-reactive) agents: at-fault
+   collision, drivable area (all four footprint corners), TTC, comfort, route progress, and the deviation from
+   the expert path (> 2 m or > 40 degrees terminates, RAD's rule);
+4. the planner's next observation is the logged raster (or encoder features) of the current planning frame
+   warped into the simulated ego frame (:func:`bev_warp.warp.warp_bev`), without re-rendering or re-encoding.
+
+Episodes that are done stay frozen; an episode whose planner failed (``planner_failed``) is terminated and
+reported with reason ``planner_failed`` while the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import IntEnum
+from typing import Any
+
+import torch
+
+from bev_warp import world
+from bev_warp.episodes import EpisodeBatch, build_episodes
+from bev_warp.kinematics import DEFAULT_TRACKER, TrackerParameters, normalize_angle, track_and_propagate
+from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
+from planners.features import PLANNER_RASTER
+from rewards.nuplan_collisions import (
+    AHEAD_ANGLE_RAD,
+    LEAST_MIN_TTC_S,
+    REAR_ANGLE_RAD,
+    STATIC_TYPES,
+    STOPPED_SPEED_THRESHOLD,
+)
+from simulation.render import RasterConfig
+from simulation.types import AgentIndex, LogWindow, StateIndex
+
+A, S = AgentIndex, StateIndex
+KINEMATIC_DT = 0.1
+SUB_REWARDS = ("collision", "drivable_area", "progress", "ttc", "comfort", "deviation")
+
+
+class TrajectoryError(ValueError):
+    """Plans handed to :meth:`BEVWarpEnv.step` have the wrong shape, device, or contain NaN / inf."""
+
+
+class DoneReason(IntEnum):
+    """Why an episode ended (``info['reason']``)."""
+
+    RUNNING = 0
+    COLLISION = 1
+    OFF_ROAD = 2
+    DEVIATION = 3
+    END_OF_LOG = 4
+    PLANNER_FAILED = 5
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """BEV-Warp settings.
+
+    Attributes:
+        replan_interval_s: simulated time per ``step`` (a multiple of the log interval and of 0.1 s).
+        plan_interval_s: time between the poses of the plans.
+        observation: ``raster`` (warped rasters), ``features`` (warped encoder features) or ``none``.
+        raster: planner raster layout (the encoder's input layout in ``features`` mode).
+        max_deviation_m / max_heading_deviation_rad: termination thresholds against the expert path.
+        weights: reward weights per sub-reward (progress in metres; penalties as 0/1 events).
+    """
+
+    replan_interval_s: float = 0.5
+    plan_interval_s: float = 0.5
+    observation: str = "raster"
+    raster: RasterConfig = PLANNER_RASTER
+    max_deviation_m: float = 2.0
+    max_heading_deviation_rad: float = math.radians(40.0)
+    fill_value: float = 0.0
+    grid_res: float = 0.25
+    tracker: TrackerParameters = DEFAULT_TRACKER
+    weights: tuple[tuple[str, float], ...] = (
+        ("collision", 1.0),
+        ("drivable_area", 1.0),
+        ("progress", 0.1),
+        ("ttc", 0.5),
+        ("comfort", 0.1),
+        ("deviation", 1.0),
+    )
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """Batched state after ``step_index`` planning steps; every tensor is on the episodes' device.
+
+    Attributes:
+        episodes: precomputed episode tensors.
+        ego: ``(B, 11)`` float64 simulated ego state.
+        frame: ``(B,)`` long, current log frame (0 = the first simulated one).
+        done: ``(B,)`` bool; reason: ``(B,)`` long :class:`DoneReason`.
+        route_s0 / route_s: ``(B,)`` route arc length at the start / now.
+        totals: per sub-reward ``(B,)`` episode sums; flags: per check ``(B,)`` bool (ever violated).
+    """
+
+    episodes: EpisodeBatch
+    ego: torch.Tensor
+    frame: torch.Tensor
+    step_index: int
+    done: torch.Tensor
+    reason: torch.Tensor
+    route_s0: torch.Tensor
+    route_s: torch.Tensor
+    totals: dict[str, torch.Tensor]
+    flags: dict[str, torch.Tensor]
+
+
+class BEVWarpEnv:
+    """Holds the configuration (and an optional frozen encoder); the state travels in :class:`EnvState`."""
+
+    def __init__(
+        self,
+        config: EnvConfig | None = None,
+        device: str | torch.device = "cpu",
+        encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.config = config or EnvConfig()
+        self.device = torch.device(device)
+        self.encoder = encoder
+        if self.config.observation not in ("raster", "features", "none"):
+            raise ValueError(f"EnvConfig.observation must be raster, features or none, got {self.config.observation}")
+        if self.config.observation == "features" and encoder is None:
+            raise ValueError("EnvConfig.observation='features' needs an encoder")
+        ratio = self.config.replan_interval_s / KINEMATIC_DT
+        if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(f"replan interval {self.config.replan_interval_s} s is not a multiple of 0.1 s")
+        self.substeps = int(round(ratio))
+        in_ch = getattr(encoder, "in_channels", None)
+        if in_ch is not None and in_ch != len(self.config.raster.channels):
+            raise ValueError(
+                f"encoder expects {in_ch} raster channels, the raster layout has {len(self.config.raster.channels)}"
+            )
+
+    # ------------------------------------------------------------------------------------------------
+
+    def reset(self, scenes: Sequence[LogWindow], maps: Sequence[Any] | Any) -> EnvState:
+        """Initial state of a batch of scenes (``maps``: one MapAPI per scene, or one for all)."""
+        map_list = list(maps) if isinstance(maps, (list, tuple)) else [maps] * len(scenes)
+        cfg = self.config
+        raster = None if cfg.observation == "none" else cfg.raster
+        enc = self.encoder if cfg.observation == "features" else None
+        ep = build_episodes(scenes, map_list, cfg.replan_interval_s, raster, self.device, enc, cfg.grid_res)
+        ego = ep.ego[:, 0].clone()
+        s0, _, _ = world.project(ego[:, :2], ep.route)
+        b = ep.batch_size
+        zeros = torch.zeros(b, dtype=torch.float64, device=self.device)
+        false = torch.zeros(b, dtype=torch.bool, device=self.device)
+        return EnvState(
+            episodes=ep,
+            ego=ego,
+            frame=torch.zeros(b, dtype=torch.long, device=self.device),
+            step_index=0,
+            done=false.clone(),
+            reason=torch.zeros(b, dtype=torch.long, device=self.device),
+            route_s0=s0,
+            route_s=s0.clone(),
+            totals={k: zeros.clone() for k in SUB_REWARDS},
+            flags={k: false.clone() for k in ("collision", "drivable_area", "ttc", "comfort", "deviation")},
+        )
+
+    def observe(self, state: EnvState) -> torch.Tensor:
+        """``(B, C, H, W)`` logged observations of the current planning frame warped into the simulated frames."""
+        obs = state.episodes.observations
+        if obs is None:
+            raise ValueError("this environment was built with observation='none'")
+        b = state.episodes.batch_size
+        k = min(state.step_index, obs.shape[1] - 1)
+        rows = torch.arange(b, device=obs.device)
+        logged = state.episodes.ego[rows, state.frame, :3]
+        stride = self.config.raster.height_px // obs.shape[-2]
+        geom = RasterGeometry.from_raster_config(self.config.raster, stride)
+        dev = relative_pose(logged, state.ego[:, :3])
+        return warp_bev(obs[:, k].float(), dev, geom, self.config.fill_value)
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _check(self, state: EnvState, trajectories: torch.Tensor, failed: torch.Tensor) -> None:
+        b = state.episodes.batch_size
+        if not isinstance(trajectories, torch.Tensor):
+            raise TrajectoryError(f"trajectories must be a torch tensor (B, P, 3), got {type(trajectories).__name__}")
+        if trajectories.dim() != 3 or trajectories.shape[0] != b or trajectories.shape[2] != 3:
+            raise TrajectoryError(f"trajectories must be ({b}, P, 3), got {tuple(trajectories.shape)}")
+        if trajectories.device != state.ego.device:
+            raise TrajectoryError(f"trajectories on {trajectories.device}, environment state on {state.ego.device}")
+        bad = ~torch.isfinite(trajectories).all(-1).all(-1) & ~failed & ~state.done
+        if bool(bad.any()):
+            ids = [state.episodes.tokens[i] for i in torch.nonzero(bad).flatten().tolist()[:5]]
+            raise TrajectoryError(
+                f"trajectories of running episodes {ids} contain NaN or inf (flag them planner_failed)"
+            )
+
+    def step(
+        self, state: EnvState, trajectories: torch.Tensor, planner_failed: torch.Tensor | None = None
+    ) -> tuple[EnvState, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Advance every running episode by one replanning interval following ``trajectories`` ``(B, P, 3)``.
+
+        Returns:
+            state, reward ``(B,)`` float64, done ``(B,)`` bool and info: ``rewards`` (per sub-reward ``(B,)``),
+            ``reason`` ``(B,)`` (:class:`DoneReason`), ``episode`` (per-episode summary, see :meth:`summary`).
+        """
+        ep, dev = state.episodes, state.ego.device
+        failed = torch.zeros_like(state.done) if planner_failed is None else planner_failed.to(dev).bool()
+        self._check(state, trajectories, failed)
+        active = ~state.done & ~failed
+        plan = torch.where(
+            active[:, None, None], trajectories.to(torch.float64), torch.zeros_like(trajectories, dtype=torch.float64)
+        )
+        times, poses = _plan_to_global(plan, state.ego, self.config.plan_interval_s)
+        subs_per_frame = max(1, int(round(ep.log_dt / KINEMATIC_DT)))
+        ego, prev, states = state.ego, state.ego, []
+        for j in range(self.substeps):
+            ref = _sample(
+                times, poses, j * KINEMATIC_DT + torch.arange(41, device=dev, dtype=torch.float64) * KINEMATIC_DT
+            )
+            nxt = track_and_propagate(ego, ref, KINEMATIC_DT, steps=1, params=self.config.tracker)[:, 1]
+            ego = torch.where(active[:, None], nxt, ego)
+            states.append(ego)
+        comfort_ok = world.comfortable(torch.stack(states, 1), prev, KINEMATIC_DT)
+        checks = self._frames(state, states[subs_per_frame - 1 :: subs_per_frame], active)
+        return self._finish(state, ego, active, failed, comfort_ok, checks)
+
+    def _frames(
+        self, state: EnvState, frame_states: list[torch.Tensor], active: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Collision / drivable / TTC / deviation flags ``(B,)`` over the log frames passed in this step."""
+        ep = state.episodes
+        rows = torch.arange(ep.batch_size, device=active.device)
+        last = ep.num_frames - 1
+        out = {k: torch.zeros_like(active) for k in ("collision", "drivable_area", "ttc", "deviation")}
+        frame = state.frame
+        for ego in frame_states:
+            frame = torch.minimum(frame + 1, last)
+            boxes, valid = ep.boxes[rows, frame], ep.valid[rows, frame]
+            hit = world.overlap(world.ego_corners(ego[:, None, :3]), world.agent_corners(boxes)) & valid
+            out["collision"] |= (hit & _at_fault(ego, boxes, ep.types)).any(-1)
+            corners = world.ego_corners(ego[:, :3])
+            out["drivable_area"] |= ~world.in_grid(corners, ep.drivable, ep.grid_origin, ep.grid_res).all(-1)
+            out["ttc"] |= _ttc_violation(ego, boxes, valid & ~hit, ep.types)
+            out["deviation"] |= _deviation(ego, ep.ego[:, :, :3], ep.num_frames, self.config)
+        out["frame"] = frame
+        return {k: v & active if v.dtype == torch.bool else v for k, v in out.items()}
+
+    def _finish(
+        self,
+        state: EnvState,
+        ego: torch.Tensor,
+        active: torch.Tensor,
+        failed: torch.Tensor,
+        comfort_ok: torch.Tensor,
+        checks: dict[str, torch.Tensor],
+    ) -> tuple[EnvState, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        ep = state.episodes
+        frame = torch.where(active, checks["frame"], state.frame)
+        s, _, _ = world.project(ego[:, :2], ep.route)
+        s = torch.where(active, s, state.route_s)
+        sub = {
+            "collision": -checks["collision"].double(),
+            "drivable_area": -checks["drivable_area"].double(),
+            "progress": s - state.route_s,
+            "ttc": -checks["ttc"].double(),
+            "comfort": -(~comfort_ok & active).double(),
+            "deviation": -checks["deviation"].double(),
+        }
+        weights = dict(self.config.weights)
+        reward = sum(weights.get(k, 0.0) * v for k, v in sub.items())
+        reason = state.reason.clone()
+        newly = torch.zeros_like(active)
+        for code, cond in (
+            (DoneReason.PLANNER_FAILED, failed & ~state.done),
+            (DoneReason.COLLISION, checks["collision"]),
+            (DoneReason.OFF_ROAD, checks["drivable_area"]),
+            (DoneReason.DEVIATION, checks["deviation"]),
+            (DoneReason.END_OF_LOG, active & (frame >= ep.num_frames - 1)),
+        ):
+            set_now = cond & ~newly & ~state.done
+            reason[set_now] = int(code)
+            newly |= set_now
+        flags = {k: v | (checks[k] if k != "comfort" else (~comfort_ok & active)) for k, v in state.flags.items()}
+        new = replace(
+            state,
+            ego=ego,
+            frame=frame,
+            step_index=state.step_index + 1,
+            done=state.done | newly,
+            reason=reason,
+            route_s=s,
+            totals={k: state.totals[k] + sub[k] for k in SUB_REWARDS},
+            flags=flags,
+        )
+        info = {"rewards": sub, "reason": reason, "episode": summary(new)}
+        return new, torch.as_tensor(reward, dtype=torch.float64, device=ego.device), new.done.clone(), info
+
+
+def summary(state: EnvState) -> dict[str, torch.Tensor]:
+    """Per-episode ``(B,)`` results so far: flags, progress (m and ratio to the expert's) and a nuPlan-like score.
+
+    ``score = no_at_fault_collision * drivable * (5 progress_ratio + 5 ttc_ok + 2 comfortable) / 12``.
+    """
+    ep = state.episodes
+    rows = torch.arange(ep.batch_size, device=state.ego.device)
+    expert_end = ep.ego[rows, ep.num_frames - 1, :2]
+    expert_s, _, _ = world.project(expert_end, ep.route)
+    expert = (expert_s - state.route_s0).clamp_min(0.0)
+    progress = state.route_s - state.route_s0
+    ratio = torch.where(expert > 5.0, (progress / expert.clamp_min(1e-6)).clamp(0.0, 1.0), torch.ones_like(progress))
+    no_col = (~state.flags["collision"]).double()
+    drivable = (~state.flags["drivable_area"]).double()
+    ttc = (~state.flags["ttc"]).double()
+    comfort = (~state.flags["comfort"]).double()
+    return {
+        "collision": state.flags["collision"],
+        "off_road": state.flags["drivable_area"],
+        "deviation": state.flags["deviation"],
+        "progress_m": progress,
+        "expert_progress_m": expert,
+        "progress_ratio": ratio,
+        "ttc_ok": ttc.bool(),
+        "comfortable": comfort.bool(),
+        "score": no_col * drivable * (5 * ratio + 5 * ttc + 2 * comfort) / 12.0,
+        "steps": torch.full_like(progress, float(state.step_index)),
+        "reason": state.reason,
+    }
+
+
+def _plan_to_global(plan: torch.Tensor, ego: torch.Tensor, interval: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Times ``(P + 1,)`` and global poses ``(B, P + 1, 3)`` of local plans ``(B, P, 3)``, current pose first."""
+    c, s = torch.cos(ego[:, None, 2]), torch.sin(ego[:, None, 2])
+    x = ego[:, None, 0] + c * plan[..., 0] - s * plan[..., 1]
+    y = ego[:, None, 1] + s * plan[..., 0] + c * plan[..., 1]
+    h = ego[:, None, 2] + plan[..., 2]
+    poses = torch.cat([ego[:, None, :3], torch.stack([x, y, h], -1)], 1)
+    times = torch.arange(plan.shape[1] + 1, dtype=torch.float64, device=plan.device) * interval
+    return times, poses
+
+
+def _sample(times: torch.Tensor, poses: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Poses ``(B, Q, 3)`` at ``query`` ``(Q,)`` (linear; unwrapped heading; clamped to the ends)."""
+    q = query.clamp(float(times[0]), float(times[-1]))
+    idx = torch.searchsorted(times, q, right=True).clamp(1, len(times) - 1)
+    t0, t1 = times[idx - 1], times[idx]
+    w = ((q - t0) / (t1 - t0))[None, :, None]
+    heading = poses[..., 2]
+    unwrapped = torch.cat([heading[:, :1], heading[:, :1] + torch.cumsum(normalize_angle(heading.diff(dim=1)), 1)], 1)
+    p = torch.cat([poses[..., :2], unwrapped[..., None]], -1)
+    out = p[:, idx - 1] * (1 - w) + p[:, idx] * w
+    return torch.cat([out[..., :2], normalize_angle(out[..., 2:])], -1)
+
+
+def _at_fault(ego: torch.Tensor, boxes: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` bool: a collision with that box would be the ego's fault (nuPlan's types, lateral = at fault)."""
+    ego_speed = torch.hypot(ego[:, S.VX], ego[:, S.VY])
+    d = boxes[..., :2] - ego[:, None, :2]
+    ang = normalize_angle(torch.atan2(d[..., 1], d[..., 0]) - ego[:, None, 2]).abs()
+    rear = ang > REAR_ANGLE_RAD
+    return (ego_speed[:, None] > STOPPED_SPEED_THRESHOLD) & ~rear
+
+
+def _ttc_violation(ego: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: with constant velocities, the ego box would hit a track ahead within 0.95 s."""
+    speed = torch.hypot(ego[:, S.VX], ego[:, S.VY])
+    d = boxes[..., :2] - ego[:, None, :2]
+    ang = normalize_angle(torch.atan2(d[..., 1], d[..., 0]) - ego[:, None, 2]).abs()
+    static = torch.isin(types, torch.tensor([int(t) for t in STATIC_TYPES], device=types.device))
+    trk_v = torch.where(static[..., None], torch.zeros_like(boxes[..., 3:5]), boxes[..., 3:5])
+    relevant = valid & (ang < AHEAD_ANGLE_RAD) & (speed[:, None] > 5e-3)
+    hit = torch.zeros_like(relevant)
+    for t in torch.arange(1, int(LEAST_MIN_TTC_S / 0.1) + 1).tolist():
+        dt = t * 0.1
+        pose = ego[:, :3].clone()
+        pose[:, 0] += speed * torch.cos(ego[:, 2]) * dt
+        pose[:, 1] += speed * torch.sin(ego[:, 2]) * dt
+        moved = boxes.clone()
+        moved[..., :2] += trk_v * dt
+        hit |= world.overlap(world.ego_corners(pose[:, None]), world.agent_corners(moved))
+    return (hit & relevant).any(-1)
+
+
+def _deviation(ego: torch.Tensor, expert: torch.Tensor, num_frames: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
+    """``(B,)`` bool: farther than ``max_deviation_m`` from the expert path or heading off by more than the limit."""
+    _, dist, k = world.project(ego[:, :2], expert[..., :2])
+    rows = torch.arange(len(k), device=k.device)
+    ref_heading = expert[rows, k.clamp(max=expert.shape[1] - 1), 2]
+    head = normalize_angle(ego[:, 2] - ref_heading).abs()
+    return (dist > cfg.max_deviation_m) | (head > cfg.max_heading_deviation_rad)
+
+
+def expert_trajectories(state: EnvState, num_poses: int = 8, interval_s: float = 0.5) -> torch.Tensor:
+    """``(B, num_poses, 3)`` logged future poses (clamped to each log's end) in the simulated ego frames."""
+    ep = state.episodes
+    step = max(1, int(round(interval_s / ep.log_dt)))
+    idx = state.frame[:, None] + step * torch.arange(1, num_poses + 1, device=state.frame.device)
+    last = (ep.num_frames - 1)[:, None]
+    beyond = (idx - last).clamp_min(0).to(torch.float64) * ep.log_dt  # past the log's end: constant velocity
+    idx = torch.minimum(idx, last)
+    poses = torch.gather(ep.ego[..., :3], 1, idx[..., None].expand(-1, -1, 3)).clone()
+    end = torch.gather(ep.ego, 1, last[..., None].expand(-1, -1, ep.ego.shape[-1]))[:, 0]
+    poses[..., 0] += beyond * end[:, None, S.VX] * torch.cos(end[:, None, S.HEADING])
+    poses[..., 1] += beyond * end[:, None, S.VX] * torch.sin(end[:, None, S.HEADING])
+    d = poses[..., :2] - state.ego[:, None, :2]
+    c, s = torch.cos(state.ego[:, None, 2]), torch.sin(state.ego[:, None, 2])
+    x, y = c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]
+    return torch.stack([x, y, normalize_angle(poses[..., 2] - state.ego[:, None, 2])], -1)

@@ -1,0 +1,101 @@
+"""Vector-world checks of BEV-Warp in torch: box overlap, point-in-grid, polyline projection, comfort bounds.
+
+All functions are batched over episodes ``B`` and keep their inputs' device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rewards.comfort import (
+    MAX_ABS_LAT_ACCEL,
+    MAX_ABS_LON_JERK,
+    MAX_ABS_YAW_ACCEL,
+    MAX_ABS_YAW_RATE,
+    MAX_LON_ACCEL,
+    MIN_LON_ACCEL,
+)
+from simulation.types import PACIFICA, AgentIndex, StateIndex
+
+A, S = AgentIndex, StateIndex
+
+
+def box_corners(
+    x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, length: torch.Tensor, width: torch.Tensor
+) -> torch.Tensor:
+    """``(..., 4, 2)`` corners (front-left, rear-left, rear-right, front-right) of oriented boxes."""
+    c, s = torch.cos(h), torch.sin(h)
+    hl, hw = length / 2, width / 2
+    sx = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=x.dtype, device=x.device)
+    sy = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=x.dtype, device=x.device)
+    lx, ly = sx * hl[..., None], sy * hw[..., None]
+    return torch.stack(
+        [x[..., None] + c[..., None] * lx - s[..., None] * ly, y[..., None] + s[..., None] * lx + c[..., None] * ly], -1
+    )
+
+
+def ego_corners(poses: torch.Tensor) -> torch.Tensor:
+    """``(..., 4, 2)`` Pacifica footprint corners of rear-axle poses ``(..., 3)``."""
+    off = PACIFICA.rear_axle_to_center
+    cx = poses[..., 0] + off * torch.cos(poses[..., 2])
+    cy = poses[..., 1] + off * torch.sin(poses[..., 2])
+    full = torch.ones_like(cx)
+    return box_corners(cx, cy, poses[..., 2], full * PACIFICA.length, full * PACIFICA.width)
+
+
+def agent_corners(boxes: torch.Tensor) -> torch.Tensor:
+    """``(..., 4, 2)`` corners of agent boxes ``(..., 7)``."""
+    return box_corners(
+        boxes[..., A.X], boxes[..., A.Y], boxes[..., A.HEADING], boxes[..., A.LENGTH], boxes[..., A.WIDTH]
+    )
+
+
+def overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Separating-axis test of convex quads ``a`` ``(..., 4, 2)`` and ``b`` (broadcast); ``(...)`` bool."""
+    a, b = torch.broadcast_tensors(a, b)
+    edges = torch.cat([a[..., [1, 2], :] - a[..., [0, 1], :], b[..., [1, 2], :] - b[..., [0, 1], :]], -2)
+    axes = torch.stack([-edges[..., 1], edges[..., 0]], -1)  # (..., 4, 2)
+    pa = torch.einsum("...kd,...cd->...kc", axes, a)
+    pb = torch.einsum("...kd,...cd->...kc", axes, b)
+    separated = (pa.amax(-1) < pb.amin(-1)) | (pb.amax(-1) < pa.amin(-1))
+    return ~separated.any(-1)
+
+
+def in_grid(points: torch.Tensor, grid: torch.Tensor, origin: torch.Tensor, res: float) -> torch.Tensor:
+    """Whether points ``(B, K, 2)`` fall in True cells of ``grid`` ``(B, GH, GW)`` (outside the grid: False)."""
+    rel = (points - origin[:, None, :]) / res
+    j, i = torch.floor(rel[..., 0]).long(), torch.floor(rel[..., 1]).long()
+    h, w = grid.shape[1:]
+    ok = (i >= 0) & (i < h) & (j >= 0) & (j < w)
+    flat = grid.reshape(grid.shape[0], -1)
+    idx = (i.clamp(0, h - 1) * w + j.clamp(0, w - 1)).reshape(grid.shape[0], -1)
+    return ok & torch.gather(flat, 1, idx).reshape(ok.shape)
+
+
+def project(points: torch.Tensor, line: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest points of polylines ``(B, M, 2)`` to points ``(B, 2)``: arc length, distance, segment index ``(B,)``."""
+    a, d = line[:, :-1], line[:, 1:] - line[:, :-1]
+    seg = torch.linalg.norm(d, dim=-1)
+    t = (((points[:, None] - a) * d).sum(-1) / (seg**2).clamp_min(1e-12)).clamp(0.0, 1.0)
+    near = a + t[..., None] * d
+    dist = torch.linalg.norm(points[:, None] - near, dim=-1)
+    k = dist.argmin(-1)
+    cum = torch.nn.functional.pad(torch.cumsum(seg, -1), (1, 0))
+    rows = torch.arange(len(k), device=k.device)
+    return cum[rows, k] + t[rows, k] * seg[rows, k], dist[rows, k], k
+
+
+def comfortable(states: torch.Tensor, prev: torch.Tensor, dt: float) -> torch.Tensor:
+    """``(B,)`` bool: the ego states ``(B, K, 11)`` (``prev`` ``(B, 11)`` just before) stay in nuPlan's comfort bounds.
+
+    Raw per-step values (no Savitzky-Golay filter): longitudinal / lateral acceleration, longitudinal jerk,
+    yaw rate and yaw acceleration.
+    """
+    seq = torch.cat([prev[:, None], states], 1)
+    ax = seq[:, 1:, S.AX]
+    lat = seq[:, 1:, S.VX] * seq[:, 1:, S.YAW_RATE]
+    jerk = (seq[:, 1:, S.AX] - seq[:, :-1, S.AX]) / dt
+    ok = (ax >= MIN_LON_ACCEL) & (ax <= MAX_LON_ACCEL) & (lat.abs() <= MAX_ABS_LAT_ACCEL)
+    ok &= (jerk.abs() <= MAX_ABS_LON_JERK) & (seq[:, 1:, S.YAW_RATE].abs() <= MAX_ABS_YAW_RATE)
+    ok &= seq[:, 1:, S.YAW_ACCEL].abs() <= MAX_ABS_YAW_ACCEL
+    return ok.all(-1)
