@@ -1,0 +1,301 @@
+"""Ego tracking and propagation: LQR tracker + kinematic bicycle, vectorised over candidates.
+
+The scorer and the closed loop move the ego the way nuPlan's ``TwoStageController`` and NAVSIM's
+batched PDM simulator do (specs/navsim.md §3.2-3.5, specs/nuplan.md §3):
+
+1. :func:`interpolate_trajectory` turns planned poses (current rear-axle frame) into a global
+   reference at 10 Hz with the current pose prepended (linear x, y; unwrapped linear heading).
+2. :func:`fit_reference_profiles` fits velocity / curvature profiles to the reference once by
+   regularised least squares (jerk and curvature-rate penalties).
+3. Each 0.1 s step :func:`lqr_commands` computes acceleration and steering-rate commands (stopping
+   P-controller near standstill, else one-step longitudinal and 10-step lateral LQR) and
+   :func:`propagate_bicycle` integrates the kinematic bicycle with first-order actuator lags.
+
+States are ``(..., 11)`` arrays indexed by :class:`~simulation.types.StateIndex` (rear axle,
+velocities / accelerations in the ego frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulation.geometry import local_to_global, normalize_angle
+from simulation.types import PACIFICA, STATE_DIM, StateIndex
+
+S = StateIndex
+
+
+@dataclass(frozen=True)
+class LQRParameters:
+    """nuPlan ``lqr_tracker.yaml`` / NAVSIM ``BatchLQRTracker`` defaults."""
+
+    q_longitudinal: float = 10.0
+    r_longitudinal: float = 1.0
+    q_lateral: tuple[float, float, float] = (1.0, 10.0, 0.0)  # lateral error, heading error, steering angle
+    r_lateral: float = 1.0
+    discretization_time: float = 0.1
+    tracking_horizon: int = 10
+    jerk_penalty: float = 1e-4
+    curvature_rate_penalty: float = 1e-2
+    initial_curvature_penalty: float = 1e-10
+    stopping_proportional_gain: float = 0.5
+    stopping_velocity: float = 0.2
+    wheel_base: float = PACIFICA.wheel_base
+
+
+@dataclass(frozen=True)
+class BicycleParameters:
+    """nuPlan ``kinematic_bicycle_model.yaml`` defaults (Pacifica wheel base)."""
+
+    wheel_base: float = PACIFICA.wheel_base
+    max_steering_angle: float = np.pi / 3
+    accel_time_constant: float = 0.2
+    steering_angle_time_constant: float = 0.05
+
+
+DEFAULT_LQR = LQRParameters()
+DEFAULT_BICYCLE = BicycleParameters()
+#: NAVSIM's scoring sampling: 40 steps of 0.1 s (41 states with the current one).
+NUM_STEPS = 40
+DT = 0.1
+
+
+def interpolate_trajectory(
+    poses_local: np.ndarray,
+    current_state: np.ndarray,
+    interval_s: float = 0.5,
+    num_steps: int = NUM_STEPS,
+    dt: float = DT,
+) -> np.ndarray:
+    """Global reference poses ``(B, num_steps + 1, 3)`` at ``0, dt, ...`` from planned local poses.
+
+    Args:
+        poses_local: ``(B, P, 3)`` (or ``(P, 3)``) poses at ``interval_s, 2 interval_s, ...`` in the current
+            rear-axle frame.
+        current_state: ``(11,)`` current ego state (its pose is prepended at t = 0).
+
+    x and y are interpolated linearly, the heading linearly after unwrapping (nuPlan's
+    ``InterpolatedTrajectory``); query times past the plan's end are clamped to its last pose.
+    """
+    poses_local = np.asarray(poses_local, dtype=np.float64)
+    if poses_local.ndim == 2:
+        poses_local = poses_local[None]
+    if poses_local.ndim != 3 or poses_local.shape[-1] != 3:
+        raise ValueError(f"interpolate_trajectory: poses must be (B, P, 3), got {poses_local.shape}")
+    origin = np.asarray(current_state, dtype=np.float64)[:3]
+    batch, num_poses = poses_local.shape[:2]
+    glob = local_to_global(poses_local.reshape(-1, 3), origin[None]).reshape(batch, num_poses, 3)
+    knots = np.concatenate([np.broadcast_to(origin, (batch, 1, 3)), glob], axis=1)  # (B, P + 1, 3)
+    knots[..., 2] = np.unwrap(knots[..., 2], axis=1)
+    times = np.arange(num_poses + 1) * interval_s
+    query = np.clip(np.arange(num_steps + 1) * dt, 0.0, times[-1])
+    idx = np.clip(np.searchsorted(times, query, side="right") - 1, 0, num_poses - 1)
+    frac = ((query - times[idx]) / (times[idx + 1] - times[idx]))[None, :, None]
+    out = knots[:, idx] + frac * (knots[:, idx + 1] - knots[:, idx])
+    out[..., 2] = normalize_angle(out[..., 2])
+    return out
+
+
+def _design_matrix(num: int, dt: float) -> np.ndarray:
+    """``M``: row k = ``[dt, dt^2 (k times), 0, ...]`` (initial value + integrated derivatives)."""
+    matrix = np.tril(np.full((num, num), dt * dt))
+    matrix[:, 0] = dt
+    matrix[0, 1:] = 0.0
+    return matrix
+
+
+def _difference_matrix(rows: int) -> np.ndarray:
+    """``(rows, rows + 1)``: applied to ``x`` gives ``x[1:] - x[:-1]``."""
+    return np.eye(rows, rows + 1, k=1) - np.eye(rows, rows + 1)
+
+
+def _integrate_profile(initial: np.ndarray, derivatives: np.ndarray, dt: float) -> np.ndarray:
+    """``(B, N + 1)`` profile from ``initial (B,)`` and ``derivatives (B, N)``."""
+    cumsum = np.cumsum(derivatives * dt, axis=-1)
+    return initial[:, None] + np.concatenate([np.zeros_like(initial)[:, None], cumsum], axis=-1)
+
+
+def fit_reference_profiles(reference: np.ndarray, params: LQRParameters = DEFAULT_LQR) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity and curvature profiles ``(B, T - 1)`` each, fitted to reference poses ``(B, T, 3)``.
+
+    Velocity: minimise ``||d_xy - A [v0, a]||^2 + jerk_penalty ||diff(a)||^2`` where each displacement is
+    ``dt (v0 + dt sum a) (cos, sin)(heading_k)``. Curvature: minimise ``||d_psi - A [k0, k']||^2`` with
+    ``A = v_k dt M`` and ridge ``diag(1e-10, curvature_rate_penalty, ...)``.
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    dt = params.discretization_time
+    diffs = np.diff(reference, axis=1)  # (B, N, 3)
+    num = diffs.shape[1]
+    if num < 3:
+        raise ValueError(f"fit_reference_profiles: need at least 4 reference poses, got {num + 1}")
+    design = _design_matrix(num, dt)
+    heading = reference[:, :-1, 2]
+    # The heading rotation drops out of A^T A (cos^2 + sin^2 = 1): only the projected displacement remains.
+    along = np.cos(heading) * diffs[..., 0] + np.sin(heading) * diffs[..., 1]  # (B, N)
+    jerk = np.concatenate([np.zeros((num - 2, 1)), _difference_matrix(num - 2)], axis=1)
+    normal = design.T @ design + params.jerk_penalty * jerk.T @ jerk
+    solution = np.linalg.solve(normal, design.T @ along.T).T  # (B, N)
+    velocity = _integrate_profile(solution[:, 0], solution[:, 1:], dt)
+
+    heading_steps = normalize_angle(diffs[..., 2])
+    a_curv = velocity[:, :, None] * design[None]  # (B, N, N)
+    ridge = np.full(num, params.curvature_rate_penalty)
+    ridge[0] = params.initial_curvature_penalty
+    normal_c = np.einsum("bki,bkj->bij", a_curv, a_curv) + np.diag(ridge)[None]
+    rhs = np.einsum("bki,bk->bi", a_curv, heading_steps)
+    sol_c = np.linalg.solve(normal_c, rhs[..., None])[..., 0]
+    curvature = _integrate_profile(sol_c[:, 0], sol_c[:, 1:], dt)
+    return velocity, curvature
+
+
+def _lateral_lqr(
+    lateral_state: np.ndarray, velocity: np.ndarray, curvature: np.ndarray, params: LQRParameters
+) -> np.ndarray:
+    """Steering-rate commands ``(B,)`` from lateral states ``(B, 3)`` and profiles ``(B, H)``."""
+    dt, batch = params.discretization_time, lateral_state.shape[0]
+    a_total = np.broadcast_to(np.eye(3), (batch, 3, 3)).copy()
+    b_total = np.zeros((batch, 3))
+    g_total = np.zeros((batch, 3))
+    step = np.broadcast_to(np.eye(3), (batch, 3, 3)).copy()
+    for k in range(velocity.shape[1]):
+        step[:, 0, 1] = velocity[:, k] * dt
+        step[:, 1, 2] = velocity[:, k] * dt / params.wheel_base
+        a_total = np.einsum("bij,bjk->bik", step, a_total)
+        b_total = np.einsum("bij,bj->bi", step, b_total)
+        b_total[:, 2] += dt
+        g_total = np.einsum("bij,bj->bi", step, g_total)
+        g_total[:, 1] -= velocity[:, k] * curvature[:, k] * dt
+    error = np.einsum("bij,bj->bi", a_total, lateral_state) + g_total
+    error[:, 1] = normalize_angle(error[:, 1])
+    q = np.asarray(params.q_lateral)
+    return -(b_total * q * error).sum(-1) / ((b_total * q * b_total).sum(-1) + params.r_lateral)
+
+
+def lqr_commands(
+    states: np.ndarray,
+    reference: np.ndarray,
+    time_index: int = 0,
+    profiles: tuple[np.ndarray, np.ndarray] | None = None,
+    params: LQRParameters = DEFAULT_LQR,
+) -> np.ndarray:
+    """Commands ``(B, 2)`` (acceleration, steering rate) that track ``reference`` from ``time_index``.
+
+    Args:
+        states: ``(B, 11)`` current ego states.
+        reference: ``(B, T, 3)`` global reference poses at ``discretization_time`` spacing; index
+            ``time_index`` is the reference pose of now.
+        profiles: velocity / curvature profiles from :func:`fit_reference_profiles` (fitted here if omitted).
+    """
+    states = np.asarray(states, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if states.ndim != 2 or reference.ndim != 3 or reference.shape[0] != states.shape[0]:
+        raise ValueError(f"lqr_commands: states {states.shape} / reference {reference.shape} do not match")
+    velocity_profile, curvature_profile = (
+        profiles if profiles is not None else fit_reference_profiles(reference, params)
+    )
+    horizon, last = params.tracking_horizon, velocity_profile.shape[1] - 1
+    ref_pose = reference[:, time_index]
+    dx, dy = states[:, S.X] - ref_pose[:, 0], states[:, S.Y] - ref_pose[:, 1]
+    lateral_state = np.stack(
+        [
+            -dx * np.sin(ref_pose[:, 2]) + dy * np.cos(ref_pose[:, 2]),
+            normalize_angle(states[:, S.HEADING] - ref_pose[:, 2]),
+            states[:, S.STEERING_ANGLE],
+        ],
+        axis=-1,
+    )
+    speed = states[:, S.VX]
+    ref_speed = velocity_profile[:, min(time_index + horizon, last)]
+    curvature = curvature_profile[:, np.minimum(time_index + np.arange(horizon), last)]
+
+    stop = (ref_speed <= params.stopping_velocity) & (speed <= params.stopping_velocity)
+    b_long = horizon * params.discretization_time
+    accel_lqr = (
+        -b_long
+        * params.q_longitudinal
+        * (speed - ref_speed)
+        / (b_long * params.q_longitudinal * b_long + params.r_longitudinal)
+    )
+    accel = np.where(stop, -params.stopping_proportional_gain * (speed - ref_speed), accel_lqr)
+    steering_rate = np.zeros_like(speed)
+    move = ~stop
+    if move.any():
+        predicted = _integrate_profile(
+            speed[move], np.repeat(accel[move, None], horizon, axis=1), params.discretization_time
+        )
+        steering_rate[move] = _lateral_lqr(lateral_state[move], predicted[:, :horizon], curvature[move], params)
+    return np.stack([accel, steering_rate], axis=-1)
+
+
+def propagate_bicycle(
+    states: np.ndarray, commands: np.ndarray, dt: float = DT, params: BicycleParameters = DEFAULT_BICYCLE
+) -> np.ndarray:
+    """Next states ``(B, 11)`` of the kinematic bicycle after ``dt`` under commands ``(B, 2)``.
+
+    The commanded acceleration and steering angle (``old + dt * rate``) pass through first-order lags
+    (``new = old + dt / (dt + tau) (ideal - old)``); explicit Euler about the rear axle uses the current
+    speed and steering angle; the steering angle is clipped to ``±max_steering_angle``; lateral
+    velocity and acceleration are 0; yaw rate = ``v tan(delta) / L`` of the new state, yaw acceleration
+    its finite difference.
+    """
+    states = np.asarray(states, dtype=np.float64)
+    commands = np.asarray(commands, dtype=np.float64)
+    accel_old, steer_old = states[:, S.AX], states[:, S.STEERING_ANGLE]
+    accel = accel_old + dt / (dt + params.accel_time_constant) * (commands[:, 0] - accel_old)
+    ideal_steer = steer_old + dt * commands[:, 1]
+    steer_lagged = steer_old + dt / (dt + params.steering_angle_time_constant) * (ideal_steer - steer_old)
+    steering_rate = (steer_lagged - steer_old) / dt
+    speed, heading = states[:, S.VX], states[:, S.HEADING]
+
+    out = np.zeros_like(states)
+    out[:, S.X] = states[:, S.X] + dt * speed * np.cos(heading)
+    out[:, S.Y] = states[:, S.Y] + dt * speed * np.sin(heading)
+    out[:, S.HEADING] = normalize_angle(heading + dt * speed * np.tan(steer_old) / params.wheel_base)
+    out[:, S.VX] = speed + dt * accel
+    out[:, S.AX] = accel
+    out[:, S.STEERING_ANGLE] = np.clip(
+        steer_old + dt * steering_rate, -params.max_steering_angle, params.max_steering_angle
+    )
+    out[:, S.STEERING_RATE] = steering_rate
+    out[:, S.YAW_RATE] = out[:, S.VX] * np.tan(out[:, S.STEERING_ANGLE]) / params.wheel_base
+    out[:, S.YAW_ACCEL] = (out[:, S.YAW_RATE] - states[:, S.YAW_RATE]) / dt
+    return out
+
+
+def track_and_propagate(
+    current_state: np.ndarray,
+    reference: np.ndarray,
+    dt: float = DT,
+    lqr: LQRParameters = DEFAULT_LQR,
+    bicycle: BicycleParameters = DEFAULT_BICYCLE,
+) -> np.ndarray:
+    """Simulated states ``(B, T, 11)`` tracking global references ``(B, T, 3)`` from ``current_state``.
+
+    ``current_state`` is ``(11,)`` (shared by all candidates) or ``(B, 11)``; state 0 is the current
+    state, states ``1 .. T - 1`` follow one LQR + bicycle step of ``dt`` each. The reference profiles
+    are fitted once (NAVSIM's batched tracker).
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    if reference.ndim != 3 or reference.shape[-1] != 3:
+        raise ValueError(f"track_and_propagate: reference must be (B, T, 3), got {reference.shape}")
+    current_state = np.asarray(current_state, dtype=np.float64)
+    if current_state.shape[-1] != STATE_DIM:
+        raise ValueError(f"track_and_propagate: state must have {STATE_DIM} columns, got {current_state.shape}")
+    batch, num = reference.shape[:2]
+    params = lqr if lqr.discretization_time == dt else LQRParameters(**{**lqr.__dict__, "discretization_time": dt})
+    out = np.empty((batch, num, STATE_DIM))
+    out[:, 0] = np.broadcast_to(current_state, (batch, STATE_DIM))
+    profiles = fit_reference_profiles(reference, params)
+    for k in range(1, num):
+        commands = lqr_commands(out[:, k - 1], reference, k - 1, profiles, params)
+        out[:, k] = propagate_bicycle(out[:, k - 1], commands, dt, bicycle)
+    return out
+
+
+def simulate_proposals(current_state: np.ndarray, poses_local: np.ndarray, interval_s: float = 0.5) -> np.ndarray:
+    """States ``(B, 41, 11)``: planned poses ``(B, P, 3)`` (current rear-axle frame) interpolated to 10 Hz,
+    tracked and propagated from ``current_state (11,)``."""
+    reference = interpolate_trajectory(poses_local, current_state, interval_s=interval_s)
+    return track_and_propagate(current_state, reference)
