@@ -61,6 +61,13 @@ class Pedestrians:
         size = np.broadcast_to(np.array(PED_SIZE), (len(self), 2))
         return np.concatenate([pos, h[:, None], vel, size], 1)
 
+    def _vehicle_ahead(self, vehicle_boxes: np.ndarray) -> np.ndarray:
+        """``(P,)`` True where a vehicle stands within a step of a pedestrian's way (it waits, never walks into it)."""
+        d = self.b - self.a
+        u = d / np.maximum(self.length[:, None], 1e-9)
+        ahead = self.a + u * (self.progress[:, None] + 0.9)
+        return _inside_boxes(ahead, vehicle_boxes, 0.4)
+
     def step(self, t: float, dt: float, vehicle_boxes: np.ndarray, light: np.ndarray) -> None:
         """Advance by ``dt``; waiting crossers start when their light column in ``light`` ``(L,)`` is red and
         their line is clear of ``vehicle_boxes`` ``(V, 7)``."""
@@ -70,12 +77,23 @@ class Pedestrians:
             clear = _line_clear(self.a[waiting], self.b[waiting], vehicle_boxes)
             idx = np.flatnonzero(waiting)
             self.state[idx[clear]] = 1
-        walking = self.state == 1
+        walking = (self.state == 1) & ~self._vehicle_ahead(vehicle_boxes)
         self.progress[walking] += self.speed[walking] * dt
-        done = walking & (self.progress >= self.length)
+        done = (self.state == 1) & (self.progress >= self.length)
         self.progress[done] = self.length[done]
         self.state[done] = 2
         self.arrive_t[done] = t
+
+
+def _inside_boxes(points: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarray:
+    """``(P,)`` True where a point ``(P, 2)`` lies within ``margin`` of one of the boxes ``(V, 7)``."""
+    if len(boxes) == 0 or len(points) == 0:
+        return np.zeros(len(points), dtype=bool)
+    d = points[:, None, :] - boxes[None, :, :2]
+    c, s = np.cos(boxes[:, 2]), np.sin(boxes[:, 2])
+    lon = np.abs(d[..., 0] * c + d[..., 1] * s)
+    lat = np.abs(-d[..., 0] * s + d[..., 1] * c)
+    return ((lon < boxes[:, 5] / 2 + margin) & (lat < boxes[:, 6] / 2 + margin)).any(1)
 
 
 def _line_clear(a: np.ndarray, b: np.ndarray, boxes: np.ndarray, margin: float = 3.0) -> np.ndarray:
