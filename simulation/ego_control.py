@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from simulation.geometry import local_to_global, normalize_angle
+from simulation.kinematics import lqr_commands, propagate_bicycle
 from simulation.types import LogWindow, StateIndex, Trajectory
 
 #: nuPlan's ``PerfectTrackingController`` refuses speeds above this.
@@ -59,23 +60,16 @@ def perfect_tracking(state: np.ndarray, times: np.ndarray, poses: np.ndarray, dt
     return out
 
 
-class ControllerUnavailableError(RuntimeError):
-    """The two-stage controller needs :mod:`simulation.kinematics`, which could not be imported."""
-
-
-#: Reference length handed to the tracker: 40 steps of 0.1 s (nuPlan's tracking horizon is 1 s; the
-#: least-squares velocity / curvature profiles are fitted over the whole reference).
-TRACKING_STEPS = 40
-
-
 def two_stage_tracking(state: np.ndarray, times: np.ndarray, poses: np.ndarray, dt: float) -> np.ndarray:
-    """Next state ``(11,)`` of the LQR tracker + kinematic bicycle following the reference from now on."""
-    try:  # imported here: kinematics sits beside this module and is optional for the other controllers
-        from simulation.kinematics import track_and_propagate
-    except ImportError as err:
-        raise ControllerUnavailableError(f"the two-stage controller needs simulation.kinematics ({err})") from None
-    reference = sample_reference(times, poses, np.arange(TRACKING_STEPS + 1) * dt)
-    return np.asarray(track_and_propagate(state, reference[None], dt=dt))[0, 1]
+    """Next state ``(11,)``: one LQR command (acceleration, steering rate) and one kinematic-bicycle step of ``dt``.
+
+    As nuPlan's ``LQRTracker``, the reference is the plan resampled every ``dt`` from now to its end (at
+    least 4 poses, holding the last one), its pose at now being the tracking reference.
+    """
+    steps = max(int(np.floor(float(times[-1]) / dt + 1e-9)), 3)
+    reference = sample_reference(times, poses, np.arange(steps + 1) * dt)
+    commands = lqr_commands(state[None], reference[None])
+    return propagate_bicycle(state[None], commands, dt)[0]
 
 
 def log_playback(window: LogWindow, frame: int) -> np.ndarray:
