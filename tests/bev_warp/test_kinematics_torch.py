@@ -136,3 +136,13 @@ def test_stopping_controller() -> None:
     v, k = fit_profiles(ref, DT)
     accel, rate = lqr_command(s, ref, v, k, 0, DT)
     assert float(accel[0]) == pytest.approx(-0.05) and float(rate[0]) == 0.0
+
+
+def test_agrees_with_simulation_kinematics() -> None:
+    """The numpy tracker of the vector closed loop (whole batch in one call) and the torch twin agree to 1e-5."""
+    from simulation.kinematics import track_and_propagate as numpy_track
+
+    states, refs = _cases()
+    out = track_and_propagate(torch.tensor(states), torch.tensor(refs)).numpy()
+    for b in range(len(states)):
+        np.testing.assert_allclose(out[b], np.asarray(numpy_track(states[b], refs[b : b + 1]))[0], atol=1e-5, rtol=0)

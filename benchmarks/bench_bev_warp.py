@@ -1,0 +1,137 @@
+"""BEV-Warp speed: environment steps per second at batch 1, 16, 64 and 256, against the vector closed loop.
+
+One environment step is one replanning interval (0.5 s = 5 iterations at 10 Hz). BEV-Warp warps the
+logged encoder features (encoded once at reset) into the simulated ego frame and steps the torch LQR +
+bicycle and the vector-world checks for the whole batch at once. The baseline is the vector closed loop
+(:class:`simulation.closed_loop.ClosedLoopSimulator`, log replay, replanning every 5 iterations) that
+re-renders the planner raster and re-runs the BEV encoder at every planner call, one scene at a time.
+Both use a constant-velocity planner; reset / rendering-at-reset time is reported separately.
+
+Usage: ``python benchmarks/bench_bev_warp.py [--device cuda] [--batches 1 16 64 256] [--frames 61]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import types
+
+import numpy as np
+import torch
+
+from bev_warp.env import BEVWarpEnv, EnvConfig
+from bev_warp.kinematics import track_and_propagate
+from bev_warp.testing import fixture_map_api, fixture_scenario
+from planners.encoders import BEVEncoder
+from planners.features import PLANNER_RASTER
+from simulation.closed_loop import ClosedLoopSimulator
+from simulation.protocols import Observation
+from simulation.render import render_observation
+from simulation.types import Scenario, StateIndex, Trajectory
+
+
+def ensure_numpy_tracker() -> str:
+    """The vector loop's two-stage controller needs ``simulation.kinematics``; without it, use the torch twin."""
+    try:
+        import simulation.kinematics  # noqa: F401
+
+        return "simulation.kinematics (numpy)"
+    except ImportError:
+        shim = types.ModuleType("simulation.kinematics")
+
+        def shim_track(state: np.ndarray, reference: np.ndarray, dt: float = 0.1) -> np.ndarray:
+            ref = torch.as_tensor(np.asarray(reference, dtype=np.float64))
+            st = torch.as_tensor(np.asarray(state, dtype=np.float64))
+            return track_and_propagate(st, ref, dt, steps=1).numpy()
+
+        shim.track_and_propagate = shim_track  # type: ignore[attr-defined]
+        sys.modules["simulation.kinematics"] = shim
+        return "bev_warp.kinematics through a numpy shim (simulation.kinematics not present)"
+
+
+class RenderEncodePlanner:
+    """Constant velocity, after rendering the raster and running the encoder (what a learned planner costs)."""
+
+    name = "render_encode_cv"
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        self.encoder = encoder
+
+    def plan(self, observation: Observation) -> Trajectory:
+        raster = render_observation(observation, PLANNER_RASTER)
+        with torch.no_grad():
+            self.encoder(torch.as_tensor(raster)[None])
+        v = float(observation.ego_history.states[-1, StateIndex.VX])
+        t = np.arange(1, 9) * 0.5
+        return Trajectory(np.stack([v * t, np.zeros(8), np.zeros(8)], -1))
+
+
+def constant_velocity(ego: torch.Tensor) -> torch.Tensor:
+    """``(B, 8, 3)`` plans keeping the current speed straight ahead."""
+    t = torch.arange(1, 9, dtype=ego.dtype, device=ego.device) * 0.5
+    x = ego[:, StateIndex.VX, None] * t
+    return torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], -1)
+
+
+def bench_warp(scenes: list[Scenario], encoder: torch.nn.Module, device: str, mode: str) -> tuple[float, float]:
+    """(env steps per second, reset seconds) of BEV-Warp over ``scenes`` until every episode ends."""
+    env = BEVWarpEnv(EnvConfig(observation=mode), device=device, encoder=encoder if mode == "features" else None)
+    t0 = time.perf_counter()
+    state = env.reset(scenes, fixture_map_api())
+    reset_s = time.perf_counter() - t0
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    while not bool(state.done.all()):
+        obs = env.observe(state)
+        state, _, _, _ = env.step(state, constant_velocity(state.ego) + 0.0 * obs.mean())
+    sync()
+    elapsed = time.perf_counter() - t0
+    return len(scenes) * state.step_index / elapsed, reset_s
+
+
+def bench_vector(scenes: list[Scenario], encoder: torch.nn.Module) -> float:
+    """Env-step equivalents (planner calls) per second of the vector closed loop, scene after scene."""
+    sim = ClosedLoopSimulator(replan_interval=5)
+    planner = RenderEncodePlanner(encoder)
+    calls = 0
+    t0 = time.perf_counter()
+    for scene in scenes:
+        history = sim.run(scene, planner, fixture_map_api())
+        calls += sum(1 for p in history.plans[::5] if p is not None)
+    return calls / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument("--frames", type=int, default=61, help="log frames per scenario (10 Hz)")
+    parser.add_argument("--vector-scenes", type=int, default=4)
+    parser.add_argument("--modes", nargs="+", default=["features", "raster"])
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    print(f"ego controller of the vector loop: {ensure_numpy_tracker()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    encoder = BEVEncoder(len(PLANNER_RASTER.channels)).eval()
+    vec_scenes = [fixture_scenario(1000 + i, args.frames) for i in range(args.vector_scenes)]
+    vector = bench_vector(vec_scenes, encoder)
+    print(f"vector closed loop (render + encode per planner call): {vector:9.1f} env steps/s")
+    for mode in args.modes:
+        enc = encoder.to(args.device)
+        for b in args.batches:
+            if mode == "raster" and b > 64:
+                continue  # (B, S, 12, 128, 128) float32 rasters: 256 episodes would hold several GB
+            scenes = [fixture_scenario(i, args.frames) for i in range(b)]
+            rate, reset_s = bench_warp(scenes, enc, args.device, mode)
+            print(
+                f"BEV-Warp {mode:8s} batch {b:4d}: {rate:10.1f} env steps/s ({rate / vector:7.1f}x vector), "
+                f"reset {reset_s:6.2f} s"
+            )
+        encoder = encoder.cpu()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
