@@ -1,0 +1,319 @@
+"""Rule-based planners: constant velocity, IDM, PDM-Closed and log replay (the expert).
+
+Each implements :class:`simulation.protocols.Planner`: ``plan(observation) -> Trajectory`` with, by
+default, 8 poses at 0.5 s in the current rear-axle frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from planners.idm import IDM_PLANNER_PARAMETERS, PDM_IDM_PARAMETERS, Leader, find_leader, idm_rollout, offset_path
+from simulation.agents import IDMParameters
+from simulation.geometry import (
+    global_to_local,
+    interpolate_polyline,
+    normalize_angle,
+    polyline_lengths,
+    project_on_polyline,
+    rear_axle_to_center,
+)
+from simulation.kinematics import simulate_proposals
+from simulation.protocols import Observation
+from simulation.types import AgentIndex, StateIndex, TrafficLightStatus, Trajectory
+
+logger = logging.getLogger(__name__)
+
+#: Integration step of the IDM rollouts (s).
+ROLLOUT_DT = 0.1
+
+
+class PlannerInputError(ValueError):
+    """The observation lacks what a planner needs (map, route, log)."""
+
+
+def _times(num_poses: int, interval_s: float) -> np.ndarray:
+    return np.arange(1, num_poses + 1) * interval_s
+
+
+def _current_agents(observation: Observation) -> np.ndarray:
+    """``(M, 7)`` boxes of the agents observed at the current frame."""
+    agents = observation.agents
+    if agents.num_agents == 0:
+        return np.zeros((0, 7))
+    return agents.boxes[-1][agents.valid[-1]]
+
+
+def _red_connector_ids(observation: Observation, route_lanes: set[str]) -> list[str]:
+    """Ids of the on-route lane connectors whose light is RED at the current frame."""
+    lights = observation.traffic_lights
+    if lights.status.ndim != 2 or lights.status.shape[-1] == 0:
+        return []
+    pairs = zip(lights.lane_connector_ids, lights.status[-1])
+    return [str(i) for i, s in pairs if s == TrafficLightStatus.RED and str(i) in route_lanes]
+
+
+def _red_stop_points(observation: Observation, map_api: Any, route_lanes: set[str]) -> np.ndarray:
+    """``(R, 2)`` entry points of the on-route lane connectors that are RED now."""
+    red = _red_connector_ids(observation, route_lanes)
+    points = [map_api.lane_connectors[i].baseline[0, :2] for i in red if i in map_api.lane_connectors]
+    return np.asarray(points, dtype=np.float64).reshape(-1, 2)
+
+
+@dataclass
+class _RouteContext:
+    """The route path of one planning step."""
+
+    path: np.ndarray  # (N, 2) centre line
+    route_lanes: set[str]
+    speed_limit: float | None
+
+
+def _route_context(observation: Observation) -> _RouteContext:
+    map_api = observation.map_api
+    if map_api is None:
+        raise PlannerInputError(f"{observation.map_name}: this planner needs the map (observation.map_api is None)")
+    if not observation.route_roadblock_ids:
+        raise PlannerInputError(f"{observation.map_name}: observation has no route roadblock ids")
+    pose = observation.current_state[:3]
+    route_ids = map_api.route_roadblock_ids(observation.route_roadblock_ids)
+    path = np.asarray(map_api.route_centerline(route_ids, pose), dtype=np.float64)
+    if path.ndim != 2 or len(path) < 2:
+        raise PlannerInputError(f"{observation.map_name}: route centre line has fewer than 2 points")
+    lane_id = map_api.nearest_lane_id(pose, route_ids)
+    lane = map_api.lanes.get(lane_id) or map_api.lane_connectors.get(lane_id)
+    limit = getattr(lane, "speed_limit_mps", None)
+    return _RouteContext(path, map_api.route_lane_ids(route_ids), float(limit) if limit else None)
+
+
+def _poses_along(path: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Global poses ``(..., 3)`` at arc lengths ``s`` on ``path``; beyond its end the last heading is kept."""
+    return interpolate_polyline(path, s)
+
+
+class ConstantVelocityPlanner:
+    """Holds the current speed along the current heading (NAVSIM's ``ConstantVelocityAgent``)."""
+
+    name = "constant_velocity"
+
+    def __init__(self, num_poses: int = 8, interval_s: float = 0.5) -> None:
+        self.num_poses, self.interval_s = num_poses, interval_s
+
+    def plan(self, observation: Observation) -> Trajectory:
+        state = observation.current_state
+        speed = float(np.hypot(state[StateIndex.VX], state[StateIndex.VY]))
+        t = _times(self.num_poses, self.interval_s)
+        poses = np.stack([speed * t, np.zeros_like(t), np.zeros_like(t)], -1)
+        return Trajectory(poses, self.interval_s)
+
+
+class LogReplayPlanner:
+    """The logged future of ``observation.log`` (the human expert), in the current rear-axle frame.
+
+    Poses are interpolated at ``interval_s`` steps from the log timestamps (x, y linear, heading unwrapped);
+    past the end of the log the last logged pose is held.
+    """
+
+    name = "log_replay"
+
+    def __init__(self, num_poses: int = 8, interval_s: float = 0.5) -> None:
+        self.num_poses, self.interval_s = num_poses, interval_s
+
+    def plan(self, observation: Observation) -> Trajectory:
+        log = observation.log
+        if log is None:
+            raise PlannerInputError(f"{observation.map_name}: log replay needs observation.log")
+        i = observation.log_index
+        states = log.ego.states[i:]
+        t = (np.asarray(log.timestamps_us[i:], dtype=np.int64) - int(log.timestamps_us[i])) * 1e-6
+        if len(t) < 2:
+            raise PlannerInputError(f"{log.token}: no logged future after frame {i}")
+        want = _times(self.num_poses, self.interval_s)
+        heading = np.unwrap(states[:, StateIndex.HEADING])
+        glob = np.stack(
+            [
+                np.interp(want, t, states[:, StateIndex.X]),
+                np.interp(want, t, states[:, StateIndex.Y]),
+                np.interp(want, t, heading),
+            ],
+            -1,
+        )
+        glob[:, 2] = normalize_angle(glob[:, 2])
+        return Trajectory(global_to_local(glob, states[0, :3]), self.interval_s)
+
+
+class IDMPlanner:
+    """nuPlan's ``IDMPlanner``: IDM along the route centre line, stopping behind leaders and at red lights.
+
+    The target speed is the speed limit of the current route lane (``target_velocity`` when unknown), raised
+    to the current speed when that is higher (nuPlan). The leader is the nearest agent whose box meets the
+    path corridor ahead, or the entry of a red on-route lane connector, or else the end of the path.
+    """
+
+    name = "idm"
+
+    def __init__(
+        self, num_poses: int = 8, interval_s: float = 0.5, params: IDMParameters = IDM_PLANNER_PARAMETERS
+    ) -> None:
+        self.num_poses, self.interval_s, self.params = num_poses, interval_s, params
+
+    def plan(self, observation: Observation) -> Trajectory:
+        state = observation.current_state
+        ctx = _route_context(observation)
+        speed = float(max(state[StateIndex.VX], 0.0))
+        target = max(ctx.speed_limit or self.params.target_velocity, speed)
+        s0 = float(project_on_polyline(state[:2], ctx.path)[0])
+        horizon = self.num_poses * self.interval_s
+        leader = find_leader(
+            ctx.path,
+            s0,
+            _current_agents(observation),
+            _red_stop_points(observation, observation.map_api, ctx.route_lanes),
+            lookahead=max(speed, target) * horizon + 50.0,
+        )
+        progress = _rollout(np.array([speed]), np.array([target]), [leader], horizon, self.params)
+        steps = int(round(self.interval_s / ROLLOUT_DT))
+        glob = _poses_along(ctx.path, s0 + progress[0, steps::steps][: self.num_poses])
+        return Trajectory(global_to_local(glob, state[:3]), self.interval_s)
+
+
+def _rollout(
+    speed: np.ndarray, target: np.ndarray, leaders: list[Leader], horizon_s: float, params: IDMParameters
+) -> np.ndarray:
+    gap = np.array([ld.gap for ld in leaders])
+    lead_speed = np.array([ld.speed for ld in leaders])
+    return idm_rollout(speed, target, gap, lead_speed, horizon_s, ROLLOUT_DT, params)
+
+
+def constant_velocity_forecast(boxes: np.ndarray, num_steps: int, dt: float = ROLLOUT_DT) -> np.ndarray:
+    """``(num_steps, M, 7)`` boxes moved at their current global velocity (PDM-Closed's observation)."""
+    t = np.arange(num_steps)[:, None] * dt
+    out = np.repeat(boxes[None], num_steps, axis=0)
+    out[..., AgentIndex.X] += t * boxes[None, :, AgentIndex.VX]
+    out[..., AgentIndex.Y] += t * boxes[None, :, AgentIndex.VY]
+    return out
+
+
+def observation_metric_cache(observation: Observation, path: np.ndarray, route_lanes: set[str], version: str = "v1"):
+    """PDM-Closed's own scoring context (a :class:`~simulation.metric_cache.MetricCache`) from an observation.
+
+    Agents are the current detections forecast at constant velocity; the drivable map, on-route lanes and
+    centre line come from the map; red on-route lane connectors of the current frame are held over the
+    horizon. The reference / human states are placeholders (PDM-Closed normalises progress over its own
+    proposals).
+    """
+    from simulation.metric_cache import NUM_STEPS, OBSERVATION_STEPS, MetricCache, drivable_map_polygons
+    from simulation.polygon_grid import PolygonGrid, PolygonSet
+
+    map_api = observation.map_api
+    state = np.asarray(observation.current_state, dtype=np.float64)
+    ids, layers, polys = drivable_map_polygons(map_api, rear_axle_to_center(state[:3])[:2])
+    agents = observation.agents
+    valid_now = agents.valid[-1] if agents.num_agents else np.zeros(0, bool)
+    boxes = constant_velocity_forecast(_current_agents(observation), OBSERVATION_STEPS[version])
+    red_ids = np.array(_red_connector_ids(observation, route_lanes), dtype=str)
+    placeholder = np.repeat(state[None], NUM_STEPS, axis=0)
+    return MetricCache(
+        token="pdm_closed",
+        log_name="",
+        map_name=observation.map_name,
+        version=version,
+        current_state=state,
+        agent_boxes=boxes,
+        agent_valid=np.ones(boxes.shape[:2], dtype=bool),
+        agent_types=np.asarray(agents.types, dtype=np.int64)[valid_now],
+        agent_track_ids=np.asarray(agents.track_ids).astype(str)[valid_now],
+        map_grid=PolygonGrid.build(polys),
+        map_ids=np.array(ids, dtype=str),
+        map_layers=np.array(layers, dtype=np.int64),
+        route_lane_ids=np.array(sorted(route_lanes), dtype=str),
+        centerline=path,
+        centerline_s=polyline_lengths(path),
+        red_connector_ids=red_ids,
+        red_mask=np.ones((NUM_STEPS, len(red_ids)), dtype=bool),
+        red_polygons=PolygonSet.from_geometries([map_api.lane_connector_polygon(i) for i in red_ids]),
+        reference_states=placeholder,
+        human_trajectory=np.zeros((8, 3)),
+        human_states=placeholder,
+        history_states=np.zeros((0, 11)),
+    )
+
+
+class PDMClosedPlanner:
+    """PDM-Closed (specs/navsim.md §3.8): IDM proposals along laterally offset centre lines, simulated with
+    the LQR tracker + bicycle and scored on the planner's own observation; the best proposal is returned.
+
+    Args:
+        scorer: an object with ``score_states(metric_cache, states (K, 41, 11)) -> {"score": (K,), ...}``;
+            by default :func:`rewards.pdm.score_states` (PDMS v1, progress normalised over the proposals).
+        lateral_offsets: centre-line offsets (m, left positive).
+        speed_fractions: fractions of the lane speed limit (``params.target_velocity`` when unknown).
+    """
+
+    name = "pdm_closed"
+
+    def __init__(
+        self,
+        scorer: Any = None,
+        num_poses: int = 8,
+        interval_s: float = 0.5,
+        lateral_offsets: tuple[float, ...] = (-1.0, 0.0, 1.0),
+        speed_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0),
+        params: IDMParameters = PDM_IDM_PARAMETERS,
+    ) -> None:
+        self.scorer = scorer
+        self.num_poses, self.interval_s = num_poses, interval_s
+        self.lateral_offsets, self.speed_fractions, self.params = lateral_offsets, speed_fractions, params
+        self.last_scores: dict[str, np.ndarray] = {}
+
+    def proposals(self, observation: Observation, ctx: _RouteContext) -> np.ndarray:
+        """Global proposal poses ``(K, num_poses, 3)``, K = offsets x fractions (offset-major)."""
+        state = observation.current_state
+        speed = float(max(state[StateIndex.VX], 0.0))
+        limit = ctx.speed_limit or self.params.target_velocity
+        horizon = self.num_poses * self.interval_s
+        boxes = _current_agents(observation)
+        stops = _red_stop_points(observation, observation.map_api, ctx.route_lanes)
+        paths, starts, leaders = [], [], []
+        for offset in self.lateral_offsets:
+            path = offset_path(ctx.path, offset)
+            s0 = float(project_on_polyline(state[:2], path)[0])
+            leader = find_leader(path, s0, boxes, stops, lookahead=max(speed, limit) * horizon + 50.0)
+            paths.append(path)
+            starts.append(s0)
+            leaders.extend([leader] * len(self.speed_fractions))
+        n_frac = len(self.speed_fractions)
+        speeds = np.full(len(leaders), speed)
+        targets = np.tile(np.asarray(self.speed_fractions) * limit, len(paths))
+        progress = _rollout(speeds, targets, leaders, horizon, self.params)
+        steps = int(round(self.interval_s / ROLLOUT_DT))
+        sampled = progress[:, steps::steps][:, : self.num_poses]
+        out = np.empty((len(leaders), self.num_poses, 3))
+        for p, (path, s0) in enumerate(zip(paths, starts)):
+            rows = slice(p * n_frac, (p + 1) * n_frac)
+            out[rows] = _poses_along(path, s0 + sampled[rows])
+        return out
+
+    def _score(self, cache: Any, states: np.ndarray) -> np.ndarray:
+        if self.scorer is not None and hasattr(self.scorer, "score_states"):
+            return np.asarray(self.scorer.score_states(cache, states)["score"], dtype=np.float64)
+        from rewards.pdm import score_states
+
+        return np.asarray(score_states(cache, states, "v1", "batch")["score"], dtype=np.float64)
+
+    def plan(self, observation: Observation) -> Trajectory:
+        state = observation.current_state
+        ctx = _route_context(observation)
+        glob = self.proposals(observation, ctx)
+        local = global_to_local(glob.reshape(-1, 3), state[:3]).reshape(glob.shape)
+        states = simulate_proposals(state, local, self.interval_s)
+        cache = observation_metric_cache(observation, ctx.path, ctx.route_lanes)
+        scores = self._score(cache, states)
+        self.last_scores = {"score": scores}
+        best = int(np.argmax(scores))
+        logger.debug("pdm_closed: proposal %d of %d, score %.3f", best, len(scores), scores[best])
+        return Trajectory(local[best], self.interval_s)

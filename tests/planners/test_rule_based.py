@@ -1,0 +1,197 @@
+"""Rule-based planners on the fixture map (local origin): eastbound lane 11 at y = -2, red-light connector 111."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from planners.idm import idm_rollout, offset_path
+from planners.rule_based import (
+    ConstantVelocityPlanner,
+    IDMPlanner,
+    LogReplayPlanner,
+    PDMClosedPlanner,
+    PlannerInputError,
+    constant_velocity_forecast,
+)
+from simulation.agents import IDMParameters
+from simulation.maps.api import MapAPI
+from simulation.maps.testing import build_fixture_map
+from simulation.protocols import Observation, Planner
+from simulation.types import (
+    PACIFICA,
+    Agents,
+    EgoStates,
+    LogWindow,
+    TrackedObjectType,
+    TrafficLights,
+    TrafficLightStatus,
+)
+
+ROUTE = ("1", "101", "2", "103", "4")
+_MAP: list[MapAPI] = []
+
+
+def _map() -> MapAPI:
+    if not _MAP:
+        _MAP.append(MapAPI.from_data(build_fixture_map(origin=(0.0, 0.0))))
+    return _MAP[0]
+
+
+def _state(x: float = -40.0, y: float = -2.0, heading: float = 0.0, speed: float = 8.0) -> np.ndarray:
+    state = np.zeros(11)
+    state[:4] = x, y, heading, speed
+    return state
+
+
+def _obs(
+    state: np.ndarray | None = None, boxes: np.ndarray | None = None, red: bool = False, log: LogWindow | None = None
+) -> Observation:
+    state = _state() if state is None else state
+    boxes = np.zeros((0, 7)) if boxes is None else boxes
+    n = len(boxes)
+    status = TrafficLightStatus.RED if red else TrafficLightStatus.GREEN
+    lights = TrafficLights(np.array(["111", "112"]), np.full((1, 2), status, dtype=np.int8))
+    agents = Agents(
+        boxes[None],
+        np.full(n, int(TrackedObjectType.VEHICLE)),
+        np.array([f"{i:016x}" for i in range(n)]),
+        np.ones((1, n), bool),
+    )
+    return Observation(EgoStates(state[None], np.array([0])), agents, lights, ROUTE, "fixture-town", _map(), log=log)
+
+
+def _vehicle(x: float, speed: float = 0.0) -> np.ndarray:
+    return np.array([[x, -2.0, 0.0, speed, 0.0, 4.5, 2.0]])
+
+
+def test_planners_satisfy_protocol() -> None:
+    for planner in (ConstantVelocityPlanner(), IDMPlanner(), PDMClosedPlanner(), LogReplayPlanner()):
+        assert isinstance(planner, Planner)
+
+
+def test_constant_velocity() -> None:
+    trajectory = ConstantVelocityPlanner().plan(_obs(_state(heading=0.7, speed=6.0)))
+    np.testing.assert_allclose(trajectory.poses[:, 0], 3.0 * np.arange(1, 9))
+    np.testing.assert_allclose(trajectory.poses[:, 1:], 0.0)
+
+
+def test_idm_rollout_by_hand() -> None:
+    params = IDMParameters(target_velocity=10.0, accel_max=1.0, decel_max=3.0)
+    # free road at the target speed: no acceleration, 1 m per 0.1 s
+    free = idm_rollout(np.array([10.0]), np.array([10.0]), np.array([np.inf]), np.array([0.0]), 1.0, 0.1, params)
+    np.testing.assert_allclose(free[0], np.arange(11) * 1.0)
+    # from rest, far leader: a = 1 - 0 - (1 / 100)^2 for the first step
+    start = idm_rollout(np.array([0.0]), np.array([10.0]), np.array([100.0]), np.array([0.0]), 0.2, 0.1, params)
+    assert start[0, 2] == pytest.approx(0.1 * 0.1 * (1.0 - 1e-4))
+
+
+def test_idm_follows_free_route_at_speed_limit() -> None:
+    trajectory = IDMPlanner().plan(_obs())
+    poses = trajectory.poses
+    assert poses.shape == (8, 3)
+    np.testing.assert_allclose(poses[:, 1:], 0.0, atol=1e-9)  # the lane is straight through the ego
+    speeds = np.diff(np.concatenate([[0.0], poses[:, 0]])) / 0.5
+    assert np.all(np.diff(speeds) > 0) and speeds[-1] <= 13.4  # accelerating towards the 13.4 m/s limit
+
+
+def test_idm_stops_behind_a_stopped_vehicle() -> None:
+    lead_x = -18.0
+    poses = IDMPlanner().plan(_obs(boxes=_vehicle(lead_x))).poses
+    front = -40.0 + poses[-1, 0] + PACIFICA.front_length
+    assert front < lead_x - 4.5 / 2.0  # behind its rear bumper
+    assert poses[-1, 0] - poses[-2, 0] < 0.5  # below 1 m/s at 4 s
+
+
+def test_idm_stops_at_red_light() -> None:
+    state = _state(x=-30.0, speed=8.0)
+    green = IDMPlanner().plan(_obs(state)).poses
+    red = IDMPlanner().plan(_obs(state, red=True)).poses
+    assert -30.0 + green[-1, 0] + PACIFICA.front_length > -10.0  # through the junction
+    assert -30.0 + red[-1, 0] + PACIFICA.front_length < -10.0  # before the connector entry at x = -10
+
+
+def test_idm_needs_a_map() -> None:
+    obs = _obs()
+    with pytest.raises(PlannerInputError, match="map"):
+        IDMPlanner().plan(Observation(obs.ego_history, obs.agents, obs.traffic_lights, ROUTE, "x", None))
+
+
+def test_offset_path_is_parallel() -> None:
+    path = np.stack([np.arange(5.0), np.zeros(5)], -1)
+    np.testing.assert_allclose(offset_path(path, 1.0), path + [0.0, 1.0])
+    np.testing.assert_allclose(offset_path(path, -1.0), path - [0.0, 1.0])
+
+
+def test_constant_velocity_forecast() -> None:
+    boxes = np.array([[1.0, 2.0, 0.3, 2.0, -1.0, 4.0, 2.0]])
+    out = constant_velocity_forecast(boxes, 11)
+    np.testing.assert_allclose(out[10, 0, :2], [3.0, 1.0])
+    np.testing.assert_allclose(out[:, 0, 2], 0.3)
+
+
+def test_pdm_closed_proposals_and_choice() -> None:
+    planner = PDMClosedPlanner()
+    obs = _obs()
+    trajectory = planner.plan(obs)
+    assert trajectory.poses.shape == (8, 3)
+    scores = planner.last_scores["score"]
+    assert scores.shape == (15,)
+    # the left offset (+1 m) puts the ego's left side past the road edge at y = 0: not drivable
+    assert np.all(scores[10:11] <= scores[4])
+    assert trajectory.poses[-1, 0] > 25.0  # the fast centre proposal wins on an empty road
+    assert abs(trajectory.poses[-1, 1]) < 1.5
+
+
+class _PreferSlow:
+    """A scorer preferring the slowest proposal (checks that the injected scorer decides)."""
+
+    def score_states(self, cache: object, states: np.ndarray) -> dict[str, np.ndarray]:
+        return {"score": -states[:, -1, 0]}
+
+
+def test_pdm_closed_uses_injected_scorer() -> None:
+    slow = PDMClosedPlanner(scorer=_PreferSlow()).plan(_obs()).poses
+    fast = PDMClosedPlanner().plan(_obs()).poses
+    assert slow[-1, 0] < fast[-1, 0] - 10.0
+
+
+def test_pdm_closed_avoids_collision_with_stopped_vehicle() -> None:
+    planner = PDMClosedPlanner()
+    poses = planner.plan(_obs(boxes=_vehicle(-5.0))).poses
+    assert -40.0 + poses[-1, 0] + PACIFICA.front_length < -5.0 - 2.25
+    assert planner.last_scores["score"].max() > 0.5
+
+
+def test_log_replay_returns_logged_future_in_local_frame() -> None:
+    t = np.arange(12)
+    states = np.zeros((12, 11))
+    states[:, 0], states[:, 1], states[:, 2] = 100.0, 50.0 + 5.0 * t, np.pi / 2  # northbound at 10 m/s, 2 Hz
+    log = LogWindow(
+        "log",
+        "tok",
+        "fixture-town",
+        np.array([str(i) for i in t]),
+        (t * 500_000).astype(np.int64),
+        EgoStates(states, (t * 500_000).astype(np.int64)),
+        Agents.empty(12),
+        TrafficLights.empty(12),
+        ROUTE,
+        3,
+    )
+    trajectory = LogReplayPlanner().plan(
+        Observation(
+            EgoStates(states[:4], log.timestamps_us[:4]),
+            Agents.empty(4),
+            TrafficLights.empty(4),
+            ROUTE,
+            "fixture-town",
+            None,
+            log=log,
+            log_index=3,
+        )
+    )
+    np.testing.assert_allclose(trajectory.poses[:, 0], 5.0 * np.arange(1, 9), atol=1e-9)
+    np.testing.assert_allclose(trajectory.poses[:, 1:], 0.0, atol=1e-9)
+    with pytest.raises(PlannerInputError, match="log"):
+        LogReplayPlanner().plan(_obs())
