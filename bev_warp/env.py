@@ -235,23 +235,33 @@ class BEVWarpEnv:
     def _frames(
         self, state: EnvState, frame_states: list[torch.Tensor], active: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Collision / drivable / TTC / deviation flags ``(B,)`` over the log frames passed in this step."""
+        """Collision / drivable / TTC / deviation flags ``(B,)`` over the ``F`` log frames passed in this step."""
         ep = state.episodes
-        rows = torch.arange(ep.batch_size, device=active.device)
-        last = ep.num_frames - 1
-        out = {k: torch.zeros_like(active) for k in ("collision", "drivable_area", "ttc", "deviation")}
-        frame = state.frame
-        for ego in frame_states:
-            frame = torch.minimum(frame + 1, last)
-            boxes, valid = ep.boxes[rows, frame], ep.valid[rows, frame]
-            hit = world.overlap(world.ego_corners(ego[:, None, :3]), world.agent_corners(boxes)) & valid
-            out["collision"] |= (hit & _at_fault(ego, boxes, ep.types)).any(-1)
-            corners = world.ego_corners(ego[:, :3])
-            out["drivable_area"] |= ~world.in_grid(corners, ep.drivable, ep.grid_origin, ep.grid_res).all(-1)
-            out["ttc"] |= _ttc_violation(ego, boxes, valid & ~hit, ep.types)
-            out["deviation"] |= _deviation(ego, ep.ego[:, :, :3], ep.num_frames, self.config)
-        out["frame"] = frame
-        return {k: v & active if v.dtype == torch.bool else v for k, v in out.items()}
+        ego = torch.stack(frame_states, 1)  # (B, F, 11)
+        offsets = torch.arange(1, ego.shape[1] + 1, device=active.device)
+        frames = torch.minimum(state.frame[:, None] + offsets, (ep.num_frames - 1)[:, None])  # (B, F)
+        rows = torch.arange(ep.batch_size, device=active.device)[:, None]
+        boxes, valid = ep.boxes[rows, frames], ep.valid[rows, frames]  # (B, F, N, 7), (B, F, N)
+        corners = world.ego_corners(ego[..., :3])  # (B, F, 4, 2)
+        hit = world.overlap(corners[:, :, None], world.agent_corners(boxes)) & valid
+        b, f = frames.shape
+        drivable = world.in_grid(corners.reshape(b, f * 4, 2), ep.drivable, ep.grid_origin, ep.grid_res)
+        flat = (b * f,)
+        ttc = _ttc_violation(
+            ego.reshape(*flat, -1),
+            boxes.reshape(*flat, *boxes.shape[2:]),
+            (valid & ~hit).reshape(*flat, -1),
+            ep.types.repeat_interleave(f, 0),
+        ).reshape(b, f)
+        out = {
+            "collision": (hit & _at_fault(ego, boxes)).any(-1).any(-1),
+            "drivable_area": ~drivable.all(-1),
+            "ttc": ttc.any(-1),
+            "deviation": _deviation(ego, ep.ego[:, :, :3], self.config).any(-1),
+        }
+        out = {k: v & active for k, v in out.items()}
+        out["frame"] = frames[:, -1]
+        return out
 
     def _finish(
         self,
@@ -359,13 +369,16 @@ def _sample(times: torch.Tensor, poses: torch.Tensor, query: torch.Tensor) -> to
     return torch.cat([out[..., :2], normalize_angle(out[..., 2:])], -1)
 
 
-def _at_fault(ego: torch.Tensor, boxes: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-    """``(B, N)`` bool: a collision with that box would be the ego's fault (nuPlan's types, lateral = at fault)."""
-    ego_speed = torch.hypot(ego[:, S.VX], ego[:, S.VY])
-    d = boxes[..., :2] - ego[:, None, :2]
-    ang = normalize_angle(torch.atan2(d[..., 1], d[..., 0]) - ego[:, None, 2]).abs()
-    rear = ang > REAR_ANGLE_RAD
-    return (ego_speed[:, None] > STOPPED_SPEED_THRESHOLD) & ~rear
+def _at_fault(ego: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``(..., N)`` bool: a collision of the ego ``(..., 11)`` with that box ``(..., N, 7)`` would be its fault.
+
+    nuPlan's collision types: not at fault when the ego is stopped or the track hits it from behind (beyond
+    150 degrees); front, lateral and stopped-track collisions count (lateral ones always, a simplification).
+    """
+    ego_speed = torch.hypot(ego[..., S.VX], ego[..., S.VY])
+    d = boxes[..., :2] - ego[..., None, :2]
+    ang = normalize_angle(torch.atan2(d[..., 1], d[..., 0]) - ego[..., None, 2]).abs()
+    return (ego_speed[..., None] > STOPPED_SPEED_THRESHOLD) & (ang <= REAR_ANGLE_RAD)
 
 
 def _ttc_violation(ego: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
@@ -376,24 +389,21 @@ def _ttc_violation(ego: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, 
     static = torch.isin(types, torch.tensor([int(t) for t in STATIC_TYPES], device=types.device))
     trk_v = torch.where(static[..., None], torch.zeros_like(boxes[..., 3:5]), boxes[..., 3:5])
     relevant = valid & (ang < AHEAD_ANGLE_RAD) & (speed[:, None] > 5e-3)
-    hit = torch.zeros_like(relevant)
-    for t in torch.arange(1, int(LEAST_MIN_TTC_S / 0.1) + 1).tolist():
-        dt = t * 0.1
-        pose = ego[:, :3].clone()
-        pose[:, 0] += speed * torch.cos(ego[:, 2]) * dt
-        pose[:, 1] += speed * torch.sin(ego[:, 2]) * dt
-        moved = boxes.clone()
-        moved[..., :2] += trk_v * dt
-        hit |= world.overlap(world.ego_corners(pose[:, None]), world.agent_corners(moved))
+    times = torch.arange(1, int(LEAST_MIN_TTC_S / 0.1 + 1e-9) + 1, dtype=ego.dtype, device=ego.device) * 0.1  # (K,)
+    pose = ego[:, None, :3].expand(-1, len(times), -1).clone()  # (B, K, 3)
+    pose[..., 0] += speed[:, None] * torch.cos(ego[:, None, 2]) * times
+    pose[..., 1] += speed[:, None] * torch.sin(ego[:, None, 2]) * times
+    moved = boxes[:, None].expand(-1, len(times), -1, -1).clone()  # (B, K, N, 7)
+    moved[..., :2] += trk_v[:, None] * times[None, :, None, None]
+    hit = world.overlap(world.ego_corners(pose)[:, :, None], world.agent_corners(moved)).any(1)
     return (hit & relevant).any(-1)
 
 
-def _deviation(ego: torch.Tensor, expert: torch.Tensor, num_frames: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
-    """``(B,)`` bool: farther than ``max_deviation_m`` from the expert path or heading off by more than the limit."""
-    _, dist, k = world.project(ego[:, :2], expert[..., :2])
-    rows = torch.arange(len(k), device=k.device)
-    ref_heading = expert[rows, k.clamp(max=expert.shape[1] - 1), 2]
-    head = normalize_angle(ego[:, 2] - ref_heading).abs()
+def _deviation(ego: torch.Tensor, expert: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
+    """``(B, F)`` bool: ego ``(B, F, 11)`` farther than the limit from the expert path ``(B, T, 3)`` or turned away."""
+    _, dist, k = world.project(ego[..., :2], expert[..., :2])
+    ref_heading = torch.gather(expert[..., 2], 1, k)
+    head = normalize_angle(ego[..., 2] - ref_heading).abs()
     return (dist > cfg.max_deviation_m) | (head > cfg.max_heading_deviation_rad)
 
 

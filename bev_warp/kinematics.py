@@ -14,6 +14,7 @@ Bicycle: first-order lags on acceleration and steering, explicit Euler, steering
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -56,33 +57,48 @@ def _integrate(initial: torch.Tensor, derivatives: torch.Tensor, dt: float) -> t
     return initial[:, None] + torch.nn.functional.pad(cum, (1, 0))
 
 
+@lru_cache(maxsize=16)
+def _design(
+    m: int, dt: float, jerk_penalty: float, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """Constant parts of the two least-squares fits for ``m`` displacements.
+
+    Displacement ``k`` along its heading is ``D[k] @ (v0, a_1 .. a_{m-1})`` with ``D`` = ``dt`` in column 0 and
+    ``dt^2`` in columns ``1..k``; as the heading directions are unit vectors, the normal matrix of the 2-D fit is
+    ``D^T D`` whatever the headings, so its regularised inverse is computed once. The curvature design is
+    ``v[:, :, None] * W`` with ``W`` the same lower-triangular pattern.
+    """
+    cols = torch.full((m,), dt**2, dtype=torch.float64)
+    cols[0] = dt
+    pattern = torch.tril(torch.ones(m, m, dtype=torch.float64)) * cols  # (M, M)
+    band = torch.zeros(m - 2, m, dtype=torch.float64)
+    idx = torch.arange(m - 2)
+    band[idx, idx + 1], band[idx, idx + 2] = -1.0, 1.0
+    normal_inv = torch.linalg.inv(pattern.T @ pattern + jerk_penalty * (band.T @ band))
+    return normal_inv.to(dtype=dtype, device=device), pattern.to(dtype=dtype, device=device)
+
+
 def fit_profiles(poses: torch.Tensor, dt: float, p: TrackerParameters = DEFAULT_TRACKER) -> tuple[torch.Tensor, ...]:
     """Velocity ``(B, P-1)`` and curvature ``(B, P-1)`` profiles of reference poses ``(B, P, 3)``."""
-    b, n_pose, _ = poses.shape
-    m = n_pose - 1
-    dtype, dev = poses.dtype, poses.device
+    m = poses.shape[1] - 1
+    normal_inv, pattern = _design(m, dt, p.jerk_penalty, poses.dtype, poses.device)
     diff = poses[:, 1:] - poses[:, :-1]
-    y = diff[..., :2].reshape(b, -1)
     heading = poses[:, :-1, 2]
-    col = torch.stack([torch.cos(heading), torch.sin(heading)], -1).reshape(b, -1)  # (B, 2M)
-    lower = torch.tril(torch.ones(m, m, dtype=dtype, device=dev), diagonal=0).repeat_interleave(2, 0)  # (2M, M)
-    lower[:, 0] = 0.0
-    a_mat = col[..., None] * dt**2 * lower
-    a_mat[..., 0] = col * dt
-    band = torch.zeros(m - 2, m, dtype=dtype, device=dev)
-    idx = torch.arange(m - 2, device=dev)
-    band[idx, idx + 1], band[idx, idx + 2] = -1.0, 1.0
-    lhs = a_mat.transpose(1, 2) @ a_mat + p.jerk_penalty * (band.T @ band)
-    x = torch.linalg.solve(lhs, (a_mat.transpose(1, 2) @ y[..., None]))[..., 0]
+    along = diff[..., 0] * torch.cos(heading) + diff[..., 1] * torch.sin(heading)  # (B, M)
+    x = (along @ pattern) @ normal_inv.T  # normal_inv @ D^T @ along, per row
     velocity = _integrate(x[:, 0], x[:, 1:], dt)  # (B, M)
 
     yaw = normalize_angle(diff[..., 2])
-    tri = torch.tril(torch.ones(m, m, dtype=dtype, device=dev)).expand(b, m, m).clone()
-    tri[:, :, 0] = velocity * dt
-    tri[:, 1:, 1:] = tri[:, 1:, 1:] * (velocity[:, 1:, None] * dt**2)
-    reg = p.curvature_rate_penalty * torch.eye(m, dtype=dtype, device=dev)
+    design = velocity[:, :, None] * pattern  # (B, M, M)
+    reg = p.curvature_rate_penalty * torch.eye(m, dtype=poses.dtype, device=poses.device)
     reg[0, 0] = p.initial_curvature_penalty
-    k = torch.linalg.solve(tri.transpose(1, 2) @ tri + reg, tri.transpose(1, 2) @ yaw[..., None])[..., 0]
+    lhs = design.transpose(1, 2) @ design + reg
+    chol, info = torch.linalg.cholesky_ex(lhs)
+    rhs = design.transpose(1, 2) @ yaw[..., None]
+    if bool(info.any()):
+        k = torch.linalg.solve(lhs, rhs)[..., 0]
+    else:
+        k = torch.cholesky_solve(rhs, chol)[..., 0]
     curvature = _integrate(k[:, 0], k[:, 1:], dt)
     return velocity, curvature
 

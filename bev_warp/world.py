@@ -73,16 +73,23 @@ def in_grid(points: torch.Tensor, grid: torch.Tensor, origin: torch.Tensor, res:
 
 
 def project(points: torch.Tensor, line: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest points of polylines ``(B, M, 2)`` to points ``(B, 2)``: arc length, distance, segment index ``(B,)``."""
-    a, d = line[:, :-1], line[:, 1:] - line[:, :-1]
+    """Nearest points of polylines ``(B, M, 2)`` to points ``(B, 2)`` or ``(B, K, 2)``.
+
+    Returns:
+        arc length, distance and segment index, each ``(B,)`` or ``(B, K)``.
+    """
+    single = points.dim() == 2
+    pts = points[:, None] if single else points  # (B, K, 2)
+    a, d = line[:, None, :-1], line[:, None, 1:] - line[:, None, :-1]  # (B, 1, M-1, 2)
     seg = torch.linalg.norm(d, dim=-1)
-    t = (((points[:, None] - a) * d).sum(-1) / (seg**2).clamp_min(1e-12)).clamp(0.0, 1.0)
-    near = a + t[..., None] * d
-    dist = torch.linalg.norm(points[:, None] - near, dim=-1)
-    k = dist.argmin(-1)
-    cum = torch.nn.functional.pad(torch.cumsum(seg, -1), (1, 0))
-    rows = torch.arange(len(k), device=k.device)
-    return cum[rows, k] + t[rows, k] * seg[rows, k], dist[rows, k], k
+    t = (((pts[:, :, None] - a) * d).sum(-1) / (seg**2).clamp_min(1e-12)).clamp(0.0, 1.0)  # (B, K, M-1)
+    dist = torch.linalg.norm(pts[:, :, None] - (a + t[..., None] * d), dim=-1)
+    k = dist.argmin(-1, keepdim=True)  # (B, K, 1)
+    cum = torch.nn.functional.pad(torch.cumsum(seg[:, 0], -1), (1, 0))  # (B, M)
+    seg_k = torch.gather(seg.expand_as(t), 2, k)[..., 0]
+    s = torch.gather(cum, 1, k[..., 0]) + torch.gather(t, 2, k)[..., 0] * seg_k
+    out = (s, torch.gather(dist, 2, k)[..., 0], k[..., 0])
+    return (out[0][:, 0], out[1][:, 0], out[2][:, 0]) if single else out
 
 
 def comfortable(states: torch.Tensor, prev: torch.Tensor, dt: float) -> torch.Tensor:
