@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from simulation.geometry import local_to_global, normalize_angle
@@ -140,20 +141,65 @@ def fit_reference_profiles(reference: np.ndarray, params: LQRParameters = DEFAUL
     velocity = _integrate_profile(solution[:, 0], solution[:, 1:], dt)
 
     heading_steps = normalize_angle(diffs[..., 2])
-    a_curv = velocity[:, :, None] * design[None]  # (B, N, N)
+    # A = diag(v) M: A^T A = M^T diag(v^2) M and A^T y = M^T (v y)
     ridge = np.full(num, params.curvature_rate_penalty)
     ridge[0] = params.initial_curvature_penalty
-    normal_c = np.einsum("bki,bkj->bij", a_curv, a_curv) + np.diag(ridge)[None]
-    rhs = np.einsum("bki,bk->bi", a_curv, heading_steps)
+    normal_c = (design.T[None] * (velocity**2)[:, None, :]) @ design + np.diag(ridge)[None]
+    rhs = (velocity * heading_steps) @ design
     sol_c = np.linalg.solve(normal_c, rhs[..., None])[..., 0]
     curvature = _integrate_profile(sol_c[:, 0], sol_c[:, 1:], dt)
     return velocity, curvature
 
 
+def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
+    """``out[..., k] = sum(x[..., :k])`` (0 at k = 0)."""
+    out = np.zeros_like(x)
+    np.cumsum(x[..., :-1], axis=-1, out=out[..., 1:])
+    return out
+
+
 def _lateral_lqr(
     lateral_state: np.ndarray, velocity: np.ndarray, curvature: np.ndarray, params: LQRParameters
 ) -> np.ndarray:
-    """Steering-rate commands ``(B,)`` from lateral states ``(B, 3)`` and profiles ``(B, H)``."""
+    """Steering-rate commands ``(B,)`` from lateral states ``(B, 3)`` and profiles ``(B, H)``.
+
+    The Euler-discretised error dynamics over ``H`` steps (``e_lat += v dt e_psi``,
+    ``e_psi += v dt (delta / L - kappa)``, ``delta += dt u``, ``u`` held) compose to
+    ``x_H = A x_0 + B u + g``; the products of the upper-triangular step matrices are written out with
+    cumulative sums. One-step LQR: ``u = -(B' Q B + R)^-1 B' Q wrap(A x_0 + g)``.
+    """
+    dt, horizon = params.discretization_time, velocity.shape[1]
+    lat_gain = velocity * dt  # e_lat <- e_psi coupling per step
+    psi_gain = velocity * dt / params.wheel_base  # e_psi <- delta coupling per step
+    drift = velocity * curvature * dt  # e_psi affine term per step
+    step = np.arange(horizon) * dt  # delta_k = delta_0 + k dt u
+    psi_from_delta = _exclusive_cumsum(psi_gain)  # e_psi_k gain on delta_0
+    psi_from_u = _exclusive_cumsum(psi_gain * step)  # e_psi_k gain on u
+    psi_drift = _exclusive_cumsum(drift)
+    e_lat, e_psi, delta = lateral_state[:, 0], lateral_state[:, 1], lateral_state[:, 2]
+    free = np.stack(
+        [
+            e_lat
+            + e_psi * lat_gain.sum(-1)
+            + delta * (lat_gain * psi_from_delta).sum(-1)
+            - (lat_gain * psi_drift).sum(-1),
+            e_psi + delta * psi_gain.sum(-1) - drift.sum(-1),
+            delta,
+        ],
+        axis=-1,
+    )
+    b_total = np.stack(
+        [(lat_gain * psi_from_u).sum(-1), (psi_gain * step).sum(-1), np.full(len(e_lat), horizon * dt)], axis=-1
+    )
+    free[:, 1] = normalize_angle(free[:, 1])
+    q = np.asarray(params.q_lateral)
+    return -(b_total * q * free).sum(-1) / ((b_total * q * b_total).sum(-1) + params.r_lateral)
+
+
+def _lateral_lqr_matrices(
+    lateral_state: np.ndarray, velocity: np.ndarray, curvature: np.ndarray, params: LQRParameters
+) -> np.ndarray:
+    """Reference form of :func:`_lateral_lqr`: the step matrices multiplied out one by one (for tests)."""
     dt, batch = params.discretization_time, lateral_state.shape[0]
     a_total = np.broadcast_to(np.eye(3), (batch, 3, 3)).copy()
     b_total = np.zeros((batch, 3))
@@ -264,18 +310,98 @@ def propagate_bicycle(
     return out
 
 
+@numba.njit(cache=True)
+def _wrap(angle: float) -> float:
+    return (angle + np.pi) % (2.0 * np.pi) - np.pi
+
+
+@numba.njit(cache=True)
+def _track_kernel(
+    out: np.ndarray,
+    reference: np.ndarray,
+    velocity: np.ndarray,
+    curvature: np.ndarray,
+    lqr: np.ndarray,
+    bike: np.ndarray,
+) -> None:
+    """Fills ``out[:, 1:]`` ``(B, T, 11)`` from ``out[:, 0]``: :func:`lqr_commands` + :func:`propagate_bicycle`
+    per candidate and step, written out as scalar loops (same arithmetic as the array functions).
+
+    ``lqr`` = (q_lon, r_lon, q_lat_0, q_lat_1, q_lat_2, r_lat, dt, horizon, stop_gain, stop_velocity, wheel_base);
+    ``bike`` = (wheel_base, max_steering_angle, accel_tau, steering_tau).
+    """
+    q_lon, r_lon, q0, q1, q2, r_lat, dt, horizon_f, stop_gain, stop_v, lqr_wb = lqr
+    bike_wb, max_steer, tau_a, tau_s = bike
+    horizon = int(horizon_f)
+    last = velocity.shape[1] - 1
+    b_long = horizon * dt
+    for b in range(out.shape[0]):
+        for k in range(out.shape[1] - 1):
+            st = out[b, k]
+            rx, ry, rh = reference[b, k, 0], reference[b, k, 1], reference[b, k, 2]
+            dx, dy = st[0] - rx, st[1] - ry
+            e_lat = -dx * np.sin(rh) + dy * np.cos(rh)
+            e_psi = _wrap(st[2] - rh)
+            delta = st[7]
+            speed = st[3]
+            ref_speed = velocity[b, min(k + horizon, last)]
+            if ref_speed <= stop_v and speed <= stop_v:
+                accel_cmd = -stop_gain * (speed - ref_speed)
+                rate_cmd = 0.0
+            else:
+                accel_cmd = -b_long * q_lon * (speed - ref_speed) / (b_long * q_lon * b_long + r_lon)
+                sum_lat = sum_psi = lat_psi_delta = lat_psi_u = lat_drift = psi_u = drift_sum = 0.0
+                cum_psi_delta = cum_psi_u = cum_drift = 0.0
+                for j in range(horizon):
+                    v_j = speed + j * dt * accel_cmd
+                    lat_gain = v_j * dt
+                    psi_gain = v_j * dt / lqr_wb
+                    drift = v_j * curvature[b, min(k + j, last)] * dt
+                    lat_psi_delta += lat_gain * cum_psi_delta
+                    lat_psi_u += lat_gain * cum_psi_u
+                    lat_drift += lat_gain * cum_drift
+                    sum_lat += lat_gain
+                    cum_psi_delta += psi_gain
+                    cum_psi_u += psi_gain * j * dt
+                    cum_drift += drift
+                sum_psi, psi_u, drift_sum = cum_psi_delta, cum_psi_u, cum_drift
+                free0 = e_lat + e_psi * sum_lat + delta * lat_psi_delta - lat_drift
+                free1 = _wrap(e_psi + delta * sum_psi - drift_sum)
+                b0, b1, b2 = lat_psi_u, psi_u, horizon * dt
+                rate_cmd = -(b0 * q0 * free0 + b1 * q1 * free1 + b2 * q2 * delta) / (
+                    b0 * q0 * b0 + b1 * q1 * b1 + b2 * q2 * b2 + r_lat
+                )
+            nxt = out[b, k + 1]
+            accel = st[5] + dt / (dt + tau_a) * (accel_cmd - st[5])
+            ideal = delta + dt * rate_cmd
+            steer_rate = (delta + dt / (dt + tau_s) * (ideal - delta) - delta) / dt
+            nxt[0] = st[0] + dt * speed * np.cos(st[2])
+            nxt[1] = st[1] + dt * speed * np.sin(st[2])
+            nxt[2] = _wrap(st[2] + dt * speed * np.tan(delta) / bike_wb)
+            nxt[3] = speed + dt * accel
+            nxt[4] = 0.0
+            nxt[5] = accel
+            nxt[6] = 0.0
+            nxt[7] = min(max(delta + dt * steer_rate, -max_steer), max_steer)
+            nxt[8] = steer_rate
+            nxt[9] = nxt[3] * np.tan(nxt[7]) / bike_wb
+            nxt[10] = (nxt[9] - st[9]) / dt
+
+
 def track_and_propagate(
     current_state: np.ndarray,
     reference: np.ndarray,
     dt: float = DT,
     lqr: LQRParameters = DEFAULT_LQR,
     bicycle: BicycleParameters = DEFAULT_BICYCLE,
+    compiled: bool = True,
 ) -> np.ndarray:
     """Simulated states ``(B, T, 11)`` tracking global references ``(B, T, 3)`` from ``current_state``.
 
     ``current_state`` is ``(11,)`` (shared by all candidates) or ``(B, 11)``; state 0 is the current
     state, states ``1 .. T - 1`` follow one LQR + bicycle step of ``dt`` each. The reference profiles
-    are fitted once (NAVSIM's batched tracker).
+    are fitted once (NAVSIM's batched tracker). ``compiled=False`` runs the array functions
+    :func:`lqr_commands` / :func:`propagate_bicycle` step by step instead of the numba kernel (same numbers).
     """
     reference = np.asarray(reference, dtype=np.float64)
     if reference.ndim != 3 or reference.shape[-1] != 3:
@@ -288,6 +414,17 @@ def track_and_propagate(
     out = np.empty((batch, num, STATE_DIM))
     out[:, 0] = np.broadcast_to(current_state, (batch, STATE_DIM))
     profiles = fit_reference_profiles(reference, params)
+    if compiled:
+        lqr_vec = np.array(
+            [params.q_longitudinal, params.r_longitudinal, *params.q_lateral, params.r_lateral, dt,
+             params.tracking_horizon, params.stopping_proportional_gain, params.stopping_velocity, params.wheel_base]
+        )  # fmt: skip
+        bike_vec = np.array(
+            [bicycle.wheel_base, bicycle.max_steering_angle, bicycle.accel_time_constant,
+             bicycle.steering_angle_time_constant]
+        )  # fmt: skip
+        _track_kernel(out, reference, profiles[0], profiles[1], lqr_vec, bike_vec)
+        return out
     for k in range(1, num):
         commands = lqr_commands(out[:, k - 1], reference, k - 1, profiles, params)
         out[:, k] = propagate_bicycle(out[:, k - 1], commands, dt, bicycle)

@@ -140,3 +140,33 @@ def test_bad_shapes_raise() -> None:
         track_and_propagate(_state(), np.zeros((41, 3)))
     with pytest.raises(ValueError, match="poses"):
         interpolate_trajectory(np.zeros((1, 8, 2)), _state())
+
+
+def test_closed_form_lateral_lqr_matches_matrix_products() -> None:
+    from simulation.kinematics import _lateral_lqr, _lateral_lqr_matrices
+
+    rng = np.random.default_rng(1)
+    state = rng.normal(size=(20, 3)) * [0.5, 0.1, 0.05]
+    velocity = rng.uniform(0.0, 15.0, (20, 10))
+    curvature = rng.normal(size=(20, 10)) * 0.02
+    np.testing.assert_allclose(
+        _lateral_lqr(state, velocity, curvature, DEFAULT_LQR),
+        _lateral_lqr_matrices(state, velocity, curvature, DEFAULT_LQR),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+def test_compiled_kernel_matches_array_steps() -> None:
+    rng = np.random.default_rng(2)
+    poses = np.cumsum(rng.uniform([0, -0.4, -0.08], [6, 0.4, 0.08], size=(9, 8, 3)), axis=1)
+    start = _state(x=3.0, y=-1.0, heading=3.1, speed=5.0, steer=0.03)
+    start[S.AX], start[S.YAW_RATE] = -0.5, 0.1
+    ref = interpolate_trajectory(poses, start)
+    ref[0] = ref[0, :1]  # a standing reference, started at 0.1 m/s: stopping controller
+    starts = np.repeat(start[None], 9, axis=0)
+    starts[0, S.VX] = 0.1
+    fast = track_and_propagate(starts, ref)
+    slow = track_and_propagate(starts, ref, compiled=False)
+    assert fast[0, -1, S.VX] < 0.1 and np.all(fast[0, 1:, S.STEERING_RATE] == 0.0)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
