@@ -198,7 +198,44 @@ def constant_velocity_forecast(boxes: np.ndarray, num_steps: int, dt: float = RO
     return out
 
 
-def observation_metric_cache(observation: Observation, path: np.ndarray, route_lanes: set[str], version: str = "v1"):
+#: PDM-Closed reuses its drivable-map context while the ego stays this close (m) to where it was built; the
+#: context then covers MAP_RADIUS + this around the build point, so at least MAP_RADIUS around the ego.
+MAP_CONTEXT_REUSE_M = 20.0
+
+
+@dataclass
+class _MapContext:
+    map_api: Any
+    center: np.ndarray
+    ids: np.ndarray
+    layers: np.ndarray
+    grid: Any
+
+
+def _map_context(map_api: Any, center: np.ndarray, previous: _MapContext | None) -> _MapContext:
+    """Drivable-map polygons and their grid around ``center`` ``(2,)``, reusing ``previous`` when still valid."""
+    from simulation.metric_cache import MAP_RADIUS, drivable_map_polygons
+    from simulation.polygon_grid import PolygonGrid
+
+    if (
+        previous is not None
+        and previous.map_api is map_api
+        and float(np.hypot(*(center - previous.center))) <= MAP_CONTEXT_REUSE_M
+    ):
+        return previous
+    ids, layers, polys = drivable_map_polygons(map_api, center, MAP_RADIUS + MAP_CONTEXT_REUSE_M)
+    return _MapContext(
+        map_api, center.copy(), np.array(ids, dtype=str), np.array(layers, dtype=np.int64), PolygonGrid.build(polys)
+    )
+
+
+def observation_metric_cache(
+    observation: Observation,
+    path: np.ndarray,
+    route_lanes: set[str],
+    version: str = "v1",
+    map_context: _MapContext | None = None,
+) -> Any:
     """PDM-Closed's own scoring context (a :class:`~simulation.metric_cache.MetricCache`) from an observation.
 
     Agents are the current detections forecast at constant velocity; the drivable map, on-route lanes and
@@ -206,12 +243,13 @@ def observation_metric_cache(observation: Observation, path: np.ndarray, route_l
     horizon. The reference / human states are placeholders (PDM-Closed normalises progress over its own
     proposals).
     """
-    from simulation.metric_cache import NUM_STEPS, OBSERVATION_STEPS, MetricCache, drivable_map_polygons
-    from simulation.polygon_grid import PolygonGrid, PolygonSet
+    from simulation.metric_cache import NUM_STEPS, OBSERVATION_STEPS, MetricCache
+    from simulation.polygon_grid import PolygonSet
 
     map_api = observation.map_api
     state = np.asarray(observation.current_state, dtype=np.float64)
-    ids, layers, polys = drivable_map_polygons(map_api, rear_axle_to_center(state[:3])[:2])
+    center = rear_axle_to_center(state[:3])[:2]
+    ctx = map_context if map_context is not None else _map_context(map_api, center, None)
     agents = observation.agents
     valid_now = agents.valid[-1] if agents.num_agents else np.zeros(0, bool)
     boxes = constant_velocity_forecast(_current_agents(observation), OBSERVATION_STEPS[version])
@@ -227,9 +265,9 @@ def observation_metric_cache(observation: Observation, path: np.ndarray, route_l
         agent_valid=np.ones(boxes.shape[:2], dtype=bool),
         agent_types=np.asarray(agents.types, dtype=np.int64)[valid_now],
         agent_track_ids=np.asarray(agents.track_ids).astype(str)[valid_now],
-        map_grid=PolygonGrid.build(polys),
-        map_ids=np.array(ids, dtype=str),
-        map_layers=np.array(layers, dtype=np.int64),
+        map_grid=ctx.grid,
+        map_ids=ctx.ids,
+        map_layers=ctx.layers,
         route_lane_ids=np.array(sorted(route_lanes), dtype=str),
         centerline=path,
         centerline_s=polyline_lengths(path),
@@ -269,6 +307,7 @@ class PDMClosedPlanner:
         self.num_poses, self.interval_s = num_poses, interval_s
         self.lateral_offsets, self.speed_fractions, self.params = lateral_offsets, speed_fractions, params
         self.last_scores: dict[str, np.ndarray] = {}
+        self._map_context: _MapContext | None = None
 
     def proposals(self, observation: Observation, ctx: _RouteContext) -> np.ndarray:
         """Global proposal poses ``(K, num_poses, 3)``, K = offsets x fractions (offset-major)."""
@@ -311,7 +350,9 @@ class PDMClosedPlanner:
         glob = self.proposals(observation, ctx)
         local = global_to_local(glob.reshape(-1, 3), state[:3]).reshape(glob.shape)
         states = simulate_proposals(state, local, self.interval_s)
-        cache = observation_metric_cache(observation, ctx.path, ctx.route_lanes)
+        center = rear_axle_to_center(state[:3])[:2]
+        self._map_context = _map_context(observation.map_api, center, self._map_context)
+        cache = observation_metric_cache(observation, ctx.path, ctx.route_lanes, map_context=self._map_context)
         scores = self._score(cache, states)
         self.last_scores = {"score": scores}
         best = int(np.argmax(scores))

@@ -195,3 +195,14 @@ def test_log_replay_returns_logged_future_in_local_frame() -> None:
     np.testing.assert_allclose(trajectory.poses[:, 1:], 0.0, atol=1e-9)
     with pytest.raises(PlannerInputError, match="log"):
         LogReplayPlanner().plan(_obs())
+
+
+def test_pdm_closed_reuses_map_context_nearby_only() -> None:
+    planner = PDMClosedPlanner()
+    planner.plan(_obs(_state(x=-40.0)))
+    first = planner._map_context
+    planner.plan(_obs(_state(x=-35.0)))
+    assert planner._map_context is first
+    planner.plan(_obs(_state(x=-15.0)))
+    assert planner._map_context is not first
+    assert planner._map_context is not None and "2" in set(planner._map_context.ids)
