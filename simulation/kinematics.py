@@ -11,6 +11,12 @@ batched PDM simulator do (specs/navsim.md §3.2-3.5, specs/nuplan.md §3):
    P-controller near standstill, else one-step longitudinal and 10-step lateral LQR) and
    :func:`propagate_bicycle` integrates the kinematic bicycle with first-order actuator lags.
 
+The profiles have ``T - 1`` entries (one per displacement), so the reference speed at step ``k`` is
+``velocity[min(k + 10, T - 2)]`` and the curvature window is ``curvature[min(k + j, T - 2)]``, j < 10
+(NAVSIM's ``BatchLQRTracker`` indexing). :func:`track_and_propagate` runs the same arithmetic as
+:func:`lqr_commands` / :func:`propagate_bicycle` in a numba kernel (``compiled=False`` uses the array
+functions; the tests check that both agree).
+
 States are ``(..., 11)`` arrays indexed by :class:`~simulation.types.StateIndex` (rear axle,
 velocities / accelerations in the ego frame).
 """
