@@ -20,6 +20,7 @@ from simulation.datasets.synthetic.traffic import (
     IDMParams,
     Objects,
     corridor_obstacles,
+    exit_blocked,
     free_speed,
     idm_accel,
     path_leaders,
@@ -75,6 +76,7 @@ class EgoDriver:
     blockers: dict[int, float] = field(default_factory=dict)  # lane fid -> arc length of a stopped vehicle
     signal: tuple[int, float] | None = None  # (lane fid, arc length) the ego waits to merge into
     wait: float = 0.0  # seconds the ego has been yielding at a junction
+    wait_conn: int = -1  # the connector it has been waiting for
     bank: PathBank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -304,13 +306,15 @@ class EgoDriver:
             EGO_PROBES,
             self._probe_offsets()[None, :],
         )
+        front, length = np.array([PACIFICA.front_length]), np.array([PACIFICA.length])
+        full = exit_blocked(self.bank, s, front, length, gap_l, v_l, self.conn_row)
         gap_s, red = stop_line_gaps(
             self.bank,
             s,
-            np.array([PACIFICA.front_length]),
+            front,
             v,
             light,
-            np.array([blocked]),
+            np.array([blocked]) | full,
             self.conn_row,
             np.array([2.6]),
         )

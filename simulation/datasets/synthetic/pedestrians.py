@@ -119,7 +119,7 @@ def spawn_pedestrians(
         poly, _ = town.crosswalks[fid]
         ring = np.asarray(poly.exterior.coords)[:4]
         mid0, mid1 = (ring[0] + ring[3]) / 2, (ring[1] + ring[2]) / 2  # ends of the crossing line
-        for _ in range(rng.poisson(density * duration / 25.0)):
+        for _ in range(rng.poisson(density * duration / 60.0)):
             p, q = (mid0, mid1) if rng.random() < 0.5 else (mid1, mid0)
             a.append(p - 1.0 * (q - p) / np.linalg.norm(q - p))
             b.append(q + 1.0 * (q - p) / np.linalg.norm(q - p))

@@ -211,6 +211,25 @@ def approach(bank: PathBank, s: np.ndarray, front: np.ndarray, conn_row: np.ndar
     return k, dist
 
 
+def exit_blocked(
+    bank: PathBank,
+    s: np.ndarray,
+    front: np.ndarray,
+    length: np.ndarray,
+    gap_lead: np.ndarray,
+    v_lead: np.ndarray,
+    conn_row: np.ndarray,
+) -> np.ndarray:
+    """``(N,)`` True where a row has not entered its next connector yet and the lane after it has no room for
+    it before a slow leader (do not block the junction)."""
+    k, dist = approach(bank, s, front, conn_row)
+    rows = np.arange(len(s))
+    nxt = np.minimum(np.maximum(k, 0) + 1, bank.seg_fid.shape[1] - 1)
+    to_exit = bank.seg_start[rows, nxt] - (s + front)
+    space = gap_lead - to_exit
+    return (k >= 0) & (dist > -0.5) & (dist < 30.0) & (v_lead < 2.0) & (space < length + 3.0)
+
+
 def claims(
     bank: PathBank, k: np.ndarray, dist: np.ndarray, v: np.ndarray, conn_row: np.ndarray, light: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

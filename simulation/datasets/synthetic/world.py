@@ -17,6 +17,7 @@ from simulation.datasets.synthetic.traffic import (
     approach,
     claims,
     corridor_obstacles,
+    exit_blocked,
     free_speed,
     idm_accel,
     merge_objects,
@@ -43,7 +44,7 @@ class DriveConfig:
 
     Attributes:
         duration_s: logged seconds. warmup_s: simulated, unlogged seconds before.
-        vehicles_per_km: moving vehicles per km of lane. pedestrian_density: crossers per crosswalk per 25 s.
+        vehicles_per_km: moving vehicles per km of lane. pedestrian_density: crossers per crosswalk per minute.
         parked_share: probability of a parked vehicle per 12 m of parking strip.
     """
 
@@ -205,6 +206,7 @@ class _Traffic:
     conn_row: np.ndarray
     active: np.ndarray
     wait: np.ndarray  # (N,) seconds each row has been yielding at a junction (fairness of claims)
+    wait_conn: np.ndarray  # (N,) the connector those seconds were spent waiting for
 
 
 def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> DriveRecord:
@@ -228,6 +230,7 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         conn_row=np.zeros((0, 0), dtype=np.int64),
         active=np.ones(len(s0), dtype=bool),
         wait=np.zeros(len(s0)),
+        wait_conn=np.full(len(s0), -1, dtype=np.int64),
     )
     tr.conn_row = np.vectorize(lambda f: conn_index.get(int(f), -1), otypes=[np.int64])(tr.bank.seg_fid)
     ego = EgoDriver(
@@ -322,20 +325,28 @@ def _step(
         ego.conn_row,
         light,
     )
+    # do not enter a junction whose exit has no room: no claim, stop at the line
+    full = np.zeros(n, dtype=bool)
+    if n:
+        objs = merge_objects([objs_t, ego.register()])
+        gap_l, v_l, _ = path_leaders(tr.bank, tr.s, half, owner, objs)
+        full = exit_blocked(tr.bank, tr.s, half, tr.sizes[:, 0], gap_l, v_l, tr.conn_row)
+        cf[full] = -1
     kf = kf - tr.wait + 1e-6 * owner  # who has waited longer goes first (no starvation)
     ekf = ekf - ego.wait
     all_c = np.concatenate([cf, cr, ecf, ecr])
     all_k = np.concatenate([kf, kr, ekf, ekr])
     blocked = yield_blocked(np.concatenate([cf, ecf]), np.concatenate([kf, ekf]), all_c, all_k, conflict)
-    tr.wait = np.where(blocked[:-1], tr.wait + DT, 0.0)
-    ego.wait = ego.wait + DT if blocked[-1] else 0.0
+    # waiting time counts while yielding and is kept until the claimed connector changes
+    tr.wait = np.where(cf == tr.wait_conn, tr.wait + DT * blocked[:-1], 0.0)
+    tr.wait_conn = cf
+    ego.wait = ego.wait + DT * bool(blocked[-1]) if int(ecf[0]) == ego.wait_conn else 0.0
+    ego.wait_conn = int(ecf[0])
     frame = ego.step(DT, light, bool(blocked[-1]), objs_t, all_boxes, all_owner, t_seg, t_u, tr.v[act])
     if n:
-        objs = merge_objects([objs_t, ego.register()])
         p = tr.params
-        gap_l, v_l, _ = path_leaders(tr.bank, tr.s, half, owner, objs)
         gap_c, v_c, _ = corridor_obstacles(tr.bank, tr.s, half, tr.sizes[:, 1] / 2 + 0.3, owner, all_boxes, all_owner)
-        gap_s, _ = stop_line_gaps(tr.bank, tr.s, half, tr.v, light, blocked[:-1], tr.conn_row, np.full(n, 3.0))
+        gap_s, _ = stop_line_gaps(tr.bank, tr.s, half, tr.v, light, blocked[:-1] | full, tr.conn_row, np.full(n, 3.0))
         v0 = free_speed(tr.bank, tr.s, half, p)
         acc = np.minimum(
             np.minimum(idm_accel(tr.v, v0, gap_l, v_l, p), idm_accel(tr.v, v0, gap_c, v_c, p)),
