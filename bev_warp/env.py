@@ -183,7 +183,11 @@ class BEVWarpEnv:
         stride = self.config.raster.height_px // obs.shape[-2]
         geom = RasterGeometry.from_raster_config(self.config.raster, stride)
         dev = relative_pose(logged, state.ego[:, :3])
-        return warp_bev(obs[:, k].float(), dev, geom, self.config.fill_value)
+        warped = warp_bev(obs[:, k].float(), dev, geom, self.config.fill_value)
+        if stride == 1 and "ego" in self.config.raster.channels:  # the ego footprint is drawn, not warped
+            c = self.config.raster.channels.index("ego")
+            warped[:, c] = obs[:, 0, c].float()
+        return warped
 
     # ------------------------------------------------------------------------------------------------
 

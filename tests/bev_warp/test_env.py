@@ -107,7 +107,12 @@ def test_observation_is_the_logged_raster_warped() -> None:
     shifted = state.__class__(**{**state.__dict__, "ego": state.ego.clone()})
     shifted.ego[:, 0] += 1.0  # 2 px ahead: content moves down by 2 rows
     obs = env.observe(shifted)
-    torch.testing.assert_close(obs[..., 2:, :], state.episodes.observations[:, 0, :, :-2, :], atol=1e-5, rtol=0)
+    logged = state.episodes.observations[:, 0]
+    ego = raster.channels.index("ego")
+    others = [c for c in range(len(raster.channels)) if c != ego]
+    torch.testing.assert_close(obs[:, others, 2:, :], logged[:, others, :-2, :], atol=1e-5, rtol=0)
+    torch.testing.assert_close(obs[:, ego], logged[:, ego])  # the ego footprint stays where the ego is
+    assert float(logged[:, ego].sum()) > 0
 
 
 def test_determinism_and_batch_of_64() -> None:
