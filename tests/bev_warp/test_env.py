@@ -128,3 +128,20 @@ def test_determinism_and_batch_of_64() -> None:
     torch.testing.assert_close(runs[0].totals["progress"], runs[1].totals["progress"], rtol=0, atol=0)
     assert runs[0].done.all() and int(runs[0].step_index) == 12
     assert not torch.equal(runs[0].ego[0], runs[0].ego[1])
+
+
+def test_gym_adapter() -> None:
+    from bev_warp.gym import BEVWarpGym
+
+    raster = RasterConfig(height_px=32, width_px=32, resolution_m=1.0, behind_m=8.0)
+    gym = BEVWarpGym([eastbound(), eastbound(obstacle_x=-20.0, token="c")], fixture_map(), EnvConfig(raster=raster))
+    obs, info = gym.reset(seed=0)
+    assert obs.shape == (2, len(raster.channels), 32, 32) and info["tokens"] == ("s0", "c")
+    assert gym.observation_space is not None and gym.observation_space.contains(obs)
+    ended = np.zeros(2, dtype=bool)
+    while not ended.all():
+        assert gym.state is not None
+        obs, reward, terminated, truncated, info = gym.step(expert_trajectories(gym.state).numpy())
+        ended |= terminated | truncated
+    assert terminated[1] and not truncated[1] and truncated[0] and not terminated[0]
+    assert info["episode"]["collision"].tolist() == [False, True]
