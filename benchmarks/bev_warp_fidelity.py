@@ -60,7 +60,7 @@ def _render_at(scene: Scenario, frame: int, pose: np.ndarray) -> np.ndarray:
     )
 
 
-def raster_iou(scenes: list[Scenario], frames: list[int]) -> dict[tuple[str, float], np.ndarray]:
+def raster_iou(scenes: list[Scenario], frames: list[int], mode: str) -> dict[tuple[str, float], np.ndarray]:
     """Mean IoU per channel ``(C,)`` (NaN where no case had a non-empty union) per deviation."""
     geom = RasterGeometry.from_raster_config(PLANNER_RASTER)
     ego_c = PLANNER_RASTER.channels.index("ego")
@@ -75,7 +75,7 @@ def raster_iou(scenes: list[Scenario], frames: list[int]) -> dict[tuple[str, flo
                     logged = torch.as_tensor(_render_at(scene, f, log_pose))[None]
                     pose = _deviated(log_pose, kind, amount)
                     dev = relative_pose(torch.tensor(log_pose)[None], torch.tensor(pose)[None]).float()
-                    warped = warp_bev(logged, dev, geom)[0].numpy()
+                    warped = warp_bev(logged, dev, geom, mode=mode)[0].numpy()  # type: ignore[arg-type]
                     cover = warp_bev(torch.ones_like(logged[:, :1]), dev, geom)[0, 0].numpy() > 0.999
                     warped[ego_c] = logged[0, ego_c].numpy()
                     truth = _render_at(scene, f, pose)
@@ -165,15 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     iou_scenes = [fixture_scenario(500 + i, args.frames) for i in range(args.iou_scenes)]
-    table = raster_iou(iou_scenes, [0, args.frames // 2])
     names = PLANNER_RASTER.channels
-    print("IoU warped vs re-rendered (pixels > 0.5, region covered by the logged raster); '-' = channel empty")
-    print(f"{'deviation':>20s} " + " ".join(f"{n[:9]:>9s}" for n in names))
-    for (kind, amount), row in table.items():
-        cells = " ".join("        -" if np.isnan(v) else f"{v:9.3f}" for v in row)
-        print(f"{kind + ' ' + str(amount):>20s} {cells}")
+    for mode in ("bilinear", "nearest"):
+        table = raster_iou(iou_scenes, [0, args.frames // 2], mode)
+        print(f"IoU warped ({mode}) vs re-rendered (pixels > 0.5, region the logged raster covers); '-' = empty")
+        print(f"{'deviation':>20s} " + " ".join(f"{n[:9]:>9s}" for n in names))
+        for (kind, amount), row in table.items():
+            cells = " ".join("        -" if np.isnan(v) else f"{v:9.3f}" for v in row)
+            print(f"{kind + ' ' + str(amount):>20s} {cells}")
+        print()
     scenes = [fixture_scenario(i, args.frames) for i in range(args.scenes)]
-    print(f"\nclosed loop on {len(scenes)} fixture scenarios ({args.frames} frames at 10 Hz), replanning at 2 Hz")
+    print(f"closed loop on {len(scenes)} fixture scenarios ({args.frames} frames at 10 Hz), replanning at 2 Hz")
     print(
         f"{'planner':>16s} {'coll warp':>9s} {'coll vec':>9s} {'prog warp':>9s} {'prog vec':>9s} "
         f"{'score warp':>10s} {'score vec':>9s} {'rho prog':>8s} {'rho score':>9s} {'coll agree':>10s}"

@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -71,6 +71,7 @@ class EnvConfig:
         observation: ``raster`` (warped rasters), ``features`` (warped encoder features) or ``none``.
         raster: planner raster layout (the encoder's input layout in ``features`` mode).
         max_deviation_m / max_heading_deviation_rad: termination thresholds against the expert path.
+        fill_value / warp_mode: value of the revealed regions and interpolation of the warp.
         weights: reward weights per sub-reward (progress in metres; penalties as 0/1 events).
     """
 
@@ -81,6 +82,7 @@ class EnvConfig:
     max_deviation_m: float = 2.0
     max_heading_deviation_rad: float = math.radians(40.0)
     fill_value: float = 0.0
+    warp_mode: Literal["bilinear", "nearest"] = "bilinear"
     grid_res: float = 0.25
     tracker: TrackerParameters = DEFAULT_TRACKER
     weights: tuple[tuple[str, float], ...] = (
@@ -183,7 +185,7 @@ class BEVWarpEnv:
         stride = self.config.raster.height_px // obs.shape[-2]
         geom = RasterGeometry.from_raster_config(self.config.raster, stride)
         dev = relative_pose(logged, state.ego[:, :3])
-        warped = warp_bev(obs[:, k].float(), dev, geom, self.config.fill_value)
+        warped = warp_bev(obs[:, k].float(), dev, geom, self.config.fill_value, self.config.warp_mode)
         if stride == 1 and "ego" in self.config.raster.channels:  # the ego footprint is drawn, not warped
             c = self.config.raster.channels.index("ego")
             warped[:, c] = obs[:, 0, c].float()
