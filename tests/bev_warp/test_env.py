@@ -145,3 +145,10 @@ def test_gym_adapter() -> None:
         ended |= terminated | truncated
     assert terminated[1] and not truncated[1] and truncated[0] and not terminated[0]
     assert info["episode"]["collision"].tolist() == [False, True]
+
+
+def test_trajectories_on_another_device_are_rejected() -> None:
+    env = BEVWarpEnv(NONE)
+    state = env.reset([eastbound()], fixture_map())
+    with pytest.raises(TrajectoryError, match="trajectories on meta"):
+        env.step(state, torch.empty(1, 8, 3, device="meta"))
