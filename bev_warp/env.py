@@ -191,6 +191,22 @@ class BEVWarpEnv:
             warped[:, c] = obs[:, 0, c].float()
         return warped
 
+    def observe_agents(self, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logged agents of the current frame in the simulated ego frames: boxes ``(B, N, 7)`` (pose and velocity
+        rotated into the frame, sizes kept) and validity ``(B, N)``."""
+        ep = state.episodes
+        rows = torch.arange(ep.batch_size, device=state.ego.device)
+        boxes, valid = ep.boxes[rows, state.frame], ep.valid[rows, state.frame]
+        ego = state.ego[:, None]
+        c, s = torch.cos(ego[..., 2]), torch.sin(ego[..., 2])
+        dx, dy = boxes[..., A.X] - ego[..., 0], boxes[..., A.Y] - ego[..., 1]
+        local = boxes.clone()
+        local[..., A.X], local[..., A.Y] = c * dx + s * dy, -s * dx + c * dy
+        local[..., A.HEADING] = normalize_angle(boxes[..., A.HEADING] - ego[..., 2])
+        local[..., A.VX] = c * boxes[..., A.VX] + s * boxes[..., A.VY]
+        local[..., A.VY] = -s * boxes[..., A.VX] + c * boxes[..., A.VY]
+        return local, valid
+
     # ------------------------------------------------------------------------------------------------
 
     def _check(self, state: EnvState, trajectories: torch.Tensor, failed: torch.Tensor) -> None:

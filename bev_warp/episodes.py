@@ -166,6 +166,11 @@ def build_episodes(
     """Precompute the tensors of ``scenes`` (with their maps) on ``device``."""
     if not scenes or len(scenes) != len(map_apis):
         raise EpisodeError(f"need one map per scene, got {len(scenes)} scenes and {len(map_apis)} maps")
+    for scene in scenes:
+        try:
+            scene.validate()
+        except ValueError as err:
+            raise EpisodeError(f"scene {scene.token}: {err}") from None
     dts = {round(_window_dt(s), 6) for s in scenes}
     if len(dts) != 1:
         raise EpisodeError(f"scenes mix frame intervals {sorted(dts)}; batch scenes of one rate")

@@ -152,3 +152,21 @@ def test_trajectories_on_another_device_are_rejected() -> None:
     state = env.reset([eastbound()], fixture_map())
     with pytest.raises(TrajectoryError, match="trajectories on meta"):
         env.step(state, torch.empty(1, 8, 3, device="meta"))
+
+
+def test_agents_are_seen_from_the_simulated_ego() -> None:
+    env = BEVWarpEnv(NONE)
+    state = env.reset([eastbound(obstacle_x=-20.0)], fixture_map())
+    boxes, valid = env.observe_agents(state)
+    assert bool(valid[0, 0]) and float(boxes[0, 0, 0]) == pytest.approx(30.0) and abs(float(boxes[0, 0, 1])) < 1e-9
+    turned = state.__class__(**{**state.__dict__, "ego": state.ego.clone()})
+    turned.ego[0, 2] = np.pi / 2  # ego facing north: the car 30 m east is now 30 m to the right
+    boxes, _ = env.observe_agents(turned)
+    assert float(boxes[0, 0, 1]) == pytest.approx(-30.0) and float(boxes[0, 0, 2]) == pytest.approx(-np.pi / 2)
+
+
+def test_invalid_scene_is_rejected() -> None:
+    bad = eastbound()
+    bad.ego.states[3, 0] = np.nan
+    with pytest.raises(EpisodeError, match="NaN"):
+        BEVWarpEnv(NONE).reset([bad], fixture_map())
