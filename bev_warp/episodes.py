@@ -153,17 +153,10 @@ def planning_rasters(scene: LogWindow, map_api: Any, frames: np.ndarray, raster:
     )
 
 
-def build_episodes(
-    scenes: Sequence[LogWindow],
-    map_apis: Sequence[Any],
-    replan_interval_s: float,
-    raster: RasterConfig | None,
-    device: torch.device,
-    encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    grid_res: float = 0.25,
-    observation_dtype: torch.dtype = torch.float32,
-) -> EpisodeBatch:
-    """Precompute the tensors of ``scenes`` (with their maps) on ``device``."""
+def _check_scenes(
+    scenes: Sequence[LogWindow], map_apis: Sequence[Any], replan_interval_s: float
+) -> tuple[float, int, list[int]]:
+    """Log interval, log frames per planning step and episode lengths; :class:`EpisodeError` on bad scenes."""
     if not scenes or len(scenes) != len(map_apis):
         raise EpisodeError(f"need one map per scene, got {len(scenes)} scenes and {len(map_apis)} maps")
     for scene in scenes:
@@ -182,6 +175,21 @@ def build_episodes(
     lengths = [s.num_frames - s.current_index for s in scenes]
     if min(lengths) < fpp + 1:
         raise EpisodeError(f"scene {scenes[int(np.argmin(lengths))].token}: shorter than one planning step")
+    return log_dt, fpp, lengths
+
+
+def build_episodes(
+    scenes: Sequence[LogWindow],
+    map_apis: Sequence[Any],
+    replan_interval_s: float,
+    raster: RasterConfig | None,
+    device: torch.device,
+    encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    grid_res: float = 0.25,
+    observation_dtype: torch.dtype = torch.float32,
+) -> EpisodeBatch:
+    """Precompute the tensors of ``scenes`` (with their maps) on ``device``."""
+    log_dt, fpp, lengths = _check_scenes(scenes, map_apis, replan_interval_s)
     t_max = max(lengths)
     ego, boxes, valid, types, obs, grids, origins, routes = [], [], [], [], [], [], [], []
     for scene, map_api, n in zip(scenes, map_apis, lengths, strict=True):
