@@ -89,7 +89,7 @@ class MapProvider:
         if map_name not in self._maps:
             from simulation.maps.api import MapAPI
 
-            self._maps[map_name] = MapAPI.load(self.maps_root, map_name)
+            self._maps[map_name] = MapAPI.load(str(self.maps_root), map_name)
         return self._maps[map_name]
 
 

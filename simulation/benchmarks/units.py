@@ -196,9 +196,14 @@ def _nan_metrics(protocol: BenchmarkProtocol) -> dict[str, float]:
     return {c: math.nan for c in (*protocol.columns, "score")}
 
 
+#: NAVSIM column -> the name ``rewards.pdm`` gives the same metric.
+METRIC_ALIASES = {"two_frame_extended_comfort": "extended_comfort"}
+
+
 def _checked_metrics(protocol: BenchmarkProtocol, metrics: Mapping[str, float]) -> dict[str, float]:
     """The protocol's columns from ``metrics``; missing optional columns become NaN."""
     out: dict[str, float] = {}
+    metrics = {**{c: metrics[a] for c, a in METRIC_ALIASES.items() if a in metrics}, **metrics}
     for col in (*protocol.columns, "score"):
         if col in metrics:
             out[col] = float(metrics[col])
