@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "synth"): ("simulation.datasets.synthetic.cli", "generate a synthetic city (nuPlan-format logs + maps)"),
     ("data", "scenes"): ("simulation.datasets.cli", "extract NAVSIM scenes / nuPlan scenarios and print a summary"),
+    ("data", "cache"): ("training.cache", "build the planner feature cache and NAVSIM metric caches of a split"),
     ("viz",): ("simulation.visualize", "BEV plot (PNG) of a scene or GIF of a log"),
     ("bench",): ("simulation.benchmarks.cli", "closed-loop / NAVSIM benchmarks (Hydra)"),
     ("fit",): ("training.lightning_cli:fit_main", "train a planner (Lightning CLI, --config configs/train/*.yaml)"),

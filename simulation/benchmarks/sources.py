@@ -29,11 +29,12 @@ Extractor = Callable[[str], Sequence[tuple[LogWindow, str]]]
 
 
 def frame_scenario_types(log: LogData, frame_tokens: Sequence[str]) -> list[str]:
-    """nuPlan scenario type tagged at each of ``frame_tokens`` (first tag by name; ``unknown`` if untagged)."""
+    """nuPlan scenario type tagged at each of ``frame_tokens`` (the greatest type when a frame has several,
+    as nuPlan's ``MAX(type)``; ``unknown`` if untagged)."""
     index = {str(tok): i for i, tok in enumerate(log.frame_tokens)}
     tags: dict[int, str] = {}
-    for frame, kind in sorted(zip(log.tag_frame.tolist(), log.tag_type.tolist(), strict=True), key=lambda t: t[1]):
-        tags.setdefault(int(frame), str(kind))
+    for frame, kind in zip(log.tag_frame.tolist(), log.tag_type.tolist(), strict=True):
+        tags[int(frame)] = max(tags.get(int(frame), ""), str(kind))
     return [tags.get(index.get(str(tok), -1), "unknown") for tok in frame_tokens]
 
 

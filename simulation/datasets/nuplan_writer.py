@@ -218,6 +218,7 @@ def write_log(log: LogData, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     _check_lengths(log)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     con = sqlite3.connect(tmp)

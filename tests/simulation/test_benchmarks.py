@@ -456,7 +456,7 @@ def test_log_source_loads_each_group_once_and_types_frames() -> None:
         tag_type=np.array(["stopping_at_red_light", "following_lane", "starting_left_turn"]),
     )
     types = frame_scenario_types(log, ["a", "b", "c", "zz"])  # type: ignore[arg-type]
-    assert types == ["unknown", "following_lane", "starting_left_turn", "unknown"]
+    assert types == ["unknown", "stopping_at_red_light", "starting_left_turn", "unknown"]  # MAX(type)
 
 
 def test_with_driven_ego_replaces_future_poses() -> None:

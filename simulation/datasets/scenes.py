@@ -1,0 +1,484 @@
+"""Scenes and scenarios cut out of logs, and the splits that name the logs.
+
+* :func:`extract_scenes`: NAVSIM scenes (specs/navsim.md §4.2). The 20 Hz ``lidar_pc`` frames are sampled at
+  2 Hz (every 10th frame from the first); windows of ``num_history_frames + num_future_frames`` slide over
+  them with step ``frame_interval`` (``None``: non-overlapping); short windows, and with ``has_route`` windows
+  whose current frame has no route, are dropped. The current frame is index ``num_history_frames - 1`` and
+  its token is the scene token.
+* :func:`extract_scenarios`: nuPlan scenarios (specs/nuplan.md "Scenario extraction"). Candidates are the
+  frames of the valid scenes (scenes sorted by name, first two and last two dropped) with their scenario tag
+  (``MAX(type)`` when a frame has several, ``unknown`` when it has none); each becomes a 15 s window starting
+  3 s before the tagged frame, every 2nd frame (10 Hz, 151 iterations), with 2 s of history before it.
+* :func:`split_log_paths`: the ``.db`` files of a split, defined by ``configs/data/splits/<split>.yaml``.
+* :func:`load_scenes` / :func:`load_scenarios`: extraction over a split; a log that cannot be read is skipped
+  with a warning that names it, and the number skipped is reported.
+
+The driving command of a scene follows OpenScene's rule: the point 20 m ahead along the route centre line,
+in the centre line's frame at the ego; ``y >= 2 m`` is LEFT, ``y <= -2 m`` RIGHT, else STRAIGHT; UNKNOWN
+without a route. With a :class:`~simulation.maps.api.MapAPI` the centre line is the route's; without a map
+(the default) it is the path the ego drives in the log, which is the route the expert took.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from simulation.datasets.log_data import LogData
+from simulation.types import Agents, DrivingCommand, EgoStates, Scenario, Scene, TrafficLights, TrafficLightStatus
+
+logger = logging.getLogger(__name__)
+
+#: ``configs/data/splits`` of this checkout (one YAML file per split).
+SPLITS_DIR = Path(__file__).resolve().parents[2] / "configs" / "data" / "splits"
+
+FRAME_RATE_HZ = 20.0
+SCENE_STEP = 10  # 20 Hz -> 2 Hz
+COMMAND_LOOKAHEAD_M = 20.0
+COMMAND_THRESHOLD_M = 2.0
+
+#: ``(log, frame) -> DrivingCommand``; ``frame`` indexes the log's 20 Hz frames.
+DrivingCommandFn = Callable[[LogData, int], int]
+
+
+class SplitError(ValueError):
+    """A split is unknown, badly defined, or names logs that are not there."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Filters
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SceneFilter:
+    """Which NAVSIM scenes to cut (NAVSIM's ``SceneFilter``).
+
+    Args:
+        num_history_frames: frames up to and including the current one (2 Hz).
+        num_future_frames: frames after the current one.
+        frame_interval: step between window starts in 2 Hz frames; ``None`` for non-overlapping windows.
+        has_route: drop scenes whose current frame has no route roadblocks.
+        max_scenes: keep at most this many (in log order).
+        log_names: keep only these logs.
+        tokens: keep only these scene tokens.
+    """
+
+    num_history_frames: int = 4
+    num_future_frames: int = 10
+    frame_interval: int | None = None
+    has_route: bool = True
+    max_scenes: int | None = None
+    log_names: Sequence[str] | None = None
+    tokens: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_history_frames < 1 or self.num_future_frames < 0:
+            raise ValueError(
+                f"SceneFilter needs num_history_frames >= 1 and num_future_frames >= 0, got "
+                f"{self.num_history_frames} and {self.num_future_frames}"
+            )
+        if self.frame_interval is not None and self.frame_interval < 1:
+            raise ValueError(f"SceneFilter.frame_interval must be >= 1 or None, got {self.frame_interval}")
+
+    @property
+    def num_frames(self) -> int:
+        return self.num_history_frames + self.num_future_frames
+
+    @property
+    def step(self) -> int:
+        return self.num_frames if self.frame_interval is None else self.frame_interval
+
+
+@dataclass(frozen=True)
+class ScenarioFilter:
+    """Which nuPlan scenarios to cut (the parts of nuPlan's ``ScenarioFilter`` diffplan uses).
+
+    Args:
+        scenario_types: keep only these types; ``None`` keeps every tagged type.
+        include_unknown: also make scenarios from untagged frames (type ``unknown``).
+        duration_s / offset_s: window length and start relative to the tagged frame.
+        subsample_ratio: fraction of the 20 Hz frames kept (0.5: 10 Hz).
+        history_s: history before the window's first frame.
+        timestamp_threshold_s: minimum time between the initial frames of two scenarios of one type
+            (nuPlan's ``timestamp_threshold_s``); ``None`` keeps every candidate.
+        remove_invalid_goals: drop scenarios whose scene has no goal.
+        num_scenarios_per_type / limit_total_scenarios: caps, applied in log order.
+        tokens: keep only these scenario tokens (the tagged frame's token).
+    """
+
+    scenario_types: Sequence[str] | None = None
+    include_unknown: bool = False
+    duration_s: float = 15.0
+    offset_s: float = -3.0
+    subsample_ratio: float = 0.5
+    history_s: float = 2.0
+    timestamp_threshold_s: float | None = 15.0
+    remove_invalid_goals: bool = False
+    num_scenarios_per_type: int | None = None
+    limit_total_scenarios: int | None = None
+    tokens: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.subsample_ratio <= 1.0:
+            raise ValueError(f"ScenarioFilter.subsample_ratio must be in (0, 1], got {self.subsample_ratio}")
+        if self.duration_s <= 0.0 or self.history_s < 0.0:
+            raise ValueError("ScenarioFilter needs duration_s > 0 and history_s >= 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Windows of a log
+# --------------------------------------------------------------------------------------------------
+
+
+def _agents(log: LogData, frames: np.ndarray) -> Agents:
+    """Agents of the log's frames ``frames`` (20 Hz indices), one column per track seen in them."""
+    pos = np.full(log.num_frames, -1, dtype=np.int64)
+    pos[frames] = np.arange(len(frames))
+    row = pos[log.box_frame] if len(log.box_frame) else np.zeros(0, dtype=np.int64)
+    sel = np.flatnonzero(row >= 0)
+    tracks = np.unique(log.box_track[sel])
+    if len(tracks) == 0:
+        return Agents.empty(len(frames))
+    col = np.searchsorted(tracks, log.box_track[sel])
+    boxes = np.zeros((len(frames), len(tracks), log.box_states.shape[1]))
+    valid = np.zeros((len(frames), len(tracks)), dtype=bool)
+    boxes[row[sel], col] = log.box_states[sel]
+    valid[row[sel], col] = True
+    return Agents(
+        boxes=boxes,
+        types=log.track_types[tracks].astype(np.int64),
+        track_ids=np.asarray(log.track_tokens)[tracks].astype("<U16"),
+        valid=valid,
+    )
+
+
+def _traffic_lights(log: LogData, frames: np.ndarray) -> TrafficLights:
+    pos = np.full(log.num_frames, -1, dtype=np.int64)
+    pos[frames] = np.arange(len(frames))
+    row = pos[log.tl_frame] if len(log.tl_frame) else np.zeros(0, dtype=np.int64)
+    sel = np.flatnonzero(row >= 0)
+    if len(sel) == 0:
+        return TrafficLights.empty(len(frames))
+    ids, col = np.unique(log.tl_lane_connector[sel], return_inverse=True)
+    status = np.full((len(frames), len(ids)), TrafficLightStatus.UNKNOWN, dtype=np.int8)
+    status[row[sel], col.reshape(-1)] = log.tl_status[sel]
+    return TrafficLights(lane_connector_ids=np.array([str(int(i)) for i in ids]), status=status)
+
+
+def _goal(log: LogData, scene: int) -> np.ndarray | None:
+    goal = np.asarray(log.scene_goal[scene], dtype=np.float64)
+    return None if not np.isfinite(goal).all() else goal.copy()
+
+
+def _route(log: LogData, frame: int) -> tuple[str, ...]:
+    return tuple(str(r) for r in log.scene_roadblock_ids[int(log.frame_scene[frame])])
+
+
+# --------------------------------------------------------------------------------------------------
+# Driving command
+# --------------------------------------------------------------------------------------------------
+
+
+def command_from_path(
+    pose: np.ndarray,
+    path_xy: np.ndarray,
+    lookahead_m: float = COMMAND_LOOKAHEAD_M,
+    threshold_m: float = COMMAND_THRESHOLD_M,
+) -> DrivingCommand:
+    """OpenScene's rule on a centre line ``path_xy`` ``(N, 2)``: project ``pose`` ``(3,)`` onto it, walk
+    ``lookahead_m`` along it (clamped to its end) and classify the point's lateral offset in the centre
+    line's frame at the projection."""
+    path = np.asarray(path_xy, dtype=np.float64)
+    if path.ndim != 2 or len(path) < 2:
+        return DrivingCommand.UNKNOWN
+    seg = np.diff(path, axis=0)
+    seg_len = np.linalg.norm(seg, axis=1)
+    keep = seg_len > 1e-6
+    if not keep.any():
+        return DrivingCommand.UNKNOWN
+    path = np.concatenate([path[:1], path[1:][keep]])
+    seg, seg_len = seg[keep], seg_len[keep]
+    rel = pose[:2] - path[:-1]
+    u = np.clip(np.einsum("ij,ij->i", rel, seg) / seg_len**2, 0.0, 1.0)
+    foot = path[:-1] + u[:, None] * seg
+    k = int(np.argmin(np.linalg.norm(foot - pose[:2], axis=1)))
+    station = np.concatenate([[0.0], np.cumsum(seg_len)])
+    s0 = station[k] + u[k] * seg_len[k]
+    target = np.array([np.interp(s0 + lookahead_m, station, path[:, i]) for i in range(2)])
+    tangent = seg[k] / seg_len[k]
+    d = target - foot[k]
+    lateral = tangent[0] * d[1] - tangent[1] * d[0]
+    if lateral >= threshold_m:
+        return DrivingCommand.LEFT
+    if lateral <= -threshold_m:
+        return DrivingCommand.RIGHT
+    return DrivingCommand.STRAIGHT
+
+
+def log_path_command(log: LogData, frame: int) -> DrivingCommand:
+    """Driving command from the ego's own path in the log (the map-free default)."""
+    if not _route(log, frame):
+        return DrivingCommand.UNKNOWN
+    xy = log.ego_states[frame:, :2]
+    return command_from_path(log.ego_states[frame, :3], xy)
+
+
+def route_command(map_api: Any) -> DrivingCommandFn:
+    """Driving command from the route centre line of ``map_api`` (OpenScene's own rule)."""
+
+    def command(log: LogData, frame: int) -> DrivingCommand:
+        route = _route(log, frame)
+        if not route:
+            return DrivingCommand.UNKNOWN
+        pose = log.ego_states[frame, :3]
+        try:
+            line = map_api.route_centerline(list(route), pose)
+        except (KeyError, ValueError) as exc:
+            logger.debug("%s: no route centre line at frame %d (%s)", log.log_name, frame, exc)
+            return DrivingCommand.UNKNOWN
+        return command_from_path(pose, line)
+
+    return command
+
+
+# --------------------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------------------
+
+
+def scene_at(
+    log: LogData, frames: np.ndarray, current_index: int, driving_command_fn: DrivingCommandFn | None = None
+) -> Scene:
+    """The :class:`Scene` over the log's frames ``frames`` (20 Hz indices) with its current frame at
+    ``frames[current_index]``."""
+    frames = np.asarray(frames, dtype=np.int64)
+    current = int(frames[current_index])
+    command_fn = log_path_command if driving_command_fn is None else driving_command_fn
+    return Scene(
+        log_name=log.log_name,
+        token=str(log.frame_tokens[current]),
+        map_name=log.map_location,
+        frame_tokens=np.asarray(log.frame_tokens)[frames],
+        timestamps_us=log.timestamps_us[frames].astype(np.int64),
+        ego=EgoStates(log.ego_states[frames].copy(), log.timestamps_us[frames].astype(np.int64)),
+        agents=_agents(log, frames),
+        traffic_lights=_traffic_lights(log, frames),
+        route_roadblock_ids=_route(log, current),
+        current_index=int(current_index),
+        driving_command=int(command_fn(log, current)),
+        goal=_goal(log, int(log.frame_scene[current])),
+    )
+
+
+def extract_scenes(
+    log: LogData, scene_filter: SceneFilter | None = None, driving_command_fn: DrivingCommandFn | None = None
+) -> list[Scene]:
+    """NAVSIM scenes of ``log`` (see the module docstring)."""
+    sf = SceneFilter() if scene_filter is None else scene_filter
+    if sf.log_names is not None and log.log_name not in set(sf.log_names):
+        return []
+    sampled = np.arange(0, log.num_frames, SCENE_STEP)
+    tokens = None if sf.tokens is None else set(sf.tokens)
+    scenes: list[Scene] = []
+    for start in range(0, len(sampled) - sf.num_frames + 1, sf.step):
+        frames = sampled[start : start + sf.num_frames]
+        current = int(frames[sf.num_history_frames - 1])
+        if sf.has_route and not _route(log, current):
+            continue
+        if tokens is not None and str(log.frame_tokens[current]) not in tokens:
+            continue
+        scenes.append(scene_at(log, frames, sf.num_history_frames - 1, driving_command_fn))
+        if sf.max_scenes is not None and len(scenes) >= sf.max_scenes:
+            break
+    return scenes
+
+
+def frame_scenario_types(log: LogData) -> np.ndarray:
+    """``(F,)`` scenario type of each frame: the greatest of its tags (nuPlan's ``MAX(type)``), else ``unknown``."""
+    types = np.full(log.num_frames, "unknown", dtype=object)
+    if len(log.tag_frame):
+        order = np.lexsort((np.asarray(log.tag_type, dtype=str), log.tag_frame))
+        # the last tag of each frame in (frame, type) order is the maximum type
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = log.tag_frame[order][1:] != log.tag_frame[order][:-1]
+        types[log.tag_frame[order][last]] = np.asarray(log.tag_type, dtype=object)[order][last]
+    return types
+
+
+def valid_scene_frames(log: LogData) -> np.ndarray:
+    """``(F,)`` bool: the frame belongs to a scene that is neither among the first two nor the last two of
+    the log, scenes ordered by name (nuPlan's ``row_num >= 3 AND row_num < cnt - 1``)."""
+    order = np.argsort(np.asarray(log.scene_names, dtype=str), kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    valid_scene = (rank >= 3) & (rank < len(order) - 1)
+    return valid_scene[log.frame_scene]
+
+
+def extract_scenarios(log: LogData, scenario_filter: ScenarioFilter | None = None) -> list[Scenario]:
+    """nuPlan scenarios of ``log`` (see the module docstring). Windows that do not fit in the log (with
+    their history) are dropped."""
+    sf = ScenarioFilter() if scenario_filter is None else scenario_filter
+    t = (log.timestamps_us - log.timestamps_us[0]) / 1e6
+    stride = max(int(round(1.0 / sf.subsample_ratio)), 1)
+    n_iter = int(round(sf.duration_s * FRAME_RATE_HZ / stride)) + 1
+    n_hist = int(round(sf.history_s * FRAME_RATE_HZ / stride))
+    offset = int(round(sf.offset_s * FRAME_RATE_HZ))
+    types = frame_scenario_types(log)
+    candidates = valid_scene_frames(log) & (types != "unknown" if not sf.include_unknown else True)
+    if sf.scenario_types is not None:
+        candidates &= np.isin(types.astype(str), list(sf.scenario_types))
+    if sf.remove_invalid_goals:
+        candidates &= np.isfinite(log.scene_goal[log.frame_scene]).all(axis=1)
+    tokens = None if sf.tokens is None else set(sf.tokens)
+    last_start: dict[str, float] = {}
+    per_type: dict[str, int] = {}
+    scenarios: list[Scenario] = []
+    for tagged in np.flatnonzero(candidates).tolist():
+        kind = str(types[tagged])
+        if tokens is not None and str(log.frame_tokens[tagged]) not in tokens:
+            continue
+        first = tagged + offset
+        frames = first + stride * np.arange(-n_hist, n_iter)
+        if frames[0] < 0 or frames[-1] >= log.num_frames:
+            continue
+        if sf.timestamp_threshold_s is not None and kind in last_start:
+            if t[first] - last_start[kind] < sf.timestamp_threshold_s:
+                continue
+        if sf.num_scenarios_per_type is not None and per_type.get(kind, 0) >= sf.num_scenarios_per_type:
+            continue
+        last_start[kind] = float(t[first])
+        per_type[kind] = per_type.get(kind, 0) + 1
+        scenarios.append(_scenario(log, frames, n_hist, tagged, kind))
+        if sf.limit_total_scenarios is not None and len(scenarios) >= sf.limit_total_scenarios:
+            break
+    return scenarios
+
+
+def _scenario(log: LogData, frames: np.ndarray, n_hist: int, tagged: int, kind: str) -> Scenario:
+    agents = _agents(log, frames)
+    window = frames[n_hist:]
+    lights = _traffic_lights(log, window)
+    first = int(window[0])
+    hist = frames[:n_hist]
+    return Scenario(
+        log_name=log.log_name,
+        token=str(log.frame_tokens[tagged]),
+        map_name=log.map_location,
+        frame_tokens=np.asarray(log.frame_tokens)[window],
+        timestamps_us=log.timestamps_us[window].astype(np.int64),
+        ego=EgoStates(log.ego_states[window].copy(), log.timestamps_us[window].astype(np.int64)),
+        agents=Agents(agents.boxes[n_hist:], agents.types, agents.track_ids, agents.valid[n_hist:]),
+        traffic_lights=lights,
+        route_roadblock_ids=_route(log, first),
+        current_index=0,
+        scenario_type=kind,
+        goal=_goal(log, int(log.frame_scene[first])),
+        history_ego=EgoStates(log.ego_states[hist].copy(), log.timestamps_us[hist].astype(np.int64)),
+        history_agents=Agents(agents.boxes[:n_hist], agents.types, agents.track_ids, agents.valid[:n_hist]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits and loading
+# --------------------------------------------------------------------------------------------------
+
+
+def available_splits() -> list[str]:
+    return sorted(p.stem for p in SPLITS_DIR.glob("*.yaml"))
+
+
+def split_definition(split: str) -> dict[str, Any]:
+    """The YAML definition of ``split``: ``log_dir`` (relative to the data root) and optional ``log_names``."""
+    path = SPLITS_DIR / f"{split}.yaml"
+    if not path.is_file():
+        raise SplitError(f"unknown split {split!r}; defined splits: {', '.join(available_splits())}")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SplitError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(spec, dict) or "log_dir" not in spec:
+        raise SplitError(f"{path}: a split needs a 'log_dir' entry")
+    return spec
+
+
+def split_log_paths(data_root: str | os.PathLike[str], split: str) -> list[Path]:
+    """The ``.db`` logs of ``split`` under ``data_root``, sorted by name.
+
+    Raises:
+        SplitError: unknown split, missing log folder, or ``log_names`` that have no file.
+    """
+    spec = split_definition(split)
+    folder = Path(data_root) / str(spec["log_dir"])
+    if not folder.is_dir():
+        raise SplitError(f"split {split!r}: no folder {folder}")
+    paths = sorted(folder.glob("*.db"))
+    names = spec.get("log_names")
+    if names:
+        by_name = {p.stem: p for p in paths}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise SplitError(f"split {split!r}: {len(missing)} log(s) not found in {folder}, e.g. {missing[0]}")
+        paths = [by_name[n] for n in names]
+    return paths
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_scenes` / :func:`load_scenarios` read: logs read, logs skipped and why."""
+
+    num_logs: int = 0
+    skipped: list[tuple[str, str]] | None = None
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped or [])
+
+
+def _load(paths: Iterable[Path], extract: Callable[[LogData], list[Any]], report: LoadReport | None) -> list[Any]:
+    from simulation.datasets.nuplan_db import LogError, read_log
+
+    report = LoadReport() if report is None else report
+    report.skipped = [] if report.skipped is None else report.skipped
+    out: list[Any] = []
+    for path in paths:
+        report.num_logs += 1
+        try:
+            out.extend(extract(read_log(path)))
+        except LogError as exc:
+            logger.warning("skipping log %s: %s", path, exc)
+            report.skipped.append((str(path), str(exc)))
+    if report.skipped:
+        logger.warning("%d of %d logs skipped (unreadable)", report.num_skipped, report.num_logs)
+    return out
+
+
+def load_scenes(
+    data_root: str | os.PathLike[str],
+    split: str,
+    scene_filter: SceneFilter | None = None,
+    driving_command_fn: DrivingCommandFn | None = None,
+    report: LoadReport | None = None,
+) -> list[Scene]:
+    """NAVSIM scenes of every log of ``split``; unreadable logs are skipped with a warning (see ``report``)."""
+    sf = SceneFilter() if scene_filter is None else scene_filter
+    scenes = _load(split_log_paths(data_root, split), lambda log: extract_scenes(log, sf, driving_command_fn), report)
+    return scenes if sf.max_scenes is None else scenes[: sf.max_scenes]
+
+
+def load_scenarios(
+    data_root: str | os.PathLike[str],
+    split: str,
+    scenario_filter: ScenarioFilter | None = None,
+    report: LoadReport | None = None,
+) -> list[Scenario]:
+    """nuPlan scenarios of every log of ``split``; unreadable logs are skipped with a warning."""
+    return _load(split_log_paths(data_root, split), lambda log: extract_scenarios(log, scenario_filter), report)
