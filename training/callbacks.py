@@ -1,0 +1,437 @@
+"""Lightning callbacks that look at the planner while it trains: NAVSIM scores and BEV plots.
+
+Both callbacks work on a fixed set of validation scenes, chosen once at ``setup``, given either
+
+* in Python: ``scenes`` (:class:`~simulation.types.Scene` list) and ``map_api`` (one ``MapAPI`` for every
+  scene, or a ``map_name -> MapAPI`` mapping), or
+* as a split of ``.db`` logs: ``data_root``, ``maps_root`` and ``split`` (``configs/data/splits``); every log
+  of the split is read once with :func:`~simulation.datasets.scenes.load_scenes` (non-overlapping NAVSIM
+  scenes) and ``max_scenes`` of them are kept, evenly spaced over the split.
+
+Every ``every_n_epochs`` epochs, at the end of validation (never in the sanity check), the module's current
+planner (``pl_module.planner``) is wrapped in a :class:`~planners.features.LearnedPlanner`, exactly as the
+benchmark drives it, and run in eval mode without gradients; the previous train / eval mode is restored.
+
+- :class:`ClosedLoopEvalCallback` scores the plans with the NAVSIM protocol of ``diffplan bench``
+  (the benchmark's :class:`~simulation.benchmarks.units.NavsimUnit` and ``rewards.pdm.PDMScorer``; the
+  metric caches, PDM-Closed as reference, are built once at setup) and logs ``val/pdms`` and
+  ``val/pdms/<sub-metric>`` (``val/epdms...`` for v2).
+- :class:`BEVPlotCallback` draws each scene with the planner's candidates, its chosen trajectory and the
+  logged future (:func:`simulation.visualize.save_scene_png`) to PNG files under the run's log folder and
+  to TensorBoard.
+
+Example (``configs/train/*.yaml``)::
+
+    trainer:
+      callbacks:
+        - class_path: training.callbacks.ClosedLoopEvalCallback
+          init_args: {data_root: outputs/demo/data, maps_root: outputs/demo/data/maps, split: synth_val}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from planners.base import PlanOutput
+from planners.features import PLANNER_RASTER, LearnedPlanner
+from simulation import visualize
+from simulation.benchmarks.protocols import BenchmarkProtocol, get_protocol
+from simulation.benchmarks.sources import MapProvider, MetricCacheProvider
+from simulation.benchmarks.units import InMemorySource, NavsimUnit, SceneEvaluator
+from simulation.render import RasterConfig, RenderError
+from simulation.types import Scene
+
+logger = logging.getLogger(__name__)
+
+MapArg = Any  # a MapAPI, or a mapping map_name -> MapAPI
+
+
+class CallbackConfigError(ValueError):
+    """A callback without scenes, or with a source it cannot use."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation scenes
+# --------------------------------------------------------------------------------------------------
+
+
+def evenly_spaced(items: Sequence[Any], count: int | None) -> list[Any]:
+    """``count`` items spread evenly over ``items`` (first one included), in order; all when ``count`` is None."""
+    if count is None or count >= len(items):
+        return list(items)
+    if count <= 0:
+        return []
+    picks = np.linspace(0, len(items), num=count, endpoint=False).astype(int)
+    return [items[i] for i in picks]
+
+
+def map_lookup(map_api: MapArg) -> Callable[[str], Any]:
+    """``map_name -> MapAPI`` from one ``MapAPI`` (used for every scene) or a mapping by map name."""
+    if isinstance(map_api, Mapping):
+        maps = dict(map_api)
+
+        def lookup(name: str) -> Any:
+            try:
+                return maps[name]
+            except KeyError:
+                raise CallbackConfigError(f"no map API for map {name!r} (have {sorted(maps)})") from None
+
+        return lookup
+    return lambda name: map_api
+
+
+def validation_scenes(
+    scenes: Sequence[Scene] | None,
+    map_api: MapArg,
+    data_root: str | None,
+    maps_root: str | None,
+    split: str,
+    max_scenes: int | None,
+) -> tuple[list[Scene], Callable[[str], Any]]:
+    """The callbacks' scenes and ``map_name -> MapAPI``: the ones given in Python, else loaded from ``split``."""
+    from simulation.datasets.scenes import SceneFilter, load_scenes
+
+    if scenes is not None:
+        if map_api is None:
+            raise CallbackConfigError("scenes given without map_api: pass the scenes' MapAPI (or a name -> API map)")
+        return evenly_spaced(list(scenes), max_scenes), map_lookup(map_api)
+    if not data_root or not maps_root:
+        raise CallbackConfigError(
+            "no validation scenes: pass scenes + map_api, or data_root and maps_root (got "
+            f"data_root={data_root!r}, maps_root={maps_root!r})"
+        )
+    loaded = load_scenes(data_root, split, SceneFilter(frame_interval=None, has_route=True))
+    if not loaded:
+        raise CallbackConfigError(f"split {split!r} under {data_root} has no scenes with a route")
+    chosen = evenly_spaced(loaded, max_scenes)
+    logger.info("validation scenes: %d of the %d scenes of %s", len(chosen), len(loaded), split)
+    return chosen, MapProvider(str(maps_root))
+
+
+# --------------------------------------------------------------------------------------------------
+# The module's planner as a closed-loop planner
+# --------------------------------------------------------------------------------------------------
+
+
+class _OnDevice(nn.Module):
+    """Runs a planner on its own device for inputs built on the CPU; returns CPU outputs."""
+
+    def __init__(self, planner: nn.Module) -> None:
+        super().__init__()
+        self.planner = planner
+
+    def initial_noise_shape(self, batch: int) -> Any:
+        return self.planner.initial_noise_shape(batch)  # type: ignore[operator]
+
+    def forward(self, features: dict[str, torch.Tensor], noise: torch.Tensor) -> PlanOutput:
+        param = next(self.planner.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        out = self.planner({k: v.to(device) for k, v in features.items()}, noise.to(device))
+
+        def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().float().cpu()
+
+        return PlanOutput(out.trajectory.detach().float().cpu(), cpu(out.candidates), cpu(out.scores))
+
+
+def planner_raster(planner: nn.Module, raster: RasterConfig | Mapping[str, Any] | None = None) -> RasterConfig:
+    """The raster to render for ``planner``: ``raster`` if given, else the one stored with the planner
+    (``raster_config``, set from the feature cache), else :data:`~planners.features.PLANNER_RASTER`.
+
+    Raises :class:`CallbackConfigError` when its channel count is not the planner's ``bev_channels``.
+    """
+    if raster is None:
+        stored = getattr(planner, "raster_config", None)
+        try:
+            raster = RasterConfig.from_dict(stored) if stored else PLANNER_RASTER
+        except RenderError as err:
+            logger.warning("planner's stored raster %s is unusable (%s); rendering PLANNER_RASTER", stored, err)
+            raster = PLANNER_RASTER
+    elif not isinstance(raster, RasterConfig):
+        raster = RasterConfig.from_dict(dict(raster))
+    expected = getattr(getattr(planner, "config", None), "bev_channels", None)
+    if expected is not None and raster.num_channels != expected:
+        raise CallbackConfigError(
+            f"raster has {raster.num_channels} channels, {type(planner).__name__} expects {expected}: pass raster="
+        )
+    return raster
+
+
+def module_planner(pl_module: pl.LightningModule) -> nn.Module:
+    planner = getattr(pl_module, "planner", None)
+    if not isinstance(planner, nn.Module):
+        raise CallbackConfigError(f"{type(pl_module).__name__} has no `planner` module to evaluate")
+    return planner
+
+
+@contextmanager
+def eval_mode(module: nn.Module):  # type: ignore[no-untyped-def]
+    """``module`` in eval mode without gradients; its previous mode is restored on exit."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+class _ScenesCallback(pl.Callback):
+    """Scene source, schedule and planner adapter shared by the callbacks below."""
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene] | None,
+        map_api: MapArg,
+        data_root: str | None,
+        maps_root: str | None,
+        split: str,
+        max_scenes: int | None,
+        every_n_epochs: int,
+        raster: RasterConfig | Mapping[str, Any] | None,
+        seed: int,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise CallbackConfigError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if scenes is None and not data_root:
+            raise CallbackConfigError("no validation scenes: pass scenes + map_api, or data_root and maps_root")
+        if scenes is not None and map_api is None:
+            raise CallbackConfigError("scenes given without map_api: pass the scenes' MapAPI (or a name -> API map)")
+        self._source = (scenes, map_api, data_root, maps_root, split, max_scenes)
+        self.every_n_epochs = every_n_epochs
+        self.raster = raster
+        self.seed = seed
+        self.scenes: list[Scene] = []
+        self.maps: Callable[[str], Any] = map_lookup(None)
+        self._ready = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self._ready:
+            self.scenes, self.maps = validation_scenes(*self._source)
+            self._prepare()
+            self._ready = True
+
+    def _prepare(self) -> None:
+        """Work done once after the scenes are chosen."""
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        """Whether this validation end is one the callback runs at."""
+        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def learned_planner(self, planner: nn.Module) -> LearnedPlanner:
+        """``planner`` as the benchmark drives it (features from the observation, seeded noise)."""
+        return LearnedPlanner(
+            _OnDevice(planner), name="validation", raster=planner_raster(planner, self.raster), seed=self.seed
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# NAVSIM scores
+# --------------------------------------------------------------------------------------------------
+
+
+def summarize_rows(rows: Sequence[Mapping[str, Any]], protocol: BenchmarkProtocol, prefix: str) -> dict[str, float]:
+    """Logged values of benchmark rows: ``prefix`` = mean score over all rows, a failed row counting 0;
+    ``prefix/<column>`` = mean of each sub-metric over the valid rows (NaN entries skipped); ``prefix/failed``
+    = fraction of failed rows."""
+    valid = [r for r in rows if r.get("valid")]
+    out = {prefix: float(sum(float(r["score"]) for r in valid) / len(rows)) if rows else math.nan}
+    for col in protocol.columns:
+        values = np.array([float(r[col]) for r in valid], dtype=np.float64)
+        if np.isfinite(values).any():
+            out[f"{prefix}/{col}"] = float(np.nanmean(values))
+    out[f"{prefix}/failed"] = 1.0 - len(valid) / len(rows) if rows else math.nan
+    return out
+
+
+def _caches_by_token(
+    scenes: Sequence[Scene] | None, caches: Sequence[Any] | Mapping[str, Any] | None
+) -> dict[str, Any]:
+    if caches is None:
+        return {}
+    if isinstance(caches, Mapping):
+        return dict(caches)
+    if scenes is None or len(caches) != len(scenes):
+        count = "no" if scenes is None else len(scenes)
+        raise CallbackConfigError(f"{len(caches)} metric caches for {count} scenes: give one per scene, in order")
+    return {scene.token: cache for scene, cache in zip(scenes, caches)}
+
+
+class ClosedLoopEvalCallback(_ScenesCallback):
+    """NAVSIM one-shot scores (PDMS or EPDMS) of the training planner on fixed validation scenes.
+
+    Args:
+        scenes, map_api: validation scenes and their map API (option a), or
+        data_root, maps_root, split: a split of ``.db`` logs (option b; read once at setup).
+        max_scenes: scenes kept (evenly spaced); ``None`` keeps all.
+        metric_caches: with ``scenes``: their metric caches (a list in scene order, or ``token -> cache``);
+            missing ones are built at setup.
+        version: ``v1`` (PDMS, protocol ``navsim_v1``) or ``v2`` (EPDMS, ``navsim_v2``).
+        every_n_epochs: run at the end of every n-th validation epoch.
+        metric_cache_dir: folder where built caches are stored and looked up (as ``diffplan bench``).
+        raster: raster to render for the planner (default: the planner's own, see :func:`planner_raster`).
+        seed: seed of the planner's sampling noise.
+        prefix: logged name of the score (default ``val/pdms`` for v1, ``val/epdms`` for v2).
+
+    Scenes whose metric cache cannot be built are dropped at setup (logged). After each run, ``last_rows``
+    holds the benchmark rows and ``last_seconds`` the evaluation time.
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene] | None = None,
+        map_api: MapArg = None,
+        metric_caches: Sequence[Any] | Mapping[str, Any] | None = None,
+        data_root: str | None = None,
+        maps_root: str | None = None,
+        split: str = "synth_val",
+        max_scenes: int | None = 16,
+        version: Literal["v1", "v2"] = "v1",
+        every_n_epochs: int = 1,
+        metric_cache_dir: str | None = None,
+        raster: RasterConfig | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        prefix: str | None = None,
+    ) -> None:
+        super().__init__(scenes, map_api, data_root, maps_root, split, max_scenes, every_n_epochs, raster, seed)
+        if version not in ("v1", "v2"):
+            raise CallbackConfigError(f"version must be 'v1' (PDMS) or 'v2' (EPDMS), got {version!r}")
+        self.version = version
+        self.protocol = get_protocol(f"navsim_{version}")
+        self.prefix = prefix or ("val/pdms" if version == "v1" else "val/epdms")
+        self.metric_cache_dir = metric_cache_dir
+        self._given_caches = _caches_by_token(scenes, metric_caches)
+        self.caches: dict[str, Any] = {}
+        self.last_rows: list[dict[str, Any]] = []
+        self.last_seconds = math.nan
+
+    def _prepare(self) -> None:
+        from planners.rule_based import PDMClosedPlanner
+
+        build = MetricCacheProvider(PDMClosedPlanner(), self.protocol.pdm_version, self.metric_cache_dir)
+        kept: list[Scene] = []
+        for scene in self.scenes:
+            cache = self._given_caches.get(scene.token)
+            if cache is None:
+                try:
+                    cache = build(scene, self.maps(scene.map_name))
+                except Exception as err:  # noqa: BLE001 - a scene without a cache is left out, not the run
+                    logger.warning(
+                        "scene %s left out of closed-loop eval: %s: %s", scene.token, type(err).__name__, err
+                    )
+                    continue
+            self.caches[scene.token] = cache
+            kept.append(scene)
+        if not kept:
+            raise CallbackConfigError("no validation scene has a metric cache")
+        self.scenes = kept
+
+    def _cache(self, scene: Scene, map_api: Any) -> Any:
+        return self.caches[scene.token]
+
+    def evaluate(self, planner: nn.Module) -> dict[str, float]:
+        """Score ``planner`` on the validation scenes; returns the values :meth:`on_validation_epoch_end` logs."""
+        from rewards.pdm import PDMScorer
+
+        start = time.perf_counter()
+        source = InMemorySource(self.scenes)
+        with eval_mode(planner):
+            unit = NavsimUnit(self.learned_planner(planner), PDMScorer(self.version), self._cache, self.maps)
+            self.last_rows = SceneEvaluator(source, unit, self.protocol)(source.refs())
+        self.last_seconds = time.perf_counter() - start
+        return summarize_rows(self.last_rows, self.protocol, self.prefix)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.due(trainer):
+            return
+        metrics = self.evaluate(module_planner(pl_module))
+        for name, value in metrics.items():
+            pl_module.log(name, value, prog_bar=name == self.prefix, sync_dist=False)
+        logger.info(
+            "%s %.4f on %d scenes (%.1f s)", self.prefix, metrics[self.prefix], len(self.scenes), self.last_seconds
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# BEV plots
+# --------------------------------------------------------------------------------------------------
+
+
+class BEVPlotCallback(_ScenesCallback):
+    """BEV images of the planner's candidates and chosen trajectory (with the logged future) on fixed scenes.
+
+    Args:
+        scenes, map_api, data_root, maps_root, split: the scenes, as :class:`ClosedLoopEvalCallback`.
+        num_scenes: scenes drawn (evenly spaced over the source).
+        every_n_epochs: draw at the end of every n-th validation epoch.
+        out_dir: PNG folder (default ``<trainer.log_dir>/bev``); files ``epoch_<e>/<i>_<token>.png``.
+        raster, seed: as :class:`ClosedLoopEvalCallback`.
+
+    The images also go to every TensorBoard logger (``bev/<i>_<token>``, step = global step).
+    ``last_paths`` holds the PNG files of the last run.
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene] | None = None,
+        map_api: MapArg = None,
+        data_root: str | None = None,
+        maps_root: str | None = None,
+        split: str = "synth_val",
+        num_scenes: int = 4,
+        every_n_epochs: int = 1,
+        out_dir: str | None = None,
+        raster: RasterConfig | Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(scenes, map_api, data_root, maps_root, split, num_scenes, every_n_epochs, raster, seed)
+        self.out_dir = out_dir
+        self.last_paths: list[Path] = []
+
+    def folder(self, trainer: pl.Trainer) -> Path:
+        if self.out_dir is not None:
+            return Path(self.out_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "bev"
+
+    def draw(self, planner: nn.Module, folder: Path) -> list[Path]:
+        """Plan every scene with ``planner`` and write one PNG per scene into ``folder``."""
+        from simulation.benchmarks.units import observation_from_scene
+
+        paths: list[Path] = []
+        with eval_mode(planner):
+            adapter = self.learned_planner(planner)
+            for i, scene in enumerate(self.scenes):
+                map_api = self.maps(scene.map_name)
+                chosen = adapter.plan(observation_from_scene(scene, map_api)).poses
+                path = folder / f"{i:02d}_{scene.token}.png"
+                visualize.save_scene_png(scene, map_api, path, candidates=adapter.last_candidates, chosen=chosen)
+                paths.append(path)
+        return paths
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.due(trainer) or not trainer.is_global_zero:
+            return
+        folder = self.folder(trainer) / f"epoch_{trainer.current_epoch:03d}"
+        self.last_paths = self.draw(module_planner(pl_module), folder)
+        experiments: list[Any] = [getattr(lg, "experiment", None) for lg in trainer.loggers]
+        writers = [e for e in experiments if hasattr(e, "add_image")]
+        if not writers:
+            return
+        from PIL import Image
+
+        for path in self.last_paths:
+            with Image.open(path) as img:
+                pixels = np.asarray(img.convert("RGB"))
+            for writer in writers:
+                writer.add_image(f"bev/{path.stem}", pixels, trainer.global_step, dataformats="HWC")
