@@ -187,3 +187,32 @@ def test_bad_inputs(world: Any) -> None:
         callback = BEVPlotCallback(scenes=scenes, map_api={"elsewhere": map_api})
         callback.setup(None, None, "fit")  # type: ignore[arg-type]
         callback.draw(_planner(), Path("unused"))
+
+
+def test_shipped_example_entries_run_in_the_lightning_cli(feature_cache: Path, tmp_path: Path) -> None:
+    """The commented-out callbacks of configs/train/truncated_il.yaml, switched on, parse and run (fast_dev_run)."""
+    from training.lightning_cli import run_cli
+
+    log = make_log_data()
+    write_log(log, tmp_path / "data" / "splits" / "synth_val" / f"{log.log_name}.db")
+    write_fixture_maps(tmp_path / "data" / "maps")
+    lines = Path("configs/train/truncated_il.yaml").read_text().splitlines()
+    enabled = [ln.replace("    # ", "    ", 1) if ln.startswith(("    # -", "    #  ")) else ln for ln in lines]
+    text = (
+        "\n".join(enabled)
+        .replace("outputs/demo/data", str(tmp_path / "data"))
+        .replace("max_scenes: 16", "max_scenes: 2")
+    )
+    assert text.count("class_path: training.callbacks.") == 2
+    config = tmp_path / "truncated_il.yaml"
+    config.write_text(text)
+    args = [
+        "fit", "--config", str(config), "--data.cache_dir", str(feature_cache), "--data.batch_size", "8",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false", "--model.planner.init_args.config.d_model", "32",
+        "--trainer.fast_dev_run", "true",
+    ]  # fmt: skip
+    cli = run_cli(args)
+    evaluation = next(c for c in cli.trainer.callbacks if isinstance(c, ClosedLoopEvalCallback))  # type: ignore[attr-defined]
+    assert len(evaluation.scenes) == 2 and evaluation.every_n_epochs == 1
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/pdms"]) <= 1.0
