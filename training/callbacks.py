@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -176,7 +176,7 @@ def module_planner(pl_module: pl.LightningModule) -> nn.Module:
 
 
 @contextmanager
-def eval_mode(module: nn.Module):  # type: ignore[no-untyped-def]
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """``module`` in eval mode without gradients; its previous mode is restored on exit."""
     was_training = module.training
     module.eval()
