@@ -114,8 +114,10 @@ class ConstantVelocityPlanner:
 class LogReplayPlanner:
     """The logged future of ``observation.log`` (the human expert), in the current rear-axle frame.
 
-    Poses are interpolated at ``interval_s`` steps from the log timestamps (x, y linear, heading unwrapped);
-    past the end of the log the last logged pose is held.
+    Poses are interpolated at ``interval_s`` steps from the log timestamps (x, y linear, heading unwrapped).
+    Past the end of the log (a closed-loop scenario's last 4 s) the ego goes on straight at its last logged
+    speed: the expert kept driving after the window ends, and holding the last pose would make the tracker
+    brake hard for no reason (nuPlan's log future comes from the whole log, not the scenario window).
     """
 
     name = "log_replay"
@@ -142,6 +144,10 @@ class LogReplayPlanner:
             ],
             -1,
         )
+        beyond = np.clip(want - t[-1], 0.0, None)
+        speed = float(np.hypot(states[-1, StateIndex.VX], states[-1, StateIndex.VY]))
+        glob[:, 0] += beyond * speed * np.cos(heading[-1])
+        glob[:, 1] += beyond * speed * np.sin(heading[-1])
         glob[:, 2] = normalize_angle(glob[:, 2])
         return Trajectory(global_to_local(glob, states[0, :3]), self.interval_s)
 

@@ -197,6 +197,25 @@ def test_log_replay_returns_logged_future_in_local_frame() -> None:
         LogReplayPlanner().plan(_obs())
 
 
+def test_log_replay_goes_on_at_last_speed_past_the_log_end() -> None:
+    """Two logged frames left (0.5 s): the plan follows them, then continues at the last speed (8 m/s)."""
+    t = np.arange(6)
+    states = np.zeros((6, 11))
+    states[:, 0], states[:, 2], states[:, 3] = 4.0 * t, 0.0, 8.0  # eastbound at 8 m/s, 2 Hz
+    ts = (t * 500_000).astype(np.int64)
+    log = LogWindow(
+        "log", "tok", "fixture-town", np.array([str(i) for i in t]), ts, EgoStates(states, ts),
+        Agents.empty(6), TrafficLights.empty(6), ROUTE, 4,
+    )  # fmt: skip
+    obs = Observation(
+        EgoStates(states[:5], ts[:5]), Agents.empty(5), TrafficLights.empty(5), ROUTE, "fixture-town", None,
+        log=log, log_index=4,
+    )  # fmt: skip
+    poses = LogReplayPlanner().plan(obs).poses
+    np.testing.assert_allclose(poses[:, 0], 4.0 * np.arange(1, 9), atol=1e-9)
+    np.testing.assert_allclose(poses[:, 1:], 0.0, atol=1e-9)
+
+
 def test_pdm_closed_reuses_map_context_nearby_only() -> None:
     planner = PDMClosedPlanner()
     planner.plan(_obs(_state(x=-40.0)))
