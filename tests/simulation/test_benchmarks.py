@@ -312,10 +312,11 @@ def test_every_shipped_config_combination_composes(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("NUPLAN_MAPS_ROOT", str(tmp_path / "maps"))
     monkeypatch.delenv("OPENSCENE_DATA_ROOT", raising=False)
     protocols, planners, workers = _choices("protocol"), _choices("planner"), _choices("worker")
-    assert protocols == sorted(PROTOCOLS) and planners == ["constant_velocity", "idm", "log_replay", "pdm_closed"]
+    rule_based = ["constant_velocity", "idm", "log_replay", "pdm_closed"]
+    assert protocols == sorted(PROTOCOLS) and planners == sorted([*rule_based, "exported", "learned"])
     assert workers == ["process", "ray", "sequential"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        for protocol, planner, worker in itertools.product(protocols, planners, workers):
+        for protocol, planner, worker in itertools.product(protocols, rule_based, workers):
             cfg = compose("config", overrides=[f"protocol={protocol}", f"planner={planner}", f"worker={worker}"])
             resolved = OmegaConf.to_container(cfg, resolve=True)
             assert isinstance(resolved, dict)
