@@ -146,7 +146,7 @@ def score_states(
             only (exactly NAVSIM's two-proposal scoring, per candidate); ``"batch"`` against the reference and
             all candidates together (as PDM-Closed scores its own proposals).
         previous_states: v2 only, ``(K, 41, 11)`` or ``(41, 11)`` states of the plan made 0.5 s earlier, for
-            extended comfort; without it EC is reported as 1 with weight 0.
+            extended comfort; without it EC is NaN (not measured) and has weight 0.
         apply_human_filter: v2 only, NAVSIM's human filter (original scenes).
 
     Returns:
@@ -170,7 +170,7 @@ def score_states(
         out = human_filter(out, human_metrics(cache))
     with_ec = previous_states is not None
     out["extended_comfort"] = (
-        two_frame_extended_comfort(both[1:], np.asarray(previous_states)) if with_ec else np.ones(len(states))
+        two_frame_extended_comfort(both[1:], np.asarray(previous_states)) if with_ec else np.full(len(states), np.nan)
     )
     out["pdm_score"] = aggregate_epdms(out, with_extended_comfort=False)
     out["score"] = aggregate_epdms(out, with_ec)

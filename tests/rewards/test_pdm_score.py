@@ -192,6 +192,7 @@ def test_epdms_with_previous_plan():
     out = score_states(cache, lk_fail, "v2")
     assert out["lane_keeping"][0] == 0.0
     assert out["score"][0] == pytest.approx(12 / 14)  # no previous frame: EC weight 0
+    assert np.isnan(out["extended_comfort"][0])  # and not measured
 
 
 def test_version_and_input_checks():
