@@ -2,38 +2,56 @@
 
 1. Per raster channel, IoU (pixels > 0.5) between the logged raster warped to a deviated ego pose and the
    raster re-rendered at that pose, over the pixels the logged raster covers, for lateral / longitudinal /
-   heading deviations (fixture-map scenarios, several frames each). The ego channel is drawn, not warped.
-2. Closed loop, per rule-based planner: BEV-Warp (warped rasters, torch tracker, its own checks) against the
-   vector closed loop (re-rendered rasters, numpy tracker, nuPlan's CLS metrics) on the same scenarios:
-   collision rate, mean progress ratio, mean score, and Spearman rank correlation of per-scene progress / score.
+   heading deviations. The ego channel is drawn, not warped.
+2. Closed loop, per planner: BEV-Warp (warped rasters, torch tracker, its own checks) against the vector closed
+   loop (:mod:`simulation.closed_loop`: re-rendered rasters, numpy tracker, nuPlan's CLS metrics) on the same
+   scenarios: collision rate, mean progress ratio, mean score, Spearman rank correlation over scenarios of
+   per-scenario progress / score, and how often the two agree on "collided".
+
+Two data sources:
+
+- fixture map (default): hand-built eastbound scenarios, rules ``constant_velocity`` and ``raster_cruise``;
+- ``--data-root DIR --maps-root DIR --split synth_test``: nuPlan-format logs (e.g. the synthetic city). IoU on
+  NAVSIM scenes at their current frame; closed loop on sampled nuPlan scenarios (15 s at 10 Hz) with
+  ``constant_velocity``, ``idm``, ``pdm_closed`` and, with ``--checkpoint``, a learned planner (the truncated
+  diffusion planner), batched on warped rasters in BEV-Warp and re-rendering in the vector loop.
 
 Usage: ``python benchmarks/bev_warp_fidelity.py [--scenes 16] [--frames 61]``
+or ``python benchmarks/bev_warp_fidelity.py --data-root D --maps-root D/maps --split synth_test --checkpoint C``
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from bev_warp.env import BEVWarpEnv, EnvConfig, summary
+from bev_warp.env import BEVWarpEnv, EnvConfig, EnvState, summary
+from bev_warp.episodes import with_history
+from bev_warp.policies import LearnedPolicy, VectorPolicy
 from bev_warp.testing import fixture_map_api, fixture_scenario
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
 from planners.features import PLANNER_RASTER
 from rewards.nuplan_metrics import score_simulation
 from simulation.closed_loop import ClosedLoopSimulator
-from simulation.protocols import Observation
+from simulation.protocols import Observation, Planner
 from simulation.render import render_observation, render_window
-from simulation.types import Scenario, StateIndex, Trajectory
+from simulation.types import LogWindow, StateIndex, Trajectory
 
 DEVIATIONS = {
     "lateral_m": [0.25, 0.5, 1.0, 2.0],
     "longitudinal_m": [0.5, 1.0, 2.0, 4.0],
     "heading_deg": [2.0, 5.0, 10.0, 20.0],
 }
+
+Case = tuple[LogWindow, Any, int]  # scene, its map, window frame
 
 
 def _deviated(pose: np.ndarray, kind: str, amount: float) -> np.ndarray:
@@ -45,48 +63,51 @@ def _deviated(pose: np.ndarray, kind: str, amount: float) -> np.ndarray:
     return np.array([x, y, h + math.radians(amount)])
 
 
-def _render_at(scene: Scenario, frame: int, pose: np.ndarray) -> np.ndarray:
-    states = scene.ego.states.copy()
-    states[frame, :3] = pose
-    return render_window(
-        fixture_map_api(),
-        states,
-        scene.timestamps_us,
-        scene.agents,
-        scene.traffic_lights,
-        scene.route_roadblock_ids,
-        frame,
-        PLANNER_RASTER,
-    )
+def _render_at(scene: LogWindow, map_api: Any, frame: int, pose: np.ndarray) -> np.ndarray:
+    ego, ts, agents, lights, n = with_history(scene)
+    ego = ego.copy()
+    ego[n + frame, :3] = pose
+    return render_window(map_api, ego, ts, agents, lights, scene.route_roadblock_ids, n + frame, PLANNER_RASTER)
 
 
-def raster_iou(scenes: list[Scenario], frames: list[int], mode: str) -> dict[tuple[str, float], np.ndarray]:
+def raster_iou(cases: Sequence[Case], mode: str) -> dict[tuple[str, float], np.ndarray]:
     """Mean IoU per channel ``(C,)`` (NaN where no case had a non-empty union) per deviation."""
     geom = RasterGeometry.from_raster_config(PLANNER_RASTER)
     ego_c = PLANNER_RASTER.channels.index("ego")
+    logged_rasters = [torch.as_tensor(_render_at(s, m, f, s.ego.states[f, :3]))[None] for s, m, f in cases]
     out = {}
     for kind, amounts in DEVIATIONS.items():
         for amount in amounts:
             inter = np.zeros(len(PLANNER_RASTER.channels))
             union = np.zeros(len(PLANNER_RASTER.channels))
-            for scene in scenes:
-                for f in frames:
-                    log_pose = scene.ego.states[f, :3]
-                    logged = torch.as_tensor(_render_at(scene, f, log_pose))[None]
-                    pose = _deviated(log_pose, kind, amount)
-                    dev = relative_pose(torch.tensor(log_pose)[None], torch.tensor(pose)[None]).float()
-                    warped = warp_bev(logged, dev, geom, mode=mode)[0].numpy()  # type: ignore[arg-type]
-                    cover = warp_bev(torch.ones_like(logged[:, :1]), dev, geom)[0, 0].numpy() > 0.999
-                    warped[ego_c] = logged[0, ego_c].numpy()
-                    truth = _render_at(scene, f, pose)
-                    a, b = (warped > 0.5) & cover, (truth > 0.5) & cover
-                    inter += (a & b).sum((1, 2))
-                    union += (a | b).sum((1, 2))
+            for (scene, map_api, f), logged in zip(cases, logged_rasters, strict=True):
+                log_pose = scene.ego.states[f, :3]
+                pose = _deviated(log_pose, kind, amount)
+                dev = relative_pose(torch.tensor(log_pose)[None], torch.tensor(pose)[None]).float()
+                warped = warp_bev(logged, dev, geom, mode=mode)[0].numpy()  # type: ignore[arg-type]
+                cover = warp_bev(torch.ones_like(logged[:, :1]), dev, geom)[0, 0].numpy() > 0.999
+                warped[ego_c] = logged[0, ego_c].numpy()
+                truth = _render_at(scene, map_api, f, pose)
+                a, b = (warped > 0.5) & cover, (truth > 0.5) & cover
+                inter += (a & b).sum((1, 2))
+                union += (a | b).sum((1, 2))
             out[(kind, amount)] = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
     return out
 
 
-# -------------------------------------------------------------------------------------------------- planners
+def print_iou(cases: Sequence[Case]) -> None:
+    names = PLANNER_RASTER.channels
+    for mode in ("bilinear", "nearest"):
+        table = raster_iou(cases, mode)
+        print(f"IoU warped ({mode}) vs re-rendered (pixels > 0.5, region the logged raster covers); '-' = empty")
+        print(f"{'deviation':>20s} " + " ".join(f"{n[:9]:>9s}" for n in names))
+        for (kind, amount), row in table.items():
+            cells = " ".join("        -" if np.isnan(v) else f"{v:9.3f}" for v in row)
+            print(f"{kind + ' ' + str(amount):>20s} {cells}")
+        print(flush=True)
+
+
+# ------------------------------------------------------------------------------------------- fixture rules
 
 
 def _cv_plan(speed: float) -> np.ndarray:
@@ -113,8 +134,8 @@ def cruise_speed(speed: float, gap: float, target: float = 9.0) -> float:
     return float(min(target, safe, speed + 1.0))
 
 
-class VectorPlanner:
-    """Wraps a rule for the vector closed loop (re-rendered rasters)."""
+class RulePlanner:
+    """A fixture rule for the vector closed loop (re-rendered rasters)."""
 
     def __init__(self, rule: str) -> None:
         self.rule, self.name = rule, rule
@@ -126,69 +147,199 @@ class VectorPlanner:
         return Trajectory(_cv_plan(v))
 
 
-def warp_plans(rule: str, state_ego: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-    speeds = state_ego[:, StateIndex.VX].numpy()
-    if rule == "raster_cruise":
-        speeds = np.array([cruise_speed(float(v), raster_gap(o)) for v, o in zip(speeds, obs.numpy(), strict=True)])
-    return torch.tensor(np.stack([_cv_plan(float(v)) for v in speeds]))
+def rule_policy(rule: str, env: BEVWarpEnv) -> Callable[[EnvState], tuple[torch.Tensor, torch.Tensor | None]]:
+    """The same rule in BEV-Warp, reading the warped rasters."""
+
+    def policy(state: EnvState) -> tuple[torch.Tensor, torch.Tensor | None]:
+        speeds = state.ego[:, StateIndex.VX].numpy()
+        if rule == "raster_cruise":
+            obs = env.observe(state).numpy()
+            speeds = np.array([cruise_speed(float(v), raster_gap(o)) for v, o in zip(speeds, obs, strict=True)])
+        return torch.tensor(np.stack([_cv_plan(float(v)) for v in speeds])), None
+
+    return policy
 
 
-def closed_loop(scenes: list[Scenario], rule: str) -> dict[str, np.ndarray]:
-    env = BEVWarpEnv(EnvConfig())
-    state = env.reset(scenes, fixture_map_api())
+# ----------------------------------------------------------------------------------------------- closed loop
+
+
+@dataclass
+class PlannerSpec:
+    """A planner in both loops: ``vector()`` makes a Planner, ``warp(env, scenes, maps)`` a BEV-Warp policy."""
+
+    name: str
+    vector: Callable[[], Planner]
+    warp: Callable[[BEVWarpEnv, list[LogWindow], list[Any]], Callable[[EnvState], Any]]
+    observation: str = "none"
+
+
+def rule_specs() -> list[PlannerSpec]:
+    """The fixture rules."""
+    return [
+        PlannerSpec(r, lambda r=r: RulePlanner(r), lambda env, s, m, r=r: rule_policy(r, env), obs)  # type: ignore[misc]
+        for r, obs in (("constant_velocity", "none"), ("raster_cruise", "raster"))
+    ]
+
+
+def data_specs(checkpoint: str | None) -> list[PlannerSpec]:
+    """constant_velocity, idm, pdm_closed and, given a checkpoint, the learned planner."""
+    from planners.rule_based import ConstantVelocityPlanner, IDMPlanner, PDMClosedPlanner
+
+    specs = [
+        PlannerSpec(cls.name, cls, lambda env, s, m, cls=cls: VectorPolicy(cls, s, m))  # type: ignore[misc]
+        for cls in (ConstantVelocityPlanner, IDMPlanner, PDMClosedPlanner)
+    ]
+    if checkpoint:
+        from training.imitation import load_planner, planner_from_checkpoint
+
+        model = load_planner(checkpoint)
+        name = type(model).__name__
+        specs.append(
+            PlannerSpec(
+                name,
+                lambda: planner_from_checkpoint(checkpoint, name=name),
+                lambda env, s, m: LearnedPolicy(model, env, s),
+                "raster",
+            )
+        )
+    return specs
+
+
+def closed_loop(scenes: list[LogWindow], maps: list[Any], spec: PlannerSpec) -> dict[str, Any]:
+    """Per-scenario results of both loops (arrays ``(N,)``) and their wall times."""
+    env = BEVWarpEnv(EnvConfig(observation=spec.observation))
+    t0 = time.perf_counter()
+    state = env.reset(scenes, maps)
+    policy = spec.warp(env, scenes, maps)
     while not bool(state.done.all()):
-        state, _, _, _ = env.step(state, warp_plans(rule, state.ego, env.observe(state)))
+        plans, failed = policy(state)
+        state, _, _, _ = env.step(state, plans, failed)
     warp = {k: v.numpy().astype(float) for k, v in summary(state).items()}
+    t1 = time.perf_counter()
     sim = ClosedLoopSimulator(replan_interval=5)
-    vec = [score_simulation(s, sim.run(s, VectorPlanner(rule), fixture_map_api()), fixture_map_api()) for s in scenes]
+    vec = [score_simulation(s, sim.run(s, spec.vector(), m), m) for s, m in zip(scenes, maps, strict=True)]  # type: ignore[arg-type]
+    t2 = time.perf_counter()
     return {
-        "warp_collision": warp["collision"],
+        "warp_collision": warp["collision"] > 0,
         "vec_collision": np.array([1.0 - m["no_ego_at_fault_collisions"] for m in vec]) > 0,
         "warp_progress": warp["progress_ratio"],
         "vec_progress": np.array([m["ego_progress_along_expert_route"] for m in vec]),
         "warp_score": warp["score"],
         "vec_score": np.array([m["score"] for m in vec]),
+        "warp_reason": warp["reason"],
+        "warp_s": t1 - t0,
+        "vec_s": t2 - t1,
     }
 
 
-def _rho(a: np.ndarray, b: np.ndarray) -> float:
+def rho(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (NaN when either side is constant)."""
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(spearmanr(a, b).statistic)
 
 
+def print_agreement(scenes: list[LogWindow], maps: list[Any], specs: list[PlannerSpec]) -> None:
+    print(
+        f"{'planner':>26s} {'coll warp':>9s} {'coll vec':>9s} {'prog warp':>9s} {'prog vec':>9s} "
+        f"{'score warp':>10s} {'score vec':>9s} {'rho prog':>8s} {'rho score':>9s} {'coll agree':>10s} "
+        f"{'warp s':>7s} {'vec s':>7s}  BEV-Warp end reasons",
+        flush=True,
+    )
+    means: dict[str, tuple[float, float]] = {}
+    for spec in specs:
+        r = closed_loop(scenes, maps, spec)
+        reasons = np.bincount(r["warp_reason"].astype(int), minlength=6)
+        print(
+            f"{spec.name:>26s} {r['warp_collision'].mean():9.3f} {r['vec_collision'].mean():9.3f} "
+            f"{r['warp_progress'].mean():9.3f} {r['vec_progress'].mean():9.3f} {r['warp_score'].mean():10.3f} "
+            f"{r['vec_score'].mean():9.3f} {rho(r['warp_progress'], r['vec_progress']):8.3f} "
+            f"{rho(r['warp_score'], r['vec_score']):9.3f} "
+            f"{(r['warp_collision'] == r['vec_collision']).mean():10.3f} {r['warp_s']:7.1f} {r['vec_s']:7.1f}  "
+            f"coll {reasons[1]} off-road {reasons[2]} deviation {reasons[3]} end {reasons[4]} failed {reasons[5]}",
+            flush=True,
+        )
+        means[spec.name] = (float(r["warp_score"].mean()), float(r["vec_score"].mean()))
+    if len(means) > 2:
+        w, v = (np.array([m[i] for m in means.values()]) for i in (0, 1))
+        print(f"planner ranking by mean score, Spearman BEV-Warp vs vector over {len(means)} planners: {rho(w, v):.3f}")
+
+
+# --------------------------------------------------------------------------------------------------- sources
+
+
+def load_data(
+    data_root: str, maps_root: str, split: str, iou_scenes: int, scenarios: int, seed: int
+) -> tuple[list[Case], list[LogWindow], list[Any]]:
+    """IoU cases (NAVSIM scenes at their current frame) and closed-loop scenarios with their maps, sampled."""
+    from simulation.datasets.nuplan_db import read_log
+    from simulation.datasets.scenes import (
+        ScenarioFilter,
+        SceneFilter,
+        extract_scenarios,
+        extract_scenes,
+        split_log_paths,
+    )
+    from simulation.maps.api import MapAPI
+
+    rng = np.random.default_rng(seed)
+    scenes: list[LogWindow] = []
+    windows: list[LogWindow] = []
+    for path in split_log_paths(data_root, split):
+        log = read_log(path)
+        scenes += extract_scenes(log, SceneFilter())
+        windows += extract_scenarios(log, ScenarioFilter(include_unknown=True, timestamp_threshold_s=5.0))
+
+    def sample(items: list[LogWindow], n: int) -> list[LogWindow]:
+        return [items[i] for i in sorted(rng.choice(len(items), size=min(n, len(items)), replace=False))]
+
+    def map_of(scene: LogWindow) -> Any:
+        return MapAPI.load(maps_root, scene.map_name)
+
+    cases = [(s, map_of(s), s.current_index) for s in sample(scenes, iou_scenes)]
+    picked = sample(windows, scenarios)
+    print(f"{split}: {len(scenes)} scenes, {len(windows)} scenarios; sampled {len(cases)} / {len(picked)}")
+    return cases, picked, [map_of(s) for s in picked]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=16)
-    parser.add_argument("--frames", type=int, default=61)
+    parser.add_argument("--scenes", type=int, default=16, help="closed-loop scenarios")
+    parser.add_argument("--frames", type=int, default=61, help="fixture scenario length (10 Hz frames)")
     parser.add_argument("--iou-scenes", type=int, default=4)
+    parser.add_argument("--data-root", help="nuPlan-format data (splits/<split>/*.db); default: the fixture map")
+    parser.add_argument("--maps-root")
+    parser.add_argument("--split", default="synth_test")
+    parser.add_argument("--checkpoint", help="learned planner checkpoint for the agreement study (data mode)")
+    parser.add_argument("--planners", nargs="+", help="only these planners (names as printed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-iou", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    iou_scenes = [fixture_scenario(500 + i, args.frames) for i in range(args.iou_scenes)]
-    names = PLANNER_RASTER.channels
-    for mode in ("bilinear", "nearest"):
-        table = raster_iou(iou_scenes, [0, args.frames // 2], mode)
-        print(f"IoU warped ({mode}) vs re-rendered (pixels > 0.5, region the logged raster covers); '-' = empty")
-        print(f"{'deviation':>20s} " + " ".join(f"{n[:9]:>9s}" for n in names))
-        for (kind, amount), row in table.items():
-            cells = " ".join("        -" if np.isnan(v) else f"{v:9.3f}" for v in row)
-            print(f"{kind + ' ' + str(amount):>20s} {cells}")
-        print()
-    scenes = [fixture_scenario(i, args.frames) for i in range(args.scenes)]
-    print(f"closed loop on {len(scenes)} fixture scenarios ({args.frames} frames at 10 Hz), replanning at 2 Hz")
-    print(
-        f"{'planner':>16s} {'coll warp':>9s} {'coll vec':>9s} {'prog warp':>9s} {'prog vec':>9s} "
-        f"{'score warp':>10s} {'score vec':>9s} {'rho prog':>8s} {'rho score':>9s} {'coll agree':>10s}"
-    )
-    for rule in ("constant_velocity", "raster_cruise"):
-        r = closed_loop(scenes, rule)
-        print(
-            f"{rule:>16s} {r['warp_collision'].mean():9.3f} {r['vec_collision'].mean():9.3f} "
-            f"{r['warp_progress'].mean():9.3f} {r['vec_progress'].mean():9.3f} {r['warp_score'].mean():10.3f} "
-            f"{r['vec_score'].mean():9.3f} {_rho(r['warp_progress'], r['vec_progress']):8.3f} "
-            f"{_rho(r['warp_score'], r['vec_score']):9.3f} "
-            f"{(r['warp_collision'].astype(bool) == r['vec_collision']).mean():10.3f}"
+    if args.data_root:
+        cases, scenes, maps = load_data(
+            args.data_root,
+            args.maps_root or f"{args.data_root}/maps",
+            args.split,
+            args.iou_scenes,
+            args.scenes,
+            args.seed,
         )
+        specs = data_specs(args.checkpoint)
+        label = f"{len(scenes)} {args.split} scenarios (15 s at 10 Hz)"
+    else:
+        iou_scenes = [fixture_scenario(500 + i, args.frames) for i in range(args.iou_scenes)]
+        cases = [(s, fixture_map_api(), f) for s in iou_scenes for f in (0, args.frames // 2)]
+        scenes = [fixture_scenario(i, args.frames) for i in range(args.scenes)]
+        maps = [fixture_map_api()] * len(scenes)
+        specs = rule_specs()
+        label = f"{len(scenes)} fixture scenarios ({args.frames} frames at 10 Hz)"
+    if args.planners:
+        specs = [s for s in specs if s.name in args.planners]
+    if not args.skip_iou:
+        print_iou(cases)
+    print(f"closed loop on {label}, replanning at 2 Hz")
+    print_agreement(scenes, maps, specs)
     return 0
 
 

@@ -8,7 +8,7 @@
    (the reference is re-sampled from the plan at every 0.1 s, as the vector closed loop does);
 3. at every log frame passed, the vector world is checked against the logged (non-reactive) agents: at-fault
    collision, drivable area (all four footprint corners), TTC, comfort, route progress, and the deviation from
-   the expert path (> 2 m or > 40 degrees terminates, RAD's rule);
+   the expert path (> 2 m or > 40 degrees terminates, RAD's rule; the path is extended straight past its ends);
 4. the planner's next observation is the logged raster (or encoder features) of the current planning frame
    warped into the simulated ego frame (:func:`bev_warp.warp.warp_bev`), without re-rendering or re-encoding.
 
@@ -43,6 +43,8 @@ from simulation.types import AgentIndex, LogWindow, StateIndex
 
 A, S = AgentIndex, StateIndex
 KINEMATIC_DT = 0.1
+#: The expert path used by the deviation check goes on straight this far past both of its ends (m).
+PATH_EXTENSION_M = 100.0
 SUB_REWARDS = ("collision", "drivable_area", "progress", "ttc", "comfort", "deviation")
 
 
@@ -422,11 +424,23 @@ def _ttc_violation(ego: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, 
 
 
 def _deviation(ego: torch.Tensor, expert: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
-    """``(B, F)`` bool: ego ``(B, F, 11)`` farther than the limit from the expert path ``(B, T, 3)`` or turned away."""
-    _, dist, k = world.project(ego[..., :2], expert[..., :2])
-    ref_heading = torch.gather(expert[..., 2], 1, k)
+    """``(B, F)`` bool: ego ``(B, F, 11)`` farther than the limit from the expert path ``(B, T, 3)`` or turned away.
+
+    The path goes on straight for ``PATH_EXTENSION_M`` past both ends (along the first / last logged heading), so
+    stopping short of a moving expert's end or creeping past a stopped expert is progress, not a deviation.
+    """
+    first, last = expert[:, :1], expert[:, -1:]
+    path = torch.cat([_ahead(first, -PATH_EXTENSION_M), expert, _ahead(last, PATH_EXTENSION_M)], 1)
+    _, dist, k = world.project(ego[..., :2], path[..., :2])
+    ref_heading = torch.gather(path[..., 2], 1, k)
     head = normalize_angle(ego[..., 2] - ref_heading).abs()
     return (dist > cfg.max_deviation_m) | (head > cfg.max_heading_deviation_rad)
+
+
+def _ahead(poses: torch.Tensor, distance: float) -> torch.Tensor:
+    """Poses ``(..., 3)`` moved ``distance`` metres along their heading."""
+    h = poses[..., 2:3]
+    return torch.cat([poses[..., :1] + distance * torch.cos(h), poses[..., 1:2] + distance * torch.sin(h), h], -1)
 
 
 def expert_trajectories(state: EnvState, num_poses: int = 8, interval_s: float = 0.5) -> torch.Tensor:

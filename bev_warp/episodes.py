@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from simulation.render import RasterConfig, render_window
-from simulation.types import LogWindow
+from simulation.types import Agents, LogWindow, TrafficLights
 
 logger = logging.getLogger(__name__)
 _SHIFT = 4
@@ -134,22 +134,36 @@ def _pad_axis1(arrays: list[np.ndarray], fill: float | bool = 0) -> np.ndarray:
     return np.stack(out)
 
 
+def with_history(scene: LogWindow) -> tuple[np.ndarray, np.ndarray, Agents, TrafficLights, int]:
+    """Ego states, timestamps, agents and lights of ``scene`` with a Scenario's pre-window history in front.
+
+    Returns the arrays and the number ``H`` of history frames prepended (window frame ``f`` is row ``H + f``).
+    The history has no traffic-light status of its own: it repeats the window's first frame (as the vector
+    closed loop does for its history buffer).
+    """
+    h_ego, h_agents = getattr(scene, "history_ego", None), getattr(scene, "history_agents", None)
+    if h_ego is None or h_agents is None or len(h_ego) == 0:
+        return scene.ego.states, scene.timestamps_us, scene.agents, scene.traffic_lights, 0
+    n = len(h_ego)
+    agents = Agents(
+        np.concatenate([h_agents.boxes, scene.agents.boxes]),
+        scene.agents.types,
+        scene.agents.track_ids,
+        np.concatenate([h_agents.valid, scene.agents.valid]),
+    )
+    status = scene.traffic_lights.status
+    lights = TrafficLights(
+        scene.traffic_lights.lane_connector_ids, np.concatenate([np.repeat(status[:1], n, 0), status])
+    )
+    ego = np.concatenate([h_ego.states, scene.ego.states])
+    return ego, np.concatenate([h_ego.timestamps_us, scene.timestamps_us]), agents, lights, n
+
+
 def planning_rasters(scene: LogWindow, map_api: Any, frames: np.ndarray, raster: RasterConfig) -> np.ndarray:
-    """``(S + 1, C, H, W)`` float32 logged rasters at the window frames ``frames``."""
+    """``(S + 1, C, H, W)`` float32 logged rasters at the window frames ``frames`` (a Scenario's history drawn)."""
+    ego, ts, agents, lights, n = with_history(scene)
     return np.stack(
-        [
-            render_window(
-                map_api,
-                scene.ego.states,
-                scene.timestamps_us,
-                scene.agents,
-                scene.traffic_lights,
-                scene.route_roadblock_ids,
-                int(f),
-                raster,
-            )
-            for f in frames
-        ]
+        [render_window(map_api, ego, ts, agents, lights, scene.route_roadblock_ids, n + int(f), raster) for f in frames]
     )
 
 

@@ -1,0 +1,128 @@
+"""Planners in the BEV-Warp loop: ``policy(state) -> (plans (B, P, 3), failed (B,))`` for :meth:`BEVWarpEnv.step`.
+
+- :class:`VectorPolicy` runs any :class:`simulation.protocols.Planner` (the rule-based ones) one episode at a
+  time on an :class:`~simulation.protocols.Observation` built from the BEV-Warp state: the simulated ego state,
+  the logged agents and traffic lights of the current frame, the map and the route (no re-rendering).
+- :class:`LearnedPolicy` runs a learned planner (``forward(features, noise) -> PlanOutput``) on the whole
+  batch at once: the warped logged raster (:meth:`BEVWarpEnv.observe`), the ego status of the simulated state
+  and the logged agents as tokens in the simulated ego frame. Every episode gets the same seeded noise as
+  :class:`planners.features.LearnedPlanner` draws for one observation, so both loops see the same samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from bev_warp.env import BEVWarpEnv, EnvState
+from planners.features import agent_tokens
+from simulation.protocols import Observation, Planner
+from simulation.types import Agents, DrivingCommand, EgoStates, LogWindow, StateIndex, TrafficLights
+
+logger = logging.getLogger(__name__)
+
+
+def log_frame(state: EnvState, scene: LogWindow, i: int) -> int:
+    """Index in ``scene`` of episode ``i``'s current frame."""
+    return scene.current_index + int(state.frame[i])
+
+
+def observation(state: EnvState, i: int, scene: LogWindow, map_api: Any) -> Observation:
+    """What a vector planner sees in episode ``i``: one-sample history (the simulated ego now), logged agents."""
+    k = log_frame(state, scene, i)
+    ts = scene.timestamps_us[k : k + 1]
+    agents = Agents(
+        scene.agents.boxes[k : k + 1], scene.agents.types, scene.agents.track_ids, scene.agents.valid[k : k + 1]
+    )
+    lights = TrafficLights(scene.traffic_lights.lane_connector_ids, scene.traffic_lights.status[k : k + 1])
+    return Observation(
+        ego_history=EgoStates(state.ego[i].detach().cpu().numpy()[None].copy(), ts),
+        agents=agents,
+        traffic_lights=lights,
+        route_roadblock_ids=tuple(scene.route_roadblock_ids),
+        map_name=scene.map_name,
+        map_api=map_api,
+        driving_command=int(getattr(scene, "driving_command", DrivingCommand.UNKNOWN)),
+        goal=getattr(scene, "goal", None),
+        log=scene,
+        log_index=k,
+    )
+
+
+def _maps(maps: Sequence[Any] | Any, n: int) -> list[Any]:
+    return list(maps) if isinstance(maps, (list, tuple)) else [maps] * n
+
+
+class VectorPolicy:
+    """One planner per episode (``make_planner()``), called on :func:`observation` while the episode runs.
+
+    A planner that raises, or returns non-finite poses, marks its episode ``failed`` (the env terminates it).
+    """
+
+    def __init__(self, make_planner: Callable[[], Planner], scenes: Sequence[LogWindow], maps: Sequence[Any] | Any):
+        self.scenes = list(scenes)
+        self.maps = _maps(maps, len(self.scenes))
+        self.planners = [make_planner() for _ in self.scenes]
+
+    def __call__(self, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:
+        b = state.episodes.batch_size
+        plans = np.zeros((b, 8, 3))
+        failed = np.zeros(b, dtype=bool)
+        done = state.done.cpu().numpy()
+        for i in range(b):
+            if done[i]:
+                continue
+            try:
+                poses = np.asarray(self.planners[i].plan(observation(state, i, self.scenes[i], self.maps[i])).poses)
+                if poses.shape != (8, 3) or not np.isfinite(poses).all():
+                    raise ValueError(f"plan of shape {poses.shape} (need (8, 3), finite)")
+                plans[i] = poses
+            except Exception as err:  # noqa: BLE001 - a failing planner ends its episode only
+                logger.warning("episode %s: planner failed: %s", self.scenes[i].token, err)
+                failed[i] = True
+        dev = state.ego.device
+        return torch.as_tensor(plans, device=dev), torch.as_tensor(failed, device=dev)
+
+
+class LearnedPolicy:
+    """A learned planner on warped rasters, batched over the episodes (``env.config.observation='raster'``)."""
+
+    def __init__(self, model: Any, env: BEVWarpEnv, scenes: Sequence[LogWindow], seed: int = 0) -> None:
+        self.model, self.env, self.scenes, self.seed = model, env, list(scenes), seed
+
+    def features(self, state: EnvState) -> dict[str, torch.Tensor]:
+        """``bev`` ``(B, C, H, W)``, ``ego_status`` ``(B, 8)``, ``agents`` ``(B, A, F)``, ``agents_mask`` ``(B, A)``."""
+        dev = state.ego.device
+        ego = state.ego.detach().cpu().numpy()
+        status = np.zeros((len(ego), 8), dtype=np.float32)
+        status[:, :4] = ego[:, [StateIndex.VX, StateIndex.VY, StateIndex.AX, StateIndex.AY]]
+        tokens, masks = [], []
+        for i, scene in enumerate(self.scenes):
+            command = int(getattr(scene, "driving_command", DrivingCommand.UNKNOWN))
+            status[i, 4 + (command if 0 <= command <= 3 else int(DrivingCommand.UNKNOWN))] = 1.0
+            k = log_frame(state, scene, i)
+            valid = scene.agents.valid[k]
+            tok, mask = agent_tokens(scene.agents.boxes[k][valid], scene.agents.types[valid], ego[i, :3])
+            tokens.append(tok)
+            masks.append(mask)
+        return {
+            "bev": self.env.observe(state).float(),
+            "ego_status": torch.as_tensor(status, device=dev),
+            "agents": torch.as_tensor(np.stack(tokens), device=dev),
+            "agents_mask": torch.as_tensor(np.stack(masks), device=dev),
+        }
+
+    def __call__(self, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.features(state)
+        b = state.episodes.batch_size
+        g = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn(self.model.initial_noise_shape(1), generator=g)
+        noise = noise.expand(b, *noise.shape[1:]).contiguous().to(state.ego.device)
+        with torch.no_grad():
+            plans = self.model(feats, noise).trajectory.double()
+        failed = ~torch.isfinite(plans).all(-1).all(-1)
+        return torch.where(failed[:, None, None], torch.zeros_like(plans), plans), failed
