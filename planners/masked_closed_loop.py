@@ -1,0 +1,220 @@
+"""The masked diffusion planner in closed loop, with or without safety reflection.
+
+Per observation:
+
+1. features of the observation (:func:`planners.features.observation_features`), scene encoded once;
+2. ``K`` endpoint goals (distance NMS over the endpoint logits of the fully masked sequence), one trajectory
+   inpainted per goal in ``steps`` unmasking steps in the chosen ``order`` (argmax, or seeded temperature
+   sampling: the same observation gives the same plan);
+3. without reflection, the most likely goal's trajectory. With reflection, a :class:`SafetyChecker` is built
+   from the observation (current agents at constant velocity, drivable area from the map); the most likely
+   *safe* candidate is returned when there is one, otherwise the candidates are repaired by
+   :func:`planners.reflection.reflect`, most likely first, until one is safe; if none becomes safe, the safest
+   trajectory seen (fewest unsafe waypoints) is returned.
+
+:attr:`MaskedClosedLoopPlanner.last_candidates` and :attr:`MaskedClosedLoopPlanner.last_record` keep the
+last plan's candidates and what reflection did, for plots and logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from planners.features import PLANNER_RASTER, batch, observation_features
+from planners.masked_diffusion import ORDERS, MaskedDiffusionPlanner, headings_from_xy
+from planners.reflection import ReflectionRecord, SafetyChecker, reflect
+from simulation.geometry import global_to_local, rotate_vectors, transform_points_to_global
+from simulation.protocols import Observation
+from simulation.render import RasterConfig
+from simulation.types import AgentIndex, Trajectory
+
+
+@dataclass
+class MaskedPlanRecord:
+    """What one plan call did.
+
+    Attributes:
+        candidates: ``(K, 8, 3)`` decoded goal candidates (ego frame), most likely goal first.
+        goal_scores: ``(K,)`` endpoint log-probabilities of the candidates' goals.
+        unsafe: ``(K,)`` unsafe waypoints per candidate (``None`` without reflection).
+        chosen: index of the returned candidate, or ``-1`` when the plan is a repaired candidate.
+        reflections: one record per candidate sent to :func:`~planners.reflection.reflect`.
+        fell_back: no candidate was safe, none could be repaired: the safest trajectory seen was returned.
+        final_unsafe: unsafe waypoints of the returned plan (``None`` without reflection).
+    """
+
+    candidates: np.ndarray
+    goal_scores: np.ndarray
+    unsafe: np.ndarray | None = None
+    chosen: int = 0
+    reflections: list[ReflectionRecord] = field(default_factory=list)
+    fell_back: bool = False
+    final_unsafe: int | None = None
+
+
+def safety_checker(observation: Observation, min_ahead_m: float = 0.0) -> SafetyChecker:
+    """The safety check of an observation, in its current rear-axle frame.
+
+    Agents: the valid boxes of the current frame, moved at their current velocity; agents whose centre lies
+    more than ``min_ahead_m`` behind the rear axle are left out (a car closing in from behind is not the
+    ego's to avoid). Drivable area: the ego corners are tested against the map's drivable layers (one tree
+    query per check, no polygon union); skipped when the observation has no map.
+    """
+    pose = np.asarray(observation.current_state[:3], dtype=np.float64)
+    agents = observation.agents
+    boxes = np.asarray(agents.boxes[-1][agents.valid[-1]], dtype=np.float64).reshape(-1, 7).copy()
+    if len(boxes):
+        boxes[:, :3] = global_to_local(boxes[:, :3], pose)
+        boxes[:, [AgentIndex.VX, AgentIndex.VY]] = rotate_vectors(boxes[:, [AgentIndex.VX, AgentIndex.VY]], -pose[2])
+        boxes = boxes[boxes[:, AgentIndex.X] >= -min_ahead_m]
+    map_api = observation.map_api
+    if map_api is None:
+        return SafetyChecker(boxes)
+
+    def inside(points: np.ndarray) -> np.ndarray:
+        return map_api.is_in_drivable_area(transform_points_to_global(points, pose))
+
+    return SafetyChecker(boxes, None, inside=inside)
+
+
+def decode_candidates(
+    model: MaskedDiffusionPlanner,
+    features: dict[str, torch.Tensor],
+    num_candidates: int,
+    order: str,
+    steps: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Goal-conditioned candidates of one scene (batch 1).
+
+    Returns ``tokens (K, 16)``, ``poses (K, 8, 3)``, ``goal_scores (K,)`` (most likely goal first) and the scene
+    memory ``(memory (1, M, d), pad (1, M))`` for reuse (e.g. by reflection).
+    """
+    tok = model.tokenizer
+    memory, pad = model.encode(features)
+    masked = torch.full((1, tok.seq_len), tok.mask_id, dtype=torch.long, device=memory.device)
+    logp = torch.log_softmax(model.logits(masked, memory, pad), dim=-1)
+    goals, goal_scores = model._nms_goals(
+        logp[:, -2, : tok.num_x], logp[:, -1, tok.num_x : tok.mask_id], num_candidates
+    )
+    k = goals.shape[1]
+    fixed = torch.full((k, tok.seq_len), -1, dtype=torch.long, device=memory.device)
+    fixed[:, -2], fixed[:, -1] = goals[0, :, 0], goals[0, :, 1] + tok.num_x
+    tokens = model.generate(
+        {},
+        fixed=fixed,
+        num_steps=steps,
+        order=order,
+        temperature=temperature,
+        generator=generator,
+        context=(memory.expand(k, -1, -1), pad.expand(k, -1)),
+    )
+    poses = headings_from_xy(tok.decode(tokens))
+    return tokens, poses, goal_scores[0], (memory, pad)
+
+
+class MaskedClosedLoopPlanner:
+    """A :class:`MaskedDiffusionPlanner` as a ``simulation.protocols.Planner``.
+
+    Args:
+        model: the masked diffusion planner (eval mode).
+        order: decoding order (``confidence``, ``causal``, ``reverse_causal``).
+        steps: unmasking steps per candidate.
+        temperature: sampling temperature (0 = argmax).
+        num_candidates: ``K`` goal candidates.
+        reflect: run the safety check and reflection on the candidates.
+        seed: seed of the sampling (the same observation gives the same plan).
+        raster: the raster the model was trained on.
+        name: the planner's name in result tables.
+        max_reflections: candidates sent to reflection at most (most likely first) when none is safe.
+        max_iterations, radius: reflection budget and anchor search radius (tokens), see
+            :func:`planners.reflection.reflect`.
+    """
+
+    def __init__(
+        self,
+        model: MaskedDiffusionPlanner,
+        order: str = "reverse_causal",
+        steps: int = 8,
+        temperature: float = 0.0,
+        num_candidates: int = 3,
+        reflect: bool = False,
+        seed: int = 0,
+        raster: RasterConfig = PLANNER_RASTER,
+        name: str | None = None,
+        max_reflections: int = 1,
+        max_iterations: int = 6,
+        radius: int = 10,
+    ) -> None:
+        if order not in ORDERS:
+            raise ValueError(f"unknown decoding order {order!r}; choose one of {ORDERS}")
+        if steps < 1 or num_candidates < 1:
+            raise ValueError(f"steps and num_candidates must be >= 1 (got {steps}, {num_candidates})")
+        self.model = model.eval()
+        self.order, self.steps, self.temperature = order, int(steps), float(temperature)
+        self.num_candidates, self.reflect, self.seed = int(num_candidates), bool(reflect), int(seed)
+        self.raster = raster
+        self.name = name or f"masked_{order}" + ("_reflect" if reflect else "")
+        self.max_reflections, self.max_iterations, self.radius = max_reflections, max_iterations, radius
+        self.last_candidates: np.ndarray | None = None
+        self.last_record: MaskedPlanRecord | None = None
+
+    def plan(self, observation: Observation) -> Trajectory:
+        feats = batch([observation_features(observation, self.raster)])
+        generator = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            tokens, poses, scores, context = decode_candidates(
+                self.model, feats, self.num_candidates, self.order, self.steps, self.temperature, generator
+            )
+            candidates = poses.double().numpy()
+            record = MaskedPlanRecord(candidates, scores.double().numpy())
+            plan = candidates[0]
+            if self.reflect:
+                plan = self._reflect(observation, feats, tokens, context, record)
+        if not np.isfinite(plan).all():
+            raise ValueError(f"{self.name}: planner returned a non-finite trajectory")
+        self.last_candidates, self.last_record = candidates, record
+        return Trajectory(plan)
+
+    def _reflect(
+        self,
+        observation: Observation,
+        feats: dict[str, torch.Tensor],
+        tokens: torch.Tensor,
+        context: tuple[torch.Tensor, torch.Tensor],
+        record: MaskedPlanRecord,
+    ) -> np.ndarray:
+        """The most likely safe candidate, else the first repaired one, else the safest seen (record updated)."""
+        checker = safety_checker(observation)
+        record.unsafe = checker.unsafe_counts(record.candidates)
+        safe = np.flatnonzero(record.unsafe == 0)
+        if len(safe):
+            record.chosen, record.final_unsafe = int(safe[0]), 0
+            return record.candidates[safe[0]]
+        seen = [(int(record.unsafe[i]), i, record.candidates[i]) for i in range(len(record.candidates))]
+        for i in range(min(self.max_reflections, len(tokens))):
+            fixed, rec = reflect(
+                self.model,
+                feats,
+                tokens[i],
+                checker,
+                max_iterations=self.max_iterations,
+                radius=self.radius,
+                context=context,
+                num_steps=self.steps,
+                order=self.order,
+            )
+            record.reflections.append(rec)
+            repaired = headings_from_xy(self.model.tokenizer.decode(fixed)).double().numpy()
+            unsafe = int(checker.unsafe_counts(repaired[None])[0])
+            if unsafe == 0:
+                record.chosen, record.final_unsafe = -1, 0
+                return repaired
+            seen.append((unsafe, -1, repaired))
+        unsafe, chosen, plan = min(seen, key=lambda s: s[0])  # stable: most likely first among ties
+        record.chosen, record.final_unsafe, record.fell_back = chosen, unsafe, True
+        return plan

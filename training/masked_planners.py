@@ -1,0 +1,43 @@
+"""Closed-loop masked diffusion planners from ``masked_il`` checkpoints (Hydra ``_target_`` of the bench configs
+``planner=masked`` and ``planner=masked_reflect``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from planners.features import PLANNER_RASTER
+from planners.masked_closed_loop import MaskedClosedLoopPlanner
+from simulation.render import RasterConfig
+from training.imitation import load_planner
+
+
+def masked_planner(
+    ckpt_path: str,
+    order: str = "reverse_causal",
+    steps: int = 8,
+    reflect: bool = False,
+    seed: int = 0,
+    temperature: float = 0.0,
+    num_candidates: int = 3,
+    name: str | None = None,
+    **reflection: Any,
+) -> MaskedClosedLoopPlanner:
+    """A :class:`~planners.masked_closed_loop.MaskedClosedLoopPlanner` from a checkpoint of ``masked_il``.
+
+    ``reflection``: ``max_reflections``, ``max_iterations``, ``radius`` of the planner.
+    """
+    model = load_planner(ckpt_path, expect_class="MaskedDiffusionPlanner")
+    stored = getattr(model, "raster_config", None)
+    raster = RasterConfig.from_dict(stored) if stored else PLANNER_RASTER
+    return MaskedClosedLoopPlanner(
+        model,  # type: ignore[arg-type]
+        order=order,
+        steps=steps,
+        temperature=temperature,
+        num_candidates=num_candidates,
+        reflect=reflect,
+        seed=seed,
+        raster=raster,
+        name=name,
+        **reflection,
+    )
