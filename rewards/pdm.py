@@ -12,6 +12,7 @@ EPDMS = NC * DAC * DDC * TLC * (5 EP + 5 TTC + 2 LK + 2 HC + 2 EC) / 16   (after
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -225,5 +226,29 @@ class PDMScorer:
 
     def score(self, metric_cache: MetricCache, trajectories: np.ndarray) -> dict[str, np.ndarray]:
         """Sub-metrics and ``score`` ``(K,)`` of candidate poses ``(K, 8, 3)`` in the current rear-axle frame."""
-        states = self.simulate(metric_cache, trajectories)
+        return self.score_simulated(metric_cache, self.simulate(metric_cache, trajectories))
+
+    def score_simulated(self, metric_cache: MetricCache, states: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`score` of already simulated states ``(K, 41, 11)`` (from :meth:`simulate`)."""
         return score_states(metric_cache, states, self.version, self.normalization)
+
+    def two_frame_metrics(
+        self, metrics: Mapping[str, float], states: np.ndarray, previous_states: np.ndarray
+    ) -> dict[str, float]:
+        """EPDMS of one scored plan once the plan of the frame 0.5 s earlier is known (NAVSIM one-stage).
+
+        Args:
+            metrics: the plan's v2 sub-metrics (human filter applied), by NAVSIM column or ``rewards.pdm`` name.
+            states: ``(41, 11)`` simulated states of the plan. previous_states: those of the previous plan.
+
+        Returns:
+            ``two_frame_extended_comfort`` and ``score`` (EPDMS over the five weighted metrics, denominator 16);
+            empty for v1, which has no extended comfort.
+        """
+        if self.version != "v2":
+            return {}
+        ec = float(two_frame_extended_comfort(np.asarray(states)[None], np.asarray(previous_states)[None])[0])
+        names = (*EPDMS_MULTIPLIERS, *EPDMS_WEIGHTS)
+        values = {n: np.array([float(metrics[n])]) for n in names if n != "extended_comfort"}
+        values["extended_comfort"] = np.array([ec])
+        return {"two_frame_extended_comfort": ec, "score": float(aggregate_epdms(values, True)[0])}

@@ -17,6 +17,7 @@ import numpy as np
 from hydra.utils import instantiate
 
 from simulation import visualize
+from simulation.benchmarks import pairing
 from simulation.benchmarks.protocols import BenchmarkProtocol, get_protocol
 from simulation.benchmarks.report import SceneDrawer
 from simulation.benchmarks.units import ClosedLoopUnit, NavsimUnit, SceneEvaluator, SceneRef, SceneSource, Unit
@@ -60,7 +61,8 @@ def build_unit(cfg: Mapping[str, Any], protocol: BenchmarkProtocol) -> Unit:
     maps = build_maps(cfg)
     if protocol.is_navsim:
         caches = instantiate(pcfg["metric_cache"], _convert_="all")
-        return NavsimUnit(planner, instantiate(pcfg["scorer"], _convert_="all"), caches, maps)
+        scorer = instantiate(pcfg["scorer"], _convert_="all")
+        return NavsimUnit(planner, scorer, caches, maps, keep_states=protocol.pairs_frames)
     simulator = instantiate(pcfg["simulator"], _convert_="all", reactive=bool(pcfg["reactive"]))
     scorer = instantiate(pcfg["scorer"], _convert_="all")
     return ClosedLoopUnit(planner, SimulateClosedLoop(simulator), scorer, maps)
@@ -70,6 +72,16 @@ def build_evaluator(cfg: Mapping[str, Any]) -> SceneEvaluator:
     """A worker's evaluator (picklable entry point: ``functools.partial(build_evaluator, cfg)``)."""
     protocol = get_protocol(str(cfg["protocol"]["name"]))
     return SceneEvaluator(build_source(cfg, protocol), build_unit(cfg, protocol), protocol)
+
+
+def pair_frames(
+    cfg: Mapping[str, Any], protocol: BenchmarkProtocol, rows: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Rows with the protocol's two-frame metrics (NAVSIM v2's extended comfort) merged in, scored by the
+    configured scorer; other protocols' rows are returned unchanged."""
+    if not protocol.pairs_frames:
+        return list(rows)
+    return pairing.with_two_frame_metrics(rows, instantiate(cfg["protocol"]["scorer"], _convert_="all"))
 
 
 def with_driven_ego(window: LogWindow, ego_poses: np.ndarray) -> LogWindow:

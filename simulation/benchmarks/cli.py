@@ -72,6 +72,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         chunk_size=int(cfg.chunk_size),
         progress=bool(cfg.progress),
     )
+    rows = build.pair_frames(container, protocol, rows)
     run_info = {**header, "worker": cfg.worker._target_.rsplit(".", 1)[-1], "output_dir": str(out)}
     written = write_report(
         protocol,

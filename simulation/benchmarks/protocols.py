@@ -8,7 +8,9 @@ chosen by the Hydra config (``configs/bench/protocol/<name>.yaml``).
   the scene's metric cache. Score = PDMS = NC * DAC * (5 TTC + 5 EP + 2 C) / 12 (DDC reported, weight 0).
 - ``navsim_v2``: NAVSIM v2 one-stage evaluation with the same unit of work, scored by EPDMS
   (NC * DAC * DDC * TLC * (5 EP + 5 TTC + 2 LK + 2 HC + 2 EC) / 16, human filter on original scenes).
-  ``two_frame_extended_comfort`` is reported when the scorer provides it.
+  As NAVSIM's one-stage run, extended comfort (EC) compares each plan with the plan of the same log's
+  frame 0.5 s earlier when that frame is evaluated too (:mod:`simulation.benchmarks.pairing`); rows
+  without such a predecessor report EC as NaN and give it weight 0 (denominator 14).
 - ``nuplan_cls_nr``: nuPlan closed-loop score, non-reactive agents (log replay). One 15 s, 10 Hz
   scenario per token; the planner is called every simulation step; the run is scored with nuPlan's
   closed-loop metrics (multipliers NC, DAC, making progress, DDC; weights EP 5, TTC 5, speed 4, comfort 2).
@@ -75,6 +77,8 @@ class BenchmarkProtocol:
         reactive: closed loop only: reactive IDM agents instead of log replay.
         pdm_version: NAVSIM only: the scorer version (``v1`` or ``v2``).
         score_name: what ``score`` is called in the summary (PDMS, EPDMS, CLS-NR, CLS-R).
+        pairs_frames: NAVSIM only: rows keep their simulated states and consecutive frames of a log are
+            scored together afterwards (EPDMS extended comfort).
     """
 
     name: str
@@ -84,6 +88,7 @@ class BenchmarkProtocol:
     reactive: bool = False
     pdm_version: str = "v1"
     score_name: str = "score"
+    pairs_frames: bool = False
 
     @property
     def csv_columns(self) -> tuple[str, ...]:
@@ -104,6 +109,7 @@ PROTOCOLS: dict[str, BenchmarkProtocol] = {
         optional_columns=("two_frame_extended_comfort",),
         pdm_version="v2",
         score_name="EPDMS",
+        pairs_frames=True,
     ),
     "nuplan_cls_nr": BenchmarkProtocol("nuplan_cls_nr", "closed_loop", CLS_COLUMNS, score_name="CLS-NR"),
     "nuplan_cls_r": BenchmarkProtocol("nuplan_cls_r", "closed_loop", CLS_COLUMNS, reactive=True, score_name="CLS-R"),

@@ -96,11 +96,15 @@ class UnitResult:
         metrics: sub-metric values and ``score`` (floats).
         plan: ``(8, 3)`` planned poses in the current rear-axle frame (NAVSIM protocols) or ``None``.
         ego_poses: ``(T, 3)`` driven global rear-axle poses (closed loop) or ``None``.
+        states: ``(41, 11)`` simulated ego states of the plan (NAVSIM protocols that pair frames) or ``None``.
+        timestamp_us: time of the scene's current frame (NAVSIM protocols) or ``None``.
     """
 
     metrics: dict[str, float]
     plan: np.ndarray | None = None
     ego_poses: np.ndarray | None = None
+    states: np.ndarray | None = None
+    timestamp_us: int | None = None
 
 
 Unit = Callable[[LogWindow], UnitResult]
@@ -150,20 +154,30 @@ class NavsimUnit:
         scorer: scores ``(K, 8, 3)`` plans against a metric cache (e.g. ``rewards.pdm.PDMScorer``).
         metric_cache: ``(scene, map_api) -> metric cache`` (build or load).
         maps: ``map_name -> MapAPI`` or ``None`` for map-free fakes.
+        keep_states: also return the simulated states of the plan (for two-frame metrics, NAVSIM v2's
+            extended comfort); needs a scorer with ``simulate(cache, poses)`` and ``score_simulated(cache,
+            states)``.
     """
 
     planner: Planner
     scorer: Scorer
     metric_cache: Callable[[Scene, Any], Any]
     maps: Callable[[str], Any] | None = None
+    keep_states: bool = False
 
     def __call__(self, scene: LogWindow) -> UnitResult:
         map_api = self.maps(scene.map_name) if self.maps is not None else None
         cache = self.metric_cache(scene, map_api)  # type: ignore[arg-type]
         plan = check_plan(self.planner.plan(observation_from_scene(scene, map_api)))
-        scores = self.scorer.score(cache, plan[None])
+        states = None
+        if self.keep_states and hasattr(self.scorer, "simulate") and hasattr(self.scorer, "score_simulated"):
+            states = np.asarray(self.scorer.simulate(cache, plan[None]), dtype=np.float64)
+            scores = self.scorer.score_simulated(cache, states)
+        else:
+            scores = self.scorer.score(cache, plan[None])
         metrics = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in scores.items()}
-        return UnitResult(metrics, plan=plan)
+        stamp = int(scene.timestamps_us[scene.current_index])
+        return UnitResult(metrics, plan=plan, states=None if states is None else states[0], timestamp_us=stamp)
 
 
 @dataclass
@@ -227,6 +241,10 @@ def evaluate_ref(ref: SceneRef, source: SceneSource, unit: Unit, protocol: Bench
             row["plan"] = np.round(result.plan, 4).tolist()
         if result.ego_poses is not None:
             row["ego_poses"] = np.round(result.ego_poses, 3).tolist()
+        if result.states is not None:
+            row["states"] = np.round(result.states, 6).tolist()
+        if result.timestamp_us is not None:
+            row["timestamp_us"] = result.timestamp_us
     except Exception as err:  # noqa: BLE001 - any failure of one scene is recorded, the run goes on
         logger.warning("token %s failed: %s: %s", ref.token, type(err).__name__, err)
         row.update(valid=False, error=f"{type(err).__name__}: {err}", **_nan_metrics(protocol))

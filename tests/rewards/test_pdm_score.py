@@ -134,6 +134,29 @@ def test_two_frame_extended_comfort():
     assert two_frame_extended_comfort(wobbly, now[0])[0] == 0.0  # previous plan broadcast over candidates
 
 
+def test_scorer_two_frame_metrics_rescore_with_extended_comfort():
+    """A row with every sub-metric at 1 and EP 0.5: EC 1 gives (2.5 + 5 + 2 + 2 + 2) / 16, EC 0 two less."""
+    row = {name: 1.0 for name in ("no_at_fault_collisions", "drivable_area_compliance",
+           "driving_direction_compliance", "traffic_light_compliance", "time_to_collision_within_bound",
+           "lane_keeping", "history_comfort", "two_frame_extended_comfort", "score")}  # fmt: skip
+    row["ego_progress"] = 0.5
+    now = straight_states(10.0)
+    wobbly = now.copy()
+    wobbly[:, StateIndex.HEADING] = 0.05 * np.sin(4.0 * T)
+    scorer = PDMScorer("v2")
+    assert scorer.two_frame_metrics(row, now, now) == {"two_frame_extended_comfort": 1.0, "score": 13.5 / 16}
+    assert scorer.two_frame_metrics(row, wobbly, now) == {"two_frame_extended_comfort": 0.0, "score": 11.5 / 16}
+    assert scorer.two_frame_metrics({**row, "traffic_light_compliance": 0.0}, now, now)["score"] == 0.0
+    assert PDMScorer("v1").two_frame_metrics(row, now, now) == {}
+    cache = make_cache("v2")
+    poses = np.stack([np.arange(1, 9) * 5.0, np.zeros(8), np.zeros(8)], -1)[None]
+    states = scorer.simulate(cache, poses)
+    direct, simulated = scorer.score(cache, poses), scorer.score_simulated(cache, states)
+    assert sorted(direct) == sorted(simulated)
+    for name, value in direct.items():
+        np.testing.assert_array_equal(simulated[name], value, err_msg=name)
+
+
 # --------------------------------------------------------------------------------------------- aggregation
 
 

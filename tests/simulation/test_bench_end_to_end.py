@@ -34,11 +34,11 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "logs", root / "maps"
 
 
-def _run(roots: tuple[Path, Path], out: Path, planner: str, *extra: str) -> pd.DataFrame:
+def _run(roots: tuple[Path, Path], out: Path, planner: str, *extra: str, protocol: str = "navsim_v1") -> pd.DataFrame:
     data_root, maps_root = roots
     cfg = compose_config(
         [
-            "protocol=navsim_v1",
+            f"protocol={protocol}",
             f"planner={planner}",
             f"data_root={data_root}",
             f"maps_root={maps_root}",
@@ -94,3 +94,14 @@ def test_log_replay_against_pdm_closed_reference(roots: tuple[Path, Path], tmp_p
     assert ((human["ego_progress"] > 0.5) & (human["ego_progress"] <= 1.0)).all()
     np.testing.assert_allclose(human["score"], (5 + 5 * human["ego_progress"] + 2) / 12)
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == NUM_SCENES
+
+
+def test_navsim_v2_pairs_consecutive_frames_for_extended_comfort(roots: tuple[Path, Path], tmp_path: Path) -> None:
+    """The six scenes are consecutive 2 Hz frames of one log: the first has no predecessor (EC NaN, EPDMS over
+    14), the next five are paired with the frame before; the human's consecutive plans agree (EC = 1)."""
+    human = _run(roots, tmp_path / "v2", "log_replay", HUMAN_REFERENCE, protocol="navsim_v2")
+    ec = human["two_frame_extended_comfort"].to_numpy()
+    assert np.isnan(ec[0]) and (ec[1:] == 1.0).all(), ec
+    np.testing.assert_allclose(human["score"], 1.0)
+    average = pd.read_csv(tmp_path / "v2" / "scores.csv").iloc[-1]
+    assert average["two_frame_extended_comfort"] == 1.0  # NaN rows skipped

@@ -24,6 +24,7 @@ from simulation.benchmarks.cli import CONFIG_DIR, compose_config
 from simulation.benchmarks.cli import main as bench_main
 from simulation.benchmarks.executors import ProcessExecutor, RayExecutor, SequentialExecutor, make_chunks
 from simulation.benchmarks.journal import Journal, JournalError
+from simulation.benchmarks.pairing import predecessors, with_two_frame_metrics
 from simulation.benchmarks.protocols import PROTOCOLS, get_protocol
 from simulation.benchmarks.report import scores_table, write_report
 from simulation.benchmarks.runner import JOURNAL_NAME, run_benchmark
@@ -460,6 +461,40 @@ def test_log_source_loads_each_group_once_and_types_frames() -> None:
     )
     types = frame_scenario_types(log, ["a", "b", "c", "zz"])  # type: ignore[arg-type]
     assert types == ["unknown", "stopping_at_red_light", "starting_left_turn", "unknown"]  # MAX(type)
+
+
+class PairScorer:
+    """Two-frame metrics for :func:`with_two_frame_metrics`: EC = 1 if both plans start at the same x."""
+
+    def two_frame_metrics(self, metrics: Any, states: np.ndarray, previous: np.ndarray) -> dict[str, float]:
+        ec = float(states[0, 0] == previous[0, 0])
+        return {"two_frame_extended_comfort": ec, "score": float(metrics["score"]) * (0.5 + 0.5 * ec)}
+
+
+def test_two_frame_pairs_follow_log_and_time() -> None:
+    def row(log: str, t_s: float, x: float, valid: bool = True) -> dict[str, Any]:
+        states = np.zeros((41, STATE_DIM))
+        states[:, 0] = x
+        stamp = int(t_s * 1e6)
+        return {"token": f"{log}{t_s}", "log_name": log, "valid": valid, "score": 0.8,
+                "two_frame_extended_comfort": math.nan, "timestamp_us": stamp, "states": states.tolist()}  # fmt: skip
+
+    rows = [
+        row("a", 1.0, 0.0),  # 0: predecessor of 1
+        row("a", 1.5, 0.0),  # 1: paired with 0, same start -> EC 1
+        row("a", 2.0, 3.0),  # 2: paired with 1, other start -> EC 0
+        row("a", 3.0, 3.0),  # 3: 1 s after 2 -> unpaired
+        row("b", 3.5, 3.0),  # 4: other log -> unpaired
+        row("a", 3.5, 3.0, valid=False),  # 5: invalid -> neither paired nor predecessor
+        row("a", 4.0, 3.0),  # 6: 1 s after 3 (5 is invalid) -> unpaired
+    ]
+    assert predecessors(rows) == {1: 0, 2: 1}
+    out = with_two_frame_metrics(rows[::-1], PairScorer())[::-1]  # order of rows does not matter
+    assert [r["two_frame_extended_comfort"] for r in out[:3]] == [pytest.approx(math.nan, nan_ok=True), 1.0, 0.0]
+    assert [r["score"] for r in out] == [0.8, 0.8, 0.4, 0.8, 0.8, 0.8, 0.8]
+    assert all(math.isnan(r["two_frame_extended_comfort"]) for r in out[3:])
+    assert rows[2]["score"] == 0.8  # inputs untouched
+    assert with_two_frame_metrics(rows, object()) == rows  # a scorer without two-frame metrics
 
 
 def test_with_driven_ego_replaces_future_poses() -> None:
