@@ -1,0 +1,239 @@
+"""The main job (``make demo``): synthetic city -> scenes and plots -> rule-based benchmark table ->
+feature cache -> imitation training -> learned-planner rows -> TorchScript / ONNX export.
+
+Every stage is a ``diffplan`` command (printed before it runs, so the demo doubles as a tutorial) and
+leaves a ``.done`` marker in the output folder: a re-run skips finished stages, and the benchmark
+runs themselves resume where they stopped.
+
+    python -m training.pipeline --out outputs/demo [--size small|medium] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from training.cli import main as diffplan
+
+logger = logging.getLogger(__name__)
+
+RULE_BASED = ("constant_velocity", "idm", "pdm_closed", "log_replay")
+PROTOCOLS = ("navsim_v1", "navsim_v2", "nuplan_cls_nr", "nuplan_cls_r")
+#: Learned planners: training config -> protocols they are benchmarked on.
+LEARNED = {
+    "ego_mlp": ("navsim_v1", "navsim_v2"),
+    "vanilla_diffusion": ("navsim_v1", "navsim_v2"),
+    "truncated_il": ("navsim_v1", "navsim_v2", "nuplan_cls_nr"),
+    "masked_il": ("navsim_v1", "navsim_v2"),
+}
+
+#: Table columns per protocol: (column in the benchmark's average row, header).
+COLUMNS = {
+    "navsim_v1": [
+        ("no_at_fault_collisions", "NC"),
+        ("drivable_area_compliance", "DAC"),
+        ("time_to_collision_within_bound", "TTC"),
+        ("ego_progress", "EP"),
+        ("comfort", "C"),
+        ("score", "PDMS"),
+    ],
+    "navsim_v2": [("score", "EPDMS")],
+    "nuplan_cls_nr": [("score", "CLS-NR")],
+    "nuplan_cls_r": [("score", "CLS-R")],
+}
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much the demo does.
+
+    Attributes:
+        logs, towns: synthetic city size (``diffplan data synth``; the preset sets the log length).
+        epochs: imitation epochs per learned planner.
+        train_interval: step between training scenes (2 Hz frames).
+        navsim_interval: step between benchmark scenes (2 Hz frames) for the NAVSIM protocols.
+        cls_scenarios: scenarios per nuPlan closed-loop run.
+    """
+
+    logs: int
+    towns: int
+    epochs: int
+    train_interval: int
+    navsim_interval: int
+    cls_scenarios: int
+
+
+SIZES = {
+    "small": DemoSize(logs=10, towns=2, epochs=3, train_interval=2, navsim_interval=8, cls_scenarios=6),
+    "medium": DemoSize(logs=40, towns=3, epochs=20, train_interval=1, navsim_interval=2, cls_scenarios=60),
+}
+
+
+class Pipeline:
+    """Runs the stages into ``out``; each stage is skipped when its marker exists."""
+
+    def __init__(self, out: Path, size: DemoSize, workers: int = 2) -> None:
+        self.out = out
+        self.size = size
+        self.workers = workers
+        self.data = out / "data"
+        self.maps = self.data / "maps"
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+
+    def run_command(self, *args: str) -> None:
+        print(f"\n$ diffplan {' '.join(args)}", flush=True)
+        code = diffplan(list(args))
+        if code:
+            raise RuntimeError(f"`diffplan {' '.join(args)}` exited with {code}")
+
+    def stage(self, name: str, fn: Callable[[], None]) -> None:
+        marker = self.out / ".stages" / f"{name}.done"
+        if marker.exists():
+            print(f"[demo] {name}: done earlier (delete {marker} to redo)")
+            return
+        print(f"\n[demo] ===== {name} =====", flush=True)
+        t0 = time.perf_counter()
+        fn()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{time.perf_counter() - t0:.1f} s\n")
+
+    # ------------------------------------------------------------------ stages
+    def synth(self) -> None:
+        self.run_command(
+            "data", "synth", "--out", str(self.data), "--logs", str(self.size.logs),
+            "--towns", str(self.size.towns), "--seed", "0", "--workers", str(self.workers), "--plots", "2",
+        )  # fmt: skip
+
+    def scenes_and_plots(self) -> None:
+        self.run_command("data", "scenes", "--data-root", str(self.data), "--split", "synth_test")
+        self.run_command(
+            "viz", "--data-root", str(self.data), "--maps-root", str(self.maps), "--split", "synth_test",
+            "--out", str(self.out / "plots"), "--max-scenes", "3", "--gif",
+        )  # fmt: skip
+
+    def bench(self, planner: str, protocol: str, *extra: str, label: str | None = None) -> None:
+        out = self.out / "bench" / protocol / (label or planner)
+        overrides = [
+            f"protocol={protocol}", f"planner={planner}", "split=synth_test", f"data_root={self.data}",
+            f"maps_root={self.maps}", f"output_dir={out}", "progress=false", "worker=sequential",
+            "report.num_worst=2", "report.num_gifs=1",
+        ]  # fmt: skip
+        if protocol.startswith("nuplan"):
+            overrides.append(f"max_scenes={self.size.cls_scenarios}")
+        else:
+            overrides += [
+                f"protocol.scene_filter.frame_interval={self.size.navsim_interval}",
+                f"metric_cache_dir={self.out / 'metric_cache' / protocol}",
+            ]
+        self.run_command("bench", *overrides, *extra)
+
+    def rule_based(self) -> None:
+        for protocol in PROTOCOLS:
+            for planner in RULE_BASED:
+                self.bench(planner, protocol)
+
+    def cache(self) -> None:
+        self.run_command(
+            "data", "cache", "--data-root", str(self.data), "--maps-root", str(self.maps),
+            "--out", str(self.out / "cache"), "--workers", str(self.workers),
+            "--frame-interval", str(self.size.train_interval),
+        )  # fmt: skip
+
+    def train(self, name: str) -> None:
+        run_dir = self.out / "train" / name
+        self.run_command(
+            "fit", "--config", f"configs/train/{name}.yaml", "--data.cache_dir", str(self.out / "cache"),
+            "--trainer.max_epochs", str(self.size.epochs), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+        )  # fmt: skip
+
+    def checkpoint(self, name: str) -> Path:
+        found = sorted((self.out / "train" / name).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"no checkpoint under {self.out / 'train' / name}")
+        return found[-1]
+
+    def learned(self) -> None:
+        for name, protocols in LEARNED.items():
+            ckpt = self.checkpoint(name)
+            for protocol in protocols:
+                self.bench("learned", protocol, f"planner.ckpt_path={ckpt}", f"planner.name={name}", label=name)
+
+    def export(self) -> None:
+        ckpt = self.checkpoint("truncated_il")
+        for fmt, suffix in (("torchscript", "pt"), ("onnx", "onnx")):
+            self.run_command(
+                "export", "--ckpt", str(ckpt), "--format", fmt, "--out", str(self.out / f"planner.{suffix}")
+            )
+        # the exported planner is benchmarked like any other: its row must match the checkpoint's
+        self.bench("exported", "navsim_v1", f"planner.path={self.out / 'planner.pt'}", label="truncated_il_torchscript")
+
+    # ------------------------------------------------------------------ report
+    def table(self) -> str:
+        by_planner: dict[str, dict[str, float]] = {}
+        for csv in sorted((self.out / "bench").glob("*/*/scores.csv")):
+            protocol, planner = csv.parent.parent.name, csv.parent.name
+            average = pd.read_csv(csv).iloc[-1]
+            cells = by_planner.setdefault(planner, {})
+            for column, header in COLUMNS.get(protocol, []):
+                if column in average:
+                    cells[header] = float(average[column])
+        order = [*RULE_BASED, *LEARNED, "truncated_il_torchscript"]
+        planners = sorted(by_planner, key=lambda p: (order.index(p) if p in order else len(order), p))
+        headers = [h for p in PROTOCOLS for _, h in COLUMNS[p]]
+        lines = ["| planner | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+        for planner in planners:
+            cells = by_planner[planner]
+            values = [f"{100 * cells[h]:.1f}" if h in cells else "-" for h in headers]
+            lines.append(f"| {planner} | " + " | ".join(values) + " |")
+        return "\n".join(lines)
+
+    def timings(self) -> str:
+        rows = []
+        for marker in sorted((self.out / ".stages").glob("*.done"), key=lambda p: p.stat().st_mtime):
+            rows.append(f"| {marker.stem} | {marker.read_text().strip()} |")
+        return "\n".join(["| stage | wall time |", "|---|---|", *rows])
+
+    def report(self) -> None:
+        table = self.table()
+        path = self.out / "report.md"
+        path.write_text(
+            "# diffplan demo on the synthetic city (synth_test)\n\n"
+            f"Scores x 100; NAVSIM protocols on scenes every {self.size.navsim_interval / 2:g} s, nuPlan closed "
+            f"loop on {self.size.cls_scenarios} scenarios.\n\n{table}\n\n## Stages\n\n{self.timings()}\n"
+        )
+        print(f"\n{table}\n\nreport: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.pipeline", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="delete the output folder first")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.fresh and args.out.exists():
+        shutil.rmtree(args.out)
+    pipe = Pipeline(args.out, SIZES[args.size], args.workers)
+    pipe.stage("synth", pipe.synth)
+    pipe.stage("scenes_and_plots", pipe.scenes_and_plots)
+    pipe.stage("rule_based", pipe.rule_based)
+    pipe.stage("cache", pipe.cache)
+    for name in LEARNED:
+        pipe.stage(f"train_{name}", lambda n=name: pipe.train(n))  # type: ignore[misc]
+    pipe.stage("learned", pipe.learned)
+    pipe.stage("export", pipe.export)
+    pipe.report()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
