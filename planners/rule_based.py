@@ -114,6 +114,9 @@ class ConstantVelocityPlanner:
 class LogReplayPlanner:
     """The logged future of ``observation.log`` (the human expert), in the current rear-axle frame.
 
+    The logged global poses are expressed in the frame of the observed ego state (nuPlan's log future planner
+    returns global poses), so in closed loop the tracker is drawn back to the log rather than drifting away.
+
     Poses are interpolated at ``interval_s`` steps from the log timestamps (x, y linear, heading unwrapped).
     Past the end of the log (a closed-loop scenario's last 4 s) the ego goes on straight at its last logged
     speed: the expert kept driving after the window ends, and holding the last pose would make the tracker
@@ -149,7 +152,9 @@ class LogReplayPlanner:
         glob[:, 0] += beyond * speed * np.cos(heading[-1])
         glob[:, 1] += beyond * speed * np.sin(heading[-1])
         glob[:, 2] = normalize_angle(glob[:, 2])
-        return Trajectory(global_to_local(glob, states[0, :3]), self.interval_s)
+        # in the frame of the observed (in closed loop: simulated) ego, so that the plan leads back to the logged
+        # poses instead of replaying the logged motion from wherever the ego drifted to
+        return Trajectory(global_to_local(glob, observation.current_state[:3]), self.interval_s)
 
 
 class IDMPlanner:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -214,6 +216,12 @@ def test_log_replay_goes_on_at_last_speed_past_the_log_end() -> None:
     poses = LogReplayPlanner().plan(obs).poses
     np.testing.assert_allclose(poses[:, 0], 4.0 * np.arange(1, 9), atol=1e-9)
     np.testing.assert_allclose(poses[:, 1:], 0.0, atol=1e-9)
+    # closed loop: the simulated ego drifted 1 m left and 2 m back; the plan leads back to the logged poses
+    drifted = states[:5].copy()
+    drifted[-1, :2] += (-2.0, 1.0)
+    poses = LogReplayPlanner().plan(dataclasses.replace(obs, ego_history=EgoStates(drifted, ts[:5]))).poses
+    np.testing.assert_allclose(poses[:, 0], 2.0 + 4.0 * np.arange(1, 9), atol=1e-9)
+    np.testing.assert_allclose(poses[:, 1], -1.0, atol=1e-9)
 
 
 def test_pdm_closed_reuses_map_context_nearby_only() -> None:
