@@ -111,6 +111,14 @@ class ConstantVelocityPlanner:
         return Trajectory(poses, self.interval_s)
 
 
+@dataclass(frozen=True)
+class LoggedTrajectory(Trajectory):
+    """A :class:`Trajectory` that also gives the logged global rear-axle pose at the current time (``start_pose``
+    ``(3,)``); the closed loop starts the tracking reference there (see ``simulation.ego_control``)."""
+
+    start_pose: np.ndarray | None = None
+
+
 class LogReplayPlanner:
     """The logged future of ``observation.log`` (the human expert), in the current rear-axle frame.
 
@@ -154,7 +162,8 @@ class LogReplayPlanner:
         glob[:, 2] = normalize_angle(glob[:, 2])
         # in the frame of the observed (in closed loop: simulated) ego, so that the plan leads back to the logged
         # poses instead of replaying the logged motion from wherever the ego drifted to
-        return Trajectory(global_to_local(glob, observation.current_state[:3]), self.interval_s)
+        local = global_to_local(glob, observation.current_state[:3])
+        return LoggedTrajectory(local, self.interval_s, start_pose=states[0, :3].copy())
 
 
 class IDMPlanner:

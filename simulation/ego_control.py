@@ -25,12 +25,17 @@ MAX_PERFECT_TRACKING_SPEED = 50.0
 def plan_to_global(trajectory: Trajectory, current_state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Times ``(P + 1,)`` (0 first) and global poses ``(P + 1, 3)`` of a plan in the current rear-axle frame.
 
-    The current pose is prepended at t = 0, as nuPlan's ML planners prepend the current state.
+    The current pose is prepended at t = 0, as nuPlan's ML planners prepend the current state. A trajectory
+    with a global ``start_pose`` ``(3,)`` (log replay: the logged pose now, as nuPlan's log-future planner
+    starts its trajectory at the logged state) starts there instead, so the tracker sees the ego's offset
+    from the log and removes it.
     """
     poses = np.asarray(trajectory.poses, dtype=np.float64).reshape(-1, 3)
     glob = local_to_global(poses, current_state[None, :3])
     times = np.arange(len(poses) + 1) * float(trajectory.interval_s)
-    return times, np.concatenate([current_state[None, :3], glob])
+    start = getattr(trajectory, "start_pose", None)
+    first = current_state[None, :3] if start is None else np.asarray(start, dtype=np.float64).reshape(1, 3)
+    return times, np.concatenate([first, glob])
 
 
 def sample_reference(times: np.ndarray, poses: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -222,6 +222,8 @@ def test_log_replay_goes_on_at_last_speed_past_the_log_end() -> None:
     poses = LogReplayPlanner().plan(dataclasses.replace(obs, ego_history=EgoStates(drifted, ts[:5]))).poses
     np.testing.assert_allclose(poses[:, 0], 2.0 + 4.0 * np.arange(1, 9), atol=1e-9)
     np.testing.assert_allclose(poses[:, 1], -1.0, atol=1e-9)
+    start = getattr(LogReplayPlanner().plan(obs), "start_pose", None)  # the logged pose now, for the tracker
+    np.testing.assert_allclose(start, states[4, :3])
 
 
 def test_pdm_closed_reuses_map_context_nearby_only() -> None:

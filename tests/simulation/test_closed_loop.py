@@ -286,3 +286,45 @@ def test_two_stage_controller_tracks_a_curved_expert():
     err = np.linalg.norm(history.ego_states[:, :2] - ego[:-1, :2], axis=-1)
     assert err[:50].max() < 0.3 and err.max() < 1.0
     assert np.abs(history.ego_states[:-10, StateIndex.VX] - v).max() < 0.05  # the last plans are short
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchoredTrajectory(Trajectory):
+    start_pose: np.ndarray | None = None
+
+
+class AnchoredExpertReplay(ExpertReplay):
+    """The expert's future starting at the logged pose now (nuPlan's log-future planner), not at the ego."""
+
+    def plan(self, observation: Observation) -> Trajectory:
+        plan = super().plan(observation)
+        start = observation.log.ego.states[observation.log_index, :3]
+        return AnchoredTrajectory(plan.poses, plan.interval_s, start_pose=start)
+
+
+def test_plan_starting_at_the_logged_pose_pulls_the_ego_back_to_the_log():
+    """Same curve as above, started 0.5 m off to the outside: a plan that starts at the ego keeps the offset
+    (and drifts further), one that starts at the logged pose lets the LQR see the lateral error and reduce it."""
+    t = np.arange(T_FRAMES) * 0.1
+    radius, v = 40.0, 6.0
+    ego = np.zeros((T_FRAMES, 11))
+    ego[:, StateIndex.X] = radius * np.sin(v * t / radius)
+    ego[:, StateIndex.Y] = -2.0 + radius * (1 - np.cos(v * t / radius))
+    ego[:, StateIndex.HEADING] = v * t / radius
+    ego[:, StateIndex.VX] = v
+    ego[:, StateIndex.STEERING_ANGLE] = np.arctan(3.089 / radius)
+    sc = dataclasses.replace(make_scenario(), ego=EgoStates(ego, make_scenario().timestamps_us), history_ego=None)
+    start = ego[0].copy()
+    start[StateIndex.Y] -= 0.5
+    errors = {}
+    for name, planner in (("ego", ExpertReplay()), ("log", AnchoredExpertReplay())):
+        sim = ClosedLoopSimulator()
+        state = sim.reset(sc)
+        state = dataclasses.replace(state, ego_states=np.concatenate([state.ego_states[:-1], start[None]]))
+        while not state.done:
+            state = sim.step(state, planner.plan(sim.observe(state)))
+        driven = sim.history(state).ego_states
+        errors[name] = np.linalg.norm(driven[:, :2] - ego[:-1, :2], axis=-1)
+    assert errors["ego"][0] == errors["log"][0] == pytest.approx(0.5)
+    assert errors["ego"][100:].min() > 1.0  # the offset stays and the drift adds to it
+    assert errors["log"][40:].max() < 0.3  # pulled back within 4 s
