@@ -5,9 +5,16 @@ logged encoder features (encoded once at reset) into the simulated ego frame and
 bicycle and the vector-world checks for the whole batch at once. The baseline is the vector closed loop
 (:class:`simulation.closed_loop.ClosedLoopSimulator`, log replay, replanning every 5 iterations) that
 re-renders the planner raster and re-runs the BEV encoder at every planner call, one scene at a time.
-Both use a constant-velocity planner; reset / rendering-at-reset time is reported separately.
+Both use a constant-velocity planner; reset / rendering-at-reset time is reported separately. Rates are given
+per wall-clock second and per CPU second of this process (``time.process_time``; with one torch thread the
+fairer figure on a shared machine, where wall time depends on the other jobs).
+
+Scenes: random eastbound scenarios on the fixture map (default), or with ``--data-root DIR [--maps-root DIR]
+[--split synth_test]`` nuPlan scenarios (15 s at 10 Hz, 30 env steps) of nuPlan-format logs such as the
+synthetic city, repeated to fill the batch.
 
 Usage: ``python benchmarks/bench_bev_warp.py [--device cuda] [--batches 1 16 64 256] [--frames 61]``
+or ``python benchmarks/bench_bev_warp.py --data-root D --maps-root D/maps --split synth_test --batches 1 16 64``
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import argparse
 import sys
 import time
 import types
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,33 +82,48 @@ def constant_velocity(ego: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], -1)
 
 
-def bench_warp(scenes: list[Scenario], encoder: torch.nn.Module, device: str, mode: str) -> tuple[float, float]:
-    """(env steps per second, reset seconds) of BEV-Warp over ``scenes`` until every episode ends."""
+def bench_warp(
+    scenes: list[Scenario], maps: list[Any], encoder: torch.nn.Module, device: str, mode: str
+) -> tuple[float, float, float]:
+    """(env steps per wall second, per CPU second, reset wall seconds) of BEV-Warp until every episode ends."""
     env = BEVWarpEnv(EnvConfig(observation=mode), device=device, encoder=encoder if mode == "features" else None)
     t0 = time.perf_counter()
-    state = env.reset(scenes, fixture_map_api())
+    state = env.reset(scenes, maps)
     reset_s = time.perf_counter() - t0
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    steps = 0
     while not bool(state.done.all()):
         obs = env.observe(state)
+        steps += int((~state.done).sum())
         state, _, _, _ = env.step(state, constant_velocity(state.ego) + 0.0 * obs.mean())
     sync()
-    elapsed = time.perf_counter() - t0
-    return len(scenes) * state.step_index / elapsed, reset_s
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return steps / elapsed, steps / cpu, reset_s
 
 
-def bench_vector(scenes: list[Scenario], encoder: torch.nn.Module) -> float:
-    """Env-step equivalents (planner calls) per second of the vector closed loop, scene after scene."""
+def bench_vector(scenes: list[Scenario], maps: list[Any], encoder: torch.nn.Module) -> tuple[float, float]:
+    """Env-step equivalents (planner calls) per wall / CPU second of the vector closed loop, scene after scene."""
     sim = ClosedLoopSimulator(replan_interval=5)
     planner = RenderEncodePlanner(encoder)
     calls = 0
-    t0 = time.perf_counter()
-    for scene in scenes:
-        history = sim.run(scene, planner, fixture_map_api())
+    t0, c0 = time.perf_counter(), time.process_time()
+    for scene, map_api in zip(scenes, maps, strict=True):
+        history = sim.run(scene, planner, map_api)
         calls += sum(1 for p in history.plans[::5] if p is not None)
-    return calls / (time.perf_counter() - t0)
+    return calls / (time.perf_counter() - t0), calls / (time.process_time() - c0)
+
+
+def data_scenarios(data_root: str, maps_root: str, split: str) -> tuple[list[Scenario], list[Any]]:
+    """nuPlan scenarios of ``split`` (tagged and untagged frames, starts at least 5 s apart) and their maps."""
+    from simulation.datasets.scenes import ScenarioFilter, load_scenarios
+    from simulation.maps.api import MapAPI
+
+    pool = load_scenarios(data_root, split, ScenarioFilter(include_unknown=True, timestamp_threshold_s=5.0))
+    if not pool:
+        raise SystemExit(f"no scenarios in split {split!r} under {data_root}")
+    return pool, [MapAPI.load(maps_root, s.map_name) for s in pool]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,25 +134,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vector-scenes", type=int, default=4)
     parser.add_argument("--modes", nargs="+", default=["features", "raster"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for both (shared machines: 1)")
+    parser.add_argument("--data-root", help="nuPlan-format data (splits/<split>/*.db); default: the fixture map")
+    parser.add_argument("--maps-root")
+    parser.add_argument("--split", default="synth_test")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     print(f"ego controller of the vector loop: {ensure_numpy_tracker()}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
     encoder = BEVEncoder(len(PLANNER_RASTER.channels)).eval()
-    vec_scenes = [fixture_scenario(1000 + i, args.frames) for i in range(args.vector_scenes)]
-    vector = bench_vector(vec_scenes, encoder)
-    print(f"vector closed loop (render + encode per planner call): {vector:9.1f} env steps/s")
+    if args.data_root:
+        pool, pool_maps = data_scenarios(args.data_root, args.maps_root or f"{args.data_root}/maps", args.split)
+        print(
+            f"{args.split}: {len(pool)} scenarios of {pool[0].num_frames} frames "
+            f"(batches spread over them, repeated past {len(pool)})"
+        )
+
+        def batch(n: int, offset: int = 0) -> tuple[list[Scenario], list[Any]]:
+            # spread over the pool (both towns, quiet and busy scenes) for the vector loop and every batch
+            idx = [(i * len(pool)) // n for i in range(n)] if n <= len(pool) else [i % len(pool) for i in range(n)]
+            return [pool[i] for i in idx], [pool_maps[i] for i in idx]
+
+    else:
+
+        def batch(n: int, offset: int = 0) -> tuple[list[Scenario], list[Any]]:
+            return [fixture_scenario(offset + i, args.frames) for i in range(n)], [fixture_map_api()] * n
+
+    vector, vector_cpu = bench_vector(*batch(args.vector_scenes, 1000), encoder)
+    print(
+        f"vector closed loop (render + encode per planner call): {vector:9.1f} env steps/s, "
+        f"{vector_cpu:9.1f} per CPU s",
+        flush=True,
+    )
     for mode in args.modes:
         enc = encoder.to(args.device)
         for b in args.batches:
             if mode == "raster" and b > 64:
                 continue  # (B, S, 12, 128, 128) float32 rasters: 256 episodes would hold several GB
-            scenes = [fixture_scenario(i, args.frames) for i in range(b)]
-            rate, reset_s = bench_warp(scenes, enc, args.device, mode)
+            rate, rate_cpu, reset_s = bench_warp(*batch(b), enc, args.device, mode)
             print(
                 f"BEV-Warp {mode:8s} batch {b:4d}: {rate:10.1f} env steps/s ({rate / vector:7.1f}x vector), "
-                f"reset {reset_s:6.2f} s"
+                f"{rate_cpu:10.1f} per CPU s ({rate_cpu / vector_cpu:7.1f}x vector), reset {reset_s:6.2f} s",
+                flush=True,
             )
         encoder = encoder.cpu()
     return 0

@@ -26,7 +26,7 @@ import argparse
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -205,30 +205,30 @@ def data_specs(checkpoint: str | None) -> list[PlannerSpec]:
     return specs
 
 
-def closed_loop(scenes: list[LogWindow], maps: list[Any], spec: PlannerSpec) -> dict[str, Any]:
-    """Per-scenario results of both loops (arrays ``(N,)``) and their wall times."""
-    env = BEVWarpEnv(EnvConfig(observation=spec.observation))
-    t0 = time.perf_counter()
+def warp_loop(scenes: list[LogWindow], maps: list[Any], spec: PlannerSpec, config: EnvConfig) -> dict[str, Any]:
+    """Per-scenario BEV-Warp results (arrays ``(N,)``) and the CPU seconds (reset included)."""
+    env = BEVWarpEnv(replace(config, observation=spec.observation))
+    t0 = time.process_time()
     state = env.reset(scenes, maps)
     policy = spec.warp(env, scenes, maps)
     while not bool(state.done.all()):
         plans, failed = policy(state)
         state, _, _, _ = env.step(state, plans, failed)
-    warp = {k: v.numpy().astype(float) for k, v in summary(state).items()}
-    t1 = time.perf_counter()
+    out = {k: v.numpy().astype(float) for k, v in summary(state).items()}
+    out["seconds"] = time.process_time() - t0
+    return out
+
+
+def vector_loop(scenes: list[LogWindow], maps: list[Any], spec: PlannerSpec) -> dict[str, Any]:
+    """Per-scenario nuPlan CLS metrics of the vector closed loop (replanning at 2 Hz) and the CPU seconds."""
+    t0 = time.process_time()
     sim = ClosedLoopSimulator(replan_interval=5)
     vec = [score_simulation(s, sim.run(s, spec.vector(), m), m) for s, m in zip(scenes, maps, strict=True)]  # type: ignore[arg-type]
-    t2 = time.perf_counter()
     return {
-        "warp_collision": warp["collision"] > 0,
-        "vec_collision": np.array([1.0 - m["no_ego_at_fault_collisions"] for m in vec]) > 0,
-        "warp_progress": warp["progress_ratio"],
-        "vec_progress": np.array([m["ego_progress_along_expert_route"] for m in vec]),
-        "warp_score": warp["score"],
-        "vec_score": np.array([m["score"] for m in vec]),
-        "warp_reason": warp["reason"],
-        "warp_s": t1 - t0,
-        "vec_s": t2 - t1,
+        "collision": np.array([1.0 - m["no_ego_at_fault_collisions"] for m in vec]) > 0,
+        "progress_ratio": np.array([m["ego_progress_along_expert_route"] for m in vec]),
+        "score": np.array([m["score"] for m in vec]),
+        "seconds": time.process_time() - t0,
     }
 
 
@@ -239,30 +239,41 @@ def rho(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def print_agreement(scenes: list[LogWindow], maps: list[Any], specs: list[PlannerSpec]) -> None:
+def agreement_row(name: str, w: dict[str, Any], v: dict[str, Any]) -> str:
+    """One table line: means of both loops, rank correlations, collision agreement, times, BEV-Warp end reasons."""
+    reasons = np.bincount(w["reason"].astype(int), minlength=6)
+    w_coll = w["collision"] > 0
+    return (
+        f"{name:>34s} {w_coll.mean():9.3f} {v['collision'].mean():9.3f} "
+        f"{w['progress_ratio'].mean():9.3f} {v['progress_ratio'].mean():9.3f} {w['score'].mean():10.3f} "
+        f"{v['score'].mean():9.3f} {rho(w['progress_ratio'], v['progress_ratio']):8.3f} "
+        f"{rho(w['score'], v['score']):9.3f} {(w_coll == v['collision']).mean():10.3f} "
+        f"{w['seconds']:8.1f} {v['seconds']:7.1f}  "
+        f"coll {reasons[1]} off-road {reasons[2]} deviation {reasons[3]} end {reasons[4]} failed {reasons[5]}"
+    )
+
+
+def print_agreement(
+    scenes: list[LogWindow], maps: list[Any], specs: list[PlannerSpec], max_deviations: Sequence[float]
+) -> None:
+    """Both loops per planner (BEV-Warp once per deviation limit); planner ranking agreement at the end."""
     print(
-        f"{'planner':>26s} {'coll warp':>9s} {'coll vec':>9s} {'prog warp':>9s} {'prog vec':>9s} "
-        f"{'score warp':>10s} {'score vec':>9s} {'rho prog':>8s} {'rho score':>9s} {'coll agree':>10s} "
-        f"{'warp s':>7s} {'vec s':>7s}  BEV-Warp end reasons",
+        f"{'planner (BEV-Warp deviation limit)':>34s} {'coll warp':>9s} {'coll vec':>9s} {'prog warp':>9s} "
+        f"{'prog vec':>9s} {'score warp':>10s} {'score vec':>9s} {'rho prog':>8s} {'rho score':>9s} "
+        f"{'coll agree':>10s} {'warp cpu':>8s} {'vec cpu':>7s}  BEV-Warp end reasons",
         flush=True,
     )
-    means: dict[str, tuple[float, float]] = {}
+    means: dict[float, dict[str, tuple[float, float]]] = {d: {} for d in max_deviations}
     for spec in specs:
-        r = closed_loop(scenes, maps, spec)
-        reasons = np.bincount(r["warp_reason"].astype(int), minlength=6)
-        print(
-            f"{spec.name:>26s} {r['warp_collision'].mean():9.3f} {r['vec_collision'].mean():9.3f} "
-            f"{r['warp_progress'].mean():9.3f} {r['vec_progress'].mean():9.3f} {r['warp_score'].mean():10.3f} "
-            f"{r['vec_score'].mean():9.3f} {rho(r['warp_progress'], r['vec_progress']):8.3f} "
-            f"{rho(r['warp_score'], r['vec_score']):9.3f} "
-            f"{(r['warp_collision'] == r['vec_collision']).mean():10.3f} {r['warp_s']:7.1f} {r['vec_s']:7.1f}  "
-            f"coll {reasons[1]} off-road {reasons[2]} deviation {reasons[3]} end {reasons[4]} failed {reasons[5]}",
-            flush=True,
-        )
-        means[spec.name] = (float(r["warp_score"].mean()), float(r["vec_score"].mean()))
-    if len(means) > 2:
-        w, v = (np.array([m[i] for m in means.values()]) for i in (0, 1))
-        print(f"planner ranking by mean score, Spearman BEV-Warp vs vector over {len(means)} planners: {rho(w, v):.3f}")
+        v = vector_loop(scenes, maps, spec)
+        for dev in max_deviations:
+            w = warp_loop(scenes, maps, spec, EnvConfig(max_deviation_m=dev))
+            print(agreement_row(f"{spec.name} ({dev:g} m)", w, v), flush=True)
+            means[dev][spec.name] = (float(w["score"].mean()), float(v["score"].mean()))
+    for dev, m in means.items():
+        if len(m) > 2:
+            w_mean, v_mean = (np.array([x[i] for x in m.values()]) for i in (0, 1))
+            print(f"planner ranking by mean score ({dev:g} m), Spearman BEV-Warp vs vector: {rho(w_mean, v_mean):.3f}")
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -314,8 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planners", nargs="+", help="only these planners (names as printed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-iou", action="store_true")
+    parser.add_argument(
+        "--max-deviation-m", type=float, nargs="+", default=[2.0], help="BEV-Warp deviation limits to compare"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    start, start_cpu = time.perf_counter(), time.process_time()
     if args.data_root:
         cases, scenes, maps = load_data(
             args.data_root,
@@ -338,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = [s for s in specs if s.name in args.planners]
     if not args.skip_iou:
         print_iou(cases)
-    print(f"closed loop on {label}, replanning at 2 Hz")
-    print_agreement(scenes, maps, specs)
+    print(f"closed loop on {label}, replanning at 2 Hz (CPU seconds: this process, reset included)")
+    print_agreement(scenes, maps, specs, args.max_deviation_m)
+    print(f"total: {time.perf_counter() - start:.0f} s wall, {time.process_time() - start_cpu:.0f} s CPU")
     return 0
 
 

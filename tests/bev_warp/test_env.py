@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -170,3 +171,25 @@ def test_invalid_scene_is_rejected() -> None:
     bad.ego.states[3, 0] = np.nan
     with pytest.raises(EpisodeError, match="NaN"):
         BEVWarpEnv(NONE).reset([bad], fixture_map())
+
+
+def test_only_the_nearest_agents_are_checked_and_the_obstacle_is_among_them() -> None:
+    """Ten parked cars 30 m aside and the parked car in the lane: checking the 2 nearest still finds the hit."""
+    scene = eastbound(obstacle_x=-20.0)
+    far = np.repeat(scene.agents.boxes[:, :1], 10, 1).copy()
+    far[..., 0] += np.arange(10) * 8.0 - 40.0
+    far[..., 1] += 30.0
+    agents = dataclasses.replace(
+        scene.agents,
+        boxes=np.concatenate([far, scene.agents.boxes], 1),
+        types=np.repeat(scene.agents.types, 11),
+        track_ids=np.array([f"{k:016x}" for k in range(11)]),
+        valid=np.ones((scene.num_frames, 11), bool),
+    )
+    env = BEVWarpEnv(dataclasses.replace(NONE, max_checked_agents=2))
+    state = env.reset([dataclasses.replace(scene, agents=agents)], fixture_map())
+    steps = 0
+    while not bool(state.done[0]):
+        state, *_ = env.step(state, expert_trajectories(state))
+        steps += 1
+    assert steps == 6 and int(state.reason[0]) == DoneReason.COLLISION and int(state.frame[0]) == 30
