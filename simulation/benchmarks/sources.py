@@ -114,11 +114,17 @@ class MetricCacheProvider:
     cache_dir: str | None = None
 
     def __call__(self, scene: Any, map_api: Any) -> Any:
-        from simulation.metric_cache import MetricCache, build_metric_cache
+        from simulation.metric_cache import MetricCache, MetricCacheError, build_metric_cache
 
         path = None if self.cache_dir is None else metric_cache_path(self.cache_dir, scene.log_name, scene.token)
         if path is not None and path.exists():
-            return MetricCache.load(path)
+            cache = MetricCache.load(path)
+            if cache.version != self.version:  # a v1 cache would score v2 without red lights, silently
+                raise MetricCacheError(
+                    f"{path}: metric cache of version {cache.version}, this benchmark scores {self.version} "
+                    "(keep one metric_cache_dir per version)"
+                )
+            return cache
         cache = build_metric_cache(scene, map_api, self.reference_planner, self.version)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,16 @@ def test_log_replay_against_pdm_closed_reference(roots: tuple[Path, Path], tmp_p
     assert ((human["ego_progress"] > 0.5) & (human["ego_progress"] <= 1.0)).all()
     np.testing.assert_allclose(human["score"], (5 + 5 * human["ego_progress"] + 2) / 12)
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == NUM_SCENES
+    # the same folder read by a v2 run: every row fails naming the version, none is scored on the v1 cache
+    data_root, maps_root = roots
+    cfg = compose_config(
+        ["protocol=navsim_v2", "planner=log_replay", f"data_root={data_root}", f"maps_root={maps_root}",
+         f"output_dir={tmp_path / 'v2'}", f"metric_cache_dir={tmp_path / 'cache'}", f"max_scenes={NUM_SCENES}",
+         "progress=false", "report.num_worst=0"]
+    )  # fmt: skip
+    rows = run(cfg)["rows"]
+    assert not any(r["valid"] for r in rows)
+    assert all("version v1, this benchmark scores v2" in r["error"] for r in rows)
 
 
 def test_navsim_v2_pairs_consecutive_frames_for_extended_comfort(roots: tuple[Path, Path], tmp_path: Path) -> None:
