@@ -293,7 +293,6 @@ def load_data(
     )
     from simulation.maps.api import MapAPI
 
-    rng = np.random.default_rng(seed)
     scenes: list[LogWindow] = []
     windows: list[LogWindow] = []
     for path in split_log_paths(data_root, split):
@@ -301,14 +300,15 @@ def load_data(
         scenes += extract_scenes(log, SceneFilter())
         windows += extract_scenarios(log, ScenarioFilter(include_unknown=True, timestamp_threshold_s=5.0))
 
-    def sample(items: list[LogWindow], n: int) -> list[LogWindow]:
+    def sample(items: list[LogWindow], n: int, stream: int) -> list[LogWindow]:
+        rng = np.random.default_rng([seed, stream])  # one stream per sample: --iou-scenes leaves the scenarios be
         return [items[i] for i in sorted(rng.choice(len(items), size=min(n, len(items)), replace=False))]
 
     def map_of(scene: LogWindow) -> Any:
         return MapAPI.load(maps_root, scene.map_name)
 
-    cases = [(s, map_of(s), s.current_index) for s in sample(scenes, iou_scenes)]
-    picked = sample(windows, scenarios)
+    cases = [(s, map_of(s), s.current_index) for s in sample(scenes, iou_scenes, 0)]
+    picked = sample(windows, scenarios, 1)
     print(f"{split}: {len(scenes)} scenes, {len(windows)} scenarios; sampled {len(cases)} / {len(picked)}")
     return cases, picked, [map_of(s) for s in picked]
 
