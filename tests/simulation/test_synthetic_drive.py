@@ -113,9 +113,11 @@ def test_tags_follow_their_definitions(drives):
         fast = {int(f) for f, t in zip(log.tag_frame, log.tag_type) if t == "high_magnitude_speed"}
         assert fast == {f for f in range(0, log.num_frames, TAG_STRIDE) if speed[f] > 9.0}
         assert stats["frames"] == log.num_frames == 400
-        assert len(log.scene_tokens) == 1 and log.scene_roadblock_ids[0]
+        assert len(log.scene_tokens) == 3  # 8 s scenes: 400 frames = 160 + 160 + 80
+        assert (log.frame_scene == np.arange(400) // 160).all()
         # every route starts at the block under the ego at the scene's first frame
-        assert log.scene_roadblock_ids[0][0] == str(rec.frame_blocks[0])
+        for k, route in enumerate(log.scene_roadblock_ids):
+            assert route and route[0] == str(rec.frame_blocks[160 * k])
         assert (log.box_track >= 0).all() and log.track_tokens.shape == np.unique(log.track_tokens).shape
 
 

@@ -8,7 +8,7 @@ import shapely
 
 from simulation.datasets.synthetic.map_layers import town_origin, town_to_map
 from simulation.datasets.synthetic.network import NetworkConfigError, TownConfig, TurnType, build_town
-from simulation.datasets.synthetic.signals import ALL_RED_S, YELLOW_S, light_status
+from simulation.datasets.synthetic.signals import ALL_RED_S, LEAD_LEFT_S, YELLOW_S, light_status
 from simulation.maps.api import MapAPI
 from simulation.types import TrafficLightStatus
 
@@ -68,7 +68,7 @@ def test_no_lane_overlaps_the_opposite_direction(town):
 
 def test_lane_widths_speed_limits_and_indices(town):
     for p in town.lanes:
-        assert 3.0 - 1e-9 <= p.width <= 3.8 + 1e-9
+        assert 3.3 - 1e-9 <= p.width <= 3.9 + 1e-9
         assert 8.0 <= p.speed_limit <= 20.0
         block = town.blocks[p.roadblock]
         assert block.paths.index(p.fid) == p.index and 1 <= len(block.paths) <= 3
@@ -94,19 +94,26 @@ def test_bad_config_is_rejected():
 
 
 def test_light_cycle_hand_computed(town):
-    """Green, then yellow for YELLOW_S, then red; one phase at a time at each junction."""
+    """Left turns green first, then every movement of the phase; yellow for YELLOW_S, then red; one phase at a
+    time at each junction."""
     j = next(j for j in town.junctions.values() if j.has_lights)
     conns = [c for c in town.connectors if c.junction == j.fid]
     cycle = float(np.sum(j.phase_green + YELLOW_S + ALL_RED_S))
     t0 = (-j.cycle_offset) % cycle  # start of phase 0
-    times = np.array([t0 + 0.5, t0 + j.phase_green[0] + 0.5, t0 + j.phase_green[0] + YELLOW_S + 0.5])
+    g0 = j.phase_green[0]
+    times = np.array([t0 + 0.5, t0 + LEAD_LEFT_S + 0.5, t0 + g0 + 0.5, t0 + g0 + YELLOW_S + 0.5])
     fids, status = light_status(town, times)
     col = {int(f): i for i, f in enumerate(fids)}
-    phase0 = [col[c.fid] for c in conns if c.phase == 0]
+    lefts = [col[c.fid] for c in conns if c.phase == 0 and c.turn_type in (TurnType.LEFT, TurnType.UTURN)]
+    others = [col[c.fid] for c in conns if c.phase == 0 and c.turn_type not in (TurnType.LEFT, TurnType.UTURN)]
+    phase0 = lefts + others
     phase1 = [col[c.fid] for c in conns if c.phase == 1]
-    assert (status[0, phase0] == TrafficLightStatus.GREEN).all()
-    assert (status[1, phase0] == TrafficLightStatus.YELLOW).all()
-    assert (status[2, phase0] == TrafficLightStatus.RED).all()
+    assert lefts and others
+    assert (status[0, lefts] == TrafficLightStatus.GREEN).all()  # leading protected left turn
+    assert (status[0, others] == TrafficLightStatus.RED).all()
+    assert (status[1, phase0] == TrafficLightStatus.GREEN).all()
+    assert (status[2, phase0] == TrafficLightStatus.YELLOW).all()
+    assert (status[3, phase0] == TrafficLightStatus.RED).all()
     assert (status[:, phase1] == TrafficLightStatus.RED).all()
 
 

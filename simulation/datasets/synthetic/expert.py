@@ -34,6 +34,11 @@ REAR_TO_CENTER = PACIFICA.rear_axle_to_center
 EGO_PROBES = np.arange(0.25, 50.0, 2.0)
 VAN_HALF = 2.75  # half length of the stopped vans of :func:`~simulation.datasets.synthetic.world._blockers`
 WAIT_BEHIND = 14.0  # the ego waits this far behind a stopped vehicle it cannot pass yet
+#: Lateral acceleration (m/s^2) of the ego's curve speeds.
+EGO_CURVE_ACCEL = 2.0
+#: Moving-average window (points 1 m apart) of the ego's path: curvature builds up over it (a tracker
+#: that starts with a straight wheel can follow) and turns are taken slightly inside the lane centre.
+EGO_SMOOTH_M = 15
 
 
 @dataclass
@@ -77,6 +82,7 @@ class EgoDriver:
     signal: tuple[int, float] | None = None  # (lane fid, arc length) the ego waits to merge into
     wait: float = 0.0  # seconds the ego has been yielding at a junction
     wait_conn: int = -1  # the connector it has been waiting for
+    sneaking: bool = False  # a left turn that started across on yellow after waiting (ignores the light)
     bank: PathBank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,7 +135,7 @@ class EgoDriver:
         return route
 
     def _rebuild(self) -> None:
-        self.bank = build_bank(self.town, [self.route], self.light_cols, accel=1.6, smooth=7)
+        self.bank = build_bank(self.town, [self.route], self.light_cols, accel=EGO_CURVE_ACCEL, smooth=EGO_SMOOTH_M)
         self.conn_row = np.array([[self.conn_index.get(f, -1) for f in self.route]], dtype=np.int64)
 
     def _advance_route(self) -> None:
@@ -317,6 +323,7 @@ class EgoDriver:
             np.array([blocked]) | full,
             self.conn_row,
             np.array([2.6]),
+            np.array([self.sneaking]),
         )
         v0 = free_speed(self.bank, s, np.array([PACIFICA.front_length]), p)
         acc = min(

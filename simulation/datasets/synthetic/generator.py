@@ -24,7 +24,7 @@ from simulation.types import StateIndex
 SPLITS = ("synth_train", "synth_val", "synth_test")
 #: Split of log ``i`` is ``SPLITS[SPLIT_PATTERN[i % 10]]``: 60 / 20 / 20, and val / test logs early on.
 SPLIT_PATTERN = (0, 0, 2, 0, 1, 0, 0, 2, 0, 1)
-SCENE_FRAMES = 400  # 20 s scenes
+SCENE_FRAMES = 160  # 8 s scenes: a 60 s log has 8, so nuPlan's scenario extraction keeps 16-48 s
 LOG_START_US = 1_704_103_200_000_000  # 2024-01-01 10:00 UTC
 TL_RADIUS = 150.0  # lights of junctions within this distance of the ego are reported
 

@@ -7,6 +7,8 @@ a roadblock connector groups the connectors of one (from roadblock, to roadblock
 
 Lane counts are chosen per street (grid row / column) so that straight movements always join lanes
 one to one; the outer ring shares one lane count so that corner bends join lanes one to one too.
+Four-arm junctions have traffic lights; a three-arm junction has them with probability
+:data:`SIGNALLED_T_SHARE` (the others are uncontrolled: vehicles take turns by their claims); bends have none.
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from enum import IntEnum
 
 import numpy as np
 import shapely
-from shapely.geometry import Polygon
+from shapely.geometry import LineString, Polygon
 
 from simulation.datasets.synthetic.geometry2d import hermite_turn, offset, resample, strip_polygon, unit
 from simulation.geometry import polyline_lengths
+
+#: Share of three-arm junctions with traffic lights.
+SIGNALLED_T_SHARE = 0.35
+#: The intersection polygon reaches this far beyond the outermost connectors and lanes (kerb-to-kerb area) ...
+JUNCTION_MARGIN_M = 1.2
+#: ... and covers the roads' mouths this far along their outer edges.
+JUNCTION_MOUTH_M = 5.0
 
 
 class TurnType(IntEnum):
@@ -53,7 +62,7 @@ class TownConfig:
     grid: tuple[int, int] = (3, 3)
     spacing: tuple[float, float] = (120.0, 170.0)
     jitter: float = 10.0
-    lane_width: tuple[float, float] = (3.0, 3.8)
+    lane_width: tuple[float, float] = (3.3, 3.9)
     max_lanes: int = 3
     speed_limit: tuple[float, float] = (8.0, 20.0)
     bend: float = 0.12
@@ -101,7 +110,12 @@ class Path:
 
     @property
     def polygon(self) -> Polygon:
-        return Polygon(strip_polygon(self.left, self.right))
+        """The strip between the boundaries; where a tight turn folds its inner boundary over itself, the
+        baseline buffered by half the width (a valid polygon either way)."""
+        poly = Polygon(strip_polygon(self.left, self.right))
+        if not poly.is_valid:
+            poly = LineString(self.centre).buffer(self.width / 2.0, cap_style="flat")
+        return poly
 
 
 @dataclass
@@ -345,7 +359,8 @@ def _build_junction(town: Town, fids: _Fids, centre: np.ndarray, arms: list[_Arm
     streets = [a.street for a in arms]
     axis_street = max(set(streets), key=lambda s: (streets.count(s), -s))
     uturn_arm = int(rng.integers(len(arms))) if (not corner and rng.random() < 0.2) else -1
-    junction = Junction(jf, centre, Polygon(), len(arms), has_lights=not corner)
+    signalled = len(arms) >= 4 or (not corner and rng.random() < SIGNALLED_T_SHARE)
+    junction = Junction(jf, centre, Polygon(), len(arms), has_lights=signalled)
     stops: dict[int, int] = {}
     if junction.has_lights:
         junction.phase_green = np.array([rng.uniform(12, 20), rng.uniform(12, 20)])
@@ -373,13 +388,17 @@ def _build_junction(town: Town, fids: _Fids, centre: np.ndarray, arms: list[_Arm
         town.blocks[rbc].incoming, town.blocks[rbc].outgoing = [a_in.incoming], [a_out.outgoing]
         polys.append(poly)
     ends = []
+    mouth = int(JUNCTION_MOUTH_M) + 1  # boundary points are about 1 m apart
     for a in arms:
         for rb in (a.incoming, a.outgoing):
             lanes_rb = [town.paths[p] for p in town.blocks[rb].paths]
             ends += [lanes_rb[0].left[-1 if rb == a.incoming else 0], lanes_rb[-1].right[-1 if rb == a.incoming else 0]]
+            edge = lanes_rb[-1].right
+            ends += list(offset(edge[-mouth:] if rb == a.incoming else edge[:mouth], -JUNCTION_MARGIN_M))
         town.blocks[a.incoming].junction = jf
         town.blocks[a.outgoing].start_junction = jf
-    junction.polygon = shapely.union_all(polys + [shapely.MultiPoint(np.array(ends))]).convex_hull
+    hull = shapely.union_all(polys + [shapely.MultiPoint(np.array(ends))]).convex_hull
+    junction.polygon = hull.buffer(JUNCTION_MARGIN_M, quad_segs=4)
     town.junctions[jf] = junction
     if junction.has_lights:
         _crossings(town, fids, arms, stops, jf)

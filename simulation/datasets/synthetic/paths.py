@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,24 +42,46 @@ class PathBank:
     seg_turn: np.ndarray
     _flat: np.ndarray | None = None
     _base: np.ndarray | None = None
+    _cache: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.pts.shape[0])
 
-    def interp(self, values: np.ndarray, s: np.ndarray) -> np.ndarray:
-        """Interpolate per-point ``values`` ``(N, P)`` at arc lengths ``s`` ``(N, M)`` (row-wise)."""
+    def _lookup(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat point index ``i`` and weight ``w`` of arc lengths ``s`` ``(N, M)``: the value there is
+        ``(1 - w) * flat[i] + w * flat[i + 1]`` (one binary search shared by every interpolated quantity)."""
         if self._flat is None:
             span = self.cum[:, -1:] + 1.0
             self._base = np.cumsum(np.concatenate([[0.0], span[:-1, 0]]))[:, None]
             self._flat = (self.cum + self._base).ravel()
-        q = np.clip(s, 0.0, self.cum[:, -1:]) + self._base
-        return np.interp(q.ravel(), self._flat, values.ravel()).reshape(s.shape)
+        assert self._base is not None
+        q = (np.clip(s, 0.0, self.cum[:, -1:]) + self._base).ravel()
+        i = np.clip(np.searchsorted(self._flat, q, side="right") - 1, 0, len(self._flat) - 2)
+        lo, hi = self._flat[i], self._flat[i + 1]
+        return i, np.clip((q - lo) / (hi - lo), 0.0, 1.0)
+
+    def _values(self, name: str) -> np.ndarray:
+        """Contiguous flat copy of a per-point array (``x``, ``y``, ``hdg`` or ``vmax``), cached."""
+        if name not in self._cache:
+            src = {"x": self.pts[..., 0], "y": self.pts[..., 1], "hdg": self.hdg, "vmax": self.vmax}[name]
+            self._cache[name] = np.ascontiguousarray(src).ravel()
+        return self._cache[name]
+
+    def interp(self, name: str, s: np.ndarray) -> np.ndarray:
+        """Interpolate the per-point array ``name`` (``x``, ``y``, ``hdg``, ``vmax``) at arc lengths ``s``
+        ``(N, M)`` (row-wise, clamped to each path)."""
+        i, w = self._lookup(s)
+        v = self._values(name)
+        return ((1.0 - w) * v[i] + w * v[i + 1]).reshape(s.shape)
 
     def poses(self, s: np.ndarray) -> np.ndarray:
         """``(N, M, 3)`` poses at arc lengths ``s`` ``(N, M)``."""
-        x = self.interp(self.pts[..., 0], s)
-        y = self.interp(self.pts[..., 1], s)
-        return np.stack([x, y, self.interp(self.hdg, s)], -1)
+        i, w = self._lookup(s)
+        out = np.empty(s.shape + (3,))
+        for c, name in enumerate(("x", "y", "hdg")):
+            v = self._values(name)
+            out[..., c] = ((1.0 - w) * v[i] + w * v[i + 1]).reshape(s.shape)
+        return out
 
     def segment_index(self, s: np.ndarray) -> np.ndarray:
         """``(N,)`` index of the segment containing arc length ``s`` ``(N,)``."""

@@ -4,18 +4,21 @@ Each signalled junction cycles through two phases: every movement from the arms 
 then every movement from the arms of the cross street. Left turns and U-turns are permissive: they yield
 to oncoming traffic (see :func:`~simulation.datasets.synthetic.traffic.claims`). A phase is green for its
 own duration, then yellow for :data:`YELLOW_S`, then all-red for :data:`ALL_RED_S`; every connector of the
-other phase is red meanwhile. Phases without connectors are skipped.
+other phase is red meanwhile. Phases without connectors are skipped. Left turns and U-turns get a leading
+protected interval: their green starts :data:`LEAD_LEFT_S` before that of the other movements of the phase
+(so that a left turn at the head of a single-lane queue does not hold it for the whole green).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from simulation.datasets.synthetic.network import Town
+from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.types import TrafficLightStatus
 
 YELLOW_S = 3.0
 ALL_RED_S = 1.5
+LEAD_LEFT_S = 4.0
 
 
 def signalled_connectors(town: Town) -> np.ndarray:
@@ -39,6 +42,7 @@ def light_status(town: Town, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarra
         return fids, status
     junction = np.array([town.paths[int(f)].junction for f in fids])
     phase = np.array([town.paths[int(f)].phase for f in fids])
+    lead = np.array([town.paths[int(f)].turn_type in (TurnType.LEFT, TurnType.UTURN) for f in fids])
     for jf in np.unique(junction):
         j = town.junctions[int(jf)]
         mask = junction == jf
@@ -47,7 +51,8 @@ def light_status(town: Town, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarra
         start = np.concatenate([[0.0], np.cumsum(dur)[:-1]])
         tau = np.mod(times_s + j.cycle_offset, dur.sum())  # (F,)
         rel = tau[:, None] - start[phase[mask]][None, :]  # (F, Cj) time into each connector's phase
-        green = (rel >= 0) & (rel < j.phase_green[phase[mask]])
+        first = np.where(lead[mask], 0.0, LEAD_LEFT_S)[None, :]
+        green = (rel >= first) & (rel < j.phase_green[phase[mask]])
         yellow = (rel >= j.phase_green[phase[mask]]) & (rel < j.phase_green[phase[mask]] + YELLOW_S)
         s = np.full(rel.shape, TrafficLightStatus.RED, dtype=np.int8)
         s[green] = TrafficLightStatus.GREEN

@@ -31,6 +31,12 @@ CLAIM_HORIZON_S = 4.5
 YIELD_PENALTY_S = 3.0
 #: Segments ahead (including the current one) searched for leaders.
 WINDOW = 5
+#: A left turn / U-turn that has yielded this long at its stop line may still go when its light turns
+#: yellow or red (it "sneaks" across once the oncoming flow stops); without it a busy oncoming stream
+#: can starve the turn, and the queue behind it, for the whole log.
+SNEAK_WAIT_S = 2.0
+#: ... when its front bumper is this close to the stop line.
+SNEAK_GAP_M = 2.0
 
 
 @dataclass
@@ -230,16 +236,52 @@ def exit_blocked(
     return (k >= 0) & (dist > -0.5) & (dist < 30.0) & (v_lead < 2.0) & (space < length + 3.0)
 
 
+def sneaking(
+    bank: PathBank,
+    s: np.ndarray,
+    front: np.ndarray,
+    conn_row: np.ndarray,
+    wait: np.ndarray,
+    wait_conn: np.ndarray,
+) -> np.ndarray:
+    """``(N,)`` True where a row waits at its stop line (front within :data:`SNEAK_GAP_M`) to make a left turn
+    or U-turn and has yielded there for :data:`SNEAK_WAIT_S` on the same connector (``wait`` / ``wait_conn``:
+    seconds yielded and the connector they were spent on, from the previous step)."""
+    k, dist = approach(bank, s, front, conn_row)
+    rows = np.arange(len(s))
+    kk = np.maximum(k, 0)
+    turn = bank.seg_turn[rows, kk]
+    permissive = (turn == 1) | (turn == 3)
+    ci = np.where(k >= 0, conn_row[rows, kk], -1)
+    return (k >= 0) & (ci >= 0) & (ci == wait_conn) & (wait >= SNEAK_WAIT_S) & (dist < SNEAK_GAP_M) & permissive
+
+
+def approach_status(
+    bank: PathBank, s: np.ndarray, front: np.ndarray, conn_row: np.ndarray, light: np.ndarray
+) -> np.ndarray:
+    """``(N,)`` light status of the connector each row is on or approaching (green without a light)."""
+    k, _ = approach(bank, s, front, conn_row)
+    rows = np.arange(len(s))
+    col = np.where(k >= 0, bank.seg_light[rows, np.maximum(k, 0)], -1)
+    return np.where(col >= 0, light[np.maximum(col, 0)], TrafficLightStatus.GREEN)
+
+
 def claims(
-    bank: PathBank, k: np.ndarray, dist: np.ndarray, v: np.ndarray, conn_row: np.ndarray, light: np.ndarray
+    bank: PathBank,
+    k: np.ndarray,
+    dist: np.ndarray,
+    v: np.ndarray,
+    conn_row: np.ndarray,
+    light: np.ndarray,
+    sneak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Junction claims of rows: connector index ``(N,)`` in the conflict matrix (-1 if none) and priority key
     ``(N,)`` (smaller goes first).
 
-    A row claims its connector when it is on it, committed (it could not stop comfortably) or due within
-    :data:`CLAIM_HORIZON_S` (or 8 m) under a non-red light. The key is the time to reach the stop line, plus
-    :data:`YIELD_PENALTY_S` for left turns and U-turns (they yield to oncoming traffic); rows on the
-    connector or committed to it come first.
+    A row claims its connector when it is on it, committed (it could not stop comfortably), due within
+    :data:`CLAIM_HORIZON_S` (or 8 m) under a non-red light, or ``sneak`` ing (see :func:`sneaking`; under any
+    light). The key is the time to reach the stop line, plus :data:`YIELD_PENALTY_S` for left turns and
+    U-turns (they yield to oncoming traffic); rows on the connector or committed to it come first.
     """
     rows = np.arange(len(k))
     kk = np.maximum(k, 0)
@@ -251,7 +293,10 @@ def claims(
     key = tta + YIELD_PENALTY_S * ((turn == 1) | (turn == 3))
     committed = (dist < 0.0) | (dist < v**2 / (2.0 * 2.5) - 0.5)
     due = (tta < CLAIM_HORIZON_S) | (dist < 8.0)
-    ok = (k >= 0) & (ci >= 0) & (committed | (due & (status != TrafficLightStatus.RED)))
+    go = committed | (due & (status != TrafficLightStatus.RED))
+    if sneak is not None:
+        go |= sneak
+    ok = (k >= 0) & (ci >= 0) & go
     return np.where(ok, ci, -1), np.where(committed, -1e6 + dist, key)
 
 
@@ -276,6 +321,7 @@ def stop_line_gaps(
     blocked: np.ndarray,
     conn_row: np.ndarray,
     b_yellow: np.ndarray,
+    sneak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gap to the stop line each row must respect (``INF`` if none) and whether it is for a light.
 
@@ -284,6 +330,7 @@ def stop_line_gaps(
         blocked: ``(N,)`` the row must yield to a conflicting claim (see :func:`yield_blocked`).
         conn_row: ``(N, K)`` index of each segment in the conflict matrix (-1 for lanes).
         b_yellow: ``(N,)`` deceleration a row accepts to stop at a yellow light.
+        sneak: ``(N,)`` rows that ignore their light (see :func:`sneaking`); they still yield.
     """
     k, dist = approach(bank, s, front, conn_row)
     rows = np.arange(len(s))
@@ -292,6 +339,8 @@ def stop_line_gaps(
     stop_light = (status == TrafficLightStatus.RED) | (
         (status == TrafficLightStatus.YELLOW) & (dist > v**2 / (2.0 * b_yellow))
     )
+    if sneak is not None:
+        stop_light &= ~sneak
     must = (k >= 0) & (stop_light | blocked) & (dist > -0.5)
     return np.where(must, np.maximum(dist, 0.05), INF), must & stop_light
 
@@ -299,7 +348,7 @@ def stop_line_gaps(
 def free_speed(bank: PathBank, s: np.ndarray, front: np.ndarray, p: IDMParams) -> np.ndarray:
     """``(N,)`` desired speed: the allowed speed ahead, anticipated with the comfortable deceleration."""
     ahead = s[:, None] + front[:, None] + ANTICIPATION[None, :]
-    vmax = bank.interp(bank.vmax, np.minimum(ahead, bank.length[:, None]))
+    vmax = bank.interp("vmax", np.minimum(ahead, bank.length[:, None]))
     vmax = np.where(ahead >= bank.length[:, None] - 0.5, 0.0, vmax)  # end of path: stop
     reach = np.sqrt(vmax**2 + 2.0 * 0.6 * p.b[:, None] * ANTICIPATION[None, :])
     return np.maximum(reach.min(1) * p.v_factor, 0.3)

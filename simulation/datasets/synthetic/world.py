@@ -15,6 +15,7 @@ from simulation.datasets.synthetic.traffic import (
     INF,
     IDMParams,
     approach,
+    approach_status,
     claims,
     corridor_obstacles,
     exit_blocked,
@@ -23,10 +24,11 @@ from simulation.datasets.synthetic.traffic import (
     merge_objects,
     path_leaders,
     register,
+    sneaking,
     stop_line_gaps,
     yield_blocked,
 )
-from simulation.types import PACIFICA, TrackedObjectType
+from simulation.types import PACIFICA, TrackedObjectType, TrafficLightStatus
 
 DT = 0.05
 #: (type, length range, width range, height, share) of moving vehicles.
@@ -288,10 +290,11 @@ def _claims_of(
     rear: np.ndarray,
     conn_row: np.ndarray,
     light: np.ndarray,
+    sneak: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Front claims (connector, key) and rear occupancy claims of rows of a bank."""
     k, dist = approach(bank, s, front, conn_row)
-    c_front, key = claims(bank, k, dist, v, conn_row, light)
+    c_front, key = claims(bank, k, dist, v, conn_row, light, sneak)
     k_rear = bank.segment_index(s - rear)
     c_rear = conn_row[np.arange(len(s)), k_rear]
     return c_front, key, c_rear, np.full(len(s), -2e6)
@@ -312,18 +315,24 @@ def _step(
     t_u = tr.s[act] - tr.bank.seg_start[act, k_act]
     all_boxes = np.concatenate([veh[act], ego_box[None], ped_boxes, static], 0)
     all_owner = np.concatenate([owner[act], [EGO_OWNER], ped_owner, np.full(len(static), -2)]).astype(np.int64)
-    # junction claims of traffic (inactive rows claim nothing) and of the ego
-    cf, kf, cr, kr = _claims_of(tr.bank, tr.s, tr.v, half, half, tr.conn_row, light)
+    # junction claims of traffic (inactive rows claim nothing) and of the ego; a left turn that has waited
+    # at its line keeps its claim past the end of green (the ego only while the light is yellow)
+    sneak = sneaking(tr.bank, tr.s, half, tr.conn_row, tr.wait, tr.wait_conn)
+    cf, kf, cr, kr = _claims_of(tr.bank, tr.s, tr.v, half, half, tr.conn_row, light, sneak)
     cf[~tr.active], cr[~tr.active] = -1, -1
-    e = np.array([ego.s])
+    e, e_front = np.array([ego.s]), np.array([PACIFICA.front_length])
+    e_sneak = sneaking(ego.bank, e, e_front, ego.conn_row, np.array([ego.wait]), np.array([ego.wait_conn]))
+    yellow = approach_status(ego.bank, e, e_front, ego.conn_row, light) == TrafficLightStatus.YELLOW
+    ego.sneaking = bool(e_sneak[0] and (yellow[0] or (ego.sneaking and ego.v > 0.5)))  # once under way
     ecf, ekf, ecr, ekr = _claims_of(
         ego.bank,
         e,
         np.array([ego.v]),
-        np.array([PACIFICA.front_length]),
+        e_front,
         np.array([PACIFICA.rear_length]),
         ego.conn_row,
         light,
+        np.array([ego.sneaking]),
     )
     # do not enter a junction whose exit has no room: no claim, stop at the line
     full = np.zeros(n, dtype=bool)
@@ -346,7 +355,9 @@ def _step(
     if n:
         p = tr.params
         gap_c, v_c, _ = corridor_obstacles(tr.bank, tr.s, half, tr.sizes[:, 1] / 2 + 0.3, owner, all_boxes, all_owner)
-        gap_s, _ = stop_line_gaps(tr.bank, tr.s, half, tr.v, light, blocked[:-1] | full, tr.conn_row, np.full(n, 3.0))
+        gap_s, _ = stop_line_gaps(
+            tr.bank, tr.s, half, tr.v, light, blocked[:-1] | full, tr.conn_row, np.full(n, 3.0), sneak
+        )
         v0 = free_speed(tr.bank, tr.s, half, p)
         acc = np.minimum(
             np.minimum(idm_accel(tr.v, v0, gap_l, v_l, p), idm_accel(tr.v, v0, gap_c, v_c, p)),

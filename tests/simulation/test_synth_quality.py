@@ -1,0 +1,112 @@
+"""Synthetic city data quality: kerb margins of junctions, left turns that cannot starve, logs that yield
+nuPlan scenarios with an ego that drives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from simulation.datasets.scenes import ScenarioFilter, extract_scenarios, valid_scene_frames
+from simulation.datasets.synthetic.generator import SCENE_FRAMES, LogSpec, generate_log
+from simulation.datasets.synthetic.geometry2d import offset
+from simulation.datasets.synthetic.network import (
+    JUNCTION_MARGIN_M,
+    JUNCTION_MOUTH_M,
+    TownConfig,
+    TurnType,
+    build_town,
+)
+from simulation.datasets.synthetic.paths import build_bank
+from simulation.datasets.synthetic.traffic import (
+    INF,
+    SNEAK_WAIT_S,
+    STOP_MARGIN,
+    approach,
+    claims,
+    sneaking,
+    stop_line_gaps,
+)
+from simulation.datasets.synthetic.world import DriveConfig
+from simulation.types import StateIndex, TrafficLightStatus
+
+
+@pytest.fixture(scope="module")
+def town():
+    return build_town(TownConfig(grid=(3, 3)), np.random.default_rng(7))
+
+
+def test_connector_polygons_valid_and_junctions_reach_past_them(town):
+    inside = JUNCTION_MARGIN_M - 0.1
+    for c in town.connectors:
+        assert c.polygon.is_valid, c.fid
+        poly = town.junctions[c.junction].polygon
+        for edge in (offset(c.left, inside), offset(c.right, -inside)):
+            assert shapely.contains_xy(poly, edge[:, 0], edge[:, 1]).all(), c.fid
+    # the mouth of every road at a junction: its outer edge, shifted out by the margin, a few metres in
+    for b in town.blocks.values():
+        if b.is_connector:
+            continue
+        edge = offset(town.paths[b.paths[-1]].right, -inside)
+        k = int(JUNCTION_MOUTH_M) - 1
+        for jf, point in ((b.junction, edge[-k]), (b.start_junction, edge[k - 1])):
+            assert shapely.contains_xy(town.junctions[jf].polygon, *point), (b.fid, jf)
+
+
+def _left_turn_bank(town):
+    """A bank of one row: lane -> a signalled left-turn connector -> lane, with the light in column 0."""
+    conn = next(
+        c for c in sorted(town.connectors, key=lambda c: c.fid) if c.turn_type == TurnType.LEFT and c.phase >= 0
+    )
+    route = [conn.incoming[0], conn.fid, conn.outgoing[0]]
+    bank = build_bank(town, [route], {conn.fid: 0})
+    return bank, np.array([[-1, 0, -1]])
+
+
+def test_a_left_turn_that_waited_at_its_line_keeps_its_claim_past_green(town):
+    bank, conn_row = _left_turn_bank(town)
+    front = np.array([2.0])
+    line = float(bank.seg_start[0, 1]) - STOP_MARGIN
+    at_line = np.array([line - 1.0 - 2.0])  # front bumper 1 m before the stop line
+    wait, mine = np.array([SNEAK_WAIT_S + 0.5]), np.array([0])
+    assert sneaking(bank, at_line, front, conn_row, wait, mine).all()
+    assert not sneaking(bank, at_line, front, conn_row, np.array([SNEAK_WAIT_S - 0.5]), mine).any()
+    assert not sneaking(bank, at_line, front, conn_row, wait, np.array([3])).any()  # waited for another one
+    assert not sneaking(bank, at_line - 10.0, front, conn_row, wait, mine).any()  # not at the line
+    red = np.array([TrafficLightStatus.RED])
+    k, dist = approach(bank, at_line, front, conn_row)
+    assert dist[0] == pytest.approx(1.0)
+    v = np.zeros(1)
+    assert claims(bank, k, dist, v, conn_row, red)[0][0] == -1
+    assert claims(bank, k, dist, v, conn_row, red, np.array([True]))[0][0] == 0
+    no = np.array([False])
+    gap, for_light = stop_line_gaps(bank, at_line, front, v, red, no, conn_row, np.array([3.0]))
+    assert gap[0] == pytest.approx(1.0) and for_light[0]
+    gap, _ = stop_line_gaps(bank, at_line, front, v, red, no, conn_row, np.array([3.0]), np.array([True]))
+    assert gap[0] == INF
+    # it still yields to a conflicting claim
+    gap, for_light = stop_line_gaps(bank, at_line, front, v, red, ~no, conn_row, np.array([3.0]), np.array([True]))
+    assert gap[0] == pytest.approx(1.0) and not for_light[0]
+
+
+def test_straight_movements_do_not_sneak(town):
+    conn = next(c for c in sorted(town.connectors, key=lambda c: c.fid) if c.turn_type == TurnType.STRAIGHT)
+    bank = build_bank(town, [[conn.incoming[0], conn.fid, conn.outgoing[0]]], {})
+    s = np.array([float(bank.seg_start[0, 1]) - STOP_MARGIN - 3.0])
+    assert not sneaking(bank, s, np.array([2.0]), np.array([[-1, 0, -1]]), np.array([9.0]), np.array([0])).any()
+
+
+def test_a_short_log_yields_scenarios_and_the_ego_drives():
+    """48 s = 6 scenes of SCENE_FRAMES: nuPlan keeps scenes 3-4, and a tagged frame there has its 15 s window
+    (from 3 s before it) and 2 s of history inside the log."""
+    drive = DriveConfig(duration_s=48.0, warmup_s=2.0, vehicles_per_km=4.0, pedestrian_density=0.2, parked_share=0.1)
+    log, _ = generate_log(LogSpec("quality", 0, 0, "synth_train", 0, drive))
+    assert SCENE_FRAMES == 160 and len(log.scene_names) == 6
+    valid = np.flatnonzero(valid_scene_frames(log))
+    assert valid[0] == 2 * SCENE_FRAMES and valid[-1] == 4 * SCENE_FRAMES - 1
+    scenarios = extract_scenarios(log, ScenarioFilter())
+    assert len(scenarios) >= 2
+    for sc in scenarios:
+        assert len(sc.frame_tokens) == 151 and len(sc.history_ego.states) == 20
+    v = log.ego_states[:, StateIndex.VX]
+    assert np.mean(v > 0.5) > 0.6, f"the ego is stopped {np.mean(v <= 0.5):.0%} of the log"
