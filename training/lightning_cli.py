@@ -34,18 +34,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, target)
 
 
+DEFAULT_LOG_DIR = "outputs/train"
+
+
 def _default_logger() -> dict[str, Any]:
     try:
         import tensorboard  # noqa: F401
 
-        return {"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": {"save_dir": "outputs/train"}}
+        return {"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": {"save_dir": DEFAULT_LOG_DIR}}
     except ImportError:
-        return {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "outputs/train"}}
+        return {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": DEFAULT_LOG_DIR}}
+
+
+class DiffplanCLI(LightningCLI):
+    """The Lightning CLI; the default logger writes under ``--trainer.default_root_dir`` when one is given."""
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.get("trainer")
+        root = trainer.get("default_root_dir") if trainer is not None else None
+        logger = trainer.get("logger") if trainer is not None else None
+        init_args = getattr(logger, "init_args", None)
+        if root and init_args is not None and init_args.get("save_dir") == DEFAULT_LOG_DIR:
+            init_args["save_dir"] = str(root)
 
 
 def run_cli(args: list[str]) -> LightningCLI:
     """Run the Lightning CLI with ``args`` (subcommand first); returns the CLI object."""
-    return LightningCLI(
+    return DiffplanCLI(
         PlannerModule,
         PlannerDataModule,
         args=args,

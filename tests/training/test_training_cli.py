@@ -73,3 +73,14 @@ def test_bad_inputs(feature_cache: Path, tmp_path: Path) -> None:
         PlannerDataModule(cache_dir=str(tmp_path)).train_trajectories()
     with pytest.raises(SystemExit):
         run_cli(["fit", "--config", "configs/train/ego_mlp.yaml", "--model.not_a_key", "1"])
+
+
+def test_default_logger_follows_default_root_dir(feature_cache: Path, tmp_path: Path) -> None:
+    args = [
+        "fit", "--config", "configs/train/ego_mlp.yaml", "--data.cache_dir", str(feature_cache),
+        "--data.batch_size", "8", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+    ]  # fmt: skip
+    cli = run_cli(args)
+    assert cli.trainer.logger is not None and cli.trainer.logger.save_dir == str(tmp_path / "run")
