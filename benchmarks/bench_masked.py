@@ -102,12 +102,13 @@ def run_order(
     rows = []
     for case in tqdm(cases, desc=order, disable=not args.progress):
         for reflect, planner in planners.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             plan = planner.plan(case.observation).poses
-            latency = time.perf_counter() - t0
+            latency, cpu = time.perf_counter() - t0, time.process_time() - c0
             record = planner.last_record
             assert record is not None and planner.last_candidates is not None
             row = {"token": case.token, "order": order, "reflect": reflect, "latency_ms": latency * 1e3}
+            row["cpu_ms"] = cpu * 1e3
             for version, scorer in scorers.items():
                 row[version] = float(scorer.score(case.caches[version], plan[None])["score"][0])
             row["diversity_m"] = endpoint_diversity(planner.last_candidates)
@@ -134,6 +135,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "EPDMS": float(np.mean([r["v2"] for r in sel])),
                 "latency_ms": float(lat.mean()),
                 "latency_median_ms": float(np.median(lat)),
+                "cpu_ms": float(np.mean([r["cpu_ms"] for r in sel])),
                 "diversity_m": float(np.mean([r["diversity_m"] for r in sel])),
                 "top_unsafe": float(np.mean([r["top_unsafe"] for r in sel])),
                 "changed": float(np.mean([r["changed"] for r in sel])),
@@ -144,12 +146,12 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_report(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> None:
-    head = f"{'order':<16}{'reflect':<9}{'PDMS':>7}{'EPDMS':>7}{'ms/plan':>9}{'median':>8}{'div(m)':>8}"
+    head = f"{'order':<16}{'reflect':<9}{'PDMS':>7}{'EPDMS':>7}{'ms/plan':>9}{'median':>8}{'cpu ms':>8}{'div(m)':>8}"
     print(head + f"{'top unsafe':>11}{'changed':>9}{'fallback':>9}")
     for s in summary:
         print(
             f"{s['order']:<16}{'yes' if s['reflect'] else 'no':<9}{s['PDMS']:>7.4f}{s['EPDMS']:>7.4f}"
-            f"{s['latency_ms']:>9.1f}{s['latency_median_ms']:>8.1f}{s['diversity_m']:>8.2f}"
+            f"{s['latency_ms']:>9.1f}{s['latency_median_ms']:>8.1f}{s['cpu_ms']:>8.1f}{s['diversity_m']:>8.2f}"
             f"{s['top_unsafe']:>11.1%}{s['changed']:>9.1%}{s['fell_back']:>9.1%}"
         )
     by = {(s["order"], s["reflect"]): s for s in summary}
@@ -164,6 +166,7 @@ def print_report(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any
         ]
         print(
             f"{order}: latency reflection / no reflection {on['latency_ms'] / off['latency_ms']:.2f}x "
+            f"(CPU time {on['cpu_ms'] / off['cpu_ms']:.2f}x) "
             f"(per-scene median {np.median(ratios):.2f}x, max {np.max(ratios):.2f}x); "
             f"PDMS delta {100 * (on['PDMS'] - off['PDMS']):+.2f} points, "
             f"EPDMS delta {100 * (on['EPDMS'] - off['EPDMS']):+.2f} points"

@@ -21,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import shapely
 import torch
 
 from planners.features import PLANNER_RASTER, batch, observation_features
 from planners.masked_diffusion import ORDERS, MaskedDiffusionPlanner, headings_from_xy
 from planners.reflection import ReflectionRecord, SafetyChecker, reflect
 from simulation.geometry import global_to_local, rotate_vectors, transform_points_to_global
+from simulation.metric_cache import DRIVABLE_LAYERS, MAP_RADIUS, drivable_map_polygons
 from simulation.protocols import Observation
 from simulation.render import RasterConfig
 from simulation.types import AgentIndex, Trajectory
@@ -55,13 +57,17 @@ class MaskedPlanRecord:
     final_unsafe: int | None = None
 
 
-def safety_checker(observation: Observation, min_ahead_m: float = 0.0) -> SafetyChecker:
+def safety_checker(
+    observation: Observation, behind_m: float = 0.0, map_radius: float = MAP_RADIUS, drivable: bool = True
+) -> SafetyChecker:
     """The safety check of an observation, in its current rear-axle frame.
 
     Agents: the valid boxes of the current frame, moved at their current velocity; agents whose centre lies
-    more than ``min_ahead_m`` behind the rear axle are left out (a car closing in from behind is not the
-    ego's to avoid). Drivable area: the ego corners are tested against the map's drivable layers (one tree
-    query per check, no polygon union); skipped when the observation has no map.
+    more than ``behind_m`` behind the rear axle are left out (a car closing in from behind is not the
+    ego's to avoid). Drivable area: the ego corners must lie in one of the polygons the PDM scorer calls
+    drivable (roadblocks, intersections, drivable areas, carparks within ``map_radius``, see
+    :func:`simulation.metric_cache.drivable_map_polygons`), tested by one tree query per check; skipped when
+    the observation has no map or ``drivable`` is false.
     """
     pose = np.asarray(observation.current_state[:3], dtype=np.float64)
     agents = observation.agents
@@ -69,13 +75,19 @@ def safety_checker(observation: Observation, min_ahead_m: float = 0.0) -> Safety
     if len(boxes):
         boxes[:, :3] = global_to_local(boxes[:, :3], pose)
         boxes[:, [AgentIndex.VX, AgentIndex.VY]] = rotate_vectors(boxes[:, [AgentIndex.VX, AgentIndex.VY]], -pose[2])
-        boxes = boxes[boxes[:, AgentIndex.X] >= -min_ahead_m]
-    map_api = observation.map_api
-    if map_api is None:
+        boxes = boxes[boxes[:, AgentIndex.X] >= -behind_m]
+    if observation.map_api is None or not drivable:
         return SafetyChecker(boxes)
+    _, layers, polygons = drivable_map_polygons(observation.map_api, pose[:2], map_radius)
+    keep = {int(layer) for layer in DRIVABLE_LAYERS}
+    tree = shapely.STRtree([g for g, layer in zip(polygons, layers) if layer in keep])
 
     def inside(points: np.ndarray) -> np.ndarray:
-        return map_api.is_in_drivable_area(transform_points_to_global(points, pose))
+        out = np.zeros(len(points), dtype=bool)
+        if len(tree.geometries) and len(points):
+            hits = tree.query(shapely.points(transform_points_to_global(points, pose)), predicate="intersects")
+            out[hits[0]] = True
+        return out
 
     return SafetyChecker(boxes, None, inside=inside)
 
@@ -133,6 +145,7 @@ class MaskedClosedLoopPlanner:
         max_reflections: candidates sent to reflection at most (most likely first) when none is safe.
         max_iterations, radius: reflection budget and anchor search radius (tokens), see
             :func:`planners.reflection.reflect`.
+        check_drivable: the safety check includes the drivable area (else agents only).
     """
 
     def __init__(
@@ -149,6 +162,7 @@ class MaskedClosedLoopPlanner:
         max_reflections: int = 1,
         max_iterations: int = 6,
         radius: int = 10,
+        check_drivable: bool = True,
     ) -> None:
         if order not in ORDERS:
             raise ValueError(f"unknown decoding order {order!r}; choose one of {ORDERS}")
@@ -160,6 +174,7 @@ class MaskedClosedLoopPlanner:
         self.raster = raster
         self.name = name or f"masked_{order}" + ("_reflect" if reflect else "")
         self.max_reflections, self.max_iterations, self.radius = max_reflections, max_iterations, radius
+        self.check_drivable = check_drivable
         self.last_candidates: np.ndarray | None = None
         self.last_record: MaskedPlanRecord | None = None
 
@@ -189,7 +204,7 @@ class MaskedClosedLoopPlanner:
         record: MaskedPlanRecord,
     ) -> np.ndarray:
         """The most likely safe candidate, else the first repaired one, else the safest seen (record updated)."""
-        checker = safety_checker(observation)
+        checker = safety_checker(observation, drivable=self.check_drivable)
         record.unsafe = checker.unsafe_counts(record.candidates)
         safe = np.flatnonzero(record.unsafe == 0)
         if len(safe):

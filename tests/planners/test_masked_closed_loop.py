@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -55,20 +54,7 @@ def _model() -> MaskedDiffusionPlanner:
     return MaskedDiffusionPlanner(cfg).eval()
 
 
-class _AllDrivable:
-    """The fixture map with every point drivable (so that only agents can make a plan unsafe)."""
-
-    def __init__(self, map_api: Any) -> None:
-        self._map = map_api
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._map, name)
-
-    def is_in_drivable_area(self, points: np.ndarray) -> np.ndarray:
-        return np.ones(len(points), dtype=bool)
-
-
-def _with_agents(observation: Observation, local_boxes: np.ndarray, all_drivable: bool = True) -> Observation:
+def _with_agents(observation: Observation, local_boxes: np.ndarray) -> Observation:
     """``observation`` plus vehicles ``(M, 7)`` given in the current ego frame, valid in every frame."""
     pose = observation.current_state[:3]
     boxes = np.asarray(local_boxes, dtype=np.float64).reshape(-1, 7).copy()
@@ -82,8 +68,7 @@ def _with_agents(observation: Observation, local_boxes: np.ndarray, all_drivable
         np.append(a.track_ids, [f"placed{i}" for i in range(m)]),
         np.concatenate([a.valid, np.ones((t, m), dtype=bool)], 1),
     )
-    map_api = _AllDrivable(observation.map_api) if all_drivable else observation.map_api
-    return dataclasses.replace(observation, agents=agents, map_api=map_api)
+    return dataclasses.replace(observation, agents=agents)
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -107,7 +92,7 @@ def test_bad_arguments_raise() -> None:
 def test_safety_checker_from_observation_by_hand(observation: Observation) -> None:
     clear = dataclasses.replace(observation, agents=Agents.empty(len(observation.ego_history)))
     boxes = np.array([[10.0, 0.0, 0.0, 2.0, 0.0, 4.0, 2.0], [-10.0, 0.0, 0.0, 9.0, 0.0, 4.0, 2.0]])
-    placed = _with_agents(clear, boxes, all_drivable=False)
+    placed = _with_agents(clear, boxes)
     checker = safety_checker(placed)  # the car behind (x = -10) is left out
     assert checker.agent_boxes.shape == (1, 7)
     np.testing.assert_allclose(checker.agent_boxes[0], boxes[0], atol=1e-6)
@@ -120,6 +105,7 @@ def test_safety_checker_from_observation_by_hand(observation: Observation) -> No
     inside = checker.inside
     assert inside is not None and inside(np.zeros((1, 2)))[0] and not inside(np.array([[0.0, 500.0]]))[0]
     assert safety_checker(dataclasses.replace(placed, map_api=None)).inside is None
+    assert safety_checker(placed, drivable=False).inside is None
 
 
 def test_reflection_returns_a_safe_plan_or_the_safest_fallback(observation: Observation) -> None:
@@ -127,14 +113,16 @@ def test_reflection_returns_a_safe_plan_or_the_safest_fallback(observation: Obse
     plain = MaskedClosedLoopPlanner(model, steps=4, raster=RASTER)
     first = plain.plan(observation).poses
     block = _with_agents(observation, np.array([*first[3, :3], 0.0, 0.0, 4.6, 1.9]))
-    planner = MaskedClosedLoopPlanner(model, steps=4, raster=RASTER, reflect=True, max_reflections=2)
+    planner = MaskedClosedLoopPlanner(
+        model, steps=4, raster=RASTER, reflect=True, max_reflections=2, check_drivable=False
+    )
     plan = planner.plan(block).poses
     assert plan.shape == (8, 3) and np.isfinite(plan).all() and planner.name == "masked_reverse_causal_reflect"
     record = planner.last_record
     assert record is not None and record.unsafe is not None
     np.testing.assert_array_equal(planner.last_candidates, plain.last_candidates)  # same decoding
     assert record.unsafe[0] > 0  # the car stands on the most likely candidate's path
-    unsafe = int(safety_checker(block).unsafe_counts(plan[None])[0])
+    unsafe = int(safety_checker(block, drivable=False).unsafe_counts(plan[None])[0])
     assert unsafe == record.final_unsafe
     if record.fell_back:
         assert unsafe <= record.unsafe.min() and len(record.reflections) == 2
@@ -150,10 +138,8 @@ def test_reflection_returns_a_safe_plan_or_the_safest_fallback(observation: Obse
 
 
 def test_reflection_keeps_a_safe_most_likely_plan(observation: Observation) -> None:
-    clear = dataclasses.replace(
-        observation, agents=Agents.empty(len(observation.ego_history)), map_api=_AllDrivable(observation.map_api)
-    )
-    planner = MaskedClosedLoopPlanner(_model(), steps=4, raster=RASTER, reflect=True)
+    clear = dataclasses.replace(observation, agents=Agents.empty(len(observation.ego_history)))
+    planner = MaskedClosedLoopPlanner(_model(), steps=4, raster=RASTER, reflect=True, check_drivable=False)
     plan = planner.plan(clear).poses
     record = planner.last_record
     assert record is not None and record.chosen == 0 and record.final_unsafe == 0 and not record.reflections
