@@ -98,9 +98,9 @@ def test_light_cycle_hand_computed(town):
     time at each junction."""
     j = next(j for j in town.junctions.values() if j.has_lights)
     conns = [c for c in town.connectors if c.junction == j.fid]
-    cycle = float(np.sum(j.phase_green + YELLOW_S + ALL_RED_S))
+    cycle = float(np.sum(LEAD_LEFT_S + j.phase_green + YELLOW_S + ALL_RED_S))
     t0 = (-j.cycle_offset) % cycle  # start of phase 0
-    g0 = j.phase_green[0]
+    g0 = LEAD_LEFT_S + j.phase_green[0]  # end of its green
     times = np.array([t0 + 0.5, t0 + LEAD_LEFT_S + 0.5, t0 + g0 + 0.5, t0 + g0 + YELLOW_S + 0.5])
     fids, status = light_status(town, times)
     col = {int(f): i for i, f in enumerate(fids)}

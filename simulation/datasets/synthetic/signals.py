@@ -5,8 +5,9 @@ then every movement from the arms of the cross street. Left turns and U-turns ar
 to oncoming traffic (see :func:`~simulation.datasets.synthetic.traffic.claims`). A phase is green for its
 own duration, then yellow for :data:`YELLOW_S`, then all-red for :data:`ALL_RED_S`; every connector of the
 other phase is red meanwhile. Phases without connectors are skipped. Left turns and U-turns get a leading
-protected interval: their green starts :data:`LEAD_LEFT_S` before that of the other movements of the phase
-(so that a left turn at the head of a single-lane queue does not hold it for the whole green).
+protected interval: their green starts :data:`LEAD_LEFT_S` before that of the other movements of the phase,
+which then have their full green (so that a left turn at the head of a single-lane queue does not hold it
+for the whole green).
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ def light_status(town: Town, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarra
         j = town.junctions[int(jf)]
         mask = junction == jf
         used = np.isin(np.arange(len(j.phase_green)), phase[mask])
-        dur = np.where(used, j.phase_green + YELLOW_S + ALL_RED_S, 0.0)
+        dur = np.where(used, LEAD_LEFT_S + j.phase_green + YELLOW_S + ALL_RED_S, 0.0)
         start = np.concatenate([[0.0], np.cumsum(dur)[:-1]])
         tau = np.mod(times_s + j.cycle_offset, dur.sum())  # (F,)
         rel = tau[:, None] - start[phase[mask]][None, :]  # (F, Cj) time into each connector's phase
         first = np.where(lead[mask], 0.0, LEAD_LEFT_S)[None, :]
-        green = (rel >= first) & (rel < j.phase_green[phase[mask]])
-        yellow = (rel >= j.phase_green[phase[mask]]) & (rel < j.phase_green[phase[mask]] + YELLOW_S)
+        end = LEAD_LEFT_S + j.phase_green[phase[mask]]  # (Cj,) end of green of every movement of the phase
+        green = (rel >= first) & (rel < end)
+        yellow = (rel >= end) & (rel < end + YELLOW_S)
         s = np.full(rel.shape, TrafficLightStatus.RED, dtype=np.int8)
         s[green] = TrafficLightStatus.GREEN
         s[yellow] = TrafficLightStatus.YELLOW
