@@ -95,7 +95,9 @@ def run_order(
     common = {"order": order, "steps": args.steps, "num_candidates": args.candidates, "raster": args.raster}
     planners = {
         False: MaskedClosedLoopPlanner(model, reflect=False, **common),
-        True: MaskedClosedLoopPlanner(model, reflect=True, max_reflections=args.max_reflections, **common),
+        True: MaskedClosedLoopPlanner(
+            model, reflect=True, max_reflections=args.max_reflections, track=args.track, **common
+        ),
     }
     for planner in planners.values():  # warm-up: lazy map trees, first torch calls
         planner.plan(cases[0].observation)
@@ -196,6 +198,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--max-reflections", type=int, default=1)
+    parser.add_argument("--track", action="store_true", help="reflection judges the tracked motion (10 Hz)")
     parser.add_argument("--max-scenes", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="CSV of the per-scene rows")
@@ -208,7 +211,7 @@ def main() -> None:
     rows = [row for order in args.orders for row in run_order(planner.model, order, cases, scorers, args)]
     print(
         f"{args.split}: {len(cases)} scenes, frame interval {args.frame_interval}, steps {args.steps}, "
-        f"K = {args.candidates}, threads {args.threads}, ckpt {args.ckpt}"
+        f"K = {args.candidates}, track {args.track}, threads {args.threads}, ckpt {args.ckpt}"
     )
     print_report(summarise(rows), rows)
     if args.out is not None:

@@ -18,6 +18,7 @@ last plan's candidates and what reflection did, for plots and logs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,7 @@ from planners.features import PLANNER_RASTER, batch, observation_features
 from planners.masked_diffusion import ORDERS, MaskedDiffusionPlanner, headings_from_xy
 from planners.reflection import ReflectionRecord, SafetyChecker, reflect
 from simulation.geometry import global_to_local, rotate_vectors, transform_points_to_global
+from simulation.kinematics import simulate_proposals
 from simulation.metric_cache import DRIVABLE_LAYERS, MAP_RADIUS, drivable_map_polygons
 from simulation.protocols import Observation
 from simulation.render import RasterConfig
@@ -41,7 +43,8 @@ class MaskedPlanRecord:
     Attributes:
         candidates: ``(K, 8, 3)`` decoded goal candidates (ego frame), most likely goal first.
         goal_scores: ``(K,)`` endpoint log-probabilities of the candidates' goals.
-        unsafe: ``(K,)`` unsafe waypoints per candidate (``None`` without reflection).
+        unsafe: ``(K,)`` unsafe waypoints per candidate (``None`` without reflection); with ``track``, unsafe
+            10 Hz steps of the tracked motion.
         chosen: index of the returned candidate, or ``-1`` when the plan is a repaired candidate.
         reflections: one record per candidate sent to :func:`~planners.reflection.reflect`.
         fell_back: no candidate was safe, none could be repaired: the safest trajectory seen was returned.
@@ -146,6 +149,9 @@ class MaskedClosedLoopPlanner:
         max_iterations, radius: reflection budget and anchor search radius (tokens), see
             :func:`planners.reflection.reflect`.
         check_drivable: the safety check includes the drivable area (else agents only).
+        track: judge candidates (and the repaired plan) by the motion a controller would drive (LQR tracker +
+            bicycle model at 10 Hz, as the scorer simulates it) rather than by the planned waypoints; catches
+            plans whose waypoints are safe but cannot be followed (a stop from speed overshoots).
     """
 
     def __init__(
@@ -163,6 +169,7 @@ class MaskedClosedLoopPlanner:
         max_iterations: int = 6,
         radius: int = 10,
         check_drivable: bool = True,
+        track: bool = False,
     ) -> None:
         if order not in ORDERS:
             raise ValueError(f"unknown decoding order {order!r}; choose one of {ORDERS}")
@@ -174,7 +181,7 @@ class MaskedClosedLoopPlanner:
         self.raster = raster
         self.name = name or f"masked_{order}" + ("_reflect" if reflect else "")
         self.max_reflections, self.max_iterations, self.radius = max_reflections, max_iterations, radius
-        self.check_drivable = check_drivable
+        self.check_drivable, self.track = check_drivable, track
         self.last_candidates: np.ndarray | None = None
         self.last_record: MaskedPlanRecord | None = None
 
@@ -195,6 +202,15 @@ class MaskedClosedLoopPlanner:
         self.last_candidates, self.last_record = candidates, record
         return Trajectory(plan)
 
+    def _unsafe(self, observation: Observation, checker: SafetyChecker, poses: np.ndarray) -> np.ndarray:
+        """``(K,)`` unsafe waypoints of plans ``(K, 8, 3)`` (``track``: unsafe 10 Hz steps of the tracked motion)."""
+        if not self.track:
+            return checker.unsafe_counts(poses)
+        state = np.asarray(observation.current_state, dtype=np.float64)
+        states = simulate_proposals(state, poses)  # (K, 41, 11) global
+        local = global_to_local(states[:, 1:, :3], state[:3])
+        return dataclasses.replace(checker, interval_s=0.1).unsafe_counts(local)
+
     def _reflect(
         self,
         observation: Observation,
@@ -205,7 +221,7 @@ class MaskedClosedLoopPlanner:
     ) -> np.ndarray:
         """The most likely safe candidate, else the first repaired one, else the safest seen (record updated)."""
         checker = safety_checker(observation, drivable=self.check_drivable)
-        record.unsafe = checker.unsafe_counts(record.candidates)
+        record.unsafe = self._unsafe(observation, checker, record.candidates)
         safe = np.flatnonzero(record.unsafe == 0)
         if len(safe):
             record.chosen, record.final_unsafe = int(safe[0]), 0
@@ -225,7 +241,7 @@ class MaskedClosedLoopPlanner:
             )
             record.reflections.append(rec)
             repaired = headings_from_xy(self.model.tokenizer.decode(fixed)).double().numpy()
-            unsafe = int(checker.unsafe_counts(repaired[None])[0])
+            unsafe = int(self._unsafe(observation, checker, repaired[None])[0])
             if unsafe == 0:
                 record.chosen, record.final_unsafe = -1, 0
                 return repaired

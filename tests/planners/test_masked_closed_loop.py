@@ -21,7 +21,8 @@ from simulation.benchmarks.cli import compose_config
 from simulation.benchmarks.units import observation_from_scene
 from simulation.datasets.scenes import SceneFilter, extract_scenes
 from simulation.datasets.testing import make_log_data
-from simulation.geometry import local_to_global, rotate_vectors
+from simulation.geometry import global_to_local, local_to_global, rotate_vectors
+from simulation.kinematics import simulate_proposals
 from simulation.maps.api import MapAPI
 from simulation.maps.testing import FIXTURE_LOCATION, write_fixture_maps
 from simulation.protocols import Observation
@@ -108,21 +109,27 @@ def test_safety_checker_from_observation_by_hand(observation: Observation) -> No
     assert safety_checker(placed, drivable=False).inside is None
 
 
-def test_reflection_returns_a_safe_plan_or_the_safest_fallback(observation: Observation) -> None:
+@pytest.mark.parametrize("track", [False, True])
+def test_reflection_returns_a_safe_plan_or_the_safest_fallback(observation: Observation, track: bool) -> None:
     model = _model()
     plain = MaskedClosedLoopPlanner(model, steps=4, raster=RASTER)
     first = plain.plan(observation).poses
-    block = _with_agents(observation, np.array([*first[3, :3], 0.0, 0.0, 4.6, 1.9]))
+    target = first[3]  # the plan's waypoint at 2 s, or where the tracked ego is at 2 s
+    if track:
+        state = observation.current_state
+        target = global_to_local(simulate_proposals(state, first[None])[0, 20, :3], state[:3])
+    block = _with_agents(observation, np.array([*target[:3], 0.0, 0.0, 4.6, 1.9]))
     planner = MaskedClosedLoopPlanner(
-        model, steps=4, raster=RASTER, reflect=True, max_reflections=2, check_drivable=False
+        model, steps=4, raster=RASTER, reflect=True, max_reflections=2, check_drivable=False, track=track
     )
     plan = planner.plan(block).poses
     assert plan.shape == (8, 3) and np.isfinite(plan).all() and planner.name == "masked_reverse_causal_reflect"
     record = planner.last_record
     assert record is not None and record.unsafe is not None
+    plain.plan(block)
     np.testing.assert_array_equal(planner.last_candidates, plain.last_candidates)  # same decoding
     assert record.unsafe[0] > 0  # the car stands on the most likely candidate's path
-    unsafe = int(safety_checker(block, drivable=False).unsafe_counts(plan[None])[0])
+    unsafe = int(planner._unsafe(block, safety_checker(block, drivable=False), plan[None])[0])
     assert unsafe == record.final_unsafe
     if record.fell_back:
         assert unsafe <= record.unsafe.min() and len(record.reflections) == 2
