@@ -178,5 +178,6 @@ def test_bench_configs_compose_and_build_the_planner(tmp_path: Path, observation
         given = compose_config([f"planner={name}", f"planner.ckpt_path={ckpt}", "planner.order=causal"])
         planner = instantiate_planner(OmegaConf.to_container(given.planner, resolve=True))  # type: ignore[arg-type]
         assert isinstance(planner, MaskedClosedLoopPlanner)
-        assert planner.reflect is reflect and planner.order == "causal" and planner.raster == RASTER
+        assert planner.reflect is reflect and planner.track is reflect and planner.order == "causal"
+        assert planner.raster == RASTER
         assert planner.plan(observation).poses.shape == (8, 3)
