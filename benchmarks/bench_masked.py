@@ -8,7 +8,7 @@ latency ratio reflection / no reflection is measured under the same machine load
 
     .venv/bin/python benchmarks/bench_masked.py --ckpt /tmp/maskedE/.../last.ckpt --data-root /tmp/demo1/data \\
         --maps-root /tmp/demo1/data/maps --split synth_test --frame-interval 8 \\
-        --metric-cache-v1 /tmp/benchE/mc_v1 --metric-cache-v2 /tmp/benchE/mc_v2
+        --metric-cache-v1 /tmp/benchE/mc_v1 --metric-cache-v2 /tmp/benchE/mc_v2 --track
 """
 
 from __future__ import annotations

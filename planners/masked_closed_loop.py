@@ -10,7 +10,8 @@ Per observation:
    from the observation (current agents at constant velocity, drivable area from the map); the most likely
    *safe* candidate is returned when there is one, otherwise the candidates are repaired by
    :func:`planners.reflection.reflect`, most likely first, until one is safe; if none becomes safe, the safest
-   trajectory seen (fewest unsafe waypoints) is returned.
+   trajectory seen (fewest unsafe waypoints) is returned. With ``track``, candidates are judged by the motion
+   the scorer's controller drives from them (LQR tracker + bicycle model, 10 Hz) instead of their waypoints.
 
 :attr:`MaskedClosedLoopPlanner.last_candidates` and :attr:`MaskedClosedLoopPlanner.last_record` keep the
 last plan's candidates and what reflection did, for plots and logs.
