@@ -1,0 +1,289 @@
+"""PDM-Closed's plans and proposal scores pinned on the fixture map (local origin, as in test_rule_based.py).
+
+The numbers were computed with the planner before its speed-ups (map context, route centre line and corridor
+caches, vectorised leaders); any change of behaviour shows here as a different chosen proposal or plan.
+Cases: traffic in both eastbound lanes, a red light ahead, and three calls of one planner (the caches reused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from planners.rule_based import PDMClosedPlanner
+from simulation.maps.api import MapAPI
+from simulation.maps.testing import build_fixture_map
+from simulation.protocols import Observation
+from simulation.types import Agents, EgoStates, TrackedObjectType, TrafficLights, TrafficLightStatus
+
+ROUTE = ("1", "101", "2", "103", "4")
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    best: int
+    x: list[float]
+    y: list[float]
+    heading: list[float]
+    scores: list[float]
+
+
+def _obs(api: MapAPI, x: float, speed: float, y: float = -2.0, heading: float = 0.0, boxes: np.ndarray | None = None,
+         red: bool = False) -> Observation:  # fmt: skip
+    state = np.zeros(11)
+    state[:4] = x, y, heading, speed
+    boxes = np.zeros((0, 7)) if boxes is None else boxes
+    n = len(boxes)
+    status = TrafficLightStatus.RED if red else TrafficLightStatus.GREEN
+    lights = TrafficLights(np.array(["111", "112"]), np.full((1, 2), status, dtype=np.int8))
+    agents = Agents(
+        boxes[None],
+        np.full(n, int(TrackedObjectType.VEHICLE)),
+        np.array([f"{i:016x}" for i in range(n)]),
+        np.ones((1, n), bool),
+    )
+    return Observation(EgoStates(state[None], np.array([0])), agents, lights, ROUTE, "fixture-town", api)
+
+
+def _traffic() -> np.ndarray:
+    """Six vehicles: three in the ego lane (y = -2, one stopped at x = -12), three in the other lane (y = -6)."""
+    boxes = np.zeros((6, 7))
+    boxes[:, 0] = [-52.0, -30.0, -12.0, -46.0, -25.0, 3.0]
+    boxes[:, 1] = [-2.0, -2.0, -2.0, -6.0, -6.0, -6.0]
+    boxes[:, 3] = [6.0, 7.0, 0.0, 8.0, 9.0, 5.0]
+    boxes[:, 5], boxes[:, 6] = 4.5, 1.9
+    boxes[1, 2], boxes[1, 4] = 0.05, 0.3
+    return boxes
+
+
+def _cases() -> dict[str, list[Observation]]:
+    api = MapAPI.from_data(build_fixture_map(origin=(0.0, 0.0)))
+    slow = np.array([[-5.0, -2.0, 0.0, 2.0, 0.0, 4.5, 2.0]])  # 2 m/s ahead in the ego lane
+    return {
+        "traffic": [_obs(api, -40.0, 7.0, boxes=_traffic())],
+        "red": [_obs(api, -30.0, 8.0, red=True)],
+        "sequence": [_obs(api, x, 9.0, y=-2.1, heading=0.01, boxes=slow) for x in (-45.0, -40.0, -20.0)],
+    }
+
+
+PINNED = {
+    "traffic": [
+        _Pinned(
+            best=5,
+            x=[
+                3.200000000000003,
+                5.649999999999999,
+                7.367093888818189,
+                8.749665344422016,
+                10.083629307778317,
+                11.41120466050494,
+                12.740271805582879,
+                14.07172978871401,
+            ],
+            y=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            heading=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            scores=[
+                0.9008075486104379,
+                0.5827575596285547,
+                0.0,
+                0.0,
+                0.0,
+                0.9011733815115589,
+                0.5833333333333334,
+                0.0,
+                0.0,
+                0.0,
+                0.9008075486104379,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+            ],
+        ),
+    ],
+    "red": [
+        _Pinned(
+            best=8,
+            x=[
+                3.700000000000003,
+                6.664316386509682,
+                8.99287224824348,
+                10.782461306827983,
+                12.11237644783889,
+                13.062533669633886,
+                13.71540609694651,
+                14.149761249532567,
+            ],
+            y=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            heading=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            scores=[
+                0.9886118966450707,
+                0.9977022561718917,
+                0.9993314398028619,
+                0.9995527850870367,
+                0.9995306598924035,
+                0.9890234030900497,
+                0.9981447905008771,
+                0.9997782733300277,
+                1.0,
+                0.9999777653970706,
+                0.9886118966450707,
+                0.9977022561718917,
+                0.9993314398028619,
+                0.9995527850870367,
+                0.9995306598924035,
+            ],
+        ),
+    ],
+    "sequence": [
+        _Pinned(
+            best=9,
+            x=[
+                4.501268250498154,
+                8.963118143561763,
+                13.319848918890496,
+                17.505967324457774,
+                21.46053837624639,
+                25.131250812966343,
+                28.478795257787112,
+                31.480694825797677,
+            ],
+            y=[
+                0.05499081722059084,
+                0.010370830947163331,
+                -0.03319792910780786,
+                -0.07506050859209967,
+                -0.11460753735306617,
+                -0.15131588534002277,
+                -0.18479244568101444,
+                -0.21481244203433636,
+            ],
+            heading=[
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+            ],
+            scores=[
+                0.8431365694572959,
+                0.9151727648856268,
+                0.9713569415863973,
+                0.992625043824151,
+                0.9995818613929078,
+                0.8434101876049533,
+                0.9155517847198774,
+                0.9717686255657186,
+                0.993042255034443,
+                1.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+            ],
+        ),
+        _Pinned(
+            best=9,
+            x=[
+                4.458174111523786,
+                8.770096231331774,
+                12.874663050215485,
+                16.716122883174616,
+                20.249228766406,
+                23.443398785773304,
+                26.285874177398256,
+                28.782825774201587,
+            ],
+            y=[
+                0.055421772975622126,
+                0.012301114412674369,
+                -0.028745922019832143,
+                -0.06716180088725598,
+                -0.10249403746864086,
+                -0.13443680242824435,
+                -0.16286250387419227,
+                -0.18783285219271856,
+            ],
+            heading=[
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+            ],
+            scores=[
+                0.8642308274165056,
+                0.9360000844284532,
+                0.9819438633840415,
+                0.9955687999655852,
+                0.9995617471249565,
+                0.8645262822862421,
+                0.9364041763568527,
+                0.9823781082578084,
+                0.9960066677402706,
+                1.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+            ],
+        ),
+        _Pinned(
+            best=0,
+            x=[
+                4.190790151749247,
+                7.640617653186738,
+                10.340482654311737,
+                12.29038515512423,
+                13.49032515562423,
+                13.941812320545338,
+                14.004339965536563,
+                14.180160283375015,
+            ],
+            y=[
+                -0.9419543003784987,
+                -0.9764537253813736,
+                -1.0034532753836236,
+                -1.0229529503852486,
+                -1.0349527503862486,
+                -1.0394677725372015,
+                -1.0400930698304958,
+                -1.0418513316179971,
+            ],
+            heading=[
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+                -0.009999999999999787,
+            ],
+            scores=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_pdm_closed_plan_is_pinned(case: str) -> None:
+    planner = PDMClosedPlanner()
+    for k, (observation, want) in enumerate(zip(_cases()[case], PINNED[case], strict=True)):
+        poses = planner.plan(observation).poses
+        scores = planner.last_scores["score"]
+        assert int(np.argmax(scores)) == want.best, f"{case} call {k}"
+        np.testing.assert_allclose(scores, want.scores, rtol=0.0, atol=1e-9, err_msg=f"{case} call {k}")
+        np.testing.assert_allclose(poses[:, 0], want.x, rtol=0.0, atol=1e-9, err_msg=f"{case} call {k}")
+        np.testing.assert_allclose(poses[:, 1], want.y, rtol=0.0, atol=1e-9, err_msg=f"{case} call {k}")
+        np.testing.assert_allclose(poses[:, 2], want.heading, rtol=0.0, atol=1e-9, err_msg=f"{case} call {k}")
