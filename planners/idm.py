@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import shapely
 from shapely.geometry import LineString
 
-from simulation.agents import IDMParameters, idm_acceleration
+from simulation.agents import IDMParameters
 from simulation.geometry import agent_box_corners, interpolate_polyline, polyline_lengths, project_on_polyline
 from simulation.types import PACIFICA, AgentIndex
 
@@ -53,6 +54,7 @@ def find_leader(
     lookahead: float,
     ego_width: float = PACIFICA.width,
     front_length: float = PACIFICA.front_length,
+    box_polygons: np.ndarray | None = None,
 ) -> Leader:
     """Leader of an ego at ``s0`` on ``path`` ``(N, 2)``.
 
@@ -60,6 +62,7 @@ def find_leader(
         boxes: ``(M, 7)`` agent boxes (:class:`AgentIndex`, global).
         stop_points: ``(R, 2)`` entry points of red lane connectors (leaders at 0 m/s when on the path).
         lookahead: metres of path searched ahead of the rear axle.
+        box_polygons: ``(M,)`` shapely polygons of ``boxes`` when the caller already has them (several paths).
     """
     cum = polyline_lengths(path)
     end = min(float(cum[-1]), s0 + lookahead)
@@ -70,7 +73,7 @@ def find_leader(
     ahead = interpolate_polyline(path, np.concatenate([[s0], window, [end]]))[:, :2]
     corridor = LineString(ahead).buffer(ego_width / 2.0, cap_style="flat")
     if len(boxes):
-        polys = shapely.polygons(agent_box_corners(boxes))
+        polys = box_polygons if box_polygons is not None else agent_box_polygons(boxes)
         hit = np.flatnonzero(shapely.intersects(corridor, polys))
         if len(hit):
             s, _ = project_on_polyline(boxes[hit, :2], path)
@@ -92,6 +95,11 @@ def find_leader(
     return best
 
 
+def agent_box_polygons(boxes: np.ndarray) -> np.ndarray:
+    """``(M,)`` shapely polygons of agent boxes ``(M, 7)``."""
+    return np.asarray(shapely.polygons(agent_box_corners(boxes)))
+
+
 def idm_rollout(
     speed: np.ndarray,
     target: np.ndarray,
@@ -106,12 +114,54 @@ def idm_rollout(
     The leader moves on at its constant speed; the ego speed is floored at 0.
     """
     steps = int(round(horizon_s / dt))
-    v, progress = speed.astype(np.float64).copy(), np.zeros(len(speed))
+    speed, target, gap, lead_speed = (
+        np.broadcast_to(np.asarray(x, dtype=np.float64), speed.shape) for x in (speed, target, gap, lead_speed)
+    )
+    p = params
+    return _idm_rollout_kernel(
+        speed,
+        target,
+        gap,
+        lead_speed,
+        steps,
+        float(dt),
+        p.accel_max,
+        p.decel_max,
+        p.min_gap_to_lead_agent,
+        p.headway_time,
+    )
+
+
+@numba.njit(cache=True)
+def _idm_rollout_kernel(
+    speed: np.ndarray,
+    target: np.ndarray,
+    gap: np.ndarray,
+    lead_speed: np.ndarray,
+    steps: int,
+    dt: float,
+    a: float,
+    b: float,
+    s0: float,
+    headway: float,
+) -> np.ndarray:
+    """:func:`idm_rollout` rollout by rollout: :func:`simulation.agents.idm_acceleration` with the same operations
+    in the same order (the checks in tests compare it with the array law)."""
     out = np.zeros((len(speed), steps + 1))
-    for k in range(steps):
-        current_gap = gap + lead_speed * k * dt - progress
-        accel = idm_acceleration(v, target, current_gap, lead_speed, params)
-        progress = progress + v * dt
-        v = np.maximum(v + accel * dt, 0.0)
-        out[:, k + 1] = progress
+    brake = 2.0 * np.sqrt(a * b)
+    for i in range(len(speed)):
+        v, progress = speed[i], 0.0
+        safe_target = max(target[i], 1e-3)
+        for k in range(steps):
+            current_gap = gap[i] + lead_speed[i] * k * dt - progress
+            s_star = s0 + v * headway + v * (v - lead_speed[i]) / brake
+            free = 1.0 - (v / safe_target) ** 4.0
+            interaction = 0.0
+            if np.isfinite(current_gap):
+                ratio = s_star / max(current_gap, s0)
+                interaction = ratio * ratio
+            accel = min(max(a * (free - interaction), -b), a)
+            progress = progress + v * dt
+            v = max(v + accel * dt, 0.0)
+            out[i, k + 1] = progress
     return out

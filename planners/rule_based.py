@@ -11,8 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from shapely.geometry import Point
 
-from planners.idm import IDM_PLANNER_PARAMETERS, PDM_IDM_PARAMETERS, Leader, find_leader, idm_rollout, offset_path
+from planners.idm import (
+    IDM_PLANNER_PARAMETERS,
+    PDM_IDM_PARAMETERS,
+    Leader,
+    agent_box_polygons,
+    find_leader,
+    idm_rollout,
+    offset_path,
+)
 from simulation.agents import IDMParameters
 from simulation.geometry import (
     global_to_local,
@@ -73,21 +82,66 @@ class _RouteContext:
     speed_limit: float | None
 
 
-def _route_context(observation: Observation) -> _RouteContext:
+class _RouteCache:
+    """What a planner keeps of the route between calls: the gap-repaired route and its lanes (per map and route),
+    and the centre lines already built.
+
+    A centre line depends on the ego pose only through the start lane (the route lane nearest the pose) and the
+    order of that lane's route siblings by distance to the pose (``simulation.maps.route.route_centerline``), so
+    it is reused when both are the same.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple[int, tuple[str, ...]] | None = None
+        self.map_api: Any = None
+        self.route_ids: list[str] = []
+        self.route_lanes: set[str] = set()
+        self.paths: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+
+    def route(self, map_api: Any, ids: tuple[str, ...]) -> tuple[list[str], set[str]]:
+        key = (id(map_api), tuple(str(i) for i in ids))
+        if key != self.key or self.map_api is not map_api:
+            self.key, self.map_api, self.paths = key, map_api, {}
+            self.route_ids = map_api.route_roadblock_ids(ids)
+            self.route_lanes = map_api.route_lane_ids(self.route_ids)
+        return self.route_ids, self.route_lanes
+
+    def centerline(self, map_api: Any, route_ids: list[str], lane_id: str, pose: np.ndarray) -> np.ndarray:
+        edge = map_api.lane_edge(lane_id)
+        block = map_api.roadblocks.get(edge.roadblock_id) or map_api.roadblock_connectors.get(edge.roadblock_id)
+        siblings = [i for i in (block.interior_ids if block is not None else ()) if i != lane_id]
+        siblings = [i for i in siblings if i in self.route_lanes]
+        here = Point(float(pose[0]), float(pose[1]))
+        order = tuple(sorted(siblings, key=lambda i: (map_api.lane_edge(i).polygon.distance(here), i)))
+        key = (lane_id, order)
+        if key not in self.paths:
+            path = np.array(map_api.route_centerline(route_ids, pose), dtype=np.float64)
+            path.flags.writeable = False  # shared by the later calls
+            self.paths[key] = path
+        return self.paths[key]
+
+
+def _route_context(observation: Observation, cache: _RouteCache | None = None) -> _RouteContext:
     map_api = observation.map_api
     if map_api is None:
         raise PlannerInputError(f"{observation.map_name}: this planner needs the map (observation.map_api is None)")
     if not observation.route_roadblock_ids:
         raise PlannerInputError(f"{observation.map_name}: observation has no route roadblock ids")
     pose = observation.current_state[:3]
-    route_ids = map_api.route_roadblock_ids(observation.route_roadblock_ids)
-    path = np.asarray(map_api.route_centerline(route_ids, pose), dtype=np.float64)
+    if cache is None:
+        route_ids = map_api.route_roadblock_ids(observation.route_roadblock_ids)
+        route_lanes = map_api.route_lane_ids(route_ids)
+        path = np.asarray(map_api.route_centerline(route_ids, pose), dtype=np.float64)
+        lane_id = map_api.nearest_lane_id(pose, route_ids)
+    else:
+        route_ids, route_lanes = cache.route(map_api, tuple(observation.route_roadblock_ids))
+        lane_id = map_api.nearest_lane_id(pose, route_ids)
+        path = cache.centerline(map_api, route_ids, lane_id, pose)
     if path.ndim != 2 or len(path) < 2:
         raise PlannerInputError(f"{observation.map_name}: route centre line has fewer than 2 points")
-    lane_id = map_api.nearest_lane_id(pose, route_ids)
     lane = map_api.lanes.get(lane_id) or map_api.lane_connectors.get(lane_id)
     limit = getattr(lane, "speed_limit_mps", None)
-    return _RouteContext(path, map_api.route_lane_ids(route_ids), float(limit) if limit else None)
+    return _RouteContext(path, set(route_lanes), float(limit) if limit else None)
 
 
 def _poses_along(path: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -328,6 +382,7 @@ class PDMClosedPlanner:
         self.lateral_offsets, self.speed_fractions, self.params = lateral_offsets, speed_fractions, params
         self.last_scores: dict[str, np.ndarray] = {}
         self._map_context: _MapContext | None = None
+        self._route_cache = _RouteCache()
 
     def proposals(self, observation: Observation, ctx: _RouteContext) -> np.ndarray:
         """Global proposal poses ``(K, num_poses, 3)``, K = offsets x fractions (offset-major)."""
@@ -337,11 +392,13 @@ class PDMClosedPlanner:
         horizon = self.num_poses * self.interval_s
         boxes = _current_agents(observation)
         stops = _red_stop_points(observation, observation.map_api, ctx.route_lanes)
+        polys = agent_box_polygons(boxes) if len(boxes) else None  # once for all the offset paths
         paths, starts, leaders = [], [], []
         for offset in self.lateral_offsets:
             path = offset_path(ctx.path, offset)
             s0 = float(project_on_polyline(state[:2], path)[0])
-            leader = find_leader(path, s0, boxes, stops, lookahead=max(speed, limit) * horizon + 50.0)
+            lookahead = max(speed, limit) * horizon + 50.0
+            leader = find_leader(path, s0, boxes, stops, lookahead=lookahead, box_polygons=polys)
             paths.append(path)
             starts.append(s0)
             leaders.extend([leader] * len(self.speed_fractions))
@@ -366,7 +423,7 @@ class PDMClosedPlanner:
 
     def plan(self, observation: Observation) -> Trajectory:
         state = observation.current_state
-        ctx = _route_context(observation)
+        ctx = _route_context(observation, self._route_cache)
         glob = self.proposals(observation, ctx)
         local = global_to_local(glob.reshape(-1, 3), state[:3]).reshape(glob.shape)
         states = simulate_proposals(state, local, self.interval_s)

@@ -1,7 +1,7 @@
 """PDM-Closed's plans and proposal scores pinned on the fixture map (local origin, as in test_rule_based.py).
 
-The numbers were computed with the planner before its speed-ups (map context, route centre line and corridor
-caches, vectorised leaders); any change of behaviour shows here as a different chosen proposal or plan.
+The numbers were computed with the planner before its speed-ups (compiled IDM rollouts, route and centre-line
+cache, agent polygons built once); any change of behaviour shows here as a different chosen proposal or plan.
 Cases: traffic in both eastbound lanes, a red light ahead, and three calls of one planner (the caches reused).
 """
 
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from planners.rule_based import PDMClosedPlanner
+from planners.idm import PDM_IDM_PARAMETERS, idm_rollout
+from planners.rule_based import PDMClosedPlanner, _route_context, _RouteCache
+from simulation.agents import idm_acceleration
 from simulation.maps.api import MapAPI
 from simulation.maps.testing import build_fixture_map
 from simulation.protocols import Observation
@@ -58,8 +60,11 @@ def _traffic() -> np.ndarray:
     return boxes
 
 
+MAP = MapAPI.from_data(build_fixture_map(origin=(0.0, 0.0)))
+
+
 def _cases() -> dict[str, list[Observation]]:
-    api = MapAPI.from_data(build_fixture_map(origin=(0.0, 0.0)))
+    api = MAP
     slow = np.array([[-5.0, -2.0, 0.0, 2.0, 0.0, 4.5, 2.0]])  # 2 m/s ahead in the ego lane
     return {
         "traffic": [_obs(api, -40.0, 7.0, boxes=_traffic())],
@@ -287,3 +292,39 @@ def test_pdm_closed_plan_is_pinned(case: str) -> None:
         np.testing.assert_allclose(poses[:, 0], want.x, rtol=0.0, atol=1e-9, err_msg=f"{case} call {k}")
         np.testing.assert_allclose(poses[:, 1], want.y, rtol=0.0, atol=1e-9, err_msg=f"{case} call {k}")
         np.testing.assert_allclose(poses[:, 2], want.heading, rtol=0.0, atol=1e-9, err_msg=f"{case} call {k}")
+
+
+def _array_rollout(speed: np.ndarray, target: np.ndarray, gap: np.ndarray, lead: np.ndarray, steps: int) -> np.ndarray:
+    """The rollout with simulation.agents.idm_acceleration on arrays (forward Euler, speed floored at 0)."""
+    params = PDM_IDM_PARAMETERS
+    v, progress, out = speed.copy(), np.zeros(len(speed)), np.zeros((len(speed), steps + 1))
+    for k in range(steps):
+        accel = idm_acceleration(v, target, gap + lead * k * 0.1 - progress, lead, params)
+        progress = progress + v * 0.1
+        v = np.maximum(v + accel * 0.1, 0.0)
+        out[:, k + 1] = progress
+    return out
+
+
+def test_compiled_idm_rollout_matches_the_array_law() -> None:
+    rng = np.random.default_rng(3)
+    n = 64
+    speed = rng.uniform(0.0, 20.0, n)
+    target = np.concatenate([rng.uniform(0.0, 15.0, n - 2), [0.0, 1e-4]])  # also below the 1e-3 floor
+    gap = np.where(rng.random(n) < 0.2, np.inf, rng.uniform(-2.0, 80.0, n))  # no leader, or behind / in front
+    lead = rng.uniform(0.0, 12.0, n)
+    got = idm_rollout(speed, target, gap, lead, 4.0, 0.1, PDM_IDM_PARAMETERS)
+    np.testing.assert_allclose(got, _array_rollout(speed, target, gap, lead, 40), rtol=0.0, atol=1e-12)
+    assert got.shape == (n, 41) and np.all(np.diff(got, axis=1) >= 0.0)
+
+
+def test_route_cache_gives_the_uncached_centre_line() -> None:
+    """Along lanes 11 -> 111 -> 21 (and on the other eastbound lane, whose route sibling order differs)."""
+    cache = _RouteCache()
+    observations = [_obs(MAP, x, 8.0, y=y) for x, y in ((-40.0, -2.0), (-35.0, -2.0), (-5.0, -2.0), (20.0, -2.0),
+                                                       (-40.0, -6.0), (-39.0, -2.0))]  # fmt: skip
+    for observation in observations:
+        cached, plain = _route_context(observation, cache), _route_context(observation)
+        np.testing.assert_array_equal(cached.path, plain.path)
+        assert cached.route_lanes == plain.route_lanes and cached.speed_limit == plain.speed_limit
+    assert 1 < len(cache.paths) < len(observations)  # reused on the same lane, rebuilt on another
