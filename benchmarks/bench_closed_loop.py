@@ -5,6 +5,10 @@ of nuPlan's metrics, and the ratio of the metrics against a baseline that asks t
 (one shapely ``contains`` per point and object, as nuPlan's per-pose map queries do) in the same run.
 The planner keeps its speed; in CLS-R it runs into the IDM agents that stop where the fixture's lanes end
 (x = 100 m), so its CLS-R score is 0 by design of the scene.
+
+The PDM-Closed lines run the same scenario with ``planners.rule_based.PDMClosedPlanner`` in the loop: seconds
+per 15 s scenario (simulation and planner, metrics apart), simulation steps per second and milliseconds per
+planner call (best of two runs, each with a fresh planner).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 import numpy as np
 import shapely
 
+from planners.rule_based import PDMClosedPlanner
 from rewards.nuplan_map_context import LaneGraphContext, build_lane_graph_context
 from rewards.nuplan_metrics import ClosedLoopRollout, compute_closed_loop_metrics
 from simulation.closed_loop import ClosedLoopSimulator
@@ -136,11 +141,58 @@ def bench_mode(api: MapAPI, scenario: Scenario, reactive: bool) -> str:
     )
 
 
+class _TimedPlanner:
+    """Wraps a planner and adds up the seconds spent in its ``plan``."""
+
+    def __init__(self, planner: PDMClosedPlanner) -> None:
+        self.planner, self.name, self.seconds, self.calls = planner, planner.name, 0.0, 0
+
+    def plan(self, observation: Observation) -> Trajectory:
+        start = time.perf_counter()
+        try:
+            return self.planner.plan(observation)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+
+def bench_pdm_closed(api: MapAPI, scenario: Scenario, reactive: bool, repeat: int = 2) -> str:
+    """One line of figures for PDM-Closed in CLS-R (``reactive``) or CLS-NR."""
+    name = "CLS-R " if reactive else "CLS-NR"
+    sim = ClosedLoopSimulator(reactive=reactive)
+    sim.run(scenario, PDMClosedPlanner(), map_api=api)  # warm-up (compiled kernels)
+    runs = []
+    for _ in range(repeat):
+        planner = _TimedPlanner(PDMClosedPlanner())
+        start = time.perf_counter()
+        history = sim.run(scenario, planner, map_api=api)
+        runs.append((time.perf_counter() - start, planner.seconds / max(planner.calls, 1)))
+    seconds, per_call = min(r[0] for r in runs), min(r[1] for r in runs)
+    steps = len(history.ego_states)
+    rollout = ClosedLoopRollout(
+        history.ego_states,
+        history.timestamps_us,
+        history.agent_boxes,
+        history.agent_types,
+        history.agent_valid,
+        scenario.ego.states,
+    )
+    points = np.concatenate([rollout.ego_states[:, :2], rollout.expert_states[:, :2]])
+    score = compute_closed_loop_metrics(rollout, build_lane_graph_context(api, points))["score"]
+    errors = sum(e is not None for e in history.planner_errors)
+    return (
+        f"{name} PDM-Closed: simulation {seconds:.3f} s per 15 s scenario ({steps} steps, "
+        f"{steps / seconds:.0f} steps/s, planner {per_call * 1e3:.1f} ms per call, {errors} planner errors, "
+        f"score {score:.3f})"
+    )
+
+
 def main() -> None:
     api = MapAPI.from_data(build_fixture_map())
     scenario = fixture_scenario()
     for reactive in (False, True):
         print(bench_mode(api, scenario, reactive))
+        print(bench_pdm_closed(api, scenario, reactive))
 
 
 if __name__ == "__main__":
