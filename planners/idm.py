@@ -114,8 +114,10 @@ def idm_rollout(
     The leader moves on at its constant speed; the ego speed is floored at 0.
     """
     steps = int(round(horizon_s / dt))
-    speed, target, gap, lead_speed = (
-        np.broadcast_to(np.asarray(x, dtype=np.float64), speed.shape) for x in (speed, target, gap, lead_speed)
+    speed = np.ascontiguousarray(speed, dtype=np.float64).reshape(-1)
+    target, gap, lead_speed = (
+        np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=np.float64), speed.shape))
+        for x in (target, gap, lead_speed)
     )
     p = params
     return _idm_rollout_kernel(
@@ -125,10 +127,10 @@ def idm_rollout(
         lead_speed,
         steps,
         float(dt),
-        p.accel_max,
-        p.decel_max,
-        p.min_gap_to_lead_agent,
-        p.headway_time,
+        float(p.accel_max),
+        float(p.decel_max),
+        float(p.min_gap_to_lead_agent),
+        float(p.headway_time),
     )
 
 
