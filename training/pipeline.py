@@ -71,7 +71,7 @@ class DemoSize:
 
 
 SIZES = {
-    "small": DemoSize(logs=10, towns=2, epochs=10, train_interval=1, navsim_interval=8, cls_scenarios=6),
+    "small": DemoSize(logs=10, towns=2, epochs=3, train_interval=2, navsim_interval=8, cls_scenarios=6),
     "medium": DemoSize(logs=40, towns=3, epochs=20, train_interval=1, navsim_interval=2, cls_scenarios=60),
 }
 
