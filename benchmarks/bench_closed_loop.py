@@ -14,6 +14,7 @@ planner call (best of two runs, each with a fresh planner).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import shapely
@@ -114,11 +115,8 @@ def _best(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
     return min(times)
 
 
-def bench_mode(api: MapAPI, scenario: Scenario, reactive: bool) -> str:
-    """One line of figures for CLS-R (``reactive``) or CLS-NR."""
-    name = "CLS-R " if reactive else "CLS-NR"
-    sim = ClosedLoopSimulator(reactive=reactive)  # nuPlan's two-stage controller (LQR + bicycle)
-    history = sim.run(scenario, ConstantVelocity(), map_api=api)
+def _rollout(history: Any, scenario: Scenario) -> tuple[ClosedLoopRollout, np.ndarray]:
+    """The metrics' view of a simulated ``history``, and the points its map context must cover."""
     rollout = ClosedLoopRollout(
         history.ego_states,
         history.timestamps_us,
@@ -127,7 +125,15 @@ def bench_mode(api: MapAPI, scenario: Scenario, reactive: bool) -> str:
         history.agent_valid,
         scenario.ego.states,
     )
-    points = np.concatenate([rollout.ego_states[:, :2], rollout.expert_states[:, :2]])
+    return rollout, np.concatenate([rollout.ego_states[:, :2], rollout.expert_states[:, :2]])
+
+
+def bench_mode(api: MapAPI, scenario: Scenario, reactive: bool) -> str:
+    """One line of figures for CLS-R (``reactive``) or CLS-NR."""
+    name = "CLS-R " if reactive else "CLS-NR"
+    sim = ClosedLoopSimulator(reactive=reactive)  # nuPlan's two-stage controller (LQR + bicycle)
+    history = sim.run(scenario, ConstantVelocity(), map_api=api)
+    rollout, points = _rollout(history, scenario)
     ctx = build_lane_graph_context(api, points)
     naive = PointByPointContext(**{f: getattr(ctx, f) for f in ctx.__dataclass_fields__})
     t_sim = _best(lambda: sim.run(scenario, ConstantVelocity(), map_api=api))
@@ -169,15 +175,7 @@ def bench_pdm_closed(api: MapAPI, scenario: Scenario, reactive: bool, repeat: in
         runs.append((time.perf_counter() - start, planner.seconds / max(planner.calls, 1)))
     seconds, per_call = min(r[0] for r in runs), min(r[1] for r in runs)
     steps = len(history.ego_states)
-    rollout = ClosedLoopRollout(
-        history.ego_states,
-        history.timestamps_us,
-        history.agent_boxes,
-        history.agent_types,
-        history.agent_valid,
-        scenario.ego.states,
-    )
-    points = np.concatenate([rollout.ego_states[:, :2], rollout.expert_states[:, :2]])
+    rollout, points = _rollout(history, scenario)
     score = compute_closed_loop_metrics(rollout, build_lane_graph_context(api, points))["score"]
     errors = sum(e is not None for e in history.planner_errors)
     return (

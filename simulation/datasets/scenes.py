@@ -173,6 +173,10 @@ def _traffic_lights(log: LogData, frames: np.ndarray) -> TrafficLights:
     return TrafficLights(lane_connector_ids=np.array([str(int(i)) for i in ids]), status=status)
 
 
+def _ego(log: LogData, frames: np.ndarray) -> EgoStates:
+    return EgoStates(log.ego_states[frames].copy(), log.timestamps_us[frames].astype(np.int64))
+
+
 def _goal(log: LogData, scene: int) -> np.ndarray | None:
     goal = np.asarray(log.scene_goal[scene], dtype=np.float64)
     return None if not np.isfinite(goal).all() else goal.copy()
@@ -268,7 +272,7 @@ def scene_at(
         map_name=log.map_location,
         frame_tokens=np.asarray(log.frame_tokens)[frames],
         timestamps_us=log.timestamps_us[frames].astype(np.int64),
-        ego=EgoStates(log.ego_states[frames].copy(), log.timestamps_us[frames].astype(np.int64)),
+        ego=_ego(log, frames),
         agents=_agents(log, frames),
         traffic_lights=_traffic_lights(log, frames),
         route_roadblock_ids=_route(log, current),
@@ -375,14 +379,14 @@ def _scenario(log: LogData, frames: np.ndarray, n_hist: int, tagged: int, kind: 
         map_name=log.map_location,
         frame_tokens=np.asarray(log.frame_tokens)[window],
         timestamps_us=log.timestamps_us[window].astype(np.int64),
-        ego=EgoStates(log.ego_states[window].copy(), log.timestamps_us[window].astype(np.int64)),
+        ego=_ego(log, window),
         agents=Agents(agents.boxes[n_hist:], agents.types, agents.track_ids, agents.valid[n_hist:]),
         traffic_lights=lights,
         route_roadblock_ids=_route(log, first),
         current_index=0,
         scenario_type=kind,
         goal=_goal(log, int(log.frame_scene[first])),
-        history_ego=EgoStates(log.ego_states[hist].copy(), log.timestamps_us[hist].astype(np.int64)),
+        history_ego=_ego(log, hist),
         history_agents=Agents(agents.boxes[:n_hist], agents.types, agents.track_ids, agents.valid[:n_hist]),
     )
 
