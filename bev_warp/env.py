@@ -39,12 +39,14 @@ from rewards.nuplan_collisions import (
     STOPPED_SPEED_THRESHOLD,
 )
 from simulation.render import RasterConfig
-from simulation.types import AgentIndex, LogWindow, StateIndex
+from simulation.types import PACIFICA, AgentIndex, LogWindow, StateIndex
 
 A, S = AgentIndex, StateIndex
 KINEMATIC_DT = 0.1
 #: The expert path used by the deviation check goes on straight this far past both of its ends (m).
 PATH_EXTENSION_M = 100.0
+#: Radius of the circle around the ego footprint's centre that holds the whole footprint (broad phase).
+EGO_RADIUS = 0.5 * math.hypot(PACIFICA.length, PACIFICA.width)
 SUB_REWARDS = ("collision", "drivable_area", "progress", "ttc", "comfort", "deviation")
 
 
@@ -272,7 +274,12 @@ class BEVWarpEnv:
         types = ep.types[:, None].expand(-1, frames.shape[1], -1)  # (B, F, N)
         boxes, valid, types = _nearest(ego, boxes, valid, types, self.config.max_checked_agents)
         corners = world.ego_corners(ego[..., :3])  # (B, F, 4, 2)
-        hit = world.overlap(corners[:, :, None], world.agent_corners(boxes)) & valid
+        # broad phase: only boxes whose bounding circle meets the ego's go through the separating-axis test
+        reach = world.bounding_radius(boxes[..., A.LENGTH], boxes[..., A.WIDTH]) + EGO_RADIUS
+        near = valid & (_centre_distance(ego, boxes) <= reach)
+        index, kept, (near_boxes,) = world.compact(near, boxes)
+        hit_near = world.overlap(corners[:, :, None], world.agent_corners(near_boxes)) & kept
+        hit = torch.zeros_like(valid).scatter(2, index, hit_near)
         b, f = frames.shape
         drivable = world.in_grid(corners.reshape(b, f * 4, 2), ep.drivable, ep.grid_origin, ep.grid_res)
         flat = (b * f,)
@@ -283,7 +290,7 @@ class BEVWarpEnv:
             types.reshape(*flat, -1),
         ).reshape(b, f)
         out = {
-            "collision": (hit & _at_fault(ego, boxes)).any(-1).any(-1),
+            "collision": (hit_near & _at_fault(ego, near_boxes)).any(-1).any(-1),
             "drivable_area": ~drivable.all(-1),
             "ttc": ttc.any(-1),
             "deviation": _deviation(ego, ep.ego[:, :, :3], self.config).any(-1),
@@ -425,22 +432,37 @@ def _at_fault(ego: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return (ego_speed[..., None] > STOPPED_SPEED_THRESHOLD) & (ang <= REAR_ANGLE_RAD)
 
 
+def _centre_distance(ego: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``(..., N)`` distance from the ego footprint's centre (``(..., 11)`` rear-axle states) to box centres."""
+    cx = ego[..., 0] + PACIFICA.rear_axle_to_center * torch.cos(ego[..., 2])
+    cy = ego[..., 1] + PACIFICA.rear_axle_to_center * torch.sin(ego[..., 2])
+    return torch.hypot(boxes[..., A.X] - cx[..., None], boxes[..., A.Y] - cy[..., None])
+
+
 def _ttc_violation(ego: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` bool: with constant velocities, the ego box would hit a track ahead within 0.95 s."""
+    """``(B,)`` bool: with constant velocities, the ego box would hit a track ahead within 0.95 s.
+
+    Tracks that cannot reach the ego in that time (centre distance beyond both bounding radii plus both
+    speeds times the horizon) are left out before the box tests; the result is the same.
+    """
     speed = torch.hypot(ego[:, S.VX], ego[:, S.VY])
     d = boxes[..., :2] - ego[:, None, :2]
     ang = normalize_angle(torch.atan2(d[..., 1], d[..., 0]) - ego[:, None, 2]).abs()
     static = torch.isin(types, torch.tensor([int(t) for t in STATIC_TYPES], device=types.device))
     trk_v = torch.where(static[..., None], torch.zeros_like(boxes[..., 3:5]), boxes[..., 3:5])
-    relevant = valid & (ang < AHEAD_ANGLE_RAD) & (speed[:, None] > 5e-3)
     times = torch.arange(1, int(LEAST_MIN_TTC_S / 0.1 + 1e-9) + 1, dtype=ego.dtype, device=ego.device) * 0.1  # (K,)
+    horizon = float(times[-1])
+    reach = EGO_RADIUS + world.bounding_radius(boxes[..., A.LENGTH], boxes[..., A.WIDTH])
+    reach = reach + (speed[:, None] + torch.linalg.norm(trk_v, dim=-1)) * horizon
+    relevant = valid & (ang < AHEAD_ANGLE_RAD) & (speed[:, None] > 5e-3) & (_centre_distance(ego, boxes) <= reach)
+    _, kept, (boxes, trk_v) = world.compact(relevant, boxes, trk_v)
     pose = ego[:, None, :3].expand(-1, len(times), -1).clone()  # (B, K, 3)
     pose[..., 0] += speed[:, None] * torch.cos(ego[:, None, 2]) * times
     pose[..., 1] += speed[:, None] * torch.sin(ego[:, None, 2]) * times
-    moved = boxes[:, None].expand(-1, len(times), -1, -1).clone()  # (B, K, N, 7)
+    moved = boxes[:, None].expand(-1, len(times), -1, -1).clone()  # (B, K, M, 7)
     moved[..., :2] += trk_v[:, None] * times[None, :, None, None]
     hit = world.overlap(world.ego_corners(pose)[:, :, None], world.agent_corners(moved)).any(1)
-    return (hit & relevant).any(-1)
+    return (hit & kept).any(-1)
 
 
 def _deviation(ego: torch.Tensor, expert: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:

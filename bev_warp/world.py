@@ -53,12 +53,33 @@ def agent_corners(boxes: torch.Tensor) -> torch.Tensor:
 def overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Separating-axis test of convex quads ``a`` ``(..., 4, 2)`` and ``b`` (broadcast); ``(...)`` bool."""
     a, b = torch.broadcast_tensors(a, b)
-    edges = torch.cat([a[..., [1, 2], :] - a[..., [0, 1], :], b[..., [1, 2], :] - b[..., [0, 1], :]], -2)
-    axes = torch.stack([-edges[..., 1], edges[..., 0]], -1)  # (..., 4, 2)
-    pa = torch.einsum("...kd,...cd->...kc", axes, a)
-    pb = torch.einsum("...kd,...cd->...kc", axes, b)
+    edges = torch.cat([a[..., 1:3, :] - a[..., 0:2, :], b[..., 1:3, :] - b[..., 0:2, :]], -2)  # (..., 4, 2)
+    nx, ny = -edges[..., 1, None], edges[..., 0, None]  # axes (..., 4, 1)
+    pa = nx * a[..., None, :, 0] + ny * a[..., None, :, 1]  # (..., 4 axes, 4 corners)
+    pb = nx * b[..., None, :, 0] + ny * b[..., None, :, 1]
     separated = (pa.amax(-1) < pb.amin(-1)) | (pb.amax(-1) < pa.amin(-1))
     return ~separated.any(-1)
+
+
+def compact(keep: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Gather the True entries of ``keep`` ``(..., N)`` to the front of the last batch axis, for a broad phase.
+
+    Returns ``(index, kept, gathered)``: ``index`` ``(..., M)`` into ``N`` with ``M`` the largest number of True
+    entries in any row, ``kept`` ``(..., M)`` whether each gathered slot holds a True entry, and every tensor of
+    ``tensors`` ``(..., N, ...)`` gathered to ``(..., M, ...)``. One host sync (``M`` is data-dependent).
+    """
+    m = int(keep.sum(-1).max()) if keep.numel() else 0
+    index = torch.sort(keep.to(torch.uint8), dim=-1, descending=True, stable=True).indices[..., :m]
+    gathered = []
+    for t in tensors:
+        idx = index.reshape(*index.shape, *([1] * (t.dim() - keep.dim())))
+        gathered.append(torch.gather(t, keep.dim() - 1, idx.expand(*index.shape, *t.shape[keep.dim() :])))
+    return index, torch.gather(keep, -1, index), gathered
+
+
+def bounding_radius(length: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Radius of the circle around a box's centre that holds the whole box."""
+    return 0.5 * torch.hypot(length, width)
 
 
 def in_grid(points: torch.Tensor, grid: torch.Tensor, origin: torch.Tensor, res: float) -> torch.Tensor:
