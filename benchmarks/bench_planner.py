@@ -2,7 +2,9 @@
 
 Prints a table (ms per call, scenes per second) for EgoStatusMLP, the vanilla (20-step) diffusion
 baseline, the truncated (2-step) diffusion planner and the masked diffusion planner, plus the
-truncated / vanilla speed ratio. Randomly initialised weights: speed does not depend on training.
+truncated / vanilla speed ratio. ``torchscript`` runs the exported file as ``torch.jit.load`` gives it;
+``ts-optimized`` is what :class:`planners.export.ExportedPlanner` runs on CPU (frozen, batch norms folded,
+oneDNN kernels). Randomly initialised weights: speed does not depend on training.
 
     .venv/bin/python benchmarks/bench_planner.py [--device cuda] [--repeats 20]
 """
@@ -71,6 +73,9 @@ def bench_one(name: str, model: torch.nn.Module, repeats: int, device: str, tmp:
         scripted = torch.jit.load(str(paths["torchscript"]), map_location=device)
         with torch.no_grad():
             rows.append((name, "torchscript", batch, timeit(partial(scripted, *inputs), repeats, device)))
+        if device == "cpu":  # what ExportedPlanner (and `diffplan bench planner=exported`) runs: frozen + oneDNN
+            optimized = ExportedPlanner(paths["torchscript"])
+            rows.append((name, "ts-optimized", batch, timeit(partial(optimized, *inputs), repeats, device)))
         if paths["onnx"] is not None:
             ort = ExportedPlanner(paths["onnx"])
             rows.append((name, "onnx", batch, timeit(partial(ort, *inputs), repeats, device)))
