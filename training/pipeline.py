@@ -185,9 +185,14 @@ class Pipeline:
             for column, header in COLUMNS.get(protocol, []):
                 if column in average:
                     cells[header] = float(average[column])
+            details = csv.parent / "details.csv"
+            if protocol == "navsim_v1" and details.exists():
+                frame = pd.read_csv(details)
+                if "diversity" in frame and frame["diversity"].notna().any():
+                    cells["Div"] = float(frame.loc[frame["valid"].astype(bool), "diversity"].mean())
         order = [*RULE_BASED, *LEARNED, "truncated_il_torchscript"]
         planners = sorted(by_planner, key=lambda p: (order.index(p) if p in order else len(order), p))
-        headers = [h for p in PROTOCOLS for _, h in COLUMNS[p]]
+        headers = [*(h for p in PROTOCOLS for _, h in COLUMNS[p]), "Div"]
         lines = ["| planner | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
         for planner in planners:
             cells = by_planner[planner]
@@ -207,7 +212,8 @@ class Pipeline:
         path.write_text(
             "# diffplan demo on the synthetic city (synth_test)\n\n"
             f"Scores x 100; NAVSIM protocols on scenes every {self.size.navsim_interval / 2:g} s, nuPlan closed "
-            f"loop on {self.size.cls_scenarios} scenarios.\n\n{table}\n\n## Stages\n\n{self.timings()}\n"
+            f"loop on {self.size.cls_scenarios} scenarios. Div: mode diversity of the planner's candidates "
+            f"(x 100, navsim_v1 scenes; planners with one output: -).\n\n{table}\n\n## Stages\n\n{self.timings()}\n"
         )
         print(f"\n{table}\n\nreport: {path}")
 

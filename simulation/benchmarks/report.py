@@ -5,7 +5,8 @@ Files written into the run folder (each to a temporary name, then renamed):
 - ``scores.csv``: ``token, valid, <sub-metrics>, score`` per token, then a row ``average`` holding the
   column means over tokens (NaN, i.e. failed tokens, skipped) and ``valid`` = all tokens valid. For
   navsim_v1 this is exactly NAVSIM v1.1's CSV; for the CLS protocols the columns are nuPlan's metrics.
-- ``details.csv``: every token with ``log_name, scenario_type, valid, error, seconds`` and its metrics.
+- ``details.csv``: every token with ``log_name, scenario_type, valid, error, seconds`` and its metrics (and
+  ``diversity``, the mode diversity of the candidates, for planners that return several).
 - ``summary.md``: score table, per-scenario-type table, failures, worst scenes (with images if drawn).
 - ``score_hist.png``: histogram of the per-token score.
 """
@@ -66,7 +67,15 @@ def scores_table(protocol: BenchmarkProtocol, rows: Sequence[Mapping[str, Any]])
 def details_table(protocol: BenchmarkProtocol, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Every token with its provenance, error text, timing and metrics."""
     cols = [*DETAIL_COLUMNS, *protocol.columns, "score"]
+    if any("diversity" in row for row in rows):
+        cols.append("diversity")
     return pd.DataFrame([{c: row.get(c) for c in cols} for row in rows], columns=cols)
+
+
+def mean_diversity(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean mode diversity over the valid rows that have one (planners with candidates), else ``None``."""
+    values = [float(r["diversity"]) for r in rows if r.get("valid") and r.get("diversity") is not None]
+    return float(np.mean(values)) if values else None
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -114,6 +123,9 @@ def summary_markdown(
         ["metric", "value"],
         [[c, _fmt(average[c])] for c in protocol.columns] + [[protocol.score_name, _fmt(average["score"])]],
     )
+    diversity = mean_diversity(rows)
+    if diversity is not None:
+        lines += ["", f"Mode diversity of the planner's candidates (x100, mean over valid scenes): {_fmt(diversity)}"]
     if rows:
         types = type_table(protocol, rows)
         lines += ["", "## Per scenario type (x100)", ""]

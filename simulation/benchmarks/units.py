@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rewards.diversity import pairwise_diversity
 from simulation.benchmarks.protocols import BenchmarkProtocol
 from simulation.protocols import Observation, Planner, Scorer
 from simulation.types import Agents, DrivingCommand, EgoStates, LogWindow, Scene, TrafficLights, Trajectory
@@ -98,6 +99,8 @@ class UnitResult:
         ego_poses: ``(T, 3)`` driven global rear-axle poses (closed loop) or ``None``.
         states: ``(41, 11)`` simulated ego states of the plan (NAVSIM protocols that pair frames) or ``None``.
         timestamp_us: time of the scene's current frame (NAVSIM protocols) or ``None``.
+        diversity: mode diversity of the planner's candidates for this scene
+            (:func:`rewards.diversity.pairwise_diversity`), or ``None`` for planners with fewer than two.
     """
 
     metrics: dict[str, float]
@@ -105,6 +108,7 @@ class UnitResult:
     ego_poses: np.ndarray | None = None
     states: np.ndarray | None = None
     timestamp_us: int | None = None
+    diversity: float | None = None
 
 
 Unit = Callable[[LogWindow], UnitResult]
@@ -177,7 +181,24 @@ class NavsimUnit:
             scores = self.scorer.score(cache, plan[None])
         metrics = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in scores.items()}
         stamp = int(scene.timestamps_us[scene.current_index])
-        return UnitResult(metrics, plan=plan, states=None if states is None else states[0], timestamp_us=stamp)
+        return UnitResult(
+            metrics,
+            plan=plan,
+            states=None if states is None else states[0],
+            timestamp_us=stamp,
+            diversity=candidate_diversity(self.planner),
+        )
+
+
+def candidate_diversity(planner: Planner) -> float | None:
+    """Mode diversity of the candidates behind the planner's last plan (``last_candidates`` ``(K, 8, 2+)``)."""
+    candidates = getattr(planner, "last_candidates", None)
+    if candidates is None:
+        return None
+    candidates = np.asarray(candidates, dtype=np.float64)
+    if candidates.ndim != 3 or candidates.shape[0] < 2:
+        return None
+    return float(pairwise_diversity(candidates[None, ..., :2])[0])
 
 
 @dataclass
@@ -245,6 +266,8 @@ def evaluate_ref(ref: SceneRef, source: SceneSource, unit: Unit, protocol: Bench
             row["states"] = np.round(result.states, 6).tolist()
         if result.timestamp_us is not None:
             row["timestamp_us"] = result.timestamp_us
+        if result.diversity is not None:
+            row["diversity"] = result.diversity
     except Exception as err:  # noqa: BLE001 - any failure of one scene is recorded, the run goes on
         logger.warning("token %s failed: %s: %s", ref.token, type(err).__name__, err)
         row.update(valid=False, error=f"{type(err).__name__}: {err}", **_nan_metrics(protocol))

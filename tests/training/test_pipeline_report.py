@@ -1,0 +1,32 @@
+"""The demo's report table: one row per planner from the benchmark folders, diversity where there are candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from training.pipeline import SIZES, Pipeline
+
+
+def _bench(out: Path, protocol: str, planner: str, scores: dict[str, float], diversity: list[float] | None) -> None:
+    run = out / "bench" / protocol / planner
+    run.mkdir(parents=True)
+    pd.DataFrame([{"token": "a", "valid": True, **scores}, {"token": "average", "valid": True, **scores}]).to_csv(
+        run / "scores.csv", index=False
+    )
+    details = pd.DataFrame({"token": ["a", "b", "c"], "valid": [True, True, False], "score": [1.0, 0.5, None]})
+    if diversity is not None:
+        details["diversity"] = diversity
+    details.to_csv(run / "details.csv", index=False)
+
+
+def test_table_rows_columns_and_diversity(tmp_path: Path) -> None:
+    v1 = {"no_at_fault_collisions": 1.0, "drivable_area_compliance": 0.5, "score": 0.75}
+    _bench(tmp_path, "navsim_v1", "truncated_il", v1, [0.2, 0.4, 0.9])  # the failed scene's 0.9 is left out
+    _bench(tmp_path, "navsim_v1", "idm", v1, None)
+    _bench(tmp_path, "navsim_v2", "idm", {"score": 0.6}, None)
+    table = Pipeline(tmp_path, SIZES["small"]).table().splitlines()
+    assert table[0] == "| planner | NC | DAC | TTC | EP | C | PDMS | EPDMS | CLS-NR | CLS-R | Div |"
+    assert table[2] == "| idm | 100.0 | 50.0 | - | - | - | 75.0 | 60.0 | - | - | - |"  # rule-based rows first
+    assert table[3] == "| truncated_il | 100.0 | 50.0 | - | - | - | 75.0 | - | - | - | 30.0 |"
