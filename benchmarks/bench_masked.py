@@ -96,7 +96,13 @@ def run_order(
     planners = {
         False: MaskedClosedLoopPlanner(model, reflect=False, **common),
         True: MaskedClosedLoopPlanner(
-            model, reflect=True, max_reflections=args.max_reflections, track=args.track, **common
+            model,
+            reflect=True,
+            max_reflections=args.max_reflections,
+            max_iterations=args.max_iterations,
+            radius=args.radius,
+            track=args.track,
+            **common,
         ),
     }
     for planner in planners.values():  # warm-up: lazy map trees, first torch calls
@@ -198,6 +204,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--max-reflections", type=int, default=1)
+    parser.add_argument("--max-iterations", type=int, default=10, help="reflection rounds per candidate")
+    parser.add_argument("--radius", type=int, default=10, help="anchor search radius (tokens, Manhattan)")
     parser.add_argument("--track", action="store_true", help="reflection judges the tracked motion (10 Hz)")
     parser.add_argument("--max-scenes", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")

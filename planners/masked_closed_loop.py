@@ -112,14 +112,10 @@ def decode_candidates(
     """
     tok = model.tokenizer
     memory, pad = model.encode(features)
-    masked = torch.full((1, tok.seq_len), tok.mask_id, dtype=torch.long, device=memory.device)
-    logp = torch.log_softmax(model.logits(masked, memory, pad), dim=-1)
-    goals, goal_scores = model._nms_goals(
-        logp[:, -2, : tok.num_x], logp[:, -1, tok.num_x : tok.mask_id], num_candidates
-    )
+    goals, goal_scores = model.endpoint_goals((memory, pad), num_candidates)  # (1, K, 2) token ids, (1, K)
     k = goals.shape[1]
     fixed = torch.full((k, tok.seq_len), -1, dtype=torch.long, device=memory.device)
-    fixed[:, -2], fixed[:, -1] = goals[0, :, 0], goals[0, :, 1] + tok.num_x
+    fixed[:, -2:] = goals[0]
     tokens = model.generate(
         {},
         fixed=fixed,
@@ -167,7 +163,7 @@ class MaskedClosedLoopPlanner:
         raster: RasterConfig = PLANNER_RASTER,
         name: str | None = None,
         max_reflections: int = 1,
-        max_iterations: int = 6,
+        max_iterations: int = 10,
         radius: int = 10,
         check_drivable: bool = True,
         track: bool = False,
@@ -202,6 +198,21 @@ class MaskedClosedLoopPlanner:
             raise ValueError(f"{self.name}: planner returned a non-finite trajectory")
         self.last_candidates, self.last_record = candidates, record
         return Trajectory(plan)
+
+    def waypoint_safety(self, observation: Observation, checker: SafetyChecker, poses: np.ndarray) -> np.ndarray:
+        """``(K, 8)`` safe flags of plans ``(K, 8, 3)``: the waypoint check, or with ``track`` the tracked motion.
+
+        With ``track``, waypoint ``k`` is safe when the ego driven from the plan by the scorer's controller
+        (LQR tracker + bicycle model, 10 Hz) passes the check at every 10 Hz step of ``(0.5 k, 0.5 (k + 1)]`` s.
+        This is the check :func:`~planners.reflection.reflect` runs on whole trajectories.
+        """
+        if not self.track:
+            return checker.waypoint_safety(poses)
+        state = np.asarray(observation.current_state, dtype=np.float64)
+        states = simulate_proposals(state, poses)  # (K, 41, 11) global
+        local = global_to_local(states[:, 1:, :3], state[:3])
+        steps = dataclasses.replace(checker, interval_s=0.1).waypoint_safety(local)  # (K, 40)
+        return np.asarray(steps.reshape(len(poses), poses.shape[1], -1).all(-1))
 
     def _unsafe(self, observation: Observation, checker: SafetyChecker, poses: np.ndarray) -> np.ndarray:
         """``(K,)`` unsafe waypoints of plans ``(K, 8, 3)`` (``track``: unsafe 10 Hz steps of the tracked motion)."""
@@ -239,6 +250,7 @@ class MaskedClosedLoopPlanner:
                 context=context,
                 num_steps=self.steps,
                 order=self.order,
+                safety=lambda poses: self.waypoint_safety(observation, checker, poses),
             )
             record.reflections.append(rec)
             repaired = headings_from_xy(self.model.tokenizer.decode(fixed)).double().numpy()

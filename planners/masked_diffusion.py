@@ -10,9 +10,10 @@ classifier-free guidance (the condition is dropped during training with ``cond_d
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,6 +22,8 @@ from torch.nn import functional as F
 from planners.base import NUM_POSES, PlanOutput, check_features
 from planners.encoders import AgentEncoder, BEVEncoder, EgoEncoder, sinusoidal_embedding
 from planners.tokenizer import CodebookConfig, TrajectoryTokenizer
+
+logger = logging.getLogger(__name__)
 
 DecodingOrder = Literal["confidence", "causal", "reverse_causal"]
 ORDERS: tuple[str, ...] = ("confidence", "causal", "reverse_causal")
@@ -90,6 +93,23 @@ class MaskedDiffusionPlanner(nn.Module):
     @classmethod
     def from_config_dict(cls, config: dict) -> MaskedDiffusionPlanner:
         return cls(MaskedDiffusionConfig(**config))
+
+    # ------------------------------------------------------------------ codebook with the weights
+    def get_extra_state(self) -> dict:
+        """The codebook travels with the weights (``_extra_state`` of the state dict)."""
+        return {"codebook": self.config.codebook.to_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Refuse weights trained on another codebook (same vocabulary size or not): they would decode wrongly."""
+        self.tokenizer.check_compatible(dict(state["codebook"]))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Weights saved before the codebook was stored with them (no ``_extra_state``) are taken to use this
+        # planner's codebook (logged), in a plain load_state_dict as in a Lightning resume.
+        if f"{prefix}_extra_state" not in state_dict:
+            logger.warning("state dict without a stored codebook: assuming %s", self.config.codebook)
+            state_dict[f"{prefix}_extra_state"] = self.get_extra_state()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ network
     def encode(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,18 +276,31 @@ class MaskedDiffusionPlanner(nn.Module):
         return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(1)
 
     # ------------------------------------------------------------------ goal-conditioned candidates
+    def endpoint_goals(
+        self, context: tuple[torch.Tensor, torch.Tensor], num_goals: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``num_goals`` endpoint goals of each scene from the fully masked sequence.
+
+        ``context``: the scene memory ``(memory (B, M, d), pad (B, M))`` of :meth:`encode`. Returns token ids
+        ``(B, K, 2)`` of the last waypoint (x id, y id in the joint vocabulary, ready to be fixed at positions
+        14 and 15) and their scores ``(B, K)`` (``log p(x) + log p(y)``), best first; see :meth:`nms_goals`.
+        """
+        memory, pad = context
+        tok = self.tokenizer
+        masked = torch.full((memory.shape[0], tok.seq_len), tok.mask_id, dtype=torch.long, device=memory.device)
+        logp = torch.log_softmax(self.logits(masked, memory, pad), dim=-1)
+        goals, scores = self.nms_goals(logp[:, -2, : tok.num_x], logp[:, -1, tok.num_x : tok.mask_id], num_goals)
+        return torch.stack([goals[..., 0], goals[..., 1] + tok.num_x], -1), scores
+
     def goal_candidates(self, features: dict[str, torch.Tensor], num_candidates: int | None = None) -> PlanOutput:
         """Top endpoint goals (distance NMS), one inpainted trajectory per goal; chosen = most likely goal."""
         k = self.config.num_candidates if num_candidates is None else num_candidates
         memory, pad = self.encode(features)
         tok = self.tokenizer
         b = memory.shape[0]
-        masked = torch.full((b, tok.seq_len), tok.mask_id, dtype=torch.long, device=memory.device)
-        logp = torch.log_softmax(self.logits(masked, memory, pad), dim=-1)
-        lx, ly = logp[:, -2, : tok.num_x], logp[:, -1, tok.num_x : tok.mask_id]
-        goals, goal_scores = self._nms_goals(lx, ly, k)  # (B, K, 2) ids, (B, K)
+        goals, goal_scores = self.endpoint_goals((memory, pad), k)  # (B, K, 2) ids, (B, K)
         fixed = torch.full((b, k, tok.seq_len), -1, dtype=torch.long, device=memory.device)
-        fixed[..., -2], fixed[..., -1] = goals[..., 0], goals[..., 1] + tok.num_x
+        fixed[..., -2:] = goals
         tokens = self.generate(
             {},
             fixed=fixed.reshape(b * k, -1),
@@ -278,8 +311,19 @@ class MaskedDiffusionPlanner(nn.Module):
         best = goal_scores.argmax(1)
         return PlanOutput(poses[torch.arange(b), best], poses, goal_scores)
 
-    def _nms_goals(self, lx: torch.Tensor, ly: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy distance NMS over the top joint endpoint cells of ``log p(x) + log p(y)``."""
+    def nms_goals(self, lx: torch.Tensor, ly: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy distance NMS over the most likely endpoint cells.
+
+        Args:
+            lx: ``(B, Nx)`` log-probabilities of the last waypoint's x bins (per-axis bin index).
+            ly: ``(B, Ny)`` log-probabilities of its y bins.
+            k: goals to return.
+
+        The ``goal_top_k`` best cells of ``log p(x) + log p(y)`` are visited best first; a cell is kept when it
+        lies at least ``goal_nms_m`` metres from every kept one. Returns per-axis bin indices ``(B, K, 2)``
+        (x bin, y bin; add ``tokenizer.num_x`` to the y bin for its token id) and the scores ``(B, K)``, best
+        first. With fewer than ``k`` distinct goals the best one is repeated.
+        """
         c = self.config
         top = min(c.goal_top_k, lx.shape[1] * ly.shape[1])
         kx = min(top, lx.shape[1])

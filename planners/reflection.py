@@ -2,13 +2,16 @@
 
 1. A safety check marks every waypoint of a trajectory safe or not: the ego footprint at the waypoint
    must not overlap a constant-velocity agent at that time and must lie inside the drivable area.
+   A caller may judge whole trajectories by another per-waypoint check (``safety``: e.g. the motion the
+   scorer's controller drives from the plan, see :mod:`planners.masked_closed_loop`); then every decision
+   of the loop below uses that check, and the waypoint check stays the local one of the anchor search.
 2. At the earliest unsafe waypoint, every token pair within a Manhattan radius of its (x, y) tokens
    is scored by a local score (safe first, then continuity with its neighbours and closeness to the
    original); the best safe pair becomes an *anchor*.
 3. The anchors are fixed, the tokens of the waypoints around the newest anchor are re-masked and the
    model inpaints them (the regeneration is kept unless it is less safe than the anchored sequence).
-   Repeat until safe or ``max_iterations``; otherwise fall back to the safest
-   trajectory seen. A record of every change is returned, for plots and logs.
+   Repeat until safe or ``max_iterations`` (default 10); otherwise fall back to the safest
+   trajectory seen. A record of every round is returned, for plots and logs.
 """
 
 from __future__ import annotations
@@ -89,51 +92,115 @@ def _any_overlap(ego: np.ndarray, agents: np.ndarray) -> np.ndarray:
     return hit
 
 
+SafetyFn = Callable[[np.ndarray], np.ndarray]
+"""Per-waypoint safety of whole trajectories: poses ``(K, 8, 3)`` -> ``(K, 8)`` bool (``True`` = safe)."""
+
+
+@dataclass
+class ReflectionStep:
+    """One anchor-and-inpaint round of :func:`reflect`.
+
+    Attributes:
+        waypoint: index of the earliest unsafe waypoint, where the anchor was placed.
+        before, anchor: ``(x, y)`` of that waypoint before and after the anchor search (metres, ego frame).
+        anchor_safe: the anchor passed the local safety check.
+        remasked: waypoints re-masked and inpainted around the anchor (empty when the anchor was not safe).
+        kept: the inpainted sequence was kept (else the anchored sequence without regeneration).
+        unsafe_before, unsafe_after: unsafe waypoints of the whole trajectory before and after the round.
+        trajectory: ``(8, 2)`` waypoints after the round.
+    """
+
+    waypoint: int
+    before: tuple[float, float]
+    anchor: tuple[float, float]
+    anchor_safe: bool
+    remasked: list[int]
+    kept: bool
+    unsafe_before: int
+    unsafe_after: int
+    trajectory: np.ndarray
+
+
 @dataclass
 class ReflectionRecord:
-    """What reflection did to one trajectory."""
+    """What reflection did to one trajectory (for plots and logs).
+
+    Attributes:
+        iterations: anchor-and-inpaint rounds run.
+        anchors: ``(waypoint, (x, y) before, (x, y) after)`` per round (a summary of ``steps``).
+        steps: every round in detail (:class:`ReflectionStep`).
+        initial: ``(8, 2)`` waypoints reflection started from; ``final``: the ones it returned.
+        initially_safe, finally_safe: the safety check on ``initial`` / ``final``.
+        fell_back: no round made the trajectory safe; the safest trajectory seen was returned.
+        changed_waypoints: indices of the waypoints whose tokens differ between ``initial`` and ``final``.
+    """
 
     iterations: int = 0
     anchors: list[tuple[int, tuple[float, float], tuple[float, float]]] = field(default_factory=list)
+    steps: list[ReflectionStep] = field(default_factory=list)
+    initial: np.ndarray | None = None
+    final: np.ndarray | None = None
     initially_safe: bool = True
     finally_safe: bool = True
     fell_back: bool = False
+    changed_waypoints: list[int] = field(default_factory=list)
 
 
 def _neighbourhood(radius: int) -> np.ndarray:
+    """``(M, 2)`` integer offsets with ``|dx| + |dy| <= radius`` (the origin included)."""
     r = np.arange(-radius, radius + 1)
     dx, dy = np.meshgrid(r, r, indexing="ij")
     keep = (np.abs(dx) + np.abs(dy)) <= radius
     return np.stack([dx[keep], dy[keep]], -1)
 
 
-def _local_anchor(
-    tokens: np.ndarray, k: int, checker: SafetyChecker, model: MaskedDiffusionPlanner, radius: int
+def _poses(model: MaskedDiffusionPlanner, tokens: np.ndarray) -> np.ndarray:
+    """Poses ``(..., 8, 3)`` of token sequences ``(..., 16)`` (headings from the displacements)."""
+    return headings_from_xy(model.tokenizer.decode(torch.from_numpy(tokens))).numpy().astype(np.float64)
+
+
+def local_anchor(
+    tokens: np.ndarray,
+    k: int,
+    checker: SafetyChecker,
+    model: MaskedDiffusionPlanner,
+    radius: int,
+    safety: SafetyFn | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """Best (x, y) token pair for waypoint ``k``: safe first, then continuity and closeness to the original."""
+    """The safety anchor of waypoint ``k``: the best ``(x, y)`` token pair within Manhattan ``radius`` of its own.
+
+    Every pair of the neighbourhood replaces waypoint ``k`` in turn and gets a local score:
+
+    * safety: the waypoint passes ``checker`` at its time (constant-velocity agents, drivable area); with
+      ``safety`` (the whole-trajectory check reflection runs, e.g. on the tracked motion) the trajectory must
+      also pass that check up to waypoint ``k``;
+    * continuity: distance (m) to the midpoint of its neighbours (the origin before the first waypoint, the
+      mirrored previous waypoint after the last one), and, as a tie-break, half the distance to where it was.
+
+    Safe pairs beat unsafe ones (passing both checks beats passing the waypoint check only); then the better
+    continuity wins. Returns the ``(x id, y id)`` pair and whether it passes the waypoint check.
+    """
     tok = model.tokenizer
-    xy = tok.decode(torch.from_numpy(tokens)).numpy()
+    xy = tok.decode(torch.from_numpy(tokens)).numpy().astype(np.float64)
     offsets = _neighbourhood(radius)
     ix = np.clip(tokens[2 * k] + offsets[:, 0], 0, tok.num_x - 1)
     iy = np.clip(tokens[2 * k + 1] + offsets[:, 1], tok.num_x, tok.mask_id - 1)
-    res = tok.config.resolution
-    cand_xy = np.stack([tok.config.x_min + ix * res, tok.config.y_min + (iy - tok.num_x) * res], -1)
-    trials = np.repeat(xy[None], len(cand_xy), 0)
-    trials[:, k] = cand_xy
-    poses = headings_from_xy(torch.from_numpy(trials)).numpy()
+    pairs = np.unique(np.stack([ix, iy], -1), axis=0)  # clipping at the codebook edge repeats pairs
+    trials = np.repeat(tokens[None], len(pairs), 0)
+    trials[:, 2 * k : 2 * k + 2] = pairs
+    poses = _poses(model, trials)  # (M, 8, 3): the heading of waypoint k follows the candidate
     safe = checker.waypoint_safety(poses[:, k : k + 1], steps=np.array([k]))[:, 0]
+    prefix_safe = np.zeros(len(pairs), dtype=bool)
+    if safety is not None and safe.any():
+        prefix_safe[safe] = safety(poses[safe])[:, : k + 1].all(-1)
+    cand = poses[:, k, :2]
     prev = xy[k - 1] if k > 0 else np.zeros(2)
     nxt = xy[k + 1] if k + 1 < len(xy) else 2 * xy[k] - prev
-    continuity = np.linalg.norm(cand_xy - (prev + nxt) / 2.0, axis=-1)
-    closeness = np.linalg.norm(cand_xy - xy[k], axis=-1)
-    score = safe * 1000.0 - continuity - 0.5 * closeness
-    best = int(np.argmax(score))
-    return np.array([ix[best], iy[best]]), bool(safe[best])
-
-
-def _unsafe_count(tokens: np.ndarray, checker: SafetyChecker, model: MaskedDiffusionPlanner) -> int:
-    poses = headings_from_xy(model.tokenizer.decode(torch.from_numpy(tokens))).numpy()
-    return int((~checker.waypoint_safety(poses[None])[0]).sum())
+    continuity = np.linalg.norm(cand - (prev + nxt) / 2.0, axis=-1)
+    closeness = np.linalg.norm(cand - xy[k], axis=-1)
+    score = -continuity - 0.5 * closeness
+    best = int(np.lexsort((-score, ~prefix_safe, ~safe))[0])  # safe first, then both checks, then score
+    return pairs[best].copy(), bool(safe[best])
 
 
 def reflect(
@@ -147,60 +214,86 @@ def reflect(
     context: tuple[torch.Tensor, torch.Tensor] | None = None,
     num_steps: int | None = None,
     order: str | None = None,
+    safety: SafetyFn | None = None,
 ) -> tuple[torch.Tensor, ReflectionRecord]:
     """Repair one token sequence ``(16,)`` of a single scene (``features`` with batch size 1).
 
-    ``context``: the scene memory of ``model.encode(features)`` when the caller already has it (batch 1);
-    ``num_steps`` / ``order``: unmasking steps (at most the number of re-masked tokens) and decoding order of
-    the inpainting (default: the model's).
+    Each round: the safety check (``safety``, default ``checker.waypoint_safety``) finds the earliest unsafe
+    waypoint; :func:`local_anchor` moves it to the best safe token pair within ``radius`` (Manhattan, tokens);
+    the anchor is fixed (with every earlier anchor), the ``remask_span`` waypoints on each side of it are
+    re-masked and the model inpaints them; the inpainted sequence is kept unless the same check finds it less
+    safe than the anchored one. Stops when the check passes or after ``max_iterations`` rounds; a trajectory
+    that is still unsafe is replaced by the safest one seen (fewest unsafe waypoints, the earliest among ties).
+
+    ``safety`` lets the caller judge whole trajectories differently from the waypoint check (e.g. by the
+    motion a controller drives from them, see :class:`planners.masked_closed_loop.MaskedClosedLoopPlanner`);
+    every acceptance decision uses it. ``context``: the scene memory of ``model.encode(features)`` when the
+    caller already has it (batch 1); ``num_steps`` / ``order``: unmasking steps (at most the number of re-masked
+    tokens) and decoding order of the inpainting (default: the model's).
     """
+    if max_iterations < 0 or radius < 0 or remask_span < 0:
+        raise ValueError(
+            f"max_iterations, radius and remask_span must be >= 0 (got {max_iterations}, {radius}, {remask_span})"
+        )
     tok = model.tokenizer
-    record = ReflectionRecord()
-    current = tokens.clone().cpu().numpy()
+    check: SafetyFn = safety if safety is not None else checker.waypoint_safety
+    current = tokens.detach().clone().cpu().numpy()
+    record = ReflectionRecord(initial=_poses(model, current)[:, :2])
     anchored = np.zeros(tok.config.num_poses, dtype=bool)
     if context is None:
         with torch.no_grad():
             context = model.encode(features)
-    best, best_unsafe = current.copy(), None
-    for iteration in range(max_iterations + 1):
-        poses = headings_from_xy(tok.decode(torch.from_numpy(current))).numpy()
-        safe = checker.waypoint_safety(poses[None])[0]
-        unsafe = int((~safe).sum())
-        if best_unsafe is None or unsafe < best_unsafe:
-            best, best_unsafe = current.copy(), unsafe
-        if iteration == 0:
-            record.initially_safe = unsafe == 0
-        if unsafe == 0 or iteration == max_iterations:
+    flags = check(_poses(model, current)[None])[0]
+    record.initially_safe = bool(flags.all())
+    best, best_unsafe = current.copy(), int((~flags).sum())
+    for _ in range(max_iterations):
+        if flags.all():
             break
-        k = int(np.argmax(~safe))
-        anchor, anchor_safe = _local_anchor(current, k, checker, model, radius)
-        old = tuple(float(v) for v in tok.decode(torch.from_numpy(current)).numpy()[k])
+        unsafe_before = int((~flags).sum())
+        k = int(np.argmax(~flags))
+        before = tuple(float(v) for v in _poses(model, current)[k, :2])
+        anchor, anchor_safe = local_anchor(current, k, checker, model, radius, safety)
         current[2 * k : 2 * k + 2] = anchor
         anchored[k] = True
-        new = tuple(float(v) for v in tok.decode(torch.from_numpy(current)).numpy()[k])
-        record.anchors.append((k, old, new))  # type: ignore[arg-type]
-        record.iterations = iteration + 1
-        if not anchor_safe:
-            continue
-        lo, hi = max(0, k - remask_span), min(tok.config.num_poses, k + remask_span + 1)
-        free = np.zeros(tok.config.num_poses, dtype=bool)
-        free[lo:hi] = True
-        free &= ~anchored
-        fixed = current.copy()
-        fixed[np.repeat(free, 2)] = -1
-        steps = min(model.config.num_steps if num_steps is None else num_steps, max(2 * int(free.sum()), 1))
-        with torch.no_grad():
-            inpainted = model.generate(
-                {}, fixed=torch.from_numpy(fixed)[None], num_steps=steps, order=order, temperature=0.0, context=context
-            )[0]
-        # Keep the regeneration unless it is less safe than the anchored sequence itself.
-        if _unsafe_count(inpainted.cpu().numpy(), checker, model) <= _unsafe_count(current, checker, model):
-            current = inpainted.cpu().numpy()
-    final_poses = headings_from_xy(tok.decode(torch.from_numpy(current))).numpy()
-    if not checker.waypoint_safety(final_poses[None])[0].all():
+        after = tuple(float(v) for v in _poses(model, current)[k, :2])
+        remasked: list[int] = []
+        kept = False
+        if anchor_safe:
+            free = np.zeros(tok.config.num_poses, dtype=bool)
+            free[max(0, k - remask_span) : k + remask_span + 1] = True
+            free &= ~anchored
+            remasked = [int(i) for i in np.flatnonzero(free)]
+            if remasked:
+                fixed = current.copy()
+                fixed[np.repeat(free, 2)] = -1
+                steps = min(model.config.num_steps if num_steps is None else num_steps, 2 * len(remasked))
+                with torch.no_grad():
+                    inpainted = model.generate(
+                        {}, fixed=torch.from_numpy(fixed)[None], num_steps=steps, order=order, temperature=0.0,
+                        context=context,
+                    )[0].cpu().numpy()  # fmt: skip
+                both = check(_poses(model, np.stack([current, inpainted])))
+                kept = int((~both[1]).sum()) <= int((~both[0]).sum())
+                if kept:
+                    current = inpainted
+        flags = check(_poses(model, current)[None])[0]
+        unsafe_after = int((~flags).sum())
+        if unsafe_after < best_unsafe:
+            best, best_unsafe = current.copy(), unsafe_after
+        record.anchors.append((k, before, after))  # type: ignore[arg-type]
+        record.steps.append(
+            ReflectionStep(
+                k, before, after, anchor_safe, remasked, kept, unsafe_before, unsafe_after,  # type: ignore[arg-type]
+                _poses(model, current)[:, :2],
+            )
+        )  # fmt: skip
+        record.iterations += 1
+    if not flags.all():
         record.fell_back = True
         current = best
-    record.finally_safe = bool(
-        checker.waypoint_safety(headings_from_xy(tok.decode(torch.from_numpy(current))).numpy()[None])[0].all()
-    )
+        flags = check(_poses(model, current)[None])[0]
+    record.finally_safe = bool(flags.all())
+    record.final = _poses(model, current)[:, :2]
+    changed = (current != tokens.cpu().numpy()).reshape(-1, 2).any(-1)
+    record.changed_waypoints = [int(i) for i in np.flatnonzero(changed)]
     return torch.from_numpy(current), record

@@ -7,6 +7,7 @@ from typing import Any
 
 from planners.features import PLANNER_RASTER
 from planners.masked_closed_loop import MaskedClosedLoopPlanner
+from planners.tokenizer import TokenizerError
 from simulation.render import RasterConfig
 from training.imitation import load_planner
 
@@ -24,9 +25,14 @@ def masked_planner(
 ) -> MaskedClosedLoopPlanner:
     """A :class:`~planners.masked_closed_loop.MaskedClosedLoopPlanner` from a checkpoint of ``masked_il``.
 
-    ``reflection``: ``max_reflections``, ``max_iterations``, ``radius`` of the planner.
+    ``reflection``: ``max_reflections``, ``max_iterations``, ``radius``, ``check_drivable``, ``track`` of the
+    planner. A checkpoint whose weights were trained on another codebook than its stored config names raises
+    :class:`~planners.tokenizer.TokenizerError` (naming the file).
     """
-    model = load_planner(ckpt_path, expect_class="MaskedDiffusionPlanner")
+    try:
+        model = load_planner(ckpt_path, expect_class="MaskedDiffusionPlanner")
+    except TokenizerError as err:  # weights trained on another codebook than the stored config's
+        raise TokenizerError(f"{ckpt_path}: {err}") from None
     stored = getattr(model, "raster_config", None)
     raster = RasterConfig.from_dict(stored) if stored else PLANNER_RASTER
     return MaskedClosedLoopPlanner(

@@ -181,3 +181,37 @@ def test_bench_configs_compose_and_build_the_planner(tmp_path: Path, observation
         assert planner.reflect is reflect and planner.track is reflect and planner.order == "causal"
         assert planner.raster == RASTER
         assert planner.plan(observation).poses.shape == (8, 3)
+
+
+def test_checkpoint_with_another_codebook_names_the_file(tmp_path: Path) -> None:
+    """Weights trained on one codebook, a stored config naming another (same vocabulary size): refused."""
+    from planners.tokenizer import TokenizerError
+    from training.masked_planners import masked_planner
+
+    ckpt = torch.load(_checkpoint(tmp_path / "masked.ckpt"), weights_only=False)
+    config = ckpt[CHECKPOINT_KEY]["planner_config"]
+    config["codebook"] = {**config["codebook"], "x_min": -4.0, "x_max": 96.0}
+    bad = tmp_path / "shifted.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(TokenizerError, match=rf"{bad}: codebook mismatch"):
+        masked_planner(str(bad))
+
+
+def test_reflection_judges_the_tracked_motion(observation: Observation) -> None:
+    """With ``track``, the check reflection runs on whole plans is the tracked motion, folded to waypoints."""
+    model = _model()
+    plain = MaskedClosedLoopPlanner(model, steps=4, raster=RASTER)
+    first = plain.plan(observation).poses
+    state = observation.current_state
+    tracked = global_to_local(simulate_proposals(state, first[None])[0, 1:, :3], state[:3])  # (40, 3)
+    block = _with_agents(observation, np.array([*tracked[24, :3], 0.0, 0.0, 4.6, 1.9]))  # ego there at 2.5 s
+    planner = MaskedClosedLoopPlanner(model, steps=4, raster=RASTER, reflect=True, check_drivable=False, track=True)
+    checker = safety_checker(block, drivable=False)
+    flags = planner.waypoint_safety(block, checker, first[None])[0]
+    steps = dataclasses.replace(checker, interval_s=0.1).waypoint_safety(tracked[None])[0]
+    np.testing.assert_array_equal(flags, steps.reshape(8, 5).all(-1))
+    assert not flags[4] and int((~steps).sum()) == int(planner._unsafe(block, checker, first[None])[0])
+    untracked = MaskedClosedLoopPlanner(model, steps=4, raster=RASTER, reflect=True, check_drivable=False)
+    np.testing.assert_array_equal(
+        untracked.waypoint_safety(block, checker, first[None]), checker.waypoint_safety(first[None])
+    )
