@@ -4,7 +4,10 @@ The scenes, metric caches and scorers are the ones ``diffplan bench protocol=nav
 the same overrides (caches are loaded from / stored in the metric-cache folders). For every scene the plain
 planner and the reflecting planner plan back to back (same decoding order, steps and candidates), so the
 latency ratio reflection / no reflection is measured under the same machine load. Prints one row per
-(order, reflection) and, per order, the latency ratio and the PDMS / EPDMS deltas.
+(order, reflection) with PDMS, EPDMS, the PDMS sub-metrics (NC, DAC, TTC, EP, C, in %), latency, endpoint
+spread of the goal candidates (``div(m)``, mean pairwise endpoint distance) and their mode diversity (``Div``,
+:func:`rewards.diversity.pairwise_diversity` x 100, as the NAVSIM rows of ``diffplan bench``), and, per
+order, the latency ratio and the PDMS / EPDMS deltas.
 
     .venv/bin/python benchmarks/bench_masked.py --ckpt /tmp/maskedE/.../last.ckpt --data-root /tmp/demo1/data \\
         --maps-root /tmp/demo1/data/maps --split synth_test --frame-interval 8 \\
@@ -29,12 +32,22 @@ from tqdm import tqdm
 
 from planners.masked_closed_loop import MaskedClosedLoopPlanner
 from planners.masked_diffusion import ORDERS
+from rewards.diversity import pairwise_diversity
 from simulation.benchmarks import build
 from simulation.benchmarks.cli import compose_config
 from simulation.benchmarks.protocols import get_protocol
 from simulation.benchmarks.units import observation_from_scene
 from simulation.protocols import Observation
 from training.masked_planners import masked_planner
+
+#: NAVSIM v1 sub-metrics reported per row (short name -> scorer column).
+SUB_METRICS = {
+    "NC": "no_at_fault_collisions",
+    "DAC": "drivable_area_compliance",
+    "TTC": "time_to_collision_within_bound",
+    "EP": "ego_progress",
+    "C": "comfort",
+}
 
 
 @dataclass
@@ -118,8 +131,12 @@ def run_order(
             row = {"token": case.token, "order": order, "reflect": reflect, "latency_ms": latency * 1e3}
             row["cpu_ms"] = cpu * 1e3
             for version, scorer in scorers.items():
-                row[version] = float(scorer.score(case.caches[version], plan[None])["score"][0])
+                scores = scorer.score(case.caches[version], plan[None])
+                row[version] = float(scores["score"][0])
+                if version == "v1":
+                    row.update({short: float(scores[name][0]) for short, name in SUB_METRICS.items()})
             row["diversity_m"] = endpoint_diversity(planner.last_candidates)
+            row["div"] = float(pairwise_diversity(planner.last_candidates))
             row["top_unsafe"] = bool(record.unsafe is not None and record.unsafe[0] > 0)
             row["changed"] = bool(not np.array_equal(plan, record.candidates[0]))
             row["fell_back"] = record.fell_back
@@ -144,7 +161,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "latency_ms": float(lat.mean()),
                 "latency_median_ms": float(np.median(lat)),
                 "cpu_ms": float(np.mean([r["cpu_ms"] for r in sel])),
+                **{short: float(np.mean([r[short] for r in sel])) for short in SUB_METRICS},
                 "diversity_m": float(np.mean([r["diversity_m"] for r in sel])),
+                "div": float(np.mean([r["div"] for r in sel])),
                 "top_unsafe": float(np.mean([r["top_unsafe"] for r in sel])),
                 "changed": float(np.mean([r["changed"] for r in sel])),
                 "fell_back": float(np.mean([r["fell_back"] for r in sel])),
@@ -154,13 +173,15 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_report(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> None:
-    head = f"{'order':<16}{'reflect':<9}{'PDMS':>7}{'EPDMS':>7}{'ms/plan':>9}{'median':>8}{'cpu ms':>8}{'div(m)':>8}"
+    head = f"{'order':<16}{'reflect':<9}{'PDMS':>7}{'EPDMS':>7}" + "".join(f"{k:>6}" for k in SUB_METRICS)
+    head += f"{'ms/plan':>9}{'median':>8}{'cpu ms':>8}{'div(m)':>8}{'Div':>6}"
     print(head + f"{'top unsafe':>11}{'changed':>9}{'fallback':>9}")
     for s in summary:
         print(
             f"{s['order']:<16}{'yes' if s['reflect'] else 'no':<9}{s['PDMS']:>7.4f}{s['EPDMS']:>7.4f}"
-            f"{s['latency_ms']:>9.1f}{s['latency_median_ms']:>8.1f}{s['cpu_ms']:>8.1f}{s['diversity_m']:>8.2f}"
-            f"{s['top_unsafe']:>11.1%}{s['changed']:>9.1%}{s['fell_back']:>9.1%}"
+            + "".join(f"{100 * s[k]:>6.1f}" for k in SUB_METRICS)
+            + f"{s['latency_ms']:>9.1f}{s['latency_median_ms']:>8.1f}{s['cpu_ms']:>8.1f}{s['diversity_m']:>8.2f}"
+            f"{100 * s['div']:>6.1f}{s['top_unsafe']:>11.1%}{s['changed']:>9.1%}{s['fell_back']:>9.1%}"
         )
     by = {(s["order"], s["reflect"]): s for s in summary}
     for order in dict.fromkeys(s["order"] for s in summary):

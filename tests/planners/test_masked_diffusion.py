@@ -268,3 +268,21 @@ def test_codebook_mismatch_with_the_weights_is_an_error(caplog: pytest.LogCaptur
 def test_unknown_order_in_generate_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"unknown decoding order 'zigzag'; choose one of"):
         _planner().generate(_features(b=1), order="zigzag")
+
+
+def test_classifier_free_guidance_by_hand() -> None:
+    """Guided logits = uncond + (1 + s) (cond - uncond), the unconditional pass reading the learnt null condition."""
+    planner = _planner()
+    with torch.no_grad():
+        planner.null_condition.normal_()
+        memory, pad = planner.encode(_features(b=1))
+        tokens = torch.full((1, 16), planner.tokenizer.mask_id)
+        cond = planner.logits(tokens, memory, pad)
+        uncond = planner.logits(tokens, planner.null_condition, torch.zeros(1, 1, dtype=torch.bool))
+        guided = planner._guided_logits(tokens, memory, pad, 2.0)
+        legal = planner.legal
+        torch.testing.assert_close(guided[0][legal], (uncond + 3.0 * (cond - uncond))[0][legal])
+        assert bool(torch.isinf(guided[0][~legal]).all())
+        torch.testing.assert_close(planner._guided_logits(tokens, memory, pad, 0.0), cond)
+        out = planner.generate({}, context=(memory, pad), cfg_scale=2.0, num_steps=4)
+    assert not bool((out == planner.tokenizer.mask_id).any())
