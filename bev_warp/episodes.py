@@ -220,7 +220,9 @@ def build_episodes(
         if raster is not None:
             frames = ci + np.arange(0, n, fpp)
             steps = (t_max - 1) // fpp + 1
-            obs.append(_pad_time(planning_rasters(scene, map_api, frames, raster), steps))
+            rasters = _pad_time(planning_rasters(scene, map_api, frames, raster), steps)
+            # encode episode by episode: one batch of every episode's rasters would not fit in memory
+            obs.append(rasters if encoder is None else _encode(rasters, encoder, device, observation_dtype))
     return EpisodeBatch(
         tokens=tuple(s.token for s in scenes),
         log_dt=log_dt,
@@ -247,16 +249,26 @@ def _pad_grids(grids: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _encode(
+    rasters: np.ndarray,
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """Encoder features ``(S, C', H', W')`` of one episode's rasters ``(S, C, H, W)``, ``chunk`` frames at a time."""
+    frames = torch.as_tensor(rasters, device=device)
+    with torch.no_grad():
+        return torch.cat([encoder(frames[i : i + chunk]).to(dtype) for i in range(0, len(frames), chunk)])
+
+
 def _observations(
-    obs: list[np.ndarray],
+    obs: Sequence[np.ndarray | torch.Tensor],
     encoder: Callable[[torch.Tensor], torch.Tensor] | None,
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    rasters = torch.as_tensor(np.stack(obs), device=device)  # (B, S + 1, C, H, W)
-    if encoder is None:
-        return rasters.to(dtype)
-    b, s = rasters.shape[:2]
-    with torch.no_grad():
-        feats = encoder(rasters.flatten(0, 1))
-    return feats.reshape(b, s, *feats.shape[1:]).to(dtype)
+    """``(B, S + 1, ...)`` observations: the rasters, or the features :func:`_encode` made of them."""
+    if encoder is not None:
+        return torch.stack([torch.as_tensor(o) for o in obs]).to(device)
+    return torch.as_tensor(np.stack(obs), device=device).to(dtype)  # (B, S + 1, C, H, W)
