@@ -34,7 +34,9 @@ def planners() -> dict[str, torch.nn.Module]:
     anchors = torch.randn(20, 8, 2) * 10
     return {
         "ego_mlp": EgoStatusMLP(),
-        "vanilla_diffusion_20": TruncatedDiffusionPlanner(TruncatedDiffusionConfig(truncated=False), anchors),
+        "vanilla_diffusion_20": TruncatedDiffusionPlanner(
+            TruncatedDiffusionConfig(truncated=False, absolute_output=True), anchors
+        ),
         "truncated_diffusion_2": TruncatedDiffusionPlanner(TruncatedDiffusionConfig(), anchors),
         "masked_diffusion_8": MaskedDiffusionPlanner(MaskedDiffusionConfig(num_steps=8)),
     }

@@ -5,7 +5,8 @@ decoder predicts, for every noisy anchor, a classification logit and a clean tra
 added to the noisy waypoints). The anchor nearest the ground truth is the positive: focal loss on the
 logits, L1 on its trajectory. Inference noises the anchors to ``t = 8`` and runs two DDIM steps; the
 output is the best-scored candidate of the last call. With ``truncated=False`` the same network is
-the vanilla baseline: it denoises pure noise with 20 DDIM steps.
+the vanilla baseline: it denoises pure noise with 20 DDIM steps (its shipped config regresses the clean
+waypoints directly, ``absolute_output``: an offset from a pure-noise waypoint is not learnable).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class TruncatedDiffusionConfig:
     num_inference_steps: int = 2
     truncated: bool = True
     vanilla_steps: int = 20
+    absolute_output: bool = False
     cls_weight: float = 10.0
     reg_weight: float = 8.0
     focal_gamma: float = 2.0
@@ -55,9 +57,18 @@ class TruncatedDiffusionConfig:
 class CascadeLayer(nn.Module):
     """One decoder layer: BEV sampling at the waypoints, attention to agents + ego, FFN, time FiLM, heads."""
 
-    def __init__(self, d: int, heads: int, bev_extent: tuple[float, float, float, float]) -> None:
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        bev_extent: tuple[float, float, float, float],
+        output_frame: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    ) -> None:
         super().__init__()
         self.bev_extent = bev_extent
+        #: ``None``: waypoints = input points + regressed offsets (DiffusionDrive); else ``(x_range, y_range)``
+        #: and the head regresses the waypoints themselves, normalised to ``[-1, 1]`` over those ranges.
+        self.output_frame = output_frame
         self.bev_proj = nn.Conv2d(d, d, 3, padding=1)
         self.point_weights = nn.Linear(d, NUM_POSES)
         self.bev_out = nn.Linear(d, d)
@@ -102,7 +113,13 @@ class CascadeLayer(nn.Module):
         scale, shift = self.film(time_emb).unsqueeze(1).chunk(2, dim=-1)
         query = query * (1.0 + scale) + shift
         reg = self.reg_head(query).reshape(query.shape[0], query.shape[1], NUM_POSES, 3)
-        xy = points + reg[..., :2]
+        if self.output_frame is None:
+            xy = points + reg[..., :2]
+        else:
+            (x_lo, x_hi), (y_lo, y_hi) = self.output_frame
+            xy = torch.stack(
+                [(reg[..., 0] + 1.0) / 2.0 * (x_hi - x_lo) + x_lo, (reg[..., 1] + 1.0) / 2.0 * (y_hi - y_lo) + y_lo], -1
+            )
         heading = torch.tanh(reg[..., 2:]) * torch.pi
         return query, torch.cat([xy, heading], dim=-1), self.cls_head(query).squeeze(-1)
 
@@ -151,7 +168,15 @@ class TruncatedDiffusionPlanner(nn.Module):
         self.traj_embed = nn.Sequential(nn.Linear(NUM_POSES * 2 * 32, d), nn.ReLU(), nn.LayerNorm(d), nn.Linear(d, d))
         self.time_embed = nn.Sequential(nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
         self.layers = nn.ModuleList(
-            [CascadeLayer(d, config.num_heads, config.bev_extent) for _ in range(config.num_layers)]
+            [
+                CascadeLayer(
+                    d,
+                    config.num_heads,
+                    config.bev_extent,
+                    (config.x_range, config.y_range) if config.absolute_output else None,
+                )
+                for _ in range(config.num_layers)
+            ]
         )
         self.register_buffer("anchors", anchors.float())
         self.register_buffer("anchors_ready", torch.tensor(ready))
