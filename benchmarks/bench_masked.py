@@ -7,7 +7,11 @@ latency ratio reflection / no reflection is measured under the same machine load
 (order, reflection) with PDMS, EPDMS, the PDMS sub-metrics (NC, DAC, TTC, EP, C, in %), latency, endpoint
 spread of the goal candidates (``div(m)``, mean pairwise endpoint distance) and their mode diversity (``Div``,
 :func:`rewards.diversity.pairwise_diversity` x 100, as the NAVSIM rows of ``diffplan bench``), and, per
-order, the latency ratio and the PDMS / EPDMS deltas.
+order, the latency ratio and the PDMS / EPDMS deltas. Reflection columns (shares of scenes): ``top unsafe`` the
+most likely candidate failed the safety check, ``changed`` the plan differs from it, ``other`` another goal
+candidate passed and was taken, ``repaired`` a candidate repaired by anchor search + inpainting was taken,
+``fallback`` nothing passed (the safest trajectory seen was taken); ``rounds`` anchor-and-inpaint rounds per
+scene.
 
     .venv/bin/python benchmarks/bench_masked.py --ckpt /tmp/maskedE/.../last.ckpt --data-root /tmp/demo1/data \\
         --maps-root /tmp/demo1/data/maps --split synth_test --frame-interval 8 \\
@@ -140,6 +144,8 @@ def run_order(
             row["top_unsafe"] = bool(record.unsafe is not None and record.unsafe[0] > 0)
             row["changed"] = bool(not np.array_equal(plan, record.candidates[0]))
             row["fell_back"] = record.fell_back
+            row["chosen"] = record.chosen  # -1: a repaired candidate; > 0: another candidate that passed the check
+            row["rounds"] = sum(r.iterations for r in record.reflections)
             rows.append(row)
     return rows
 
@@ -167,6 +173,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "top_unsafe": float(np.mean([r["top_unsafe"] for r in sel])),
                 "changed": float(np.mean([r["changed"] for r in sel])),
                 "fell_back": float(np.mean([r["fell_back"] for r in sel])),
+                "other": float(np.mean([r["chosen"] > 0 for r in sel])),
+                "repaired": float(np.mean([r["chosen"] == -1 for r in sel])),
+                "rounds": float(np.mean([r["rounds"] for r in sel])),
             }
         )
     return out
@@ -175,13 +184,14 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_report(summary: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> None:
     head = f"{'order':<16}{'reflect':<9}{'PDMS':>7}{'EPDMS':>7}" + "".join(f"{k:>6}" for k in SUB_METRICS)
     head += f"{'ms/plan':>9}{'median':>8}{'cpu ms':>8}{'div(m)':>8}{'Div':>6}"
-    print(head + f"{'top unsafe':>11}{'changed':>9}{'fallback':>9}")
+    print(head + f"{'top unsafe':>11}{'changed':>9}{'other':>7}{'repaired':>9}{'fallback':>9}{'rounds':>7}")
     for s in summary:
         print(
             f"{s['order']:<16}{'yes' if s['reflect'] else 'no':<9}{s['PDMS']:>7.4f}{s['EPDMS']:>7.4f}"
             + "".join(f"{100 * s[k]:>6.1f}" for k in SUB_METRICS)
             + f"{s['latency_ms']:>9.1f}{s['latency_median_ms']:>8.1f}{s['cpu_ms']:>8.1f}{s['diversity_m']:>8.2f}"
-            f"{100 * s['div']:>6.1f}{s['top_unsafe']:>11.1%}{s['changed']:>9.1%}{s['fell_back']:>9.1%}"
+            f"{100 * s['div']:>6.1f}{s['top_unsafe']:>11.1%}{s['changed']:>9.1%}{s['other']:>7.1%}"
+            f"{s['repaired']:>9.1%}{s['fell_back']:>9.1%}{s['rounds']:>7.2f}"
         )
     by = {(s["order"], s["reflect"]): s for s in summary}
     for order in dict.fromkeys(s["order"] for s in summary):
