@@ -11,7 +11,9 @@ Per observation:
    *safe* candidate is returned when there is one, otherwise the candidates are repaired by
    :func:`planners.reflection.reflect`, most likely first, until one is safe; if none becomes safe, the safest
    trajectory seen (fewest unsafe waypoints) is returned. With ``track``, candidates are judged by the motion
-   the scorer's controller drives from them (LQR tracker + bicycle model, 10 Hz) instead of their waypoints.
+   the scorer's controller drives from them (LQR tracker + bicycle model, 10 Hz) instead of their waypoints,
+   and so is every decision inside reflection (earliest unsafe waypoint, anchor pairs, keeping an inpainting):
+   :meth:`MaskedClosedLoopPlanner.waypoint_safety` folds the tracked 10 Hz steps onto the 8 waypoints.
 
 :attr:`MaskedClosedLoopPlanner.last_candidates` and :attr:`MaskedClosedLoopPlanner.last_record` keep the
 last plan's candidates and what reflection did, for plots and logs.
