@@ -118,6 +118,7 @@ def run_order(
             max_reflections=args.max_reflections,
             max_iterations=args.max_iterations,
             radius=args.radius,
+            patience=args.patience,
             track=args.track,
             **common,
         ),
@@ -237,6 +238,7 @@ def main() -> None:
     parser.add_argument("--max-reflections", type=int, default=1)
     parser.add_argument("--max-iterations", type=int, default=10, help="reflection rounds per candidate")
     parser.add_argument("--radius", type=int, default=10, help="anchor search radius (tokens, Manhattan)")
+    parser.add_argument("--patience", type=int, default=3, help="rounds without progress before giving up (0: off)")
     parser.add_argument("--track", action="store_true", help="reflection judges the tracked motion (10 Hz)")
     parser.add_argument("--max-scenes", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -244,6 +246,7 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.patience = args.patience or None
     planner = masked_planner(args.ckpt)
     args.raster = planner.raster
     cases, scorers = load_cases(args)

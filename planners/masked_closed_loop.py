@@ -145,8 +145,8 @@ class MaskedClosedLoopPlanner:
         raster: the raster the model was trained on.
         name: the planner's name in result tables.
         max_reflections: candidates sent to reflection at most (most likely first) when none is safe.
-        max_iterations, radius: reflection budget and anchor search radius (tokens), see
-            :func:`planners.reflection.reflect`.
+        max_iterations, radius, patience: reflection budget, anchor search radius (tokens) and the rounds
+            without progress after which a repair is given up, see :func:`planners.reflection.reflect`.
         check_drivable: the safety check includes the drivable area (else agents only).
         track: judge candidates (and the repaired plan) by the motion a controller would drive (LQR tracker +
             bicycle model at 10 Hz, as the scorer simulates it) rather than by the planned waypoints; catches
@@ -167,6 +167,7 @@ class MaskedClosedLoopPlanner:
         max_reflections: int = 1,
         max_iterations: int = 10,
         radius: int = 10,
+        patience: int | None = 3,
         check_drivable: bool = True,
         track: bool = False,
     ) -> None:
@@ -180,7 +181,7 @@ class MaskedClosedLoopPlanner:
         self.raster = raster
         self.name = name or f"masked_{order}" + ("_reflect" if reflect else "")
         self.max_reflections, self.max_iterations, self.radius = max_reflections, max_iterations, radius
-        self.check_drivable, self.track = check_drivable, track
+        self.check_drivable, self.track, self.patience = check_drivable, track, patience
         self.last_candidates: np.ndarray | None = None
         self.last_record: MaskedPlanRecord | None = None
 
@@ -253,6 +254,7 @@ class MaskedClosedLoopPlanner:
                 num_steps=self.steps,
                 order=self.order,
                 safety=lambda poses: self.waypoint_safety(observation, checker, poses),
+                patience=self.patience,
             )
             record.reflections.append(rec)
             repaired = headings_from_xy(self.model.tokenizer.decode(fixed)).double().numpy()

@@ -224,6 +224,7 @@ def reflect(
     num_steps: int | None = None,
     order: str | None = None,
     safety: SafetyFn | None = None,
+    patience: int | None = None,
 ) -> tuple[torch.Tensor, ReflectionRecord]:
     """Repair one token sequence ``(16,)`` of a single scene (``features`` with batch size 1).
 
@@ -236,10 +237,14 @@ def reflect(
 
     ``safety`` lets the caller judge whole trajectories differently from the waypoint check (e.g. by the
     motion a controller drives from them, see :class:`planners.masked_closed_loop.MaskedClosedLoopPlanner`);
-    every acceptance decision uses it. ``context``: the scene memory of ``model.encode(features)`` when the
-    caller already has it (batch 1); ``num_steps`` / ``order``: unmasking steps (at most the number of re-masked
-    tokens) and decoding order of the inpainting (default: the model's).
+    every acceptance decision uses it. ``patience``: stop early after that many rounds in a row that do not
+    lower the fewest unsafe waypoints seen (``None``: run up to ``max_iterations``). ``context``: the scene
+    memory of ``model.encode(features)`` when the caller already has it (batch 1); ``num_steps`` / ``order``:
+    unmasking steps (at most the number of re-masked tokens) and decoding order of the inpainting (default:
+    the model's).
     """
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 or None (got {patience})")
     if max_iterations < 0 or radius < 0 or remask_span < 0:
         raise ValueError(
             f"max_iterations, radius and remask_span must be >= 0 (got {max_iterations}, {radius}, {remask_span})"
@@ -255,8 +260,9 @@ def reflect(
     flags = check(_poses(model, current)[None])[0]
     record.initially_safe = bool(flags.all())
     best, best_unsafe = current.copy(), int((~flags).sum())
+    stale = 0
     for _ in range(max_iterations):
-        if flags.all():
+        if flags.all() or (patience is not None and stale >= patience):
             break
         unsafe_before = int((~flags).sum())
         k = int(np.argmax(~flags))
@@ -288,7 +294,9 @@ def reflect(
         flags = check(_poses(model, current)[None])[0]
         unsafe_after = int((~flags).sum())
         if unsafe_after < best_unsafe:
-            best, best_unsafe = current.copy(), unsafe_after
+            best, best_unsafe, stale = current.copy(), unsafe_after, 0
+        else:
+            stale += 1
         record.anchors.append((k, before, after))  # type: ignore[arg-type]
         record.steps.append(
             ReflectionStep(

@@ -25,9 +25,9 @@ def masked_planner(
 ) -> MaskedClosedLoopPlanner:
     """A :class:`~planners.masked_closed_loop.MaskedClosedLoopPlanner` from a checkpoint of ``masked_il``.
 
-    ``reflection``: ``max_reflections``, ``max_iterations``, ``radius``, ``check_drivable``, ``track`` of the
-    planner. A checkpoint whose weights were trained on another codebook than its stored config names raises
-    :class:`~planners.tokenizer.TokenizerError` (naming the file).
+    ``reflection``: ``max_reflections``, ``max_iterations``, ``radius``, ``patience``, ``check_drivable``,
+    ``track`` of the planner. A checkpoint whose weights were trained on another codebook than its stored
+    config names raises :class:`~planners.tokenizer.TokenizerError` (naming the file).
     """
     try:
         model = load_planner(ckpt_path, expect_class="MaskedDiffusionPlanner")

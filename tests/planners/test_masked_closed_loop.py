@@ -179,6 +179,7 @@ def test_bench_configs_compose_and_build_the_planner(tmp_path: Path, observation
         planner = instantiate_planner(OmegaConf.to_container(given.planner, resolve=True))  # type: ignore[arg-type]
         assert isinstance(planner, MaskedClosedLoopPlanner)
         assert planner.reflect is reflect and planner.track is reflect and planner.order == "causal"
+        assert planner.max_iterations == 10 and planner.radius == 10 and planner.patience == 3
         assert planner.raster == RASTER
         assert planner.plan(observation).poses.shape == (8, 3)
 

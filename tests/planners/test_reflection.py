@@ -138,6 +138,19 @@ def test_unrepairable_trajectory_falls_back_to_the_safest_seen() -> None:
     assert min(s.unsafe_after for s in record.steps) >= (~_safe(checker, model, fixed)).sum()
 
 
+def test_patience_stops_rounds_without_progress() -> None:
+    model, feats = _interpolating(), _features()
+    checker = SafetyChecker(np.array([[14.0, 0.0, 0.0, 0.0, 0.0, 1.0, 16.0]]), ROAD)  # the wall again
+    tokens = model.tokenizer.encode(_straight())
+    _, full = reflect(model, feats, tokens, checker)
+    _, patient = reflect(model, feats, tokens, checker, patience=2)
+    assert full.iterations == 10 and patient.iterations == 2 and patient.fell_back
+    with pytest.raises(ValueError, match="patience"):
+        reflect(model, feats, tokens, checker, patience=0)
+    _, fixed = reflect(model, feats, tokens, SafetyChecker(CAR, ROAD), patience=1)  # progress every round
+    assert fixed.finally_safe and not fixed.fell_back
+
+
 def test_local_anchor_by_hand() -> None:
     """Waypoint 3 pushed 0.5 m to the side of a straight plan, nothing around: continuity pulls it back."""
     model = _interpolating()
