@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -42,20 +43,28 @@ def planners() -> dict[str, torch.nn.Module]:
     }
 
 
-def timeit(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Median seconds per call after two warm-up calls."""
+class Timing(NamedTuple):
+    """Median seconds per call: wall clock, and CPU time of this process (less sensitive to other jobs)."""
+
+    wall: float
+    cpu: float
+
+
+def timeit(fn: Callable[[], object], repeats: int, device: str) -> Timing:
+    """Median wall and CPU seconds per call after two warm-up calls."""
     for _ in range(2):
         fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return Timing(sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2])
 
 
 def bench_one(name: str, model: torch.nn.Module, repeats: int, device: str, tmp: Path) -> list[tuple]:
@@ -104,21 +113,29 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 = the single-core figures)")
+    parser.add_argument("--planners", nargs="+", help="only these (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows: list[tuple] = []
     models = planners()
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
-            rows.extend(bench_one(name, model, args.repeats, args.device, Path(tmp)))
+            if args.planners is None or name in args.planners:
+                rows.extend(bench_one(name, model, args.repeats, args.device, Path(tmp)))
     rows.extend(bench_samplers(models, args.repeats, args.device))
     print(f"device={args.device} threads={args.threads} raster={BEV}")
-    print(f"{'planner':<24}{'format':<13}{'batch':>6}{'ms/call':>10}{'scenes/s':>11}")
-    for name, fmt, batch, sec in rows:
-        print(f"{name:<24}{fmt:<13}{batch:>6}{sec * 1e3:>10.2f}{batch / sec:>11.1f}")
-    lookup = {(n, f, b): s for n, f, b, s in rows}
+    print(f"{'planner':<24}{'format':<13}{'batch':>6}{'ms/call':>10}{'cpu ms':>10}{'scenes/s':>11}")
+    for name, fmt, batch, t in rows:
+        print(f"{name:<24}{fmt:<13}{batch:>6}{t.wall * 1e3:>10.2f}{t.cpu * 1e3:>10.2f}{batch / t.wall:>11.1f}")
+    lookup = {(n, f, b): t.wall for n, f, b, t in rows}
     for fmt in ("sampler", "eager", "torchscript"):
         for batch in (1, 64):
+            if ("vanilla_diffusion_20", fmt, batch) not in lookup or (
+                "truncated_diffusion_2",
+                fmt,
+                batch,
+            ) not in lookup:
+                continue
             ratio = lookup[("vanilla_diffusion_20", fmt, batch)] / lookup[("truncated_diffusion_2", fmt, batch)]
             print(f"truncated (2 steps) vs vanilla (20 steps), {fmt}, batch {batch}: {ratio:.1f}x faster")
 
