@@ -87,28 +87,42 @@ class MaskedDiffusionPlanner(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, config.num_layers)
         self.head = nn.Linear(d, tok.vocab_size)
         self.register_buffer("legal", tok.position_vocab_mask(), persistent=False)
+        self.register_buffer("codebook", self._codebook_tensor())
 
     legal: torch.Tensor
+    codebook: torch.Tensor
 
     @classmethod
     def from_config_dict(cls, config: dict) -> MaskedDiffusionPlanner:
         return cls(MaskedDiffusionConfig(**config))
 
     # ------------------------------------------------------------------ codebook with the weights
-    def get_extra_state(self) -> dict:
-        """The codebook travels with the weights (``_extra_state`` of the state dict)."""
-        return {"codebook": self.config.codebook.to_dict()}
-
-    def set_extra_state(self, state: dict) -> None:
-        """Refuse weights trained on another codebook (same vocabulary size or not): they would decode wrongly."""
-        self.tokenizer.check_compatible(dict(state["codebook"]))
+    def _codebook_tensor(self) -> torch.Tensor:
+        c = self.config.codebook
+        values = [c.x_min, c.x_max, c.y_min, c.y_max, c.resolution, float(c.num_poses)]
+        return torch.tensor(values, dtype=torch.float64)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Weights saved before the codebook was stored with them (no ``_extra_state``) are taken to use this
-        # planner's codebook (logged), in a plain load_state_dict as in a Lightning resume.
-        if f"{prefix}_extra_state" not in state_dict:
+        """Refuse weights trained on another codebook (same vocabulary size or not): they would decode wrongly.
+
+        The codebook travels with the weights as the ``codebook`` buffer (``x_min, x_max, y_min, y_max,
+        resolution, num_poses``; a tensor, so TorchScript and ONNX exports carry it too). Weights saved before
+        it was stored are taken to use this planner's codebook (logged).
+        """
+        key = f"{prefix}codebook"
+        legacy = state_dict.pop(f"{prefix}_extra_state", None)  # an earlier layout: {"codebook": {...}}
+        if key not in state_dict and isinstance(legacy, dict) and "codebook" in legacy:
+            c = legacy["codebook"]
+            state_dict[key] = torch.tensor(
+                [c["x_min"], c["x_max"], c["y_min"], c["y_max"], c["resolution"], float(c["num_poses"])],
+                dtype=torch.float64,
+            )
+        if key not in state_dict:
             logger.warning("state dict without a stored codebook: assuming %s", self.config.codebook)
-            state_dict[f"{prefix}_extra_state"] = self.get_extra_state()
+            state_dict[key] = self._codebook_tensor()
+        stored = [float(v) for v in state_dict[key].tolist()]
+        names = ("x_min", "x_max", "y_min", "y_max", "resolution", "num_poses")
+        self.tokenizer.check_compatible({**dict(zip(names, stored, strict=True)), "num_poses": int(stored[5])})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ network

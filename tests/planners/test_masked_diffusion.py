@@ -253,13 +253,13 @@ def test_endpoint_goals_are_last_waypoint_tokens() -> None:
 def test_codebook_mismatch_with_the_weights_is_an_error(caplog: pytest.LogCaptureFixture) -> None:
     trained = _planner()
     state = trained.state_dict()
-    assert state["_extra_state"] == {"codebook": CodebookConfig().to_dict()}
+    assert state["codebook"].tolist() == [-5.0, 95.0, -40.0, 40.0, 0.1, 8.0]
     shifted = _planner(CodebookConfig(x_min=-4.0, x_max=96.0))  # same vocabulary size: would load silently
     assert shifted.tokenizer.vocab_size == trained.tokenizer.vocab_size
     with pytest.raises(TokenizerError, match="codebook mismatch"):
         shifted.load_state_dict(state)
     _planner().load_state_dict(state)  # the same codebook loads
-    older = {k: v for k, v in state.items() if k != "_extra_state"}  # saved before the codebook travelled along
+    older = {k: v for k, v in state.items() if k != "codebook"}  # saved before the codebook travelled along
     with caplog.at_level(logging.WARNING, logger="planners.masked_diffusion"):
         _planner().load_state_dict(older)
     assert "without a stored codebook" in caplog.text
