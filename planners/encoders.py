@@ -14,13 +14,15 @@ from planners.base import AGENT_FEATURES, EGO_STATUS_DIM
 class BEVEncoder(nn.Module):
     """timm CNN backbone over the raster, projected to ``d_model`` channels.
 
-    Input ``(B, C, H, W)``; output ``(B, d_model, H / 32, W / 32)`` feature map (stride of the last stage).
+    Input ``(B, C, H, W)``; output ``(B, d_model, H / s, W / s)`` feature map of the backbone stage ``stage``
+    (``-1``: the last one, stride ``s = 32``; ``-2``: the one before, ``s = 16``, a finer map for sampling at the
+    waypoints, and the last, most expensive stage is not built).
     """
 
-    def __init__(self, in_channels: int, d_model: int = 128, backbone: str = "resnet10t") -> None:
+    def __init__(self, in_channels: int, d_model: int = 128, backbone: str = "resnet10t", stage: int = -1) -> None:
         super().__init__()
         self.backbone = timm.create_model(
-            backbone, pretrained=False, in_chans=in_channels, features_only=True, out_indices=(-1,)
+            backbone, pretrained=False, in_chans=in_channels, features_only=True, out_indices=(stage,)
         )
         channels = int(self.backbone.feature_info.channels()[-1])  # type: ignore[union-attr,operator]
         self.proj = nn.Conv2d(channels, d_model, kernel_size=1)

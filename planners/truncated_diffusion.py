@@ -35,6 +35,7 @@ class TruncatedDiffusionConfig:
     num_heads: int = 4
     num_layers: int = 2
     backbone: str = "resnet10t"
+    backbone_stage: int = -1
     num_anchors: int = 20
     x_range: tuple[float, float] = (-2.0, 90.0)
     y_range: tuple[float, float] = (-30.0, 30.0)
@@ -162,7 +163,7 @@ class TruncatedDiffusionPlanner(nn.Module):
             raise ValueError(f"anchors must be ({config.num_anchors}, {NUM_POSES}, 2), got {tuple(anchors.shape)}")
         self.config = config
         d = config.d_model
-        self.bev_encoder = BEVEncoder(config.bev_channels, d, config.backbone)
+        self.bev_encoder = BEVEncoder(config.bev_channels, d, config.backbone, config.backbone_stage)
         self.agent_encoder = AgentEncoder(d)
         self.ego_encoder = EgoEncoder(d)
         self.traj_embed = nn.Sequential(nn.Linear(NUM_POSES * 2 * 32, d), nn.ReLU(), nn.LayerNorm(d), nn.Linear(d, d))

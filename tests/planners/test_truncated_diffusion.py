@@ -66,6 +66,17 @@ def test_sampling_shapes_and_fixed_noise_reproducible() -> None:
     assert planner.inference_timesteps == [8, 0]
 
 
+def test_backbone_stage_sets_the_bev_map_stride() -> None:
+    feats = _features()
+    with torch.no_grad():
+        for stage, side in ((-1, 2), (-2, 4)):  # 64 x 64 rasters: stride 32 and 16
+            planner = _planner(backbone_stage=stage).eval()
+            bev, _, _ = planner.encode(feats)
+            assert bev.shape == (2, 32, side, side)
+            assert planner(feats).trajectory.shape == (2, 8, 3)
+    assert not hasattr(_planner(backbone_stage=-2).bev_encoder.backbone, "layer4")  # the last stage is not built
+
+
 def test_nan_input_raises() -> None:
     planner = _planner().eval()
     feats = _features()
