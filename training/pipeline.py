@@ -33,6 +33,12 @@ LEARNED = {
     "truncated_il": ("navsim_v1", "navsim_v2", "nuplan_cls_nr"),
     "masked_il": ("navsim_v1", "navsim_v2"),
 }
+#: ``diffplan bench`` planner config of a learned planner (default ``learned``: the checkpoint's own sampler).
+BENCH_PLANNER = {"masked_il": "masked"}  # goal candidates, the most likely one driven (masked_reflect's baseline)
+#: Extra rows of a trained planner: label -> (training config, ``diffplan bench`` planner config, protocols).
+VARIANTS = {
+    "masked_il_reflect": ("masked_il", "masked_reflect", ("navsim_v1", "navsim_v2")),
+}
 
 #: Table columns per protocol: (column in the benchmark's average row, header).
 COLUMNS = {
@@ -163,8 +169,13 @@ class Pipeline:
     def learned(self) -> None:
         for name, protocols in LEARNED.items():
             ckpt = self.checkpoint(name)
+            planner = BENCH_PLANNER.get(name, "learned")
             for protocol in protocols:
-                self.bench("learned", protocol, f"planner.ckpt_path={ckpt}", f"planner.name={name}", label=name)
+                self.bench(planner, protocol, f"planner.ckpt_path={ckpt}", f"planner.name={name}", label=name)
+        for label, (name, planner, protocols) in VARIANTS.items():
+            ckpt = self.checkpoint(name)
+            for protocol in protocols:
+                self.bench(planner, protocol, f"planner.ckpt_path={ckpt}", f"planner.name={label}", label=label)
 
     def export(self) -> None:
         ckpt = self.checkpoint("truncated_il")
@@ -190,7 +201,7 @@ class Pipeline:
                 frame = pd.read_csv(details)
                 if "diversity" in frame and frame["diversity"].notna().any():
                     cells["Div"] = float(frame.loc[frame["valid"].astype(bool), "diversity"].mean())
-        order = [*RULE_BASED, *LEARNED, "truncated_il_torchscript"]
+        order = [*RULE_BASED, *LEARNED, *VARIANTS, "truncated_il_torchscript"]
         planners = sorted(by_planner, key=lambda p: (order.index(p) if p in order else len(order), p))
         headers = [*(h for p in PROTOCOLS for _, h in COLUMNS[p]), "Div"]
         lines = ["| planner | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
