@@ -9,6 +9,7 @@ and the result travels with the checkpoint (buffers), so resumed and loaded runs
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -31,7 +32,8 @@ class PlannerModule(pl.LightningModule):
         planner: the planner network (composed from YAML by the Lightning CLI with ``class_path``).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up steps before a cosine decay to ``min_lr`` over the run.
+        warmup_steps: linear warm-up steps before a cosine decay to ``min_lr`` over the run (at most a tenth
+            of the run's optimiser steps, so that a short run is not spent warming up).
         min_lr: final learning rate.
     """
 
@@ -106,14 +108,9 @@ class PlannerModule(pl.LightningModule):
         hp = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, floor = int(hp["warmup_steps"]), hp["min_lr"] / hp["lr"]
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
+        schedule = functools.partial(
+            lr_factor, warmup_steps=int(hp["warmup_steps"]), total_steps=total, floor=hp["min_lr"] / hp["lr"]
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -125,6 +122,18 @@ class PlannerModule(pl.LightningModule):
             "planner_config": config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
             "raster": getattr(self.planner, "raster_config", None),
         }
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, floor: float) -> float:
+    """Learning-rate multiplier at optimiser ``step``: linear warm-up, then a cosine decay to ``floor``.
+
+    The warm-up lasts ``warmup_steps``, but at most a tenth of ``total_steps``.
+    """
+    warmup = min(warmup_steps, total_steps // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class CheckpointError(ValueError):
