@@ -36,9 +36,9 @@ def planners() -> dict[str, torch.nn.Module]:
     return {
         "ego_mlp": EgoStatusMLP(),
         "vanilla_diffusion_20": TruncatedDiffusionPlanner(
-            TruncatedDiffusionConfig(truncated=False, absolute_output=True), anchors
+            TruncatedDiffusionConfig(truncated=False, absolute_output=True, backbone_stage=-2), anchors
         ),
-        "truncated_diffusion_2": TruncatedDiffusionPlanner(TruncatedDiffusionConfig(), anchors),
+        "truncated_diffusion_2": TruncatedDiffusionPlanner(TruncatedDiffusionConfig(backbone_stage=-2), anchors),
         "masked_diffusion_8": MaskedDiffusionPlanner(MaskedDiffusionConfig(num_steps=8)),
     }
 
