@@ -9,26 +9,38 @@ from scipy.signal import savgol_filter
 
 from simulation.datasets.synthetic.generator import LogSpec, ego_states, make_town, record_to_log
 from simulation.datasets.synthetic.tags import SCENARIO_TYPES, TAG_STRIDE
-from simulation.datasets.synthetic.world import DriveConfig, simulate_drive
+from simulation.datasets.synthetic.world import DriveConfig, _blockers, _ego_start, simulate_drive
 from simulation.geometry import agent_box_corners, boxes_overlap, ego_box_corners, project_on_polyline
 from simulation.types import PACIFICA, StateIndex, TrackedObjectType
 
 SEED = 11
 
 
-def _spec(index: int, density: float) -> LogSpec:
-    warmup = 1.0 if index == 2 else 6.0  # log 2: the lane change around a stopped van happens early
+def _spec(index: int, density: float, warmup: float = 6.0) -> LogSpec:
     drive = DriveConfig(duration_s=20.0, warmup_s=warmup, vehicles_per_km=density, pedestrian_density=1.0)
     return LogSpec(f"test_{index}", index, 0, "synth_train", SEED, drive)
 
 
+def _blocked_start(town, index: int) -> int:
+    """The lane of a stopped van the ego of log ``index`` starts behind (the first draws of
+    :func:`simulate_drive`), or -1."""
+    rng = np.random.default_rng(np.random.SeedSequence([SEED, 3, index]))
+    blocked = frozenset(_blockers(town, rng))
+    lane, _ = _ego_start(town, rng, blocked)
+    return lane if lane in blocked else -1
+
+
 @pytest.fixture(scope="module")
 def drives():
+    """Three drives; the third starts the ego behind a stopped van (the first such log index), with a short
+    warm-up so that the lane change around it happens in the log."""
     town = make_town(SEED, 0)
+    passing = next(i for i in range(2, 200) if _blocked_start(town, i) >= 0)
     out = []
-    for index, density in ((0, 40.0), (1, 25.0), (2, 15.0)):
+    for index, density, warmup in ((0, 40.0, 6.0), (1, 25.0, 6.0), (passing, 15.0, 1.0)):
         rng = np.random.default_rng(np.random.SeedSequence([SEED, 3, index]))
-        out.append((_spec(index, density), simulate_drive(town, _spec(index, density).drive, rng)))
+        spec = _spec(index, density, warmup)
+        out.append((spec, simulate_drive(town, spec.drive, rng)))
     return town, out
 
 
@@ -130,12 +142,12 @@ def test_same_seed_same_drive(drives):
 
 
 def test_expert_passes_a_stopped_vehicle_by_changing_lanes(drives):
-    """Log 2 (seed 11) starts the ego behind a stopped van in the rightmost lane: it changes lanes and passes."""
+    """The third log starts the ego behind a stopped van in the rightmost lane: it changes lanes and passes."""
     town, runs = drives
     spec, rec = runs[2]
     van = rec.boxes[0, rec.valid[0] & (rec.heights == 2.2) & (np.linalg.norm(rec.boxes[0, :, 3:5], axis=1) == 0)]
     assert len(van) >= 1
-    lane = town.paths[1051]
+    lane = town.paths[_blocked_start(town, spec.index)]
     assert any(town.paths[f.segment].roadblock == lane.roadblock for f in rec.ego_frames[:5])
     assert any(f.changing_lane for f in rec.ego_frames)
     # the ego ends up past the van along its lane

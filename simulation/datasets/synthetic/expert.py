@@ -88,7 +88,7 @@ class EgoDriver:
     def __post_init__(self) -> None:
         r = self.rng
         self.params = IDMParams(
-            v_factor=np.array([r.uniform(0.88, 0.98)]),
+            v_factor=np.array([r.uniform(0.93, 1.0)]),
             a=np.array([r.uniform(1.0, 1.4)]),
             b=np.array([r.uniform(1.5, 2.0)]),
             headway=np.array([r.uniform(1.4, 1.9)]),
@@ -122,7 +122,7 @@ class EgoDriver:
                 for c in self.town.paths[q].outgoing
                 if self.town.paths[c].turn_type != TurnType.UTURN
             ]
-            w = np.array([1.5 if t == TurnType.STRAIGHT else 1.0 for t, _ in opts])
+            w = np.array([0.8 if t == TurnType.STRAIGHT else 1.0 for t, _ in opts])
             turn, idx = opts[int(self.rng.choice(len(opts), p=w / w.sum()))]
             self.turn[rb.fid], self.target[rb.fid] = int(turn), int(idx)
         return self._connector_for(lane_fid)

@@ -45,9 +45,13 @@ def town_config(seed: int, town_index: int) -> TownConfig:
     """Randomised town parameters (grid size, spacing, bends) of town ``town_index``."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0, town_index]))
     grid = (int(rng.integers(3, 5)), int(rng.integers(3, 5)))
-    lo = float(rng.uniform(110.0, 140.0))
+    lo = float(rng.uniform(90.0, 120.0))
     return TownConfig(
-        grid=grid, spacing=(lo, lo + 50.0), jitter=float(rng.uniform(4.0, 12.0)), bend=float(rng.uniform(0.0, 0.14))
+        grid=grid,
+        spacing=(lo, lo + 50.0),
+        jitter=float(rng.uniform(4.0, 12.0)),
+        bend=float(rng.uniform(0.15, 0.3)),
+        wiggle=float(rng.uniform(0.08, 0.14) * lo),
     )
 
 
@@ -75,11 +79,11 @@ def plan_logs(
         town = i % num_towns
         if disjoint_test and num_towns > 1:
             town = num_towns - 1 if split == SPLITS[2] else i % (num_towns - 1)
-        density = float(rng.choice([4.0, 12.0, 20.0, 28.0, 38.0], p=[0.1, 0.2, 0.3, 0.25, 0.15]))
+        density = float(rng.choice([4.0, 12.0, 20.0, 28.0, 38.0], p=[0.15, 0.25, 0.3, 0.2, 0.1]))
         drive = DriveConfig(
             duration_s=duration_s,
             vehicles_per_km=density,
-            pedestrian_density=float(rng.uniform(0.2, 1.0)),
+            pedestrian_density=float(rng.uniform(1.0, 3.0)),
             parked_share=float(rng.uniform(0.05, 0.3)),
         )
         specs.append(LogSpec(f"synth-{seed}_{location_name(town)}_{i:05d}", i, town, split, seed, drive))
@@ -88,7 +92,13 @@ def plan_logs(
 
 def _tokens(prefix: int, kind: int, n: int) -> np.ndarray:
     """``(n,)`` unique 16-hex-char tokens ``<prefix:8><kind:2><index:6>``."""
-    return np.array([f"{prefix:08x}{kind:02x}{i:06x}" for i in range(n)], dtype="<U16")
+    head = np.frombuffer(f"{prefix:08x}{kind:02x}".encode(), dtype="S1")
+    digits = (np.arange(n, dtype=np.int64)[:, None] >> (4 * np.arange(5, -1, -1))[None, :]) & 15
+    chars = np.concatenate([np.broadcast_to(head, (n, 10)), _HEX[digits]], 1)
+    return np.ascontiguousarray(chars).view("S16").ravel().astype("<U16")
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype="S1")
 
 
 def ego_states(record: DriveRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,6 +24,8 @@ from shapely.geometry import LineString, Polygon
 from simulation.datasets.synthetic.geometry2d import hermite_turn, offset, resample, strip_polygon, unit
 from simulation.geometry import polyline_lengths
 
+#: A road's middle shifts sideways by at most this times its squared length (m): curvature about 8 times it.
+ROAD_SHIFT_PER_M2 = 0.0004
 #: Share of three-arm junctions with traffic lights.
 SIGNALLED_T_SHARE = 0.35
 #: The intersection polygon reaches this far beyond the outermost connectors and lanes (kerb-to-kerb area) ...
@@ -57,6 +59,8 @@ class TownConfig:
         max_lanes: most lanes per direction (1-3).
         speed_limit: ``(min, max)`` speed limit, m/s.
         bend: largest bend of a road at its ends, radians (0 = straight roads).
+        wiggle: largest sideways shift of a road's middle from the line between its ends, metres (curves
+            along the road; 0 = none).
     """
 
     grid: tuple[int, int] = (3, 3)
@@ -66,6 +70,7 @@ class TownConfig:
     max_lanes: int = 3
     speed_limit: tuple[float, float] = (8.0, 20.0)
     bend: float = 0.12
+    wiggle: float = 0.0
 
     def validate(self) -> None:
         if min(self.grid) < 2 or max(self.grid) > 12:
@@ -80,6 +85,8 @@ class TownConfig:
             raise NetworkConfigError(f"spacing {self.spacing}: need 80 <= min <= max metres")
         if not 0.0 <= self.jitter <= 0.15 * self.spacing[0] or not 0.0 <= self.bend <= 0.3:
             raise NetworkConfigError(f"jitter {self.jitter} / bend {self.bend} out of range")
+        if not 0.0 <= self.wiggle <= 0.15 * self.spacing[0]:
+            raise NetworkConfigError(f"wiggle {self.wiggle}: need 0 <= wiggle <= 0.15 * min spacing")
 
 
 @dataclass
@@ -272,15 +279,18 @@ def build_town(config: TownConfig, rng: np.random.Generator) -> Town:
         chord = nodes[v] - nodes[u]
         h = float(np.arctan2(chord[1], chord[0]))
         b = float(rng.uniform(-config.bend, config.bend))
+        # the far end bends independently: C-shaped roads and S-shaped ones
+        b_v = float(rng.uniform(-config.bend, config.bend))
         arms[u].append(_Arm(u, st, h + b))
-        arms[v].append(_Arm(v, st, h - b + np.pi))
+        arms[v].append(_Arm(v, st, h - b_v + np.pi))
         edge_dirs.append((len(arms[u]) - 1, len(arms[v]) - 1))
     radius = {}
     for v, a in arms.items():
         hw = [lanes[x.street] * width[x.street] + shoulder[x.street] for x in a]
         radius[v] = _junction_radius([x.direction for x in a], hw)
     for (u, v, st), (iu, iv) in zip(edges, edge_dirs):
-        _build_road(town, fids, nodes, arms[u][iu], arms[v][iv], radius, st, lanes, width, speed, shoulder, rng)
+        shift = float(rng.uniform(-config.wiggle, config.wiggle))
+        _build_road(town, fids, nodes, arms[u][iu], arms[v][iv], radius, st, lanes, width, speed, shoulder, rng, shift)
     for v, a in arms.items():
         _build_junction(town, fids, nodes[v], a, lanes, width, rng)
     _link_blocks(town)
@@ -288,11 +298,21 @@ def build_town(config: TownConfig, rng: np.random.Generator) -> Town:
     return town
 
 
-def _build_road(town, fids, nodes, arm_u, arm_v, radius, st, lanes, width, speed, shoulder, rng) -> None:
-    """One two-way road between two junctions: roadblocks, lanes, road segment, walkways, shoulders."""
+def _build_road(town, fids, nodes, arm_u, arm_v, radius, st, lanes, width, speed, shoulder, rng, shift=0.0) -> None:
+    """One two-way road between two junctions: roadblocks, lanes, road segment, walkways, shoulders; its middle
+    is shifted ``shift`` metres to the left of the line between its ends (an S- or C-shaped curve)."""
     p0 = nodes[arm_u.node] + radius[arm_u.node] * unit(arm_u.direction)
     p3 = nodes[arm_v.node] + radius[arm_v.node] * unit(arm_v.direction)
-    centre = hermite_turn(p0, arm_u.direction, p3, arm_v.direction + np.pi, step=1.0)
+    chord = p3 - p0
+    cap = ROAD_SHIFT_PER_M2 * float(chord @ chord)  # short roads get small shifts (no sharp S-bends)
+    shift = float(np.clip(shift, -cap, cap))
+    if abs(shift) > 0.5:
+        h = float(np.arctan2(chord[1], chord[0]))
+        mid = (p0 + p3) / 2 + shift * unit(h + np.pi / 2)
+        first = hermite_turn(p0, arm_u.direction, mid, h, step=1.0)
+        centre = np.concatenate([first, hermite_turn(mid, h, p3, arm_v.direction + np.pi, step=1.0)[1:]], 0)
+    else:
+        centre = hermite_turn(p0, arm_u.direction, p3, arm_v.direction + np.pi, step=1.0)
     centre = resample(centre, 1.0)
     n, w, sh = int(lanes[st]), float(width[st]), float(shoulder[st])
     seg = fids()
@@ -363,7 +383,7 @@ def _build_junction(town: Town, fids: _Fids, centre: np.ndarray, arms: list[_Arm
     junction = Junction(jf, centre, Polygon(), len(arms), has_lights=signalled)
     stops: dict[int, int] = {}
     if junction.has_lights:
-        junction.phase_green = np.array([rng.uniform(12, 20), rng.uniform(12, 20)])
+        junction.phase_green = np.array([rng.uniform(8, 14), rng.uniform(8, 14)])
         junction.cycle_offset = float(rng.uniform(0, 100))
         for a in arms:
             stops[a.incoming] = fids()

@@ -43,9 +43,13 @@ class Pedestrians:
     def __len__(self) -> int:
         return int(self.a.shape[0])
 
+    _length: np.ndarray | None = None
+
     @property
     def length(self) -> np.ndarray:
-        return np.linalg.norm(self.b - self.a, axis=1)
+        if self._length is None or len(self._length) != len(self):
+            self._length = np.linalg.norm(self.b - self.a, axis=1)
+        return self._length
 
     def visible(self, t: float) -> np.ndarray:
         return (t >= self.start_t) & ((self.state < 2) | (t < self.arrive_t + self.linger))
@@ -61,13 +65,6 @@ class Pedestrians:
         size = np.broadcast_to(np.array(PED_SIZE), (len(self), 2))
         return np.concatenate([pos, h[:, None], vel, size], 1)
 
-    def _vehicle_ahead(self, vehicle_boxes: np.ndarray) -> np.ndarray:
-        """``(P,)`` True where a vehicle stands within a step of a pedestrian's way (it waits, never walks into it)."""
-        d = self.b - self.a
-        u = d / np.maximum(self.length[:, None], 1e-9)
-        ahead = self.a + u * (self.progress[:, None] + 0.9)
-        return _inside_boxes(ahead, vehicle_boxes, 0.4)
-
     def step(self, t: float, dt: float, vehicle_boxes: np.ndarray, light: np.ndarray) -> None:
         """Advance by ``dt``; waiting crossers start when their light column in ``light`` ``(L,)`` is red and
         their line is clear of ``vehicle_boxes`` ``(V, 7)``."""
@@ -77,7 +74,13 @@ class Pedestrians:
             clear = _line_clear(self.a[waiting], self.b[waiting], vehicle_boxes)
             idx = np.flatnonzero(waiting)
             self.state[idx[clear]] = 1
-        walking = (self.state == 1) & ~self._vehicle_ahead(vehicle_boxes)
+        walking = self.state == 1
+        if walking.any():
+            idx = np.flatnonzero(walking)
+            d = self.b[idx] - self.a[idx]
+            u = d / np.maximum(self.length[idx, None], 1e-9)
+            ahead = self.a[idx] + u * (self.progress[idx, None] + 0.9)
+            walking[idx[_inside_boxes(ahead, vehicle_boxes, 0.4)]] = False  # a vehicle stands in its way: wait
         self.progress[walking] += self.speed[walking] * dt
         done = (self.state == 1) & (self.progress >= self.length)
         self.progress[done] = self.length[done]

@@ -18,8 +18,8 @@ from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.types import TrafficLightStatus
 
 YELLOW_S = 3.0
-ALL_RED_S = 1.5
-LEAD_LEFT_S = 4.0
+ALL_RED_S = 1.0
+LEAD_LEFT_S = 2.5
 
 
 def signalled_connectors(town: Town) -> np.ndarray:

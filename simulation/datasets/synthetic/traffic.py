@@ -128,14 +128,23 @@ def path_leaders(
     window = np.minimum(bank.segment_index(s)[:, None] + np.arange(WINDOW)[None, :], kk - 1)  # (N, W)
     seg_fid = np.take_along_axis(bank.seg_fid, window, 1)
     seg_start = np.take_along_axis(bank.seg_start, window, 1)
-    match = seg_fid[:, :, None] == objs.seg[None, None, :]  # (N, W, O)
-    d = seg_start[:, :, None] + objs.u[None, None, :] - s[:, None, None]
-    ok = match & (d > objs.min_distance()[None, None, :]) & (d < horizon)
-    ok &= objs.owner[None, None, :] != owner[:, None, None]
-    d = np.where(ok, d, INF).min(1)  # (N, O)
-    j = d.argmin(1)
-    rows = np.arange(len(s))
-    dist = d[rows, j]
+    # the objects on each window segment: a run of the objects sorted by segment, at most M of them
+    order = np.argsort(objs.seg, kind="stable")
+    sorted_seg = objs.seg[order]
+    lo = np.searchsorted(sorted_seg, seg_fid, "left")
+    count = np.searchsorted(sorted_seg, seg_fid, "right") - lo
+    m = max(int(count.max()), 1)
+    slot = lo[:, :, None] + np.arange(m)[None, None, :]  # (N, W, M)
+    present = np.arange(m)[None, None, :] < count[:, :, None]
+    j_all = order[np.minimum(slot, len(order) - 1)]
+    d = seg_start[:, :, None] + objs.u[j_all] - s[:, None, None]
+    ok = present & (d > objs.min_distance()[j_all]) & (d < horizon) & (objs.owner[j_all] != owner[:, None, None])
+    d = np.where(ok, d, INF).reshape(len(s), -1)
+    j_all = j_all.reshape(len(s), -1)
+    dist = d.min(1)
+    # nearest object; among equally near ones the first registered (as a dense search over objects would)
+    j = np.where(d == dist[:, None], j_all, len(objs.seg)).min(1)
+    j = np.minimum(j, len(objs.seg) - 1)
     found = dist < INF
     gap = np.where(found, dist - half - objs.half[j], INF)
     return gap, np.where(found, objs.v[j], 0.0), np.where(found, objs.owner[j], -1)
@@ -174,11 +183,9 @@ def corridor_obstacles(
     # candidate (row, box) pairs: box within reach of the probe span's bounding circle
     mid = q[:, len(probes) // 2, :2]
     reach = probes[-1] / 2 + radius + 1.0
-    dist = np.linalg.norm(mid[:, None, :] - boxes[None, :, :2], axis=-1)
-    ii, aa = np.nonzero(
-        (dist < reach[:, None] + np.hypot(boxes[:, 5], boxes[:, 6])[None, :] / 2)
-        & (box_owner[None, :] != owner[:, None])
-    )
+    dx, dy = mid[:, 0, None] - boxes[None, :, 0], mid[:, 1, None] - boxes[None, :, 1]
+    limit = reach[:, None] + np.hypot(boxes[:, 5], boxes[:, 6])[None, :] / 2
+    ii, aa = np.nonzero((dx * dx + dy * dy < limit * limit) & (box_owner[None, :] != owner[:, None]))
     gap, v_out, who = np.full(n, INF), np.zeros(n), np.full(n, -1)
     if len(ii) == 0:
         return gap, v_out, who
@@ -301,15 +308,73 @@ def claims(
 
 
 def yield_blocked(
-    conn: np.ndarray, key: np.ndarray, all_conn: np.ndarray, all_key: np.ndarray, conflict: np.ndarray
+    conn: np.ndarray,
+    key: np.ndarray,
+    all_conn: np.ndarray,
+    all_key: np.ndarray,
+    conflict: np.ndarray,
+    all_u: np.ndarray | None = None,
+    clear: np.ndarray | None = None,
+    wide: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """``(N,)`` True where a claim of higher priority sits on a connector conflicting with the row's claim."""
-    if len(all_conn) == 0 or len(conn) == 0:
-        return np.zeros(len(conn), dtype=bool)
-    valid = all_conn >= 0
-    c = conflict[np.maximum(conn, 0)][:, np.maximum(all_conn, 0)]  # (N, Q)
-    first = all_key[None, :] < key[:, None]
-    return (conn >= 0) & (c & first & valid[None, :]).any(1)
+    """``(N,)`` True where a claim of higher priority sits on a connector conflicting with the row's claim.
+
+    With ``all_u`` ``(Q,)`` (how far each claimant's rear is along its claimed connector, ``-inf`` before it)
+    and ``clear`` ``(C, C)`` (see :func:`~simulation.datasets.synthetic.world.clear_points`), a claimant whose
+    rear is past the clear point of its connector with respect to the row's connector no longer blocks it.
+    With ``wide`` = (a wider conflict matrix, ``(N,)`` and ``(Q,)`` flags), pairs where the row or the claimant
+    is flagged (a long vehicle) use the wider matrix.
+    """
+    out = np.zeros(len(conn), dtype=bool)
+    rows, q = np.flatnonzero(conn >= 0), np.flatnonzero(all_conn >= 0)  # only actual claims
+    if len(rows) == 0 or len(q) == 0:
+        return out
+    mine, theirs = conn[rows], all_conn[q]
+    c = conflict[mine][:, theirs]  # (n, q)
+    if wide is not None:
+        pair = wide[1][rows][:, None] | wide[2][q][None, :]
+        c |= pair & wide[0][mine][:, theirs]
+    if all_u is not None and clear is not None:
+        c &= all_u[q][None, :] < clear[theirs][:, mine].T
+    c &= all_key[q][None, :] < key[rows][:, None]
+    out[rows] = c.any(1)
+    return out
+
+
+def grant_claims(
+    conn: np.ndarray,
+    key: np.ndarray,
+    conflict: np.ndarray,
+    always: np.ndarray,
+    u: np.ndarray | None = None,
+    clear: np.ndarray | None = None,
+    wide: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """``(Q,)`` True for the claims that may go: in order of priority (``key``, smaller first), a claim is granted
+    unless it conflicts with one granted before it; claims in ``always`` (a vehicle already on its connector) are
+    granted in any case. A claimant that waits itself holds no right of way, so it does not keep others waiting.
+
+    Args:
+        conn: ``(Q,)`` connector index in the conflict matrix (-1: no claim). u: ``(Q,)`` how far each
+            claimant's rear is along the connector (see :func:`yield_blocked`), clear: ``(C, C)`` clear points.
+        wide: (a wider conflict matrix, ``(Q,)`` flags of long vehicles) used for pairs with a long vehicle.
+    """
+    granted = always & (conn >= 0)
+    q = np.flatnonzero(conn >= 0)
+    if len(q) == 0:
+        return granted
+    c = conflict[conn[q]][:, conn[q]]  # (q, q): claim a blocks claim b
+    if wide is not None:
+        long = wide[1][q]
+        c |= (long[:, None] | long[None, :]) & wide[0][conn[q]][:, conn[q]]
+    if u is not None and clear is not None:
+        c &= u[q][:, None] < clear[conn[q]][:, conn[q]]
+    g = granted[q].copy()
+    for i in np.argsort(key[q], kind="stable"):
+        if not g[i] and not (g & c[:, i]).any():
+            g[i] = True
+    granted[q] = g
+    return granted
 
 
 def stop_line_gaps(

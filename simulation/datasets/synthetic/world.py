@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
 
 from simulation.datasets.synthetic.expert import EGO_OWNER, EgoDriver, EgoFrame
 from simulation.datasets.synthetic.network import Town, TurnType
@@ -20,23 +21,30 @@ from simulation.datasets.synthetic.traffic import (
     corridor_obstacles,
     exit_blocked,
     free_speed,
+    grant_claims,
     idm_accel,
     merge_objects,
     path_leaders,
     register,
     sneaking,
     stop_line_gaps,
-    yield_blocked,
 )
 from simulation.types import PACIFICA, TrackedObjectType, TrafficLightStatus
 
 DT = 0.05
+#: Mean seconds between two braking events of one vehicle (it slows down for something off the map: a
+#: driveway, a parking space, a hesitation), their duration and deceleration ranges.
+BRAKE_EVERY_S = 20.0
+BRAKE_DURATION_S = (3.0, 7.0)
+BRAKE_DECEL = (1.5, 3.0)
+#: ... only this far from either end of a lane.
+BRAKE_CLEAR_M = 30.0
 #: (type, length range, width range, height, share) of moving vehicles.
 VEHICLE_KINDS = (
-    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.70),
+    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.62),
     ("van", (5.2, 5.9), (2.0, 2.2), 2.2, 0.14),
-    ("truck", (8.5, 12.0), (2.4, 2.6), 3.2, 0.12),
-    ("bicycle", (1.7, 1.9), (0.6, 0.8), 1.7, 0.04),
+    ("truck", (8.5, 12.0), (2.4, 2.6), 3.2, 0.16),
+    ("bicycle", (1.7, 1.9), (0.6, 0.8), 1.7, 0.08),
 )
 
 
@@ -82,15 +90,17 @@ class DriveRecord:
     frame_blocks: np.ndarray
 
 
-def conflict_matrix(town: Town) -> tuple[np.ndarray, dict[int, int]]:
+def conflict_matrix(town: Town, long: bool = False) -> tuple[np.ndarray, dict[int, int]]:
     """``(C, C)`` bool: connectors of one junction (not sharing their upstream lane) whose shrunk polygons cross,
     which merge into the same lane, or which leave the same roadblock side by side with one of them turning
-    (long boxes on curves reach into the next lane)."""
+    towards the other; with ``long`` (for vehicles longer than :data:`LONG_M`, whose boxes swing out of their
+    lane on curves) also those that enter the same roadblock side by side from different movements and turns
+    whose lane touches another connector."""
     conns = sorted(town.connectors, key=lambda c: c.fid)
     index = {c.fid: i for i, c in enumerate(conns)}
     shrunk = [c.polygon.buffer(-0.35) for c in conns]
+    polys = [c.polygon for c in conns]
     grown = [c.polygon.buffer(0.8) for c in conns]
-    turning = [c.turn_type != TurnType.STRAIGHT for c in conns]
     out = np.zeros((len(conns), len(conns)), dtype=bool)
     for i, a in enumerate(conns):
         for j in range(i + 1, len(conns)):
@@ -98,11 +108,57 @@ def conflict_matrix(town: Town) -> tuple[np.ndarray, dict[int, int]]:
             if a.junction != b.junction or a.incoming[0] == b.incoming[0]:
                 continue
             same_block = town.paths[a.incoming[0]].roadblock == town.paths[b.incoming[0]].roadblock
-            side = same_block and (turning[i] or turning[j]) and grown[i].intersects(b.polygon)  # swinging boxes
+            # boxes swinging into the next lane of a movement that turns towards it (a movement that turns away
+            # from its neighbour goes side by side with it)
+            side = same_block and (_towards(town, a, b) or _towards(town, b, a))
+            side = side and grown[i].intersects(b.polygon)
             merge = a.outgoing[0] == b.outgoing[0]
-            if side or merge or shrunk[i].intersects(shrunk[j]):
+            # side by side into one roadblock, one of them turning (long boxes swing into the next lane)
+            same_exit = town.paths[a.outgoing[0]].roadblock == town.paths[b.outgoing[0]].roadblock
+            exit_side = same_exit and a.turn_type != b.turn_type and grown[i].intersects(b.polygon)
+            # turning boxes swing out of their lane: turns conflict with any connector their lane touches
+            swing = (a.turn_type != TurnType.STRAIGHT or b.turn_type != TurnType.STRAIGHT) and polys[i].intersects(
+                polys[j]
+            )
+            if side or merge or (long and (exit_side or swing)) or shrunk[i].intersects(shrunk[j]):
                 out[i, j] = out[j, i] = True
     return out, index
+
+
+#: Vehicles longer than this (m) yield by the wider conflicts of ``conflict_matrix(town, long=True)``.
+LONG_M = 7.0
+#: A box on a connector stops blocking a conflicting connector once its rear is past the last point of its
+#: centre line within this distance of the other connector's polygon.
+CLEAR_MARGIN_M = 4.0
+
+
+def _towards(town: Town, a, b) -> bool:
+    """Connector ``a`` turns towards the lane of connector ``b`` (both leaving one roadblock)."""
+    ia, ib = town.paths[a.incoming[0]].index, town.paths[b.incoming[0]].index
+    turn = a.turn_type
+    return turn == TurnType.UTURN or (turn == TurnType.LEFT and ia > ib) or (turn == TurnType.RIGHT and ia < ib)
+
+
+def clear_points(town: Town, conflict: np.ndarray, index: dict[int, int]) -> np.ndarray:
+    """``(C, C)`` arc length along connector ``i`` after which a vehicle whose rear is past it no longer blocks
+    connector ``j`` (``inf`` where the two merge into one lane: they stay in conflict to the end; 0 where they
+    do not conflict)."""
+    conns = sorted(town.connectors, key=lambda c: c.fid)
+    out = np.zeros(conflict.shape)
+    for i, a in enumerate(conns):
+        js = np.flatnonzero(conflict[i])
+        if len(js) == 0:
+            continue
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(a.centre, axis=0), axis=1))])
+        for j in js:
+            b = conns[j]
+            if a.outgoing[0] == b.outgoing[0]:
+                out[i, j] = np.inf
+                continue
+            near = shapely.dwithin(b.polygon, shapely.points(a.centre), CLEAR_MARGIN_M)
+            out[i, j] = cum[np.flatnonzero(near)[-1]] if near.any() else 0.0
+    assert all(index[c.fid] == k for k, c in enumerate(conns))
+    return out
 
 
 def _spawn_traffic(
@@ -193,6 +249,36 @@ def _ego_start(town: Town, rng: np.random.Generator, blocked: frozenset[int]) ->
     return lane.fid, float(rng.uniform(5.0, min(25.0, lane.length - 40.0)))
 
 
+def _brake_events(n: int, horizon: float, cyclist: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(N, E, 4)`` braking events of the moving vehicles (start, end, deceleration, target speed as a share of
+    the free speed); cyclists have none."""
+    e = int(np.ceil(2.0 * horizon / BRAKE_EVERY_S)) + 1
+    start = np.cumsum(rng.exponential(BRAKE_EVERY_S, (n, e)), axis=1)
+    start[cyclist] = np.inf
+    out = np.stack(
+        [
+            start,
+            start + rng.uniform(*BRAKE_DURATION_S, (n, e)),
+            rng.uniform(*BRAKE_DECEL, (n, e)),
+            rng.uniform(0.0, 0.5, (n, e)),
+        ],
+        -1,
+    )
+    return out
+
+
+def _brake_accel(brakes: np.ndarray, t: float, v: np.ndarray, v0: np.ndarray) -> np.ndarray:
+    """``(N,)`` acceleration cap of vehicles in a braking event at time ``t`` (``INF`` outside one): the event's
+    deceleration down to about its target speed, then holding it; a vehicle slower than that (one waiting in
+    a queue) is not held back."""
+    on = (brakes[..., 0] <= t) & (t < brakes[..., 1])  # (N, E)
+    k = on.argmax(1)
+    rows = np.arange(len(v))
+    target = brakes[rows, k, 3] * v0 + 0.5
+    acc = np.clip(2.0 * (target - v), -brakes[rows, k, 2], 0.0)
+    return np.where(on[rows, k] & (v > target), acc, INF)
+
+
 def _vehicle_boxes(bank: PathBank, s: np.ndarray, v: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     pose = bank.poses(s[:, None])[:, 0]
     return np.concatenate([pose, (v * np.cos(pose[:, 2]))[:, None], (v * np.sin(pose[:, 2]))[:, None], sizes], 1)
@@ -209,6 +295,8 @@ class _Traffic:
     active: np.ndarray
     wait: np.ndarray  # (N,) seconds each row has been yielding at a junction (fairness of claims)
     wait_conn: np.ndarray  # (N,) the connector those seconds were spent waiting for
+    sneaking: np.ndarray  # (N,) left turns that started across on yellow after waiting (ignore the light)
+    brakes: np.ndarray  # (N, E, 4) braking events: start, end (s), deceleration, target share of the free speed
 
 
 def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> DriveRecord:
@@ -218,6 +306,8 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     light_fids, light = light_status(town, times)
     light_cols = {int(f): i for i, f in enumerate(light_fids)}
     conflict, conn_index = conflict_matrix(town)
+    conflict_long, _ = conflict_matrix(town, long=True)
+    clear = clear_points(town, conflict_long, conn_index)
     blockers = _blockers(town, rng)
     blocked = frozenset(blockers)
     ego_lane, ego_s = _ego_start(town, rng, blocked)
@@ -233,6 +323,8 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         active=np.ones(len(s0), dtype=bool),
         wait=np.zeros(len(s0)),
         wait_conn=np.full(len(s0), -1, dtype=np.int64),
+        sneaking=np.zeros(len(s0), dtype=bool),
+        brakes=_brake_events(len(s0), cfg.warmup_s + cfg.duration_s, cyclist, rng),
     )
     tr.conn_row = np.vectorize(lambda f: conn_index.get(int(f), -1), otypes=[np.int64])(tr.bank.seg_fid)
     ego = EgoDriver(
@@ -271,7 +363,17 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
             valid[g] = np.concatenate([tr.active, ped_vis, np.ones(len(static), dtype=bool)])
             frame_blocks[g] = town.paths[ego.route[int(ego.bank.segment_index(np.array([ego.s]))[0])]].roadblock
         ego_frame = _step(
-            tr, ego, peds, veh, ped[ped_vis], np.flatnonzero(ped_vis) + n_veh, static, light[f], conflict, times[f]
+            tr,
+            ego,
+            peds,
+            veh,
+            ped[ped_vis],
+            np.flatnonzero(ped_vis) + n_veh,
+            static,
+            light[f],
+            (conflict, conflict_long),
+            times[f],
+            clear,
         )
         if f >= n_warm:
             frames.append(ego_frame)
@@ -291,17 +393,20 @@ def _claims_of(
     conn_row: np.ndarray,
     light: np.ndarray,
     sneak: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Front claims (connector, key) and rear occupancy claims of rows of a bank."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Front claims (connector, key), rear occupancy claims (connector, key) of rows of a bank, and how far
+    along its connector each rear is (``-inf`` off it), for :func:`clear_points`."""
     k, dist = approach(bank, s, front, conn_row)
     c_front, key = claims(bank, k, dist, v, conn_row, light, sneak)
+    rows = np.arange(len(s))
     k_rear = bank.segment_index(s - rear)
-    c_rear = conn_row[np.arange(len(s)), k_rear]
-    return c_front, key, c_rear, np.full(len(s), -2e6)
+    c_rear = conn_row[rows, k_rear]
+    u_rear = np.where(c_rear >= 0, s - rear - bank.seg_start[rows, k_rear], -np.inf)
+    return c_front, key, c_rear, np.full(len(s), -2e6), u_rear
 
 
 def _step(
-    tr: _Traffic, ego: EgoDriver, peds: Pedestrians, veh, ped_boxes, ped_owner, static, light, conflict, t
+    tr: _Traffic, ego: EgoDriver, peds: Pedestrians, veh, ped_boxes, ped_owner, static, light, conflict, t, clear
 ) -> EgoFrame:
     """One 20 Hz step of every actor (all decisions from the state at the start of the step)."""
     n = len(tr.s)
@@ -316,15 +421,19 @@ def _step(
     all_boxes = np.concatenate([veh[act], ego_box[None], ped_boxes, static], 0)
     all_owner = np.concatenate([owner[act], [EGO_OWNER], ped_owner, np.full(len(static), -2)]).astype(np.int64)
     # junction claims of traffic (inactive rows claim nothing) and of the ego; a left turn that has waited
-    # at its line keeps its claim past the end of green (the ego only while the light is yellow)
+    # at its line may start across while its light is yellow and keeps its claim once under way (not on red:
+    # a turn that sneaked on red would take the start of the crossing phase's green from its queue)
     sneak = sneaking(tr.bank, tr.s, half, tr.conn_row, tr.wait, tr.wait_conn)
-    cf, kf, cr, kr = _claims_of(tr.bank, tr.s, tr.v, half, half, tr.conn_row, light, sneak)
+    t_yellow = approach_status(tr.bank, tr.s, half, tr.conn_row, light) == TrafficLightStatus.YELLOW
+    sneak &= t_yellow | (tr.sneaking & (tr.v > 0.5))
+    tr.sneaking = sneak
+    cf, kf, cr, kr, ur = _claims_of(tr.bank, tr.s, tr.v, half, half, tr.conn_row, light, sneak)
     cf[~tr.active], cr[~tr.active] = -1, -1
     e, e_front = np.array([ego.s]), np.array([PACIFICA.front_length])
     e_sneak = sneaking(ego.bank, e, e_front, ego.conn_row, np.array([ego.wait]), np.array([ego.wait_conn]))
     yellow = approach_status(ego.bank, e, e_front, ego.conn_row, light) == TrafficLightStatus.YELLOW
     ego.sneaking = bool(e_sneak[0] and (yellow[0] or (ego.sneaking and ego.v > 0.5)))  # once under way
-    ecf, ekf, ecr, ekr = _claims_of(
+    ecf, ekf, ecr, ekr, eur = _claims_of(
         ego.bank,
         e,
         np.array([ego.v]),
@@ -345,7 +454,14 @@ def _step(
     ekf = ekf - ego.wait
     all_c = np.concatenate([cf, cr, ecf, ecr])
     all_k = np.concatenate([kf, kr, ekf, ekr])
-    blocked = yield_blocked(np.concatenate([cf, ecf]), np.concatenate([kf, ekf]), all_c, all_k, conflict)
+    # how far the claimant's rear is along the claimed connector: past its clear point it no longer blocks
+    all_u = np.concatenate([np.where(cf == cr, ur, -np.inf), ur, np.where(ecf == ecr, eur, -np.inf), eur])
+    long = tr.sizes[:, 0] > LONG_M
+    all_long = np.concatenate([long, long, [False, False]])
+    always = np.concatenate([np.zeros(n, dtype=bool), np.ones(n, dtype=bool), [False, True]])  # rear claims
+    granted = grant_claims(all_c, all_k, conflict[0], always, all_u, clear, (conflict[1], all_long))
+    front = np.concatenate([np.arange(n), [2 * n]])
+    blocked = (all_c[front] >= 0) & ~granted[front]
     # waiting time counts while yielding and is kept until the claimed connector changes
     tr.wait = np.where(cf == tr.wait_conn, tr.wait + DT * blocked[:-1], 0.0)
     tr.wait_conn = cf
@@ -363,6 +479,14 @@ def _step(
             np.minimum(idm_accel(tr.v, v0, gap_l, v_l, p), idm_accel(tr.v, v0, gap_c, v_c, p)),
             idm_accel(tr.v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(n), p),
         )
+        # only well inside a lane: never in a junction, nor where followers would be held in one
+        rows, k = np.arange(n), tr.bank.segment_index(tr.s)
+        nxt = np.minimum(k + 1, tr.bank.seg_start.shape[1] - 1)
+        end = np.where(nxt > k, tr.bank.seg_start[rows, nxt], tr.bank.length)
+        end = np.where(np.isfinite(end), end, tr.bank.length)
+        u = tr.s - tr.bank.seg_start[rows, k]
+        free = (tr.conn_row[rows, k] < 0) & (u > BRAKE_CLEAR_M) & (end - tr.s > BRAKE_CLEAR_M)
+        acc = np.where(free, np.minimum(acc, _brake_accel(tr.brakes, t, tr.v, v0)), acc)
         tr.s += np.maximum(tr.v * DT + 0.5 * acc * DT * DT, 0.0)
         tr.v = np.maximum(tr.v + acc * DT, 0.0)
         tr.active &= tr.s < tr.bank.length - half - 1.0
