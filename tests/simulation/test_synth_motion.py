@@ -9,7 +9,7 @@ import shapely
 from simulation.datasets.synthetic.generator import generate_log, make_town, plan_logs, town_config
 from simulation.datasets.synthetic.geometry2d import curvature
 from simulation.datasets.synthetic.network import NetworkConfigError, TownConfig, TurnType, build_town
-from simulation.datasets.synthetic.traffic import INF, grant_claims, yield_blocked
+from simulation.datasets.synthetic.traffic import INF, grant_claims
 from simulation.datasets.synthetic.world import (
     CLEAR_MARGIN_M,
     _brake_accel,
@@ -37,14 +37,13 @@ def test_past_its_clear_point_a_turning_box_no_longer_blocks():
     point blocks the row, past it it does not; merging connectors stay in conflict to the end."""
     conflict = np.array([[False, True], [True, False]])
     clear = np.array([[0.0, 6.0], [8.0, 0.0]])
-    conn, key = np.array([0]), np.array([0.0])
-    all_conn, all_key = np.array([0, 1]), np.array([0.0, -1e6])
+    conn, key, none = np.array([0, 1]), np.array([0.0, -1e6]), np.zeros(2, dtype=bool)
     before = np.array([-np.inf, 7.9])
     past = np.array([-np.inf, 8.1])
-    assert yield_blocked(conn, key, all_conn, all_key, conflict, before, clear)[0]
-    assert not yield_blocked(conn, key, all_conn, all_key, conflict, past, clear)[0]
-    assert yield_blocked(conn, key, all_conn, all_key, conflict)[0]  # without clear points: blocked
-    assert not yield_blocked(conn, np.array([-2e6]), all_conn, all_key, conflict, before, clear)[0]  # priority
+    assert grant_claims(conn, key, conflict, none, before, clear).tolist() == [False, True]
+    assert grant_claims(conn, key, conflict, none, past, clear).tolist() == [True, True]
+    assert grant_claims(conn, key, conflict, none).tolist() == [False, True]  # without clear points: blocked
+    assert grant_claims(conn, np.array([-2e6, -1e6]), conflict, none, before, clear).tolist() == [True, False]
 
 
 def test_a_waiting_claimant_does_not_hold_others():

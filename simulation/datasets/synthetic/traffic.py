@@ -307,40 +307,6 @@ def claims(
     return np.where(ok, ci, -1), np.where(committed, -1e6 + dist, key)
 
 
-def yield_blocked(
-    conn: np.ndarray,
-    key: np.ndarray,
-    all_conn: np.ndarray,
-    all_key: np.ndarray,
-    conflict: np.ndarray,
-    all_u: np.ndarray | None = None,
-    clear: np.ndarray | None = None,
-    wide: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """``(N,)`` True where a claim of higher priority sits on a connector conflicting with the row's claim.
-
-    With ``all_u`` ``(Q,)`` (how far each claimant's rear is along its claimed connector, ``-inf`` before it)
-    and ``clear`` ``(C, C)`` (see :func:`~simulation.datasets.synthetic.world.clear_points`), a claimant whose
-    rear is past the clear point of its connector with respect to the row's connector no longer blocks it.
-    With ``wide`` = (a wider conflict matrix, ``(N,)`` and ``(Q,)`` flags), pairs where the row or the claimant
-    is flagged (a long vehicle) use the wider matrix.
-    """
-    out = np.zeros(len(conn), dtype=bool)
-    rows, q = np.flatnonzero(conn >= 0), np.flatnonzero(all_conn >= 0)  # only actual claims
-    if len(rows) == 0 or len(q) == 0:
-        return out
-    mine, theirs = conn[rows], all_conn[q]
-    c = conflict[mine][:, theirs]  # (n, q)
-    if wide is not None:
-        pair = wide[1][rows][:, None] | wide[2][q][None, :]
-        c |= pair & wide[0][mine][:, theirs]
-    if all_u is not None and clear is not None:
-        c &= all_u[q][None, :] < clear[theirs][:, mine].T
-    c &= all_key[q][None, :] < key[rows][:, None]
-    out[rows] = c.any(1)
-    return out
-
-
 def grant_claims(
     conn: np.ndarray,
     key: np.ndarray,
@@ -356,7 +322,9 @@ def grant_claims(
 
     Args:
         conn: ``(Q,)`` connector index in the conflict matrix (-1: no claim). u: ``(Q,)`` how far each
-            claimant's rear is along the connector (see :func:`yield_blocked`), clear: ``(C, C)`` clear points.
+            claimant's rear is along its connector (``-inf`` before it), clear: ``(C, C)`` clear points (see
+            :func:`~simulation.datasets.synthetic.world.clear_points`): a granted claimant whose rear is past the
+            clear point of its connector with respect to another claim's connector no longer blocks that claim.
         wide: (a wider conflict matrix, ``(Q,)`` flags of long vehicles) used for pairs with a long vehicle.
     """
     granted = always & (conn >= 0)
@@ -392,7 +360,7 @@ def stop_line_gaps(
 
     Args:
         light: ``(L,)`` status of the signalled connectors at this step.
-        blocked: ``(N,)`` the row must yield to a conflicting claim (see :func:`yield_blocked`).
+        blocked: ``(N,)`` the row must yield to a conflicting claim (not granted by :func:`grant_claims`).
         conn_row: ``(N, K)`` index of each segment in the conflict matrix (-1 for lanes).
         b_yellow: ``(N,)`` deceleration a row accepts to stop at a yellow light.
         sneak: ``(N,)`` rows that ignore their light (see :func:`sneaking`); they still yield.
