@@ -99,7 +99,7 @@ def test_braking_events():
     assert _brake_accel(brakes, 3.0, np.array([1.0]), v0)[0] == INF  # a slower (queued) vehicle is not held
     assert _brake_accel(brakes, 6.0, np.array([10.0]), v0)[0] == INF  # over
     events = _brake_events(3, 60.0, np.array([False, True, False]), np.random.default_rng(0))
-    assert events.shape[:2] == (3, 7) and np.isinf(events[1, :, 0]).all()  # cyclists never brake
+    assert events.shape[:2] == (3, 11) and np.isinf(events[1, :, 0]).all()  # cyclists never brake
     starts = events[[0, 2], :, 0]
     assert (np.diff(starts, axis=1) > 0).all() and (events[[0, 2], :, 1] > starts).all()
     assert ((events[..., 2] >= 1.5) & (events[..., 2] <= 3.0)).all()

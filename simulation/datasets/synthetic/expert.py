@@ -39,6 +39,12 @@ EGO_CURVE_ACCEL = 2.0
 #: Moving-average window (points 1 m apart) of the ego's path: curvature builds up over it (a tracker
 #: that starts with a straight wheel can follow) and turns are taken slightly inside the lane centre.
 EGO_SMOOTH_M = 15
+#: The ego anticipates a braking lead: it reacts to the speed the lead will have this many seconds ahead at
+#: its current deceleration (a privileged driver sees the brake lights; traffic brakes without warning).
+LEAD_ANTICIPATION_S = 1.5
+#: Seconds the ego follows a cyclist closer than :data:`BIKE_NEAR_M` before it passes it on the left lane.
+BIKE_PATIENCE_S = 8.0
+BIKE_NEAR_M = 20.0
 
 
 @dataclass
@@ -83,6 +89,9 @@ class EgoDriver:
     wait: float = 0.0  # seconds the ego has been yielding at a junction
     wait_conn: int = -1  # the connector it has been waiting for
     sneaking: bool = False  # a left turn that started across on yellow after waiting (ignores the light)
+    seen_v: dict[int, float] = field(default_factory=dict)  # speeds of the leads at the previous step
+    cyclists: frozenset[int] = frozenset()  # agent ids of the cyclists
+    behind_bike: float = 0.0  # seconds the ego has been following a cyclist closely
     bank: PathBank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -167,6 +176,9 @@ class EgoDriver:
         u = self.s - float(self.bank.seg_start[0, k])
         left, lc_len = lane.length - u, max(self.v * 5.0, 30.0)
         room = lc_len + 15.0
+        passing = self.behind_bike > BIKE_PATIENCE_S and want == lane.index and lane.index > 0
+        if passing:  # pass a cyclist on the left lane
+            want = lane.index - 1
         if fid in self.blockers and u < self.blockers[fid]:  # pass the stopped vehicle on the left
             want, left = lane.index - 1, self.blockers[fid] - VAN_HALF - (u + PACIFICA.front_length)
             if left < room:  # close to it: a short, slow pull-out
@@ -175,7 +187,7 @@ class EgoDriver:
         if want == lane.index or u < 5.0:
             return
         if left < room:
-            if left < 25.0 and fid not in self.blockers:  # too late: take a movement this lane offers
+            if left < 25.0 and fid not in self.blockers and not passing:  # too late: take a movement this lane offers
                 self.turn.pop(rb.fid, None)
                 self.target.pop(rb.fid, None)
                 self.turn[rb.fid] = self.town.paths[self._connector_for(fid)].turn_type
@@ -271,6 +283,16 @@ class EgoDriver:
             np.array(seg), np.array(pos), np.full(n, self.v), np.array(half), np.full(n, EGO_OWNER), np.array(min_d)
         )
 
+    def _anticipate(self, dt: float, *leads: tuple[int, float]) -> list[float]:
+        """Speeds of ``(owner, speed)`` leads :data:`LEAD_ANTICIPATION_S` ahead at their deceleration since the
+        previous step (their speed now if they are not braking or were not seen then)."""
+        out = []
+        for owner, v in leads:
+            dv = v - self.seen_v.get(owner, v) if owner >= 0 else 0.0
+            out.append(max(v + min(dv / dt, 0.0) * LEAD_ANTICIPATION_S, 0.0))
+        self.seen_v = {owner: v for owner, v in leads if owner >= 0}
+        return out
+
     def _integrate(self, acc: float, gap: float, dt: float) -> None:
         """Apply the commanded acceleration through the jerk limit (relaxed when an obstacle is close)."""
         urgent = gap < 2.0 + 1.2 * self.v
@@ -325,10 +347,13 @@ class EgoDriver:
             np.array([2.6]),
             np.array([self.sneaking]),
         )
+        bike = int(own_l[0]) in self.cyclists and float(gap_l[0]) < BIKE_NEAR_M
+        self.behind_bike = self.behind_bike + dt if bike else 0.0
         v0 = free_speed(self.bank, s, np.array([PACIFICA.front_length]), p)
+        v_la, v_ca = self._anticipate(dt, (int(own_l[0]), float(v_l[0])), (int(own_c[0]), float(v_c[0])))
         acc = min(
-            float(idm_accel(v, v0, gap_l, v_l, p)[0]),
-            float(idm_accel(v, v0, gap_c, v_c, p)[0]),
+            float(idm_accel(v, v0, gap_l, np.array([v_la]), p)[0]),
+            float(idm_accel(v, v0, gap_c, np.array([v_ca]), p)[0]),
             float(idm_accel(v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(1), p)[0]),
         )
         gap_b = self._blocker_gap()

@@ -17,13 +17,17 @@ from simulation.datasets.log_data import LogData
 from simulation.datasets.synthetic.map_layers import location_name, town_origin, town_to_map
 from simulation.datasets.synthetic.network import Town, TownConfig, build_town
 from simulation.datasets.synthetic.tags import TAG_STRIDE, difficulty, frame_tags
-from simulation.datasets.synthetic.world import DT, DriveConfig, DriveRecord, simulate_drive
+from simulation.datasets.synthetic.world import BICYCLE, DT, TRUCK, DriveConfig, DriveRecord, simulate_drive
 from simulation.maps.layers import MapData
 from simulation.types import StateIndex
 
 SPLITS = ("synth_train", "synth_val", "synth_test")
-#: Split of log ``i`` is ``SPLITS[SPLIT_PATTERN[i % 10]]``: 60 / 20 / 20, and val / test logs early on.
-SPLIT_PATTERN = (0, 0, 2, 0, 1, 0, 0, 2, 0, 1)
+#: Split of log ``i`` is ``SPLITS[SPLIT_PATTERN[i % 7]]``: 4 / 1 / 2 of 7 (57 / 14 / 29 %), val / test logs early
+#: on (the demo preset's 14 logs: 8 / 2 / 4).
+SPLIT_PATTERN = (0, 0, 2, 0, 1, 0, 2)
+#: The lead placed ahead of the ego (:attr:`DriveConfig.ego_lead`) of the k-th log of each split, in turn, so
+#: that every split gets each situation.
+EGO_LEADS = (TRUCK, -1, BICYCLE, TRUCK, -1)
 SCENE_FRAMES = 160  # 8 s scenes: a 60 s log has 8, so nuPlan's scenario extraction keeps 16-48 s
 LOG_START_US = 1_704_103_200_000_000  # 2024-01-01 10:00 UTC
 TL_RADIUS = 150.0  # lights of junctions within this distance of the ego are reported
@@ -69,10 +73,11 @@ def make_map(seed: int, town_index: int) -> MapData:
 def plan_logs(
     num_logs: int, num_towns: int, seed: int, duration_s: float, disjoint_test: bool = False
 ) -> list[LogSpec]:
-    """Log specs: towns round-robin, splits 60 / 20 / 20 by log (:data:`SPLIT_PATTERN`; test logs on the
-    last town if ``disjoint_test``),
-    traffic density varying from nearly empty roads to congestion."""
+    """Log specs: towns round-robin, splits 4 / 1 / 2 by log (:data:`SPLIT_PATTERN`; test logs on the
+    last town if ``disjoint_test``), traffic density varying from nearly empty roads to congestion, a lead
+    ahead of the ego in turn (:data:`EGO_LEADS`)."""
     specs = []
+    ordinal: Counter = Counter()  # logs of each split so far
     for i in range(num_logs):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2, i]))
         split = SPLITS[SPLIT_PATTERN[i % len(SPLIT_PATTERN)]]
@@ -83,9 +88,11 @@ def plan_logs(
         drive = DriveConfig(
             duration_s=duration_s,
             vehicles_per_km=density,
-            pedestrian_density=float(rng.uniform(1.0, 3.0)),
-            parked_share=float(rng.uniform(0.05, 0.3)),
+            pedestrian_density=float(rng.uniform(2.0, 5.0)),
+            parked_share=float(rng.uniform(0.1, 0.4)),
+            ego_lead=EGO_LEADS[ordinal[split] % len(EGO_LEADS)],
         )
+        ordinal[split] += 1
         specs.append(LogSpec(f"synth-{seed}_{location_name(town)}_{i:05d}", i, town, split, seed, drive))
     return specs
 

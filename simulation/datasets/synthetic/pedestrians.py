@@ -16,6 +16,10 @@ from simulation.datasets.synthetic.network import Town
 from simulation.types import TrafficLightStatus
 
 PED_SIZE = (0.6, 0.6)  # length, width
+#: A vehicle slower than this (m/s) is yielding: a crosser on the road walks on past it unless it would touch it.
+STOPPED_MPS = 0.3
+#: A crosser held this long (s) by a vehicle in its way turns back.
+TURN_BACK_S = 4.0
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Pedestrians:
     linger: np.ndarray
     arrive_t: np.ndarray
     light_col: np.ndarray  # (P,) traffic-light column that must be red before crossing, -1 for none
+    held: np.ndarray  # (P,) seconds a walking crosser has been held by a vehicle in its way
 
     def __len__(self) -> int:
         return int(self.a.shape[0])
@@ -79,8 +84,18 @@ class Pedestrians:
             idx = np.flatnonzero(walking)
             d = self.b[idx] - self.a[idx]
             u = d / np.maximum(self.length[idx, None], 1e-9)
+            # a moving vehicle in its way: wait; a stopped one (yielding to it) only if the next step touches it
+            moving = np.hypot(vehicle_boxes[:, 3], vehicle_boxes[:, 4]) > STOPPED_MPS
             ahead = self.a[idx] + u * (self.progress[idx, None] + 0.9)
-            walking[idx[_inside_boxes(ahead, vehicle_boxes, 0.4)]] = False  # a vehicle stands in its way: wait
+            near = self.a[idx] + u * (self.progress[idx, None] + PED_SIZE[0] / 2 + 0.1)
+            wait = _inside_boxes(ahead, vehicle_boxes[moving], 0.4) | _inside_boxes(near, vehicle_boxes[~moving], 0.3)
+            walking[idx[wait]] = False
+            # held in its way for too long (a vehicle waits for it as it waits for the vehicle): turn back
+            self.held[idx] = np.where(wait, self.held[idx] + dt, 0.0)
+            back = idx[self.held[idx] > TURN_BACK_S]
+            self.a[back], self.b[back] = self.b[back].copy(), self.a[back].copy()
+            self.progress[back] = self.length[back] - self.progress[back]
+            self.held[back] = 0.0
         self.progress[walking] += self.speed[walking] * dt
         done = (self.state == 1) & (self.progress >= self.length)
         self.progress[done] = self.length[done]
@@ -172,6 +187,7 @@ def spawn_pedestrians(
         linger=np.array(linger),
         arrive_t=np.full(n, np.inf),
         light_col=np.array(cols, dtype=np.int64),
+        held=np.zeros(n),
     )
     early = ~ped.crosser & (ped.start_t < 0)  # walkers already under way at t = 0
     ped.progress[early] = np.minimum(-ped.start_t[early] * ped.speed[early], ped.length[early] - 0.1)

@@ -13,7 +13,7 @@ import numpy as np
 
 from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.datasets.synthetic.world import DriveRecord
-from simulation.types import TrackedObjectType
+from simulation.types import PACIFICA, TrackedObjectType
 
 #: Every type this generator can tag.
 SCENARIO_TYPES = (
@@ -36,7 +36,11 @@ SCENARIO_TYPES = (
     "low_magnitude_speed",
 )
 TAG_STRIDE = 10  # tag every 10th 20 Hz frame (2 Hz)
-TURN_WINDOW = 30  # frames (1.5 s) around entering a connector that count as "starting" a turn
+#: A pedestrian the stopped ego waits for: walking across its way within this distance ahead of its front
+#: bumper (m) and this far to either side of its axis (m, the width of a crosswalk over a 3 + 3 lane road).
+PED_AHEAD_M = 15.0
+PED_SIDE_M = 10.0
+TURN_WINDOW = 60  # frames (3 s) around entering a connector that count as "starting" a turn
 
 
 def _turn_entries(town: Town, record: DriveRecord) -> np.ndarray:
@@ -58,8 +62,10 @@ def frame_tags(town: Town, record: DriveRecord, ego_v: np.ndarray, ego_a: np.nda
 
     Own definitions: a lead is the nearest vehicle on the ego path or in its corridor; "with lead" means
     one within 30 m (and before the stop line for light tags); stopping = decelerating below -0.5 m/s^2
-    above 0.5 m/s; stationary = below 0.1 m/s; a pedestrian being waited for is one in the corridor within
-    15 m while the ego is below 0.5 m/s; near_multiple_vehicles = at least 6 vehicles within 20 m of the ego.
+    above 0.5 m/s; stationary = below 0.1 m/s; a pedestrian being waited for (the ego below 0.5 m/s) is one in
+    the corridor within 15 m or one walking across the ego's way (:func:`_crossing_pedestrian`);
+    near_multiple_vehicles = at least 6 vehicles within 20 m of the ego; a turn is "starting" from
+    :data:`TURN_WINDOW` frames before the ego enters its connector to as many after.
     """
     turns = _turn_entries(town, record)
     tags: list[tuple[int, str, int]] = []
@@ -117,13 +123,32 @@ def _manoeuvre_tags(record: DriveRecord, f: int, turn: int) -> list[tuple[str, i
     if fr.changing_lane:
         out.append(("changing_lane", -1))
     ped = fr.corridor_owner
-    if ped >= 0 and record.types[ped] == TrackedObjectType.PEDESTRIAN and v < 0.5 and fr.lead_gap < 15.0:
+    if not (ped >= 0 and record.types[ped] == TrackedObjectType.PEDESTRIAN and fr.lead_gap < 15.0):
+        ped = _crossing_pedestrian(record, f)
+    if ped >= 0 and v < 0.5:
         out.append(("waiting_for_pedestrian_to_cross", ped))
     if v > 9.0:
         out.append(("high_magnitude_speed", -1))
     elif 0.3 < v < 1.2:
         out.append(("low_magnitude_speed", -1))
     return out
+
+
+def _crossing_pedestrian(record: DriveRecord, f: int) -> int:
+    """The nearest pedestrian walking across the ego's way (more than 0.3 m/s across its heading) less than
+    :data:`PED_AHEAD_M` ahead of its front bumper and :data:`PED_SIDE_M` to either side of its axis, with no
+    vehicle lead before it; -1 if none."""
+    fr = record.ego_frames[f]
+    x, y, h = record.ego_pose[f]
+    c, s = np.cos(h), np.sin(h)
+    d = record.boxes[f, :, :2] - np.array([x, y])
+    ahead = d[:, 0] * c + d[:, 1] * s - PACIFICA.front_length
+    side = -d[:, 0] * s + d[:, 1] * c
+    across = np.abs(-record.boxes[f, :, 3] * s + record.boxes[f, :, 4] * c)
+    lead = fr.lead_gap if fr.lead_owner >= 0 and record.types[fr.lead_owner] != TrackedObjectType.PEDESTRIAN else 1e9
+    ok = record.valid[f] & (record.types == TrackedObjectType.PEDESTRIAN) & (across > 0.3)
+    ok &= (ahead > 0.0) & (ahead < min(PED_AHEAD_M, lead)) & (np.abs(side) < PED_SIDE_M)
+    return int(np.flatnonzero(ok)[np.argmin(ahead[ok])]) if ok.any() else -1
 
 
 def difficulty(town: Town, record: DriveRecord) -> Counter:

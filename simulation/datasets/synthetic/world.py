@@ -34,18 +34,25 @@ from simulation.types import PACIFICA, TrackedObjectType, TrafficLightStatus
 DT = 0.05
 #: Mean seconds between two braking events of one vehicle (it slows down for something off the map: a
 #: driveway, a parking space, a hesitation), their duration and deceleration ranges.
-BRAKE_EVERY_S = 20.0
+BRAKE_EVERY_S = 12.0
 BRAKE_DURATION_S = (3.0, 7.0)
 BRAKE_DECEL = (1.5, 3.0)
 #: ... only this far from either end of a lane.
 BRAKE_CLEAR_M = 30.0
 #: (type, length range, width range, height, share) of moving vehicles.
 VEHICLE_KINDS = (
-    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.62),
-    ("van", (5.2, 5.9), (2.0, 2.2), 2.2, 0.14),
-    ("truck", (8.5, 12.0), (2.4, 2.6), 3.2, 0.16),
-    ("bicycle", (1.7, 1.9), (0.6, 0.8), 1.7, 0.08),
+    ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.58),
+    ("van", (5.2, 5.9), (2.0, 2.2), 2.2, 0.12),
+    ("truck", (8.5, 12.0), (2.4, 2.6), 3.2, 0.2),
+    ("bicycle", (1.7, 1.9), (0.6, 0.8), 1.7, 0.1),
 )
+TRUCK, BICYCLE = 2, 3  # rows of VEHICLE_KINDS
+#: The range of the gap (m) between the ego and a lead placed ahead of it (:attr:`DriveConfig.ego_lead`) and
+#: how many of the lead's junction movements the ego copies (so that it stays behind it for a while).
+EGO_LEAD_GAP = (8.0, 18.0)
+#: Mean seconds between two braking events of a truck placed ahead of the ego (stop-and-go ahead of it).
+EGO_LEAD_BRAKE_EVERY_S = 6.0
+EGO_LEAD_MOVES = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class DriveConfig:
         duration_s: logged seconds. warmup_s: simulated, unlogged seconds before.
         vehicles_per_km: moving vehicles per km of lane. pedestrian_density: crossers per crosswalk per minute.
         parked_share: probability of a parked vehicle per 12 m of parking strip.
+        ego_lead: kind (row of :data:`VEHICLE_KINDS`: 2 a truck, 3 a cyclist) of a lead placed 8-18 m ahead of
+            the ego at the start, whose first junction movements the ego copies; -1 for none.
     """
 
     duration_s: float = 60.0
@@ -63,6 +72,7 @@ class DriveConfig:
     vehicles_per_km: float = 20.0
     pedestrian_density: float = 0.5
     parked_share: float = 0.15
+    ego_lead: int = -1
 
 
 @dataclass
@@ -161,10 +171,38 @@ def clear_points(town: Town, conflict: np.ndarray, index: dict[int, int]) -> np.
     return out
 
 
+def _ego_lead(
+    town: Town, rng: np.random.Generator, ego: tuple[int, float], blocked: frozenset[int], kind: int
+) -> tuple[tuple[int, float], tuple[int, float, float] | None]:
+    """The ego's start (lane, arc length) and the lead of ``kind`` (:data:`TRUCK`, :data:`BICYCLE`, -1 for none)
+    placed ahead of it: (kind, arc length of its centre, length), or ``None`` (also on a lane with a stopped
+    vehicle). A cyclist rides the rightmost lane of a road with two or more lanes: the ego moves to that lane of
+    its roadblock to start behind it."""
+    if kind < 0 or ego[0] in blocked:
+        return ego, None
+    lane = town.paths[ego[0]]
+    length = float(rng.uniform(*VEHICLE_KINDS[kind][1]))
+    gap = float(rng.uniform(*EGO_LEAD_GAP))
+    if kind == BICYCLE:  # only where the ego can pass it on the next lane
+        paths = town.blocks[lane.roadblock].paths
+        if len(paths) < 2 or paths[-1] in blocked:
+            return ego, None
+        lane = town.paths[paths[-1]]
+    s = ego[1] + PACIFICA.length + gap + length / 2
+    ok = s + length / 2 + 4.0 < lane.length
+    return ((lane.fid, ego[1]), (kind, s, length)) if ok else (ego, None)
+
+
 def _spawn_traffic(
-    town: Town, cfg: DriveConfig, rng: np.random.Generator, avoid: tuple[int, float], blocked: frozenset[int]
+    town: Town,
+    cfg: DriveConfig,
+    rng: np.random.Generator,
+    avoid: tuple[int, float],
+    blocked: frozenset[int],
+    lead: tuple[int, float, float] | None = None,
 ):
-    """Moving vehicles on lanes without overlaps: (routes, start s, sizes (N,2), types, heights, cyclist mask)."""
+    """Moving vehicles on lanes without overlaps: (routes, start s, sizes (N,2), kinds); ``lead`` (see
+    :func:`_ego_lead`) is the first row, on the lane of ``avoid``."""
     lanes = sorted(town.lanes, key=lambda p: p.fid)
     total_km = sum(p.length for p in lanes) / 1000.0
     n = int(rng.poisson(cfg.vehicles_per_km * total_km))
@@ -172,6 +210,13 @@ def _spawn_traffic(
     occupied: dict[int, list[tuple[float, float]]] = {avoid[0]: [(avoid[1] - 12.0, avoid[1] + 12.0)]}
     routes, s0, sizes, kinds = [], [], [], []
     need = 22.0 * (cfg.duration_s + cfg.warmup_s) + 150.0
+    if lead is not None:
+        kind, s, length = lead
+        occupied[avoid[0]].append((s - length / 2 - 3.0, s + length / 2 + 3.0))
+        routes.append(random_route(town, avoid[0], need, rng, blocked))
+        s0.append(s)
+        sizes.append((length, float(rng.uniform(*VEHICLE_KINDS[kind][2]))))
+        kinds.append(kind)
     for _ in range(n):
         kind = int(rng.choice(len(VEHICLE_KINDS), p=shares / shares.sum()))
         name, lr, wr, _, _ = VEHICLE_KINDS[kind]
@@ -191,6 +236,22 @@ def _spawn_traffic(
         sizes.append((length, width))
         kinds.append(kind)
     return routes, np.array(s0), np.array(sizes).reshape(-1, 2), np.array(kinds, dtype=np.int64)
+
+
+def _copied_moves(town: Town, route: list[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """The first :data:`EGO_LEAD_MOVES` junction movements of a route as the ego's choices: (roadblock -> turn
+    type, roadblock -> lane index)."""
+    turn: dict[int, int] = {}
+    target: dict[int, int] = {}
+    for lane, conn in zip(route[:-1], route[1:]):
+        c = town.paths[conn]
+        if not c.is_connector or c.turn_type == TurnType.UTURN:
+            continue
+        rb = town.paths[lane].roadblock
+        turn[rb], target[rb] = int(c.turn_type), town.paths[lane].index
+        if len(turn) == EGO_LEAD_MOVES:
+            break
+    return turn, target
 
 
 def _static_boxes(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -249,11 +310,13 @@ def _ego_start(town: Town, rng: np.random.Generator, blocked: frozenset[int]) ->
     return lane.fid, float(rng.uniform(5.0, min(25.0, lane.length - 40.0)))
 
 
-def _brake_events(n: int, horizon: float, cyclist: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _brake_events(
+    n: int, horizon: float, cyclist: np.ndarray, rng: np.random.Generator, every: float = BRAKE_EVERY_S
+) -> np.ndarray:
     """``(N, E, 4)`` braking events of the moving vehicles (start, end, deceleration, target speed as a share of
-    the free speed); cyclists have none."""
-    e = int(np.ceil(2.0 * horizon / BRAKE_EVERY_S)) + 1
-    start = np.cumsum(rng.exponential(BRAKE_EVERY_S, (n, e)), axis=1)
+    the free speed), ``every`` seconds apart on average; cyclists have none."""
+    e = int(np.ceil(2.0 * horizon / every)) + 1
+    start = np.cumsum(rng.exponential(every, (n, e)), axis=1)
     start[cyclist] = np.inf
     out = np.stack(
         [
@@ -311,8 +374,9 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     blockers = _blockers(town, rng)
     blocked = frozenset(blockers)
     ego_lane, ego_s = _ego_start(town, rng, blocked)
-    routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s), blocked)
-    cyclist = kinds == 3
+    (ego_lane, ego_s), lead = _ego_lead(town, rng, (ego_lane, ego_s), blocked, cfg.ego_lead)
+    routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s), blocked, lead)
+    cyclist = kinds == BICYCLE
     tr = _Traffic(
         bank=build_bank(town, routes, light_cols) if routes else build_bank(town, [[ego_lane]], light_cols),
         s=s0.astype(np.float64),
@@ -326,9 +390,24 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         sneaking=np.zeros(len(s0), dtype=bool),
         brakes=_brake_events(len(s0), cfg.warmup_s + cfg.duration_s, cyclist, rng),
     )
+    if lead is not None and lead[0] == TRUCK:  # the lead placed ahead of the ego brakes more often
+        own = _brake_events(1, cfg.warmup_s + cfg.duration_s, cyclist[:1], rng, EGO_LEAD_BRAKE_EVERY_S)
+        e = max(own.shape[1], tr.brakes.shape[1])
+        tr.brakes = np.concatenate([tr.brakes, np.full((len(s0), e - tr.brakes.shape[1], 4), np.inf)], 1)
+        tr.brakes[0] = np.concatenate([own[0], np.full((e - own.shape[1], 4), np.inf)], 0)
     tr.conn_row = np.vectorize(lambda f: conn_index.get(int(f), -1), otypes=[np.int64])(tr.bank.seg_fid)
+    turn, target = _copied_moves(town, routes[0]) if lead is not None else ({}, {})
     ego = EgoDriver(
-        town, rng, light_cols, conn_index, [ego_lane], ego_s, blockers={k: b[7] for k, b in blockers.items()}
+        town,
+        rng,
+        light_cols,
+        conn_index,
+        [ego_lane],
+        ego_s,
+        target=target,
+        turn=turn,
+        cyclists=frozenset(np.flatnonzero(cyclist).tolist()),
+        blockers={k: b[7] for k, b in blockers.items()},
     )
     peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng, light_cols)
     static, static_types, static_h = _static_boxes(town, cfg, rng)
@@ -356,6 +435,7 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         veh = _vehicle_boxes(tr.bank, tr.s, tr.v, tr.sizes) if n_veh else np.zeros((0, 7))
         ped = peds.boxes(times[f])
         ped_vis = peds.visible(times[f])
+        ped_road = ped_vis & (peds.state != 0)  # crossers waiting at the kerb are no obstacle
         if f >= n_warm:
             g = f - n_warm
             ego_pose[g] = ego.pose()
@@ -367,8 +447,8 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
             ego,
             peds,
             veh,
-            ped[ped_vis],
-            np.flatnonzero(ped_vis) + n_veh,
+            ped[ped_road],
+            np.flatnonzero(ped_road) + n_veh,
             static,
             light[f],
             (conflict, conflict_long),

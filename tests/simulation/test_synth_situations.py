@@ -1,0 +1,213 @@
+"""Situations the synthetic city sets up on purpose: a lead ahead of the ego (a truck or a cyclist) that the
+expert follows, anticipating its braking; crossers that give way to a vehicle and turn back; the split plan."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from simulation.datasets.synthetic import world
+from simulation.datasets.synthetic.expert import BIKE_PATIENCE_S, LEAD_ANTICIPATION_S, EgoDriver
+from simulation.datasets.synthetic.generator import SPLITS, LogSpec, make_town, plan_logs, record_to_log
+from simulation.datasets.synthetic.pedestrians import TURN_BACK_S, Pedestrians
+from simulation.datasets.synthetic.world import (
+    BICYCLE,
+    TRUCK,
+    DriveConfig,
+    _blockers,
+    _copied_moves,
+    _ego_lead,
+    _ego_start,
+    simulate_drive,
+)
+from simulation.types import PACIFICA, TrackedObjectType
+
+SEED = 5
+#: The braking event of the truck ahead of the ego: from 6 s to 11 s (1 s into the log) at -5 m/s^2 down to
+#: 0.5 m/s.
+LEAD_BRAKE = (6.0, 11.0, 5.0, 0.0)
+
+
+def _lead_of(town, index: int, kind: int):
+    """The lead of ``kind`` the drive of log ``index`` places ahead of the ego (the first draws of
+    :func:`simulate_drive`)."""
+    rng = np.random.default_rng(np.random.SeedSequence([SEED, 3, index]))
+    blocked = frozenset(_blockers(town, rng))
+    return _ego_lead(town, rng, _ego_start(town, rng, blocked), blocked, kind)
+
+
+def test_anticipated_lead_speed_hand_computed():
+    """A lead that lost 0.1 m/s in one 0.05 s step brakes at 2 m/s^2: the ego reacts to its speed 1.5 s ahead."""
+    ego = SimpleNamespace(seen_v={4: 10.0, 9: 3.0})
+    v_brake, v_unseen = EgoDriver._anticipate(ego, 0.05, (4, 9.9), (7, 5.0))  # type: ignore[arg-type]
+    assert v_brake == pytest.approx(9.9 - 2.0 * LEAD_ANTICIPATION_S) and v_unseen == 5.0
+    assert ego.seen_v == {4: 9.9, 7: 5.0}  # only the leads of this step are remembered
+    faster, none = EgoDriver._anticipate(ego, 0.05, (4, 10.0), (-1, 0.0))  # type: ignore[arg-type]
+    assert faster == 10.0 and none == 0.0  # an accelerating lead is not extrapolated; no lead stays 0
+    stop = EgoDriver._anticipate(ego, 0.05, (4, 0.2))  # type: ignore[arg-type]
+    assert stop == [0.0]  # never below standstill
+
+
+def test_copied_moves_follow_the_route(monkeypatch):
+    town = make_town(SEED, 0)
+    lane = min(town.lanes, key=lambda p: p.fid)
+    conn = [c for c in lane.outgoing if town.paths[c].turn_type != 3][0]
+    nxt = town.paths[conn].outgoing[0]
+    conn2 = [c for c in town.paths[nxt].outgoing if town.paths[c].turn_type != 3][0]
+    route = [lane.fid, conn, nxt, conn2, town.paths[conn2].outgoing[0]]
+    turn, target = _copied_moves(town, route)
+    assert turn == {lane.roadblock: town.paths[conn].turn_type, town.paths[nxt].roadblock: town.paths[conn2].turn_type}
+    assert target == {lane.roadblock: lane.index, town.paths[nxt].roadblock: town.paths[nxt].index}
+    monkeypatch.setattr(world, "EGO_LEAD_MOVES", 1)
+    assert len(_copied_moves(town, route)[0]) == 1
+
+
+@pytest.fixture(scope="module")
+def truck_drive():
+    """The first log that starts the ego behind a truck with 80 m of lane ahead, with that truck braking hard to a
+    stop (:data:`LEAD_BRAKE`)."""
+    town = make_town(SEED, 0)
+
+    def room(i: int) -> float:  # lane left ahead of the truck
+        (lane, _), lead = _lead_of(town, i, TRUCK)
+        return -1.0 if lead is None else town.paths[lane].length - lead[1]
+
+    index = next(i for i in range(200) if room(i) > 80.0)
+    cfg = DriveConfig(duration_s=12.0, warmup_s=5.0, vehicles_per_km=5.0, pedestrian_density=0.5, ego_lead=TRUCK)
+
+    def events(n, horizon, cyclist, rng, every=world.BRAKE_EVERY_S):
+        out = np.full((n, 1, 4), np.inf)
+        out[0, 0] = LEAD_BRAKE
+        return out
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(world, "BRAKE_CLEAR_M", 0.0)  # brake wherever it is on its lane
+    mp.setattr(world, "_brake_events", events)
+    try:
+        rng = np.random.default_rng(np.random.SeedSequence([SEED, 3, index]))
+        rec = simulate_drive(town, cfg, rng)
+    finally:
+        mp.undo()
+    return town, index, cfg, rec
+
+
+def test_the_expert_keeps_a_safe_gap_to_a_braking_truck(truck_drive):
+    town, index, cfg, rec = truck_drive
+    v = np.array([f.v for f in rec.ego_frames])
+    lead = np.array([f.lead_owner for f in rec.ego_frames])
+    gap = np.array([f.lead_gap for f in rec.ego_frames])
+    v_lead = np.hypot(rec.boxes[:, 0, 3], rec.boxes[:, 0, 4])
+    behind = lead == 0
+    assert behind[:40].all()  # the truck placed ahead is the ego's lead from the start
+    assert v_lead[40:160].min() < 1.0 and v_lead[:20].max() > 6.0  # it did brake hard, from speed
+    assert min(f.a for f in rec.ego_frames) > -2.0  # within the expert's comfortable deceleration
+    # never closer than 2 m, and never closing in faster than the gap allows within 0.9 s (NAVSIM's TTC)
+    assert gap[behind].min() > 2.0
+    assert (gap[behind] > 0.9 * (v[behind] - v_lead[behind])).all()
+    # its box length is above the long-vehicle threshold, so queueing behind it is tagged
+    assert rec.boxes[0, 0, 5] > 8.0
+    log, _ = record_to_log(town, rec, LogSpec("t", index, 0, SPLITS[0], SEED, cfg))
+    assert "behind_long_vehicle" in set(log.tag_type)
+
+
+def test_leads_start_ahead_of_the_ego_cyclists_in_the_rightmost_lane():
+    town = make_town(SEED, 0)
+    placed = {TRUCK: 0, BICYCLE: 0}
+    for i in range(30):
+        assert _lead_of(town, i, -1)[1] is None
+        for kind in placed:
+            (lane, s), lead = _lead_of(town, i, kind)
+            if lead is None:
+                continue
+            placed[kind] += 1
+            p = town.paths[lane]
+            assert lead[0] == kind
+            assert lead[1] - s >= PACIFICA.length + 8.0 + lead[2] / 2 - 1e-9  # the gap of EGO_LEAD_GAP at least
+            assert lead[1] + lead[2] / 2 + 4.0 < p.length
+            if kind == BICYCLE:  # in the rightmost lane, with a lane to pass it
+                assert p.index == len(town.blocks[p.roadblock].paths) - 1 >= 1 and lead[2] < 2.0
+            else:
+                assert lead[2] > 8.0
+    assert min(placed.values()) >= 10  # placed unless the lane is too short or has a stopped vehicle
+
+
+def _crosser(vehicle: np.ndarray) -> tuple[Pedestrians, np.ndarray]:
+    """One crosser walking +x from (0, 0) to (10, 0), 2 m along, and a vehicle box ``(7,)``."""
+    ped = Pedestrians(
+        a=np.array([[0.0, 0.0]]),
+        b=np.array([[10.0, 0.0]]),
+        speed=np.array([1.0]),
+        start_t=np.array([0.0]),
+        crosser=np.array([True]),
+        progress=np.array([2.0]),
+        state=np.array([1]),
+        linger=np.array([1.0]),
+        arrive_t=np.array([np.inf]),
+        light_col=np.array([-1]),
+        held=np.zeros(1),
+    )
+    return ped, vehicle[None]
+
+
+def test_a_crosser_waits_for_a_moving_vehicle_and_passes_a_yielding_one():
+    # a vehicle moving across its way 1 m ahead: it waits
+    ped, veh = _crosser(np.array([3.5, 0.0, np.pi / 2, 0.0, 5.0, 4.5, 1.9]))
+    ped.step(0.0, 0.05, veh, np.zeros(1))
+    assert ped.progress[0] == 2.0 and ped.held[0] == pytest.approx(0.05)
+    # the same vehicle stopped (yielding to it) 1.2 m from its front: it walks on
+    ped, veh = _crosser(np.array([4.25, 0.0, np.pi / 2, 0.0, 0.0, 4.5, 1.9]))
+    ped.step(0.0, 0.05, veh, np.zeros(1))
+    assert ped.progress[0] == pytest.approx(2.05)
+
+
+def test_a_crosser_held_by_a_stopped_vehicle_turns_back():
+    ped, veh = _crosser(np.array([3.5, 0.0, np.pi / 2, 0.0, 0.0, 4.5, 1.9]))  # stopped, touching its next step
+    steps = int(round(TURN_BACK_S / 0.05)) - 1
+    for k in range(steps):
+        ped.step(0.05 * k, 0.05, veh, np.zeros(1))
+    assert ped.progress[0] == 2.0 and ped.b[0, 0] == 10.0  # still waiting
+    while ped.b[0, 0] == 10.0 and steps < 90:
+        ped.step(0.05 * steps, 0.05, veh, np.zeros(1))
+        steps += 1
+    assert steps <= 81  # turned back after TURN_BACK_S (4 s = 80 steps) up to rounding, from where it stands
+    assert ped.b[0, 0] == 0.0 and ped.a[0, 0] == 10.0
+    assert ped.progress[0] == pytest.approx(8.0) and ped.held[0] == 0.0
+    assert ped.boxes(0.0)[0, 0] == pytest.approx(2.0)
+    ped.step(0.05 * steps, 0.05, veh, np.zeros(1))
+    assert ped.boxes(0.0)[0, 0] == pytest.approx(1.95)  # walking away from the vehicle
+
+
+def test_demo_size_split_plan():
+    specs = plan_logs(14, 2, 0, 60.0)
+    counts = [sum(s.split == name for s in specs) for name in SPLITS]
+    assert counts == [8, 2, 4]
+    test_leads = [s.drive.ego_lead for s in specs if s.split == SPLITS[2]]
+    assert test_leads == [TRUCK, -1, BICYCLE, TRUCK]  # each split gets each situation
+    assert [s.split for s in plan_logs(3, 1, 0, 20.0)] == [SPLITS[0], SPLITS[0], SPLITS[2]]
+
+
+def test_the_expert_follows_a_cyclist_then_passes_it():
+    """The first log that starts the ego behind a cyclist with room to pass: tagged behind_bike while it follows,
+    it changes to the next lane after BIKE_PATIENCE_S and ends ahead of the cyclist."""
+    town = make_town(SEED, 0)
+
+    def room(i: int) -> float:
+        (lane, _), lead = _lead_of(town, i, BICYCLE)
+        return -1.0 if lead is None else town.paths[lane].length - lead[1]
+
+    index = next(i for i in range(200) if room(i) > 80.0)
+    cfg = DriveConfig(duration_s=20.0, warmup_s=1.0, vehicles_per_km=3.0, pedestrian_density=0.5, ego_lead=BICYCLE)
+    rec = simulate_drive(town, cfg, np.random.default_rng(np.random.SeedSequence([SEED, 3, index])))
+    assert rec.types[0] == TrackedObjectType.BICYCLE
+    lead = np.array([f.lead_owner for f in rec.ego_frames])
+    assert (lead[:20] == 0).all()  # the cyclist is the lead from the start
+    first_change = next(g for g, f in enumerate(rec.ego_frames) if f.changing_lane)
+    assert first_change * 0.05 + cfg.warmup_s >= BIKE_PATIENCE_S - 0.5  # patient first
+    log, _ = record_to_log(town, rec, LogSpec("b", index, 0, SPLITS[0], SEED, cfg))
+    assert "behind_bike" in set(log.tag_type)
+    # the ego ends ahead of the cyclist along its heading
+    d = rec.boxes[-1, 0, :2] - rec.ego_pose[-1, :2]
+    h = rec.ego_pose[-1, 2]
+    assert d[0] * np.cos(h) + d[1] * np.sin(h) < 0.0
