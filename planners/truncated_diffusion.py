@@ -1,12 +1,22 @@
 """Truncated diffusion planner: an anchored Gaussian around K-means trajectory anchors, denoised in 2 steps.
 
-Training noises the anchors to a small timestep (``t < 50`` of the 1000-step schedule); the cascade
-decoder predicts, for every noisy anchor, a classification logit and a clean trajectory (an offset
-added to the noisy waypoints). The anchor nearest the ground truth is the positive: focal loss on the
-logits, L1 on its trajectory. Inference noises the anchors to ``t = 8`` and runs two DDIM steps; the
-output is the best-scored candidate of the last call. With ``truncated=False`` the same network is
-the vanilla baseline: it denoises pure noise with 20 DDIM steps (its shipped config regresses the clean
-waypoints directly, ``absolute_output``: an offset from a pure-noise waypoint is not learnable).
+Training noises the anchors to a small timestep (``t < 50``); the cascade decoder predicts, for every
+noisy anchor, a classification logit and a clean trajectory. The anchor nearest the ground truth is the
+positive: focal loss on the logits, L1 on its trajectory. Inference noises the anchors to ``t = 8`` and
+runs two DDIM steps; the output is the best-scored candidate of the last call. With ``truncated=False``
+the same network is the vanilla baseline: it denoises pure noise with 20 DDIM steps.
+
+The trajectory head has three forms:
+
+- offset from the noisy points (the default, DiffusionDrive's): the head must learn to cancel the
+  sampling noise (about 1.5 m per waypoint at ``t = 8``), and what it does not cancel stays as jitter;
+- ``anchor_offset``: an offset from the candidate's anchor, the mean of its anchored Gaussian (the
+  shipped truncated config): nothing to cancel, and the candidates start as spread as the anchors;
+- ``absolute_output``: the clean waypoints themselves, normalised over ``x_range`` / ``y_range``
+  (the vanilla config: an offset from a pure-noise waypoint is not learnable; for the truncated planner
+  the candidates collapse onto one mode).
+
+In the two offset forms the later cascade layers add their offsets to the previous layer's waypoints.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ class TruncatedDiffusionConfig:
     truncated: bool = True
     vanilla_steps: int = 20
     absolute_output: bool = False
+    anchor_offset: bool = False
     cls_weight: float = 10.0
     reg_weight: float = 8.0
     focal_gamma: float = 2.0
@@ -56,7 +67,8 @@ class TruncatedDiffusionConfig:
 
 
 class CascadeLayer(nn.Module):
-    """One decoder layer: BEV sampling at the waypoints, attention to agents + ego, FFN, time FiLM, heads."""
+    """One decoder layer: BEV sampling at the waypoints, attention to the scene tokens (agents + ego), attention
+    to the ego token alone (its status must not drown among the agents), FFN, time FiLM, heads."""
 
     def __init__(
         self,
@@ -74,8 +86,9 @@ class CascadeLayer(nn.Module):
         self.point_weights = nn.Linear(d, NUM_POSES)
         self.bev_out = nn.Linear(d, d)
         self.scene_attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ego_attn = nn.MultiheadAttention(d, heads, batch_first=True)
         self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.ReLU(), nn.Linear(4 * d, d))
-        self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in range(3)])
+        self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in range(4)])
         self.film = nn.Sequential(nn.Mish(), nn.Linear(d, 2 * d))
         cls_out = nn.Linear(d, 1)
         nn.init.constant_(cls_out.bias, -4.595)  # prior probability 0.01
@@ -103,19 +116,27 @@ class CascadeLayer(nn.Module):
         scene: torch.Tensor,
         scene_pad: torch.Tensor,
         time_emb: torch.Tensor,
+        base: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``query (B,K,d)``, ``points (B,K,8,2)`` metres -> (query, poses (B,K,8,3), logits (B,K))."""
+        """``query (B,K,d)``, ``points (B,K,8,2)`` metres -> (query, poses (B,K,8,3), logits (B,K)).
+
+        In offset mode the regressed offsets are added to ``base`` ``(B,K,8,2)`` metres, or to ``points`` when
+        it is ``None``.
+        """
         samples = self.sample_bev(self.bev_proj(bev), points)
         weights = torch.softmax(self.point_weights(query), dim=-1).unsqueeze(-1)
         query = self.norms[0](query + self.bev_out((samples * weights).sum(2)))
         attended, _ = self.scene_attn(query, scene, scene, key_padding_mask=scene_pad, need_weights=False)
         query = self.norms[1](query + attended)
-        query = self.norms[2](query + self.ffn(query))
+        ego = scene[:, -1:]  # the ego token closes the scene tokens (see TruncatedDiffusionPlanner.encode)
+        attended, _ = self.ego_attn(query, ego, ego, need_weights=False)
+        query = self.norms[2](query + attended)
+        query = self.norms[3](query + self.ffn(query))
         scale, shift = self.film(time_emb).unsqueeze(1).chunk(2, dim=-1)
         query = query * (1.0 + scale) + shift
         reg = self.reg_head(query).reshape(query.shape[0], query.shape[1], NUM_POSES, 3)
         if self.output_frame is None:
-            xy = points + reg[..., :2]
+            xy = (points if base is None else base) + reg[..., :2]
         else:
             (x_lo, x_hi), (y_lo, y_hi) = self.output_frame
             xy = torch.stack(
@@ -161,6 +182,8 @@ class TruncatedDiffusionPlanner(nn.Module):
             anchors = torch.zeros(config.num_anchors, NUM_POSES, 2)
         if anchors.shape != (config.num_anchors, NUM_POSES, 2):
             raise ValueError(f"anchors must be ({config.num_anchors}, {NUM_POSES}, 2), got {tuple(anchors.shape)}")
+        if config.anchor_offset and (config.absolute_output or not config.truncated):
+            raise ValueError("anchor_offset needs the truncated sampler and the offset head (absolute_output: false)")
         self.config = config
         d = config.d_model
         self.bev_encoder = BEVEncoder(config.bev_channels, d, config.backbone, config.backbone_stage)
@@ -247,11 +270,15 @@ class TruncatedDiffusionPlanner(nn.Module):
         b, k = points.shape[:2]
         query = self.traj_embed(sinusoidal_embedding(noisy_norm.clamp(-1.0, 1.0) * 100.0, 32).reshape(b, k, -1))
         time_emb = self.time_embed(sinusoidal_embedding(timestep.float().reshape(-1).expand(b), self.config.d_model))
+        # the first layer's offsets start from the anchors (the means of the anchored Gaussian) or from the noisy
+        # points (DiffusionDrive); every later layer refines the previous layer's waypoints
+        base = self.anchors.expand(b, -1, -1, -1) if self.config.anchor_offset else None
         outputs = []
         for layer in self.layers:
-            query, poses, logits = layer(query, points, bev, scene, pad, time_emb)
+            query, poses, logits = layer(query, points, bev, scene, pad, time_emb, base)
             outputs.append((poses, logits))
             points = poses[..., :2].detach()
+            base = None
         return outputs
 
     # ---------------------------------------------------------------- training

@@ -15,7 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -62,7 +62,8 @@ class DemoSize:
 
     Attributes:
         logs, towns: synthetic city size (``diffplan data synth``; the preset sets the log length).
-        epochs: imitation epochs per learned planner.
+        epochs: imitation epochs per learned planner, unless ``planner_epochs`` names it.
+        planner_epochs: training config -> epochs, for planners that need more steps than the rest.
         train_interval: step between training scenes (2 Hz frames).
         navsim_interval: step between benchmark scenes (2 Hz frames) for the NAVSIM protocols.
         cls_scenarios: scenarios per nuPlan closed-loop run.
@@ -74,10 +75,23 @@ class DemoSize:
     train_interval: int
     navsim_interval: int
     cls_scenarios: int
+    planner_epochs: dict[str, int] = field(default_factory=dict)
+
+    def epochs_of(self, name: str) -> int:
+        return self.planner_epochs.get(name, self.epochs)
 
 
 SIZES = {
-    "small": DemoSize(logs=10, towns=2, epochs=3, train_interval=2, navsim_interval=8, cls_scenarios=6),
+    # 3 epochs are ~60 optimiser steps; the truncated planner's classifier needs ~200 to pick better than chance
+    "small": DemoSize(
+        logs=10,
+        towns=2,
+        epochs=3,
+        train_interval=2,
+        navsim_interval=8,
+        cls_scenarios=6,
+        planner_epochs={"truncated_il": 10},
+    ),  # fmt: skip
     "medium": DemoSize(logs=40, towns=3, epochs=20, train_interval=1, navsim_interval=2, cls_scenarios=60),
 }
 
@@ -156,7 +170,7 @@ class Pipeline:
         run_dir = self.out / "train" / name
         self.run_command(
             "fit", "--config", f"configs/train/{name}.yaml", "--data.cache_dir", str(self.out / "cache"),
-            "--trainer.max_epochs", str(self.size.epochs), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.max_epochs", str(self.size.epochs_of(name)), "--trainer.default_root_dir", str(run_dir),
             "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
         )  # fmt: skip
 

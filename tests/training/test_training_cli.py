@@ -59,7 +59,10 @@ def test_fit_checkpoint_resume_load_and_export(feature_cache: Path, tmp_path: Pa
     inputs = example_inputs(planner, batch=2, bev_size=(64, 64))
     with torch.no_grad():
         eager = planner.sample(dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4])), inputs[4])
-    torch.testing.assert_close(ExportedPlanner(out)(*inputs)[0], eager.trajectory, atol=1e-5, rtol=0)
+    # the file's module matches eager to 1e-5 m; the CPU-optimised copy (folded batch norms, oneDNN kernels)
+    # to float32 rounding of waypoints tens of metres long
+    torch.testing.assert_close(ExportedPlanner(out, optimize=False)(*inputs)[0], eager.trajectory, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ExportedPlanner(out)(*inputs)[0], eager.trajectory, atol=1e-4, rtol=0)
     with pytest.raises(CheckpointError, match="expected a EgoStatusMLP"):
         load_planner(ckpt, expect_class="EgoStatusMLP")
 
