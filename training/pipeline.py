@@ -82,7 +82,7 @@ class DemoSize:
 
 
 SIZES = {
-    # 3 epochs are ~60 optimiser steps; the truncated planner's classifier needs ~200 to pick better than chance
+    # 3 epochs are ~33 optimiser steps on the demo cache; the truncated planner's classifier needs more to pick well
     "small": DemoSize(
         logs=10,
         towns=2,
