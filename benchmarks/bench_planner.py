@@ -38,7 +38,9 @@ def planners() -> dict[str, torch.nn.Module]:
         "vanilla_diffusion_20": TruncatedDiffusionPlanner(
             TruncatedDiffusionConfig(truncated=False, absolute_output=True, backbone_stage=-2), anchors
         ),
-        "truncated_diffusion_2": TruncatedDiffusionPlanner(TruncatedDiffusionConfig(backbone_stage=-2), anchors),
+        "truncated_diffusion_2": TruncatedDiffusionPlanner(
+            TruncatedDiffusionConfig(backbone_stage=-2, anchor_offset=True), anchors
+        ),
         "masked_diffusion_8": MaskedDiffusionPlanner(MaskedDiffusionConfig(num_steps=8)),
     }
 
