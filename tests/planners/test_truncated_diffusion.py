@@ -41,6 +41,23 @@ def _planner(k: int = 6, truncated: bool = True, **overrides: int | bool) -> Tru
     return TruncatedDiffusionPlanner(cfg, anchors)
 
 
+def _fit(planner: TruncatedDiffusionPlanner, steps: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[float]]:
+    """Trains ``planner`` on two fixed scenes; returns the features, the target trajectories and the losses."""
+    feats = _features(b=2)
+    target = torch.from_numpy(_trajectories(2, seed=5)).float()
+    opt = torch.optim.Adam(planner.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(steps):
+        loss = planner.compute_loss(feats, {"trajectory": target}, generator=g)["loss"]
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    planner.eval()
+    return feats, target, losses
+
+
 def test_kmeans_anchors_reproducible_and_cover_data() -> None:
     data = _trajectories(300)
     a, b = kmeans_anchors(data, k=8, seed=3), kmeans_anchors(data, k=8, seed=3)
@@ -92,19 +109,8 @@ def test_nan_input_raises() -> None:
 def test_overfit_two_scenes() -> None:
     """Loss falls and one denoising step from the noised anchors reproduces the training trajectories."""
     planner = _planner(train_max_timestep=10, num_inference_steps=1)
-    feats = _features(b=2)
-    target = torch.from_numpy(_trajectories(2, seed=5)).float()
-    opt = torch.optim.Adam(planner.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(150):
-        loss = planner.compute_loss(feats, {"trajectory": target}, generator=g)["loss"]
-        losses.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    feats, target, losses = _fit(planner, 150)
     assert np.mean(losses[-10:]) < 0.3 * losses[0]
-    planner.eval()
     with torch.no_grad():
         out = planner(feats, torch.zeros(planner.initial_noise_shape(2)))
     positive = (planner.anchors[None] - target[:, None, :, :2]).norm(dim=-1).mean(-1).argmin(1)
@@ -124,16 +130,8 @@ def test_vanilla_variant_uses_20_steps_from_noise() -> None:
 def test_vanilla_with_absolute_output_overfits_from_pure_noise() -> None:
     """The vanilla baseline regresses clean waypoints: after training, 20 DDIM steps from noise land on the targets."""
     planner = _planner(truncated=False, absolute_output=True)
-    feats = _features(b=2)
-    target = torch.from_numpy(_trajectories(2, seed=5)).float()
-    opt = torch.optim.Adam(planner.parameters(), lr=2e-3)
+    feats, target, _ = _fit(planner, 200)
     g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        loss = planner.compute_loss(feats, {"trajectory": target}, generator=g)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    planner.eval()
     with torch.no_grad():
         out = planner(feats, torch.randn(planner.initial_noise_shape(2), generator=g))
     err = (out.trajectory[..., :2] - target[..., :2]).norm(dim=-1).mean()
@@ -195,16 +193,8 @@ def test_anchor_offset_needs_the_truncated_offset_head() -> None:
 def test_anchor_offset_overfits_and_stays_smooth() -> None:
     """Trained on two scenes, the 2-step sampler reproduces them from random noise without passing it through."""
     planner = _planner(anchor_offset=True)
-    feats = _features(b=2)
-    target = torch.from_numpy(_trajectories(2, seed=5)).float()
-    opt = torch.optim.Adam(planner.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        loss = planner.compute_loss(feats, {"trajectory": target}, generator=g)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    planner.eval()
+    feats, target, _ = _fit(planner, 150)
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         a = planner(feats, torch.randn(planner.initial_noise_shape(2), generator=g))
         b = planner(feats, torch.randn(planner.initial_noise_shape(2), generator=g))
