@@ -107,7 +107,7 @@ def test_braking_events():
 
 def test_generated_towns_are_curvy_but_sound():
     """The towns of the generator (bent, shifted roads): no two roads overlap, curves are drivable (radius over
-    15 m away from the junction ends), and every road has some curvature."""
+    15 m away from the junction ends), and most roads curve (half the lanes tighter than a 70 m radius)."""
     for t in (0, 1):
         town = make_town(0, t)
         assert town_config(0, t).wiggle > 0.0
@@ -117,6 +117,6 @@ def test_generated_towns_are_curvy_but_sound():
                 assert roads[i].intersection(roads[j]).area < 1.0
         kappa = [np.abs(curvature(p.centre))[3:-3].max() for p in town.lanes if len(p.centre) > 10]
         assert max(kappa) < 1.0 / 15.0
-        assert np.median(kappa) > 0.005
+        assert np.median(kappa) > 1.0 / 70.0
     with pytest.raises(NetworkConfigError, match="wiggle"):
         TownConfig(spacing=(100.0, 150.0), wiggle=20.0).validate()

@@ -35,7 +35,7 @@ from simulation.datasets.synthetic.tags import SCENARIO_TYPES
 logger = logging.getLogger(__name__)
 
 #: name -> (logs, towns, duration_s)
-PRESETS = {"demo": (14, 2, 60.0), "large": (600, 8, 90.0), "tiny": (3, 1, 20.0)}
+PRESETS = {"demo": (14, 2, 80.0), "large": (600, 8, 90.0), "tiny": (3, 1, 20.0)}
 
 
 class SynthParameterError(ValueError):

@@ -45,6 +45,9 @@ LEAD_ANTICIPATION_S = 1.5
 #: Seconds the ego follows a cyclist closer than :data:`BIKE_NEAR_M` before it passes it on the left lane.
 BIKE_PATIENCE_S = 8.0
 BIKE_NEAR_M = 20.0
+#: Weight of each straight-on (lane, connector) option against 1 for each turn when the ego picks its movement
+#: at a junction: the expert turns often (a turn is where a planner that ignores the map fails).
+EGO_STRAIGHT_WEIGHT = 0.5
 
 
 @dataclass
@@ -131,7 +134,7 @@ class EgoDriver:
                 for c in self.town.paths[q].outgoing
                 if self.town.paths[c].turn_type != TurnType.UTURN
             ]
-            w = np.array([0.8 if t == TurnType.STRAIGHT else 1.0 for t, _ in opts])
+            w = np.array([EGO_STRAIGHT_WEIGHT if t == TurnType.STRAIGHT else 1.0 for t, _ in opts])
             turn, idx = opts[int(self.rng.choice(len(opts), p=w / w.sum()))]
             self.turn[rb.fid], self.target[rb.fid] = int(turn), int(idx)
         return self._connector_for(lane_fid)

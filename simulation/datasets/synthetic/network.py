@@ -21,11 +21,13 @@ import numpy as np
 import shapely
 from shapely.geometry import LineString, Polygon
 
-from simulation.datasets.synthetic.geometry2d import hermite_turn, offset, resample, strip_polygon, unit
+from simulation.datasets.synthetic.geometry2d import curvature, hermite_turn, offset, resample, strip_polygon, unit
 from simulation.geometry import polyline_lengths
 
 #: A road's middle shifts sideways by at most this times its squared length (m): curvature about 8 times it.
-ROAD_SHIFT_PER_M2 = 0.0004
+ROAD_SHIFT_PER_M2 = 0.0015
+#: ... and less where that would bend its centre line tighter than this (1/m; a 35 m radius).
+ROAD_MAX_CURVATURE = 1.0 / 35.0
 #: Share of three-arm junctions with traffic lights.
 SIGNALLED_T_SHARE = 0.35
 #: The intersection polygon reaches this far beyond the outermost connectors and lanes (kerb-to-kerb area) ...
@@ -306,14 +308,19 @@ def _build_road(town, fids, nodes, arm_u, arm_v, radius, st, lanes, width, speed
     chord = p3 - p0
     cap = ROAD_SHIFT_PER_M2 * float(chord @ chord)  # short roads get small shifts (no sharp S-bends)
     shift = float(np.clip(shift, -cap, cap))
-    if abs(shift) > 0.5:
-        h = float(np.arctan2(chord[1], chord[0]))
-        mid = (p0 + p3) / 2 + shift * unit(h + np.pi / 2)
-        first = hermite_turn(p0, arm_u.direction, mid, h, step=1.0)
-        centre = np.concatenate([first, hermite_turn(mid, h, p3, arm_v.direction + np.pi, step=1.0)[1:]], 0)
-    else:
-        centre = hermite_turn(p0, arm_u.direction, p3, arm_v.direction + np.pi, step=1.0)
-    centre = resample(centre, 1.0)
+    h = float(np.arctan2(chord[1], chord[0]))
+    while True:
+        if abs(shift) > 0.5:
+            mid = (p0 + p3) / 2 + shift * unit(h + np.pi / 2)
+            first = hermite_turn(p0, arm_u.direction, mid, h, step=1.0)
+            centre = np.concatenate([first, hermite_turn(mid, h, p3, arm_v.direction + np.pi, step=1.0)[1:]], 0)
+        else:
+            centre = hermite_turn(p0, arm_u.direction, p3, arm_v.direction + np.pi, step=1.0)
+        centre = resample(centre, 1.0)
+        # the shift adds to the bends of the ends: shrink it until the centre line's curves are wide enough
+        if abs(shift) <= 0.5 or np.abs(curvature(centre))[2:-2].max(initial=0.0) <= ROAD_MAX_CURVATURE:
+            break
+        shift *= 0.7
     n, w, sh = int(lanes[st]), float(width[st]), float(shoulder[st])
     seg = fids()
     half = n * w + sh
