@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from fixture_observations import ROUTE, ego_state, fixture_observation
 
 from planners.idm import idm_rollout, offset_path
 from planners.rule_based import (
@@ -25,12 +26,9 @@ from simulation.types import (
     Agents,
     EgoStates,
     LogWindow,
-    TrackedObjectType,
     TrafficLights,
-    TrafficLightStatus,
 )
 
-ROUTE = ("1", "101", "2", "103", "4")
 _MAP: list[MapAPI] = []
 
 
@@ -40,27 +38,10 @@ def _map() -> MapAPI:
     return _MAP[0]
 
 
-def _state(x: float = -40.0, y: float = -2.0, heading: float = 0.0, speed: float = 8.0) -> np.ndarray:
-    state = np.zeros(11)
-    state[:4] = x, y, heading, speed
-    return state
-
-
 def _obs(
     state: np.ndarray | None = None, boxes: np.ndarray | None = None, red: bool = False, log: LogWindow | None = None
 ) -> Observation:
-    state = _state() if state is None else state
-    boxes = np.zeros((0, 7)) if boxes is None else boxes
-    n = len(boxes)
-    status = TrafficLightStatus.RED if red else TrafficLightStatus.GREEN
-    lights = TrafficLights(np.array(["111", "112"]), np.full((1, 2), status, dtype=np.int8))
-    agents = Agents(
-        boxes[None],
-        np.full(n, int(TrackedObjectType.VEHICLE)),
-        np.array([f"{i:016x}" for i in range(n)]),
-        np.ones((1, n), bool),
-    )
-    return Observation(EgoStates(state[None], np.array([0])), agents, lights, ROUTE, "fixture-town", _map(), log=log)
+    return fixture_observation(_map(), ego_state() if state is None else state, boxes, red, log)
 
 
 def _vehicle(x: float, speed: float = 0.0) -> np.ndarray:
@@ -73,7 +54,7 @@ def test_planners_satisfy_protocol() -> None:
 
 
 def test_constant_velocity() -> None:
-    trajectory = ConstantVelocityPlanner().plan(_obs(_state(heading=0.7, speed=6.0)))
+    trajectory = ConstantVelocityPlanner().plan(_obs(ego_state(heading=0.7, speed=6.0)))
     np.testing.assert_allclose(trajectory.poses[:, 0], 3.0 * np.arange(1, 9))
     np.testing.assert_allclose(trajectory.poses[:, 1:], 0.0)
 
@@ -106,7 +87,7 @@ def test_idm_stops_behind_a_stopped_vehicle() -> None:
 
 
 def test_idm_stops_at_red_light() -> None:
-    state = _state(x=-30.0, speed=8.0)
+    state = ego_state(x=-30.0, speed=8.0)
     green = IDMPlanner().plan(_obs(state)).poses
     red = IDMPlanner().plan(_obs(state, red=True)).poses
     assert -30.0 + green[-1, 0] + PACIFICA.front_length > -10.0  # through the junction
@@ -228,10 +209,10 @@ def test_log_replay_goes_on_at_last_speed_past_the_log_end() -> None:
 
 def test_pdm_closed_reuses_map_context_nearby_only() -> None:
     planner = PDMClosedPlanner()
-    planner.plan(_obs(_state(x=-40.0)))
+    planner.plan(_obs(ego_state(x=-40.0)))
     first = planner._map_context
-    planner.plan(_obs(_state(x=-35.0)))
+    planner.plan(_obs(ego_state(x=-35.0)))
     assert planner._map_context is first
-    planner.plan(_obs(_state(x=-15.0)))
+    planner.plan(_obs(ego_state(x=-15.0)))
     assert planner._map_context is not first
     assert planner._map_context is not None and "2" in set(planner._map_context.ids)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from fixture_observations import ego_state, fixture_observation
 
 from planners.idm import PDM_IDM_PARAMETERS, idm_rollout
 from planners.rule_based import PDMClosedPlanner, _route_context, _RouteCache
@@ -18,9 +19,6 @@ from simulation.agents import idm_acceleration
 from simulation.maps.api import MapAPI
 from simulation.maps.testing import build_fixture_map
 from simulation.protocols import Observation
-from simulation.types import Agents, EgoStates, TrackedObjectType, TrafficLights, TrafficLightStatus
-
-ROUTE = ("1", "101", "2", "103", "4")
 
 
 @dataclass(frozen=True)
@@ -34,19 +32,7 @@ class _Pinned:
 
 def _obs(api: MapAPI, x: float, speed: float, y: float = -2.0, heading: float = 0.0, boxes: np.ndarray | None = None,
          red: bool = False) -> Observation:  # fmt: skip
-    state = np.zeros(11)
-    state[:4] = x, y, heading, speed
-    boxes = np.zeros((0, 7)) if boxes is None else boxes
-    n = len(boxes)
-    status = TrafficLightStatus.RED if red else TrafficLightStatus.GREEN
-    lights = TrafficLights(np.array(["111", "112"]), np.full((1, 2), status, dtype=np.int8))
-    agents = Agents(
-        boxes[None],
-        np.full(n, int(TrackedObjectType.VEHICLE)),
-        np.array([f"{i:016x}" for i in range(n)]),
-        np.ones((1, n), bool),
-    )
-    return Observation(EgoStates(state[None], np.array([0])), agents, lights, ROUTE, "fixture-town", api)
+    return fixture_observation(api, ego_state(x, y, heading, speed), boxes, red)
 
 
 def _traffic() -> np.ndarray:
