@@ -82,7 +82,7 @@ class DemoSize:
 
 
 SIZES = {
-    # 3 epochs are ~33 optimiser steps on the demo cache; the truncated planner's classifier needs more to pick well
+    # 3 epochs are ~42 optimiser steps on the demo cache; the truncated planner's classifier needs more to pick well
     "small": DemoSize(
         logs=10,
         towns=2,
@@ -91,7 +91,7 @@ SIZES = {
         navsim_interval=8,
         cls_scenarios=6,
         planner_epochs={"truncated_il": 10},
-    ),  # fmt: skip
+    ),
     "medium": DemoSize(logs=40, towns=3, epochs=20, train_interval=1, navsim_interval=2, cls_scenarios=60),
 }
 
