@@ -5,50 +5,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from random_cache import CHANNELS, write_random_cache
 
 from planners.masked_closed_loop import MaskedClosedLoopPlanner
 from simulation.datasets.nuplan_db import write_log
 from simulation.datasets.testing import make_log_data
 from simulation.maps.testing import write_fixture_maps
 from simulation.render import RasterConfig
-from training.data import stack_samples, write_meta, write_npz_atomic
 from training.imitation import load_planner
 from training.lightning_cli import run_cli
 from training.masked_planners import masked_planner
 
 CONFIG = Path("configs/train/masked_il.yaml")
-CHANNELS, SIZE = 12, 32
+SIZE = 32
 RASTER = RasterConfig(height_px=SIZE, width_px=SIZE, resolution_m=2.0, behind_m=16.0)
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random feature cache: straight-ish trajectories at random speeds."""
-    root = tmp_path_factory.mktemp("masked_cache")
-    rng = np.random.default_rng(0)
+    """A tiny random feature cache at the raster of RASTER: straight-ish trajectories at random speeds."""
     assert len(RASTER.channels) == CHANNELS
-    write_meta(root, {"bev_shape": [CHANNELS, SIZE, SIZE], "raster": RASTER.to_dict()})
-    for split, n in (("synth_train", 16), ("synth_val", 8)):
-        samples = []
-        for i in range(n):
-            speed, t = rng.uniform(0, 12), np.arange(1, 9) * 0.5
-            ego = np.zeros(8, np.float32)
-            ego[0], ego[5] = speed, 1.0
-            samples.append(
-                {
-                    "bev": rng.uniform(0, 1, (CHANNELS, SIZE, SIZE)).astype(np.float32),
-                    "ego_status": ego,
-                    "agents": rng.normal(size=(8, 11)).astype(np.float32),
-                    "agents_mask": rng.uniform(size=8) > 0.5,
-                    "trajectory": np.stack([speed * t, 0.1 * t**2, np.zeros(8)], -1).astype(np.float32),
-                    "tokens": np.array(f"{i:016x}"),
-                }
-            )
-        write_npz_atomic(root / split / "shard_00000.npz", stack_samples(samples))
-    return root
+    root = tmp_path_factory.mktemp("masked_cache")
+    return write_random_cache(root, {"synth_train": 16, "synth_val": 8}, SIZE, 8, RASTER.to_dict(), curve=0.1)
 
 
 def _args(config: Path, cache: Path, out: Path, *extra: str) -> list[str]:
