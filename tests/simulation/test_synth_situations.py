@@ -35,7 +35,7 @@ def _lead_of(town, index: int, kind: int):
     :func:`simulate_drive`)."""
     rng = np.random.default_rng(np.random.SeedSequence([SEED, 3, index]))
     blocked = frozenset(_blockers(town, rng))
-    return _ego_lead(town, rng, _ego_start(town, rng, blocked), blocked, kind)
+    return _ego_lead(town, rng, _ego_start(town, rng, blocked, kind), blocked, kind)
 
 
 def test_anticipated_lead_speed_hand_computed():
@@ -130,7 +130,9 @@ def test_leads_start_ahead_of_the_ego_cyclists_in_the_rightmost_lane():
                 assert p.index == len(town.blocks[p.roadblock].paths) - 1 >= 1 and lead[2] < 2.0
             else:
                 assert lead[2] > 8.0
-    assert min(placed.values()) >= 10  # placed unless the lane is too short or has a stopped vehicle
+    # the ego starts where its lead fits (a cyclist's on a roadblock of two lanes or more); only a few lanes are
+    # too short for the longer trucks
+    assert min(placed.values()) >= 25
 
 
 def _crosser(vehicle: np.ndarray) -> tuple[Pedestrians, np.ndarray]:

@@ -7,7 +7,7 @@ import pytest
 import shapely
 
 from simulation.datasets.synthetic.map_layers import town_origin, town_to_map
-from simulation.datasets.synthetic.network import NetworkConfigError, TownConfig, TurnType, build_town
+from simulation.datasets.synthetic.network import KERB_M, NetworkConfigError, TownConfig, TurnType, build_town
 from simulation.datasets.synthetic.signals import ALL_RED_S, LEAD_LEFT_S, YELLOW_S, light_status
 from simulation.maps.api import MapAPI
 from simulation.types import TrafficLightStatus
@@ -84,6 +84,24 @@ def test_turn_types_and_drivable_area(town):
     drivable = shapely.union_all(list(town.road_segments.values()) + [j.polygon for j in town.junctions.values()])
     for p in town.paths.values():
         assert drivable.buffer(0.05).contains(shapely.LineString(p.centre))
+
+
+def test_roadblocks_reach_the_kerb(town):
+    """A roadblock covers its lanes and the gutter beyond the outermost one (drivable for the scorer, in no lane);
+    the road segment covers both roadblocks."""
+    for b in (b for b in town.blocks.values() if not b.is_connector):
+        outer = town.paths[b.paths[-1]]
+        edge = outer.right[5:-5]
+        d = np.diff(edge, axis=0)
+        normal = np.stack([d[:, 1], -d[:, 0]], 1) / np.linalg.norm(d, axis=1, keepdims=True)  # to the right
+        gutter = shapely.points(edge[:-1] + (KERB_M / 2) * normal)
+        beyond = shapely.points(edge[:-1] + (KERB_M + 0.2) * normal)
+        assert shapely.contains(b.polygon.buffer(1e-6), gutter).all(), b.fid
+        assert not shapely.contains(b.polygon, beyond).any(), b.fid
+        assert not shapely.intersects(outer.polygon, gutter).any()
+        lanes = shapely.union_all([town.paths[f].polygon for f in b.paths])
+        assert b.polygon.buffer(1e-6).contains(lanes.buffer(-0.01))
+        assert town.road_segments[b.road].buffer(1e-6).contains(b.polygon.buffer(-0.01))
 
 
 def test_bad_config_is_rejected():

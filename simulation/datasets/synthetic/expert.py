@@ -350,7 +350,9 @@ class EgoDriver:
             np.array([2.6]),
             np.array([self.sneaking]),
         )
-        bike = int(own_l[0]) in self.cyclists and float(gap_l[0]) < BIKE_NEAR_M
+        # following a cyclist: from closer than BIKE_NEAR_M until it is the lead no more or twice as far
+        near = BIKE_NEAR_M * (2.0 if self.behind_bike > 0.0 else 1.0)
+        bike = int(own_l[0]) in self.cyclists and float(gap_l[0]) < near
         self.behind_bike = self.behind_bike + dt if bike else 0.0
         v0 = free_speed(self.bank, s, np.array([PACIFICA.front_length]), p)
         v_la, v_ca = self._anticipate(dt, (int(own_l[0]), float(v_l[0])), (int(own_c[0]), float(v_c[0])))

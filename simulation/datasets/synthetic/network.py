@@ -28,6 +28,9 @@ from simulation.geometry import polyline_lengths
 ROAD_SHIFT_PER_M2 = 0.0015
 #: ... and less where that would bend its centre line tighter than this (1/m; a 35 m radius).
 ROAD_MAX_CURVATURE = 1.0 / 35.0
+#: Gutter between the outermost lane's edge line and the kerb (m): part of its roadblock and road segment
+#: (drivable), not of any lane, as on real streets.
+KERB_M = 0.6
 #: Share of three-arm junctions with traffic lights.
 SIGNALLED_T_SHARE = 0.35
 #: The intersection polygon reaches this far beyond the outermost connectors and lanes (kerb-to-kerb area) ...
@@ -323,12 +326,12 @@ def _build_road(town, fids, nodes, arm_u, arm_v, radius, st, lanes, width, speed
         shift *= 0.7
     n, w, sh = int(lanes[st]), float(width[st]), float(shoulder[st])
     seg = fids()
-    half = n * w + sh
+    half = n * w + sh + KERB_M
     town.road_segments[seg] = Polygon(strip_polygon(offset(centre, half), offset(centre, -half)))
     for arm_from, arm_to, c in ((arm_u, arm_v, centre), (arm_v, arm_u, centre[::-1].copy())):
         rb = fids()
         lane_fids = _lane_paths(c, n, w, float(speed[st]), rb, fids, town)
-        poly = Polygon(strip_polygon(offset(c, 0.0), offset(c, -n * w)))
+        poly = Polygon(strip_polygon(offset(c, 0.0), offset(c, -n * w - KERB_M)))  # to the kerb
         town.blocks[rb] = Block(rb, False, lane_fids, poly, road=seg)
         arm_from.outgoing, arm_to.incoming = rb, rb
         arm_from.end, arm_to.end = c[0], c[-1]

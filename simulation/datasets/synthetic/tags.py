@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 
+from simulation.datasets.synthetic.expert import BIKE_NEAR_M
 from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.datasets.synthetic.world import DriveRecord
 from simulation.types import PACIFICA, TrackedObjectType
@@ -64,7 +65,8 @@ def frame_tags(town: Town, record: DriveRecord, ego_v: np.ndarray, ego_a: np.nda
     one within 30 m (and before the stop line for light tags); stopping = decelerating below -0.5 m/s^2
     above 0.5 m/s; stationary = below 0.1 m/s; a pedestrian being waited for (the ego below 0.5 m/s) is one in
     the corridor within 15 m or one walking across the ego's way (:func:`_crossing_pedestrian`);
-    near_multiple_vehicles = at least 6 vehicles within 20 m of the ego; a turn is "starting" from
+    behind_bike = a cyclist lead closer than the expert's BIKE_NEAR_M (the distance at which it starts to follow
+    one); near_multiple_vehicles = at least 6 vehicles within 20 m of the ego; a turn is "starting" from
     :data:`TURN_WINDOW` frames before the ego enters its connector to as many after.
     """
     turns = _turn_entries(town, record)
@@ -99,7 +101,7 @@ def _lead_tags(record: DriveRecord, f: int, v: float, a: float) -> list[tuple[st
         out.append(("stationary_in_traffic", lead_vehicle))
     if lead_vehicle >= 0 and length > 8.0 and 3.0 <= fr.lead_gap <= 10.0:
         out.append(("behind_long_vehicle", lead_vehicle))
-    if lead >= 0 and lead_type == TrackedObjectType.BICYCLE and fr.lead_gap < 15.0:
+    if lead >= 0 and lead_type == TrackedObjectType.BICYCLE and fr.lead_gap < BIKE_NEAR_M:
         out.append(("behind_bike", lead))
     near = record.valid[f] & (record.types == TrackedObjectType.VEHICLE)
     dist = np.linalg.norm(record.boxes[f, :, :2] - record.ego_pose[f, None, :2], axis=1)

@@ -300,12 +300,21 @@ def _blockers(town: Town, rng: np.random.Generator) -> dict[int, np.ndarray]:
     return out
 
 
-def _ego_start(town: Town, rng: np.random.Generator, blocked: frozenset[int]) -> tuple[int, float]:
-    """Start lane and arc length of the ego; half the time behind a stopped vehicle when there is one."""
-    if blocked and rng.random() < 0.5:
+def _ego_start(town: Town, rng: np.random.Generator, blocked: frozenset[int], lead: int = -1) -> tuple[int, float]:
+    """Start lane and arc length of the ego; half the time behind a stopped vehicle when there is one and no
+    lead of kind ``lead`` is to be placed ahead of it (:func:`_ego_lead`); for a cyclist lead, on a roadblock
+    of two or more lanes whose rightmost lane is free (where it can pass the cyclist)."""
+    if blocked and lead < 0 and rng.random() < 0.5:
         lane = town.paths[sorted(blocked)[int(rng.integers(len(blocked)))]]
         return lane.fid, float(rng.uniform(2.0, 10.0))
-    lanes = sorted((p for p in town.lanes if p.length > 60.0 and p.fid not in blocked), key=lambda p: p.fid)
+
+    def fits(p) -> bool:
+        paths = town.blocks[p.roadblock].paths
+        return lead != BICYCLE or (len(paths) >= 2 and paths[-1] not in blocked and town.paths[paths[-1]].length > 60.0)
+
+    lanes = sorted((p for p in town.lanes if p.length > 60.0 and p.fid not in blocked and fits(p)), key=lambda p: p.fid)
+    if not lanes:  # a town of single-lane roads: no cyclist lead (see _ego_lead)
+        lanes = sorted((p for p in town.lanes if p.length > 60.0 and p.fid not in blocked), key=lambda p: p.fid)
     lane = lanes[int(rng.integers(len(lanes)))]
     return lane.fid, float(rng.uniform(5.0, min(25.0, lane.length - 40.0)))
 
@@ -373,7 +382,7 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     clear = clear_points(town, conflict_long, conn_index)
     blockers = _blockers(town, rng)
     blocked = frozenset(blockers)
-    ego_lane, ego_s = _ego_start(town, rng, blocked)
+    ego_lane, ego_s = _ego_start(town, rng, blocked, cfg.ego_lead)
     (ego_lane, ego_s), lead = _ego_lead(town, rng, (ego_lane, ego_s), blocked, cfg.ego_lead)
     routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s), blocked, lead)
     cyclist = kinds == BICYCLE
