@@ -94,7 +94,9 @@ class EgoDriver:
     sneaking: bool = False  # a left turn that started across on yellow after waiting (ignores the light)
     seen_v: dict[int, float] = field(default_factory=dict)  # speeds of the leads at the previous step
     cyclists: frozenset[int] = frozenset()  # agent ids of the cyclists
-    behind_bike: float = 0.0  # seconds the ego has been following a cyclist closely
+    # seconds the ego has been following a cyclist closely (negative: the follow that starts a log counts from the
+    # log's first frame, not from the unlogged warm-up)
+    behind_bike: float = 0.0
     bank: PathBank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -351,7 +353,7 @@ class EgoDriver:
             np.array([self.sneaking]),
         )
         # following a cyclist: from closer than BIKE_NEAR_M until it is the lead no more or twice as far
-        near = BIKE_NEAR_M * (2.0 if self.behind_bike > 0.0 else 1.0)
+        near = BIKE_NEAR_M * (2.0 if self.behind_bike != 0.0 else 1.0)
         bike = int(own_l[0]) in self.cyclists and float(gap_l[0]) < near
         self.behind_bike = self.behind_bike + dt if bike else 0.0
         v0 = free_speed(self.bank, s, np.array([PACIFICA.front_length]), p)

@@ -417,6 +417,7 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         turn=turn,
         cyclists=frozenset(np.flatnonzero(cyclist).tolist()),
         blockers={k: b[7] for k, b in blockers.items()},
+        behind_bike=-cfg.warmup_s if lead is not None and lead[0] == BICYCLE else 0.0,
     )
     peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng, light_cols)
     static, static_types, static_h = _static_boxes(town, cfg, rng)
