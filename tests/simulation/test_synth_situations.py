@@ -192,7 +192,8 @@ def test_demo_size_split_plan():
 
 def test_the_expert_follows_a_cyclist_then_passes_it():
     """The first log that starts the ego behind a cyclist with room to pass: tagged behind_bike while it follows,
-    it changes to the next lane BIKE_PATIENCE_S into the log (the warm-up does not count) and ends ahead of the cyclist."""
+    it changes to the next lane BIKE_PATIENCE_S into the log (the warm-up does not count) and ends ahead of the
+    cyclist."""
     town = make_town(SEED, 0)
 
     def room(i: int) -> float:
