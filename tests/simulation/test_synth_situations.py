@@ -1,5 +1,6 @@
 """Situations the synthetic city sets up on purpose: a lead ahead of the ego (a truck or a cyclist) that the
-expert follows, anticipating its braking; crossers that give way to a vehicle and turn back; the split plan."""
+expert follows, anticipating its braking; a light that turns red as the ego arrives; crossers that give way to a
+vehicle and turn back; the split plan."""
 
 from __future__ import annotations
 
@@ -10,10 +11,21 @@ import pytest
 
 from simulation.datasets.synthetic import world
 from simulation.datasets.synthetic.expert import BIKE_PATIENCE_S, LEAD_ANTICIPATION_S, EgoDriver
-from simulation.datasets.synthetic.generator import SPLITS, LogSpec, make_town, plan_logs, record_to_log
+from simulation.datasets.synthetic.generator import (
+    BUSY_CROSSWALKS,
+    CONGESTED_PER_KM,
+    SPLITS,
+    LogSpec,
+    make_town,
+    plan_logs,
+    record_to_log,
+)
 from simulation.datasets.synthetic.pedestrians import TURN_BACK_S, Pedestrians
+from simulation.datasets.synthetic.signals import light_status, signalled_connectors, yellow_now_offset
 from simulation.datasets.synthetic.world import (
+    ACTUATED_M,
     BICYCLE,
+    SIGNAL_LANE_M,
     TRUCK,
     DriveConfig,
     _blockers,
@@ -22,7 +34,7 @@ from simulation.datasets.synthetic.world import (
     _ego_start,
     simulate_drive,
 )
-from simulation.types import PACIFICA, TrackedObjectType
+from simulation.types import PACIFICA, TrackedObjectType, TrafficLightStatus
 
 SEED = 5
 #: The braking event of the truck ahead of the ego: from 6 s to 11 s (1 s into the log) at -5 m/s^2 down to
@@ -185,8 +197,13 @@ def test_demo_size_split_plan():
     specs = plan_logs(14, 2, 0, 60.0)
     counts = [sum(s.split == name for s in specs) for name in SPLITS]
     assert counts == [8, 2, 4]
-    test_leads = [s.drive.ego_lead for s in specs if s.split == SPLITS[2]]
-    assert test_leads == [TRUCK, -1, BICYCLE, TRUCK]  # each split gets each situation
+    test = [s.drive for s in specs if s.split == SPLITS[2]]
+    # the four test logs get the first four situations: a truck ahead, a red light on arrival, a cyclist ahead,
+    # a congested drive with a red light on arrival
+    assert [d.ego_lead for d in test] == [TRUCK, -1, BICYCLE, -1]
+    assert [d.red_on_arrival for d in test] == [False, True, False, True]
+    assert test[3].vehicles_per_km == CONGESTED_PER_KM and max(d.vehicles_per_km for d in test[:3]) < CONGESTED_PER_KM
+    assert all(BUSY_CROSSWALKS[0] <= d.pedestrian_density <= BUSY_CROSSWALKS[1] for d in test if d.red_on_arrival)
     assert [s.split for s in plan_logs(3, 1, 0, 20.0)] == [SPLITS[0], SPLITS[0], SPLITS[2]]
 
 
@@ -214,3 +231,40 @@ def test_the_expert_follows_a_cyclist_then_passes_it():
     d = rec.boxes[-1, 0, :2] - rec.ego_pose[-1, :2]
     h = rec.ego_pose[-1, 2]
     assert d[0] * np.cos(h) + d[1] * np.sin(h) < 0.0
+
+
+def test_yellow_now_offset_ends_the_green_at_the_given_time():
+    town = make_town(SEED, 0)
+    conn = int(signalled_connectors(town)[0])
+    jf = town.paths[conn].junction
+    times = np.arange(0.0, 120.0, 0.05)
+    for t in (7.0, 33.3, 90.0):
+        fids, status = light_status(town, times, {jf: yellow_now_offset(town, conn, t)})
+        col = status[:, list(fids).index(conn)]
+        k = int(round(t / 0.05))
+        assert col[k - 1] == TrafficLightStatus.GREEN and col[k] == TrafficLightStatus.YELLOW
+    # other junctions keep their own timing
+    fids, plain = light_status(town, times)
+    other = np.array([town.paths[int(f)].junction != jf for f in fids])
+    assert np.array_equal(status[:, other], plain[:, other])
+
+
+def test_the_light_turns_red_as_the_ego_arrives():
+    """A drive with red_on_arrival starts the ego on a long lane that ends at a light; the light turns yellow
+    when the ego is ACTUATED_M from its line, and the ego stops there and waits (tagged stationary at a light)."""
+    town = make_town(SEED, 0)
+    cfg = DriveConfig(duration_s=40.0, vehicles_per_km=4.0, pedestrian_density=1.0, red_on_arrival=True)
+    rng = np.random.default_rng(np.random.SeedSequence([SEED, 3, 0]))
+    rec = simulate_drive(town, cfg, rng)
+    start = town.paths[rec.ego_frames[0].segment]
+    assert start.length >= SIGNAL_LANE_M and any(town.paths[c].phase >= 0 for c in start.outgoing)
+    v = np.array([f.v for f in rec.ego_frames])
+    gap = np.array([f.stop_gap for f in rec.ego_frames])
+    red = np.array([f.light_stop for f in rec.ego_frames])
+    waiting = (v < 0.1) & red & (gap < 12.0)
+    assert waiting.sum() * 0.05 >= 8.0  # a full phase of the cross street, at least its shortest green
+    first = int(np.argmax(waiting))
+    approach = np.flatnonzero(~red[:first])
+    assert len(approach) and gap[approach[-1] + 1] <= ACTUATED_M[1] + 1.0  # green until close to the line
+    log, _ = record_to_log(town, rec, LogSpec("r", 0, 0, SPLITS[2], SEED, cfg))
+    assert {"stationary_at_traffic_light_without_lead", "stationary_at_traffic_light_with_lead"} & set(log.tag_type)

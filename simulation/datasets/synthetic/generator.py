@@ -25,9 +25,14 @@ SPLITS = ("synth_train", "synth_val", "synth_test")
 #: Split of log ``i`` is ``SPLITS[SPLIT_PATTERN[i % 7]]``: 4 / 1 / 2 of 7 (57 / 14 / 29 %), val / test logs early
 #: on (the demo preset's 14 logs: 8 / 2 / 4).
 SPLIT_PATTERN = (0, 0, 2, 0, 1, 0, 2)
-#: The lead placed ahead of the ego (:attr:`DriveConfig.ego_lead`) of the k-th log of each split, in turn, so
-#: that every split gets each situation.
-EGO_LEADS = (TRUCK, -1, BICYCLE, TRUCK, -1)
+#: The situation of the k-th log of each split, in turn, so that every split (the demo preset's 4 test logs
+#: included) gets each: (lead placed ahead of the ego (:attr:`DriveConfig.ego_lead`), the ego's first light
+#: turns red as it arrives (:attr:`DriveConfig.red_on_arrival`), congestion). Other drives draw their density.
+SITUATIONS = ((TRUCK, False, False), (-1, True, False), (BICYCLE, False, False), (-1, True, True), (-1, False, False))
+#: Vehicles per km of lane of a congested drive, and crossers per crosswalk per minute where the ego waits at a
+#: light (pedestrians cross in front of it).
+CONGESTED_PER_KM = 45.0
+BUSY_CROSSWALKS = (4.0, 6.0)
 SCENE_FRAMES = 160  # 8 s scenes: a 60 s log has 8, so nuPlan's scenario extraction keeps 16-48 s
 LOG_START_US = 1_704_103_200_000_000  # 2024-01-01 10:00 UTC
 TL_RADIUS = 150.0  # lights of junctions within this distance of the ego are reported
@@ -74,8 +79,8 @@ def plan_logs(
     num_logs: int, num_towns: int, seed: int, duration_s: float, disjoint_test: bool = False
 ) -> list[LogSpec]:
     """Log specs: towns round-robin, splits 4 / 1 / 2 by log (:data:`SPLIT_PATTERN`; test logs on the
-    last town if ``disjoint_test``), traffic density varying from nearly empty roads to congestion, a lead
-    ahead of the ego in turn (:data:`EGO_LEADS`)."""
+    last town if ``disjoint_test``), traffic density varying from nearly empty roads to congestion, the
+    situations of :data:`SITUATIONS` in turn within each split."""
     specs = []
     ordinal: Counter = Counter()  # logs of each split so far
     for i in range(num_logs):
@@ -85,12 +90,15 @@ def plan_logs(
         if disjoint_test and num_towns > 1:
             town = num_towns - 1 if split == SPLITS[2] else i % (num_towns - 1)
         density = float(rng.choice([4.0, 12.0, 20.0, 28.0, 38.0], p=[0.15, 0.25, 0.3, 0.2, 0.1]))
+        peds = float(rng.uniform(2.0, 5.0))
+        lead, red, congested = SITUATIONS[ordinal[split] % len(SITUATIONS)]
         drive = DriveConfig(
             duration_s=duration_s,
-            vehicles_per_km=density,
-            pedestrian_density=float(rng.uniform(2.0, 5.0)),
+            vehicles_per_km=CONGESTED_PER_KM if congested else density,
+            pedestrian_density=float(rng.uniform(*BUSY_CROSSWALKS)) if red else peds,
             parked_share=float(rng.uniform(0.1, 0.4)),
-            ego_lead=EGO_LEADS[ordinal[split] % len(EGO_LEADS)],
+            ego_lead=lead,
+            red_on_arrival=red,
         )
         ordinal[split] += 1
         specs.append(LogSpec(f"synth-{seed}_{location_name(town)}_{i:05d}", i, town, split, seed, drive))

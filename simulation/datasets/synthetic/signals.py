@@ -27,12 +27,33 @@ def signalled_connectors(town: Town) -> np.ndarray:
     return np.array(sorted(p.fid for p in town.connectors if p.phase >= 0), dtype=np.int64)
 
 
-def light_status(town: Town, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cycle(town: Town, jf: int, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start (s into the cycle) and duration of each phase of junction ``jf``; phases not in ``phases`` last 0."""
+    j = town.junctions[jf]
+    used = np.isin(np.arange(len(j.phase_green)), phases)
+    dur = np.where(used, LEAD_LEFT_S + j.phase_green + YELLOW_S + ALL_RED_S, 0.0)
+    return np.concatenate([[0.0], np.cumsum(dur)[:-1]]), dur
+
+
+def yellow_now_offset(town: Town, connector: int, t_s: float) -> float:
+    """The cycle offset of the connector's junction that makes its green end at ``t_s`` (yellow from then on):
+    an actuated signal that gives the cross street its phase now."""
+    c = town.paths[connector]
+    phases = np.array([p.phase for p in town.connectors if p.junction == c.junction and p.phase >= 0])
+    start, dur = _cycle(town, c.junction, phases)
+    end = start[c.phase] + LEAD_LEFT_S + town.junctions[c.junction].phase_green[c.phase]
+    return float(np.mod(end - t_s, dur.sum()))
+
+
+def light_status(
+    town: Town, times_s: np.ndarray, offsets: dict[int, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Status of every signalled connector at each time.
 
     Args:
         town: the road network.
         times_s: ``(F,)`` seconds since the start of the log.
+        offsets: junction fid -> cycle offset (s) in place of the junction's own ``cycle_offset``.
 
     Returns:
         connector fids ``(C,)`` and status ``(F, C)`` int8 :class:`TrafficLightStatus`.
@@ -47,10 +68,9 @@ def light_status(town: Town, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarra
     for jf in np.unique(junction):
         j = town.junctions[int(jf)]
         mask = junction == jf
-        used = np.isin(np.arange(len(j.phase_green)), phase[mask])
-        dur = np.where(used, LEAD_LEFT_S + j.phase_green + YELLOW_S + ALL_RED_S, 0.0)
-        start = np.concatenate([[0.0], np.cumsum(dur)[:-1]])
-        tau = np.mod(times_s + j.cycle_offset, dur.sum())  # (F,)
+        start, dur = _cycle(town, int(jf), phase[mask])
+        offset = j.cycle_offset if offsets is None else offsets.get(int(jf), j.cycle_offset)
+        tau = np.mod(times_s + offset, dur.sum())  # (F,)
         rel = tau[:, None] - start[phase[mask]][None, :]  # (F, Cj) time into each connector's phase
         first = np.where(lead[mask], 0.0, LEAD_LEFT_S)[None, :]
         end = LEAD_LEFT_S + j.phase_green[phase[mask]]  # (Cj,) end of green of every movement of the phase

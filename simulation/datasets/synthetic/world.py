@@ -11,7 +11,7 @@ from simulation.datasets.synthetic.expert import EGO_OWNER, EgoDriver, EgoFrame
 from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.datasets.synthetic.paths import PathBank, build_bank, random_route
 from simulation.datasets.synthetic.pedestrians import Pedestrians, spawn_pedestrians
-from simulation.datasets.synthetic.signals import light_status
+from simulation.datasets.synthetic.signals import light_status, yellow_now_offset
 from simulation.datasets.synthetic.traffic import (
     INF,
     IDMParams,
@@ -53,6 +53,11 @@ EGO_LEAD_GAP = (8.0, 18.0)
 #: Mean seconds between two braking events of a truck placed ahead of the ego (stop-and-go ahead of it).
 EGO_LEAD_BRAKE_EVERY_S = 6.0
 EGO_LEAD_MOVES = 2
+#: Distance range (m) from the ego's front bumper to the stop line at which an actuated light
+#: (:attr:`DriveConfig.red_on_arrival`) turns yellow: far enough to stop comfortably, close enough to be seen.
+ACTUATED_M = (30.0, 45.0)
+#: The ego of such a drive starts on a lane at least this long (m) that ends at a light.
+SIGNAL_LANE_M = 100.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class DriveConfig:
         parked_share: probability of a parked vehicle per 12 m of parking strip.
         ego_lead: kind (row of :data:`VEHICLE_KINDS`: 2 a truck, 3 a cyclist) of a lead placed 8-18 m ahead of
             the ego at the start, whose first junction movements the ego copies; -1 for none.
+        red_on_arrival: the first signalled junction the ego approaches in the log is actuated: its light turns
+            yellow when the ego is :data:`ACTUATED_M` from the stop line on green (the cross street gets its
+            phase), so that the ego stops there and waits a full phase.
     """
 
     duration_s: float = 60.0
@@ -73,6 +81,7 @@ class DriveConfig:
     pedestrian_density: float = 0.5
     parked_share: float = 0.15
     ego_lead: int = -1
+    red_on_arrival: bool = False
 
 
 @dataclass
@@ -300,22 +309,29 @@ def _blockers(town: Town, rng: np.random.Generator) -> dict[int, np.ndarray]:
     return out
 
 
-def _ego_start(town: Town, rng: np.random.Generator, blocked: frozenset[int], lead: int = -1) -> tuple[int, float]:
+def _ego_start(
+    town: Town, rng: np.random.Generator, blocked: frozenset[int], lead: int = -1, signal: bool = False
+) -> tuple[int, float]:
     """Start lane and arc length of the ego; half the time behind a stopped vehicle when there is one and no
     lead of kind ``lead`` is to be placed ahead of it (:func:`_ego_lead`); for a cyclist lead, on a roadblock
-    of two or more lanes whose rightmost lane is free (where it can pass the cyclist)."""
-    if blocked and lead < 0 and rng.random() < 0.5:
+    of two or more lanes whose rightmost lane is free (where it can pass the cyclist); with ``signal``, near the
+    start of a lane at least :data:`SIGNAL_LANE_M` long that ends at a traffic light (it reaches the light in
+    the log, after the warm-up)."""
+    if blocked and lead < 0 and not signal and rng.random() < 0.5:
         lane = town.paths[sorted(blocked)[int(rng.integers(len(blocked)))]]
         return lane.fid, float(rng.uniform(2.0, 10.0))
 
     def fits(p) -> bool:
         paths = town.blocks[p.roadblock].paths
+        if signal and (p.length < SIGNAL_LANE_M or not any(town.paths[c].phase >= 0 for c in p.outgoing)):
+            return False
         return lead != BICYCLE or (len(paths) >= 2 and paths[-1] not in blocked and town.paths[paths[-1]].length > 60.0)
 
-    lanes = sorted((p for p in town.lanes if p.length > 60.0 and p.fid not in blocked and fits(p)), key=lambda p: p.fid)
-    if not lanes:  # a town of single-lane roads: no cyclist lead (see _ego_lead)
-        lanes = sorted((p for p in town.lanes if p.length > 60.0 and p.fid not in blocked), key=lambda p: p.fid)
+    free = sorted((p for p in town.lanes if p.length > 60.0 and p.fid not in blocked), key=lambda p: p.fid)
+    lanes = [p for p in free if fits(p)] or free  # no such lane in this town: anywhere
     lane = lanes[int(rng.integers(len(lanes)))]
+    if signal and lane.length >= SIGNAL_LANE_M:
+        return lane.fid, float(rng.uniform(3.0, 8.0))
     return lane.fid, float(rng.uniform(5.0, min(25.0, lane.length - 40.0)))
 
 
@@ -382,7 +398,7 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     clear = clear_points(town, conflict_long, conn_index)
     blockers = _blockers(town, rng)
     blocked = frozenset(blockers)
-    ego_lane, ego_s = _ego_start(town, rng, blocked, cfg.ego_lead)
+    ego_lane, ego_s = _ego_start(town, rng, blocked, cfg.ego_lead, cfg.red_on_arrival)
     (ego_lane, ego_s), lead = _ego_lead(town, rng, (ego_lane, ego_s), blocked, cfg.ego_lead)
     routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s), blocked, lead)
     cyclist = kinds == BICYCLE
@@ -441,7 +457,10 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     ego_pose = np.zeros((n_log, 3))
     frames: list[EgoFrame] = []
     frame_blocks = np.zeros(n_log, dtype=np.int64)
+    actuate = cfg.red_on_arrival
     for f in range(n_warm + n_log):
+        if actuate and f >= n_warm and _actuate_red(town, ego, light, times, f):
+            actuate = False
         veh = _vehicle_boxes(tr.bank, tr.s, tr.v, tr.sizes) if n_veh else np.zeros((0, 7))
         ped = peds.boxes(times[f])
         ped_vis = peds.visible(times[f])
@@ -472,6 +491,28 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     return DriveRecord(
         ego_pose, frames, boxes, valid, types, heights, light_fids, light[n_warm:], route_blocks, frame_blocks
     )
+
+
+def _actuate_red(town: Town, ego: EgoDriver, light: np.ndarray, times: np.ndarray, f: int) -> bool:
+    """Once the ego's front is within :data:`ACTUATED_M` of the stop line of its next signalled connector, retime
+    that junction (in ``light``, from frame ``f`` on) so that the connector's green ends now, if it is green;
+    returns whether the ego reached that window (a light already yellow or red stops it as well)."""
+    k = int(ego.bank.segment_index(np.array([ego.s]))[0])
+    cols = ego.bank.seg_light[0, k + 1 :]
+    ahead = np.flatnonzero(cols >= 0)
+    if len(ahead) == 0:
+        return False
+    j = k + 1 + int(ahead[0])
+    dist = float(ego.bank.seg_start[0, j]) - ego.s - PACIFICA.front_length
+    if not ACTUATED_M[0] <= dist <= ACTUATED_M[1]:
+        return False  # too far yet, or too close to stop: the next signalled junction then
+    if light[f, cols[ahead[0]]] == TrafficLightStatus.GREEN:
+        conn = int(ego.bank.seg_fid[0, j])
+        jf = town.paths[conn].junction
+        _, retimed = light_status(town, times[f:], {jf: yellow_now_offset(town, conn, float(times[f]))})
+        cols_j = [col for fid, col in ego.light_cols.items() if town.paths[fid].junction == jf]
+        light[f:, cols_j] = retimed[:, cols_j]
+    return True
 
 
 def _claims_of(
