@@ -11,7 +11,7 @@ from simulation.datasets.synthetic.expert import EGO_OWNER, EgoDriver, EgoFrame
 from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.datasets.synthetic.paths import PathBank, build_bank, random_route
 from simulation.datasets.synthetic.pedestrians import Pedestrians, spawn_pedestrians
-from simulation.datasets.synthetic.signals import light_status, yellow_now_offset
+from simulation.datasets.synthetic.signals import YELLOW_S, light_status, yellow_now_offset
 from simulation.datasets.synthetic.traffic import (
     INF,
     IDMParams,
@@ -70,9 +70,9 @@ class DriveConfig:
         parked_share: probability of a parked vehicle per 12 m of parking strip.
         ego_lead: kind (row of :data:`VEHICLE_KINDS`: 2 a truck, 3 a cyclist) of a lead placed 8-18 m ahead of
             the ego at the start, whose first junction movements the ego copies; -1 for none.
-        red_on_arrival: the first signalled junction the ego approaches in the log is actuated: its light turns
-            yellow when the ego is :data:`ACTUATED_M` from the stop line on green (the cross street gets its
-            phase), so that the ego stops there and waits a full phase.
+        red_on_arrival: the first signalled junction the ego approaches in the log is actuated: when the ego is
+            :data:`ACTUATED_M` from its stop line, the cross street gets its phase (a green light turns yellow,
+            a red one restarts its red), so that the ego stops there and waits a full phase.
     """
 
     duration_s: float = 60.0
@@ -495,8 +495,9 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
 
 def _actuate_red(town: Town, ego: EgoDriver, light: np.ndarray, times: np.ndarray, f: int) -> bool:
     """Once the ego's front is within :data:`ACTUATED_M` of the stop line of its next signalled connector, retime
-    that junction (in ``light``, from frame ``f`` on) so that the connector's green ends now, if it is green;
-    returns whether the ego reached that window (a light already yellow or red stops it as well)."""
+    that junction (in ``light``, from frame ``f`` on): a green light turns yellow now, a red one stays red for
+    the whole phase of the cross street from now (a yellow one is left as it is); returns whether the ego reached
+    that window."""
     k = int(ego.bank.segment_index(np.array([ego.s]))[0])
     cols = ego.bank.seg_light[0, k + 1 :]
     ahead = np.flatnonzero(cols >= 0)
@@ -506,10 +507,12 @@ def _actuate_red(town: Town, ego: EgoDriver, light: np.ndarray, times: np.ndarra
     dist = float(ego.bank.seg_start[0, j]) - ego.s - PACIFICA.front_length
     if not ACTUATED_M[0] <= dist <= ACTUATED_M[1]:
         return False  # too far yet, or too close to stop: the next signalled junction then
-    if light[f, cols[ahead[0]]] == TrafficLightStatus.GREEN:
+    status = light[f, cols[ahead[0]]]
+    if status != TrafficLightStatus.YELLOW:  # green: yellow now; red: the cross street's phase starts now
         conn = int(ego.bank.seg_fid[0, j])
         jf = town.paths[conn].junction
-        _, retimed = light_status(town, times[f:], {jf: yellow_now_offset(town, conn, float(times[f]))})
+        t_end = float(times[f]) - (YELLOW_S if status == TrafficLightStatus.RED else 0.0)
+        _, retimed = light_status(town, times[f:], {jf: yellow_now_offset(town, conn, t_end)})
         cols_j = [col for fid, col in ego.light_cols.items() if town.paths[fid].junction == jf]
         light[f:, cols_j] = retimed[:, cols_j]
     return True
