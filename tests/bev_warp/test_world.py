@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,7 +47,7 @@ def test_boxes_outside_the_bounding_circles_never_overlap(
     hit = bool(world.overlap(world.ego_corners(ego_pose), world.agent_corners(box)))
     dist = float(bev_env._centre_distance(ego, box[None])[0])
     reach = bev_env.EGO_RADIUS + float(world.bounding_radius(box[A.LENGTH], box[A.WIDTH]))
-    assert reach == math.hypot(PACIFICA.length, PACIFICA.width) / 2 + math.hypot(length, width) / 2
+    assert reach == pytest.approx(math.hypot(PACIFICA.length, PACIFICA.width) / 2 + math.hypot(length, width) / 2)
     if dist > reach:
         assert not hit
 
