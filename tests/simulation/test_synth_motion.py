@@ -62,6 +62,28 @@ def test_a_waiting_claimant_does_not_hold_others():
     assert grant_claims(conn, key, conflict, none, wide=(wide, long)).tolist() == [True, False, False]
 
 
+def test_a_long_waiting_claimant_holds_a_stream_that_can_stop():
+    """Connectors 0 and 1 conflict; a stream on 1: a vehicle committed to it, another committed one, and one that
+    can still stop. The claimant on 0 is blocked by the committed ones; once it has waited longer than ``hold_s``
+    the one that can stop waits for it (the committed one goes anyway), before that it does not."""
+    conflict = np.array([[False, True], [True, False]])
+    conn = np.array([1, 0, 1, 1])
+    none = np.zeros(4, dtype=bool)
+    waited = np.array([-1e6, -8.0, 1.0, -1e6 + 3.0])
+    assert grant_claims(conn, waited, conflict, none, hold_s=6.0).tolist() == [True, False, False, True]
+    assert grant_claims(conn, waited, conflict, none).tolist() == [True, False, True, True]  # no hold by default
+    fresh = np.array([-1e6, -3.0, 1.0, -1e6 + 3.0])
+    assert grant_claims(conn, fresh, conflict, none, hold_s=6.0).tolist() == [True, False, True, True]
+    # a vehicle already on connector 1 (its rear past the line) is not held
+    on = np.array([-np.inf, -np.inf, 2.0, -np.inf])
+    assert grant_claims(conn, waited, conflict, none, on, np.zeros((2, 2)) + np.inf, hold_s=6.0).tolist() == [
+        True,
+        False,
+        True,
+        True,
+    ]
+
+
 def test_clear_points_of_a_town():
     town = build_town(TownConfig(grid=(3, 3)), np.random.default_rng(7))
     conflict, index = conflict_matrix(town)

@@ -273,6 +273,10 @@ def approach_status(
     return np.where(col >= 0, light[np.maximum(col, 0)], TrafficLightStatus.GREEN)
 
 
+#: Claims with a key below this are committed (they could not stop comfortably; see :func:`claims`).
+COMMITTED_KEY = -1e5
+
+
 def claims(
     bank: PathBank,
     k: np.ndarray,
@@ -315,10 +319,14 @@ def grant_claims(
     u: np.ndarray | None = None,
     clear: np.ndarray | None = None,
     wide: tuple[np.ndarray, np.ndarray] | None = None,
+    hold_s: float = np.inf,
 ) -> np.ndarray:
     """``(Q,)`` True for the claims that may go: in order of priority (``key``, smaller first), a claim is granted
     unless it conflicts with one granted before it; claims in ``always`` (a vehicle already on its connector) are
-    granted in any case. A claimant that waits itself holds no right of way, so it does not keep others waiting.
+    granted in any case. A claimant that waits itself holds no right of way, so it does not keep others waiting,
+    unless it has waited long (its key below ``-hold_s``): then it holds its right of way against the claims after
+    it that can still stop before their line (not on their connector, not committed), so that a steady stream
+    on a conflicting movement lets it in once the vehicles already in the junction are through.
 
     Args:
         conn: ``(Q,)`` connector index in the conflict matrix (-1: no claim). u: ``(Q,)`` how far each
@@ -338,9 +346,17 @@ def grant_claims(
     if u is not None and clear is not None:
         c &= u[q][:, None] < clear[conn[q]][:, conn[q]]
     g = granted[q].copy()
-    for i in np.argsort(key[q], kind="stable"):
-        if not g[i] and not (g & c[:, i]).any():
+    kq = key[q]
+    before_line = np.ones(len(q), dtype=bool) if u is None else u[q] == -np.inf
+    can_stop = (kq > COMMITTED_KEY) & before_line
+    holding = np.zeros(len(q), dtype=bool)
+    for i in np.argsort(kq, kind="stable"):
+        if g[i]:
+            continue
+        if not (g & c[:, i]).any() and not (can_stop[i] and (holding & c[:, i]).any()):
             g[i] = True
+        elif kq[i] < -hold_s:
+            holding[i] = True
     granted[q] = g
     return granted
 

@@ -144,6 +144,9 @@ def conflict_matrix(town: Town, long: bool = False) -> tuple[np.ndarray, dict[in
     return out, index
 
 
+#: A claimant that has waited this long (s, less its time to the line) at a junction holds its right of way
+#: against claims that can still stop (see :func:`~simulation.datasets.synthetic.traffic.grant_claims`).
+HOLD_AFTER_S = 6.0
 #: Vehicles longer than this (m) yield by the wider conflicts of ``conflict_matrix(town, long=True)``.
 LONG_M = 7.0
 #: A box on a connector stops blocking a conflicting connector once its rear is past the last point of its
@@ -593,7 +596,7 @@ def _step(
     long = tr.sizes[:, 0] > LONG_M
     all_long = np.concatenate([long, long, [False, False]])
     always = np.concatenate([np.zeros(n, dtype=bool), np.ones(n, dtype=bool), [False, True]])  # rear claims
-    granted = grant_claims(all_c, all_k, conflict[0], always, all_u, clear, (conflict[1], all_long))
+    granted = grant_claims(all_c, all_k, conflict[0], always, all_u, clear, (conflict[1], all_long), HOLD_AFTER_S)
     front = np.concatenate([np.arange(n), [2 * n]])
     blocked = (all_c[front] >= 0) & ~granted[front]
     # waiting time counts while yielding and is kept until the claimed connector changes
