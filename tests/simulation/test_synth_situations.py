@@ -204,9 +204,6 @@ def test_demo_size_split_plan():
     assert [d.red_on_arrival for d in test] == [False, True, False, False]
     assert test[3].vehicles_per_km == CONGESTED_PER_KM and max(d.vehicles_per_km for d in test[:3]) < CONGESTED_PER_KM
     assert all(BUSY_CROSSWALKS[0] <= d.pedestrian_density <= BUSY_CROSSWALKS[1] for d in test if d.red_on_arrival)
-    train = [s.drive for s in specs if s.split == SPLITS[0]]
-    assert (train[4].ego_lead, train[4].red_on_arrival) == (TRUCK, True)  # the fifth: a truck stopped by the red
-    assert (train[5].ego_lead, train[5].red_on_arrival, train[6].ego_lead) == (-1, False, TRUCK)
     assert [s.split for s in plan_logs(3, 1, 0, 20.0)] == [SPLITS[0], SPLITS[0], SPLITS[2]]
 
 
@@ -271,21 +268,3 @@ def test_the_light_turns_red_as_the_ego_arrives():
     assert len(approach) and gap[approach[-1] + 1] <= ACTUATED_M[1] + 1.0  # green until close to the line
     log, _ = record_to_log(town, rec, LogSpec("r", 0, 0, SPLITS[2], SEED, cfg))
     assert {"stationary_at_traffic_light_without_lead", "stationary_at_traffic_light_with_lead"} & set(log.tag_type)
-
-
-def test_a_red_light_on_arrival_stops_the_truck_ahead_and_the_ego_behind_it():
-    """With a truck placed ahead and red_on_arrival, the actuated light stops the truck and the ego queues behind
-    it, 3-10 m back, for a whole phase of the cross street (tagged stationary at a light with lead)."""
-    town = make_town(SEED, 0)
-    cfg = DriveConfig(duration_s=40.0, vehicles_per_km=4.0, pedestrian_density=1.0, red_on_arrival=True, ego_lead=TRUCK)
-    rec = simulate_drive(town, cfg, np.random.default_rng(np.random.SeedSequence([SEED, 3, 2])))
-    v = np.array([f.v for f in rec.ego_frames])
-    lead = np.array([f.lead_owner for f in rec.ego_frames])
-    gap = np.array([f.lead_gap for f in rec.ego_frames])
-    red = np.array([f.light_stop for f in rec.ego_frames])
-    assert rec.boxes[0, 0, 5] > 8.0  # row 0 is the truck
-    behind = (v < 0.1) & red & (lead == 0) & (gap < 10.0)
-    assert behind.sum() * 0.05 >= 8.0
-    log, _ = record_to_log(town, rec, LogSpec("r", 0, 0, SPLITS[2], SEED, cfg))
-    assert "stationary_at_traffic_light_with_lead" in set(log.tag_type)
-    assert "behind_long_vehicle" in set(log.tag_type)

@@ -26,18 +26,9 @@ SPLITS = ("synth_train", "synth_val", "synth_test")
 #: on (the demo preset's 14 logs: 8 / 2 / 4).
 SPLIT_PATTERN = (0, 0, 2, 0, 1, 0, 2)
 #: The situation of the k-th log of each split, in turn, so that every split (the demo preset's 4 test logs
-#: included) gets the first four: (lead placed ahead of the ego (:attr:`DriveConfig.ego_lead`), the ego's first
-#: light turns red as it arrives (:attr:`DriveConfig.red_on_arrival`), congestion). The fifth, a truck ahead
-#: that the red light stops with the ego behind it, comes with the fifth log of a split (the demo preset's
-#: training split, larger test splits). Other drives draw their density.
-SITUATIONS = (
-    (TRUCK, False, False),
-    (-1, True, False),
-    (BICYCLE, False, False),
-    (-1, False, True),
-    (TRUCK, True, False),
-    (-1, False, False),
-)
+#: included) gets each: (lead placed ahead of the ego (:attr:`DriveConfig.ego_lead`), the ego's first light
+#: turns red as it arrives (:attr:`DriveConfig.red_on_arrival`), congestion). Other drives draw their density.
+SITUATIONS = ((TRUCK, False, False), (-1, True, False), (BICYCLE, False, False), (-1, False, True), (-1, False, False))
 #: Vehicles per km of lane of a congested drive, and crossers per crosswalk per minute where the ego waits at a
 #: light (pedestrians cross in front of it).
 CONGESTED_PER_KM = 45.0
