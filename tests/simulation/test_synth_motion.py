@@ -142,3 +142,67 @@ def test_generated_towns_are_curvy_but_sound():
         assert np.median(kappa) > 1.0 / 70.0
     with pytest.raises(NetworkConfigError, match="wiggle"):
         TownConfig(spacing=(100.0, 150.0), wiggle=20.0).validate()
+
+
+def test_the_minor_arm_of_an_uncontrolled_junction_gives_way():
+    """At a three-arm junction without lights the arm off the main street is minor: its connectors (and only
+    they) carry ``minor``, and their claims rank MINOR_PENALTY_S behind a main-street claim equally far from its
+    line, so that a minor vehicle at its line waits for a main-street vehicle due within that time."""
+    from simulation.datasets.synthetic.paths import build_bank
+    from simulation.datasets.synthetic.traffic import MINOR_PENALTY_S, claims
+
+    town = make_town(0, 0)
+    uncontrolled = [j for j in town.junctions.values() if j.num_arms == 3 and not j.has_lights]
+    assert uncontrolled, "the demo town has uncontrolled three-arm junctions"
+    minor_seen = 0
+    for c in town.connectors:
+        j = town.junctions[c.junction]
+        if j.has_lights or j.num_arms < 3:
+            assert not c.minor
+    for j in uncontrolled:
+        conns = [c for c in town.connectors if c.junction == j.fid]
+        by_arm: dict[int, set[bool]] = {}
+        for c in conns:
+            by_arm.setdefault(town.paths[c.incoming[0]].roadblock, set()).add(c.minor)
+        # every arm is either minor or not as a whole; exactly one of the three arms is minor
+        assert all(len(flags) == 1 for flags in by_arm.values())
+        assert sum(flags == {True} for flags in by_arm.values()) == 1
+        minor_seen += sum(c.minor for c in conns)
+    assert minor_seen > 0
+    # one minor and one main-street straight connector of a junction, each on a route of its own
+    j = uncontrolled[0]
+    conns = [c for c in town.connectors if c.junction == j.fid]
+    cm = next(c for c in conns if c.minor)
+    cM = next(c for c in conns if not c.minor and c.turn_type == TurnType.STRAIGHT)
+    routes = [[c.incoming[0], c.fid, c.outgoing[0]] for c in (cm, cM)]
+    bank = build_bank(town, routes, {})
+    conn_row = np.array([[-1, 0, -1], [-1, 1, -1]])
+    k = np.array([1, 1])
+    v = np.array([5.0, 5.0])
+    light = np.zeros(1, dtype=np.int64)  # no light on these connectors
+    for dist in (8.0, 15.0):  # both due, neither committed at 5 m/s
+        _, key = claims(bank, k, np.array([dist, dist]), v, conn_row, light)
+        extra = (cm.turn_type in (TurnType.LEFT, TurnType.UTURN)) * 3.0
+        assert key[0] - key[1] == pytest.approx(MINOR_PENALTY_S + extra)
+
+
+def test_the_lanes_of_a_bend_do_not_block_each_other():
+    """A bend (two-arm junction) joins lanes one to one: side by side its cars do not wait for each other (they
+    used to, along the whole bend, one car at a time over both lanes), while long vehicles, whose boxes swing
+    into the next lane, still do."""
+    town = make_town(0, 0)
+    conflict, index = conflict_matrix(town)
+    wide, _ = conflict_matrix(town, long=True)
+    bends = {j.fid for j in town.junctions.values() if j.num_arms == 2}
+    pairs = [
+        (index[a.fid], index[b.fid])
+        for a in town.connectors
+        for b in town.connectors
+        if a.junction == b.junction
+        and a.junction in bends
+        and a.fid < b.fid
+        and town.paths[a.incoming[0]].roadblock == town.paths[b.incoming[0]].roadblock
+    ]
+    assert pairs, "the demo town has multi-lane bends"
+    assert not any(conflict[i, j] for i, j in pairs)
+    assert any(wide[i, j] for i, j in pairs)

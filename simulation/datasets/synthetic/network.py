@@ -110,6 +110,7 @@ class Path:
     turn_type: int = -1
     junction: int = -1
     phase: int = -1  # traffic-light phase index at its junction, -1 without light
+    minor: bool = False  # connector from the minor arm of an uncontrolled junction: it gives way to the main street
     stop_fid: int = -1
     left_boundary: int = -1
     right_boundary: int = -1
@@ -407,10 +408,12 @@ def _build_junction(town: Town, fids: _Fids, centre: np.ndarray, arms: list[_Arm
             lane_in = town.paths[town.blocks[a_in.incoming].paths[i]]
             lane_out = town.paths[town.blocks[a_out.outgoing].paths[o]]
             conns.append(_connector(town, fids, lane_in, lane_out, rbc, jf, turn))
+            c = town.paths[conns[-1]]
             if junction.has_lights:
-                c = town.paths[conns[-1]]
                 c.phase = int(a_in.street != axis_street)
                 c.stop_fid = stops[a_in.incoming]
+            elif not corner:
+                c.minor = a_in.street != axis_street
         poly = shapely.union_all([town.paths[c].polygon for c in conns]).buffer(0.05)
         if poly.geom_type != "Polygon":
             poly = poly.convex_hull

@@ -28,6 +28,7 @@ class PathBank:
         seg_exit: ``(N, K)`` for connectors the fid of the lane they lead into, else -1.
         seg_light: ``(N, K)`` column of the connector in the traffic-light status array, else -1.
         seg_turn: ``(N, K)`` :class:`TurnType` of connectors, else -1.
+        seg_minor: ``(N, K)`` connectors from the minor arm of an uncontrolled junction (they give way).
     """
 
     pts: np.ndarray
@@ -40,6 +41,7 @@ class PathBank:
     seg_exit: np.ndarray
     seg_light: np.ndarray
     seg_turn: np.ndarray
+    seg_minor: np.ndarray
     _flat: np.ndarray | None = None
     _base: np.ndarray | None = None
     _cache: dict[str, np.ndarray] = field(default_factory=dict)
@@ -123,6 +125,7 @@ def build_bank(
         seg_exit=np.full((n, k_max), -1, dtype=np.int64),
         seg_light=np.full((n, k_max), -1, dtype=np.int64),
         seg_turn=np.full((n, k_max), -1, dtype=np.int64),
+        seg_minor=np.zeros((n, k_max), dtype=bool),
     )
     for i, ((line, idx), route) in enumerate(zip(rows, routes)):
         _fill_row(out, i, line, idx, route, town, light_cols, accel)
@@ -153,6 +156,7 @@ def _fill_row(bank, i, pts, first, route, town, light_cols, accel) -> None:
             bank.seg_exit[i, j] = p.outgoing[0]
             bank.seg_light[i, j] = light_cols.get(fid, -1)
             bank.seg_turn[i, j] = p.turn_type
+            bank.seg_minor[i, j] = p.minor
 
 
 def smooth_polyline(points: np.ndarray, window: int) -> np.ndarray:

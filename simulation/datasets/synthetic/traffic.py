@@ -29,6 +29,9 @@ STOP_MARGIN = 3.5
 CLAIM_HORIZON_S = 4.5
 #: Extra priority key of left turns and U-turns (seconds): they yield to oncoming traffic.
 YIELD_PENALTY_S = 3.0
+#: Extra priority key (seconds) of movements from the minor arm of an uncontrolled junction: they give way to
+#: the main street and enter a gap in its flow (or after waiting this long, see :func:`grant_claims`).
+MINOR_PENALTY_S = 4.0
 #: Segments ahead (including the current one) searched for leaders.
 WINDOW = 5
 #: A left turn / U-turn that has yielded this long at its stop line may still go when its light turns
@@ -301,7 +304,7 @@ def claims(
     status = np.where(col >= 0, light[np.maximum(col, 0)], TrafficLightStatus.GREEN)
     tta = np.maximum(dist, 0.0) / np.maximum(v, 1.0)
     turn = bank.seg_turn[rows, kk]
-    key = tta + YIELD_PENALTY_S * ((turn == 1) | (turn == 3))
+    key = tta + YIELD_PENALTY_S * ((turn == 1) | (turn == 3)) + MINOR_PENALTY_S * bank.seg_minor[rows, kk]
     committed = (dist < 0.0) | (dist < v**2 / (2.0 * 2.5) - 0.5)
     due = (tta < CLAIM_HORIZON_S) | (dist < 8.0)
     go = committed | (due & (status != TrafficLightStatus.RED))

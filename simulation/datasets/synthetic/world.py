@@ -112,9 +112,9 @@ class DriveRecord:
 def conflict_matrix(town: Town, long: bool = False) -> tuple[np.ndarray, dict[int, int]]:
     """``(C, C)`` bool: connectors of one junction (not sharing their upstream lane) whose shrunk polygons cross,
     which merge into the same lane, or which leave the same roadblock side by side with one of them turning
-    towards the other; with ``long`` (for vehicles longer than :data:`LONG_M`, whose boxes swing out of their
-    lane on curves) also those that enter the same roadblock side by side from different movements and turns
-    whose lane touches another connector."""
+    towards the other (not in bends: their lanes join one to one); with ``long`` (for vehicles longer than
+    :data:`LONG_M`, whose boxes swing out of their lane on curves) also those that enter the same roadblock side
+    by side from different movements and turns whose lane touches another connector."""
     conns = sorted(town.connectors, key=lambda c: c.fid)
     index = {c.fid: i for i, c in enumerate(conns)}
     shrunk = [c.polygon.buffer(-0.35) for c in conns]
@@ -130,7 +130,8 @@ def conflict_matrix(town: Town, long: bool = False) -> tuple[np.ndarray, dict[in
             # boxes swinging into the next lane of a movement that turns towards it (a movement that turns away
             # from its neighbour goes side by side with it)
             side = same_block and (_towards(town, a, b) or _towards(town, b, a))
-            side = side and grown[i].intersects(b.polygon)
+            # (not in a bend: its lanes join one to one and turn alike, a curved stretch of road)
+            side = side and grown[i].intersects(b.polygon) and town.junctions[a.junction].num_arms > 2
             merge = a.outgoing[0] == b.outgoing[0]
             # side by side into one roadblock, one of them turning (long boxes swing into the next lane)
             same_exit = town.paths[a.outgoing[0]].roadblock == town.paths[b.outgoing[0]].roadblock
