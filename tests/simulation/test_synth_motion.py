@@ -149,7 +149,7 @@ def test_the_minor_arm_of_an_uncontrolled_junction_gives_way():
     they) carry ``minor``, and their claims rank MINOR_PENALTY_S behind a main-street claim equally far from its
     line, so that a minor vehicle at its line waits for a main-street vehicle due within that time."""
     from simulation.datasets.synthetic.paths import build_bank
-    from simulation.datasets.synthetic.traffic import MINOR_PENALTY_S, claims
+    from simulation.datasets.synthetic.traffic import MINOR_PENALTY_S, YIELD_PENALTY_S, claims
 
     town = make_town(0, 0)
     uncontrolled = [j for j in town.junctions.values() if j.num_arms == 3 and not j.has_lights]
@@ -182,7 +182,7 @@ def test_the_minor_arm_of_an_uncontrolled_junction_gives_way():
     light = np.zeros(1, dtype=np.int64)  # no light on these connectors
     for dist in (8.0, 15.0):  # both due, neither committed at 5 m/s
         _, key = claims(bank, k, np.array([dist, dist]), v, conn_row, light)
-        extra = (cm.turn_type in (TurnType.LEFT, TurnType.UTURN)) * 3.0
+        extra = (cm.turn_type in (TurnType.LEFT, TurnType.UTURN)) * YIELD_PENALTY_S
         assert key[0] - key[1] == pytest.approx(MINOR_PENALTY_S + extra)
 
 
