@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulation.datasets.scenes import ScenarioFilter, extract_scenarios, valid_scene_frames
 from simulation.datasets.synthetic.generator import SCENE_FRAMES, LogSpec, generate_log
@@ -20,10 +22,12 @@ from simulation.datasets.synthetic.network import (
 from simulation.datasets.synthetic.paths import build_bank
 from simulation.datasets.synthetic.traffic import (
     INF,
+    PROBES,
     SNEAK_WAIT_S,
     STOP_MARGIN,
     approach,
     claims,
+    corridor_obstacles,
     sneaking,
     stop_line_gaps,
 )
@@ -63,6 +67,14 @@ def _left_turn_bank(town):
     return bank, np.array([[-1, 0, -1]])
 
 
+def _route_of(town):
+    """The lane -> left turn -> lane route of :func:`_left_turn_bank`."""
+    conn = next(
+        c for c in sorted(town.connectors, key=lambda c: c.fid) if c.turn_type == TurnType.LEFT and c.phase >= 0
+    )
+    return [conn.incoming[0], conn.fid, conn.outgoing[0]]
+
+
 def test_a_left_turn_that_waited_at_its_line_keeps_its_claim_past_green(town):
     bank, conn_row = _left_turn_bank(town)
     front = np.array([2.0])
@@ -87,6 +99,74 @@ def test_a_left_turn_that_waited_at_its_line_keeps_its_claim_past_green(town):
     # it still yields to a conflicting claim
     gap, for_light = stop_line_gaps(bank, at_line, front, v, red, ~no, conn_row, np.array([3.0]), np.array([True]))
     assert gap[0] == pytest.approx(1.0) and not for_light[0]
+
+
+def _corridor_reference(bank, s, front, radius, owner, boxes, box_owner, probes):
+    """Plain loops over probes in order, then boxes in order: the first box a probe falls into."""
+    q = bank.poses(s[:, None] + front[:, None] + probes[None, :])
+    gap, v_out, who = np.full(len(s), INF), np.zeros(len(s)), np.full(len(s), -1)
+    for i in range(len(s)):
+        found = False
+        for k in range(len(probes)):
+            for a in range(len(boxes)):
+                if box_owner[a] == owner[i]:
+                    continue
+                dx, dy = q[i, k, 0] - boxes[a, 0], q[i, k, 1] - boxes[a, 1]
+                c, sn = np.cos(boxes[a, 2]), np.sin(boxes[a, 2])
+                if (
+                    abs(dx * c + dy * sn) < boxes[a, 5] / 2 + radius[i]
+                    and abs(-dx * sn + dy * c) < boxes[a, 6] / 2 + radius[i]
+                ):
+                    h = q[i, k, 2]
+                    gap[i] = max(probes[k] - 0.25, 0.0)
+                    v_out[i] = max(boxes[a, 3] * np.cos(h) + boxes[a, 4] * np.sin(h), 0.0)
+                    who[i] = box_owner[a]
+                    found = True
+                    break
+            if found:
+                break
+    return gap, v_out, who
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n_boxes=st.integers(0, 40))
+def test_the_corridor_search_finds_the_first_box_in_the_way(town, seed, n_boxes):
+    """The compiled corridor search against plain loops: rows along a few routes, boxes scattered around them
+    (some owned by the rows themselves, which they must ignore)."""
+    rng = np.random.default_rng(seed)
+    conns = sorted(town.connectors, key=lambda c: c.fid)[:: max(len(town.connectors) // 4, 1)][:4]
+    bank = build_bank(town, [[c.incoming[0], c.fid, c.outgoing[0]] for c in conns], {})
+    n = len(conns)
+    s = rng.uniform(0.0, 0.6, n) * bank.length
+    front, radius, owner = np.full(n, 2.0), rng.uniform(0.8, 1.6, n), np.arange(n)
+    near = bank.poses((s + rng.uniform(0.0, 30.0, n))[:, None])[:, 0, :2]
+    centre = near[rng.integers(0, n, n_boxes)] + rng.normal(0.0, 4.0, (n_boxes, 2))
+    boxes = np.column_stack(
+        [
+            centre,
+            rng.uniform(-np.pi, np.pi, n_boxes),
+            rng.normal(0.0, 3.0, (n_boxes, 2)),
+            rng.uniform(0.5, 12.0, n_boxes),
+            rng.uniform(0.5, 2.6, n_boxes),
+        ]
+    )
+    box_owner = rng.integers(-2, n + 3, n_boxes)
+    got = corridor_obstacles(bank, s, front, radius, owner, boxes, box_owner)
+    want = _corridor_reference(bank, s, front, radius, owner, boxes, box_owner, PROBES)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-12)
+
+
+def test_segment_index_and_the_next_connector(town):
+    bank, conn_row = _left_turn_bank(town)
+    starts = bank.seg_start[0]
+    s = np.array([0.0, starts[1] - 0.01, starts[1], starts[2] + 1.0])
+    b4 = build_bank(town, [_route_of(town)] * len(s), {})
+    assert b4.segment_index(s).tolist() == [0, 0, 1, 2]
+    k, dist = approach(b4, s, np.full(len(s), 2.0), np.repeat(conn_row, len(s), 0))
+    assert k.tolist() == [1, 1, 1, -1]
+    np.testing.assert_allclose(dist[:3], starts[1] - STOP_MARGIN - (s[:3] + 2.0))
+    assert dist[3] == INF
 
 
 def test_straight_movements_do_not_sneak(town):

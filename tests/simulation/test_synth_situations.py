@@ -20,7 +20,7 @@ from simulation.datasets.synthetic.generator import (
     plan_logs,
     record_to_log,
 )
-from simulation.datasets.synthetic.pedestrians import TURN_BACK_S, Pedestrians
+from simulation.datasets.synthetic.pedestrians import STEP_OUT_S, TURN_BACK_S, Pedestrians
 from simulation.datasets.synthetic.signals import light_status, signalled_connectors, yellow_now_offset
 from simulation.datasets.synthetic.world import (
     ACTUATED_M,
@@ -174,6 +174,20 @@ def test_a_crosser_waits_for_a_moving_vehicle_and_passes_a_yielding_one():
     ped, veh = _crosser(np.array([4.25, 0.0, np.pi / 2, 0.0, 0.0, 4.5, 1.9]))
     ped.step(0.0, 0.05, veh, np.zeros(1))
     assert ped.progress[0] == pytest.approx(2.05)
+
+
+def test_a_crosser_does_not_step_in_front_of_an_approaching_vehicle():
+    # a car driving down -y towards its next step (3 m ahead of it), 10 m away at 10 m/s: it would be there within
+    # STEP_OUT_S (1 s), so the crosser waits at the edge ...
+    ped, veh = _crosser(np.array([2.9, 10.0, -np.pi / 2, 0.0, -10.0, 4.5, 1.9]))
+    ped.step(0.0, 0.05, veh, np.zeros(1))
+    assert ped.progress[0] == 2.0
+    # ... but not for one 25 m away (2.5 s), nor for one driving away from its way
+    for box in ([2.9, 25.0, -np.pi / 2, 0.0, -10.0, 4.5, 1.9], [2.9, -6.0, -np.pi / 2, 0.0, -10.0, 4.5, 1.9]):
+        ped, veh = _crosser(np.array(box))
+        ped.step(0.0, 0.05, veh, np.zeros(1))
+        assert ped.progress[0] == pytest.approx(2.05)
+    assert STEP_OUT_S == 1.5
 
 
 def test_a_crosser_held_by_a_stopped_vehicle_turns_back():

@@ -42,6 +42,9 @@ EGO_SMOOTH_M = 15
 #: The ego anticipates a braking lead: it reacts to the speed the lead will have this many seconds ahead at
 #: its current deceleration (a privileged driver sees the brake lights; traffic brakes without warning).
 LEAD_ANTICIPATION_S = 1.5
+#: The ego's corridor check also covers where each walking pedestrian will be this many seconds ahead at its
+#: current velocity: it slows for one about to step into its way instead of braking hard once it has.
+PED_PREVIEW_S = 1.5
 #: Seconds the ego follows a cyclist closer than :data:`BIKE_NEAR_M` before it passes it on the left lane.
 BIKE_PATIENCE_S = 8.0
 BIKE_NEAR_M = 20.0
@@ -103,7 +106,7 @@ class EgoDriver:
         r = self.rng
         self.params = IDMParams(
             v_factor=np.array([r.uniform(0.93, 1.0)]),
-            a=np.array([r.uniform(1.0, 1.4)]),
+            a=np.array([r.uniform(1.3, 1.8)]),
             b=np.array([r.uniform(1.5, 2.0)]),
             headway=np.array([r.uniform(1.4, 1.9)]),
             s0=np.array([r.uniform(3.0, 4.0)]),

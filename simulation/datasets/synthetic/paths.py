@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from simulation.datasets.synthetic.geometry2d import curvature, headings
@@ -87,7 +88,22 @@ class PathBank:
 
     def segment_index(self, s: np.ndarray) -> np.ndarray:
         """``(N,)`` index of the segment containing arc length ``s`` ``(N,)``."""
-        return np.maximum((self.seg_start <= s[:, None]).sum(1) - 1, 0)
+        return _segment_index(self.seg_start, np.ascontiguousarray(s, dtype=np.float64))
+
+
+@numba.njit(cache=True)
+def _segment_index(seg_start: np.ndarray, s: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Per row: the number of segments starting at or before ``s`` minus one (at least 0); segment starts
+    increase along a row (``inf`` padding)."""
+    n, kk = seg_start.shape
+    out = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        c = 0
+        for k in range(kk):
+            if seg_start[i, k] <= s[i]:
+                c += 1
+        out[i] = max(c - 1, 0)
+    return out
 
 
 def build_bank(

@@ -18,6 +18,9 @@ from simulation.types import TrafficLightStatus
 PED_SIZE = (0.6, 0.6)  # length, width
 #: A vehicle slower than this (m/s) is yielding: a crosser on the road walks on past it unless it would touch it.
 STOPPED_MPS = 0.3
+#: A walking crosser does not step in front of a moving vehicle that would reach its next step within this many
+#: seconds (at its current velocity).
+STEP_OUT_S = 1.5
 #: A crosser held this long (s) by a vehicle in its way turns back.
 TURN_BACK_S = 4.0
 
@@ -88,7 +91,10 @@ class Pedestrians:
             moving = np.hypot(vehicle_boxes[:, 3], vehicle_boxes[:, 4]) > STOPPED_MPS
             ahead = self.a[idx] + u * (self.progress[idx, None] + 0.9)
             near = self.a[idx] + u * (self.progress[idx, None] + PED_SIZE[0] / 2 + 0.1)
-            wait = _inside_boxes(ahead, vehicle_boxes[moving], 0.4) | _inside_boxes(near, vehicle_boxes[~moving], 0.3)
+            # a moving vehicle also counts where it will be over the next STEP_OUT_S (it does not step out in front)
+            mv = vehicle_boxes[moving]
+            swept = np.concatenate([mv] + [_shifted(mv, f * STEP_OUT_S) for f in (0.5, 1.0)], 0)
+            wait = _inside_boxes(ahead, swept, 0.4) | _inside_boxes(near, vehicle_boxes[~moving], 0.3)
             walking[idx[wait]] = False
             # held in its way for too long (a vehicle waits for it as it waits for the vehicle): turn back
             self.held[idx] = np.where(wait, self.held[idx] + dt, 0.0)
@@ -101,6 +107,13 @@ class Pedestrians:
         self.progress[done] = self.length[done]
         self.state[done] = 2
         self.arrive_t[done] = t
+
+
+def _shifted(boxes: np.ndarray, dt: float) -> np.ndarray:
+    """Boxes ``(V, 7)`` moved ``dt`` seconds ahead at their velocity."""
+    out = boxes.copy()
+    out[:, :2] += dt * boxes[:, 3:5]
+    return out
 
 
 def _inside_boxes(points: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarray:

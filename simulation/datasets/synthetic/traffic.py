@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from simulation.datasets.synthetic.paths import PathBank
@@ -58,7 +59,7 @@ class IDMParams:
     def sample(n: int, rng: np.random.Generator, cyclist: np.ndarray | None = None) -> IDMParams:
         p = IDMParams(
             v_factor=rng.uniform(0.8, 1.05, n),
-            a=rng.uniform(0.9, 1.8, n),
+            a=rng.uniform(1.1, 2.0, n),
             b=rng.uniform(1.6, 2.6, n),
             headway=rng.uniform(1.0, 1.8, n),
             s0=rng.uniform(2.0, 3.5, n),
@@ -183,29 +184,21 @@ def corridor_obstacles(
         lat = np.broadcast_to(lateral.reshape(n, -1), q.shape[:2])
         q[..., 0] -= np.sin(q[..., 2]) * lat
         q[..., 1] += np.cos(q[..., 2]) * lat
-    # candidate (row, box) pairs: box within reach of the probe span's bounding circle
-    mid = q[:, len(probes) // 2, :2]
     reach = probes[-1] / 2 + radius + 1.0
-    dx, dy = mid[:, 0, None] - boxes[None, :, 0], mid[:, 1, None] - boxes[None, :, 1]
-    limit = reach[:, None] + np.hypot(boxes[:, 5], boxes[:, 6])[None, :] / 2
-    ii, aa = np.nonzero((dx * dx + dy * dy < limit * limit) & (box_owner[None, :] != owner[:, None]))
-    gap, v_out, who = np.full(n, INF), np.zeros(n), np.full(n, -1)
-    if len(ii) == 0:
-        return gap, v_out, who
-    dx = q[ii, :, 0] - boxes[aa, None, 0]  # (P, M)
-    dy = q[ii, :, 1] - boxes[aa, None, 1]
-    c, sn = np.cos(boxes[aa, 2])[:, None], np.sin(boxes[aa, 2])[:, None]
-    r = radius[ii][:, None]
-    hit = (np.abs(dx * c + dy * sn) < boxes[aa, 5, None] / 2 + r) & (
-        np.abs(-dx * sn + dy * c) < boxes[aa, 6, None] / 2 + r
+    m, aa = _first_hits(
+        q,
+        np.ascontiguousarray(radius, dtype=np.float64),
+        reach,
+        np.ascontiguousarray(owner, dtype=np.int64),
+        np.ascontiguousarray(boxes, dtype=np.float64),
+        np.ascontiguousarray(box_owner, dtype=np.int64),
+        np.cos(boxes[:, 2]),
+        np.sin(boxes[:, 2]),
+        np.hypot(boxes[:, 5], boxes[:, 6]) / 2,
     )
-    m = np.where(hit.any(1), hit.argmax(1), len(probes))  # first probe hit per pair
-    order = np.lexsort((m, ii))
-    ii, aa, m = ii[order], aa[order], m[order]
-    first = np.concatenate([[True], ii[1:] != ii[:-1]])
-    ii, aa, m = ii[first], aa[first], m[first]
-    ok = m < len(probes)
-    ii, aa, m = ii[ok], aa[ok], m[ok]
+    gap, v_out, who = np.full(n, INF), np.zeros(n), np.full(n, -1)
+    ii = np.flatnonzero(m < len(probes))
+    m, aa = m[ii], aa[ii]
     h = q[ii, m, 2]
     v_along = boxes[aa, 3] * np.cos(h) + boxes[aa, 4] * np.sin(h)
     gap[ii] = np.maximum(probes[m] - 0.25, 0.0)
@@ -214,17 +207,57 @@ def corridor_obstacles(
     return gap, v_out, who
 
 
+@numba.njit(cache=True)
+def _first_hits(q, radius, reach, owner, boxes, box_owner, cos_b, sin_b, half_diag):  # pragma: no cover - compiled
+    """For each row of probe poses ``q`` ``(N, M, 3)``: the first probe index that falls into a box (``M`` if
+    none) and that box (the lowest-numbered box among those hit first). A box is tested only if it is within
+    reach of the probe span's bounding circle (centred at the middle probe) and not the row's own."""
+    n, mm = q.shape[0], q.shape[1]
+    best_m = np.full(n, mm, dtype=np.int64)
+    best_a = np.full(n, -1, dtype=np.int64)
+    mid = mm // 2
+    for i in range(n):
+        mx, my, r = q[i, mid, 0], q[i, mid, 1], radius[i]
+        for a in range(boxes.shape[0]):
+            if box_owner[a] == owner[i]:
+                continue
+            dx, dy = mx - boxes[a, 0], my - boxes[a, 1]
+            lim = reach[i] + half_diag[a]
+            if not dx * dx + dy * dy < lim * lim:
+                continue
+            c, sn = cos_b[a], sin_b[a]
+            hl, hw = boxes[a, 5] / 2 + r, boxes[a, 6] / 2 + r
+            for k in range(best_m[i]):
+                ex, ey = q[i, k, 0] - boxes[a, 0], q[i, k, 1] - boxes[a, 1]
+                if abs(ex * c + ey * sn) < hl and abs(-ex * sn + ey * c) < hw:
+                    best_m[i] = k
+                    best_a[i] = a
+                    break
+    return best_m, best_a
+
+
 def approach(bank: PathBank, s: np.ndarray, front: np.ndarray, conn_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The connector each row is on or approaching: segment index ``(N,)`` (-1 if none ahead) and the distance
     from the front bumper to its stop line ``(N,)`` (negative once the front is past it)."""
-    n, kk = bank.seg_fid.shape
-    rows = np.arange(n)
     k_cur = bank.segment_index(s)
-    ahead = np.arange(kk)[None, :] >= k_cur[:, None]
-    is_conn = (conn_row >= 0) & ahead
-    k = np.where(is_conn.any(1), is_conn.argmax(1), -1)
-    dist = np.where(k >= 0, bank.seg_start[rows, np.maximum(k, 0)] - STOP_MARGIN - (s + front), INF)
+    k, dist = _next_connector(bank.seg_start, conn_row, k_cur, np.ascontiguousarray(s + front, dtype=np.float64))
     return k, dist
+
+
+@numba.njit(cache=True)
+def _next_connector(seg_start, conn_row, k_cur, front_s):  # pragma: no cover - compiled
+    """Per row: the first connector segment at or after ``k_cur`` (-1 if none) and the distance from the front
+    bumper (at arc length ``front_s``) to the stop line :data:`STOP_MARGIN` before it (``INF`` if none)."""
+    n, kk = seg_start.shape
+    k_out = np.full(n, -1, dtype=np.int64)
+    dist = np.full(n, INF)
+    for i in range(n):
+        for k in range(k_cur[i], kk):
+            if conn_row[i, k] >= 0:
+                k_out[i] = k
+                dist[i] = seg_start[i, k] - STOP_MARGIN - front_s[i]
+                break
+    return k_out, dist
 
 
 def exit_blocked(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-from simulation.datasets.synthetic.expert import EGO_OWNER, EgoDriver, EgoFrame
+from simulation.datasets.synthetic.expert import EGO_OWNER, PED_PREVIEW_S, EgoDriver, EgoFrame
 from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.datasets.synthetic.paths import PathBank, build_bank, random_route
 from simulation.datasets.synthetic.pedestrians import Pedestrians, spawn_pedestrians
@@ -605,7 +605,12 @@ def _step(
     tr.wait_conn = cf
     ego.wait = ego.wait + DT * bool(blocked[-1]) if int(ecf[0]) == ego.wait_conn else 0.0
     ego.wait_conn = int(ecf[0])
-    frame = ego.step(DT, light, bool(blocked[-1]), objs_t, all_boxes, all_owner, t_seg, t_u, tr.v[act])
+    # the ego also sees where walking pedestrians will be shortly (it slows for one about to step into its way)
+    ahead = ped_boxes.copy()
+    ahead[:, :2] += ahead[:, 3:5] * PED_PREVIEW_S
+    ego_boxes = np.concatenate([all_boxes, ahead], 0)
+    ego_owner = np.concatenate([all_owner, ped_owner]).astype(np.int64)
+    frame = ego.step(DT, light, bool(blocked[-1]), objs_t, ego_boxes, ego_owner, t_seg, t_u, tr.v[act])
     if n:
         p = tr.params
         gap_c, v_c, _ = corridor_obstacles(tr.bank, tr.s, half, tr.sizes[:, 1] / 2 + 0.3, owner, all_boxes, all_owner)
