@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from simulation.datasets.synthetic import world
-from simulation.datasets.synthetic.expert import BIKE_PATIENCE_S, LEAD_ANTICIPATION_S, EgoDriver
+from simulation.datasets.synthetic import expert, world
+from simulation.datasets.synthetic.expert import BIKE_PATIENCE_S, LEAD_ANTICIPATION_S, OVERTAKE_PATIENCE_S, EgoDriver
 from simulation.datasets.synthetic.generator import (
     BUSY_CROSSWALKS,
     CONGESTED_PER_KM,
@@ -20,8 +20,10 @@ from simulation.datasets.synthetic.generator import (
     plan_logs,
     record_to_log,
 )
+from simulation.datasets.synthetic.network import TurnType
 from simulation.datasets.synthetic.pedestrians import STEP_OUT_S, TURN_BACK_S, Pedestrians
 from simulation.datasets.synthetic.signals import light_status, signalled_connectors, yellow_now_offset
+from simulation.datasets.synthetic.traffic import IDMParams
 from simulation.datasets.synthetic.world import (
     ACTUATED_M,
     BICYCLE,
@@ -245,6 +247,54 @@ def test_the_expert_follows_a_cyclist_then_passes_it():
     d = rec.boxes[-1, 0, :2] - rec.ego_pose[-1, :2]
     h = rec.ego_pose[-1, 2]
     assert d[0] * np.cos(h) + d[1] * np.sin(h) < 0.0
+
+
+def test_the_expert_overtakes_a_slow_vehicle():
+    """A truck ahead that drives at 40 % of the speed it may, on a through road of two lanes or more: the ego,
+    going straight on, follows it OVERTAKE_PATIENCE_S, then passes it on the next lane; with overtaking off it
+    stays behind."""
+    town = make_town(SEED, 0)
+
+    def through_road(i: int) -> bool:  # every lane of the roadblock goes straight on at its end
+        (lane, _), lead = _lead_of(town, i, TRUCK)
+        if lead is None:
+            return False
+        rb = town.blocks[town.paths[lane].roadblock]
+        straight = [any(town.paths[c].turn_type == TurnType.STRAIGHT for c in town.paths[q].outgoing) for q in rb.paths]
+        return len(rb.paths) >= 2 and all(straight) and town.paths[lane].length - lead[1] > 70.0
+
+    indices = [i for i in range(60) if through_road(i)][:3]
+    assert len(indices) == 3
+    cfg = DriveConfig(duration_s=25.0, warmup_s=1.0, vehicles_per_km=2.0, pedestrian_density=0.2, ego_lead=TRUCK)
+    sample = IDMParams.sample
+
+    def slow_lead(n, rng, cyclist=None):
+        p = sample(n, rng, cyclist)
+        p.v_factor[0] = 0.4  # the placed lead is the first row
+        return p
+
+    def drive(index: int, patience: float):
+        mp = pytest.MonkeyPatch()
+        mp.setattr(IDMParams, "sample", staticmethod(slow_lead))
+        mp.setattr(world, "_brake_events", lambda n, horizon, cyclist, rng, every=0.0: np.full((n, 1, 4), np.inf))
+        mp.setattr(expert, "EGO_STRAIGHT_WEIGHT", 1e6)
+        mp.setattr(expert, "OVERTAKE_PATIENCE_S", patience)
+        try:
+            rec = simulate_drive(town, cfg, np.random.default_rng(np.random.SeedSequence([SEED, 3, index])))
+        finally:
+            mp.undo()
+        d = rec.boxes[-1, 0, :2] - rec.ego_pose[-1, :2]
+        ahead = d[0] * np.cos(rec.ego_pose[-1, 2]) + d[1] * np.sin(rec.ego_pose[-1, 2]) < 0.0
+        change = next((g for g, f in enumerate(rec.ego_frames) if f.changing_lane), None)
+        assert (np.array([f.lead_owner for f in rec.ego_frames[:20]]) == 0).all()  # the truck leads at first
+        assert min(f.a for f in rec.ego_frames) > -2.0
+        return ahead, change
+
+    passed = [drive(i, OVERTAKE_PATIENCE_S) for i in indices]
+    assert sum(ahead for ahead, _ in passed) >= 2
+    for _, change in passed:  # patient first (the 1 s warm-up counts): no lane change before
+        assert change is None or (change + 20) * 0.05 >= OVERTAKE_PATIENCE_S
+    assert all(drive(i, 1e9) == (False, None) for i in indices)
 
 
 def test_yellow_now_offset_ends_the_green_at_the_given_time():

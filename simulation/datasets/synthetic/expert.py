@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulation.datasets.synthetic.network import Town, TurnType
+from simulation.datasets.synthetic.network import Block, Path, Town, TurnType
 from simulation.datasets.synthetic.paths import PathBank, build_bank
 from simulation.datasets.synthetic.traffic import (
     INF,
@@ -45,6 +45,14 @@ LEAD_ANTICIPATION_S = 1.5
 #: The ego's corridor check also covers where each walking pedestrian will be this many seconds ahead at its
 #: current velocity: it slows for one about to step into its way instead of braking hard once it has.
 PED_PREVIEW_S = 1.5
+#: The ego overtakes a vehicle it has followed this long (s) closer than :data:`SLOW_LEAD_GAP_M` at under
+#: :data:`SLOW_LEAD_RATIO` of its own desired speed (but moving: not a queue), on the adjacent lane of its
+#: roadblock that offers the same movement at the next junction, with room to change back before it.
+OVERTAKE_PATIENCE_S = 4.0
+SLOW_LEAD_GAP_M = 40.0
+SLOW_LEAD_RATIO = 0.85
+#: ... and only into a lane with no vehicle this far ahead (m).
+OVERTAKE_CLEAR_M = 60.0
 #: Seconds the ego follows a cyclist closer than :data:`BIKE_NEAR_M` before it passes it on the left lane.
 BIKE_PATIENCE_S = 8.0
 BIKE_NEAR_M = 20.0
@@ -100,6 +108,7 @@ class EgoDriver:
     # seconds the ego has been following a cyclist closely (negative: the follow that starts a log counts from the
     # log's first frame, not from the unlogged warm-up)
     behind_bike: float = 0.0
+    behind_slow: float = 0.0  # seconds the ego has been following a slow vehicle (see OVERTAKE_PATIENCE_S)
     bank: PathBank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -187,6 +196,11 @@ class EgoDriver:
         passing = self.behind_bike > BIKE_PATIENCE_S and want == lane.index and lane.index > 0
         if passing:  # pass a cyclist on the left lane
             want = lane.index - 1
+        overtake = -1
+        if self.behind_slow > OVERTAKE_PATIENCE_S and want == lane.index and not passing:
+            overtake = self._overtaking_lane(lane, rb)
+            if overtake >= 0 and left > room + 10.0:
+                want = overtake
         if fid in self.blockers and u < self.blockers[fid]:  # pass the stopped vehicle on the left
             want, left = lane.index - 1, self.blockers[fid] - VAN_HALF - (u + PACIFICA.front_length)
             if left < room:  # close to it: a short, slow pull-out
@@ -208,16 +222,31 @@ class EgoDriver:
         if adj.fid in self.blockers and float(s_adj[0]) < self.blockers[adj.fid] + 15.0:
             return  # not back into the lane of a stopped vehicle before passing it
         rel = t_u - (float(s_adj[0]) + REAR_TO_CENTER)
-        ahead = 8.0 + self.v * 0.8
+        ahead = 8.0 + self.v * 0.8 if adj.index != overtake else OVERTAKE_CLEAR_M  # overtake into a free lane
         behind = 4.0 + self.v * 0.6 + 2.0 * np.maximum(t_v - self.v, 0.0) + t_v
         if np.any((t_seg == adj.fid) & (rel > -behind) & (rel < ahead)):
             self.signal = (adj.fid, float(s_adj[0]) + REAR_TO_CENTER)
             return
+        if adj.index == overtake:  # the movement stays: its lane is now the overtaking one
+            self.target[rb.fid] = adj.index
+            self.behind_slow = 0.0
         self.route = self._extend([adj.fid])
         self.s = float(s_adj[0])
         self.lc_active, self.lc_start, self.lc_d0 = True, self.s, float(d_adj[0])
         self.lc_len = lc_len * self.rng.uniform(1.0, 1.2)
         self._rebuild()
+
+    def _overtaking_lane(self, lane: Path, rb: Block) -> int:
+        """Index of the lane to overtake on (the left one first) that offers the movement chosen for the next
+        junction and has no stopped vehicle on it, -1 if none."""
+        turn = self.turn.get(rb.fid, TurnType.STRAIGHT)
+        for idx in (lane.index - 1, lane.index + 1):
+            if not 0 <= idx < len(rb.paths) or rb.paths[idx] in self.blockers:
+                continue
+            outs = self.town.paths[rb.paths[idx]].outgoing
+            if any(self.town.paths[c].turn_type == turn for c in outs):
+                return idx
+        return -1
 
     def _blocker_gap(self) -> float:
         """Distance from the front bumper to the point where the ego waits behind a stopped vehicle on its lane
@@ -360,6 +389,13 @@ class EgoDriver:
         bike = int(own_l[0]) in self.cyclists and float(gap_l[0]) < near
         self.behind_bike = self.behind_bike + dt if bike else 0.0
         v0 = free_speed(self.bank, s, np.array([PACIFICA.front_length]), p)
+        slow = (
+            int(own_l[0]) >= 0
+            and int(own_l[0]) not in self.cyclists
+            and float(gap_l[0]) < SLOW_LEAD_GAP_M
+            and 2.0 < float(v_l[0]) < SLOW_LEAD_RATIO * float(v0[0])
+        )
+        self.behind_slow = self.behind_slow + dt if slow else 0.0
         v_la, v_ca = self._anticipate(dt, (int(own_l[0]), float(v_l[0])), (int(own_c[0]), float(v_c[0])))
         acc = min(
             float(idm_accel(v, v0, gap_l, np.array([v_la]), p)[0]),
