@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from simulation.datasets.synthetic import expert, world
-from simulation.datasets.synthetic.expert import BIKE_PATIENCE_S, LEAD_ANTICIPATION_S, OVERTAKE_PATIENCE_S, EgoDriver
+from simulation.datasets.synthetic.expert import (
+    BIKE_PATIENCE_S,
+    LEAD_ANTICIPATION_S,
+    OVERTAKE_PATIENCE_S,
+    PED_PREVIEW_BRAKE,
+    EgoDriver,
+)
 from simulation.datasets.synthetic.generator import (
     BUSY_CROSSWALKS,
     CONGESTED_PER_KM,
@@ -23,7 +29,7 @@ from simulation.datasets.synthetic.generator import (
 from simulation.datasets.synthetic.network import TurnType
 from simulation.datasets.synthetic.pedestrians import STEP_OUT_S, TURN_BACK_S, Pedestrians
 from simulation.datasets.synthetic.signals import light_status, signalled_connectors, yellow_now_offset
-from simulation.datasets.synthetic.traffic import IDMParams
+from simulation.datasets.synthetic.traffic import IDMParams, Objects
 from simulation.datasets.synthetic.world import (
     ACTUATED_M,
     BICYCLE,
@@ -190,6 +196,33 @@ def test_a_crosser_does_not_step_in_front_of_an_approaching_vehicle():
         ped.step(0.0, 0.05, veh, np.zeros(1))
         assert ped.progress[0] == pytest.approx(2.05)
     assert STEP_OUT_S == 1.5
+
+
+def test_the_expert_slows_for_where_a_pedestrian_heads_but_brakes_hard_only_for_one_in_its_way():
+    """The ego at 10 m/s on a long lane, a pedestrian box 12 m ahead of its bumper on its lane: in the way it brakes
+    beyond PED_PREVIEW_BRAKE; as a predicted position (the preview of a walking pedestrian) it brakes at most that."""
+    town = make_town(SEED, 0)
+    lane = max((p for p in town.lanes if p.incoming), key=lambda p: p.length)
+    empty = Objects(*(np.zeros(0, dtype=t) for t in (np.int64, float, float, float, np.int64)))
+    none_boxes, none_owner = np.zeros((0, 7)), np.zeros(0, dtype=np.int64)
+
+    def accel(in_way: bool) -> float:
+        ego = EgoDriver(town, np.random.default_rng(0), {}, {}, [lane.fid], 10.0, v=10.0)
+        x, y, h = ego.bank.poses(np.array([[10.0 + PACIFICA.front_length + 12.0]]))[0, 0]
+        box = np.array([[x, y, h, 0.0, 0.0, 0.6, 0.6]])
+        owner = np.array([500])
+        boxes, preview = ((box, owner), None) if in_way else ((none_boxes, none_owner), (box, owner))
+        low = 0.0
+        for _ in range(20):  # 1 s: the jerk limit lets the deceleration build up
+            ego.step(
+                0.05, np.zeros(1, dtype=np.int8), False, empty, *boxes, none_owner, np.zeros(0), np.zeros(0), preview
+            )
+            low = min(low, ego.a)
+        return low
+
+    hard, soft = accel(True), accel(False)
+    assert hard < -PED_PREVIEW_BRAKE - 0.5
+    assert -PED_PREVIEW_BRAKE - 1e-9 <= soft < -0.1
 
 
 def test_a_crosser_held_by_a_stopped_vehicle_turns_back():

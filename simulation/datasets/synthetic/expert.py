@@ -42,9 +42,11 @@ EGO_SMOOTH_M = 15
 #: The ego anticipates a braking lead: it reacts to the speed the lead will have this many seconds ahead at
 #: its current deceleration (a privileged driver sees the brake lights; traffic brakes without warning).
 LEAD_ANTICIPATION_S = 1.5
-#: The ego's corridor check also covers where each walking pedestrian will be this many seconds ahead at its
-#: current velocity: it slows for one about to step into its way instead of braking hard once it has.
+#: The ego also checks its corridor against where each walking pedestrian will be this many seconds ahead at its
+#: current velocity: it slows for one about to step into its way instead of braking hard once it has ...
 PED_PREVIEW_S = 1.5
+#: ... but brakes no harder than this (m/s^2) for such a predicted position.
+PED_PREVIEW_BRAKE = 2.0
 #: The ego overtakes a vehicle it has followed this long (s) closer than :data:`SLOW_LEAD_GAP_M` at under
 #: :data:`SLOW_LEAD_RATIO` of its own desired speed (but moving: not a queue), on the adjacent lane of its
 #: roadblock that offers the same movement at the next junction, with room to change back before it.
@@ -352,8 +354,10 @@ class EgoDriver:
         t_seg: np.ndarray,
         t_u: np.ndarray,
         t_v: np.ndarray,
+        preview: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> EgoFrame:
-        """Advance the ego by ``dt`` given the traffic at this step; returns what it reacted to."""
+        """Advance the ego by ``dt`` given the traffic at this step; returns what it reacted to. ``preview``:
+        boxes ``(Q, 7)`` and owners ``(Q,)`` of walking pedestrians :data:`PED_PREVIEW_S` ahead."""
         self._advance_route()
         self._try_lane_change(t_seg, t_u, t_v)
         s, v, p = np.array([self.s]), np.array([self.v]), self.params
@@ -371,6 +375,19 @@ class EgoDriver:
             EGO_PROBES,
             self._probe_offsets()[None, :],
         )
+        gap_p = np.full(1, INF)
+        if preview is not None and len(preview[0]):
+            gap_p, _, _ = corridor_obstacles(
+                self.bank,
+                s,
+                np.array([PACIFICA.front_length]),
+                np.array([PACIFICA.width / 2 + 0.5]),
+                np.array([EGO_OWNER]),
+                preview[0],
+                preview[1],
+                EGO_PROBES,
+                self._probe_offsets()[None, :],
+            )
         front, length = np.array([PACIFICA.front_length]), np.array([PACIFICA.length])
         full = exit_blocked(self.bank, s, front, length, gap_l, v_l, self.conn_row)
         gap_s, red = stop_line_gaps(
@@ -402,6 +419,10 @@ class EgoDriver:
             float(idm_accel(v, v0, gap_c, np.array([v_ca]), p)[0]),
             float(idm_accel(v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(1), p)[0]),
         )
+        if gap_p[0] < INF:  # slow for where a pedestrian is heading, but never brake hard for a guess: a crosser
+            # that a late slow-down would not keep clear of waits for the ego instead (it does not step out in front)
+            a_p = float(idm_accel(v, v0, gap_p, np.zeros(1), p)[0])
+            acc = min(acc, max(a_p, -PED_PREVIEW_BRAKE))
         gap_b = self._blocker_gap()
         if gap_b < INF:  # wait with room to pull out behind a stopped vehicle it cannot pass yet
             acc = min(acc, float(idm_accel(v, v0, np.array([max(gap_b, 0.05) + p.s0[0] - 1.0]), np.zeros(1), p)[0]))

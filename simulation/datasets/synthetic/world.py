@@ -608,9 +608,8 @@ def _step(
     # the ego also sees where walking pedestrians will be shortly (it slows for one about to step into its way)
     ahead = ped_boxes.copy()
     ahead[:, :2] += ahead[:, 3:5] * PED_PREVIEW_S
-    ego_boxes = np.concatenate([all_boxes, ahead], 0)
-    ego_owner = np.concatenate([all_owner, ped_owner]).astype(np.int64)
-    frame = ego.step(DT, light, bool(blocked[-1]), objs_t, ego_boxes, ego_owner, t_seg, t_u, tr.v[act])
+    preview = (ahead, np.asarray(ped_owner, dtype=np.int64))
+    frame = ego.step(DT, light, bool(blocked[-1]), objs_t, all_boxes, all_owner, t_seg, t_u, tr.v[act], preview)
     if n:
         p = tr.params
         gap_c, v_c, _ = corridor_obstacles(tr.bank, tr.s, half, tr.sizes[:, 1] / 2 + 0.3, owner, all_boxes, all_owner)
