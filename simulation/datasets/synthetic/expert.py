@@ -49,7 +49,8 @@ PED_PREVIEW_S = 1.5
 PED_PREVIEW_BRAKE = 2.0
 #: The ego overtakes a vehicle it has followed this long (s) closer than :data:`SLOW_LEAD_GAP_M` at under
 #: :data:`SLOW_LEAD_RATIO` of its own desired speed (but moving: not a queue), on the adjacent lane of its
-#: roadblock that offers the same movement at the next junction, with room to change back before it.
+#: roadblock that offers the same movement at the next junction (it then keeps that lane), with room for the
+#: lane change before the junction.
 OVERTAKE_PATIENCE_S = 4.0
 SLOW_LEAD_GAP_M = 40.0
 SLOW_LEAD_RATIO = 0.85

@@ -93,7 +93,7 @@ class Pedestrians:
             near = self.a[idx] + u * (self.progress[idx, None] + PED_SIZE[0] / 2 + 0.1)
             # a moving vehicle also counts where it will be over the next STEP_OUT_S (it does not step out in front)
             mv = vehicle_boxes[moving]
-            swept = np.concatenate([mv] + [_shifted(mv, f * STEP_OUT_S) for f in (0.5, 1.0)], 0)
+            swept = np.concatenate([mv] + [shifted_boxes(mv, f * STEP_OUT_S) for f in (0.5, 1.0)], 0)
             wait = _inside_boxes(ahead, swept, 0.4) | _inside_boxes(near, vehicle_boxes[~moving], 0.3)
             walking[idx[wait]] = False
             # held in its way for too long (a vehicle waits for it as it waits for the vehicle): turn back
@@ -109,7 +109,7 @@ class Pedestrians:
         self.arrive_t[done] = t
 
 
-def _shifted(boxes: np.ndarray, dt: float) -> np.ndarray:
+def shifted_boxes(boxes: np.ndarray, dt: float) -> np.ndarray:
     """Boxes ``(V, 7)`` moved ``dt`` seconds ahead at their velocity."""
     out = boxes.copy()
     out[:, :2] += dt * boxes[:, 3:5]

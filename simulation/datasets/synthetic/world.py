@@ -10,7 +10,7 @@ import shapely
 from simulation.datasets.synthetic.expert import EGO_OWNER, PED_PREVIEW_S, EgoDriver, EgoFrame
 from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.datasets.synthetic.paths import PathBank, build_bank, random_route
-from simulation.datasets.synthetic.pedestrians import Pedestrians, spawn_pedestrians
+from simulation.datasets.synthetic.pedestrians import Pedestrians, shifted_boxes, spawn_pedestrians
 from simulation.datasets.synthetic.signals import YELLOW_S, light_status, yellow_now_offset
 from simulation.datasets.synthetic.traffic import (
     INF,
@@ -606,9 +606,7 @@ def _step(
     ego.wait = ego.wait + DT * bool(blocked[-1]) if int(ecf[0]) == ego.wait_conn else 0.0
     ego.wait_conn = int(ecf[0])
     # the ego also sees where walking pedestrians will be shortly (it slows for one about to step into its way)
-    ahead = ped_boxes.copy()
-    ahead[:, :2] += ahead[:, 3:5] * PED_PREVIEW_S
-    preview = (ahead, np.asarray(ped_owner, dtype=np.int64))
+    preview = (shifted_boxes(ped_boxes, PED_PREVIEW_S), np.asarray(ped_owner, dtype=np.int64))
     frame = ego.step(DT, light, bool(blocked[-1]), objs_t, all_boxes, all_owner, t_seg, t_u, tr.v[act], preview)
     if n:
         p = tr.params
