@@ -57,22 +57,18 @@ def test_connector_polygons_valid_and_junctions_reach_past_them(town):
             assert shapely.contains_xy(town.junctions[jf].polygon, *point), (b.fid, jf)
 
 
-def _left_turn_bank(town):
-    """A bank of one row: lane -> a signalled left-turn connector -> lane, with the light in column 0."""
-    conn = next(
-        c for c in sorted(town.connectors, key=lambda c: c.fid) if c.turn_type == TurnType.LEFT and c.phase >= 0
-    )
-    route = [conn.incoming[0], conn.fid, conn.outgoing[0]]
-    bank = build_bank(town, [route], {conn.fid: 0})
-    return bank, np.array([[-1, 0, -1]])
-
-
-def _route_of(town):
-    """The lane -> left turn -> lane route of :func:`_left_turn_bank`."""
+def _left_turn_route(town):
+    """Lane -> the first signalled left-turn connector -> lane."""
     conn = next(
         c for c in sorted(town.connectors, key=lambda c: c.fid) if c.turn_type == TurnType.LEFT and c.phase >= 0
     )
     return [conn.incoming[0], conn.fid, conn.outgoing[0]]
+
+
+def _left_turn_bank(town):
+    """A bank of one row along :func:`_left_turn_route`, with the connector's light in column 0."""
+    route = _left_turn_route(town)
+    return build_bank(town, [route], {route[1]: 0}), np.array([[-1, 0, -1]])
 
 
 def test_a_left_turn_that_waited_at_its_line_keeps_its_claim_past_green(town):
@@ -161,7 +157,7 @@ def test_segment_index_and_the_next_connector(town):
     bank, conn_row = _left_turn_bank(town)
     starts = bank.seg_start[0]
     s = np.array([0.0, starts[1] - 0.01, starts[1], starts[2] + 1.0])
-    b4 = build_bank(town, [_route_of(town)] * len(s), {})
+    b4 = build_bank(town, [_left_turn_route(town)] * len(s), {})
     assert b4.segment_index(s).tolist() == [0, 0, 1, 2]
     k, dist = approach(b4, s, np.full(len(s), 2.0), np.repeat(conn_row, len(s), 0))
     assert k.tolist() == [1, 1, 1, -1]
