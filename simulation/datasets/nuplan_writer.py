@@ -225,13 +225,18 @@ def write_log(log: LogData, path: str | os.PathLike[str]) -> Path:
     try:
         con.execute("PRAGMA journal_mode = OFF")
         con.execute("PRAGMA synchronous = OFF")
+        # tables first, indexes once the rows are in (building an index in one pass beats updating it per row)
+        indexes = [st for st in SCHEMA if st.startswith("CREATE INDEX")]
         for statement in SCHEMA:
-            con.execute(statement)
+            if statement not in indexes:
+                con.execute(statement)
         log_blob = hex_to_blobs(np.array([log.log_token]))[0]
         lidar, categories = _write_static(con, log, log_blob)
         frame_tokens = _write_frames(con, log, log_blob, lidar)
         track_tokens = _write_tracks(con, log, frame_tokens, categories)
         _write_lights_and_tags(con, log, frame_tokens, track_tokens)
+        for statement in indexes:
+            con.execute(statement)
         con.commit()
     except BaseException:
         con.close()

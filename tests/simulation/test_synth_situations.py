@@ -27,7 +27,7 @@ from simulation.datasets.synthetic.generator import (
     record_to_log,
 )
 from simulation.datasets.synthetic.network import TurnType
-from simulation.datasets.synthetic.pedestrians import STEP_OUT_S, TURN_BACK_S, Pedestrians
+from simulation.datasets.synthetic.pedestrians import STEP_OUT_S, TURN_BACK_S, Pedestrians, spawn_pedestrians
 from simulation.datasets.synthetic.signals import light_status, signalled_connectors, yellow_now_offset
 from simulation.datasets.synthetic.traffic import IDMParams, Objects
 from simulation.datasets.synthetic.world import (
@@ -178,6 +178,7 @@ def test_a_crosser_waits_for_a_moving_vehicle_and_passes_a_yielding_one():
     ped, veh = _crosser(np.array([3.5, 0.0, np.pi / 2, 0.0, 5.0, 4.5, 1.9]))
     ped.step(0.0, 0.05, veh, np.zeros(1))
     assert ped.progress[0] == 2.0 and ped.held[0] == pytest.approx(0.05)
+    assert np.all(ped.boxes(0.0)[0, 3:5] == 0.0)  # it stands: its logged velocity says so
     # the same vehicle stopped (yielding to it) 1.2 m from its front: it walks on
     ped, veh = _crosser(np.array([4.25, 0.0, np.pi / 2, 0.0, 0.0, 4.5, 1.9]))
     ped.step(0.0, 0.05, veh, np.zeros(1))
@@ -240,6 +241,25 @@ def test_a_crosser_held_by_a_stopped_vehicle_turns_back():
     assert ped.boxes(0.0)[0, 0] == pytest.approx(2.0)
     ped.step(0.05 * steps, 0.05, veh, np.zeros(1))
     assert ped.boxes(0.0)[0, 0] == pytest.approx(1.95)  # walking away from the vehicle
+
+
+def test_walkers_stay_on_their_walkway():
+    """Walkers walk straight lines between points of a walkway's centre line; on curved roads a long chord would cut
+    across the carriageway (a pedestrian walking down a lane for a minute). No walker's line touches a lane."""
+    from shapely.geometry import LineString
+    from shapely.strtree import STRtree
+
+    for index in range(2):
+        town = make_town(SEED, index)
+        ped = spawn_pedestrians(town, 60.0, 8.0, np.random.default_rng(index), {})
+        walkers = np.flatnonzero(~ped.crosser)
+        assert len(walkers) > 100
+        lanes = [p.polygon for p in town.paths.values()]
+        tree = STRtree(lanes)
+        lines = [LineString([ped.a[k], ped.b[k]]) for k in walkers]
+        crossing = [k for k, ls in zip(walkers, lines) if any(lanes[i].intersects(ls) for i in tree.query(ls))]
+        assert crossing == []
+        assert np.mean([ls.length for ls in lines]) > 15.0  # still walks, not a step on the spot
 
 
 def test_demo_size_split_plan():

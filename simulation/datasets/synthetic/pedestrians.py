@@ -3,7 +3,8 @@
 A crosser at a signalled crosswalk waits until the traffic entering the junction over its crosswalk has a
 red light and no vehicle is on, or about to reach, its crossing line (a jaywalker only for the latter),
 then walks across at its own pace; vehicles (turning ones included) yield to it once it is on the road.
-Walkers follow walkway centre lines and never enter the road.
+Walkers walk straight between two points of a walkway centre line that see each other within the walkway, so
+they never enter the road.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from shapely.geometry import LineString, Polygon
 
 from simulation.datasets.synthetic.network import Town
 from simulation.types import TrafficLightStatus
@@ -23,6 +25,8 @@ STOPPED_MPS = 0.3
 STEP_OUT_S = 1.5
 #: A crosser held this long (s) by a vehicle in its way turns back.
 TURN_BACK_S = 4.0
+#: How far (m) a walker's straight line may stray outside its walkway polygon (rounding at the polygon's edges).
+WALKWAY_SLACK_M = 0.05
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Pedestrians:
         d = self.b - self.a
         u = d / np.maximum(self.length[:, None], 1e-9)
         pos = self.a + u * self.progress[:, None]
-        moving = (self.state == 1)[:, None]
+        moving = ((self.state == 1) & (self.held == 0.0))[:, None]  # one held by a vehicle stands still
         vel = np.where(moving, u * self.speed[:, None], 0.0)
         h = np.arctan2(d[:, 1], d[:, 0])
         size = np.broadcast_to(np.array(PED_SIZE), (len(self), 2))
@@ -127,6 +131,15 @@ def _inside_boxes(points: np.ndarray, boxes: np.ndarray, margin: float) -> np.nd
     return ((lon < boxes[:, 5] / 2 + margin) & (lat < boxes[:, 6] / 2 + margin)).any(1)
 
 
+def _straight_reach(walkway: Polygon, line: np.ndarray, i: int, j: int) -> int:
+    """The last centre-line point from ``j`` back towards ``i`` that a straight walk from ``line[i]`` reaches without
+    leaving ``walkway`` (on a curved road, the chord between distant points cuts across the carriageway)."""
+    inside = walkway.buffer(WALKWAY_SLACK_M)
+    while j > i + 1 and not inside.contains(LineString([line[i], line[j]])):
+        j -= 1
+    return j
+
+
 def _line_clear(a: np.ndarray, b: np.ndarray, boxes: np.ndarray, margin: float = 3.0) -> np.ndarray:
     """``(Q,)`` True where no vehicle (now or 2.5 s ahead at constant velocity) is within ``margin`` + its
     half length of the segment ``a``-``b``."""
@@ -176,10 +189,12 @@ def spawn_pedestrians(
         cols.append(-1)
     walks = sorted(town.walkways)
     for _ in range(rng.poisson(density * len(walks) * 0.5)):
-        ring = np.asarray(town.walkways[walks[int(rng.integers(len(walks)))]].exterior.coords)
+        walkway = town.walkways[walks[int(rng.integers(len(walks)))]]
+        ring = np.asarray(walkway.exterior.coords)
         half = (len(ring) - 1) // 2
         line = (ring[:half] + ring[half : 2 * half][::-1]) / 2
         i, j = sorted(rng.choice(len(line), 2, replace=False))
+        j = _straight_reach(walkway, line, int(i), int(j))
         p, q = (line[i], line[j]) if rng.random() < 0.5 else (line[j], line[i])
         a.append(p)
         b.append(q)
