@@ -1,6 +1,6 @@
 """Synthetic city generation: speed (logs/s, frames/s, one process vs a process pool), the compiled corridor
-search of the traffic model against its array formulation, and data quality (nuPlan scenarios per log, share of
-the log the ego is stopped).
+search and path interpolation of the traffic model against their array formulations, and data quality (nuPlan
+scenarios per log, share of the log the ego is stopped).
 
 Generation only (simulation + assembly into ``LogData``), no file writing, so that the ratio measures
 the parallel speed-up of the generator itself. Usage: ``python benchmarks/bench_synth.py [--logs N]``.
@@ -43,11 +43,26 @@ def _run(specs: list[LogSpec], workers: int) -> tuple[float, list[tuple[int, flo
     return time.perf_counter() - start, out
 
 
+def _poses_arrays(bank: PathBank, s: np.ndarray) -> np.ndarray:
+    """Baseline: path poses at arc lengths ``s`` ``(N, M)`` as whole-array numpy (one search over the rows'
+    concatenated arc lengths, then a gather per quantity), the formulation the compiled interpolation replaced."""
+    flat, base = bank._flat_cum()
+    q = (np.clip(s, 0.0, bank.cum[:, -1:]) + base[:, None]).ravel()
+    i = np.clip(np.searchsorted(flat, q, side="right") - 1, 0, len(flat) - 2)
+    lo, hi = flat[i], flat[i + 1]
+    w = np.clip((q - lo) / (hi - lo), 0.0, 1.0)
+    out = np.empty(s.shape + (3,))
+    for c, name in enumerate(("x", "y", "hdg")):
+        v = bank._values(name)
+        out[..., c] = ((1.0 - w) * v[i] + w * v[i + 1]).reshape(s.shape)
+    return out
+
+
 def _corridor_arrays(bank: PathBank, s, front, radius, owner, boxes, box_owner, probes=PROBES):
     """Baseline: the corridor search as whole-array numpy (every row against every box, then every candidate
     pair against every probe), the formulation the compiled search replaced."""
     n = len(s)
-    q = bank.poses(s[:, None] + front[:, None] + probes[None, :])
+    q = _poses_arrays(bank, s[:, None] + front[:, None] + probes[None, :])
     mid = q[:, len(probes) // 2, :2]
     reach = probes[-1] / 2 + radius + 1.0
     dx, dy = mid[:, 0, None] - boxes[None, :, 0], mid[:, 1, None] - boxes[None, :, 1]
@@ -110,6 +125,25 @@ def _bench_corridor(rows: int = 120, boxes_n: int = 250, reps: int = 200) -> Non
     print(f"  compiled {fast * 1e3:.2f} ms, arrays {slow * 1e3:.2f} ms, {slow / fast:.1f}x (same results)")
 
 
+def _bench_poses(rows: int = 120, probes: int = 9, reps: int = 2000) -> None:
+    """Poses of ``probes`` points ahead of each of ``rows`` vehicles (one corridor search's worth), both ways."""
+    town = make_town(0, 0)
+    rng = np.random.default_rng(1)
+    lanes = sorted(p.fid for p in town.lanes)
+    bank = build_bank(town, [random_route(town, int(f), 250.0, rng) for f in rng.choice(lanes, rows)], {})
+    s = rng.uniform(-5.0, 1.1, (rows, 1)) * bank.length[:, None] + np.linspace(0.0, 30.0, probes)[None, :]
+    assert np.array_equal(bank.poses(s), _poses_arrays(bank, s)), "compiled interpolation differs from the arrays"
+    timings = {}
+    for name, fn in (("compiled", bank.poses), ("arrays", lambda x: _poses_arrays(bank, x))):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn(s)
+        timings[name] = (time.perf_counter() - start) / reps
+    fast, slow = timings["compiled"], timings["arrays"]
+    print(f"path poses ({rows} vehicles x {probes} arc lengths, bit-identical):")
+    print(f"  compiled {fast * 1e6:.0f} us, arrays {slow * 1e6:.0f} us, {slow / fast:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logs", type=int, default=6)
@@ -118,6 +152,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4))
     args = parser.parse_args()
     _bench_corridor()
+    _bench_poses()
     specs = plan_logs(args.logs, args.towns, seed=0, duration_s=args.duration)
     for t in {s.town for s in specs}:
         make_town(0, t)  # build the towns once before timing (the pool's workers inherit them by fork)

@@ -19,7 +19,7 @@ from simulation.datasets.synthetic.network import (
     TurnType,
     build_town,
 )
-from simulation.datasets.synthetic.paths import build_bank
+from simulation.datasets.synthetic.paths import build_bank, random_route
 from simulation.datasets.synthetic.traffic import (
     INF,
     PROBES,
@@ -163,6 +163,27 @@ def test_segment_index_and_the_next_connector(town):
     assert k.tolist() == [1, 1, 1, -1]
     np.testing.assert_allclose(dist[:3], starts[1] - STOP_MARGIN - (s[:3] + 2.0))
     assert dist[3] == INF
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-20.0, 400.0), min_size=1, max_size=6), st.integers(0, 2**31 - 1))
+def test_path_poses_interpolate_each_row_and_clamp_to_its_ends(town, arcs, seed):
+    """Compiled interpolation of the bank against plain per-row np.interp: positions and headings at any arc length,
+    clamped to the row's first and last point outside ``[0, length]``; ``interp`` agrees with ``poses``."""
+    rng = np.random.default_rng(seed)
+    lanes = sorted(p.fid for p in town.lanes)
+    routes = [random_route(town, int(f), float(rng.uniform(20.0, 300.0)), rng) for f in rng.choice(lanes, 3)]
+    bank = build_bank(town, routes, {})
+    s = np.tile(np.array(arcs), (len(bank), 1))
+    got = bank.poses(s)
+    assert got.shape == (len(bank), len(arcs), 3)
+    for r in range(len(bank)):
+        cum = bank.cum[r]
+        q = np.clip(s[r], 0.0, cum[-1])
+        want = np.stack([np.interp(q, cum, bank.pts[r, :, 0]), np.interp(q, cum, bank.pts[r, :, 1]),
+                         np.interp(q, cum, bank.hdg[r])], -1)  # fmt: skip
+        np.testing.assert_allclose(got[r], want, rtol=0, atol=1e-6)
+    assert np.array_equal(bank.interp("hdg", s), got[..., 2])
 
 
 def test_straight_movements_do_not_sneak(town):

@@ -50,18 +50,15 @@ class PathBank:
     def __len__(self) -> int:
         return int(self.pts.shape[0])
 
-    def _lookup(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flat point index ``i`` and weight ``w`` of arc lengths ``s`` ``(N, M)``: the value there is
-        ``(1 - w) * flat[i] + w * flat[i + 1]`` (one binary search shared by every interpolated quantity)."""
+    def _flat_cum(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's arc lengths shifted past the previous row's (by its length + 1 m) and flattened, so that one
+        sorted array serves the binary searches of all rows; and each row's shift ``(N,)``."""
         if self._flat is None:
             span = self.cum[:, -1:] + 1.0
-            self._base = np.cumsum(np.concatenate([[0.0], span[:-1, 0]]))[:, None]
-            self._flat = (self.cum + self._base).ravel()
+            self._base = np.cumsum(np.concatenate([[0.0], span[:-1, 0]]))
+            self._flat = (self.cum + self._base[:, None]).ravel()
         assert self._base is not None
-        q = (np.clip(s, 0.0, self.cum[:, -1:]) + self._base).ravel()
-        i = np.clip(np.searchsorted(self._flat, q, side="right") - 1, 0, len(self._flat) - 2)
-        lo, hi = self._flat[i], self._flat[i + 1]
-        return i, np.clip((q - lo) / (hi - lo), 0.0, 1.0)
+        return self._flat, self._base
 
     def _values(self, name: str) -> np.ndarray:
         """Contiguous flat copy of a per-point array (``x``, ``y``, ``hdg`` or ``vmax``), cached."""
@@ -73,22 +70,47 @@ class PathBank:
     def interp(self, name: str, s: np.ndarray) -> np.ndarray:
         """Interpolate the per-point array ``name`` (``x``, ``y``, ``hdg``, ``vmax``) at arc lengths ``s``
         ``(N, M)`` (row-wise, clamped to each path)."""
-        i, w = self._lookup(s)
-        v = self._values(name)
-        return ((1.0 - w) * v[i] + w * v[i + 1]).reshape(s.shape)
+        return self._interp((name,), s)[..., 0]
 
     def poses(self, s: np.ndarray) -> np.ndarray:
         """``(N, M, 3)`` poses at arc lengths ``s`` ``(N, M)``."""
-        i, w = self._lookup(s)
-        out = np.empty(s.shape + (3,))
-        for c, name in enumerate(("x", "y", "hdg")):
-            v = self._values(name)
-            out[..., c] = ((1.0 - w) * v[i] + w * v[i + 1]).reshape(s.shape)
-        return out
+        return self._interp(("x", "y", "hdg"), s)
+
+    def _interp(self, names: tuple[str, ...], s: np.ndarray) -> np.ndarray:
+        flat, base = self._flat_cum()
+        key = "stack:" + "|".join(names)  # not a name of _values
+        if key not in self._cache:
+            self._cache[key] = np.stack([self._values(n) for n in names])
+        values = self._cache[key]
+        s2 = np.ascontiguousarray(s, dtype=np.float64).reshape(len(self), -1)
+        out = _interp_rows(flat, base, np.ascontiguousarray(self.cum[:, -1]), values, s2)
+        return out.reshape(s.shape + (len(names),))
 
     def segment_index(self, s: np.ndarray) -> np.ndarray:
         """``(N,)`` index of the segment containing arc length ``s`` ``(N,)``."""
         return _segment_index(self.seg_start, np.ascontiguousarray(s, dtype=np.float64))
+
+
+@numba.njit(cache=True)
+def _interp_rows(
+    flat: np.ndarray, base: np.ndarray, end: np.ndarray, values: np.ndarray, s: np.ndarray
+) -> np.ndarray:  # pragma: no cover - compiled
+    """``(N, M, V)`` linear interpolation of the flat per-point arrays ``values`` ``(V, N * P)`` at arc lengths ``s``
+    ``(N, M)``, each clamped to ``[0, end]`` of its row; ``flat`` is the sorted shifted arc length of
+    :meth:`PathBank._flat_cum` and ``base`` each row's shift."""
+    n, m = s.shape
+    nv = values.shape[0]
+    out = np.empty((n, m, nv))
+    last = len(flat) - 2
+    for r in range(n):
+        for c in range(m):
+            q = min(max(s[r, c], 0.0), end[r]) + base[r]
+            i = min(max(np.searchsorted(flat, q, side="right") - 1, 0), last)
+            lo, hi = flat[i], flat[i + 1]
+            w = min(max((q - lo) / (hi - lo), 0.0), 1.0)
+            for k in range(nv):
+                out[r, c, k] = (1.0 - w) * values[k, i] + w * values[k, i + 1]
+    return out
 
 
 @numba.njit(cache=True)

@@ -367,7 +367,7 @@ def _brake_accel(brakes: np.ndarray, t: float, v: np.ndarray, v0: np.ndarray) ->
     k = on.argmax(1)
     rows = np.arange(len(v))
     target = brakes[rows, k, 3] * v0 + 0.5
-    acc = np.clip(2.0 * (target - v), -brakes[rows, k, 2], 0.0)
+    acc = np.minimum(np.maximum(2.0 * (target - v), -brakes[rows, k, 2]), 0.0)
     return np.where(on[rows, k] & (v > target), acc, INF)
 
 
