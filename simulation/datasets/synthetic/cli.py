@@ -93,6 +93,8 @@ def validate(args: argparse.Namespace) -> tuple[int, int, float, int | str]:
 def run_logs(root: Path, specs: list[LogSpec], workers: int | str, progress: bool = True) -> list[dict[str, Any]]:
     """Generate and write every missing log, sequentially, in a process pool or on Ray."""
     todo = [s for s in specs if not log_path(root, s).is_file()]
+    # the busiest drives first, so that a pool does not finish on one long log while the other workers idle
+    todo.sort(key=lambda s: -(s.drive.vehicles_per_km + 10.0) * (s.drive.duration_s + s.drive.warmup_s))
     bar = _progress(len(todo), progress)
     results: list[dict[str, Any]] = []
     if workers == "ray":
