@@ -67,6 +67,14 @@ def test_schema_seen_by_plain_sqlite(log, db):
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         expected = "log ego_pose lidar lidar_pc camera image category track lidar_box scene scenario_tag"
         assert set(expected.split()) | {"traffic_light_status"} <= tables
+        # the writer builds its indexes after the rows; the readers' lookups by frame and by track rely on them
+        indexes = dict(con.execute("SELECT name, tbl_name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL"))
+        assert indexes["idx_lidar_box_lidar_pc"] == "lidar_box" and indexes["idx_lidar_box_track"] == "lidar_box"
+        assert {"idx_lidar_pc_scene", "idx_traffic_light_status_lidar_pc", "idx_scenario_tag_lidar_pc"} <= set(indexes)
+        plan = " ".join(
+            str(r) for r in con.execute("EXPLAIN QUERY PLAN SELECT * FROM lidar_box WHERE track_token = x'00'")
+        )
+        assert "idx_lidar_box_track" in plan
         token, nxt, prv = con.execute(
             "SELECT token, next_token, prev_token FROM lidar_pc ORDER BY timestamp"
         ).fetchone()
