@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import shapely
 
+from simulation.datasets.synthetic import generator
 from simulation.datasets.synthetic.generator import generate_log, make_town, plan_logs, town_config
 from simulation.datasets.synthetic.geometry2d import curvature
 from simulation.datasets.synthetic.network import NetworkConfigError, TownConfig, TurnType, build_town
 from simulation.datasets.synthetic.traffic import INF, grant_claims
 from simulation.datasets.synthetic.world import (
+    BICYCLE,
     CLEAR_MARGIN_M,
+    TRUCK,
     _brake_accel,
     _brake_events,
     clear_points,
@@ -20,11 +23,20 @@ from simulation.datasets.synthetic.world import (
 from simulation.types import StateIndex
 
 
-def test_the_expert_is_not_stopped_for_half_of_a_log():
+def test_the_expert_is_not_stopped_for_half_of_a_log(monkeypatch: pytest.MonkeyPatch):
     """Demo-seed logs whose expert used to wait most of the log at one junction (slow left turns holding the
     crossing green, turns sneaking on red, parallel turns blocking each other): now each is stopped for less
-    than half of it. Before the fix these 40 s logs were stopped 55 % / 79 % of the time."""
+    than half of it. Before the fix these 40 s logs were stopped 55 % / 79 % of the time. The drives are those
+    of the log plan of the time (a red light on arrival, a cyclist ahead), rebuilt with its split pattern and
+    situations."""
+    monkeypatch.setattr(generator, "SPLIT_PATTERN", (0, 0, 2, 0, 1, 0, 2))
+    monkeypatch.setattr(
+        generator,
+        "SITUATIONS",
+        ((TRUCK, False, False), (-1, True, False), (BICYCLE, False, False), (-1, False, True), (-1, False, False)),
+    )
     specs = plan_logs(12, 2, 0, 40.0)
+    assert (specs[1].drive.red_on_arrival, specs[9].drive.ego_lead) == (True, BICYCLE)
     shares = []
     for i in (1, 9):
         log, _ = generate_log(specs[i])

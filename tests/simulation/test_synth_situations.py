@@ -265,15 +265,17 @@ def test_walkers_stay_on_their_walkway():
 def test_demo_size_split_plan():
     specs = plan_logs(14, 2, 0, 60.0)
     counts = [sum(s.split == name for s in specs) for name in SPLITS]
-    assert counts == [8, 2, 4]
+    assert counts == [6, 2, 6]
     test = [s.drive for s in specs if s.split == SPLITS[2]]
-    # the four test logs get the first four situations: a truck ahead, a red light on arrival, a cyclist ahead,
-    # a congested drive
-    assert [d.ego_lead for d in test] == [TRUCK, -1, BICYCLE, -1]
-    assert [d.red_on_arrival for d in test] == [False, True, False, False]
-    assert test[3].vehicles_per_km == CONGESTED_PER_KM and max(d.vehicles_per_km for d in test[:3]) < CONGESTED_PER_KM
+    # the six test logs get the six situations: a truck ahead, a red light on arrival, a cyclist ahead, a congested
+    # drive, then a truck and a cyclist ahead with a red light on arrival
+    assert [d.ego_lead for d in test] == [TRUCK, -1, BICYCLE, -1, TRUCK, BICYCLE]
+    assert [d.red_on_arrival for d in test] == [False, True, False, False, True, True]
+    congested = [d.vehicles_per_km == CONGESTED_PER_KM for d in test]
+    assert congested == [False, False, False, True, False, False]
+    assert max(d.vehicles_per_km for d in test if d.vehicles_per_km != CONGESTED_PER_KM) < CONGESTED_PER_KM
     assert all(BUSY_CROSSWALKS[0] <= d.pedestrian_density <= BUSY_CROSSWALKS[1] for d in test if d.red_on_arrival)
-    assert [s.split for s in plan_logs(3, 1, 0, 20.0)] == [SPLITS[0], SPLITS[0], SPLITS[2]]
+    assert [s.split for s in plan_logs(3, 1, 0, 20.0)] == [SPLITS[0], SPLITS[2], SPLITS[0]]
 
 
 def test_the_expert_follows_a_cyclist_then_passes_it():

@@ -84,7 +84,7 @@ def test_output_folder_checks(tmp_path):
 
 def test_log_plan_splits_towns_and_seeds():
     specs = plan_logs(20, 3, 4, 30.0)
-    assert [s.split for s in specs[:14]] == [SPLITS[i] for i in (0, 0, 2, 0, 1, 0, 2) * 2]
+    assert [s.split for s in specs[:14]] == [SPLITS[i] for i in (0, 2, 0, 1, 2, 0, 2) * 2]
     assert {s.town for s in specs} == {0, 1, 2}
     assert len({s.name for s in specs}) == 20
     # a log's spec does not depend on how many logs are planned (re-runs may add logs)
