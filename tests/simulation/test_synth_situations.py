@@ -387,3 +387,25 @@ def test_the_light_turns_red_as_the_ego_arrives():
     assert len(approach) and gap[approach[-1] + 1] <= ACTUATED_M[1] + 1.0  # green until close to the line
     log, _ = record_to_log(town, rec, LogSpec("r", 0, 0, SPLITS[2], SEED, cfg))
     assert {"stationary_at_traffic_light_without_lead", "stationary_at_traffic_light_with_lead"} & set(log.tag_type)
+
+
+def test_with_a_truck_ahead_the_light_turns_red_as_the_truck_arrives():
+    """red_on_arrival with a truck placed ahead (the situation "truck + red" of the log plan): the actuation
+    window is that of the truck's front, so that the truck stops at the light and the ego stops behind it. On
+    the ego's own window, the truck of these drives (15-30 m ahead) went through on yellow and the ego stopped
+    alone. (A slow truck may also be overtaken before the light: then both stand at it side by side.)"""
+    town = make_town(SEED, 0)
+    cfg = DriveConfig(duration_s=25.0, vehicles_per_km=4.0, pedestrian_density=1.0, ego_lead=TRUCK, red_on_arrival=True)
+    behind = []
+    for index in range(3):
+        if _lead_of(town, index, TRUCK)[1] is None:
+            continue  # no truck placed on this drive
+        rec = simulate_drive(town, cfg, np.random.default_rng(np.random.SeedSequence([SEED, 3, index])))
+        assert rec.types[0] == TrackedObjectType.VEHICLE and rec.boxes[0, 0, 5] > 7.0  # the truck
+        truck_v = np.hypot(rec.boxes[:, 0, 3], rec.boxes[:, 0, 4])
+        lead = np.array([f.lead_owner for f in rec.ego_frames])
+        red = np.array([f.light_stop for f in rec.ego_frames])
+        v = np.array([f.v for f in rec.ego_frames])
+        # the ego stands at the red light with the truck standing ahead of it as its lead
+        behind.append(float(((v < 0.1) & red & (lead == 0) & (truck_v < 0.1)).sum() * 0.05))
+    assert sum(t >= 3.0 for t in behind) >= 2, behind

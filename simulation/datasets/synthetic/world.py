@@ -463,7 +463,8 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     frame_blocks = np.zeros(n_log, dtype=np.int64)
     actuate = cfg.red_on_arrival
     for f in range(n_warm + n_log):
-        if actuate and f >= n_warm and _actuate_red(town, ego, light, times, f):
+        lead_front = (tr.bank, tr.s[0] + tr.sizes[0, 0] / 2) if lead is not None and tr.active[0] else None
+        if actuate and f >= n_warm and _actuate_red(town, ego, light, times, f, lead_front):
             actuate = False
         veh = _vehicle_boxes(tr.bank, tr.s, tr.v, tr.sizes) if n_veh else np.zeros((0, 7))
         ped = peds.boxes(times[f])
@@ -497,11 +498,20 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     )
 
 
-def _actuate_red(town: Town, ego: EgoDriver, light: np.ndarray, times: np.ndarray, f: int) -> bool:
+def _actuate_red(
+    town: Town,
+    ego: EgoDriver,
+    light: np.ndarray,
+    times: np.ndarray,
+    f: int,
+    lead_front: tuple[PathBank, float] | None = None,
+) -> bool:
     """Once the ego's front is within :data:`ACTUATED_M` of the stop line of its next signalled connector, retime
     that junction (in ``light``, from frame ``f`` on): a green light turns yellow now, a red one stays red for
     the whole phase of the cross street from now (a yellow one is left as it is); returns whether the ego reached
-    that window."""
+    that window. With ``lead_front`` (the bank whose row 0 is the lead placed ahead of the ego, and the arc
+    length of its front) the window is that of the lead's front while the lead is on its way to that connector:
+    the light must stop the lead too (on the ego's window, a truck 15-30 m ahead went through on yellow)."""
     k = int(ego.bank.segment_index(np.array([ego.s]))[0])
     cols = ego.bank.seg_light[0, k + 1 :]
     ahead = np.flatnonzero(cols >= 0)
@@ -509,6 +519,11 @@ def _actuate_red(town: Town, ego: EgoDriver, light: np.ndarray, times: np.ndarra
         return False
     j = k + 1 + int(ahead[0])
     dist = float(ego.bank.seg_start[0, j]) - ego.s - PACIFICA.front_length
+    if lead_front is not None:
+        bank, front = lead_front
+        on = np.flatnonzero(bank.seg_fid[0] == ego.bank.seg_fid[0, j])
+        if len(on) and float(bank.seg_start[0, on[0]]) > front:  # the lead has not reached its line yet
+            dist = float(bank.seg_start[0, on[0]]) - front
     if not ACTUATED_M[0] <= dist <= ACTUATED_M[1]:
         return False  # too far yet, or too close to stop: the next signalled junction then
     status = light[f, cols[ahead[0]]]
