@@ -56,6 +56,8 @@ EGO_LEAD_MOVES = 2
 #: Distance range (m) from the ego's front bumper to the stop line at which an actuated light
 #: (:attr:`DriveConfig.red_on_arrival`) turns yellow: far enough to stop comfortably, close enough to be seen.
 ACTUATED_M = (30.0, 45.0)
+#: ... or, for a lead placed ahead of the ego, down to where the lead still stops at this deceleration (m/s^2).
+LEAD_STOP_DECEL = 2.5
 #: The ego of such a drive starts on a lane at least this long (m) that ends at a light.
 SIGNAL_LANE_M = 100.0
 
@@ -463,7 +465,7 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     frame_blocks = np.zeros(n_log, dtype=np.int64)
     actuate = cfg.red_on_arrival
     for f in range(n_warm + n_log):
-        lead_front = (tr.bank, tr.s[0] + tr.sizes[0, 0] / 2) if lead is not None and tr.active[0] else None
+        lead_front = (tr.bank, tr.s[0] + tr.sizes[0, 0] / 2, tr.v[0]) if lead is not None and tr.active[0] else None
         if actuate and f >= n_warm and _actuate_red(town, ego, light, times, f, lead_front):
             actuate = False
         veh = _vehicle_boxes(tr.bank, tr.s, tr.v, tr.sizes) if n_veh else np.zeros((0, 7))
@@ -504,14 +506,15 @@ def _actuate_red(
     light: np.ndarray,
     times: np.ndarray,
     f: int,
-    lead_front: tuple[PathBank, float] | None = None,
+    lead_front: tuple[PathBank, float, float] | None = None,
 ) -> bool:
     """Once the ego's front is within :data:`ACTUATED_M` of the stop line of its next signalled connector, retime
     that junction (in ``light``, from frame ``f`` on): a green light turns yellow now, a red one stays red for
     the whole phase of the cross street from now (a yellow one is left as it is); returns whether the ego reached
-    that window. With ``lead_front`` (the bank whose row 0 is the lead placed ahead of the ego, and the arc
-    length of its front) the window is that of the lead's front while the lead is on its way to that connector:
-    the light must stop the lead too (on the ego's window, a truck 15-30 m ahead went through on yellow)."""
+    that window. With ``lead_front`` (the bank whose row 0 is the lead placed ahead of the ego, the arc length
+    of its front and its speed) the window is that of the lead's front while the lead is on its way to that
+    connector, down to where it can still stop at :data:`LEAD_STOP_DECEL`: the light must stop the lead too (on
+    the ego's window, a truck 15-30 m ahead went through on yellow)."""
     k = int(ego.bank.segment_index(np.array([ego.s]))[0])
     cols = ego.bank.seg_light[0, k + 1 :]
     ahead = np.flatnonzero(cols >= 0)
@@ -519,12 +522,14 @@ def _actuate_red(
         return False
     j = k + 1 + int(ahead[0])
     dist = float(ego.bank.seg_start[0, j]) - ego.s - PACIFICA.front_length
+    low = ACTUATED_M[0]
     if lead_front is not None:
-        bank, front = lead_front
+        bank, front, v = lead_front
         on = np.flatnonzero(bank.seg_fid[0] == ego.bank.seg_fid[0, j])
         if len(on) and float(bank.seg_start[0, on[0]]) > front:  # the lead has not reached its line yet
             dist = float(bank.seg_start[0, on[0]]) - front
-    if not ACTUATED_M[0] <= dist <= ACTUATED_M[1]:
+            low = min(low, max(v * v / (2.0 * LEAD_STOP_DECEL), 5.0))
+    if not low <= dist <= ACTUATED_M[1]:
         return False  # too far yet, or too close to stop: the next signalled junction then
     status = light[f, cols[ahead[0]]]
     if status != TrafficLightStatus.YELLOW:  # green: yellow now; red: the cross street's phase starts now
