@@ -465,9 +465,9 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     frame_blocks = np.zeros(n_log, dtype=np.int64)
     actuate = cfg.red_on_arrival
     for f in range(n_warm + n_log):
-        lead_front = (tr.bank, tr.s[0] + tr.sizes[0, 0] / 2, tr.v[0]) if lead is not None and tr.active[0] else None
-        if actuate and f >= n_warm and _actuate_red(town, ego, light, times, f, lead_front):
-            actuate = False
+        if actuate and f >= n_warm:
+            lead_front = (tr.bank, tr.s[0] + tr.sizes[0, 0] / 2, tr.v[0]) if lead is not None and tr.active[0] else None
+            actuate = not _actuate_red(town, ego, light, times, f, lead_front)
         veh = _vehicle_boxes(tr.bank, tr.s, tr.v, tr.sizes) if n_veh else np.zeros((0, 7))
         ped = peds.boxes(times[f])
         ped_vis = peds.visible(times[f])
