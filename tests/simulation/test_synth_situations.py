@@ -393,7 +393,8 @@ def test_with_a_truck_ahead_the_light_turns_red_as_the_truck_arrives():
     """red_on_arrival with a truck placed ahead (the situation "truck + red" of the log plan): the actuation
     window is that of the truck's front, so that the truck stops at the light and the ego stops behind it. On
     the ego's own window, the truck of these drives (15-30 m ahead) went through on yellow and the ego stopped
-    alone. (A slow truck may also be overtaken before the light: then both stand at it side by side.)"""
+    alone; and the ego of such a drive does not overtake the (slow, often braking) truck, which it did on one of
+    these drives before the light, standing beside it there."""
     town = make_town(SEED, 0)
     cfg = DriveConfig(duration_s=25.0, vehicles_per_km=4.0, pedestrian_density=1.0, ego_lead=TRUCK, red_on_arrival=True)
     behind = []
@@ -408,4 +409,4 @@ def test_with_a_truck_ahead_the_light_turns_red_as_the_truck_arrives():
         v = np.array([f.v for f in rec.ego_frames])
         # the ego stands at the red light with the truck standing ahead of it as its lead
         behind.append(float(((v < 0.1) & red & (lead == 0) & (truck_v < 0.1)).sum() * 0.05))
-    assert sum(t >= 3.0 for t in behind) >= 2, behind
+    assert len(behind) == 3 and min(behind) >= 3.0, behind

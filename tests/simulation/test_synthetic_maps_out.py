@@ -61,6 +61,8 @@ def test_invalid_parameters_are_rejected():
         (("--workers", "0"), "--workers"),
         (("--towns", "1", "--disjoint-test-towns"), "disjoint"),
         (("--seed", "-3"), "--seed"),
+        (("--logs", "90000"), "--logs"),  # top-up logs are numbered from 90000
+        (("--min-test-scenes", "-1"), "--min-test-scenes"),
     ):
         with pytest.raises(SynthParameterError, match=msg):
             validate(_args(*argv))

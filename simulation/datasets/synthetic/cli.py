@@ -19,11 +19,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from simulation.datasets.synthetic.generator import SPLITS, LogSpec, plan_logs
+from simulation.datasets.synthetic.generator import SPLITS, TOP_UP_BASE, LogSpec, plan_logs, top_up_spec
 from simulation.datasets.synthetic.output import (
     OutputFolderError,
     check_output_folder,
     log_path,
+    log_tag_counts,
     merge_stats,
     write_manifest,
     write_maps_index,
@@ -34,8 +35,11 @@ from simulation.datasets.synthetic.tags import SCENARIO_TYPES
 
 logger = logging.getLogger(__name__)
 
-#: name -> (logs, towns, duration_s)
-PRESETS = {"demo": (14, 2, 80.0), "large": (600, 8, 90.0), "tiny": (3, 1, 20.0)}
+#: name -> (logs, towns, duration_s, min_test_scenes): the last is the number of scenes (tagged 2 Hz frames) of
+#: every scenario type that the test split is topped up to (:func:`top_up`; 0 = no top-up).
+PRESETS = {"demo": (14, 2, 80.0, 30), "large": (600, 8, 90.0, 30), "tiny": (3, 1, 20.0, 0)}
+#: Top-up logs are generated this many at a time (a fixed number, so that the result does not depend on --workers).
+TOP_UP_BATCH = 2
 
 
 class SynthParameterError(ValueError):
@@ -52,18 +56,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", default="1", help="processes (an integer) or 'ray'")
     p.add_argument("--disjoint-test-towns", action="store_true", help="synth_test logs only on the last town")
+    p.add_argument(
+        "--min-test-scenes",
+        type=int,
+        default=None,
+        help="top the test split up with drives made for the scenario types that have fewer scenes than this "
+        "(the preset's: 30 for demo and large, 0 = off for tiny); at most as many logs as the test split has",
+    )
     p.add_argument("--plots", type=int, default=3, help="BEV plots of the first logs (0 = none)")
     return p
 
 
-def validate(args: argparse.Namespace) -> tuple[int, int, float, int | str]:
+def validate(args: argparse.Namespace) -> tuple[int, int, float, int | str, int]:
     """Resolve the preset and check every parameter; raises :class:`SynthParameterError`."""
-    logs, towns, duration = PRESETS[args.preset]
+    logs, towns, duration, min_scenes = PRESETS[args.preset]
+    min_scenes = min_scenes if args.min_test_scenes is None else args.min_test_scenes
     logs = logs if args.logs is None else args.logs
     towns = towns if args.towns is None else args.towns
     duration = duration if args.duration is None else args.duration
-    if logs < 1:
-        raise SynthParameterError(f"--logs {logs}: need at least 1 log")
+    if not 1 <= logs < TOP_UP_BASE:
+        raise SynthParameterError(f"--logs {logs}: need 1..{TOP_UP_BASE - 1} logs")
+    if min_scenes < 0:
+        raise SynthParameterError(f"--min-test-scenes {min_scenes}: must be >= 0")
     if not 1 <= towns <= 100:
         raise SynthParameterError(f"--towns {towns}: need 1..100 towns")
     if args.disjoint_test_towns and towns < 2:
@@ -87,7 +101,7 @@ def validate(args: argparse.Namespace) -> tuple[int, int, float, int | str]:
         importlib.import_module("simulation.datasets.nuplan_db")
     except ImportError as exc:
         raise SynthParameterError(f"the nuPlan log writer is not available ({exc})") from exc
-    return logs, towns, duration, workers
+    return logs, towns, duration, workers, min_scenes
 
 
 def run_logs(root: Path, specs: list[LogSpec], workers: int | str, progress: bool = True) -> list[dict[str, Any]]:
@@ -121,6 +135,40 @@ def run_logs(root: Path, specs: list[LogSpec], workers: int | str, progress: boo
     return results
 
 
+def top_up(
+    root: Path, specs: list[LogSpec], towns: int, min_scenes: int, workers: int | str, disjoint_test: bool = False
+) -> tuple[list[dict[str, Any]], Counter, list[tuple[LogSpec, str]]]:
+    """Add test logs (:func:`top_up_spec`) made for the scenario types with fewer than ``min_scenes`` scenes in
+    the test split of ``specs``, the shortest first, until every type has them or the top-up logs number as
+    many as the planned test logs. Every decision is taken from the logs on disk, so a re-run (or another
+    ``--workers``) makes the same ones. Returns the new logs' statistics, the test split's tag counts and the
+    top-up logs with the type each was made for."""
+    test = [s for s in specs if s.split == SPLITS[2]]
+    counts: Counter = Counter()
+    for s in test:
+        counts.update(log_tag_counts(log_path(root, s)))
+    if min_scenes <= 0 or not test:
+        return [], counts, []
+    first = specs[0]
+    results: list[dict[str, Any]] = []
+    extra: list[tuple[LogSpec, str]] = []
+    while len(extra) < len(test):
+        short = sorted((t for t in SCENARIO_TYPES if counts[f"tag:{t}"] < min_scenes), key=lambda t: counts[f"tag:{t}"])
+        if not short:
+            break
+        n = min(TOP_UP_BATCH, len(test) - len(extra))
+        kinds = [short[j % len(short)] for j in range(n)]
+        batch = [
+            top_up_spec(len(extra) + j, t, towns, first.seed, first.drive.duration_s, disjoint_test)
+            for j, t in enumerate(kinds)
+        ]
+        results += run_logs(root, batch, workers, progress=False)
+        for s in batch:
+            counts.update(log_tag_counts(log_path(root, s)))
+        extra += list(zip(batch, kinds))
+    return results, counts, extra
+
+
 def _progress(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -148,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        logs, towns, duration, workers = validate(args)
-        # the log count is not part of the manifest: logs are independent, so a re-run may add more
+        logs, towns, duration, workers, min_scenes = validate(args)
+        # the log count is not part of the manifest: logs are independent, so a re-run may add more (top-up logs
+        # already written stay: the test split then holds at least what a fresh run would top it up to)
         manifest = {
             "towns": towns,
             "duration_s": duration,
             "seed": args.seed,
             "disjoint_test_towns": bool(args.disjoint_test_towns),
+            "min_test_scenes": min_scenes,
             "format": "nuplan-v1.1",
         }
         root = args.out
@@ -173,8 +223,16 @@ def main(argv: list[str] | None = None) -> int:
         (root / "splits" / split).mkdir(parents=True, exist_ok=True)
     skipped = sum(log_path(root, s).is_file() for s in specs)
     results = run_logs(root, specs, workers)
-    stats = merge_stats(results)
-    text = summary(stats, len(specs), skipped, time.perf_counter() - start)
+    more, test_counts, extra = top_up(root, specs, towns, min_scenes, workers, args.disjoint_test_towns)
+    skipped += len(extra) - len(more)
+    stats = merge_stats(results + more)
+    text = summary(stats, len(specs) + len(extra), skipped, time.perf_counter() - start)
+    if min_scenes > 0:
+        short = {t: test_counts[f"tag:{t}"] for t in SCENARIO_TYPES if test_counts[f"tag:{t}"] < min_scenes}
+        made = ", ".join(t for _, t in extra) or "none needed"
+        text += f"\ntest split topped up to >= {min_scenes} scenes of every type: {len(extra)} logs ({made})"
+        if short:
+            text += f"\nstill short in the test split after the top-up: {short}"
     print(text)
     tmp = root / ".synth_summary.json.tmp"
     tmp.write_text(json.dumps(dict(sorted(stats.items())), indent=2))

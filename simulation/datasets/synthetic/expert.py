@@ -62,6 +62,8 @@ BIKE_NEAR_M = 20.0
 #: Weight of each straight-on (lane, connector) option against 1 for each turn when the ego picks its movement
 #: at a junction: the expert turns often (a turn is where a planner that ignores the map fails).
 EGO_STRAIGHT_WEIGHT = 0.5
+#: ... and of each option of the movement a drive prefers (:attr:`EgoDriver.prefer_turn`) against 1 for the others.
+PREFERRED_TURN_WEIGHT = 8.0
 
 
 @dataclass
@@ -112,6 +114,8 @@ class EgoDriver:
     # log's first frame, not from the unlogged warm-up)
     behind_bike: float = 0.0
     behind_slow: float = 0.0  # seconds the ego has been following a slow vehicle (see OVERTAKE_PATIENCE_S)
+    prefer_turn: int = -1  # TurnType the ego picks more often at junctions (PREFERRED_TURN_WEIGHT), -1 none
+    overtakes: bool = True  # whether it overtakes slow vehicles (see OVERTAKE_PATIENCE_S)
     bank: PathBank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +156,8 @@ class EgoDriver:
                 if self.town.paths[c].turn_type != TurnType.UTURN
             ]
             w = np.array([EGO_STRAIGHT_WEIGHT if t == TurnType.STRAIGHT else 1.0 for t, _ in opts])
+            if self.prefer_turn >= 0:
+                w = np.where([t == self.prefer_turn for t, _ in opts], PREFERRED_TURN_WEIGHT, 1.0)
             turn, idx = opts[int(self.rng.choice(len(opts), p=w / w.sum()))]
             self.turn[rb.fid], self.target[rb.fid] = int(turn), int(idx)
         return self._connector_for(lane_fid)
@@ -200,7 +206,7 @@ class EgoDriver:
         if passing:  # pass a cyclist on the left lane
             want = lane.index - 1
         overtake = -1
-        if self.behind_slow > OVERTAKE_PATIENCE_S and want == lane.index and not passing:
+        if self.overtakes and self.behind_slow > OVERTAKE_PATIENCE_S and want == lane.index and not passing:
             overtake = self._overtaking_lane(lane, rb)
             if overtake >= 0 and left > room + 10.0:
                 want = overtake

@@ -15,7 +15,7 @@ import numpy as np
 
 from simulation.datasets.log_data import LogData
 from simulation.datasets.synthetic.map_layers import location_name, town_origin, town_to_map
-from simulation.datasets.synthetic.network import Town, TownConfig, build_town
+from simulation.datasets.synthetic.network import Town, TownConfig, TurnType, build_town
 from simulation.datasets.synthetic.tags import TAG_STRIDE, difficulty, frame_tags
 from simulation.datasets.synthetic.world import BICYCLE, DT, TRUCK, DriveConfig, DriveRecord, simulate_drive
 from simulation.maps.layers import MapData
@@ -42,6 +42,30 @@ SITUATIONS = (
 #: light (pedestrians cross in front of it).
 CONGESTED_PER_KM = 45.0
 BUSY_CROSSWALKS = (4.0, 6.0)
+#: Index of the first top-up log (:func:`top_up_spec`): planned logs are numbered below it.
+TOP_UP_BASE = 90_000
+#: The drive a top-up log of the test split gets to add scenes of a scenario type that is short there:
+#: type -> (lead kind placed ahead (-1 none), red on arrival, vehicles per km (``None``: congested),
+#: preferred :class:`TurnType` at junctions (-1 none)).
+TYPE_DRIVES: dict[str, tuple[int, bool, float | None, int]] = {
+    "following_lane_with_lead": (-1, False, 28.0, -1),
+    "stopping_with_lead": (TRUCK, False, 20.0, -1),
+    "stopping_at_traffic_light_with_lead": (TRUCK, True, 20.0, -1),
+    "stopping_at_traffic_light_without_lead": (-1, True, 4.0, -1),
+    "stationary_at_traffic_light_with_lead": (TRUCK, True, 20.0, -1),
+    "stationary_at_traffic_light_without_lead": (-1, True, 4.0, -1),
+    "starting_left_turn": (-1, False, 12.0, int(TurnType.LEFT)),
+    "starting_right_turn": (-1, False, 12.0, int(TurnType.RIGHT)),
+    "starting_straight_traffic_light_intersection_traversal": (-1, True, 12.0, int(TurnType.STRAIGHT)),
+    "changing_lane": (BICYCLE, False, 20.0, -1),
+    "waiting_for_pedestrian_to_cross": (-1, True, 12.0, -1),
+    "stationary_in_traffic": (-1, False, None, -1),
+    "behind_long_vehicle": (TRUCK, False, 12.0, -1),
+    "behind_bike": (BICYCLE, False, 12.0, -1),
+    "near_multiple_vehicles": (-1, True, 38.0, -1),
+    "high_magnitude_speed": (-1, False, 4.0, -1),
+    "low_magnitude_speed": (-1, False, None, -1),
+}
 SCENE_FRAMES = 160  # 8 s scenes: a 60 s log has 8, so nuPlan's scenario extraction keeps 16-48 s
 LOG_START_US = 1_704_103_200_000_000  # 2024-01-01 10:00 UTC
 TL_RADIUS = 150.0  # lights of junctions within this distance of the ego are reported
@@ -112,6 +136,27 @@ def plan_logs(
         ordinal[split] += 1
         specs.append(LogSpec(f"synth-{seed}_{location_name(town)}_{i:05d}", i, town, split, seed, drive))
     return specs
+
+
+def top_up_spec(
+    k: int, short_type: str, num_towns: int, seed: int, duration_s: float, disjoint_test: bool = False
+) -> LogSpec:
+    """The ``k``-th top-up log of the test split: a drive made to hold ``short_type`` (:data:`TYPE_DRIVES`),
+    on the towns in turn (the last one with ``disjoint_test``). Its index is ``TOP_UP_BASE + k``."""
+    index = TOP_UP_BASE + k
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2, index]))
+    town = num_towns - 1 if disjoint_test and num_towns > 1 else k % num_towns
+    lead, red, density, turn = TYPE_DRIVES[short_type]
+    drive = DriveConfig(
+        duration_s=duration_s,
+        vehicles_per_km=CONGESTED_PER_KM if density is None else density,
+        pedestrian_density=float(rng.uniform(*BUSY_CROSSWALKS)) if red else float(rng.uniform(2.0, 5.0)),
+        parked_share=float(rng.uniform(0.1, 0.4)),
+        ego_lead=lead,
+        red_on_arrival=red,
+        prefer_turn=turn,
+    )
+    return LogSpec(f"synth-{seed}_{location_name(town)}_{index:05d}", index, town, SPLITS[2], seed, drive)
 
 
 def _tokens(prefix: int, kind: int, n: int) -> np.ndarray:
@@ -236,4 +281,16 @@ def generate_log(spec: LogSpec) -> tuple[LogData, Counter]:
     return record_to_log(town, record, spec)
 
 
-__all__ = ["LogSpec", "SPLITS", "TAG_STRIDE", "generate_log", "make_map", "make_town", "plan_logs", "record_to_log"]
+__all__ = [
+    "LogSpec",
+    "SPLITS",
+    "TAG_STRIDE",
+    "TOP_UP_BASE",
+    "TYPE_DRIVES",
+    "generate_log",
+    "make_map",
+    "make_town",
+    "plan_logs",
+    "record_to_log",
+    "top_up_spec",
+]

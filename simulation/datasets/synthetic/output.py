@@ -100,6 +100,18 @@ def write_one_log(root: str, spec: LogSpec) -> dict[str, Any]:
     return dict(stats)
 
 
+def log_tag_counts(path: Path) -> Counter:
+    """``tag:<type>`` -> rows of ``scenario_tag`` (tagged 2 Hz frames) of a written log."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT type, COUNT(*) FROM scenario_tag GROUP BY type").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise OutputFolderError(f"{path}: cannot read its scenario tags ({exc})") from exc
+    finally:
+        con.close()
+    return Counter({f"tag:{t}": int(n) for t, n in rows})
+
+
 def check_output_folder(root: Path, manifest: dict[str, Any]) -> None:
     """Raise :class:`OutputFolderError` unless ``root`` is absent, empty, or an earlier run with the same
     parameters (whose missing logs a re-run completes)."""

@@ -75,6 +75,8 @@ class DriveConfig:
         red_on_arrival: the first signalled junction the ego approaches in the log is actuated: when the ego is
             :data:`ACTUATED_M` from its stop line, the cross street gets its phase (a green light turns yellow,
             a red one restarts its red), so that the ego stops there and waits a full phase.
+        prefer_turn: a :class:`TurnType` the ego picks more often at its junctions (-1: none), for drives made
+            to hold that movement.
     """
 
     duration_s: float = 60.0
@@ -84,6 +86,7 @@ class DriveConfig:
     parked_share: float = 0.15
     ego_lead: int = -1
     red_on_arrival: bool = False
+    prefer_turn: int = -1
 
 
 @dataclass
@@ -316,20 +319,27 @@ def _blockers(town: Town, rng: np.random.Generator) -> dict[int, np.ndarray]:
 
 
 def _ego_start(
-    town: Town, rng: np.random.Generator, blocked: frozenset[int], lead: int = -1, signal: bool = False
+    town: Town,
+    rng: np.random.Generator,
+    blocked: frozenset[int],
+    lead: int = -1,
+    signal: bool = False,
+    turn: int = -1,
 ) -> tuple[int, float]:
     """Start lane and arc length of the ego; half the time behind a stopped vehicle when there is one and no
     lead of kind ``lead`` is to be placed ahead of it (:func:`_ego_lead`); for a cyclist lead, on a roadblock
     of two or more lanes whose rightmost lane is free (where it can pass the cyclist); with ``signal``, near the
     start of a lane at least :data:`SIGNAL_LANE_M` long that ends at a traffic light (it reaches the light in
-    the log, after the warm-up)."""
-    if blocked and lead < 0 and not signal and rng.random() < 0.5:
+    the log, after the warm-up); with ``turn`` (a :class:`TurnType`), on a lane that offers that movement."""
+    if blocked and lead < 0 and not signal and turn < 0 and rng.random() < 0.5:
         lane = town.paths[sorted(blocked)[int(rng.integers(len(blocked)))]]
         return lane.fid, float(rng.uniform(2.0, 10.0))
 
     def fits(p) -> bool:
         paths = town.blocks[p.roadblock].paths
         if signal and (p.length < SIGNAL_LANE_M or not any(town.paths[c].phase >= 0 for c in p.outgoing)):
+            return False
+        if turn >= 0 and not any(town.paths[c].turn_type == turn for c in p.outgoing):
             return False
         return lead != BICYCLE or (len(paths) >= 2 and paths[-1] not in blocked and town.paths[paths[-1]].length > 60.0)
 
@@ -404,7 +414,7 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     clear = clear_points(town, conflict_long, conn_index)
     blockers = _blockers(town, rng)
     blocked = frozenset(blockers)
-    ego_lane, ego_s = _ego_start(town, rng, blocked, cfg.ego_lead, cfg.red_on_arrival)
+    ego_lane, ego_s = _ego_start(town, rng, blocked, cfg.ego_lead, cfg.red_on_arrival, cfg.prefer_turn)
     (ego_lane, ego_s), lead = _ego_lead(town, rng, (ego_lane, ego_s), blocked, cfg.ego_lead)
     routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s), blocked, lead)
     cyclist = kinds == BICYCLE
@@ -440,6 +450,9 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         cyclists=frozenset(np.flatnonzero(cyclist).tolist()),
         blockers={k: b[7] for k, b in blockers.items()},
         behind_bike=-cfg.warmup_s if lead is not None and lead[0] == BICYCLE else 0.0,
+        prefer_turn=cfg.prefer_turn,
+        # behind a truck on its way to a light that turns red: it stays behind it (the situation is the stop)
+        overtakes=not (lead is not None and lead[0] == TRUCK and cfg.red_on_arrival),
     )
     peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng, light_cols)
     static, static_types, static_h = _static_boxes(town, cfg, rng)
