@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -125,6 +126,10 @@ def test_a_drive_that_prefers_a_turn_takes_it_more_often(turn):
     assert preferred >= 3 and preferred >= 2 * free, (preferred, free)
 
 
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.db"))}
+
+
 def test_the_cli_tops_the_test_split_up_and_a_rerun_adds_nothing(tmp_path, capsys):
     out = tmp_path / "city"
     args = ["--out", str(out), "--preset", "tiny", "--logs", "3", "--duration", "6", "--seed", "2", "--plots", "0"]
@@ -140,6 +145,16 @@ def test_the_cli_tops_the_test_split_up_and_a_rerun_adds_nothing(tmp_path, capsy
     assert main([*args, "--min-test-scenes", "1"]) == 0
     assert "0 generated now, 4 already present" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*.db")} == before
+    # the same files from a process pool; an interrupted top-up log is made again, byte for byte
+    other = tmp_path / "pool"
+    assert main([*args[:1], str(other), *args[2:], "--min-test-scenes", "1", "--workers", "2"]) == 0
+    assert _digest(other) == _digest(out)
+    top = out / "splits" / SPLITS[2] / test_logs[1]
+    data = top.read_bytes()
+    top.unlink()
+    assert main([*args, "--min-test-scenes", "1"]) == 0
+    assert top.read_bytes() == data
+    capsys.readouterr()
     assert main([*args, "--min-test-scenes", "2"]) == 2  # other parameters: refused
     assert "min_test_scenes" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "x"), "--min-test-scenes", "-1"]) == 2
