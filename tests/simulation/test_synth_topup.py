@@ -158,3 +158,8 @@ def test_the_cli_tops_the_test_split_up_and_a_rerun_adds_nothing(tmp_path, capsy
     assert main([*args, "--min-test-scenes", "2"]) == 2  # other parameters: refused
     assert "min_test_scenes" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "x"), "--min-test-scenes", "-1"]) == 2
+    # a planned test log that is not a database: a clear error naming it, not a traceback
+    (out / "splits" / SPLITS[2] / test_logs[0]).write_bytes(b"not a database" * 100)
+    capsys.readouterr()
+    assert main([*args, "--min-test-scenes", "1"]) == 2
+    assert f"{test_logs[0]}: cannot read its scenario tags" in capsys.readouterr().err

@@ -223,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         (root / "splits" / split).mkdir(parents=True, exist_ok=True)
     skipped = sum(log_path(root, s).is_file() for s in specs)
     results = run_logs(root, specs, workers)
-    more, test_counts, extra = top_up(root, specs, towns, min_scenes, workers, args.disjoint_test_towns)
+    try:
+        more, test_counts, extra = top_up(root, specs, towns, min_scenes, workers, args.disjoint_test_towns)
+    except OutputFolderError as err:  # a test log that cannot be read (its tags decide the top-up)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     skipped += len(extra) - len(more)
     stats = merge_stats(results + more)
     text = summary(stats, len(specs) + len(extra), skipped, time.perf_counter() - start)

@@ -102,13 +102,14 @@ def write_one_log(root: str, spec: LogSpec) -> dict[str, Any]:
 
 def log_tag_counts(path: Path) -> Counter:
     """``tag:<type>`` -> rows of ``scenario_tag`` (tagged 2 Hz frames) of a written log."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT type, COUNT(*) FROM scenario_tag GROUP BY type").fetchall()
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT type, COUNT(*) FROM scenario_tag GROUP BY type").fetchall()
+        finally:
+            con.close()
     except sqlite3.DatabaseError as exc:
         raise OutputFolderError(f"{path}: cannot read its scenario tags ({exc})") from exc
-    finally:
-        con.close()
     return Counter({f"tag:{t}": int(n) for t, n in rows})
 
 
