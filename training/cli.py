@@ -13,6 +13,10 @@ import sys
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "synth"): ("simulation.datasets.synthetic.cli", "generate a synthetic city (nuPlan-format logs + maps)"),
     ("data", "scenes"): ("simulation.datasets.cli", "extract NAVSIM scenes / nuPlan scenarios and print a summary"),
+    ("data", "select"): (
+        "simulation.benchmarks.selection",
+        "select a split's hard scenes into a scene list (navtest-style)",
+    ),
     ("data", "cache"): ("training.cache", "build the planner feature cache and NAVSIM metric caches of a split"),
     ("viz",): ("simulation.visualize", "BEV plot (PNG) of a scene or GIF of a log"),
     ("bench",): ("simulation.benchmarks.cli", "closed-loop / NAVSIM benchmarks (Hydra)"),

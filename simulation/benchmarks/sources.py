@@ -166,7 +166,21 @@ def nuplan_log_source(
         raise BenchConfigError("no data root: set NUPLAN_DATA_ROOT or pass data_root=<folder of .db logs>")
     if not Path(data_root).is_dir():
         raise BenchConfigError(f"data_root={data_root} is not a folder")
-    paths = split_log_paths(data_root, split)
+    from simulation.datasets.scenes import SplitError, reject_scene_list, split_scene_tokens
+
+    try:
+        if kind != "navsim":
+            reject_scene_list(data_root, split)
+        listed = split_scene_tokens(data_root, split)
+        paths = split_log_paths(data_root, split)
+    except SplitError as exc:
+        raise BenchConfigError(str(exc)) from None
+    if listed is not None and not listed:
+        raise BenchConfigError(f"split {split!r}: its scene list under {data_root} selects no scene")
     if not paths:
         raise BenchConfigError(f"split {split!r} has no logs under {data_root}")
-    return LogSource(paths, NuplanExtractor(kind, dict(scene_filter or {})))
+    scene_filter = dict(scene_filter or {})
+    if listed is not None:
+        own = scene_filter.get("tokens")
+        scene_filter["tokens"] = sorted(listed if own is None else listed & set(own))
+    return LogSource(paths, NuplanExtractor(kind, scene_filter))

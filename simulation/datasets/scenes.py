@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from simulation.datasets.log_data import LogData
+from simulation.datasets.scene_lists import SceneList, SceneListError, read_scene_list
 from simulation.types import Agents, DrivingCommand, EgoStates, Scenario, Scene, TrafficLights, TrafficLightStatus
 
 logger = logging.getLogger(__name__)
@@ -414,19 +415,51 @@ def split_definition(split: str) -> dict[str, Any]:
     return spec
 
 
-def split_log_paths(data_root: str | os.PathLike[str], split: str) -> list[Path]:
-    """The ``.db`` logs of ``split`` under ``data_root``, sorted by name.
+def split_scene_list(data_root: str | os.PathLike[str], split: str) -> SceneList | None:
+    """The scene list a split definition names (``scene_list``, relative to ``data_root``), or ``None``
+    for a split of whole logs.
 
     Raises:
-        SplitError: unknown split, missing log folder, or ``log_names`` that have no file.
+        SplitError: the list is missing or unreadable (the message says how to make it).
+    """
+    spec = split_definition(split)
+    if not spec.get("scene_list"):
+        return None
+    path = Path(data_root) / str(spec["scene_list"])
+    if not path.is_file():
+        raise SplitError(
+            f"split {split!r} is a scene list and {path} does not exist; make it with "
+            f"`diffplan data select --data-root {data_root} --split {spec.get('source_split', '<log split>')} "
+            f"--name {path.stem}`"
+        )
+    try:
+        return read_scene_list(path)
+    except SceneListError as exc:
+        raise SplitError(f"split {split!r}: {exc}") from None
+
+
+def split_scene_tokens(data_root: str | os.PathLike[str], split: str) -> frozenset[str] | None:
+    """The scene tokens of a scene-list split, or ``None`` when the split takes every scene of its logs."""
+    scene_list = split_scene_list(data_root, split)
+    return None if scene_list is None else frozenset(scene_list.tokens)
+
+
+def split_log_paths(data_root: str | os.PathLike[str], split: str) -> list[Path]:
+    """The ``.db`` logs of ``split`` under ``data_root``, sorted by name (for a scene-list split, the logs
+    that hold a listed scene).
+
+    Raises:
+        SplitError: unknown split, missing log folder, ``log_names`` that have no file, or a scene list
+            that is missing or unreadable.
     """
     spec = split_definition(split)
     folder = Path(data_root) / str(spec["log_dir"])
     if not folder.is_dir():
         raise SplitError(f"split {split!r}: no folder {folder}")
     paths = sorted(folder.glob("*.db"))
-    names = spec.get("log_names")
-    if names:
+    scene_list = split_scene_list(data_root, split)
+    names: list[str] | None = spec.get("log_names") if scene_list is None else sorted(scene_list.log_names)
+    if names is not None and (names or scene_list is not None):  # an empty scene list selects no log
         by_name = {p.stem: p for p in paths}
         missing = [n for n in names if n not in by_name]
         if missing:
@@ -465,6 +498,25 @@ def _load(paths: Iterable[Path], extract: Callable[[LogData], list[Any]], report
     return out
 
 
+def with_split_tokens(scene_filter: SceneFilter, data_root: str | os.PathLike[str], split: str) -> SceneFilter:
+    """``scene_filter`` restricted to the tokens of a scene-list split (intersected with its own tokens)."""
+    listed = split_scene_tokens(data_root, split)
+    if listed is None:
+        return scene_filter
+    own = listed if scene_filter.tokens is None else listed & set(scene_filter.tokens)
+    return replace(scene_filter, tokens=sorted(own))
+
+
+def reject_scene_list(data_root: str | os.PathLike[str], split: str) -> None:
+    """Raise :class:`SplitError` when ``split`` is a scene list: nuPlan scenarios are cut from whole logs."""
+    spec = split_definition(split)
+    if spec.get("scene_list"):
+        raise SplitError(
+            f"split {split!r} is a list of NAVSIM scenes; nuPlan scenarios are cut from log splits "
+            f"(use split={spec.get('source_split', 'the source split')})"
+        )
+
+
 def load_scenes(
     data_root: str | os.PathLike[str],
     split: str,
@@ -472,8 +524,9 @@ def load_scenes(
     driving_command_fn: DrivingCommandFn | None = None,
     report: LoadReport | None = None,
 ) -> list[Scene]:
-    """NAVSIM scenes of every log of ``split``; unreadable logs are skipped with a warning (see ``report``)."""
-    sf = SceneFilter() if scene_filter is None else scene_filter
+    """NAVSIM scenes of every log of ``split`` (of a scene-list split: the listed scenes); unreadable logs
+    are skipped with a warning (see ``report``)."""
+    sf = with_split_tokens(SceneFilter() if scene_filter is None else scene_filter, data_root, split)
     scenes = _load(split_log_paths(data_root, split), lambda log: extract_scenes(log, sf, driving_command_fn), report)
     return scenes if sf.max_scenes is None else scenes[: sf.max_scenes]
 
@@ -484,5 +537,10 @@ def load_scenarios(
     scenario_filter: ScenarioFilter | None = None,
     report: LoadReport | None = None,
 ) -> list[Scenario]:
-    """nuPlan scenarios of every log of ``split``; unreadable logs are skipped with a warning."""
+    """nuPlan scenarios of every log of ``split``; unreadable logs are skipped with a warning.
+
+    Raises:
+        SplitError: ``split`` is a scene list (it names 2 Hz NAVSIM scenes, not scenarios).
+    """
+    reject_scene_list(data_root, split)
     return _load(split_log_paths(data_root, split), lambda log: extract_scenarios(log, scenario_filter), report)
