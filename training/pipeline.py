@@ -1,5 +1,6 @@
-"""The main job (``make demo``): synthetic city -> scenes and plots -> rule-based benchmark table ->
-feature cache -> imitation training -> learned-planner rows -> TorchScript / ONNX export.
+"""The main job (``make demo``): synthetic city -> scenes and plots -> rule-based benchmark table -> hard
+scenes (navtest-style list) -> feature cache -> imitation training -> learned-planner rows -> TorchScript / ONNX
+export.
 
 Every stage is a ``diffplan`` command (printed before it runs, so the demo doubles as a tutorial) and
 leaves a ``.done`` marker in the output folder: a re-run skips finished stages, and the benchmark
@@ -53,7 +54,10 @@ COLUMNS = {
     "navsim_v2": [("score", "EPDMS")],
     "nuplan_cls_nr": [("score", "CLS-NR")],
     "nuplan_cls_r": [("score", "CLS-R")],
+    "navsim_v1_synth_navtest": [("score", "hard PDMS")],
 }
+#: The navtest-style list of synth_test's hard scenes (``diffplan data select``), benchmarked under NAVSIM v1.
+HARD_SPLIT = "synth_navtest"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class DemoSize:
         planner_epochs: training config -> epochs, for planners that need more steps than the rest.
         train_interval: step between training scenes (2 Hz frames).
         navsim_interval: step between benchmark scenes (2 Hz frames) for the NAVSIM protocols.
+        hard_interval: the same for the hard scenes (the listed ones among every ``hard_interval``-th frame).
         cls_scenarios: scenarios per nuPlan closed-loop run.
     """
 
@@ -75,6 +80,7 @@ class DemoSize:
     train_interval: int
     navsim_interval: int
     cls_scenarios: int
+    hard_interval: int = 1
     planner_epochs: dict[str, int] = field(default_factory=dict)
 
     def epochs_of(self, name: str) -> int:
@@ -90,6 +96,7 @@ SIZES = {
         train_interval=2,
         navsim_interval=8,
         cls_scenarios=6,
+        hard_interval=4,
         planner_epochs={"truncated_il": 10},
     ),
     "medium": DemoSize(logs=40, towns=3, epochs=20, train_interval=1, navsim_interval=2, cls_scenarios=60),
@@ -139,15 +146,23 @@ class Pipeline:
             "--out", str(self.out / "plots"), "--max-scenes", "3", "--gif",
         )  # fmt: skip
 
-    def bench(self, planner: str, protocol: str, *extra: str, label: str | None = None) -> None:
-        out = self.out / "bench" / protocol / (label or planner)
+    def bench(
+        self, planner: str, protocol: str, *extra: str, label: str | None = None, split: str = "synth_test"
+    ) -> None:
+        folder = protocol if split == "synth_test" else f"{protocol}_{split}"
+        out = self.out / "bench" / folder / (label or planner)
         overrides = [
-            f"protocol={protocol}", f"planner={planner}", "split=synth_test", f"data_root={self.data}",
+            f"protocol={protocol}", f"planner={planner}", f"split={split}", f"data_root={self.data}",
             f"maps_root={self.maps}", f"output_dir={out}", "progress=false", "worker=sequential",
             "report.num_worst=2", "report.num_gifs=1",
         ]  # fmt: skip
         if protocol.startswith("nuplan"):
             overrides.append(f"max_scenes={self.size.cls_scenarios}")
+        elif split == HARD_SPLIT:  # the metric caches the selection built
+            overrides += [
+                f"protocol.scene_filter.frame_interval={self.size.hard_interval}",
+                f"metric_cache_dir={self.data / 'scene_lists' / '.work' / HARD_SPLIT / 'metric_cache'}",
+            ]
         else:
             overrides += [
                 f"protocol.scene_filter.frame_interval={self.size.navsim_interval}",
@@ -159,6 +174,14 @@ class Pipeline:
         for protocol in PROTOCOLS:
             for planner in RULE_BASED:
                 self.bench(planner, protocol)
+
+    def hard_scenes(self) -> None:
+        self.run_command(
+            "data", "select", "--data-root", str(self.data), "--split", "synth_test", "--name", HARD_SPLIT,
+            "--workers", str(self.workers), "--no-progress",
+        )  # fmt: skip
+        for planner in RULE_BASED:
+            self.bench(planner, "navsim_v1", split=HARD_SPLIT)
 
     def cache(self) -> None:
         self.run_command(
@@ -187,10 +210,14 @@ class Pipeline:
             planner = BENCH_PLANNER.get(name, "learned")
             for protocol in protocols:
                 self.bench(planner, protocol, f"planner.ckpt_path={ckpt}", f"planner.name={name}", label=name)
+            self.bench(planner, "navsim_v1", f"planner.ckpt_path={ckpt}", f"planner.name={name}", label=name,
+                       split=HARD_SPLIT)  # fmt: skip
         for label, (name, planner, protocols) in VARIANTS.items():
             ckpt = self.checkpoint(name)
             for protocol in protocols:
                 self.bench(planner, protocol, f"planner.ckpt_path={ckpt}", f"planner.name={label}", label=label)
+            self.bench(planner, "navsim_v1", f"planner.ckpt_path={ckpt}", f"planner.name={label}", label=label,
+                       split=HARD_SPLIT)  # fmt: skip
 
     def export(self) -> None:
         ckpt = self.checkpoint("truncated_il")
@@ -218,7 +245,7 @@ class Pipeline:
                     cells["Div"] = float(frame.loc[frame["valid"].astype(bool), "diversity"].mean())
         order = [*RULE_BASED, *LEARNED, *VARIANTS, "truncated_il_torchscript"]
         planners = sorted(by_planner, key=lambda p: (order.index(p) if p in order else len(order), p))
-        headers = [*(h for p in PROTOCOLS for _, h in COLUMNS[p]), "Div"]
+        headers = [*(h for p in (*PROTOCOLS, f"navsim_v1_{HARD_SPLIT}") for _, h in COLUMNS[p]), "Div"]
         lines = ["| planner | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
         for planner in planners:
             cells = by_planner[planner]
@@ -238,7 +265,9 @@ class Pipeline:
         path.write_text(
             "# diffplan demo on the synthetic city (synth_test)\n\n"
             f"Scores x 100; NAVSIM protocols on scenes every {self.size.navsim_interval / 2:g} s, nuPlan closed "
-            f"loop on {self.size.cls_scenarios} scenarios. Div: mode diversity of the planner's candidates "
+            f"loop on {self.size.cls_scenarios} scenarios. hard PDMS: NAVSIM v1 on the {HARD_SPLIT} scenes (the "
+            f"navtest-style list of synth_test's hard scenes) every {self.size.hard_interval / 2:g} s. "
+            "Div: mode diversity of the planner's candidates "
             f"(x 100, navsim_v1 scenes; planners with one output: -).\n\n{table}\n\n## Stages\n\n{self.timings()}\n"
         )
         print(f"\n{table}\n\nreport: {path}")
@@ -258,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe.stage("synth", pipe.synth)
     pipe.stage("scenes_and_plots", pipe.scenes_and_plots)
     pipe.stage("rule_based", pipe.rule_based)
+    pipe.stage("hard_scenes", pipe.hard_scenes)
     pipe.stage("cache", pipe.cache)
     for name in LEARNED:
         pipe.stage(f"train_{name}", lambda n=name: pipe.train(n))  # type: ignore[misc]

@@ -26,7 +26,9 @@ def test_table_rows_columns_and_diversity(tmp_path: Path) -> None:
     _bench(tmp_path, "navsim_v1", "truncated_il", v1, [0.2, 0.4, 0.9])  # the failed scene's 0.9 is left out
     _bench(tmp_path, "navsim_v1", "idm", v1, None)
     _bench(tmp_path, "navsim_v2", "idm", {"score": 0.6}, None)
+    # the hard scenes (synth_navtest) add one column; their diversity is not the table's
+    _bench(tmp_path, "navsim_v1_synth_navtest", "truncated_il", {"score": 0.25}, [0.0, 0.0, 0.0])
     table = Pipeline(tmp_path, SIZES["small"]).table().splitlines()
-    assert table[0] == "| planner | NC | DAC | TTC | EP | C | PDMS | EPDMS | CLS-NR | CLS-R | Div |"
-    assert table[2] == "| idm | 100.0 | 50.0 | - | - | - | 75.0 | 60.0 | - | - | - |"  # rule-based rows first
-    assert table[3] == "| truncated_il | 100.0 | 50.0 | - | - | - | 75.0 | - | - | - | 30.0 |"
+    assert table[0] == "| planner | NC | DAC | TTC | EP | C | PDMS | EPDMS | CLS-NR | CLS-R | hard PDMS | Div |"
+    assert table[2] == "| idm | 100.0 | 50.0 | - | - | - | 75.0 | 60.0 | - | - | - | - |"  # rule-based rows first
+    assert table[3] == "| truncated_il | 100.0 | 50.0 | - | - | - | 75.0 | - | - | - | 25.0 | 30.0 |"

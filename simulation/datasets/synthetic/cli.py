@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in plot_logs(root, specs[: args.plots], args.seed):
             print(f"plot: {path}")
+    print(f"hard scenes (navtest-style split synth_navtest): diffplan data select --data-root {root}")
     return 0
 
 
