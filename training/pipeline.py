@@ -96,7 +96,7 @@ SIZES = {
         train_interval=2,
         navsim_interval=8,
         cls_scenarios=6,
-        hard_interval=4,
+        hard_interval=2,
         planner_epochs={"truncated_il": 10},
     ),
     "medium": DemoSize(logs=40, towns=3, epochs=20, train_interval=1, navsim_interval=2, cls_scenarios=60),
