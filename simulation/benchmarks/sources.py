@@ -166,7 +166,7 @@ def nuplan_log_source(
         raise BenchConfigError("no data root: set NUPLAN_DATA_ROOT or pass data_root=<folder of .db logs>")
     if not Path(data_root).is_dir():
         raise BenchConfigError(f"data_root={data_root} is not a folder")
-    from simulation.datasets.scenes import SplitError, reject_scene_list, split_scene_tokens
+    from simulation.datasets.scenes import SplitError, listed_tokens, reject_scene_list, split_scene_tokens
 
     try:
         if kind != "navsim":
@@ -181,6 +181,5 @@ def nuplan_log_source(
         raise BenchConfigError(f"split {split!r} has no logs under {data_root}")
     scene_filter = dict(scene_filter or {})
     if listed is not None:
-        own = scene_filter.get("tokens")
-        scene_filter["tokens"] = sorted(listed if own is None else listed & set(own))
+        scene_filter["tokens"] = listed_tokens(listed, scene_filter.get("tokens"))
     return LogSource(paths, NuplanExtractor(kind, scene_filter))

@@ -498,13 +498,17 @@ def _load(paths: Iterable[Path], extract: Callable[[LogData], list[Any]], report
     return out
 
 
+def listed_tokens(listed: frozenset[str], own: Sequence[str] | None) -> list[str]:
+    """The tokens of a scene list that a filter's own ``tokens`` (``None``: all) also keeps, sorted."""
+    return sorted(listed if own is None else listed & set(own))
+
+
 def with_split_tokens(scene_filter: SceneFilter, data_root: str | os.PathLike[str], split: str) -> SceneFilter:
     """``scene_filter`` restricted to the tokens of a scene-list split (intersected with its own tokens)."""
     listed = split_scene_tokens(data_root, split)
     if listed is None:
         return scene_filter
-    own = listed if scene_filter.tokens is None else listed & set(scene_filter.tokens)
-    return replace(scene_filter, tokens=sorted(own))
+    return replace(scene_filter, tokens=listed_tokens(listed, scene_filter.tokens))
 
 
 def reject_scene_list(data_root: str | os.PathLike[str], split: str) -> None:
