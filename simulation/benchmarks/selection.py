@@ -9,7 +9,8 @@ Every scene of the source split is scored twice with the NAVSIM v1 protocol (:cl
   history extrapolated. A scene it scores ``>= max_extrapolation_score`` is dropped: driving on as before
   solves it, so it tells planners apart only by how well they copy the history.
 * by the **logged expert**. A scene it scores ``< min_expert_score`` is dropped: the label itself collides,
-  leaves the road or comes too close, so the scene cannot be scored fairly.
+  leaves the road, comes too close or falls far behind PDM-Closed's progress, so it is no fair target. (On the
+  synthetic city almost all of these are progress: the expert waits longer in a queue than PDM-Closed.)
 
 Why this rule: NAVSIM's ``navtest`` is a selected list of OpenScene's ``test`` scenes; its README describes
 them as scenes with intention changes, where the plan cannot be had by extrapolating the ego history, and
@@ -38,8 +39,6 @@ from typing import Any
 from simulation.benchmarks.sources import BenchConfigError
 from simulation.datasets.scene_lists import SceneList, scene_list_path, selected_in_order, write_scene_list
 from simulation.datasets.scenes import SplitError, split_definition
-
-logger = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 
