@@ -37,10 +37,10 @@ from tqdm import tqdm
 from planners.masked_closed_loop import MaskedClosedLoopPlanner
 from planners.masked_diffusion import ORDERS
 from rewards.diversity import pairwise_diversity
-from simulation.benchmarks import build
-from simulation.benchmarks.cli import compose_config
-from simulation.benchmarks.protocols import get_protocol
-from simulation.benchmarks.units import observation_from_scene
+from simulation.evaluation import build
+from simulation.evaluation.cli import compose_config
+from simulation.evaluation.protocols import get_protocol
+from simulation.evaluation.units import observation_from_scene
 from simulation.protocols import Observation
 from training.masked_planners import masked_planner
 

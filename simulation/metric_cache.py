@@ -366,7 +366,7 @@ def reference_poses(
     interval: linear in x, y and the unwrapped heading)."""
     plan: np.ndarray | Trajectory
     if hasattr(planner, "plan"):
-        from simulation.benchmarks.units import observation_from_scene
+        from simulation.evaluation.units import observation_from_scene
 
         plan = planner.plan(observation_from_scene(scene, map_api))
     elif callable(planner):

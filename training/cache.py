@@ -78,7 +78,7 @@ def cache_log(task: CacheTask) -> tuple[str, int, str | None]:
 
 def _metric_caches(scenes: Iterable[Scene], map_api: MapAPI, out: Path, version: str) -> int:
     from planners.rule_based import PDMClosedPlanner
-    from simulation.benchmarks.sources import MetricCacheProvider
+    from simulation.evaluation.sources import MetricCacheProvider
 
     provider = MetricCacheProvider(reference_planner=PDMClosedPlanner(), version=version, cache_dir=str(out))
     n = 0

@@ -13,7 +13,7 @@ planner (``pl_module.planner``) is wrapped in a :class:`~planners.features.Learn
 benchmark drives it, and run in eval mode without gradients; the previous train / eval mode is restored.
 
 - :class:`ClosedLoopEvalCallback` scores the plans with the NAVSIM protocol of ``diffplan bench``
-  (the benchmark's :class:`~simulation.benchmarks.units.NavsimUnit` and ``rewards.pdm.PDMScorer``; the
+  (the benchmark's :class:`~simulation.evaluation.units.NavsimUnit` and ``rewards.pdm.PDMScorer``; the
   metric caches, PDM-Closed as reference, are built once at setup) and logs ``val/pdms`` and
   ``val/pdms/<sub-metric>`` (``val/epdms...`` for v2).
 - :class:`BEVPlotCallback` draws each scene with the planner's candidates, its chosen trajectory and the
@@ -46,9 +46,9 @@ from torch import nn
 from planners.base import PlanOutput
 from planners.features import PLANNER_RASTER, LearnedPlanner
 from simulation import visualize
-from simulation.benchmarks.protocols import BenchmarkProtocol, get_protocol
-from simulation.benchmarks.sources import MapProvider, MetricCacheProvider
-from simulation.benchmarks.units import InMemorySource, NavsimUnit, SceneEvaluator
+from simulation.evaluation.protocols import BenchmarkProtocol, get_protocol
+from simulation.evaluation.sources import MapProvider, MetricCacheProvider
+from simulation.evaluation.units import InMemorySource, NavsimUnit, SceneEvaluator
 from simulation.render import RasterConfig, RenderError
 from simulation.types import Scene
 
@@ -406,7 +406,7 @@ class BEVPlotCallback(_ScenesCallback):
 
     def draw(self, planner: nn.Module, folder: Path) -> list[Path]:
         """Plan every scene with ``planner`` and write one PNG per scene into ``folder``."""
-        from simulation.benchmarks.units import observation_from_scene
+        from simulation.evaluation.units import observation_from_scene
 
         paths: list[Path] = []
         with eval_mode(planner):

@@ -4,7 +4,7 @@ A scene list is to a log split what NAVSIM's ``navtest`` filter is to OpenScene'
 only the listed scenes. It is a YAML file under the data root (``<data_root>/scene_lists/<name>.yaml``)
 because its tokens belong to the data it was made from; a split definition names it with a
 ``scene_list`` entry (``configs/data/splits/synth_navtest.yaml``). ``diffplan data select`` writes one
-(:mod:`simulation.benchmarks.selection`); the keys are::
+(:mod:`simulation.evaluation.selection`); the keys are::
 
     version: 1
     name: synth_navtest

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 from planners.masked_closed_loop import MaskedClosedLoopPlanner, safety_checker
 from planners.masked_diffusion import ORDERS, MaskedDiffusionConfig, MaskedDiffusionPlanner
 from planners.tokenizer import CodebookConfig
-from simulation.benchmarks.build import instantiate_planner
-from simulation.benchmarks.cli import compose_config
-from simulation.benchmarks.units import observation_from_scene
 from simulation.datasets.scenes import SceneFilter, extract_scenes
 from simulation.datasets.testing import make_log_data
+from simulation.evaluation.build import instantiate_planner
+from simulation.evaluation.cli import compose_config
+from simulation.evaluation.units import observation_from_scene
 from simulation.geometry import global_to_local, local_to_global, rotate_vectors
 from simulation.kinematics import simulate_proposals
 from simulation.maps.api import MapAPI

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulation.benchmarks.cli import compose_config, run
 from simulation.datasets.nuplan_writer import write_log
 from simulation.datasets.testing import make_log_data
+from simulation.evaluation.cli import compose_config, run
 from simulation.maps.testing import write_fixture_maps
 
 NUM_SCENES = 6

@@ -19,17 +19,17 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
-from simulation.benchmarks.build import with_driven_ego
-from simulation.benchmarks.cli import CONFIG_DIR, compose_config
-from simulation.benchmarks.cli import main as bench_main
-from simulation.benchmarks.executors import ProcessExecutor, RayExecutor, SequentialExecutor, make_chunks
-from simulation.benchmarks.journal import Journal, JournalError
-from simulation.benchmarks.pairing import predecessors, with_two_frame_metrics
-from simulation.benchmarks.protocols import PROTOCOLS, get_protocol
-from simulation.benchmarks.report import scores_table, write_report
-from simulation.benchmarks.runner import JOURNAL_NAME, run_benchmark
-from simulation.benchmarks.sources import LogSource, frame_scenario_types
-from simulation.benchmarks.units import ClosedLoopUnit, InMemorySource, NavsimUnit, SceneEvaluator, SceneRef
+from simulation.evaluation.build import with_driven_ego
+from simulation.evaluation.cli import CONFIG_DIR, compose_config
+from simulation.evaluation.cli import main as bench_main
+from simulation.evaluation.executors import ProcessExecutor, RayExecutor, SequentialExecutor, make_chunks
+from simulation.evaluation.journal import Journal, JournalError
+from simulation.evaluation.pairing import predecessors, with_two_frame_metrics
+from simulation.evaluation.protocols import PROTOCOLS, get_protocol
+from simulation.evaluation.report import scores_table, write_report
+from simulation.evaluation.runner import JOURNAL_NAME, run_benchmark
+from simulation.evaluation.sources import LogSource, frame_scenario_types
+from simulation.evaluation.units import ClosedLoopUnit, InMemorySource, NavsimUnit, SceneEvaluator, SceneRef
 from simulation.protocols import Observation
 from simulation.types import STATE_DIM, Agents, EgoStates, LogWindow, Scene, StateIndex, TrafficLights, Trajectory
 from training.cli import COMMANDS
@@ -332,7 +332,7 @@ def test_every_shipped_config_combination_composes(monkeypatch: pytest.MonkeyPat
             assert ("simulator" in resolved["protocol"]) == (not spec.is_navsim)
             if not spec.is_navsim:
                 assert resolved["protocol"]["reactive"] == spec.reactive
-            assert resolved["source"]["_target_"] == "simulation.benchmarks.sources.nuplan_log_source"
+            assert resolved["source"]["_target_"] == "simulation.evaluation.sources.nuplan_log_source"
             executor = instantiate(cfg.worker)
             assert hasattr(executor, "map_chunks")
 
@@ -348,7 +348,7 @@ def test_cli_overrides_and_missing_data_root(
     assert "planners.rule_based.LogReplayPlanner" in capsys.readouterr().out
     assert bench_main(["maps_root=/tmp"]) == 2
     assert "NUPLAN_DATA_ROOT" in capsys.readouterr().out
-    assert COMMANDS[("bench",)][0] == "simulation.benchmarks.cli"
+    assert COMMANDS[("bench",)][0] == "simulation.evaluation.cli"
 
 
 def toy_source(data_root: Any, split: str, kind: str, scene_filter: dict[str, Any], count: int = 10) -> InMemorySource:

@@ -16,9 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulation.benchmarks.cli import compose_config, run
-from simulation.benchmarks.selection import SelectionRule, build_scene_list, main, select
-from simulation.benchmarks.sources import BenchConfigError, nuplan_log_source
 from simulation.datasets.log_data import LogData
 from simulation.datasets.nuplan_db import read_log
 from simulation.datasets.nuplan_writer import write_log
@@ -39,6 +36,9 @@ from simulation.datasets.scenes import (
     split_log_paths,
 )
 from simulation.datasets.testing import make_log_data
+from simulation.evaluation.cli import compose_config, run
+from simulation.evaluation.selection import SelectionRule, build_scene_list, main, select
+from simulation.evaluation.sources import BenchConfigError, nuplan_log_source
 from simulation.maps.testing import write_fixture_maps
 
 NAVSIM_V1 = dict(num_history_frames=4, num_future_frames=10, frame_interval=1, has_route=True)

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 from planners.features import PLANNER_RASTER
 from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
-from simulation.benchmarks.cli import compose_config
 from simulation.datasets.nuplan_db import write_log
 from simulation.datasets.testing import make_log_data
+from simulation.evaluation.cli import compose_config
 from simulation.maps.testing import write_fixture_maps
 from training.cli import main as diffplan
 from training.data import PlannerDataModule

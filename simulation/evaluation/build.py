@@ -17,10 +17,10 @@ import numpy as np
 from hydra.utils import instantiate
 
 from simulation import visualize
-from simulation.benchmarks import pairing
-from simulation.benchmarks.protocols import BenchmarkProtocol, get_protocol
-from simulation.benchmarks.report import SceneDrawer
-from simulation.benchmarks.units import ClosedLoopUnit, NavsimUnit, SceneEvaluator, SceneRef, SceneSource, Unit
+from simulation.evaluation import pairing
+from simulation.evaluation.protocols import BenchmarkProtocol, get_protocol
+from simulation.evaluation.report import SceneDrawer
+from simulation.evaluation.units import ClosedLoopUnit, NavsimUnit, SceneEvaluator, SceneRef, SceneSource, Unit
 from simulation.protocols import Planner
 from simulation.types import EgoStates, LogWindow
 

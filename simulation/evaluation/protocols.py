@@ -9,7 +9,7 @@ chosen by the Hydra config (``configs/bench/protocol/<name>.yaml``).
 - ``navsim_v2``: NAVSIM v2 one-stage evaluation with the same unit of work, scored by EPDMS
   (NC * DAC * DDC * TLC * (5 EP + 5 TTC + 2 LK + 2 HC + 2 EC) / 16, human filter on original scenes).
   As NAVSIM's one-stage run, extended comfort (EC) compares each plan with the plan of the same log's
-  frame 0.5 s earlier when that frame is evaluated too (:mod:`simulation.benchmarks.pairing`); rows
+  frame 0.5 s earlier when that frame is evaluated too (:mod:`simulation.evaluation.pairing`); rows
   without such a predecessor report EC as NaN and give it weight 0 (denominator 14).
 - ``nuplan_cls_nr``: nuPlan closed-loop score, non-reactive agents (log replay). One 15 s, 10 Hz
   scenario per token; the planner is called every simulation step; the run is scored with nuPlan's

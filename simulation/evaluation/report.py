@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simulation.benchmarks.protocols import BenchmarkProtocol
+from simulation.evaluation.protocols import BenchmarkProtocol
 
 logger = logging.getLogger(__name__)
 

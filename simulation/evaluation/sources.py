@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulation.benchmarks.units import SceneRef
 from simulation.datasets.log_data import LogData
+from simulation.evaluation.units import SceneRef
 from simulation.types import LogWindow
 
 logger = logging.getLogger(__name__)

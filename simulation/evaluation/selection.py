@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from simulation.benchmarks.sources import BenchConfigError
 from simulation.datasets.scene_lists import SceneList, scene_list_path, selected_in_order, write_scene_list
 from simulation.datasets.scenes import SplitError, split_definition
+from simulation.evaluation.sources import BenchConfigError
 
 WORK_DIR = ".work"
 
@@ -105,7 +105,7 @@ def _bench_config(
     workers: int,
     progress: bool,
 ) -> Any:
-    from simulation.benchmarks.cli import compose_config
+    from simulation.evaluation.cli import compose_config
 
     worker = ["worker=sequential"] if workers <= 1 else ["worker=process", f"worker.num_workers={workers}"]
     return compose_config(
@@ -141,7 +141,7 @@ def build_scene_list(
     Raises:
         BenchConfigError: the split is unknown, is itself a scene list, or has no logs.
     """
-    from simulation.benchmarks.cli import run
+    from simulation.evaluation.cli import run
 
     rule = SelectionRule() if rule is None else rule
     data_root = Path(data_root).resolve()

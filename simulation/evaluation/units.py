@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rewards.diversity import pairwise_diversity
-from simulation.benchmarks.protocols import BenchmarkProtocol
+from simulation.evaluation.protocols import BenchmarkProtocol
 from simulation.protocols import Observation, Planner, Scorer
 from simulation.types import Agents, DrivingCommand, EgoStates, LogWindow, Scene, TrafficLights, Trajectory
 

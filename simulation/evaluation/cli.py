@@ -23,11 +23,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from simulation.benchmarks import build
-from simulation.benchmarks.protocols import get_protocol
-from simulation.benchmarks.report import write_report
-from simulation.benchmarks.runner import run_benchmark
-from simulation.benchmarks.sources import BenchConfigError
+from simulation.evaluation import build
+from simulation.evaluation.protocols import get_protocol
+from simulation.evaluation.report import write_report
+from simulation.evaluation.runner import run_benchmark
+from simulation.evaluation.sources import BenchConfigError
 
 logger = logging.getLogger(__name__)
 

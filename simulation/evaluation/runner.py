@@ -15,9 +15,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from simulation.benchmarks.executors import Executor, Factory, make_chunks
-from simulation.benchmarks.journal import Journal
-from simulation.benchmarks.units import SceneRef
+from simulation.evaluation.executors import Executor, Factory, make_chunks
+from simulation.evaluation.journal import Journal
+from simulation.evaluation.units import SceneRef
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run_benchmark(
     Args:
         refs: the benchmark's tokens.
         factory: picklable zero-argument callable returning ``chunk -> rows`` (built once per worker).
-        executor: sequential, process pool or Ray (:mod:`simulation.benchmarks.executors`).
+        executor: sequential, process pool or Ray (:mod:`simulation.evaluation.executors`).
         output_dir: run folder; holds ``journal.jsonl``.
         header: identifies the run (protocol, planner, split ...); a resumed run must match it.
         chunk_size: refs per task (chunks never mix groups).
