@@ -199,7 +199,9 @@ class MaskedDiffusionPlanner(nn.Module):
             return position.expand_as(confidence)
         raise ValueError(f"unknown decoding order {order!r}; choose one of {ORDERS}")
 
-    def _pick(self, logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None):
+    def _pick(
+        self, logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token and its probability per position, by argmax or temperature / top-k sampling."""
         probs = torch.softmax(logits, dim=-1)
         if temperature <= 0.0:

@@ -150,8 +150,8 @@ def _overlap(a, ax, ay, b) -> bool:  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True)
-def _first_contacts(ego, ego_c, velocity, steps, dt, active, t_count, agents, agent_c, agent_valid, radius,
-                    ego_box, agent_box, out):  # type: ignore[no-untyped-def]  # fmt: skip
+def _first_contacts(ego, ego_c, velocity, steps, dt, active, t_count, agents, agent_c, agent_valid, radius,  # type: ignore[no-untyped-def]
+                    ego_box, agent_box, out):  # fmt: skip
     """``out[k, n]`` = first event ``t * len(steps) + j`` where the ego box at step ``t`` moved by ``velocity *
     steps[j] * dt`` touches agent ``n`` at step ``t + steps[j]`` (``-1`` if none); events in time-major order.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def run_cli(args: list[str]) -> LightningCLI:
     )
 
 
-def _subcommand(name: str):
+def _subcommand(name: str) -> Callable[[list[str]], int]:
     def entry(argv: list[str]) -> int:
         run_cli([name, *argv])
         return 0
