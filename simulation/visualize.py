@@ -414,7 +414,8 @@ def _run(args: argparse.Namespace) -> list[Path]:
     if not str(data_root) or not data_root.is_dir():
         raise VisualizationError(f"data root {data_root!s} is not a folder (use --data-root)")
     from simulation.datasets.nuplan_db import read_log
-    from simulation.datasets.scenes import SceneFilter, extract_scenes, load_scenes
+    from simulation.datasets.scenes import SceneFilter, extract_scenes
+    from simulation.datasets.splits import load_scenes
     from simulation.maps.api import MapAPI
 
     out = Path(args.out)

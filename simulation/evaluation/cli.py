@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from configs import BENCH_DIR
 from simulation.evaluation import build
 from simulation.evaluation.protocols import get_protocol
 from simulation.evaluation.report import write_report
@@ -31,8 +32,8 @@ from simulation.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-#: ``configs/bench`` of this checkout.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "bench"
+#: ``configs/bench``, shipped with the package.
+CONFIG_DIR = BENCH_DIR
 
 
 def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
