@@ -367,7 +367,7 @@ def grant_claims(
     Args:
         conn: ``(Q,)`` connector index in the conflict matrix (-1: no claim). u: ``(Q,)`` how far each
             claimant's rear is along its connector (``-inf`` before it), clear: ``(C, C)`` clear points (see
-            :func:`~simulation.datasets.synthetic.world.clear_points`): a granted claimant whose rear is past the
+            :func:`~simulation.datasets.synthetic.junctions.clear_points`): a granted claimant whose rear is past the
             clear point of its connector with respect to another claim's connector no longer blocks that claim.
         wide: (a wider conflict matrix, ``(Q,)`` flags of long vehicles) used for pairs with a long vehicle.
     """
