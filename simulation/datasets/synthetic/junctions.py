@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-from simulation.datasets.synthetic.network import Town, TurnType
+from simulation.datasets.synthetic.network import Path, Town, TurnType
 
 
 def conflict_matrix(town: Town, long: bool = False) -> tuple[np.ndarray, dict[int, int]]:
@@ -58,7 +58,7 @@ LONG_M = 7.0
 CLEAR_MARGIN_M = 4.0
 
 
-def _towards(town: Town, a, b) -> bool:
+def _towards(town: Town, a: Path, b: Path) -> bool:
     """Connector ``a`` turns towards the lane of connector ``b`` (both leaving one roadblock)."""
     ia, ib = town.paths[a.incoming[0]].index, town.paths[b.incoming[0]].index
     turn = a.turn_type
