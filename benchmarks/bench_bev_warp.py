@@ -117,7 +117,8 @@ def bench_vector(scenes: list[Scenario], maps: list[Any], encoder: torch.nn.Modu
 
 def data_scenarios(data_root: str, maps_root: str, split: str) -> tuple[list[Scenario], list[Any]]:
     """nuPlan scenarios of ``split`` (tagged and untagged frames, starts at least 5 s apart) and their maps."""
-    from simulation.datasets.scenes import ScenarioFilter, load_scenarios
+    from simulation.datasets.scenes import ScenarioFilter
+    from simulation.datasets.splits import load_scenarios
     from simulation.maps.api import MapAPI
 
     pool = load_scenarios(data_root, split, ScenarioFilter(include_unknown=True, timestamp_threshold_s=5.0))

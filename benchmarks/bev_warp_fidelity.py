@@ -284,13 +284,8 @@ def load_data(
 ) -> tuple[list[Case], list[LogWindow], list[Any]]:
     """IoU cases (NAVSIM scenes at their current frame) and closed-loop scenarios with their maps, sampled."""
     from simulation.datasets.nuplan_db import read_log
-    from simulation.datasets.scenes import (
-        ScenarioFilter,
-        SceneFilter,
-        extract_scenarios,
-        extract_scenes,
-        split_log_paths,
-    )
+    from simulation.datasets.scenes import ScenarioFilter, SceneFilter, extract_scenarios, extract_scenes
+    from simulation.datasets.splits import split_log_paths
     from simulation.maps.api import MapAPI
 
     scenes: list[LogWindow] = []

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from planners.base import AGENT_FEATURES, EGO_STATUS_DIM, MAX_AGENTS, NUM_POSES, PlanOutput
+from simulation.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +69,6 @@ def example_inputs(
     )
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def export_planner(
     planner: nn.Module, path: str | Path, fmt: ExportFormat = "torchscript", bev_size: tuple[int, int] = (128, 128)
 ) -> Path:
@@ -89,10 +81,9 @@ def export_planner(
         raise ValueError(f"unknown export format {fmt!r}; use 'torchscript' or 'onnx'")
     wrapper = ExportablePlanner(planner).eval()
     inputs = example_inputs(planner, 1, bev_size)
-    tmp = _atomic_target(path)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX / portable form
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
             traced = torch.jit.trace(wrapper, inputs, check_trace=False)
@@ -110,7 +101,6 @@ def export_planner(
                 opset_version=17,
             )
     torch.backends.mha.set_fastpath_enabled(fastpath)
-    os.replace(tmp, path)
     meta = {
         "format": fmt,
         "inputs": {n: list(t.shape) for n, t in zip(INPUT_NAMES, inputs)},

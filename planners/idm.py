@@ -3,7 +3,7 @@
 A path is an ``(N, 2)`` global polyline; the ego (rear axle) sits at arc length ``s0`` on it. Obstacles on
 the path (agents whose box meets the corridor of half the ego width around the path ahead, and the entry of
 red lane connectors crossed by it) give the leader; with none the path end is the leader at 0 m/s (nuPlan's
-``IDMPlanner``). The IDM law and its clipping are those of :func:`simulation.agents.idm_acceleration`.
+``IDMPlanner``). The IDM law is :func:`simulation.idm.idm_law` (compiled).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from shapely.geometry import LineString
 
 from simulation.agents import IDMParameters
 from simulation.geometry import agent_box_corners, interpolate_polyline, polyline_lengths, project_on_polyline
+from simulation.idm import idm_law_compiled
 from simulation.types import PACIFICA, AgentIndex
 
 #: nuPlan ``config/simulation/planner/idm_planner.yaml``.
@@ -147,22 +148,13 @@ def _idm_rollout_kernel(
     s0: float,
     headway: float,
 ) -> np.ndarray:
-    """:func:`idm_rollout` rollout by rollout: :func:`simulation.agents.idm_acceleration` with the same operations
-    in the same order (the checks in tests compare it with the array law)."""
+    """:func:`idm_rollout` rollout by rollout, with :func:`simulation.idm.idm_law` (compiled) at every step."""
     out = np.zeros((len(speed), steps + 1))
-    brake = 2.0 * np.sqrt(a * b)
     for i in range(len(speed)):
         v, progress = speed[i], 0.0
-        safe_target = max(target[i], 1e-3)
         for k in range(steps):
             current_gap = gap[i] + lead_speed[i] * k * dt - progress
-            s_star = s0 + v * headway + v * (v - lead_speed[i]) / brake
-            free = 1.0 - (v / safe_target) ** 4.0
-            interaction = 0.0
-            if np.isfinite(current_gap):
-                ratio = s_star / max(current_gap, s0)
-                interaction = ratio * ratio
-            accel = min(max(a * (free - interaction), -b), a)
+            accel = idm_law_compiled(v, target[i], current_gap, lead_speed[i], a, b, s0, headway)
             progress = progress + v * dt
             v = max(v + accel * dt, 0.0)
             out[i, k + 1] = progress

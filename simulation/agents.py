@@ -10,7 +10,7 @@ Reactive mode follows nuPlan's ``idm_agents_observation`` (specs/nuplan.md §5):
 - the leader is the nearest obstacle on the path ahead (the path buffered by half the agent's
   width): another agent, the ego, a log-replayed object, or the start of a RED lane connector
   (speed 0); without one, the end of the path at speed 0;
-- the IDM law with nuPlan's parameters, forward Euler, acceleration clipped to
+- the IDM law (:mod:`simulation.idm`) with nuPlan's parameters, forward Euler, acceleration clipped to
   ``[-decel_max, accel_max]``, speed floored at 0; agents farther than 100 m from the ego are removed.
 
 Everything per step is vectorised over agents (paths are resampled at 1 m and padded).
@@ -26,6 +26,7 @@ import numpy as np
 import shapely
 
 from simulation.geometry import agent_box_corners, boxes_overlap, ego_box_corners, polyline_lengths, rotate_vectors
+from simulation.idm import idm_law
 from simulation.maps.layers import SemanticMapLayer
 from simulation.types import AGENT_DIM, AgentIndex, LogWindow, StateIndex, TrackedObjectType
 
@@ -422,16 +423,12 @@ def _target_speed(state: IDMAgentsState, params: IDMParameters) -> np.ndarray:
 def idm_acceleration(
     speed: np.ndarray, target: np.ndarray, gap: np.ndarray, lead_speed: np.ndarray, params: IDMParameters
 ) -> np.ndarray:
-    """IDM law ``(K,)``: a [1 - (v / v0)^4 - (s* / max(gap, s0))^2], clipped to [-decel_max, accel_max]."""
-    a, b = params.accel_max, params.decel_max
-    s_star = (
-        params.min_gap_to_lead_agent
-        + speed * params.headway_time
-        + speed * (speed - lead_speed) / (2.0 * np.sqrt(a * b))
+    """:func:`idm_law` with ``params`` over ``K`` vehicles: speeds, target speeds, gaps and leader speeds ``(K,)``
+    -> accelerations ``(K,)`` in ``[-decel_max, accel_max]``."""
+    p = params
+    return np.asarray(
+        idm_law(speed, target, gap, lead_speed, p.accel_max, p.decel_max, p.min_gap_to_lead_agent, p.headway_time)
     )
-    free = 1.0 - (speed / np.maximum(target, 1e-3)) ** 4
-    interaction = np.where(np.isfinite(gap), (s_star / np.maximum(gap, params.min_gap_to_lead_agent)) ** 2, 0.0)
-    return np.clip(a * (free - interaction), -b, a)
 
 
 def idm_step(

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -26,6 +24,7 @@ from simulation.geometry import (
     polyline_lengths,
     rear_axle_to_center,
 )
+from simulation.io import atomic_write
 from simulation.maps.layers import SemanticMapLayer
 from simulation.polygon_grid import PolygonGrid, PolygonSet
 from simulation.protocols import Planner
@@ -169,14 +168,8 @@ class MetricCache:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = _to_arrays(self)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         return path
 
     @staticmethod

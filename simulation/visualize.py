@@ -31,6 +31,7 @@ from matplotlib.path import Path as MplPath  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from simulation.geometry import agent_box_corners, global_to_local, transform_points_to_local  # noqa: E402
+from simulation.io import atomic_path  # noqa: E402
 from simulation.maps.layers import SemanticMapLayer  # noqa: E402
 from simulation.render import ego_box  # noqa: E402
 from simulation.types import (  # noqa: E402
@@ -276,22 +277,15 @@ def plot_scene(
     return fig_out
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def save_scene_png(scene: LogWindow, map_api: Any, path: str | Path, **kwargs: Any) -> Path:
     """Write :func:`plot_scene` to ``path`` (PNG, atomic). Keyword arguments go to :func:`plot_scene`."""
     path = Path(path)
     fig = plot_scene(scene, map_api, **kwargs)
-    tmp = _atomic_target(path)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -370,12 +364,8 @@ def log_gif(
     finally:
         plt.close(fig)
     path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -424,7 +414,8 @@ def _run(args: argparse.Namespace) -> list[Path]:
     if not str(data_root) or not data_root.is_dir():
         raise VisualizationError(f"data root {data_root!s} is not a folder (use --data-root)")
     from simulation.datasets.nuplan_db import read_log
-    from simulation.datasets.scenes import SceneFilter, extract_scenes, load_scenes
+    from simulation.datasets.scenes import SceneFilter, extract_scenes
+    from simulation.datasets.splits import load_scenes
     from simulation.maps.api import MapAPI
 
     out = Path(args.out)

@@ -26,7 +26,8 @@ import numpy as np
 
 from planners.features import PLANNER_RASTER, scene_features, scene_targets
 from simulation.datasets.nuplan_db import read_log
-from simulation.datasets.scenes import SceneFilter, extract_scenes, split_log_paths
+from simulation.datasets.scenes import SceneFilter, extract_scenes
+from simulation.datasets.splits import split_log_paths
 from simulation.maps.api import MapAPI
 from simulation.render import RasterConfig
 from simulation.types import Scene

@@ -5,7 +5,7 @@ Both callbacks work on a fixed set of validation scenes, chosen once at ``setup`
 * in Python: ``scenes`` (:class:`~simulation.types.Scene` list) and ``map_api`` (one ``MapAPI`` for every
   scene, or a ``map_name -> MapAPI`` mapping), or
 * as a split of ``.db`` logs: ``data_root``, ``maps_root`` and ``split`` (``configs/data/splits``); every log
-  of the split is read once with :func:`~simulation.datasets.scenes.load_scenes` (non-overlapping NAVSIM
+  of the split is read once with :func:`~simulation.datasets.splits.load_scenes` (non-overlapping NAVSIM
   scenes) and ``max_scenes`` of them are kept, evenly spaced over the split.
 
 Every ``every_n_epochs`` epochs, at the end of validation (never in the sanity check), the module's current
@@ -100,7 +100,8 @@ def validation_scenes(
     max_scenes: int | None,
 ) -> tuple[list[Scene], Callable[[str], Any]]:
     """The callbacks' scenes and ``map_name -> MapAPI``: the ones given in Python, else loaded from ``split``."""
-    from simulation.datasets.scenes import SceneFilter, load_scenes
+    from simulation.datasets.scenes import SceneFilter
+    from simulation.datasets.splits import load_scenes
 
     if scenes is not None:
         if map_api is None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from simulation.io import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +37,12 @@ class FeatureCacheError(ValueError):
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
-    os.replace(tmp, path)
 
 
 def write_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / ".meta.json.tmp"
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, **meta}, indent=2, sort_keys=True))
-    os.replace(tmp, cache_dir / "meta.json")
+    atomic_write_text(cache_dir / "meta.json", json.dumps({"version": CACHE_VERSION, **meta}, indent=2, sort_keys=True))
 
 
 def read_meta(cache_dir: Path) -> dict[str, Any]:

@@ -8,8 +8,6 @@ installed) and write checkpoints atomically.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.cli import LightningCLI
 
+from simulation.io import atomic_write
 from training.data import PlannerDataModule
 from training.imitation import PlannerModule
 
@@ -27,12 +26,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         import torch
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(checkpoint, f)
-        os.replace(tmp, target)
 
 
 DEFAULT_LOG_DIR = "outputs/train"

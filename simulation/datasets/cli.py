@@ -12,15 +12,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from simulation.datasets.scenes import (
-    LoadReport,
-    ScenarioFilter,
-    SceneFilter,
-    SplitError,
-    load_scenarios,
-    load_scenes,
-    split_log_paths,
-)
+from simulation.datasets.scenes import ScenarioFilter, SceneFilter
+from simulation.datasets.splits import LoadReport, SplitError, load_scenarios, load_scenes, split_log_paths
 from simulation.types import DrivingCommand
 
 

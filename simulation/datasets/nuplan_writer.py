@@ -17,6 +17,7 @@ import os
 import pickle
 import sqlite3
 from collections.abc import Iterable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from simulation.datasets.log_data import LogData
 from simulation.datasets.nuplan_schema import CAMERA_CHANNELS, SCHEMA, hex_to_blobs, yaw_to_quaternion
+from simulation.io import atomic_path
 from simulation.types import TRAFFIC_LIGHT_NAMES, TYPE_TO_CATEGORY, StateIndex, TrafficLightStatus
 
 __all__ = ["write_log"]
@@ -218,11 +220,7 @@ def write_log(log: LogData, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     _check_lengths(log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    con = sqlite3.connect(tmp)
-    try:
+    with atomic_path(path) as tmp, closing(sqlite3.connect(tmp)) as con:
         con.execute("PRAGMA journal_mode = OFF")
         con.execute("PRAGMA synchronous = OFF")
         # tables first, indexes once the rows are in (building an index in one pass beats updating it per row)
@@ -238,10 +236,4 @@ def write_log(log: LogData, path: str | os.PathLike[str]) -> Path:
         for statement in indexes:
             con.execute(statement)
         con.commit()
-    except BaseException:
-        con.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    con.close()
-    os.replace(tmp, path)
     return path

@@ -46,7 +46,8 @@ from simulation.datasets.openscene_writer import (
     write_openscene_frames,
     write_openscene_log,
 )
-from simulation.datasets.scenes import LoadReport, SceneFilter
+from simulation.datasets.scenes import SceneFilter
+from simulation.datasets.splits import LoadReport
 from simulation.geometry import normalize_angle, rotate_vectors, transform_points_to_global
 from simulation.types import (
     AGENT_DIM,

@@ -20,6 +20,7 @@ from simulation.datasets.log_data import LogData
 from simulation.datasets.nuplan_schema import yaw_to_quaternion
 from simulation.datasets.scenes import SCENE_STEP, DrivingCommandFn, log_path_command
 from simulation.geometry import normalize_angle, rotate_vectors, transform_points_to_local
+from simulation.io import atomic_write
 from simulation.types import (
     TYPE_TO_CATEGORY,
     AgentIndex,
@@ -153,14 +154,8 @@ def openscene_frames(log: LogData, driving_command_fn: DrivingCommandFn | None =
 def write_openscene_frames(frames: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Pickle ``frames`` (a list of frame dicts) at ``path`` atomically (temporary file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pickle.dump(list(frames), fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as fh:
+        pickle.dump(list(frames), fh, protocol=pickle.HIGHEST_PROTOCOL)
     return path
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from simulation.io import atomic_write_text
+
 SCENE_LIST_VERSION = 1
 #: Folder of the scene lists, relative to the data root.
 SCENE_LIST_DIR = "scene_lists"
@@ -71,10 +73,7 @@ def scene_list_path(data_root: str | os.PathLike[str], name: str) -> Path:
 def write_scene_list(path: str | os.PathLike[str], scene_list: SceneList) -> Path:
     """Write ``scene_list`` to ``path`` (temporary name, then rename: a kill never leaves half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(scene_list.to_dict(), sort_keys=False, width=120), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(scene_list.to_dict(), sort_keys=False, width=120))
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,18 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from configs import BENCH_DIR
 from simulation.evaluation import build
 from simulation.evaluation.protocols import get_protocol
 from simulation.evaluation.report import write_report
 from simulation.evaluation.runner import run_benchmark
 from simulation.evaluation.sources import BenchConfigError
+from simulation.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-#: ``configs/bench`` of this checkout.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "bench"
+#: ``configs/bench``, shipped with the package.
+CONFIG_DIR = BENCH_DIR
 
 
 def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
@@ -45,9 +46,7 @@ def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None 
 
 
 def _write_config(cfg: DictConfig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from simulation.io import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 JOURNAL_VERSION = 1
@@ -35,12 +37,7 @@ def _default(obj: Any) -> Any:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, text, fsync=True)
 
 
 class Journal:

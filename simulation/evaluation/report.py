@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from simulation.evaluation.protocols import BenchmarkProtocol
+from simulation.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,8 @@ SceneDrawer = Callable[[Mapping[str, Any], Path], None]
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from simulation.datasets.scene_lists import SceneList, scene_list_path, selected_in_order, write_scene_list
-from simulation.datasets.scenes import SplitError, split_definition
+from simulation.datasets.splits import SplitError, split_definition
 from simulation.evaluation.sources import BenchConfigError
 
 WORK_DIR = ".work"

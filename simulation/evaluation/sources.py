@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulation.datasets.log_data import LogData
+from simulation.datasets.scenes import scenario_types_at
 from simulation.evaluation.units import SceneRef
 from simulation.types import LogWindow
 
@@ -28,14 +28,8 @@ class BenchConfigError(ValueError):
 Extractor = Callable[[str], Sequence[tuple[LogWindow, str]]]
 
 
-def frame_scenario_types(log: LogData, frame_tokens: Sequence[str]) -> list[str]:
-    """nuPlan scenario type tagged at each of ``frame_tokens`` (the greatest type when a frame has several,
-    as nuPlan's ``MAX(type)``; ``unknown`` if untagged)."""
-    index = {str(tok): i for i, tok in enumerate(log.frame_tokens)}
-    tags: dict[int, str] = {}
-    for frame, kind in zip(log.tag_frame.tolist(), log.tag_type.tolist(), strict=True):
-        tags[int(frame)] = max(tags.get(int(frame), ""), str(kind))
-    return [tags.get(index.get(str(tok), -1), "unknown") for tok in frame_tokens]
+#: Scenario type of frames by token (the one rule lives in :mod:`simulation.datasets.scenes`).
+frame_scenario_types = scenario_types_at
 
 
 @dataclass
@@ -134,7 +128,7 @@ class MetricCacheProvider:
 
 def split_log_paths(data_root: str | Path, split: str) -> list[str]:
     """The ``.db`` log files of ``split`` under ``data_root`` (split definitions: ``configs/data/splits``)."""
-    from simulation.datasets.scenes import split_log_paths as _split_log_paths
+    from simulation.datasets.splits import split_log_paths as _split_log_paths
 
     return [str(p) for p in _split_log_paths(data_root, split)]
 
@@ -153,7 +147,7 @@ class NuplanExtractor:
         log = read_log(path)
         if self.kind == "navsim":
             scenes = extract_scenes(log, SceneFilter(**dict(self.scene_filter)))
-            types = frame_scenario_types(log, [str(s.frame_tokens[s.current_index]) for s in scenes])
+            types = scenario_types_at(log, [str(s.frame_tokens[s.current_index]) for s in scenes])
             return list(zip(scenes, types, strict=True))
         return [(s, str(s.scenario_type)) for s in extract_scenarios(log)]
 
@@ -166,7 +160,7 @@ def nuplan_log_source(
         raise BenchConfigError("no data root: set NUPLAN_DATA_ROOT or pass data_root=<folder of .db logs>")
     if not Path(data_root).is_dir():
         raise BenchConfigError(f"data_root={data_root} is not a folder")
-    from simulation.datasets.scenes import SplitError, listed_tokens, reject_scene_list, split_scene_tokens
+    from simulation.datasets.splits import SplitError, listed_tokens, reject_scene_list, split_scene_tokens
 
     try:
         if kind != "navsim":

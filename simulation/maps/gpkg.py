@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import shapely
 
+from simulation.io import atomic_path, atomic_write_text
 from simulation.maps.errors import (
     CorruptMapError,
     MapError,
@@ -81,13 +81,6 @@ CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT N
   CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
   CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
 """
-
-
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    return tmp
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -186,8 +179,7 @@ def write_map(map_data: MapData, path: str | Path, storage_crs: str | None = Non
     path = Path(path)
     stored = storage_crs or map_data.crs
     srs_id = srs_row(stored)[1]
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         con = sqlite3.connect(tmp)
         try:
             con.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
@@ -201,10 +193,6 @@ def write_map(map_data: MapData, path: str | Path, storage_crs: str | None = Non
                 _write_meta(con, map_data)
         finally:
             con.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     logger.debug("wrote map %s (%d layers) to %s", map_data.location, len(map_data.layers), path)
     return path
 
@@ -353,14 +341,7 @@ def write_maps_json(maps_root: str | Path, versions: Mapping[str, str]) -> Path:
         entry["version"] = str(version)
         entry.setdefault("layers", {})
         data[str(location)] = entry
-    tmp = _atomic_target(path)
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def known_locations(maps_root: str | Path) -> dict[str, str]:

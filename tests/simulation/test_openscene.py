@@ -26,7 +26,8 @@ from simulation.datasets.openscene import (
     write_openscene_frames,
     write_openscene_log,
 )
-from simulation.datasets.scenes import LoadReport, SceneFilter, extract_scenes
+from simulation.datasets.scenes import SceneFilter, extract_scenes
+from simulation.datasets.splits import LoadReport
 from simulation.datasets.testing import make_log_data
 from simulation.geometry import normalize_angle
 from simulation.maps.testing import FIXTURE_LOCATION

@@ -27,14 +27,8 @@ from simulation.datasets.scene_lists import (
     selected_in_order,
     write_scene_list,
 )
-from simulation.datasets.scenes import (
-    SceneFilter,
-    SplitError,
-    extract_scenes,
-    load_scenarios,
-    load_scenes,
-    split_log_paths,
-)
+from simulation.datasets.scenes import SceneFilter, extract_scenes
+from simulation.datasets.splits import SplitError, load_scenarios, load_scenes, split_log_paths
 from simulation.datasets.testing import make_log_data
 from simulation.evaluation.cli import compose_config, run
 from simulation.evaluation.selection import SelectionRule, build_scene_list, main, select

@@ -1,28 +1,21 @@
-"""Scene / scenario extraction, driving commands, splits and loading over bad logs (hand-checked numbers)."""
+"""Scene / scenario extraction and driving commands (hand-checked numbers)."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from simulation.datasets.cli import main as scenes_cli
-from simulation.datasets.nuplan_db import write_log
 from simulation.datasets.scenes import (
-    LoadReport,
     ScenarioFilter,
     SceneFilter,
-    SplitError,
     command_from_path,
     extract_scenarios,
     extract_scenes,
     frame_scenario_types,
-    load_scenes,
     route_command,
-    split_log_paths,
+    scenario_types_at,
     valid_scene_frames,
 )
 from simulation.datasets.testing import make_log_data
@@ -123,6 +116,13 @@ def test_scenario_types_and_valid_scenes(log):
     types = frame_scenario_types(log)
     assert types[0] == "following_lane_with_lead" and types[1] == "unknown"
     assert types[250] == "near_multiple_vehicles"  # MAX of the two tags on frame 250
+    tokens = [str(log.frame_tokens[k]) for k in (0, 1, 250)] + ["not-a-frame"]
+    assert scenario_types_at(log, tokens) == [
+        "following_lane_with_lead",
+        "unknown",
+        "near_multiple_vehicles",
+        "unknown",
+    ]
     valid = valid_scene_frames(log)
     # 6 scenes: the first two and the last two are dropped -> scenes 2 and 3, frames 200-399
     np.testing.assert_array_equal(np.flatnonzero(valid), np.arange(200, 400))
@@ -162,41 +162,3 @@ def test_scenario_filters(log):
     assert [s.token for s in unknown] == [str(log.frame_tokens[201])]
     # the scenes holding the tags have goals (only the last scene's is NULL)
     assert len(extract_scenarios(log, ScenarioFilter(remove_invalid_goals=True))) == 3
-
-
-def _write_split(root: Path, split: str, names: list[str]) -> list[Path]:
-    paths = []
-    for name in names:
-        paths.append(
-            write_log(
-                make_log_data(duration_s=10.0, num_scenes=2, log_name=name), root / "splits" / split / f"{name}.db"
-            )
-        )
-    return paths
-
-
-def test_splits_and_loading_skip_bad_logs(tmp_path, caplog):
-    _write_split(tmp_path, "synth_test", ["log-b", "log-a"])
-    bad = tmp_path / "splits" / "synth_test" / "log-c.db"
-    bad.write_bytes(b"SQLite format 3\x00" + b"\x00" * 50)
-    assert [p.name for p in split_log_paths(tmp_path, "synth_test")] == ["log-a.db", "log-b.db", "log-c.db"]
-    report = LoadReport()
-    with caplog.at_level(logging.WARNING):
-        scenes = load_scenes(
-            tmp_path, "synth_test", SceneFilter(num_history_frames=2, num_future_frames=4), report=report
-        )
-    assert report.num_logs == 3 and report.num_skipped == 1 and "log-c.db" in report.skipped[0][0]
-    assert "log-c.db" in caplog.text and "1 of 3 logs skipped" in caplog.text
-    assert len(scenes) == 2 * 3  # 20 frames at 2 Hz -> 3 windows of 6 per log
-    with pytest.raises(SplitError, match="unknown split 'nope'"):
-        split_log_paths(tmp_path, "nope")
-    with pytest.raises(SplitError, match="no folder"):
-        split_log_paths(tmp_path, "synth_val")
-
-
-def test_scenes_cli(tmp_path, capsys):
-    _write_split(tmp_path, "synth_val", ["log-a"])
-    assert scenes_cli(["--data-root", str(tmp_path), "--split", "synth_val", "--history", "2", "--future", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "synth_val: 1 logs (0 skipped), 3 scenes" in out and "straight" in out
-    assert scenes_cli(["--data-root", str(tmp_path), "--split", "nope"]) == 1

@@ -7,19 +7,13 @@ import pytest
 import shapely
 
 from simulation.datasets.synthetic import generator
+from simulation.datasets.synthetic.drive_step import brake_accel
 from simulation.datasets.synthetic.generator import generate_log, make_town, plan_logs, town_config
 from simulation.datasets.synthetic.geometry2d import curvature
+from simulation.datasets.synthetic.junctions import CLEAR_MARGIN_M, clear_points, conflict_matrix
 from simulation.datasets.synthetic.network import NetworkConfigError, TownConfig, TurnType, build_town
 from simulation.datasets.synthetic.traffic import INF, grant_claims
-from simulation.datasets.synthetic.world import (
-    BICYCLE,
-    CLEAR_MARGIN_M,
-    TRUCK,
-    _brake_accel,
-    _brake_events,
-    clear_points,
-    conflict_matrix,
-)
+from simulation.datasets.synthetic.world import BICYCLE, TRUCK, _brake_events
 from simulation.types import StateIndex
 
 
@@ -127,11 +121,11 @@ def test_braking_events():
     """One vehicle with one event from 2 s to 6 s at 2 m/s^2 down to 30 % of its free speed (plus 0.5 m/s)."""
     brakes = np.array([[[2.0, 6.0, 2.0, 0.3], [np.inf, np.inf, 2.0, 0.3]]])
     v0 = np.array([10.0])
-    assert _brake_accel(brakes, 1.0, np.array([10.0]), v0)[0] == INF  # before
-    assert _brake_accel(brakes, 3.0, np.array([10.0]), v0)[0] == pytest.approx(-2.0)  # braking
-    assert _brake_accel(brakes, 3.0, np.array([3.75]), v0)[0] == pytest.approx(-0.5)  # 2 * (3.5 - 3.75)
-    assert _brake_accel(brakes, 3.0, np.array([1.0]), v0)[0] == INF  # a slower (queued) vehicle is not held
-    assert _brake_accel(brakes, 6.0, np.array([10.0]), v0)[0] == INF  # over
+    assert brake_accel(brakes, 1.0, np.array([10.0]), v0)[0] == INF  # before
+    assert brake_accel(brakes, 3.0, np.array([10.0]), v0)[0] == pytest.approx(-2.0)  # braking
+    assert brake_accel(brakes, 3.0, np.array([3.75]), v0)[0] == pytest.approx(-0.5)  # 2 * (3.5 - 3.75)
+    assert brake_accel(brakes, 3.0, np.array([1.0]), v0)[0] == INF  # a slower (queued) vehicle is not held
+    assert brake_accel(brakes, 6.0, np.array([10.0]), v0)[0] == INF  # over
     events = _brake_events(3, 60.0, np.array([False, True, False]), np.random.default_rng(0))
     assert events.shape[:2] == (3, 11) and np.isinf(events[1, :, 0]).all()  # cyclists never brake
     starts = events[[0, 2], :, 0]

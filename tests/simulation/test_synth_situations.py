@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from simulation.datasets.synthetic import expert, world
+from simulation.datasets.synthetic import drive_step, expert, world
 from simulation.datasets.synthetic.expert import (
     BIKE_PATIENCE_S,
     LEAD_ANTICIPATION_S,
@@ -103,7 +103,7 @@ def truck_drive():
         return out
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(world, "BRAKE_CLEAR_M", 0.0)  # brake wherever it is on its lane
+    mp.setattr(drive_step, "BRAKE_CLEAR_M", 0.0)  # brake wherever it is on its lane
     mp.setattr(world, "_brake_events", events)
     try:
         rng = np.random.default_rng(np.random.SeedSequence([SEED, 3, index]))

@@ -11,7 +11,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from simulation.datasets.synthetic.output import (
     write_town_map,
 )
 from simulation.datasets.synthetic.tags import SCENARIO_TYPES
+from simulation.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if short:
             text += f"\nstill short in the test split after the top-up: {short}"
     print(text)
-    tmp = root / ".synth_summary.json.tmp"
-    tmp.write_text(json.dumps(dict(sorted(stats.items())), indent=2))
-    os.replace(tmp, root / "synth_summary.json")
+    atomic_write_text(root / "synth_summary.json", json.dumps(dict(sorted(stats.items())), indent=2))
     if args.plots:
         from simulation.datasets.synthetic.plots import plot_logs
 

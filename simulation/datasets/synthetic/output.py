@@ -23,6 +23,7 @@ from typing import Any
 
 from simulation.datasets.synthetic.generator import LogSpec, generate_log, make_map
 from simulation.datasets.synthetic.map_layers import SYNTH_MAP_VERSION, location_name
+from simulation.io import atomic_path, atomic_write_text
 
 MANIFEST = "synth_manifest.json"
 _FIXED_TIME = "2024-01-01T00:00:00.000Z"
@@ -42,20 +43,17 @@ def map_path(root: Path, town: int) -> Path:
 
 def _vacuum_into(scratch: Path, final: Path, fix_sql: str | None = None) -> None:
     """Copy the SQLite file ``scratch`` to ``final`` with ``VACUUM INTO`` (atomic rename), then delete it."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    tmp.unlink(missing_ok=True)
     try:
-        con = sqlite3.connect(scratch)
-        try:
-            if fix_sql:
-                with con:
-                    con.execute(fix_sql)
-            con.execute("VACUUM INTO ?", (str(tmp),))
-        finally:
-            con.close()
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            con = sqlite3.connect(scratch)
+            try:
+                if fix_sql:
+                    with con:
+                        con.execute(fix_sql)
+                con.execute("VACUUM INTO ?", (str(tmp),))
+            finally:
+                con.close()
     finally:
-        tmp.unlink(missing_ok=True)
         scratch.unlink(missing_ok=True)
 
 
@@ -140,9 +138,7 @@ def check_output_folder(root: Path, manifest: dict[str, Any]) -> None:
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, root / MANIFEST)
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
 
 
 def merge_stats(parts: list[dict[str, Any]]) -> Counter:

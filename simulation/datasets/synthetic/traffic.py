@@ -367,7 +367,7 @@ def grant_claims(
     Args:
         conn: ``(Q,)`` connector index in the conflict matrix (-1: no claim). u: ``(Q,)`` how far each
             claimant's rear is along its connector (``-inf`` before it), clear: ``(C, C)`` clear points (see
-            :func:`~simulation.datasets.synthetic.world.clear_points`): a granted claimant whose rear is past the
+            :func:`~simulation.datasets.synthetic.junctions.clear_points`): a granted claimant whose rear is past the
             clear point of its connector with respect to another claim's connector no longer blocks that claim.
         wide: (a wider conflict matrix, ``(Q,)`` flags of long vehicles) used for pairs with a long vehicle.
     """
@@ -440,7 +440,12 @@ def free_speed(bank: PathBank, s: np.ndarray, front: np.ndarray, p: IDMParams) -
 
 
 def idm_accel(v: np.ndarray, v0: np.ndarray, gap: np.ndarray, v_lead: np.ndarray, p: IDMParams) -> np.ndarray:
-    """IDM acceleration ``(N,)``; ``gap = INF`` means no leader."""
+    """IDM acceleration ``(N,)``; ``gap = INF`` means no leader.
+
+    The synthetic city's own driver model, not :func:`simulation.idm.idm_law`: per-driver parameters
+    (:class:`IDMParams` arrays), ``s*`` floored at 0, gaps floored at 0.05 m, ``v0`` at 0.1 m/s. It is part of the
+    generator and stays frozen, so that a seed keeps giving byte-identical logs.
+    """
     s_star = p.s0 + v * p.headway + v * (v - v_lead) / (2.0 * np.sqrt(p.a * p.b))
     inter = np.where(gap < INF, (np.maximum(s_star, 0.0) / np.maximum(gap, 0.05)) ** 2, 0.0)
     acc = p.a * (1.0 - (v / np.maximum(v0, 0.1)) ** 4 - inter)

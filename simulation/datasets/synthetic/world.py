@@ -5,40 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import shapely
 
-from simulation.datasets.synthetic.expert import EGO_OWNER, PED_PREVIEW_S, EgoDriver, EgoFrame
+from simulation.datasets.synthetic.drive_step import DT, TrafficState, step_world, vehicle_boxes
+from simulation.datasets.synthetic.expert import EgoDriver, EgoFrame
+from simulation.datasets.synthetic.junctions import clear_points, conflict_matrix
 from simulation.datasets.synthetic.network import Town, TurnType
 from simulation.datasets.synthetic.paths import PathBank, build_bank, random_route
-from simulation.datasets.synthetic.pedestrians import Pedestrians, shifted_boxes, spawn_pedestrians
+from simulation.datasets.synthetic.pedestrians import Pedestrians, spawn_pedestrians
 from simulation.datasets.synthetic.signals import YELLOW_S, light_status, yellow_now_offset
 from simulation.datasets.synthetic.traffic import (
-    INF,
     IDMParams,
-    approach,
-    approach_status,
-    claims,
-    corridor_obstacles,
-    exit_blocked,
-    free_speed,
-    grant_claims,
-    idm_accel,
-    merge_objects,
-    path_leaders,
-    register,
-    sneaking,
-    stop_line_gaps,
 )
 from simulation.types import PACIFICA, TrackedObjectType, TrafficLightStatus
 
-DT = 0.05
 #: Mean seconds between two braking events of one vehicle (it slows down for something off the map: a
 #: driveway, a parking space, a hesitation), their duration and deceleration ranges.
 BRAKE_EVERY_S = 12.0
 BRAKE_DURATION_S = (3.0, 7.0)
 BRAKE_DECEL = (1.5, 3.0)
-#: ... only this far from either end of a lane.
-BRAKE_CLEAR_M = 30.0
 #: (type, length range, width range, height, share) of moving vehicles.
 VEHICLE_KINDS = (
     ("car", (4.2, 4.9), (1.8, 2.0), 1.5, 0.58),
@@ -112,81 +96,6 @@ class DriveRecord:
     light: np.ndarray
     route_blocks: list[int]
     frame_blocks: np.ndarray
-
-
-def conflict_matrix(town: Town, long: bool = False) -> tuple[np.ndarray, dict[int, int]]:
-    """``(C, C)`` bool: connectors of one junction (not sharing their upstream lane) whose shrunk polygons cross,
-    which merge into the same lane, or which leave the same roadblock side by side with one of them turning
-    towards the other (not in bends: their lanes join one to one); with ``long`` (for vehicles longer than
-    :data:`LONG_M`, whose boxes swing out of their lane on curves) also those that enter the same roadblock side
-    by side from different movements and turns whose lane touches another connector."""
-    conns = sorted(town.connectors, key=lambda c: c.fid)
-    index = {c.fid: i for i, c in enumerate(conns)}
-    shrunk = [c.polygon.buffer(-0.35) for c in conns]
-    polys = [c.polygon for c in conns]
-    grown = [c.polygon.buffer(0.8) for c in conns]
-    out = np.zeros((len(conns), len(conns)), dtype=bool)
-    for i, a in enumerate(conns):
-        for j in range(i + 1, len(conns)):
-            b = conns[j]
-            if a.junction != b.junction or a.incoming[0] == b.incoming[0]:
-                continue
-            same_block = town.paths[a.incoming[0]].roadblock == town.paths[b.incoming[0]].roadblock
-            # boxes swinging into the next lane of a movement that turns towards it (a movement that turns away
-            # from its neighbour goes side by side with it)
-            side = same_block and (_towards(town, a, b) or _towards(town, b, a))
-            # (not in a bend: its lanes join one to one and turn alike, a curved stretch of road)
-            side = side and grown[i].intersects(b.polygon) and town.junctions[a.junction].num_arms > 2
-            merge = a.outgoing[0] == b.outgoing[0]
-            # side by side into one roadblock, one of them turning (long boxes swing into the next lane)
-            same_exit = town.paths[a.outgoing[0]].roadblock == town.paths[b.outgoing[0]].roadblock
-            exit_side = same_exit and a.turn_type != b.turn_type and grown[i].intersects(b.polygon)
-            # turning boxes swing out of their lane: turns conflict with any connector their lane touches
-            swing = (a.turn_type != TurnType.STRAIGHT or b.turn_type != TurnType.STRAIGHT) and polys[i].intersects(
-                polys[j]
-            )
-            if side or merge or (long and (exit_side or swing)) or shrunk[i].intersects(shrunk[j]):
-                out[i, j] = out[j, i] = True
-    return out, index
-
-
-#: A claimant that has waited this long (s, less its time to the line) at a junction holds its right of way
-#: against claims that can still stop (see :func:`~simulation.datasets.synthetic.traffic.grant_claims`).
-HOLD_AFTER_S = 6.0
-#: Vehicles longer than this (m) yield by the wider conflicts of ``conflict_matrix(town, long=True)``.
-LONG_M = 7.0
-#: A box on a connector stops blocking a conflicting connector once its rear is past the last point of its
-#: centre line within this distance of the other connector's polygon.
-CLEAR_MARGIN_M = 4.0
-
-
-def _towards(town: Town, a, b) -> bool:
-    """Connector ``a`` turns towards the lane of connector ``b`` (both leaving one roadblock)."""
-    ia, ib = town.paths[a.incoming[0]].index, town.paths[b.incoming[0]].index
-    turn = a.turn_type
-    return turn == TurnType.UTURN or (turn == TurnType.LEFT and ia > ib) or (turn == TurnType.RIGHT and ia < ib)
-
-
-def clear_points(town: Town, conflict: np.ndarray, index: dict[int, int]) -> np.ndarray:
-    """``(C, C)`` arc length along connector ``i`` after which a vehicle whose rear is past it no longer blocks
-    connector ``j`` (``inf`` where the two merge into one lane: they stay in conflict to the end; 0 where they
-    do not conflict)."""
-    conns = sorted(town.connectors, key=lambda c: c.fid)
-    out = np.zeros(conflict.shape)
-    for i, a in enumerate(conns):
-        js = np.flatnonzero(conflict[i])
-        if len(js) == 0:
-            continue
-        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(a.centre, axis=0), axis=1))])
-        for j in js:
-            b = conns[j]
-            if a.outgoing[0] == b.outgoing[0]:
-                out[i, j] = np.inf
-                continue
-            near = shapely.dwithin(b.polygon, shapely.points(a.centre), CLEAR_MARGIN_M)
-            out[i, j] = cum[np.flatnonzero(near)[-1]] if near.any() else 0.0
-    assert all(index[c.fid] == k for k, c in enumerate(conns))
-    return out
 
 
 def _ego_lead(
@@ -371,42 +280,10 @@ def _brake_events(
     return out
 
 
-def _brake_accel(brakes: np.ndarray, t: float, v: np.ndarray, v0: np.ndarray) -> np.ndarray:
-    """``(N,)`` acceleration cap of vehicles in a braking event at time ``t`` (``INF`` outside one): the event's
-    deceleration down to about its target speed, then holding it; a vehicle slower than that (one waiting in
-    a queue) is not held back."""
-    on = (brakes[..., 0] <= t) & (t < brakes[..., 1])  # (N, E)
-    k = on.argmax(1)
-    rows = np.arange(len(v))
-    target = brakes[rows, k, 3] * v0 + 0.5
-    acc = np.minimum(np.maximum(2.0 * (target - v), -brakes[rows, k, 2]), 0.0)
-    return np.where(on[rows, k] & (v > target), acc, INF)
-
-
-def _vehicle_boxes(bank: PathBank, s: np.ndarray, v: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    pose = bank.poses(s[:, None])[:, 0]
-    return np.concatenate([pose, (v * np.cos(pose[:, 2]))[:, None], (v * np.sin(pose[:, 2]))[:, None], sizes], 1)
-
-
-@dataclass
-class _Traffic:
-    bank: PathBank
-    s: np.ndarray
-    v: np.ndarray
-    sizes: np.ndarray
-    params: IDMParams
-    conn_row: np.ndarray
-    active: np.ndarray
-    wait: np.ndarray  # (N,) seconds each row has been yielding at a junction (fairness of claims)
-    wait_conn: np.ndarray  # (N,) the connector those seconds were spent waiting for
-    sneaking: np.ndarray  # (N,) left turns that started across on yellow after waiting (ignore the light)
-    brakes: np.ndarray  # (N, E, 4) braking events: start, end (s), deceleration, target share of the free speed
-
-
 def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> DriveRecord:
     """Simulate a drive and record every logged frame (see :class:`DriveRecord`)."""
-    n_warm, n_log = int(round(cfg.warmup_s / DT)), int(round(cfg.duration_s / DT))
-    times = np.arange(n_warm + n_log) * DT
+    n_warm = int(round(cfg.warmup_s / DT))
+    times = np.arange(n_warm + int(round(cfg.duration_s / DT))) * DT
     light_fids, light = light_status(town, times)
     light_cols = {int(f): i for i, f in enumerate(light_fids)}
     conflict, conn_index = conflict_matrix(town)
@@ -417,8 +294,58 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
     ego_lane, ego_s = _ego_start(town, rng, blocked, cfg.ego_lead, cfg.red_on_arrival, cfg.prefer_turn)
     (ego_lane, ego_s), lead = _ego_lead(town, rng, (ego_lane, ego_s), blocked, cfg.ego_lead)
     routes, s0, sizes, kinds = _spawn_traffic(town, cfg, rng, (ego_lane, ego_s), blocked, lead)
+    tr = _make_traffic(town, cfg, rng, (routes, s0, sizes, kinds), lead, light_cols, conn_index, ego_lane)
+    turn, target = _copied_moves(town, routes[0]) if lead is not None else ({}, {})
+    ego = EgoDriver(
+        town,
+        rng,
+        light_cols,
+        conn_index,
+        [ego_lane],
+        ego_s,
+        target=target,
+        turn=turn,
+        cyclists=frozenset(np.flatnonzero(kinds == BICYCLE).tolist()),
+        blockers={k: b[7] for k, b in blockers.items()},
+        behind_bike=-cfg.warmup_s if lead is not None and lead[0] == BICYCLE else 0.0,
+        prefer_turn=cfg.prefer_turn,
+        # behind a truck on its way to a light that turns red: it stays behind it (the situation is the stop)
+        overtakes=not (lead is not None and lead[0] == TRUCK and cfg.red_on_arrival),
+    )
+    peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng, light_cols)
+    static, static_types, static_h = _static_objects(town, cfg, rng, blockers)
+    types = np.concatenate(
+        [
+            np.where(kinds == BICYCLE, TrackedObjectType.BICYCLE, TrackedObjectType.VEHICLE),
+            np.full(len(peds), TrackedObjectType.PEDESTRIAN),
+            static_types,
+        ]
+    ).astype(np.int64)
+    heights = np.concatenate([np.array([VEHICLE_KINDS[k][3] for k in kinds]), np.full(len(peds), 1.75), static_h])
+    world = _World(town, tr, ego, peds, static, light, times, (conflict, conflict_long), clear)
+    ego_pose, frames, boxes, valid, frame_blocks = _record(world, n_warm, cfg.red_on_arrival, lead is not None)
+    k_now = int(ego.bank.segment_index(np.array([ego.s]))[0])
+    route_blocks = _route_blocks(town, frame_blocks, ego.route[k_now:])
+    return DriveRecord(
+        ego_pose, frames, boxes, valid, types, heights, light_fids, light[n_warm:], route_blocks, frame_blocks
+    )
+
+
+def _make_traffic(
+    town: Town,
+    cfg: DriveConfig,
+    rng: np.random.Generator,
+    spawned: tuple[list[list[int]], np.ndarray, np.ndarray, np.ndarray],
+    lead: tuple[int, float, float] | None,
+    light_cols: dict[int, int],
+    conn_index: dict[int, int],
+    ego_lane: int,
+) -> TrafficState:
+    """The traffic of :func:`_spawn_traffic` (routes, start arc lengths, sizes, kinds) with its drivers'
+    parameters and braking events (a truck placed ahead of the ego brakes more often)."""
+    routes, s0, sizes, kinds = spawned
     cyclist = kinds == BICYCLE
-    tr = _Traffic(
+    tr = TrafficState(
         bank=build_bank(town, routes, light_cols) if routes else build_bank(town, [[ego_lane]], light_cols),
         s=s0.astype(np.float64),
         v=np.zeros(len(s0)),
@@ -437,61 +364,68 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
         tr.brakes = np.concatenate([tr.brakes, np.full((len(s0), e - tr.brakes.shape[1], 4), np.inf)], 1)
         tr.brakes[0] = np.concatenate([own[0], np.full((e - own.shape[1], 4), np.inf)], 0)
     tr.conn_row = np.vectorize(lambda f: conn_index.get(int(f), -1), otypes=[np.int64])(tr.bank.seg_fid)
-    turn, target = _copied_moves(town, routes[0]) if lead is not None else ({}, {})
-    ego = EgoDriver(
-        town,
-        rng,
-        light_cols,
-        conn_index,
-        [ego_lane],
-        ego_s,
-        target=target,
-        turn=turn,
-        cyclists=frozenset(np.flatnonzero(cyclist).tolist()),
-        blockers={k: b[7] for k, b in blockers.items()},
-        behind_bike=-cfg.warmup_s if lead is not None and lead[0] == BICYCLE else 0.0,
-        prefer_turn=cfg.prefer_turn,
-        # behind a truck on its way to a light that turns red: it stays behind it (the situation is the stop)
-        overtakes=not (lead is not None and lead[0] == TRUCK and cfg.red_on_arrival),
-    )
-    peds = spawn_pedestrians(town, cfg.duration_s + cfg.warmup_s, cfg.pedestrian_density, rng, light_cols)
+    return tr
+
+
+def _static_objects(
+    town: Town, cfg: DriveConfig, rng: np.random.Generator, blockers: dict[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parked vehicles, cones and barriers (:func:`_static_boxes`), then the stopped vans of ``blockers``:
+    boxes ``(S, 7)``, types ``(S,)``, heights ``(S,)``."""
     static, static_types, static_h = _static_boxes(town, cfg, rng)
     if blockers:
         stopped = np.array([blockers[k][:7] for k in sorted(blockers)])
         static = np.concatenate([static, stopped], 0)
         static_types = np.concatenate([static_types, np.full(len(stopped), TrackedObjectType.VEHICLE)])
         static_h = np.concatenate([static_h, np.full(len(stopped), 2.2)])
-    n_veh = len(s0)
-    types = np.concatenate(
-        [
-            np.where(cyclist, TrackedObjectType.BICYCLE, TrackedObjectType.VEHICLE),
-            np.full(len(peds), TrackedObjectType.PEDESTRIAN),
-            static_types,
-        ]
-    ).astype(np.int64)
-    heights = np.concatenate([np.array([VEHICLE_KINDS[k][3] for k in kinds]), np.full(len(peds), 1.75), static_h])
-    n_agents = len(types)
+    return static, static_types, static_h
+
+
+@dataclass
+class _World:
+    """What :func:`_record` steps: the town, traffic, ego, pedestrians, static boxes ``(S, 7)``, the light
+    status ``(T, L)`` over ``times`` ``(T,)`` (retimed in place when actuated), conflicts and clear points."""
+
+    town: Town
+    tr: TrafficState
+    ego: EgoDriver
+    peds: Pedestrians
+    static: np.ndarray
+    light: np.ndarray
+    times: np.ndarray
+    conflict: tuple[np.ndarray, np.ndarray]
+    clear: np.ndarray
+
+
+def _record(
+    w: _World, n_warm: int, actuate: bool, has_lead: bool
+) -> tuple[np.ndarray, list[EgoFrame], np.ndarray, np.ndarray, np.ndarray]:
+    """Step the world over ``times`` and record the frames after the first ``n_warm``: ego poses ``(F, 3)``, ego
+    frames, boxes ``(F, A, 7)``, validity ``(F, A)`` and the roadblock under the ego ``(F,)``. With ``actuate``
+    the ego's first signalled junction is retimed (:func:`_actuate_red`), for the lead (row 0) if ``has_lead``."""
+    tr, ego, peds, static = w.tr, w.ego, w.peds, w.static
+    n_veh, n_log = len(tr.s), len(w.times) - n_warm
+    n_agents = n_veh + len(peds) + len(static)
     boxes = np.zeros((n_log, n_agents, 7))
     valid = np.zeros((n_log, n_agents), dtype=bool)
     ego_pose = np.zeros((n_log, 3))
     frames: list[EgoFrame] = []
     frame_blocks = np.zeros(n_log, dtype=np.int64)
-    actuate = cfg.red_on_arrival
-    for f in range(n_warm + n_log):
+    for f in range(len(w.times)):
         if actuate and f >= n_warm:
-            lead_front = (tr.bank, tr.s[0] + tr.sizes[0, 0] / 2, tr.v[0]) if lead is not None and tr.active[0] else None
-            actuate = not _actuate_red(town, ego, light, times, f, lead_front)
-        veh = _vehicle_boxes(tr.bank, tr.s, tr.v, tr.sizes) if n_veh else np.zeros((0, 7))
-        ped = peds.boxes(times[f])
-        ped_vis = peds.visible(times[f])
+            lead_front = (tr.bank, tr.s[0] + tr.sizes[0, 0] / 2, tr.v[0]) if has_lead and tr.active[0] else None
+            actuate = not _actuate_red(w.town, ego, w.light, w.times, f, lead_front)
+        veh = vehicle_boxes(tr.bank, tr.s, tr.v, tr.sizes) if n_veh else np.zeros((0, 7))
+        ped = peds.boxes(w.times[f])
+        ped_vis = peds.visible(w.times[f])
         ped_road = ped_vis & (peds.state != 0)  # crossers waiting at the kerb are no obstacle
         if f >= n_warm:
             g = f - n_warm
             ego_pose[g] = ego.pose()
             boxes[g] = np.concatenate([veh, ped, static], 0)
             valid[g] = np.concatenate([tr.active, ped_vis, np.ones(len(static), dtype=bool)])
-            frame_blocks[g] = town.paths[ego.route[int(ego.bank.segment_index(np.array([ego.s]))[0])]].roadblock
-        ego_frame = _step(
+            frame_blocks[g] = w.town.paths[ego.route[int(ego.bank.segment_index(np.array([ego.s]))[0])]].roadblock
+        ego_frame = step_world(
             tr,
             ego,
             peds,
@@ -499,18 +433,14 @@ def simulate_drive(town: Town, cfg: DriveConfig, rng: np.random.Generator) -> Dr
             ped[ped_road],
             np.flatnonzero(ped_road) + n_veh,
             static,
-            light[f],
-            (conflict, conflict_long),
-            times[f],
-            clear,
+            w.light[f],
+            w.conflict,
+            w.times[f],
+            w.clear,
         )
         if f >= n_warm:
             frames.append(ego_frame)
-    k_now = int(ego.bank.segment_index(np.array([ego.s]))[0])
-    route_blocks = _route_blocks(town, frame_blocks, ego.route[k_now:])
-    return DriveRecord(
-        ego_pose, frames, boxes, valid, types, heights, light_fids, light[n_warm:], route_blocks, frame_blocks
-    )
+    return ego_pose, frames, boxes, valid, frame_blocks
 
 
 def _actuate_red(
@@ -553,118 +483,6 @@ def _actuate_red(
         cols_j = [col for fid, col in ego.light_cols.items() if town.paths[fid].junction == jf]
         light[f:, cols_j] = retimed[:, cols_j]
     return True
-
-
-def _claims_of(
-    bank: PathBank,
-    s: np.ndarray,
-    v: np.ndarray,
-    front: np.ndarray,
-    rear: np.ndarray,
-    conn_row: np.ndarray,
-    light: np.ndarray,
-    sneak: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Front claims (connector, key), rear occupancy claims (connector, key) of rows of a bank, and how far
-    along its connector each rear is (``-inf`` off it), for :func:`clear_points`."""
-    k, dist = approach(bank, s, front, conn_row)
-    c_front, key = claims(bank, k, dist, v, conn_row, light, sneak)
-    rows = np.arange(len(s))
-    k_rear = bank.segment_index(s - rear)
-    c_rear = conn_row[rows, k_rear]
-    u_rear = np.where(c_rear >= 0, s - rear - bank.seg_start[rows, k_rear], -np.inf)
-    return c_front, key, c_rear, np.full(len(s), -2e6), u_rear
-
-
-def _step(
-    tr: _Traffic, ego: EgoDriver, peds: Pedestrians, veh, ped_boxes, ped_owner, static, light, conflict, t, clear
-) -> EgoFrame:
-    """One 20 Hz step of every actor (all decisions from the state at the start of the step)."""
-    n = len(tr.s)
-    owner = np.arange(n)
-    half = tr.sizes[:, 0] / 2
-    act = np.flatnonzero(tr.active)
-    ego_box = ego.box()
-    objs_t = register(tr.bank, tr.s[act], tr.v[act], half[act], owner[act])
-    k_act = tr.bank.segment_index(tr.s[act])
-    t_seg = tr.bank.seg_fid[act, k_act]
-    t_u = tr.s[act] - tr.bank.seg_start[act, k_act]
-    all_boxes = np.concatenate([veh[act], ego_box[None], ped_boxes, static], 0)
-    all_owner = np.concatenate([owner[act], [EGO_OWNER], ped_owner, np.full(len(static), -2)]).astype(np.int64)
-    # junction claims of traffic (inactive rows claim nothing) and of the ego; a left turn that has waited
-    # at its line may start across while its light is yellow and keeps its claim once under way (not on red:
-    # a turn that sneaked on red would take the start of the crossing phase's green from its queue)
-    sneak = sneaking(tr.bank, tr.s, half, tr.conn_row, tr.wait, tr.wait_conn)
-    t_yellow = approach_status(tr.bank, tr.s, half, tr.conn_row, light) == TrafficLightStatus.YELLOW
-    sneak &= t_yellow | (tr.sneaking & (tr.v > 0.5))
-    tr.sneaking = sneak
-    cf, kf, cr, kr, ur = _claims_of(tr.bank, tr.s, tr.v, half, half, tr.conn_row, light, sneak)
-    cf[~tr.active], cr[~tr.active] = -1, -1
-    e, e_front = np.array([ego.s]), np.array([PACIFICA.front_length])
-    e_sneak = sneaking(ego.bank, e, e_front, ego.conn_row, np.array([ego.wait]), np.array([ego.wait_conn]))
-    yellow = approach_status(ego.bank, e, e_front, ego.conn_row, light) == TrafficLightStatus.YELLOW
-    ego.sneaking = bool(e_sneak[0] and (yellow[0] or (ego.sneaking and ego.v > 0.5)))  # once under way
-    ecf, ekf, ecr, ekr, eur = _claims_of(
-        ego.bank,
-        e,
-        np.array([ego.v]),
-        e_front,
-        np.array([PACIFICA.rear_length]),
-        ego.conn_row,
-        light,
-        np.array([ego.sneaking]),
-    )
-    # do not enter a junction whose exit has no room: no claim, stop at the line
-    full = np.zeros(n, dtype=bool)
-    if n:
-        objs = merge_objects([objs_t, ego.register()])
-        gap_l, v_l, _ = path_leaders(tr.bank, tr.s, half, owner, objs)
-        full = exit_blocked(tr.bank, tr.s, half, tr.sizes[:, 0], gap_l, v_l, tr.conn_row)
-        cf[full] = -1
-    kf = kf - tr.wait + 1e-6 * owner  # who has waited longer goes first (no starvation)
-    ekf = ekf - ego.wait
-    all_c = np.concatenate([cf, cr, ecf, ecr])
-    all_k = np.concatenate([kf, kr, ekf, ekr])
-    # how far the claimant's rear is along the claimed connector: past its clear point it no longer blocks
-    all_u = np.concatenate([np.where(cf == cr, ur, -np.inf), ur, np.where(ecf == ecr, eur, -np.inf), eur])
-    long = tr.sizes[:, 0] > LONG_M
-    all_long = np.concatenate([long, long, [False, False]])
-    always = np.concatenate([np.zeros(n, dtype=bool), np.ones(n, dtype=bool), [False, True]])  # rear claims
-    granted = grant_claims(all_c, all_k, conflict[0], always, all_u, clear, (conflict[1], all_long), HOLD_AFTER_S)
-    front = np.concatenate([np.arange(n), [2 * n]])
-    blocked = (all_c[front] >= 0) & ~granted[front]
-    # waiting time counts while yielding and is kept until the claimed connector changes
-    tr.wait = np.where(cf == tr.wait_conn, tr.wait + DT * blocked[:-1], 0.0)
-    tr.wait_conn = cf
-    ego.wait = ego.wait + DT * bool(blocked[-1]) if int(ecf[0]) == ego.wait_conn else 0.0
-    ego.wait_conn = int(ecf[0])
-    # the ego also sees where walking pedestrians will be shortly (it slows for one about to step into its way)
-    preview = (shifted_boxes(ped_boxes, PED_PREVIEW_S), np.asarray(ped_owner, dtype=np.int64))
-    frame = ego.step(DT, light, bool(blocked[-1]), objs_t, all_boxes, all_owner, t_seg, t_u, tr.v[act], preview)
-    if n:
-        p = tr.params
-        gap_c, v_c, _ = corridor_obstacles(tr.bank, tr.s, half, tr.sizes[:, 1] / 2 + 0.3, owner, all_boxes, all_owner)
-        gap_s, _ = stop_line_gaps(
-            tr.bank, tr.s, half, tr.v, light, blocked[:-1] | full, tr.conn_row, np.full(n, 3.0), sneak
-        )
-        v0 = free_speed(tr.bank, tr.s, half, p)
-        acc = np.minimum(
-            np.minimum(idm_accel(tr.v, v0, gap_l, v_l, p), idm_accel(tr.v, v0, gap_c, v_c, p)),
-            idm_accel(tr.v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(n), p),
-        )
-        # only well inside a lane: never in a junction, nor where followers would be held in one
-        rows, k = np.arange(n), tr.bank.segment_index(tr.s)
-        nxt = np.minimum(k + 1, tr.bank.seg_start.shape[1] - 1)
-        end = np.where(nxt > k, tr.bank.seg_start[rows, nxt], tr.bank.length)
-        end = np.where(np.isfinite(end), end, tr.bank.length)
-        u = tr.s - tr.bank.seg_start[rows, k]
-        free = (tr.conn_row[rows, k] < 0) & (u > BRAKE_CLEAR_M) & (end - tr.s > BRAKE_CLEAR_M)
-        acc = np.where(free, np.minimum(acc, _brake_accel(tr.brakes, t, tr.v, v0)), acc)
-        tr.s += np.maximum(tr.v * DT + 0.5 * acc * DT * DT, 0.0)
-        tr.v = np.maximum(tr.v + acc * DT, 0.0)
-        tr.active &= tr.s < tr.bank.length - half - 1.0
-    peds.step(t, DT, np.concatenate([veh[act], ego_box[None]], 0), light)
-    return frame
 
 
 def _route_blocks(town: Town, frame_blocks: np.ndarray, planned: list[int]) -> list[int]:
