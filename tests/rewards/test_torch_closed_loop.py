@@ -1,4 +1,4 @@
-"""BEV-Warp vector-world pieces: the broad phase (compaction, bounding circles) changes no collision or TTC result."""
+"""Torch closed-loop checks (BEV-Warp's judge): the broad phase (compaction, bounding circles) changes no result."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bev_warp import env as bev_env
-from bev_warp import world
+from rewards.nuplan_collisions import AHEAD_ANGLE_RAD, STATIC_TYPES
+from rewards.torch import closed_loop as cl
+from rewards.torch import geometry as world
 from simulation.types import PACIFICA, AgentIndex, StateIndex, TrackedObjectType
 
 A, S = AgentIndex, StateIndex
@@ -45,8 +46,8 @@ def test_boxes_outside_the_bounding_circles_never_overlap(
     ego = torch.zeros(11, dtype=torch.float64)
     ego[:3] = ego_pose
     hit = bool(world.overlap(world.ego_corners(ego_pose), world.agent_corners(box)))
-    dist = float(bev_env._centre_distance(ego, box[None])[0])
-    reach = bev_env.EGO_RADIUS + float(world.bounding_radius(box[A.LENGTH], box[A.WIDTH]))
+    dist = float(world.centre_distance(ego, box[None])[0])
+    reach = cl.EGO_RADIUS + float(world.bounding_radius(box[A.LENGTH], box[A.WIDTH]))
     assert reach == pytest.approx(math.hypot(PACIFICA.length, PACIFICA.width) / 2 + math.hypot(length, width) / 2)
     if dist > reach:
         assert not hit
@@ -60,9 +61,9 @@ def _ttc_brute_force(ego: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor
         for n in range(boxes.shape[1]):
             d = boxes[b, n, :2] - ego[b, :2]
             ang = abs(math.remainder(math.atan2(float(d[1]), float(d[0])) - float(ego[b, 2]), 2 * math.pi))
-            if not valid[b, n] or ang >= bev_env.AHEAD_ANGLE_RAD or float(speed[b]) <= 5e-3:
+            if not valid[b, n] or ang >= AHEAD_ANGLE_RAD or float(speed[b]) <= 5e-3:
                 continue
-            static = int(types[b, n]) in {int(t) for t in bev_env.STATIC_TYPES}
+            static = int(types[b, n]) in {int(t) for t in STATIC_TYPES}
             for k in range(1, 10):
                 t = 0.1 * k
                 pose = ego[b, :3].clone()
@@ -92,7 +93,7 @@ def test_ttc_with_broad_phase_equals_brute_force() -> None:
     valid = torch.rand(batch, tracks, generator=g) > 0.1
     types = torch.full((batch, tracks), int(TrackedObjectType.VEHICLE), dtype=torch.long)
     types[:, ::4] = int(TrackedObjectType.CZONE_SIGN)
-    fast = bev_env._ttc_violation(ego, boxes, valid, types)
+    fast = cl.ttc_violation(ego, boxes, valid, types)
     slow = _ttc_brute_force(ego, boxes, valid, types)
     assert torch.equal(fast, slow)
     assert 0 < int(fast.sum()) < batch  # both outcomes occur in the sample
