@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from simulation.datasets.log_data import LogData
-from simulation.evaluation.units import SceneRef
+from simulation.evaluation.refs import SceneRef
 from simulation.types import LogWindow
 
 logger = logging.getLogger(__name__)

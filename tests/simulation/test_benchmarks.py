@@ -19,22 +19,27 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
+from rewards.diversity import CandidateDiversity
 from simulation.evaluation.build import with_driven_ego
 from simulation.evaluation.cli import CONFIG_DIR, compose_config
 from simulation.evaluation.cli import main as bench_main
+from simulation.evaluation.evaluator import SceneEvaluator
 from simulation.evaluation.executors import ProcessExecutor, RayExecutor, SequentialExecutor, make_chunks
 from simulation.evaluation.journal import Journal, JournalError
 from simulation.evaluation.pairing import predecessors, with_two_frame_metrics
 from simulation.evaluation.protocols import PROTOCOLS, get_protocol
+from simulation.evaluation.refs import InMemorySource, SceneRef
 from simulation.evaluation.report import scores_table, write_report
 from simulation.evaluation.runner import JOURNAL_NAME, run_benchmark
 from simulation.evaluation.sources import LogSource, frame_scenario_types
-from simulation.evaluation.units import ClosedLoopUnit, InMemorySource, NavsimUnit, SceneEvaluator, SceneRef
+from simulation.evaluation.units import ClosedLoopUnit, NavsimUnit
 from simulation.protocols import Observation
 from simulation.types import STATE_DIM, Agents, EgoStates, LogWindow, Scene, StateIndex, TrafficLights, Trajectory
 from training.cli import COMMANDS
 
 HEADER = {"protocol": "navsim_v1", "planner": "fake", "split": "unit"}
+#: The shipped NAVSIM protocols' candidate metrics.
+DIVERSITY = {"diversity": CandidateDiversity()}
 
 
 def make_scene(token: str, log_name: str, speed: float) -> Scene:
@@ -539,7 +544,7 @@ class TwoCandidatePlanner(FakePlanner):
 
 def test_candidate_diversity_reaches_the_row_details_and_summary(tmp_path: Path) -> None:
     scenes = toy_scenes()
-    unit = NavsimUnit(TwoCandidatePlanner(), FakeScorer(), scene_as_cache)
+    unit = NavsimUnit(TwoCandidatePlanner(), FakeScorer(), scene_as_cache, candidate_metrics=DIVERSITY)
     evaluator = SceneEvaluator(InMemorySource(scenes), unit, get_protocol("navsim_v1"))
     rows = evaluator(InMemorySource(scenes).refs())
     # speed 4 m/s: waypoints at 2, 4, ..., 16 m; candidates 2 m apart; DDv2's per-waypoint normalisation by the
