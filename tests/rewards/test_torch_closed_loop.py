@@ -97,3 +97,88 @@ def test_ttc_with_broad_phase_equals_brute_force() -> None:
     slow = _ttc_brute_force(ego, boxes, valid, types)
     assert torch.equal(fast, slow)
     assert 0 < int(fast.sum()) < batch  # both outcomes occur in the sample
+
+
+def test_episode_score_and_progress_ratio_by_hand() -> None:
+    progress = torch.tensor([10.0, 30.0, 3.0, -2.0], dtype=torch.float64)
+    expert = torch.tensor([20.0, 20.0, 4.0, 20.0], dtype=torch.float64)
+    ratio = cl.progress_ratio(progress, expert)
+    assert ratio.tolist() == [0.5, 1.0, 1.0, 0.0]  # clipped to [0, 1]; an expert within 5 m gives 1
+    no, yes = torch.tensor([False] * 4), torch.tensor([True] * 4)
+    assert cl.episode_score(no, no, no, no, ratio).tolist() == [(2.5 + 5 + 2) / 12, 1.0, 1.0, 7 / 12]
+    ttc = torch.tensor([True, False, False, False])
+    assert cl.episode_score(no, no, ttc, yes, ratio).tolist() == [2.5 / 12, 10 / 12, 10 / 12, 5 / 12]
+    assert cl.episode_score(ttc, no, no, no, ratio)[0] == 0.0 and cl.episode_score(no, ttc, no, no, ratio)[0] == 0.0
+
+
+def test_comfortable_bounds_on_raw_values() -> None:
+    prev = torch.zeros(3, 11, dtype=torch.float64)
+    states = torch.zeros(3, 5, 11, dtype=torch.float64)
+    states[0, :, S.AX] = 0.2  # jerk 2 m/s^3 in the first step: fine
+    states[1, :, S.AX] = -4.1  # below the -4.05 m/s^2 bound
+    states[2, 3, S.YAW_RATE] = 1.0  # above 0.95 rad/s
+    assert cl.comfortable(states, prev, 0.1).tolist() == [True, False, False]
+
+
+def test_deviation_from_the_extended_expert_path() -> None:
+    expert = torch.zeros(1, 5, 3, dtype=torch.float64)
+    expert[0, :, 0] = torch.arange(5.0) * 10.0  # x = 0 .. 40 m, heading 0
+    ego = torch.zeros(1, 4, 11, dtype=torch.float64)
+    ego[0, :, 0] = torch.tensor([20.0, 90.0, 20.0, 20.0])  # 90 m: past the end, on the straight extension
+    ego[0, 2, 1] = 2.5  # 2.5 m aside
+    ego[0, 3, 2] = 1.0  # turned 57 degrees away
+    assert cl.deviation(ego, expert, 2.0, math.radians(40.0)).tolist() == [[False, False, True, True]]
+
+
+def _frame_inputs(agent_x: float, agent_y: float = 0.0, ego_speed: float = 5.0) -> dict[str, torch.Tensor]:
+    ego = torch.zeros(1, 2, 11, dtype=torch.float64)
+    ego[0, :, 0] = torch.tensor([0.0, 0.5])
+    ego[0, :, S.VX] = ego_speed
+    boxes = torch.zeros(1, 2, 1, 7, dtype=torch.float64)
+    boxes[..., A.X], boxes[..., A.Y], boxes[..., A.LENGTH], boxes[..., A.WIDTH] = agent_x, agent_y, 4.0, 2.0
+    expert = torch.zeros(1, 10, 3, dtype=torch.float64)
+    expert[0, :, 0] = torch.arange(10.0) * 2.0
+    return {
+        "ego": ego,
+        "boxes": boxes,
+        "valid": torch.ones(1, 2, 1, dtype=torch.bool),
+        "types": torch.full((1, 2, 1), int(TrackedObjectType.VEHICLE)),
+        "drivable": torch.ones(1, 40, 80, dtype=torch.bool),
+        "grid_origin": torch.tensor([[-10.0, -5.0]], dtype=torch.float64),
+        "expert": expert,
+    }
+
+
+def _checks(inputs: dict[str, torch.Tensor]) -> dict[str, bool]:
+    out = cl.frame_checks(
+        **{k: v for k, v in inputs.items() if k != "expert"},
+        grid_res=0.25,
+        expert=inputs["expert"],
+        max_checked_agents=48,
+        max_deviation_m=2.0,
+        max_heading_deviation_rad=math.radians(40.0),
+    )
+    return {k: bool(v[0]) for k, v in out.items()}
+
+
+def test_frame_checks_collision_ttc_drivable() -> None:
+    clear = {"collision": False, "drivable_area": False, "ttc": False, "deviation": False}
+    assert _checks(_frame_inputs(60.0)) == clear
+    assert _checks(_frame_inputs(5.0)) == {**clear, "collision": True}  # the ego's front overlaps the box
+    assert _checks(_frame_inputs(5.0, ego_speed=0.0)) == clear  # a stopped ego is not at fault
+    assert _checks(_frame_inputs(9.5)) == {**clear, "ttc": True}  # reached within 0.95 s at 5 m/s
+    off = _frame_inputs(60.0)
+    off["drivable"][0, :, 48:] = False  # x >= 2 m is not drivable: the front corners are off
+    assert _checks(off) == {**clear, "drivable_area": True}
+
+
+def test_nearest_agents_keeps_the_k_nearest_valid() -> None:
+    ego = torch.zeros(1, 1, 11, dtype=torch.float64)
+    boxes = torch.zeros(1, 1, 4, 7, dtype=torch.float64)
+    boxes[..., A.X] = torch.tensor([30.0, 5.0, 1.0, 10.0])
+    valid = torch.tensor([[[True, True, False, True]]])
+    types = torch.arange(4)[None, None]
+    near, near_valid, near_types = cl.nearest_agents(ego, boxes, valid, types, 2)
+    assert near[..., A.X].tolist() == [[[5.0, 10.0]]] and near_valid.all() and near_types.tolist() == [[[1, 3]]]
+    same = cl.nearest_agents(ego, boxes, valid, types, 4)
+    assert same[0] is boxes
