@@ -8,7 +8,8 @@
    (the reference is re-sampled from the plan at every 0.1 s, as the vector closed loop does);
 3. at every log frame passed, the vector world is checked against the logged (non-reactive) agents: at-fault
    collision, drivable area (all four footprint corners), TTC, comfort, route progress, and the deviation from
-   the expert path (> 2 m or > 40 degrees terminates, RAD's rule; the path is extended straight past its ends);
+   the expert path (> 2 m or > 40 degrees terminates, RAD's rule; the path is extended straight past its ends),
+   all judged by :mod:`rewards.torch.closed_loop`;
 4. the planner's next observation is the logged raster (or encoder features) of the current planning frame
    warped into the simulated ego frame (:func:`bev_warp.warp.warp_bev`), without re-rendering or re-encoding.
 
@@ -26,27 +27,17 @@ from typing import Any, Literal
 
 import torch
 
-from bev_warp import world
 from bev_warp.episodes import EpisodeBatch, build_episodes
 from bev_warp.kinematics import DEFAULT_TRACKER, TrackerParameters, normalize_angle, track_and_propagate
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
 from planners.features import PLANNER_RASTER
-from rewards.nuplan_collisions import (
-    AHEAD_ANGLE_RAD,
-    LEAST_MIN_TTC_S,
-    REAR_ANGLE_RAD,
-    STATIC_TYPES,
-    STOPPED_SPEED_THRESHOLD,
-)
+from rewards.torch.closed_loop import comfortable, episode_score, frame_checks, progress_ratio
+from rewards.torch.geometry import project
 from simulation.render import RasterConfig
-from simulation.types import PACIFICA, AgentIndex, LogWindow, StateIndex
+from simulation.types import AgentIndex, LogWindow, StateIndex
 
 A, S = AgentIndex, StateIndex
 KINEMATIC_DT = 0.1
-#: The expert path used by the deviation check goes on straight this far past both of its ends (m).
-PATH_EXTENSION_M = 100.0
-#: Radius of the circle around the ego footprint's centre that holds the whole footprint (broad phase).
-EGO_RADIUS = 0.5 * math.hypot(PACIFICA.length, PACIFICA.width)
 SUB_REWARDS = ("collision", "drivable_area", "progress", "ttc", "comfort", "deviation")
 
 
@@ -163,7 +154,7 @@ class BEVWarpEnv:
         enc = self.encoder if cfg.observation == "features" else None
         ep = build_episodes(scenes, map_list, cfg.replan_interval_s, raster, self.device, enc, cfg.grid_res)
         ego = ep.ego[:, 0].clone()
-        s0, _, _ = world.project(ego[:, :2], ep.route)
+        s0, _, _ = project(ego[:, :2], ep.route)
         b = ep.batch_size
         zeros = torch.zeros(b, dtype=torch.float64, device=self.device)
         false = torch.zeros(b, dtype=torch.bool, device=self.device)
@@ -257,45 +248,36 @@ class BEVWarpEnv:
             nxt = track_and_propagate(ego, ref, KINEMATIC_DT, steps=1, params=self.config.tracker)[:, 1]
             ego = torch.where(active[:, None], nxt, ego)
             states.append(ego)
-        comfort_ok = world.comfortable(torch.stack(states, 1), prev, KINEMATIC_DT)
+        comfort_ok = comfortable(torch.stack(states, 1), prev, KINEMATIC_DT)
         checks = self._frames(state, states[subs_per_frame - 1 :: subs_per_frame], active)
         return self._finish(state, ego, active, failed, comfort_ok, checks)
 
     def _frames(
         self, state: EnvState, frame_states: list[torch.Tensor], active: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Collision / drivable / TTC / deviation flags ``(B,)`` over the ``F`` log frames passed in this step."""
-        ep = state.episodes
+        """Collision / drivable / TTC / deviation flags ``(B,)`` over the ``F`` log frames passed in this step
+        (:func:`rewards.torch.closed_loop.frame_checks`), and the last of those frames."""
+        ep, cfg = state.episodes, self.config
         ego = torch.stack(frame_states, 1)  # (B, F, 11)
         offsets = torch.arange(1, ego.shape[1] + 1, device=active.device)
         frames = torch.minimum(state.frame[:, None] + offsets, (ep.num_frames - 1)[:, None])  # (B, F)
         rows = torch.arange(ep.batch_size, device=active.device)[:, None]
         boxes, valid = ep.boxes[rows, frames], ep.valid[rows, frames]  # (B, F, N, 7), (B, F, N)
         types = ep.types[:, None].expand(-1, frames.shape[1], -1)  # (B, F, N)
-        boxes, valid, types = _nearest(ego, boxes, valid, types, self.config.max_checked_agents)
-        corners = world.ego_corners(ego[..., :3])  # (B, F, 4, 2)
-        # broad phase: only boxes whose bounding circle meets the ego's go through the separating-axis test
-        reach = world.bounding_radius(boxes[..., A.LENGTH], boxes[..., A.WIDTH]) + EGO_RADIUS
-        near = valid & (_centre_distance(ego, boxes) <= reach)
-        index, kept, (near_boxes,) = world.compact(near, boxes)
-        hit_near = world.overlap(corners[:, :, None], world.agent_corners(near_boxes)) & kept
-        hit = torch.zeros_like(valid).scatter(2, index, hit_near)
-        b, f = frames.shape
-        drivable = world.in_grid(corners.reshape(b, f * 4, 2), ep.drivable, ep.grid_origin, ep.grid_res)
-        flat = (b * f,)
-        ttc = _ttc_violation(
-            ego.reshape(*flat, -1),
-            boxes.reshape(*flat, *boxes.shape[2:]),
-            (valid & ~hit).reshape(*flat, -1),
-            types.reshape(*flat, -1),
-        ).reshape(b, f)
-        out = {
-            "collision": (hit_near & _at_fault(ego, near_boxes)).any(-1).any(-1),
-            "drivable_area": ~drivable.all(-1),
-            "ttc": ttc.any(-1),
-            "deviation": _deviation(ego, ep.ego[:, :, :3], self.config).any(-1),
-        }
-        out = {k: v & active for k, v in out.items()}
+        checks = frame_checks(
+            ego,
+            boxes,
+            valid,
+            types,
+            ep.drivable,
+            ep.grid_origin,
+            ep.grid_res,
+            ep.ego[:, :, :3],
+            max_checked_agents=cfg.max_checked_agents,
+            max_deviation_m=cfg.max_deviation_m,
+            max_heading_deviation_rad=cfg.max_heading_deviation_rad,
+        )
+        out = {k: v & active for k, v in checks.items()}
         out["frame"] = frames[:, -1]
         return out
 
@@ -310,7 +292,7 @@ class BEVWarpEnv:
     ) -> tuple[EnvState, torch.Tensor, torch.Tensor, dict[str, Any]]:
         ep = state.episodes
         frame = torch.where(active, checks["frame"], state.frame)
-        s, _, _ = world.project(ego[:, :2], ep.route)
+        s, _, _ = project(ego[:, :2], ep.route)
         s = torch.where(active, s, state.route_s)
         sub = {
             "collision": -checks["collision"].double(),
@@ -351,31 +333,30 @@ class BEVWarpEnv:
 
 
 def summary(state: EnvState) -> dict[str, torch.Tensor]:
-    """Per-episode ``(B,)`` results so far: flags, progress (m and ratio to the expert's) and a nuPlan-like score.
+    """Per-episode ``(B,)`` results so far: flags, progress (m and ratio to the expert's) and a nuPlan-like score
+    (:func:`rewards.torch.closed_loop.episode_score`).
 
     ``score = no_at_fault_collision * drivable * (5 progress_ratio + 5 ttc_ok + 2 comfortable) / 12``.
     """
     ep = state.episodes
     rows = torch.arange(ep.batch_size, device=state.ego.device)
     expert_end = ep.ego[rows, ep.num_frames - 1, :2]
-    expert_s, _, _ = world.project(expert_end, ep.route)
+    expert_s, _, _ = project(expert_end, ep.route)
     expert = (expert_s - state.route_s0).clamp_min(0.0)
     progress = state.route_s - state.route_s0
-    ratio = torch.where(expert > 5.0, (progress / expert.clamp_min(1e-6)).clamp(0.0, 1.0), torch.ones_like(progress))
-    no_col = (~state.flags["collision"]).double()
-    drivable = (~state.flags["drivable_area"]).double()
-    ttc = (~state.flags["ttc"]).double()
-    comfort = (~state.flags["comfort"]).double()
+    ratio = progress_ratio(progress, expert)
+    flags = state.flags
+    score = episode_score(flags["collision"], flags["drivable_area"], flags["ttc"], flags["comfort"], ratio)
     return {
-        "collision": state.flags["collision"],
-        "off_road": state.flags["drivable_area"],
-        "deviation": state.flags["deviation"],
+        "collision": flags["collision"],
+        "off_road": flags["drivable_area"],
+        "deviation": flags["deviation"],
         "progress_m": progress,
         "expert_progress_m": expert,
         "progress_ratio": ratio,
-        "ttc_ok": ttc.bool(),
-        "comfortable": comfort.bool(),
-        "score": no_col * drivable * (5 * ratio + 5 * ttc + 2 * comfort) / 12.0,
+        "ttc_ok": ~flags["ttc"],
+        "comfortable": ~flags["comfort"],
+        "score": score,
         "steps": torch.full_like(progress, float(state.step_index)),
         "reason": state.reason,
     }
@@ -403,86 +384,6 @@ def _sample(times: torch.Tensor, poses: torch.Tensor, query: torch.Tensor) -> to
     p = torch.cat([poses[..., :2], unwrapped[..., None]], -1)
     out = p[:, idx - 1] * (1 - w) + p[:, idx] * w
     return torch.cat([out[..., :2], normalize_angle(out[..., 2:])], -1)
-
-
-def _nearest(
-    ego: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, types: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``k`` valid agents nearest to the ego (centre distance) per frame: boxes ``(B, F, k, 7)``, valid, types.
-
-    Unchanged when there are at most ``k`` agents (a static shape test, no data-dependent branch).
-    """
-    if boxes.shape[2] <= k:
-        return boxes, valid, types
-    dist = torch.hypot(boxes[..., A.X] - ego[..., None, 0], boxes[..., A.Y] - ego[..., None, 1])
-    idx = torch.where(valid, dist, torch.full_like(dist, math.inf)).topk(k, dim=-1, largest=False).indices
-    near = torch.gather(boxes, 2, idx[..., None].expand(*idx.shape, boxes.shape[-1]))
-    return near, torch.gather(valid, 2, idx), torch.gather(types, 2, idx)
-
-
-def _at_fault(ego: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """``(..., N)`` bool: a collision of the ego ``(..., 11)`` with that box ``(..., N, 7)`` would be its fault.
-
-    nuPlan's collision types: not at fault when the ego is stopped or the track hits it from behind (beyond
-    150 degrees); front, lateral and stopped-track collisions count (lateral ones always, a simplification).
-    """
-    ego_speed = torch.hypot(ego[..., S.VX], ego[..., S.VY])
-    d = boxes[..., :2] - ego[..., None, :2]
-    ang = normalize_angle(torch.atan2(d[..., 1], d[..., 0]) - ego[..., None, 2]).abs()
-    return (ego_speed[..., None] > STOPPED_SPEED_THRESHOLD) & (ang <= REAR_ANGLE_RAD)
-
-
-def _centre_distance(ego: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """``(..., N)`` distance from the ego footprint's centre (``(..., 11)`` rear-axle states) to box centres."""
-    cx = ego[..., 0] + PACIFICA.rear_axle_to_center * torch.cos(ego[..., 2])
-    cy = ego[..., 1] + PACIFICA.rear_axle_to_center * torch.sin(ego[..., 2])
-    return torch.hypot(boxes[..., A.X] - cx[..., None], boxes[..., A.Y] - cy[..., None])
-
-
-def _ttc_violation(ego: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` bool: with constant velocities, the ego box would hit a track ahead within 0.95 s.
-
-    Tracks that cannot reach the ego in that time (centre distance beyond both bounding radii plus both
-    speeds times the horizon) are left out before the box tests; the result is the same.
-    """
-    speed = torch.hypot(ego[:, S.VX], ego[:, S.VY])
-    d = boxes[..., :2] - ego[:, None, :2]
-    ang = normalize_angle(torch.atan2(d[..., 1], d[..., 0]) - ego[:, None, 2]).abs()
-    static = torch.isin(types, torch.tensor([int(t) for t in STATIC_TYPES], device=types.device))
-    trk_v = torch.where(static[..., None], torch.zeros_like(boxes[..., 3:5]), boxes[..., 3:5])
-    times = torch.arange(1, int(LEAST_MIN_TTC_S / 0.1 + 1e-9) + 1, dtype=ego.dtype, device=ego.device) * 0.1  # (K,)
-    horizon = float(times[-1])
-    reach = EGO_RADIUS + world.bounding_radius(boxes[..., A.LENGTH], boxes[..., A.WIDTH])
-    reach = reach + (speed[:, None] + torch.linalg.norm(trk_v, dim=-1)) * horizon
-    relevant = valid & (ang < AHEAD_ANGLE_RAD) & (speed[:, None] > 5e-3) & (_centre_distance(ego, boxes) <= reach)
-    _, kept, (boxes, trk_v) = world.compact(relevant, boxes, trk_v)
-    pose = ego[:, None, :3].expand(-1, len(times), -1).clone()  # (B, K, 3)
-    pose[..., 0] += speed[:, None] * torch.cos(ego[:, None, 2]) * times
-    pose[..., 1] += speed[:, None] * torch.sin(ego[:, None, 2]) * times
-    moved = boxes[:, None].expand(-1, len(times), -1, -1).clone()  # (B, K, M, 7)
-    moved[..., :2] += trk_v[:, None] * times[None, :, None, None]
-    hit = world.overlap(world.ego_corners(pose)[:, :, None], world.agent_corners(moved)).any(1)
-    return (hit & kept).any(-1)
-
-
-def _deviation(ego: torch.Tensor, expert: torch.Tensor, cfg: EnvConfig) -> torch.Tensor:
-    """``(B, F)`` bool: ego ``(B, F, 11)`` farther than the limit from the expert path ``(B, T, 3)`` or turned away.
-
-    The path goes on straight for ``PATH_EXTENSION_M`` past both ends (along the first / last logged heading), so
-    stopping short of a moving expert's end or creeping past a stopped expert is progress, not a deviation.
-    """
-    first, last = expert[:, :1], expert[:, -1:]
-    path = torch.cat([_ahead(first, -PATH_EXTENSION_M), expert, _ahead(last, PATH_EXTENSION_M)], 1)
-    _, dist, k = world.project(ego[..., :2], path[..., :2])
-    ref_heading = torch.gather(path[..., 2], 1, k)
-    head = normalize_angle(ego[..., 2] - ref_heading).abs()
-    return (dist > cfg.max_deviation_m) | (head > cfg.max_heading_deviation_rad)
-
-
-def _ahead(poses: torch.Tensor, distance: float) -> torch.Tensor:
-    """Poses ``(..., 3)`` moved ``distance`` metres along their heading."""
-    h = poses[..., 2:3]
-    return torch.cat([poses[..., :1] + distance * torch.cos(h), poses[..., 1:2] + distance * torch.sin(h), h], -1)
 
 
 def expert_trajectories(state: EnvState, num_poses: int = 8, interval_s: float = 0.5) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from bev_warp.env import BEVWarpEnv, EnvState
 from planners.features import agent_tokens
 from simulation.protocols import Observation, Planner
-from simulation.types import Agents, DrivingCommand, EgoStates, LogWindow, StateIndex, TrafficLights
+from simulation.types import DrivingCommand, EgoStates, LogWindow, StateIndex
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +34,8 @@ def log_frame(state: EnvState, scene: LogWindow, i: int) -> int:
 def observation(state: EnvState, i: int, scene: LogWindow, map_api: Any) -> Observation:
     """What a vector planner sees in episode ``i``: one-sample history (the simulated ego now), logged agents."""
     k = log_frame(state, scene, i)
-    ts = scene.timestamps_us[k : k + 1]
-    agents = Agents(
-        scene.agents.boxes[k : k + 1], scene.agents.types, scene.agents.track_ids, scene.agents.valid[k : k + 1]
-    )
-    lights = TrafficLights(scene.traffic_lights.lane_connector_ids, scene.traffic_lights.status[k : k + 1])
-    return Observation(
-        ego_history=EgoStates(state.ego[i].detach().cpu().numpy()[None].copy(), ts),
-        agents=agents,
-        traffic_lights=lights,
-        route_roadblock_ids=tuple(scene.route_roadblock_ids),
-        map_name=scene.map_name,
-        map_api=map_api,
-        driving_command=int(getattr(scene, "driving_command", DrivingCommand.UNKNOWN)),
-        goal=getattr(scene, "goal", None),
-        log=scene,
-        log_index=k,
-    )
+    ego = EgoStates(state.ego[i].detach().cpu().numpy()[None].copy(), scene.timestamps_us[k : k + 1])
+    return Observation.from_window(scene, slice(k, k + 1), map_api, ego_history=ego)
 
 
 def _maps(maps: Sequence[Any] | Any, n: int) -> list[Any]:

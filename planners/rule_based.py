@@ -27,11 +27,11 @@ from simulation.geometry import (
     global_to_local,
     interpolate_polyline,
     normalize_angle,
-    polyline_lengths,
     project_on_polyline,
     rear_axle_to_center,
 )
 from simulation.kinematics import simulate_proposals
+from simulation.metric_cache import MAP_RADIUS, OBSERVATION_STEPS, MapContext, build_observation_metric_cache
 from simulation.protocols import Observation
 from simulation.types import AgentIndex, StateIndex, TrafficLightStatus, Trajectory
 
@@ -277,82 +277,15 @@ def constant_velocity_forecast(boxes: np.ndarray, num_steps: int, dt: float = RO
 MAP_CONTEXT_REUSE_M = 20.0
 
 
-@dataclass
-class _MapContext:
-    map_api: Any
-    center: np.ndarray
-    ids: np.ndarray
-    layers: np.ndarray
-    grid: Any
-
-
-def _map_context(map_api: Any, center: np.ndarray, previous: _MapContext | None) -> _MapContext:
+def _map_context(map_api: Any, center: np.ndarray, previous: MapContext | None) -> MapContext:
     """Drivable-map polygons and their grid around ``center`` ``(2,)``, reusing ``previous`` when still valid."""
-    from simulation.metric_cache import MAP_RADIUS, drivable_map_polygons
-    from simulation.polygon_grid import PolygonGrid
-
     if (
         previous is not None
         and previous.map_api is map_api
         and float(np.hypot(*(center - previous.center))) <= MAP_CONTEXT_REUSE_M
     ):
         return previous
-    ids, layers, polys = drivable_map_polygons(map_api, center, MAP_RADIUS + MAP_CONTEXT_REUSE_M)
-    return _MapContext(
-        map_api, center.copy(), np.array(ids, dtype=str), np.array(layers, dtype=np.int64), PolygonGrid.build(polys)
-    )
-
-
-def observation_metric_cache(
-    observation: Observation,
-    path: np.ndarray,
-    route_lanes: set[str],
-    version: str = "v1",
-    map_context: _MapContext | None = None,
-) -> Any:
-    """PDM-Closed's own scoring context (a :class:`~simulation.metric_cache.MetricCache`) from an observation.
-
-    Agents are the current detections forecast at constant velocity; the drivable map, on-route lanes and
-    centre line come from the map; red on-route lane connectors of the current frame are held over the
-    horizon. The reference / human states are placeholders (PDM-Closed normalises progress over its own
-    proposals).
-    """
-    from simulation.metric_cache import NUM_STEPS, OBSERVATION_STEPS, MetricCache
-    from simulation.polygon_grid import PolygonSet
-
-    map_api = observation.map_api
-    state = np.asarray(observation.current_state, dtype=np.float64)
-    center = rear_axle_to_center(state[:3])[:2]
-    ctx = map_context if map_context is not None else _map_context(map_api, center, None)
-    agents = observation.agents
-    valid_now = agents.valid[-1] if agents.num_agents else np.zeros(0, bool)
-    boxes = constant_velocity_forecast(_current_agents(observation), OBSERVATION_STEPS[version])
-    red_ids = np.array(_red_connector_ids(observation, route_lanes), dtype=str)
-    placeholder = np.repeat(state[None], NUM_STEPS, axis=0)
-    return MetricCache(
-        token="pdm_closed",
-        log_name="",
-        map_name=observation.map_name,
-        version=version,
-        current_state=state,
-        agent_boxes=boxes,
-        agent_valid=np.ones(boxes.shape[:2], dtype=bool),
-        agent_types=np.asarray(agents.types, dtype=np.int64)[valid_now],
-        agent_track_ids=np.asarray(agents.track_ids).astype(str)[valid_now],
-        map_grid=ctx.grid,
-        map_ids=ctx.ids,
-        map_layers=ctx.layers,
-        route_lane_ids=np.array(sorted(route_lanes), dtype=str),
-        centerline=path,
-        centerline_s=polyline_lengths(path),
-        red_connector_ids=red_ids,
-        red_mask=np.ones((NUM_STEPS, len(red_ids)), dtype=bool),
-        red_polygons=PolygonSet.from_geometries([map_api.lane_connector_polygon(i) for i in red_ids]),
-        reference_states=placeholder,
-        human_trajectory=np.zeros((8, 3)),
-        human_states=placeholder,
-        history_states=np.zeros((0, 11)),
-    )
+    return MapContext.build(map_api, center, MAP_RADIUS + MAP_CONTEXT_REUSE_M)
 
 
 class PDMClosedPlanner:
@@ -381,7 +314,7 @@ class PDMClosedPlanner:
         self.num_poses, self.interval_s = num_poses, interval_s
         self.lateral_offsets, self.speed_fractions, self.params = lateral_offsets, speed_fractions, params
         self.last_scores: dict[str, np.ndarray] = {}
-        self._map_context: _MapContext | None = None
+        self._map_context: MapContext | None = None
         self._route_cache = _RouteCache()
 
     def proposals(self, observation: Observation, ctx: _RouteContext) -> np.ndarray:
@@ -429,7 +362,14 @@ class PDMClosedPlanner:
         states = simulate_proposals(state, local, self.interval_s)
         center = rear_axle_to_center(state[:3])[:2]
         self._map_context = _map_context(observation.map_api, center, self._map_context)
-        cache = observation_metric_cache(observation, ctx.path, ctx.route_lanes, map_context=self._map_context)
+        cache = build_observation_metric_cache(
+            observation,
+            ctx.path,
+            ctx.route_lanes,
+            constant_velocity_forecast(_current_agents(observation), OBSERVATION_STEPS["v1"]),
+            _red_connector_ids(observation, ctx.route_lanes),
+            self._map_context,
+        )
         scores = self._score(cache, states)
         self.last_scores = {"score": scores}
         best = int(np.argmax(scores))

@@ -8,9 +8,14 @@ Two scores:
   averaged over waypoints. 0 = all candidates identical.
 - :func:`footprint_diversity` (DiffusionDrive's mode-diversity score): ``1 - mean_i IoU(F_i, U_j F_j)`` where
   ``F_i`` is the set of raster cells the i-th trajectory's polyline passes within ``half_width`` of.
+
+:class:`CandidateDiversity` is the pairwise score as a benchmark candidate metric
+(:class:`simulation.protocols.CandidateMetric`, composed by ``configs/bench/protocol/navsim_*.yaml``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,6 +32,19 @@ def pairwise_diversity(candidates: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     raw = dist[..., iu[0], iu[1], :].mean(-2)  # (..., N)
     scale = np.linalg.norm(p, axis=-1).mean(-2)  # (..., N)
     return np.minimum(1.0, raw / (eps + scale)).mean(-1)
+
+
+@dataclass(frozen=True)
+class CandidateDiversity:
+    """:func:`pairwise_diversity` of one scene's candidates ``(K, N, 2+)``; ``None`` for fewer than two."""
+
+    eps: float = 1e-6
+
+    def __call__(self, candidates: np.ndarray) -> float | None:
+        c = np.asarray(candidates, dtype=np.float64)
+        if c.ndim != 3 or c.shape[0] < 2:
+            return None
+        return float(pairwise_diversity(c[None, ..., :2], self.eps)[0])
 
 
 def _footprints(candidates: np.ndarray, cell: float, half_width: float, samples_per_m: float) -> list[set]:

@@ -182,17 +182,12 @@ class ClosedLoopSimulator:
         n = self.config.buffer_size
         sc = state.scenario
         frames = np.clip(np.arange(state.frame - len(state.timestamps_us[-n:]) + 1, state.frame + 1), 0, None)
-        lights = TrafficLights(sc.traffic_lights.lane_connector_ids, sc.traffic_lights.status[np.clip(frames, 0, None)])
-        return Observation(
+        return Observation.from_window(
+            sc,
+            frames,
+            state.map_api,
             ego_history=EgoStates(state.ego_states[-n:], state.timestamps_us[-n:]),
             agents=Agents(state.agent_boxes[-n:], sc.agents.types, sc.agents.track_ids, state.agent_valid[-n:]),
-            traffic_lights=lights,
-            route_roadblock_ids=sc.route_roadblock_ids,
-            map_name=sc.map_name,
-            map_api=state.map_api,
-            goal=sc.goal,
-            log=sc,
-            log_index=state.frame,
         )
 
     def step(self, state: SimState, trajectory: Trajectory | None, error: str | None = None) -> SimState:

@@ -2,14 +2,17 @@
 
 :func:`build_metric_cache` reads the map and the log once (specs/navsim.md §3.6-3.8, §5.3); scoring then never
 touches either. The reference planner (PDM-Closed) and the tracker are passed in, so this module imports no
-planner. Files are ``.npz`` archives (no pickling) written atomically and checked for their format version.
+planner. :func:`build_observation_metric_cache` builds the same record from one planning step's observation, for a
+planner that scores its own proposals (PDM-Closed). The inputs (10 Hz agents, history, drivable map, red lights)
+are read by :mod:`simulation.metric_cache_inputs`. Files are ``.npz`` archives (no pickling) written atomically
+and checked for their format version.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -26,20 +29,49 @@ from simulation.geometry import (
 )
 from simulation.io import atomic_write
 from simulation.maps.layers import SemanticMapLayer
+from simulation.metric_cache_inputs import (
+    DT,
+    LOG_INTERVAL_S,
+    MAP_RADIUS,
+    NUM_STEPS,
+    MapContext,
+    drivable_map_polygons,
+    interpolate_agents,
+    interpolate_history,
+    red_light_masks,
+)
 from simulation.polygon_grid import PolygonGrid, PolygonSet
-from simulation.protocols import Planner
-from simulation.types import DYNAMIC_TYPES, AgentIndex, Scene, StateIndex, TrafficLightStatus, Trajectory
+from simulation.protocols import Observation, Planner
+from simulation.types import AgentIndex, Scene, Trajectory
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "DRIVABLE_LAYERS",
+    "DT",
+    "LANE_LAYERS",
+    "LOG_INTERVAL_S",
+    "MAP_RADIUS",
+    "NUM_STEPS",
+    "OBSERVATION_STEPS",
+    "MapContext",
+    "MetricCache",
+    "MetricCacheError",
+    "ReferencePlanner",
+    "Simulator",
+    "build_metric_cache",
+    "build_observation_metric_cache",
+    "drivable_map_polygons",
+    "interpolate_agents",
+    "interpolate_history",
+    "red_light_masks",
+    "reference_poses",
+]
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
-#: Scored horizon: 40 steps of 0.1 s after the current state.
-NUM_STEPS = 41
-DT = 0.1
 #: Observation length (10 Hz samples incl. t = 0): v1 keeps 5 s so that TTC can look 0.9 s past 4 s; v2 keeps 4 s.
 OBSERVATION_STEPS = {"v1": 51, "v2": 41}
-MAP_RADIUS = 100.0  # m around the ego centre
-LOG_INTERVAL_S = 0.5
 #: Layers whose polygons make up the drivable area (lanes are tested separately).
 DRIVABLE_LAYERS = (
     SemanticMapLayer.ROADBLOCK,
@@ -232,126 +264,6 @@ def _from_arrays(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MetricC
 # ----------------------------------------------------------------------------------------------- building
 
 
-def interpolate_agents(
-    boxes: np.ndarray, valid: np.ndarray, types: np.ndarray, num_steps: int, log_interval_s: float = LOG_INTERVAL_S
-) -> tuple[np.ndarray, np.ndarray]:
-    """Log-replay agents at 10 Hz, following NAVSIM's metric caching (specs/navsim.md §3.6).
-
-    Each track is linearly interpolated (x, y, unwrapped heading, velocity) between its first and last
-    observed frame; it does not exist outside them. A track seen in a single frame is kept, unmoved, at
-    every step. Sizes come from the first observation; static object types get zero velocity.
-
-    Args:
-        boxes: ``(F, N, 7)`` global boxes at the log frames, frame 0 = current (t = 0).
-        valid: ``(F, N)`` bool.
-        types: ``(N,)`` ``TrackedObjectType`` ids.
-        num_steps: number of 0.1 s samples (51 for 5 s, 41 for 4 s).
-
-    Returns:
-        boxes ``(num_steps, N, 7)`` and valid ``(num_steps, N)``.
-    """
-    horizon = (num_steps - 1) * DT
-    n_frames = min(boxes.shape[0], int(round(horizon / log_interval_s)) + 1)
-    frame_t = np.arange(n_frames, dtype=np.float64) * log_interval_s
-    step_t = np.arange(num_steps, dtype=np.float64) * DT
-    n = boxes.shape[1]
-    out = np.zeros((num_steps, n, 7))
-    out_valid = np.zeros((num_steps, n), dtype=bool)
-    dynamic = np.isin(types, [int(t) for t in DYNAMIC_TYPES])
-    for k in range(n):
-        f = np.flatnonzero(valid[:n_frames, k])
-        if len(f) == 0:
-            continue
-        first = boxes[f[0], k]
-        if len(f) == 1:
-            out[:, k] = first
-            out_valid[:, k] = True
-        else:
-            mask = (frame_t[f[0]] <= step_t) & (step_t <= frame_t[f[-1]])
-            t, src = step_t[mask], boxes[f, k]
-            heading = np.unwrap(src[:, AgentIndex.HEADING])
-            out[mask, k, AgentIndex.X] = np.interp(t, frame_t[f], src[:, AgentIndex.X])
-            out[mask, k, AgentIndex.Y] = np.interp(t, frame_t[f], src[:, AgentIndex.Y])
-            out[mask, k, AgentIndex.HEADING] = normalize_angle(np.interp(t, frame_t[f], heading))
-            out[mask, k, AgentIndex.VX] = np.interp(t, frame_t[f], src[:, AgentIndex.VX])
-            out[mask, k, AgentIndex.VY] = np.interp(t, frame_t[f], src[:, AgentIndex.VY])
-            out[mask, k, AgentIndex.LENGTH] = first[AgentIndex.LENGTH]
-            out[mask, k, AgentIndex.WIDTH] = first[AgentIndex.WIDTH]
-            out_valid[mask, k] = True
-        if not dynamic[k]:
-            out[:, k, AgentIndex.VX] = 0.0
-            out[:, k, AgentIndex.VY] = 0.0
-    return out, out_valid
-
-
-def interpolate_history(states: np.ndarray, timestamps_us: np.ndarray) -> np.ndarray:
-    """Past ego states ``(H, 11)`` at 0.1 s from the oldest history frame, the last sample (t = 0) excluded.
-
-    Linear in every column except the heading (interpolated on the unwrapped angle), from ``states`` ``(F, 11)``
-    at ``timestamps_us`` ``(F,)`` (oldest first, current last).
-    """
-    t_us = np.arange(timestamps_us[0], timestamps_us[-1], 100_000, dtype=np.int64)[:-1]
-    out = np.empty((len(t_us), states.shape[1]))
-    unwrapped = states.copy()
-    unwrapped[:, StateIndex.HEADING] = np.unwrap(states[:, StateIndex.HEADING])
-    for c in range(states.shape[1]):
-        out[:, c] = np.interp(t_us, timestamps_us, unwrapped[:, c])
-    out[:, StateIndex.HEADING] = normalize_angle(out[:, StateIndex.HEADING])
-    return out
-
-
-def drivable_map_polygons(map_api: Any, center: np.ndarray, radius: float = MAP_RADIUS) -> tuple[list, list, list]:
-    """PDM's drivable map around ``center`` ``(2,)``: ``(ids, layers, polygons)`` of the roadblocks, their lanes,
-    the lane connectors of the roadblock connectors, intersections and carparks within ``radius``."""
-    near = map_api.proximal_ids(
-        center,
-        radius,
-        [
-            SemanticMapLayer.ROADBLOCK,
-            SemanticMapLayer.ROADBLOCK_CONNECTOR,
-            SemanticMapLayer.INTERSECTION,
-            SemanticMapLayer.CARPARK_AREA,
-        ],
-    )
-    ids: list[str] = []
-    layers: list[int] = []
-    polys: list[Any] = []
-
-    def add(i: str, layer: SemanticMapLayer, poly: Any) -> None:
-        ids.append(str(i))
-        layers.append(int(layer))
-        polys.append(poly)
-
-    for rb_id in near[SemanticMapLayer.ROADBLOCK]:
-        rb = map_api.roadblocks[rb_id]
-        add(rb_id, SemanticMapLayer.ROADBLOCK, rb.polygon)
-        for lane_id in rb.interior_ids:
-            add(lane_id, SemanticMapLayer.LANE, map_api.lanes[lane_id].polygon)
-    for rbc_id in near[SemanticMapLayer.ROADBLOCK_CONNECTOR]:
-        for lc_id in map_api.roadblock_connectors[rbc_id].interior_ids:
-            add(lc_id, SemanticMapLayer.LANE_CONNECTOR, map_api.lane_connectors[lc_id].polygon)
-    for layer in (SemanticMapLayer.INTERSECTION, SemanticMapLayer.CARPARK_AREA):
-        geoms = map_api.polygons(layer)
-        for i in near[layer]:
-            add(i, layer, geoms[i])
-    return ids, layers, polys
-
-
-def red_light_masks(
-    scene: Scene, route_lane_ids: set[str], num_steps: int = NUM_STEPS
-) -> tuple[np.ndarray, np.ndarray]:
-    """On-route red lane connectors per 0.1 s step (status held over each log interval): ``(ids (R,), mask (T, R))``."""
-    ci = scene.current_index
-    steps_per_frame = int(round(LOG_INTERVAL_S / DT))
-    frames = np.minimum(ci + np.arange(num_steps) // steps_per_frame, scene.num_frames - 1)
-    tl = scene.traffic_lights
-    ids = np.array([str(i) for i in tl.lane_connector_ids])
-    on_route = np.isin(ids, sorted(route_lane_ids)) if len(ids) else np.zeros(0, bool)
-    red = (tl.status[frames] == TrafficLightStatus.RED) & on_route[None, :]
-    keep = red.any(0)
-    return ids[keep], red[:, keep]
-
-
 def reference_poses(
     planner: ReferencePlanner, scene: Scene, map_api: Any, interval_s: float = LOG_INTERVAL_S
 ) -> np.ndarray:
@@ -359,9 +271,7 @@ def reference_poses(
     interval: linear in x, y and the unwrapped heading)."""
     plan: np.ndarray | Trajectory
     if hasattr(planner, "plan"):
-        from simulation.evaluation.units import observation_from_scene
-
-        plan = planner.plan(observation_from_scene(scene, map_api))
+        plan = planner.plan(Observation.from_window(scene, None, map_api))
     elif callable(planner):
         plan = planner(scene, map_api)
     else:
@@ -403,6 +313,42 @@ def _simulated_plans(
     return human, human_states, np.asarray(ref_states, dtype=np.float64)
 
 
+def _check_scene(scene: Scene, version: str) -> None:
+    if version not in OBSERVATION_STEPS:
+        raise MetricCacheError(f"{scene.token}: unknown metric cache version {version!r}")
+    if scene.num_future_frames < 8:
+        raise MetricCacheError(f"{scene.token}: needs 8 future frames, has {scene.num_future_frames}")
+
+
+def _map_fields(
+    map_api: Any,
+    map_context: MapContext,
+    route_lanes: set[str],
+    centerline: np.ndarray,
+    red_ids: np.ndarray,
+    red_mask: np.ndarray,
+) -> dict[str, Any]:
+    """The map, route and red-light fields of a :class:`MetricCache` (red polygons read from ``map_api``)."""
+    return {
+        "map_grid": map_context.grid,
+        "map_ids": map_context.ids,
+        "map_layers": map_context.layers,
+        "route_lane_ids": np.array(sorted(route_lanes), dtype=str),
+        "centerline": centerline,
+        "centerline_s": polyline_lengths(centerline),
+        "red_connector_ids": red_ids,
+        "red_mask": red_mask,
+        "red_polygons": PolygonSet.from_geometries([map_api.lane_connector_polygon(i) for i in red_ids]),
+    }
+
+
+def _scene_red_lights(scene: Scene, route_lanes: set[str], version: str) -> tuple[np.ndarray, np.ndarray]:
+    """On-route red connectors and their ``(41, R)`` mask for v2; none for v1."""
+    if version == "v2":
+        return red_light_masks(scene, route_lanes)
+    return np.zeros(0, dtype=str), np.zeros((NUM_STEPS, 0), dtype=bool)
+
+
 def build_metric_cache(
     scene: Scene,
     map_api: Any,
@@ -420,33 +366,19 @@ def build_metric_cache(
         version: ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
         simulate: tracker + bicycle model; defaults to :func:`simulation.kinematics.simulate_proposals`.
     """
-    if version not in OBSERVATION_STEPS:
-        raise MetricCacheError(f"{scene.token}: unknown metric cache version {version!r}")
+    _check_scene(scene, version)
     ci = scene.current_index
-    if scene.num_future_frames < 8:
-        raise MetricCacheError(f"{scene.token}: needs 8 future frames, has {scene.num_future_frames}")
     simulate = simulate or _default_simulator()
     current = np.asarray(scene.current_ego, dtype=np.float64)
     pose = current[:3]
-    center = rear_axle_to_center(pose)[:2]
-
-    ids, layers, polys = drivable_map_polygons(map_api, center)
+    map_context = MapContext.build(map_api, rear_axle_to_center(pose)[:2])
     route_ids = map_api.route_roadblock_ids(scene.route_roadblock_ids)
     route_lanes = map_api.route_lane_ids(route_ids)
     centerline = np.asarray(map_api.route_centerline(route_ids, pose), dtype=np.float64)
-
-    t_obs = OBSERVATION_STEPS[version]
     a = scene.agents
-    boxes, valid = interpolate_agents(a.boxes[ci:], a.valid[ci:], a.types, t_obs)
-    if version == "v2":
-        red_ids, red_mask = red_light_masks(scene, route_lanes)
-    else:
-        red_ids, red_mask = np.zeros(0, dtype=str), np.zeros((NUM_STEPS, 0), dtype=bool)
-    red_polys = PolygonSet.from_geometries([map_api.lane_connector_polygon(i) for i in red_ids])
-
+    boxes, valid = interpolate_agents(a.boxes[ci:], a.valid[ci:], a.types, OBSERVATION_STEPS[version])
+    red_ids, red_mask = _scene_red_lights(scene, route_lanes, version)
     human, human_states, reference_states = _simulated_plans(scene, map_api, reference_planner, simulate)
-    history = interpolate_history(scene.ego.states[: ci + 1], scene.timestamps_us[: ci + 1])
-
     cache = MetricCache(
         token=scene.token,
         log_name=scene.log_name,
@@ -457,19 +389,59 @@ def build_metric_cache(
         agent_valid=valid,
         agent_types=np.asarray(a.types, dtype=np.int64),
         agent_track_ids=np.asarray(a.track_ids).astype(str),
-        map_grid=PolygonGrid.build(polys),
-        map_ids=np.array(ids, dtype=str),
-        map_layers=np.array(layers, dtype=np.int64),
-        route_lane_ids=np.array(sorted(route_lanes), dtype=str),
-        centerline=centerline,
-        centerline_s=polyline_lengths(centerline),
-        red_connector_ids=red_ids,
-        red_mask=red_mask,
-        red_polygons=red_polys,
+        **_map_fields(map_api, map_context, route_lanes, centerline, red_ids, red_mask),
         reference_states=reference_states,
         human_trajectory=human,
         human_states=human_states,
-        history_states=history,
+        history_states=interpolate_history(scene.ego.states[: ci + 1], scene.timestamps_us[: ci + 1]),
     )
     cache.validate()
     return cache
+
+
+def build_observation_metric_cache(
+    observation: Observation,
+    centerline: np.ndarray,
+    route_lanes: set[str],
+    agent_boxes: np.ndarray,
+    red_connector_ids: Sequence[str],
+    map_context: MapContext,
+    version: str = "v1",
+) -> MetricCache:
+    """The metric cache of one planning step seen from an observation, with no logged future (a planner scoring
+    its own proposals: PDM-Closed).
+
+    Args:
+        observation: the planner's observation (its current ego state, the agents valid at the current frame).
+        centerline: ``(C, 2)`` the route centre line in use. route_lanes: ids of the on-route lanes.
+        agent_boxes: ``(OBSERVATION_STEPS[version], M, 7)`` the planner's forecast of the ``M`` agents valid at
+            the current frame (e.g. constant velocity).
+        red_connector_ids: on-route lane connectors red now; held red over the whole horizon.
+        map_context: the drivable map around the ego (at least :data:`MAP_RADIUS` around it).
+        version: ``"v1"`` or ``"v2"``.
+
+    The reference and human states are the current state held (placeholders: such a planner normalises progress
+    over its own proposals); there is no history. Not validated (a planner's hot path).
+    """
+    state = np.asarray(observation.current_state, dtype=np.float64)
+    agents = observation.agents
+    valid_now = agents.valid[-1] if agents.num_agents else np.zeros(0, bool)
+    red_ids = np.array(red_connector_ids, dtype=str)
+    placeholder = np.repeat(state[None], NUM_STEPS, axis=0)
+    red_mask = np.ones((NUM_STEPS, len(red_ids)), dtype=bool)
+    return MetricCache(
+        token="pdm_closed",
+        log_name="",
+        map_name=observation.map_name,
+        version=version,
+        current_state=state,
+        agent_boxes=agent_boxes,
+        agent_valid=np.ones(agent_boxes.shape[:2], dtype=bool),
+        agent_types=np.asarray(agents.types, dtype=np.int64)[valid_now],
+        agent_track_ids=np.asarray(agents.track_ids).astype(str)[valid_now],
+        **_map_fields(observation.map_api, map_context, route_lanes, centerline, red_ids, red_mask),
+        reference_states=placeholder,
+        human_trajectory=np.zeros((8, 3)),
+        human_states=placeholder,
+        history_states=np.zeros((0, 11)),
+    )

@@ -1,8 +1,9 @@
 """The small protocols that let ``simulation`` run planners and scorers it does not import.
 
 ``simulation`` sits at the bottom of the house: it must not import ``rewards`` or ``planners``.
-The closed-loop runner, the metric-cache builder and the benchmark runner receive planners and
-scorers as objects that satisfy these protocols (composed by Hydra configs with ``_target_``).
+The closed-loop runner, the metric-cache builder and the benchmark runner receive planners, scorers and
+candidate metrics as objects that satisfy these protocols (composed by Hydra configs with ``_target_``).
+:meth:`Observation.from_window` is the one way to build a planner's view of a logged window.
 """
 
 from __future__ import annotations
@@ -44,6 +45,51 @@ class Observation:
     log: LogWindow | None = None
     log_index: int = 0
 
+    @classmethod
+    def from_window(
+        cls,
+        window: LogWindow,
+        frames: slice | np.ndarray | None = None,
+        map_api: Any = None,
+        *,
+        ego_history: EgoStates | None = None,
+        agents: Agents | None = None,
+    ) -> Observation:
+        """The planner's view of ``window`` over ``frames`` (oldest first, the last one current).
+
+        Args:
+            window: the logged scene or scenario.
+            frames: a slice or ``(H,)`` int indices of the window's frames; ``None``: the history up to and
+                including the current frame (``slice(0, current_index + 1)``).
+            map_api: the window's map (``None`` for map-free planners).
+            ego_history: ``H`` ego states replacing the logged ones (a simulated ego).
+            agents: agents over the ``H`` frames replacing the logged ones (simulated or reactive agents).
+
+        Traffic lights are the logged ones at ``frames``; the route, map name, driving command (``UNKNOWN`` for
+        windows without one) and goal come from the window; ``log_index`` is the last of ``frames``.
+        """
+        if frames is None:
+            frames = slice(0, window.current_index + 1)
+        log_index = int(np.arange(window.num_frames)[frames][-1])
+        if ego_history is None:
+            ego_history = EgoStates(window.ego.states[frames], window.ego.timestamps_us[frames])
+        if agents is None:
+            logged = window.agents
+            agents = Agents(logged.boxes[frames], logged.types, logged.track_ids, logged.valid[frames])
+        lights = window.traffic_lights
+        return cls(
+            ego_history=ego_history,
+            agents=agents,
+            traffic_lights=TrafficLights(lights.lane_connector_ids, lights.status[frames]),
+            route_roadblock_ids=tuple(window.route_roadblock_ids),
+            map_name=window.map_name,
+            map_api=map_api,
+            driving_command=int(getattr(window, "driving_command", DrivingCommand.UNKNOWN)),
+            goal=getattr(window, "goal", None),
+            log=window,
+            log_index=log_index,
+        )
+
     @property
     def current_state(self) -> np.ndarray:
         """``(11,)`` current ego state."""
@@ -74,4 +120,17 @@ class Scorer(Protocol):
 
     def score(self, metric_cache: Any, trajectories: np.ndarray) -> dict[str, np.ndarray]:
         """``trajectories``: ``(K, 8, 3)`` poses in the current rear-axle frame of the cached scene."""
+        ...
+
+
+@runtime_checkable
+class CandidateMetric(Protocol):
+    """A per-scene metric of a planner's candidate trajectories (e.g. mode diversity), one column of the results.
+
+    Called with the candidates behind the planner's last plan, ``(K, 8, 2+)`` poses in the current rear-axle frame;
+    returns the value, or ``None`` where the metric is undefined for them (e.g. fewer than two candidates).
+    """
+
+    def __call__(self, candidates: np.ndarray) -> float | None:
+        """The metric of ``candidates`` ``(K, 8, 2+)``."""
         ...

@@ -46,9 +46,11 @@ from torch import nn
 from planners.base import PlanOutput
 from planners.features import PLANNER_RASTER, LearnedPlanner
 from simulation import visualize
+from simulation.evaluation.evaluator import SceneEvaluator
 from simulation.evaluation.protocols import BenchmarkProtocol, get_protocol
+from simulation.evaluation.refs import InMemorySource
 from simulation.evaluation.sources import MapProvider, MetricCacheProvider
-from simulation.evaluation.units import InMemorySource, NavsimUnit, SceneEvaluator
+from simulation.evaluation.units import NavsimUnit
 from simulation.render import RasterConfig, RenderError
 from simulation.types import Scene
 

@@ -1,7 +1,8 @@
 """Build a benchmark's pieces from its resolved config (a plain dict, picklable to workers).
 
 ``build_evaluator(cfg)`` runs inside each worker (process or Ray actor) and instantiates the planner, the
-scorer, the simulator and the data source there, so nothing heavy crosses process boundaries.
+scorer, the candidate metrics, the simulator and the data source there, so nothing heavy crosses process
+boundaries.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from hydra.utils import instantiate
 
 from simulation import visualize
 from simulation.evaluation import pairing
+from simulation.evaluation.evaluator import SceneEvaluator
 from simulation.evaluation.protocols import BenchmarkProtocol, get_protocol
+from simulation.evaluation.refs import SceneRef, SceneSource
 from simulation.evaluation.report import SceneDrawer
-from simulation.evaluation.units import ClosedLoopUnit, NavsimUnit, SceneEvaluator, SceneRef, SceneSource, Unit
-from simulation.protocols import Planner
+from simulation.evaluation.units import ClosedLoopUnit, NavsimUnit, Unit
+from simulation.protocols import CandidateMetric, Planner
 from simulation.types import EgoStates, LogWindow
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,12 @@ def build_maps(cfg: Mapping[str, Any]) -> Callable[[str], Any] | None:
     return None if cfg.get("maps") is None else instantiate(cfg["maps"], _convert_="all")
 
 
+def build_candidate_metrics(cfg: Mapping[str, Any]) -> dict[str, CandidateMetric]:
+    """The protocol's ``candidate_metrics`` (column name -> ``_target_`` entry), instantiated; empty when none."""
+    specs = cfg["protocol"].get("candidate_metrics") or {}
+    return {str(name): instantiate(spec, _convert_="all") for name, spec in specs.items()}
+
+
 @dataclass
 class SimulateClosedLoop:
     """``(scenario, planner, map_api) -> rollout`` with a closed-loop simulator (reactive or not)."""
@@ -62,7 +71,8 @@ def build_unit(cfg: Mapping[str, Any], protocol: BenchmarkProtocol) -> Unit:
     if protocol.is_navsim:
         caches = instantiate(pcfg["metric_cache"], _convert_="all")
         scorer = instantiate(pcfg["scorer"], _convert_="all")
-        return NavsimUnit(planner, scorer, caches, maps, keep_states=protocol.pairs_frames)
+        metrics = build_candidate_metrics(cfg)
+        return NavsimUnit(planner, scorer, caches, maps, keep_states=protocol.pairs_frames, candidate_metrics=metrics)
     simulator = instantiate(pcfg["simulator"], _convert_="all", reactive=bool(pcfg["reactive"]))
     scorer = instantiate(pcfg["scorer"], _convert_="all")
     return ClosedLoopUnit(planner, SimulateClosedLoop(simulator), scorer, maps)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
 
-from simulation.evaluation.units import SceneRef
+from simulation.evaluation.refs import SceneRef
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from simulation.evaluation.executors import Executor, Factory, make_chunks
 from simulation.evaluation.journal import Journal
-from simulation.evaluation.units import SceneRef
+from simulation.evaluation.refs import SceneRef
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from simulation.datasets.scenes import scenario_types_at
-from simulation.evaluation.units import SceneRef
+from simulation.evaluation.refs import SceneRef
 from simulation.types import LogWindow
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rewards.diversity import footprint_diversity, pairwise_diversity
+from rewards.diversity import CandidateDiversity, footprint_diversity, pairwise_diversity
+from simulation.protocols import CandidateMetric
 
 
 def _straight(length: float, lateral: float = 0.0) -> np.ndarray:
@@ -37,3 +38,14 @@ def test_footprint_diversity_grows_with_spread() -> None:
     assert 0.0 < d_close < d_far
     # Disjoint footprints of equal size: each covers half of the union -> 1 - 0.5.
     assert d_far == pytest.approx(0.5, abs=0.05)
+
+
+def test_candidate_diversity_is_pairwise_diversity_of_one_scene() -> None:
+    a, b = _straight(20.0, 1.0), _straight(20.0, -1.0)
+    metric = CandidateDiversity()
+    assert isinstance(metric, CandidateMetric)
+    value = metric(np.stack([a, b]))
+    assert isinstance(value, float) and value == pytest.approx(float(pairwise_diversity(np.stack([a, b]))))
+    poses = np.concatenate([np.stack([a, b]), np.zeros((2, 8, 1))], -1)  # (K, 8, 3): the heading is ignored
+    assert metric(poses) == value
+    assert metric(a[None]) is None and metric(a) is None  # one candidate; not (K, N, 2+)

@@ -22,14 +22,16 @@ from omegaconf import OmegaConf
 from simulation.evaluation.build import with_driven_ego
 from simulation.evaluation.cli import CONFIG_DIR, compose_config
 from simulation.evaluation.cli import main as bench_main
+from simulation.evaluation.evaluator import SceneEvaluator
 from simulation.evaluation.executors import ProcessExecutor, RayExecutor, SequentialExecutor, make_chunks
 from simulation.evaluation.journal import Journal, JournalError
 from simulation.evaluation.pairing import predecessors, with_two_frame_metrics
 from simulation.evaluation.protocols import PROTOCOLS, get_protocol
+from simulation.evaluation.refs import InMemorySource, SceneRef
 from simulation.evaluation.report import scores_table, write_report
 from simulation.evaluation.runner import JOURNAL_NAME, run_benchmark
 from simulation.evaluation.sources import LogSource, frame_scenario_types
-from simulation.evaluation.units import ClosedLoopUnit, InMemorySource, NavsimUnit, SceneEvaluator, SceneRef
+from simulation.evaluation.units import ClosedLoopUnit, NavsimUnit
 from simulation.protocols import Observation
 from simulation.types import STATE_DIM, Agents, EgoStates, LogWindow, Scene, StateIndex, TrafficLights, Trajectory
 from training.cli import COMMANDS
@@ -524,37 +526,3 @@ def test_shipped_targets_resolve_to_real_code() -> None:
         assert callable(get_object(target)), target
     simulator = instantiate({"_target_": "simulation.closed_loop.ClosedLoopSimulator"}, reactive=True)
     assert simulator.config.reactive
-
-
-class TwoCandidatePlanner(FakePlanner):
-    """Constant velocity plus a second candidate 2 m to the left at every pose (kept as ``last_candidates``)."""
-
-    def plan(self, observation: Observation) -> Trajectory:
-        plan = super().plan(observation)
-        other = plan.poses.copy()
-        other[:, 1] += 2.0
-        self.last_candidates = np.stack([plan.poses, other])
-        return plan
-
-
-def test_candidate_diversity_reaches_the_row_details_and_summary(tmp_path: Path) -> None:
-    scenes = toy_scenes()
-    unit = NavsimUnit(TwoCandidatePlanner(), FakeScorer(), scene_as_cache)
-    evaluator = SceneEvaluator(InMemorySource(scenes), unit, get_protocol("navsim_v1"))
-    rows = evaluator(InMemorySource(scenes).refs())
-    # speed 4 m/s: waypoints at 2, 4, ..., 16 m; candidates 2 m apart; DDv2's per-waypoint normalisation by the
-    # mean distance of the two candidates' waypoints from the ego, clipped to 1, averaged over waypoints
-    x = 4.0 * 0.5 * np.arange(1, 9)
-    expected = np.mean(np.minimum(1.0, 2.0 / (1e-6 + (x + np.hypot(x, 2.0)) / 2)))
-    assert rows[4]["diversity"] == pytest.approx(expected)
-    assert rows[0]["diversity"] == pytest.approx(1.0)  # standing still: every waypoint at the origin vs 2 m away
-    plain = SceneEvaluator(InMemorySource(scenes), build_evaluator().unit, get_protocol("navsim_v1"))
-    assert "diversity" not in plain(InMemorySource(scenes).refs()[:1])[0]  # one output: no diversity
-    written = write_report(get_protocol("navsim_v1"), rows, tmp_path, {"planner": "two"})
-    assert "diversity" not in pd.read_csv(written["scores"]).columns  # NAVSIM's CSV stays as NAVSIM writes it
-    details = pd.read_csv(written["details"])
-    assert details["diversity"].iloc[4] == pytest.approx(expected)
-    mean = np.mean([r["diversity"] for r in rows])
-    assert f"Mode diversity of the planner's candidates (x100, mean over valid scenes): {100 * mean:.1f}" in (
-        written["summary"].read_text()
-    )

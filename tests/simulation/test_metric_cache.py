@@ -12,19 +12,24 @@ from hypothesis import strategies as st
 from shapely.geometry import Polygon, box
 
 from rewards.pdm import score_states
-from simulation.geometry import agent_box_corners
+from simulation.geometry import agent_box_corners, rear_axle_to_center
 from simulation.maps.api import MapAPI
 from simulation.maps.layers import SemanticMapLayer
 from simulation.maps.testing import FIXTURE_ORIGIN, build_fixture_map
 from simulation.metric_cache import (
+    MAP_RADIUS,
+    OBSERVATION_STEPS,
+    MapContext,
     MetricCache,
     MetricCacheError,
     build_metric_cache,
+    build_observation_metric_cache,
     interpolate_agents,
     interpolate_history,
     reference_poses,
 )
 from simulation.polygon_grid import PolygonGrid, PolygonSet, box_intersects_polygon
+from simulation.protocols import Observation
 from simulation.types import (
     AGENT_DIM,
     Agents,
@@ -249,3 +254,45 @@ def test_reference_poses_from_planner_and_resampling(fixture_api):
     np.testing.assert_allclose(reference_poses(lambda s, m: fine[4::5], scene, fixture_api), fine[4::5])
     with pytest.raises(MetricCacheError, match="NaN"):
         reference_poses(lambda s, m: np.full((8, 3), np.nan), scene, fixture_api)
+
+
+def test_map_context_is_the_scene_cache_map(fixture_api):
+    scene = _scene(20.0, 5.0, ("2", "103", "4"))
+    cache = build_metric_cache(scene, fixture_api, None, "v1", simulate=_simulate)
+    center = rear_axle_to_center(scene.current_ego[:3])[:2]
+    ctx = MapContext.build(fixture_api, center)
+    assert ctx.map_api is fixture_api and ctx.radius == MAP_RADIUS and ctx.center is not center
+    np.testing.assert_array_equal(ctx.ids, cache.map_ids)
+    np.testing.assert_array_equal(ctx.layers, cache.map_layers)
+    np.testing.assert_array_equal(ctx.grid.cell_polys, cache.map_grid.cell_polys)
+    near = MapContext.build(fixture_api, center, 5.0)
+    assert "2" in set(near.ids.tolist()) and set(near.ids.tolist()) < set(ctx.ids.tolist())
+
+
+def test_observation_metric_cache_holds_the_step(fixture_api):
+    """From one observation: the forecast boxes of the agents valid now, red connectors held red, placeholders."""
+    scene = _scene(-40.0, 8.0, ("1", "101", "2"), red_connector="111")
+    obs = Observation.from_window(scene, None, fixture_api)
+    state = obs.current_state
+    forecast = np.repeat(scene.agents.boxes[scene.current_index][None], OBSERVATION_STEPS["v1"], axis=0)
+    route_ids = fixture_api.route_roadblock_ids(scene.route_roadblock_ids)
+    lanes = fixture_api.route_lane_ids(route_ids)
+    line = np.asarray(fixture_api.route_centerline(route_ids, state[:3]), dtype=np.float64)
+    ctx = MapContext.build(fixture_api, rear_axle_to_center(state[:3])[:2])
+    cache = build_observation_metric_cache(obs, line, lanes, forecast, ["111"], ctx)
+    cache.validate()
+    assert cache.token == "pdm_closed" and cache.version == "v1" and cache.map_name == "fixture-town"
+    assert cache.agent_boxes is forecast and cache.agent_valid.shape == (51, 1) and cache.agent_valid.all()
+    assert cache.agent_track_ids.tolist() == ["p" * 16] and cache.agent_types.dtype == np.int64
+    assert cache.red_connector_ids.tolist() == ["111"] and cache.red_mask.shape == (41, 1) and cache.red_mask.all()
+    assert cache.red_polygons.num_polygons == 1 and cache.map_grid is ctx.grid
+    assert cache.route_lane_ids.tolist() == sorted(lanes) and cache.centerline_s[-1] > 0
+    np.testing.assert_array_equal(cache.reference_states, np.repeat(state[None], 41, axis=0))
+    assert cache.human_trajectory.shape == (8, 3) and cache.history_states.shape == (0, 11)
+    # a plan into the red connector fails traffic-light compliance, one that stops short passes
+    states = np.zeros((2, 41, 11))
+    states[:, :, StateIndex.Y] = OY - 2.0
+    states[0, :, StateIndex.X] = OX - 40.0 + np.arange(41) * 0.8  # 32 m: past x = -10
+    states[1, :, StateIndex.X] = OX - 40.0
+    out = score_states(cache, states, "v2", apply_human_filter=False)
+    assert out["traffic_light_compliance"].tolist() == [0.0, 1.0]

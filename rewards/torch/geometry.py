@@ -1,23 +1,20 @@
-"""Vector-world checks of BEV-Warp in torch: box overlap, point-in-grid, polyline projection, comfort bounds.
+"""Batched torch geometry of the torch scorers: box corners, box overlap, broad phase, grids and polylines.
 
-All functions are batched over episodes ``B`` and keep their inputs' device.
+Every function keeps its inputs' device and dtype and is batched over the leading axes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from rewards.comfort import (
-    MAX_ABS_LAT_ACCEL,
-    MAX_ABS_LON_JERK,
-    MAX_ABS_YAW_ACCEL,
-    MAX_ABS_YAW_RATE,
-    MAX_LON_ACCEL,
-    MIN_LON_ACCEL,
-)
-from simulation.types import PACIFICA, AgentIndex, StateIndex
+from simulation.types import PACIFICA, AgentIndex
 
-A, S = AgentIndex, StateIndex
+A = AgentIndex
+
+
+def normalize_angle(angle: torch.Tensor) -> torch.Tensor:
+    """Wrap to ``[-pi, pi]``."""
+    return torch.atan2(torch.sin(angle), torch.cos(angle))
 
 
 def box_corners(
@@ -44,7 +41,7 @@ def ego_corners(poses: torch.Tensor) -> torch.Tensor:
 
 
 def agent_corners(boxes: torch.Tensor) -> torch.Tensor:
-    """``(..., 4, 2)`` corners of agent boxes ``(..., 7)``."""
+    """``(..., 4, 2)`` corners of agent boxes ``(..., 7)`` (:class:`~simulation.types.AgentIndex` columns)."""
     return box_corners(
         boxes[..., A.X], boxes[..., A.Y], boxes[..., A.HEADING], boxes[..., A.LENGTH], boxes[..., A.WIDTH]
     )
@@ -82,8 +79,19 @@ def bounding_radius(length: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.hypot(length, width)
 
 
+def centre_distance(ego: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``(..., N)`` distance from the ego footprint's centre (``(..., 11)`` rear-axle states) to box centres
+    ``(..., N, 7)``."""
+    cx = ego[..., 0] + PACIFICA.rear_axle_to_center * torch.cos(ego[..., 2])
+    cy = ego[..., 1] + PACIFICA.rear_axle_to_center * torch.sin(ego[..., 2])
+    return torch.hypot(boxes[..., A.X] - cx[..., None], boxes[..., A.Y] - cy[..., None])
+
+
 def in_grid(points: torch.Tensor, grid: torch.Tensor, origin: torch.Tensor, res: float) -> torch.Tensor:
-    """Whether points ``(B, K, 2)`` fall in True cells of ``grid`` ``(B, GH, GW)`` (outside the grid: False)."""
+    """Whether points ``(B, K, 2)`` fall in True cells of ``grid`` ``(B, GH, GW)`` (outside the grid: False).
+
+    ``origin`` ``(B, 2)`` is the corner of cell ``(0, 0)``; rows run along y, columns along x, ``res`` metres each.
+    """
     rel = (points - origin[:, None, :]) / res
     j, i = torch.floor(rel[..., 0]).long(), torch.floor(rel[..., 1]).long()
     h, w = grid.shape[1:]
@@ -113,17 +121,7 @@ def project(points: torch.Tensor, line: torch.Tensor) -> tuple[torch.Tensor, tor
     return (out[0][:, 0], out[1][:, 0], out[2][:, 0]) if single else out
 
 
-def comfortable(states: torch.Tensor, prev: torch.Tensor, dt: float) -> torch.Tensor:
-    """``(B,)`` bool: the ego states ``(B, K, 11)`` (``prev`` ``(B, 11)`` just before) stay in nuPlan's comfort bounds.
-
-    Raw per-step values (no Savitzky-Golay filter): longitudinal / lateral acceleration, longitudinal jerk,
-    yaw rate and yaw acceleration.
-    """
-    seq = torch.cat([prev[:, None], states], 1)
-    ax = seq[:, 1:, S.AX]
-    lat = seq[:, 1:, S.VX] * seq[:, 1:, S.YAW_RATE]
-    jerk = (seq[:, 1:, S.AX] - seq[:, :-1, S.AX]) / dt
-    ok = (ax >= MIN_LON_ACCEL) & (ax <= MAX_LON_ACCEL) & (lat.abs() <= MAX_ABS_LAT_ACCEL)
-    ok &= (jerk.abs() <= MAX_ABS_LON_JERK) & (seq[:, 1:, S.YAW_RATE].abs() <= MAX_ABS_YAW_RATE)
-    ok &= seq[:, 1:, S.YAW_ACCEL].abs() <= MAX_ABS_YAW_ACCEL
-    return ok.all(-1)
+def ahead(poses: torch.Tensor, distance: float) -> torch.Tensor:
+    """Poses ``(..., 3)`` moved ``distance`` metres along their heading."""
+    h = poses[..., 2:3]
+    return torch.cat([poses[..., :1] + distance * torch.cos(h), poses[..., 1:2] + distance * torch.sin(h), h], -1)
