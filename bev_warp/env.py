@@ -30,7 +30,6 @@ from bev_warp import world
 from bev_warp.episodes import EpisodeBatch, build_episodes
 from bev_warp.kinematics import DEFAULT_TRACKER, TrackerParameters, normalize_angle, track_and_propagate
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
-from planners.features import PLANNER_RASTER
 from rewards.nuplan_collisions import (
     AHEAD_ANGLE_RAD,
     LEAST_MIN_TTC_S,
@@ -38,6 +37,7 @@ from rewards.nuplan_collisions import (
     STATIC_TYPES,
     STOPPED_SPEED_THRESHOLD,
 )
+from simulation.features import PLANNER_RASTER
 from simulation.render import RasterConfig
 from simulation.types import PACIFICA, AgentIndex, LogWindow, StateIndex
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from planners.export import export_planner
-from training.imitation import load_planner
+from planners.checkpoint import load_planner
 
 
 def main(argv: list[str]) -> int:
