@@ -17,7 +17,7 @@ The feature keys of plain dicts and of the feature cache are spelt here only (:d
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
@@ -111,11 +111,15 @@ class PlannerInput(Generic[A]):
 
     def to(self: PlannerInput[torch.Tensor], device: str | torch.device, **kwargs: Any) -> PlannerInput[torch.Tensor]:
         """A copy on ``device`` (``kwargs`` as ``Tensor.to``, e.g. ``non_blocking``)."""
-        return _map(self, lambda t: t.to(device, **kwargs))
+        return self.apply(lambda t: t.to(device, **kwargs))
 
     def pin_memory(self: PlannerInput[torch.Tensor]) -> PlannerInput[torch.Tensor]:
         """A copy in pinned memory (called by ``DataLoader(pin_memory=True)``)."""
-        return _map(self, lambda t: t.pin_memory())
+        return self.apply(lambda t: t.pin_memory())
+
+    def apply(self, fn: Callable[[A], Any]) -> PlannerInput[Any]:
+        """A copy with ``fn`` applied to every array (the route too, when present)."""
+        return replace(self, **{f.name: fn(v) for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
     def validate(self: PlannerInput[torch.Tensor], bev_channels: int | None = None) -> None:
         """Raise :class:`PlannerInputError` on wrong shapes or non-finite values.
@@ -137,10 +141,6 @@ class PlannerInput(Generic[A]):
             value = getattr(self, f.name)
             if value is not None and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise PlannerInputError(f"feature {f.name!r} contains NaN or inf")
-
-
-def _map(inputs: PlannerInput[torch.Tensor], fn: Any) -> PlannerInput[torch.Tensor]:
-    return replace(inputs, **{f.name: fn(v) for f in fields(inputs) if (v := getattr(inputs, f.name)) is not None})
 
 
 def raster_from_meta(raster: Mapping[str, Any] | None) -> RasterConfig:
