@@ -111,7 +111,9 @@ def read(path: str | Path) -> CheckpointRecord:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: refused to load, the file holds more than tensors and plain data ({first})") from None
+        raise CheckpointError(
+            f"{path}: refused to load, the file holds more than tensors and plain data ({first})"
+        ) from None
     except (OSError, RuntimeError, EOFError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
     return validate(raw, path)
@@ -168,7 +170,9 @@ def build(record: CheckpointRecord, path: str | Path = "<checkpoint>") -> nn.Mod
     except TokenizerError as err:
         raise TokenizerError(f"{path}: {err}") from None
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match {record.planner_class} with the stored config: {err}") from None
+        raise CheckpointError(
+            f"{path}: weights do not match {record.planner_class} with the stored config: {err}"
+        ) from None
     planner.raster_config = record.raster
     return planner.eval()
 
@@ -194,7 +198,9 @@ def load_planner(path: str | Path, expect_class: str | None = None) -> nn.Module
 def learned_planner(ckpt_path: str, name: str = "learned", seed: int = 0) -> LearnedPlanner:
     """A closed-loop :class:`~planners.adapter.LearnedPlanner` from a training checkpoint (``planner=learned``)."""
     planner = load_planner(ckpt_path)
-    return LearnedPlanner(planner, name=name, raster=raster_from_meta(getattr(planner, "raster_config", None)), seed=seed)
+    return LearnedPlanner(
+        planner, name=name, raster=raster_from_meta(getattr(planner, "raster_config", None)), seed=seed
+    )
 
 
 def masked_planner(

@@ -135,9 +135,7 @@ class MaskedDiffusionPlanner(nn.Module):
         cols = torch.arange(w, device=bev.device).repeat(h)
         pos = torch.cat([sinusoidal_embedding(rows, d // 2), sinusoidal_embedding(cols, d // 2)], dim=-1)
         bev_tokens = bev.flatten(2).transpose(1, 2) + pos
-        memory = torch.cat(
-            [bev_tokens, self.agent_encoder(inputs.agents), self.ego_encoder(inputs.ego_status)], 1
-        )
+        memory = torch.cat([bev_tokens, self.agent_encoder(inputs.agents), self.ego_encoder(inputs.ego_status)], 1)
         pad = torch.zeros(b, memory.shape[1], dtype=torch.bool, device=bev.device)
         pad[:, h * w : h * w + inputs.agents_mask.shape[1]] = ~inputs.agents_mask
         return memory, pad
@@ -278,10 +276,10 @@ class MaskedDiffusionPlanner(nn.Module):
         memory, pad = self.encode(inputs)
         b, length = tokens.shape
         keep = torch.tril(torch.ones(length, length, dtype=torch.bool, device=tokens.device), diagonal=-1)
-        inputs = torch.where(
+        prefixes = torch.where(
             keep[None], tokens[:, None, :], torch.full_like(tokens[:, None, :], self.tokenizer.mask_id)
         )
-        flat = inputs.reshape(b * length, length)
+        flat = prefixes.reshape(b * length, length)
         logits = self.logits(flat, memory.repeat_interleave(length, 0), pad.repeat_interleave(length, 0))
         logp = torch.log_softmax(logits.reshape(b, length, length, -1), dim=-1)
         diag = logp[:, torch.arange(length), torch.arange(length)]  # (B, L, vocab): position t given o_<t
@@ -321,7 +319,7 @@ class MaskedDiffusionPlanner(nn.Module):
         fixed = torch.full((b, k, tok.seq_len), -1, dtype=torch.long, device=memory.device)
         fixed[..., -2:] = goals
         tokens = self.generate(
-            {},
+            None,
             fixed=fixed.reshape(b * k, -1),
             temperature=0.0,
             context=(memory.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)),

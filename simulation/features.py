@@ -107,7 +107,8 @@ class PlannerInput(Generic[A]):
         missing = [k for k in FEATURE_KEYS if k not in d]
         if missing:
             raise PlannerInputError(f"missing feature(s) {missing}")
-        return PlannerInput(*(d[k] for k in FEATURE_KEYS), route=d.get(ROUTE_KEY))
+        bev, ego, agents, mask = (d[k] for k in FEATURE_KEYS)
+        return PlannerInput(bev, ego, agents, mask, route=d.get(ROUTE_KEY))
 
     def to(self: PlannerInput[torch.Tensor], device: str | torch.device, **kwargs: Any) -> PlannerInput[torch.Tensor]:
         """A copy on ``device`` (``kwargs`` as ``Tensor.to``, e.g. ``non_blocking``)."""
@@ -335,7 +336,8 @@ def batch(samples: Sequence[PlannerInput[Any]], device: str | torch.device = "cp
     if any(r is None for r in routes) and any(r is not None for r in routes):
         raise PlannerInputError("some samples have a route and some do not")
     route = None if routes[0] is None else stack(routes)
-    return PlannerInput(*(stack([getattr(s, k) for s in samples]) for k in FEATURE_KEYS), route=route)
+    bev, ego, agents, mask = (stack([getattr(s, k) for s in samples]) for k in FEATURE_KEYS)
+    return PlannerInput(bev, ego, agents, mask, route=route)
 
 
 def quantize_bev(bev: np.ndarray) -> np.ndarray:

@@ -22,11 +22,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from simulation.datasets.nuplan_db import read_log
-from simulation.features import PLANNER_RASTER, scene_features, scene_targets
 from simulation.datasets.scenes import SceneFilter, extract_scenes, split_log_paths
+from simulation.features import PLANNER_RASTER, scene_features, scene_targets
 from simulation.maps.api import MapAPI
 from simulation.render import RasterConfig
 from simulation.types import Scene

@@ -148,7 +148,8 @@ class _OnDevice(nn.Module):
 
 def planner_raster(planner: nn.Module, raster: RasterConfig | Mapping[str, Any] | None = None) -> RasterConfig:
     """The raster to render for ``planner``: ``raster`` if given, else the one stored with the planner
-    (``raster_config``, set from the feature cache), else :data:`~simulation.features.PLANNER_RASTER` (:func:`~simulation.features.raster_from_meta`).
+    (``raster_config``, set from the feature cache), else the default
+    (:func:`~simulation.features.raster_from_meta`).
 
     Raises :class:`CallbackConfigError` when its channel count is not the planner's ``bev_channels``.
     """

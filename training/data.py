@@ -70,7 +70,11 @@ def stack_samples(
 ) -> dict[str, np.ndarray]:
     """Shard arrays of ``n`` samples: the features (bev quantised to uint8), ``trajectory`` ``(n, 8, 3)`` targets
     and ``tokens`` ``(n,)``."""
-    return {**cache_arrays(features), "trajectory": np.stack(targets), "tokens": np.stack([np.asarray(t) for t in tokens])}
+    return {
+        **cache_arrays(features),
+        "trajectory": np.stack(targets),
+        "tokens": np.stack([np.asarray(t) for t in tokens]),
+    }
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -42,7 +43,9 @@ def _planner(k: int = 6, truncated: bool = True, **overrides: int | bool) -> Tru
     return TruncatedDiffusionPlanner(cfg, anchors)
 
 
-def _fit(planner: TruncatedDiffusionPlanner, steps: int) -> tuple[PlannerInput[torch.Tensor], torch.Tensor, list[float]]:
+def _fit(
+    planner: TruncatedDiffusionPlanner, steps: int
+) -> tuple[PlannerInput[torch.Tensor], torch.Tensor, list[float]]:
     """Trains ``planner`` on two fixed scenes; returns the features, the target trajectories and the losses."""
     feats = _features(b=2)
     target = torch.from_numpy(_trajectories(2, seed=5)).float()

@@ -23,10 +23,10 @@ from simulation.datasets.scenes import SceneFilter, extract_scenes
 from simulation.datasets.testing import make_log_data
 from simulation.evaluation.protocols import NAVSIM_V1_COLUMNS, NAVSIM_V2_COLUMNS, get_protocol
 from simulation.evaluation.units import observation_from_scene
+from simulation.features import PLANNER_RASTER
 from simulation.maps.api import MapAPI
 from simulation.maps.testing import build_fixture_map, write_fixture_maps
 from simulation.metric_cache import build_metric_cache
-from simulation.features import PLANNER_RASTER
 from simulation.render import RasterConfig
 from training.callbacks import (
     BEVPlotCallback,
