@@ -32,8 +32,8 @@ from bev_warp.env import BEVWarpEnv, EnvConfig
 from bev_warp.kinematics import track_and_propagate
 from bev_warp.testing import fixture_map_api, fixture_scenario
 from planners.encoders import BEVEncoder
-from planners.features import PLANNER_RASTER
 from simulation.closed_loop import ClosedLoopSimulator
+from simulation.features import PLANNER_RASTER
 from simulation.protocols import Observation
 from simulation.render import render_observation
 from simulation.types import Scenario, StateIndex, Trajectory

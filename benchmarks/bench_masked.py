@@ -34,6 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from planners.checkpoint import masked_planner
 from planners.masked_closed_loop import MaskedClosedLoopPlanner
 from planners.masked_diffusion import ORDERS
 from rewards.diversity import pairwise_diversity
@@ -42,7 +43,6 @@ from simulation.evaluation.cli import compose_config
 from simulation.evaluation.protocols import get_protocol
 from simulation.evaluation.units import observation_from_scene
 from simulation.protocols import Observation
-from training.masked_planners import masked_planner
 
 #: NAVSIM v1 sub-metrics reported per row (short name -> scorer column).
 SUB_METRICS = {

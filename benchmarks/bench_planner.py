@@ -23,9 +23,9 @@ import torch
 
 from planners.ego_mlp import EgoStatusMLP
 from planners.export import ExportedPlanner, example_inputs, export_planner
-from planners.features import PLANNER_RASTER
 from planners.masked_diffusion import MaskedDiffusionConfig, MaskedDiffusionPlanner
 from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
+from simulation.features import PLANNER_RASTER, PlannerInput
 
 BEV = (PLANNER_RASTER.height_px, PLANNER_RASTER.width_px)
 
@@ -79,7 +79,7 @@ def bench_one(name: str, model: torch.nn.Module, repeats: int, device: str, tmp:
     model = model.to(device)
     for batch in (1, 64):
         inputs = tuple(t.to(device) for t in example_inputs(model, batch, BEV))
-        feats = dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4]))
+        feats = PlannerInput(*inputs[:4])
         with torch.no_grad():
             eager = timeit(partial(model.sample, feats, inputs[4]), repeats, device)
         rows.append((name, "eager", batch, eager))
@@ -103,7 +103,7 @@ def bench_samplers(models: dict[str, torch.nn.Module], repeats: int, device: str
         for batch in (1, 64):
             inputs = tuple(t.to(device) for t in example_inputs(model, batch, BEV))
             with torch.no_grad():
-                context = model.encode(dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4])))
+                context = model.encode(PlannerInput(*inputs[:4]))
                 rows.append(
                     (name, "sampler", batch, timeit(partial(model.denoise, context, inputs[4]), repeats, device))
                 )

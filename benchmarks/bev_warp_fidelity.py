@@ -38,9 +38,9 @@ from bev_warp.episodes import with_history
 from bev_warp.policies import LearnedPolicy, VectorPolicy
 from bev_warp.testing import fixture_map_api, fixture_scenario
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
-from planners.features import PLANNER_RASTER
 from rewards.nuplan_metrics import score_simulation
 from simulation.closed_loop import ClosedLoopSimulator
+from simulation.features import PLANNER_RASTER
 from simulation.protocols import Observation, Planner
 from simulation.render import render_observation, render_window
 from simulation.types import LogWindow, StateIndex, Trajectory
@@ -190,14 +190,14 @@ def data_specs(checkpoint: str | None) -> list[PlannerSpec]:
         for cls in (ConstantVelocityPlanner, IDMPlanner, PDMClosedPlanner)
     ]
     if checkpoint:
-        from training.imitation import load_planner, planner_from_checkpoint
+        from planners.checkpoint import learned_planner, load_planner
 
         model = load_planner(checkpoint)
         name = type(model).__name__
         specs.append(
             PlannerSpec(
                 name,
-                lambda: planner_from_checkpoint(checkpoint, name=name),
+                lambda: learned_planner(checkpoint, name=name),
                 lambda env, s, m: LearnedPolicy(model, env, s),
                 "raster",
             )

@@ -30,9 +30,9 @@ import torch
 from bev_warp.episodes import EpisodeBatch, build_episodes
 from bev_warp.kinematics import DEFAULT_TRACKER, TrackerParameters, normalize_angle, track_and_propagate
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
-from planners.features import PLANNER_RASTER
 from rewards.torch.closed_loop import comfortable, episode_score, frame_checks, progress_ratio
 from rewards.torch.geometry import project
+from simulation.features import PLANNER_RASTER
 from simulation.render import RasterConfig
 from simulation.types import AgentIndex, LogWindow, StateIndex
 

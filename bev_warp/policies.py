@@ -5,8 +5,9 @@
   the logged agents and traffic lights of the current frame, the map and the route (no re-rendering).
 - :class:`LearnedPolicy` runs a learned planner (``forward(features, noise) -> PlanOutput``) on the whole
   batch at once: the warped logged raster (:meth:`BEVWarpEnv.observe`), the ego status of the simulated state
-  and the logged agents as tokens in the simulated ego frame. Every episode gets the same seeded noise as
-  :class:`planners.features.LearnedPlanner` draws for one observation, so both loops see the same samples.
+  and the logged agents as tokens in the simulated ego frame (the batched torch builders of
+  :mod:`simulation.features`, on the episodes' device). Every episode gets the same seeded noise as the
+  closed-loop adapter of learned planners draws for one observation, so both loops see the same samples.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import numpy as np
 import torch
 
 from bev_warp.env import BEVWarpEnv, EnvState
-from planners.features import agent_tokens
+from simulation.features import PlannerInput, agent_tokens_torch, ego_status_torch
 from simulation.protocols import Observation, Planner
-from simulation.types import DrivingCommand, EgoStates, LogWindow, StateIndex
+from simulation.types import DrivingCommand, EgoStates, LogWindow
 
 logger = logging.getLogger(__name__)
 
@@ -78,28 +79,20 @@ class LearnedPolicy:
 
     def __init__(self, model: Any, env: BEVWarpEnv, scenes: Sequence[LogWindow], seed: int = 0) -> None:
         self.model, self.env, self.scenes, self.seed = model, env, list(scenes), seed
+        commands = [int(getattr(s, "driving_command", DrivingCommand.UNKNOWN)) for s in self.scenes]
+        self.commands = torch.as_tensor(commands, dtype=torch.long)  # (B,)
 
-    def features(self, state: EnvState) -> dict[str, torch.Tensor]:
-        """``bev`` ``(B, C, H, W)``, ``ego_status`` ``(B, 8)``, ``agents`` ``(B, A, F)``, ``agents_mask`` ``(B, A)``."""
-        dev = state.ego.device
-        ego = state.ego.detach().cpu().numpy()
-        status = np.zeros((len(ego), 8), dtype=np.float32)
-        status[:, :4] = ego[:, [StateIndex.VX, StateIndex.VY, StateIndex.AX, StateIndex.AY]]
-        tokens, masks = [], []
-        for i, scene in enumerate(self.scenes):
-            command = int(getattr(scene, "driving_command", DrivingCommand.UNKNOWN))
-            status[i, 4 + (command if 0 <= command <= 3 else int(DrivingCommand.UNKNOWN))] = 1.0
-            k = log_frame(state, scene, i)
-            valid = scene.agents.valid[k]
-            tok, mask = agent_tokens(scene.agents.boxes[k][valid], scene.agents.types[valid], ego[i, :3])
-            tokens.append(tok)
-            masks.append(mask)
-        return {
-            "bev": self.env.observe(state).float(),
-            "ego_status": torch.as_tensor(status, device=dev),
-            "agents": torch.as_tensor(np.stack(tokens), device=dev),
-            "agents_mask": torch.as_tensor(np.stack(masks), device=dev),
-        }
+    def features(self, state: EnvState) -> PlannerInput[torch.Tensor]:
+        """The planner's inputs on the episodes' device: the warped raster ``(B, C, H, W)``, the ego status ``(B, 8)``
+        of the simulated state and the logged agents of the current frames as tokens ``(B, A, F)`` in the simulated
+        ego frame, with their mask ``(B, A)``."""
+        ep = state.episodes
+        rows = torch.arange(ep.batch_size, device=ep.device)
+        ego = state.ego.detach()
+        boxes, valid = ep.boxes[rows, state.frame], ep.valid[rows, state.frame]  # (B, N, 7), (B, N)
+        tokens, mask = agent_tokens_torch(boxes, ep.types, valid, ego[:, :3])
+        status = ego_status_torch(ego, self.commands.to(ego.device))
+        return PlannerInput(bev=self.env.observe(state).float(), ego_status=status, agents=tokens, agents_mask=mask)
 
     def __call__(self, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(state)

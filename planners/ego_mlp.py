@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from planners.base import EGO_STATUS_DIM, NUM_POSES, PlanOutput, check_features
+from planners.base import PlanOutput
+from simulation.features import EGO_STATUS_DIM, NUM_POSES, PlannerInput
 
 
 @dataclass
@@ -34,20 +35,20 @@ class EgoStatusMLP(nn.Module):
     def from_config_dict(cls, config: dict) -> EgoStatusMLP:
         return cls(EgoStatusMLPConfig(**config))
 
-    def sample(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+    def sample(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
         """Deterministic planner: ``noise`` is ignored (kept for the export interface)."""
-        poses = self.mlp(features["ego_status"]).reshape(-1, NUM_POSES, 3)
+        poses = self.mlp(inputs.ego_status).reshape(-1, NUM_POSES, 3)
         return PlanOutput(trajectory=poses)
 
     def initial_noise_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, 1)
 
-    def forward(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
-        check_features(features)
-        return self.sample(features)
+    def forward(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+        inputs.validate()
+        return self.sample(inputs)
 
     def compute_loss(
-        self, features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+        self, inputs: PlannerInput[torch.Tensor], targets: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        loss = F.l1_loss(self(features).trajectory, targets["trajectory"])
+        loss = F.l1_loss(self(inputs).trajectory, targets["trajectory"])
         return {"loss": loss}

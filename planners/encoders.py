@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from planners.base import AGENT_FEATURES, EGO_STATUS_DIM
+from simulation.features import AGENT_FEATURES, EGO_STATUS_DIM
 
 
 class BEVEncoder(nn.Module):

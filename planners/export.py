@@ -17,18 +17,19 @@ from typing import Literal
 import torch
 from torch import nn
 
-from planners.base import AGENT_FEATURES, EGO_STATUS_DIM, MAX_AGENTS, NUM_POSES, PlanOutput
+from planners.base import PlanOutput
+from simulation.features import AGENT_FEATURES, EGO_STATUS_DIM, FEATURE_KEYS, MAX_AGENTS, NUM_POSES, PlannerInput
 from simulation.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
 ExportFormat = Literal["torchscript", "onnx"]
-INPUT_NAMES = ["bev", "ego_status", "agents", "agents_mask", "noise"]
+INPUT_NAMES = [*FEATURE_KEYS, "noise"]
 OUTPUT_NAMES = ["trajectory", "candidates", "scores"]
 
 
 class ExportablePlanner(nn.Module):
-    """Tensor-in / tensor-out wrapper around a planner with a ``sample(features, noise)`` method."""
+    """Tensor-in / tensor-out wrapper around a planner with a ``sample(inputs: PlannerInput, noise)`` method."""
 
     def __init__(self, planner: nn.Module) -> None:
         super().__init__()
@@ -42,8 +43,8 @@ class ExportablePlanner(nn.Module):
         agents_mask: torch.Tensor,
         noise: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        features = {"bev": bev, "ego_status": ego_status, "agents": agents, "agents_mask": agents_mask}
-        out: PlanOutput = self.planner.sample(features, noise)  # type: ignore[operator]
+        inputs = PlannerInput(bev=bev, ego_status=ego_status, agents=agents, agents_mask=agents_mask)
+        out: PlanOutput = self.planner.sample(inputs, noise)  # type: ignore[operator]
         if out.candidates is None or out.scores is None:
             return (
                 out.trajectory,

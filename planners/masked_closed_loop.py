@@ -2,7 +2,7 @@
 
 Per observation:
 
-1. features of the observation (:func:`planners.features.observation_features`), scene encoded once;
+1. features of the observation (:func:`simulation.features.observation_features`), scene encoded once;
 2. ``K`` endpoint goals (distance NMS over the endpoint logits of the fully masked sequence), one trajectory
    inpainted per goal in ``steps`` unmasking steps in the chosen ``order`` (argmax, or seeded temperature
    sampling: the same observation gives the same plan);
@@ -28,9 +28,9 @@ import numpy as np
 import shapely
 import torch
 
-from planners.features import PLANNER_RASTER, batch, observation_features
 from planners.masked_diffusion import ORDERS, MaskedDiffusionPlanner, headings_from_xy
 from planners.reflection import ReflectionRecord, SafetyChecker, reflect
+from simulation.features import PLANNER_RASTER, PlannerInput, batch, observation_features
 from simulation.geometry import global_to_local, rotate_vectors, transform_points_to_global
 from simulation.kinematics import simulate_proposals
 from simulation.metric_cache import DRIVABLE_LAYERS, MAP_RADIUS, drivable_map_polygons
@@ -100,7 +100,7 @@ def safety_checker(
 
 def decode_candidates(
     model: MaskedDiffusionPlanner,
-    features: dict[str, torch.Tensor],
+    inputs: PlannerInput[torch.Tensor],
     num_candidates: int,
     order: str,
     steps: int,
@@ -113,13 +113,13 @@ def decode_candidates(
     memory ``(memory (1, M, d), pad (1, M))`` for reuse (e.g. by reflection).
     """
     tok = model.tokenizer
-    memory, pad = model.encode(features)
+    memory, pad = model.encode(inputs)
     goals, goal_scores = model.endpoint_goals((memory, pad), num_candidates)  # (1, K, 2) token ids, (1, K)
     k = goals.shape[1]
     fixed = torch.full((k, tok.seq_len), -1, dtype=torch.long, device=memory.device)
     fixed[:, -2:] = goals[0]
     tokens = model.generate(
-        {},
+        None,
         fixed=fixed,
         num_steps=steps,
         order=order,
@@ -186,17 +186,17 @@ class MaskedClosedLoopPlanner:
         self.last_record: MaskedPlanRecord | None = None
 
     def plan(self, observation: Observation) -> Trajectory:
-        feats = batch([observation_features(observation, self.raster)])
+        inputs = batch([observation_features(observation, self.raster)])
         generator = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
             tokens, poses, scores, context = decode_candidates(
-                self.model, feats, self.num_candidates, self.order, self.steps, self.temperature, generator
+                self.model, inputs, self.num_candidates, self.order, self.steps, self.temperature, generator
             )
             candidates = poses.double().numpy()
             record = MaskedPlanRecord(candidates, scores.double().numpy())
             plan = candidates[0]
             if self.reflect:
-                plan = self._reflect(observation, feats, tokens, context, record)
+                plan = self._reflect(observation, inputs, tokens, context, record)
         if not np.isfinite(plan).all():
             raise ValueError(f"{self.name}: planner returned a non-finite trajectory")
         self.last_candidates, self.last_record = candidates, record
@@ -229,7 +229,7 @@ class MaskedClosedLoopPlanner:
     def _reflect(
         self,
         observation: Observation,
-        feats: dict[str, torch.Tensor],
+        inputs: PlannerInput[torch.Tensor],
         tokens: torch.Tensor,
         context: tuple[torch.Tensor, torch.Tensor],
         record: MaskedPlanRecord,
@@ -245,7 +245,7 @@ class MaskedClosedLoopPlanner:
         for i in range(min(self.max_reflections, len(tokens))):
             fixed, rec = reflect(
                 self.model,
-                feats,
+                inputs,
                 tokens[i],
                 checker,
                 max_iterations=self.max_iterations,

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from planners.base import NUM_POSES, PlanOutput, check_features
+from planners.base import PlanOutput
 from planners.encoders import AgentEncoder, BEVEncoder, EgoEncoder, sinusoidal_embedding
 from planners.tokenizer import CodebookConfig, TrajectoryTokenizer
+from simulation.features import NUM_POSES, PlannerInput
 
 logger = logging.getLogger(__name__)
 
@@ -126,19 +127,17 @@ class MaskedDiffusionPlanner(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ network
-    def encode(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, inputs: PlannerInput[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Scene memory ``(B, M, d)`` (BEV cells, agents, ego) and its padding mask ``(B, M)``."""
-        bev = self.bev_encoder(features["bev"])
+        bev = self.bev_encoder(inputs.bev)
         b, d, h, w = bev.shape
         rows = torch.arange(h, device=bev.device).repeat_interleave(w)
         cols = torch.arange(w, device=bev.device).repeat(h)
         pos = torch.cat([sinusoidal_embedding(rows, d // 2), sinusoidal_embedding(cols, d // 2)], dim=-1)
         bev_tokens = bev.flatten(2).transpose(1, 2) + pos
-        memory = torch.cat(
-            [bev_tokens, self.agent_encoder(features["agents"]), self.ego_encoder(features["ego_status"])], 1
-        )
+        memory = torch.cat([bev_tokens, self.agent_encoder(inputs.agents), self.ego_encoder(inputs.ego_status)], 1)
         pad = torch.zeros(b, memory.shape[1], dtype=torch.bool, device=bev.device)
-        pad[:, h * w : h * w + features["agents_mask"].shape[1]] = ~features["agents_mask"]
+        pad[:, h * w : h * w + inputs.agents_mask.shape[1]] = ~inputs.agents_mask
         return memory, pad
 
     def logits(self, tokens: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -161,12 +160,12 @@ class MaskedDiffusionPlanner(nn.Module):
     # ------------------------------------------------------------------ training
     def compute_loss(
         self,
-        features: dict[str, torch.Tensor],
+        inputs: PlannerInput[torch.Tensor],
         targets: dict[str, torch.Tensor],
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Masked-token cross-entropy weighted by ``1 / r`` (an upper bound of the sequence NLL)."""
-        check_features(features, self.config.bev_channels)
+        inputs.validate(self.config.bev_channels)
         tokens = self.tokenizer.encode(targets["trajectory"])
         b, length = tokens.shape
         device = tokens.device
@@ -174,14 +173,14 @@ class MaskedDiffusionPlanner(nn.Module):
         masked = torch.rand(b, length, device=device, generator=generator) < r
         none = ~masked.any(1)
         masked[none, torch.randint(0, length, (int(none.sum()),), device=device, generator=generator)] = True
-        inputs = torch.where(masked, torch.full_like(tokens, self.tokenizer.mask_id), tokens)
-        memory, pad = self.encode(features)
+        corrupted = torch.where(masked, torch.full_like(tokens, self.tokenizer.mask_id), tokens)
+        memory, pad = self.encode(inputs)
         drop = torch.rand(b, device=device, generator=generator) < self.config.cond_drop_prob
         if bool(drop.any()):
             memory = torch.where(drop[:, None, None], self.null_condition.expand_as(memory[:, :1]), memory)
             pad = pad & ~drop[:, None]
             pad[:, 1:] |= drop[:, None]
-        logits = self.logits(inputs, memory, pad)
+        logits = self.logits(corrupted, memory, pad)
         ce = F.cross_entropy(logits.reshape(b * length, -1), tokens.reshape(-1), reduction="none").reshape(b, length)
         loss = ((ce * masked).sum(1) / (r.squeeze(1) * length)).mean()
         accuracy = ((logits.argmax(-1) == tokens) & masked).sum() / masked.sum()
@@ -218,7 +217,7 @@ class MaskedDiffusionPlanner(nn.Module):
 
     def generate(
         self,
-        features: dict[str, torch.Tensor],
+        inputs: PlannerInput[torch.Tensor] | None,
         fixed: torch.Tensor | None = None,
         num_steps: int | None = None,
         order: str | None = None,
@@ -235,7 +234,11 @@ class MaskedDiffusionPlanner(nn.Module):
         temperature = c.temperature if temperature is None else temperature
         top_k = c.top_k if top_k is None else top_k
         cfg_scale = c.cfg_scale if cfg_scale is None else cfg_scale
-        memory, pad = self.encode(features) if context is None else context
+        if context is None:
+            if inputs is None:
+                raise ValueError("generate needs the inputs or their encoded context")
+            context = self.encode(inputs)
+        memory, pad = context
         b, length = memory.shape[0], self.tokenizer.seq_len
         tokens = torch.full((b, length), self.tokenizer.mask_id, dtype=torch.long, device=memory.device)
         if fixed is not None:
@@ -252,41 +255,41 @@ class MaskedDiffusionPlanner(nn.Module):
             tokens = torch.where(chosen, token, tokens)
         return tokens
 
-    def sample(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+    def sample(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
         """Fixed-step decoding (the configured order, argmax); ``noise`` is unused (export interface)."""
-        tokens = self.generate(features, temperature=0.0)
+        tokens = self.generate(inputs, temperature=0.0)
         xy = self.tokenizer.decode(tokens)
         return PlanOutput(trajectory=headings_from_xy(xy))
 
     def initial_noise_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, 1)
 
-    def forward(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+    def forward(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
         """Goal-conditioned candidates, the most likely one chosen (see :meth:`goal_candidates`)."""
-        check_features(features, self.config.bev_channels)
-        return self.goal_candidates(features)
+        inputs.validate(self.config.bev_channels)
+        return self.goal_candidates(inputs)
 
     # ------------------------------------------------------------------ log-probabilities
-    def log_prob_exact(self, features: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    def log_prob_exact(self, inputs: PlannerInput[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """``(B,)`` exact sequence log-probability under the left-to-right factorisation.
 
         ``log p(o) = sum_t log p(o_t | o_<t, o_>=t masked)``: 16 conditionals evaluated in one batched pass.
         """
-        memory, pad = self.encode(features)
+        memory, pad = self.encode(inputs)
         b, length = tokens.shape
         keep = torch.tril(torch.ones(length, length, dtype=torch.bool, device=tokens.device), diagonal=-1)
-        inputs = torch.where(
+        prefixes = torch.where(
             keep[None], tokens[:, None, :], torch.full_like(tokens[:, None, :], self.tokenizer.mask_id)
         )
-        flat = inputs.reshape(b * length, length)
+        flat = prefixes.reshape(b * length, length)
         logits = self.logits(flat, memory.repeat_interleave(length, 0), pad.repeat_interleave(length, 0))
         logp = torch.log_softmax(logits.reshape(b, length, length, -1), dim=-1)
         diag = logp[:, torch.arange(length), torch.arange(length)]  # (B, L, vocab): position t given o_<t
         return diag.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(1)
 
-    def log_prob_one_pass(self, features: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    def log_prob_one_pass(self, inputs: PlannerInput[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """``(B,)`` one-pass (mean-field) estimate: every token scored from the fully masked sequence."""
-        memory, pad = self.encode(features)
+        memory, pad = self.encode(inputs)
         masked = torch.full_like(tokens, self.tokenizer.mask_id)
         logp = torch.log_softmax(self.logits(masked, memory, pad), dim=-1)
         return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(1)
@@ -308,17 +311,17 @@ class MaskedDiffusionPlanner(nn.Module):
         goals, scores = self.nms_goals(logp[:, -2, : tok.num_x], logp[:, -1, tok.num_x : tok.mask_id], num_goals)
         return torch.stack([goals[..., 0], goals[..., 1] + tok.num_x], -1), scores
 
-    def goal_candidates(self, features: dict[str, torch.Tensor], num_candidates: int | None = None) -> PlanOutput:
+    def goal_candidates(self, inputs: PlannerInput[torch.Tensor], num_candidates: int | None = None) -> PlanOutput:
         """Top endpoint goals (distance NMS), one inpainted trajectory per goal; chosen = most likely goal."""
         k = self.config.num_candidates if num_candidates is None else num_candidates
-        memory, pad = self.encode(features)
+        memory, pad = self.encode(inputs)
         tok = self.tokenizer
         b = memory.shape[0]
         goals, goal_scores = self.endpoint_goals((memory, pad), k)  # (B, K, 2) ids, (B, K)
         fixed = torch.full((b, k, tok.seq_len), -1, dtype=torch.long, device=memory.device)
         fixed[..., -2:] = goals
         tokens = self.generate(
-            {},
+            None,
             fixed=fixed.reshape(b * k, -1),
             temperature=0.0,
             context=(memory.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)),

@@ -24,6 +24,7 @@ import shapely
 import torch
 
 from planners.masked_diffusion import MaskedDiffusionPlanner, headings_from_xy
+from simulation.features import PlannerInput
 from simulation.geometry import agent_box_corners, boxes_overlap, ego_box_corners
 from simulation.types import AgentIndex
 
@@ -214,7 +215,7 @@ def local_anchor(
 
 def reflect(
     model: MaskedDiffusionPlanner,
-    features: dict[str, torch.Tensor],
+    features: PlannerInput[torch.Tensor],
     tokens: torch.Tensor,
     checker: SafetyChecker,
     max_iterations: int = 10,
@@ -284,7 +285,7 @@ def reflect(
                 steps = min(model.config.num_steps if num_steps is None else num_steps, 2 * len(remasked))
                 with torch.no_grad():
                     inpainted = model.generate(
-                        {}, fixed=torch.from_numpy(fixed)[None], num_steps=steps, order=order, temperature=0.0,
+                        None, fixed=torch.from_numpy(fixed)[None], num_steps=steps, order=order, temperature=0.0,
                         context=context,
                     )[0].cpu().numpy()  # fmt: skip
                 both = check(_poses(model, np.stack([current, inpainted])))

@@ -30,9 +30,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from planners.anchors import kmeans_anchors
-from planners.base import NUM_POSES, PlanOutput, check_features
+from planners.base import PlanOutput
 from planners.encoders import AgentEncoder, BEVEncoder, EgoEncoder, sinusoidal_embedding
 from planners.schedulers import TruncatedDDIMScheduler, ddim_step
+from simulation.features import NUM_POSES, PlannerInput
 
 
 @dataclass
@@ -246,13 +247,13 @@ class TruncatedDiffusionPlanner(nn.Module):
         return (xy + 1.0) / 2.0 * self.span + self.lo
 
     # ---------------------------------------------------------------- network
-    def encode(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(self, inputs: PlannerInput[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """BEV map ``(B,d,h,w)``, scene tokens ``(B,N+1,d)`` (agents then ego) and their padding mask."""
-        bev = self.bev_encoder(features["bev"])
-        agents = self.agent_encoder(features["agents"])
-        ego = self.ego_encoder(features["ego_status"])
+        bev = self.bev_encoder(inputs.bev)
+        agents = self.agent_encoder(inputs.agents)
+        ego = self.ego_encoder(inputs.ego_status)
         scene = torch.cat([agents, ego], dim=1)
-        pad = torch.cat([~features["agents_mask"], torch.zeros_like(features["agents_mask"][:, :1])], dim=1)
+        pad = torch.cat([~inputs.agents_mask, torch.zeros_like(inputs.agents_mask[:, :1])], dim=1)
         return bev, scene, pad
 
     def decode(
@@ -284,12 +285,12 @@ class TruncatedDiffusionPlanner(nn.Module):
     # ---------------------------------------------------------------- training
     def compute_loss(
         self,
-        features: dict[str, torch.Tensor],
+        inputs: PlannerInput[torch.Tensor],
         targets: dict[str, torch.Tensor],
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Focal classification of the anchor nearest the ground truth + L1 on its trajectory, summed over layers."""
-        check_features(features, self.config.bev_channels)
+        inputs.validate(self.config.bev_channels)
         gt = targets["trajectory"]
         b, device = gt.shape[0], gt.device
         if self.config.truncated:
@@ -301,7 +302,7 @@ class TruncatedDiffusionPlanner(nn.Module):
         t = torch.randint(0, high, (b,), device=device, generator=generator)
         noise = torch.randn(x0.shape, device=device, generator=generator)
         noisy = self.scheduler.add_noise(x0, noise, t)
-        context = self.encode(features)
+        context = self.encode(inputs)
         outputs = self.decode(noisy, t, context)
         if self.config.truncated:
             dist = (self.anchors.unsqueeze(0) - gt[:, None, :, :2]).norm(dim=-1).mean(-1)
@@ -324,16 +325,16 @@ class TruncatedDiffusionPlanner(nn.Module):
         k = self.config.num_anchors if num_samples is None else num_samples
         return (batch, k, NUM_POSES, 2)
 
-    def forward(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+    def forward(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
         """Sample candidates and pick the best; ``noise`` ``(B, K, 8, 2)`` makes the output reproducible."""
-        check_features(features, self.config.bev_channels)
-        return self.sample(features, noise)
+        inputs.validate(self.config.bev_channels)
+        return self.sample(inputs, noise)
 
-    def sample(self, features: dict[str, torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
-        b = features["ego_status"].shape[0]
+    def sample(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+        b = inputs.ego_status.shape[0]
         if noise is None:
-            noise = torch.randn(self.initial_noise_shape(b), device=features["ego_status"].device)
-        return self.denoise(self.encode(features), noise)
+            noise = torch.randn(self.initial_noise_shape(b), device=inputs.ego_status.device)
+        return self.denoise(self.encode(inputs), noise)
 
     def denoise(self, context: tuple[torch.Tensor, torch.Tensor, torch.Tensor], noise: torch.Tensor) -> PlanOutput:
         """The sampler alone: anchored (or pure) noise ``(B, K, 8, 2)`` -> candidates, given the encoded scene."""

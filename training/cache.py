@@ -22,12 +22,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from planners.features import PLANNER_RASTER, scene_features, scene_targets
 from simulation.datasets.nuplan_db import read_log
 from simulation.datasets.scenes import SceneFilter, extract_scenes
 from simulation.datasets.splits import split_log_paths
+from simulation.features import PLANNER_RASTER, scene_features, scene_targets
 from simulation.maps.api import MapAPI
 from simulation.render import RasterConfig
 from simulation.types import Scene
@@ -62,17 +60,12 @@ def cache_log(task: CacheTask) -> tuple[str, int, str | None]:
         scenes = extract_scenes(log, SceneFilter(frame_interval=task.frame_interval))
         if task.metric_version is not None:
             return log.log_name, _metric_caches(scenes, map_api, task.out, task.metric_version), None
-        samples = []
-        for scene in scenes:
-            if scene.num_future_frames < 8:
-                continue
-            sample = scene_features(scene, map_api, task.raster)
-            sample["trajectory"] = scene_targets(scene)
-            sample["tokens"] = np.asarray(scene.token)
-            samples.append(sample)
-        if samples:
-            write_npz_atomic(shard, stack_samples(samples))
-        return task.log_path.stem, len(samples), None
+        kept = [scene for scene in scenes if scene.num_future_frames >= 8]
+        features = [scene_features(scene, map_api, task.raster) for scene in kept]
+        if kept:
+            targets = [scene_targets(scene) for scene in kept]
+            write_npz_atomic(shard, stack_samples(features, targets, [scene.token for scene in kept]))
+        return task.log_path.stem, len(kept), None
     except Exception as err:  # one bad log never stops the cache
         return task.log_path.stem, 0, f"{type(err).__name__}: {err}"
 

@@ -9,7 +9,7 @@ Both callbacks work on a fixed set of validation scenes, chosen once at ``setup`
   scenes) and ``max_scenes`` of them are kept, evenly spaced over the split.
 
 Every ``every_n_epochs`` epochs, at the end of validation (never in the sanity check), the module's current
-planner (``pl_module.planner``) is wrapped in a :class:`~planners.features.LearnedPlanner`, exactly as the
+planner (``pl_module.planner``) is wrapped in a :class:`~planners.adapter.LearnedPlanner`, exactly as the
 benchmark drives it, and run in eval mode without gradients; the previous train / eval mode is restored.
 
 - :class:`ClosedLoopEvalCallback` scores the plans with the NAVSIM protocol of ``diffplan bench``
@@ -43,14 +43,15 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from planners.adapter import LearnedPlanner
 from planners.base import PlanOutput
-from planners.features import PLANNER_RASTER, LearnedPlanner
 from simulation import visualize
 from simulation.evaluation.evaluator import SceneEvaluator
 from simulation.evaluation.protocols import BenchmarkProtocol, get_protocol
 from simulation.evaluation.refs import InMemorySource
 from simulation.evaluation.sources import MapProvider, MetricCacheProvider
 from simulation.evaluation.units import NavsimUnit
+from simulation.features import PLANNER_RASTER, PlannerInput, raster_from_meta
 from simulation.render import RasterConfig, RenderError
 from simulation.types import Scene
 
@@ -137,10 +138,10 @@ class _OnDevice(nn.Module):
     def initial_noise_shape(self, batch: int) -> Any:
         return self.planner.initial_noise_shape(batch)  # type: ignore[operator]
 
-    def forward(self, features: dict[str, torch.Tensor], noise: torch.Tensor) -> PlanOutput:
+    def forward(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor) -> PlanOutput:
         param = next(self.planner.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        out = self.planner({k: v.to(device) for k, v in features.items()}, noise.to(device))
+        out = self.planner(inputs.to(device), noise.to(device))
 
         def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().float().cpu()
@@ -150,14 +151,15 @@ class _OnDevice(nn.Module):
 
 def planner_raster(planner: nn.Module, raster: RasterConfig | Mapping[str, Any] | None = None) -> RasterConfig:
     """The raster to render for ``planner``: ``raster`` if given, else the one stored with the planner
-    (``raster_config``, set from the feature cache), else :data:`~planners.features.PLANNER_RASTER`.
+    (``raster_config``, set from the feature cache), else the default
+    (:func:`~simulation.features.raster_from_meta`).
 
     Raises :class:`CallbackConfigError` when its channel count is not the planner's ``bev_channels``.
     """
     if raster is None:
         stored = getattr(planner, "raster_config", None)
         try:
-            raster = RasterConfig.from_dict(stored) if stored else PLANNER_RASTER
+            raster = raster_from_meta(stored)
         except RenderError as err:
             logger.warning("planner's stored raster %s is unusable (%s); rendering PLANNER_RASTER", stored, err)
             raster = PLANNER_RASTER

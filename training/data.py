@@ -3,31 +3,34 @@
 Cache layout (plain ``.npz`` shards, written atomically)::
 
     <cache_dir>/meta.json                 raster config, shapes, format version
-    <cache_dir>/<split>/shard_00000.npz   bev (n,C,H,W) uint8, ego_status (n,8), agents (n,N,F),
-                                          agents_mask (n,N), trajectory (n,8,3), tokens (n,)
+    <cache_dir>/<split>/shard_00000.npz   the features by simulation.features.FEATURE_KEYS (bev (n,C,H,W)
+                                          uint8, ego_status (n,8), agents (n,N,F), agents_mask (n,N)),
+                                          trajectory (n,8,3), tokens (n,)
 
-The raster is stored as ``uint8`` (channel values in [0, 1] quantised to 1/255) and turned back into
-float32 in the dataset.
+The raster is stored as ``uint8`` (channel values in [0, 1] quantised to 1/255, :func:`simulation.features.
+quantize_bev`) and turned back into float32 in the dataset. A sample is ``{"features": PlannerInput, "targets":
+{"trajectory": ...}, "tokens": str}``; :func:`collate` batches them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from simulation.features import BEV_KEY, FEATURE_KEYS, PlannerInput, batch, cache_arrays, from_cache_arrays
 from simulation.io import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-FEATURE_KEYS = ("bev", "ego_status", "agents", "agents_mask")
 TARGET_KEYS = ("trajectory",)
 
 
@@ -55,11 +58,22 @@ def read_meta(cache_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def stack_samples(samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stack per-sample feature dicts into shard arrays (bev quantised to uint8)."""
-    out = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
-    out["bev"] = np.clip(np.rint(out["bev"] * 255.0), 0, 255).astype(np.uint8)
-    return out
+def stack_samples(
+    features: Sequence[PlannerInput[np.ndarray]], targets: Sequence[np.ndarray], tokens: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Shard arrays of ``n`` samples: the features (bev quantised to uint8), ``trajectory`` ``(n, 8, 3)`` targets
+    and ``tokens`` ``(n,)``."""
+    return {
+        **cache_arrays(features),
+        "trajectory": np.stack(targets),
+        "tokens": np.stack([np.asarray(t) for t in tokens]),
+    }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch dataset samples: features with :func:`simulation.features.batch`, the rest with ``default_collate``."""
+    rest = default_collate([{k: v for k, v in s.items() if k != "features"} for s in samples])
+    return {"features": batch([s["features"] for s in samples]), **rest}
 
 
 class FeatureCacheDataset(Dataset):
@@ -81,22 +95,17 @@ class FeatureCacheDataset(Dataset):
                 raise FeatureCacheError(f"{shard}: unreadable shard ({err})") from None
         self.arrays = {k: np.concatenate(v) for k, v in parts.items()}
         expected = tuple(self.meta["bev_shape"])
-        if self.arrays["bev"].shape[1:] != expected:
-            raise FeatureCacheError(f"{self.cache_dir}/{split}: bev {self.arrays['bev'].shape[1:]} != meta {expected}")
+        shape = self.arrays[BEV_KEY].shape[1:]
+        if shape != expected:
+            raise FeatureCacheError(f"{self.cache_dir}/{split}: bev {shape} != meta {expected}")
 
     def __len__(self) -> int:
         return int(self.arrays["tokens"].shape[0])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         a = self.arrays
-        features = {
-            "bev": torch.from_numpy(a["bev"][i].astype(np.float32) / 255.0),
-            "ego_status": torch.from_numpy(a["ego_status"][i].astype(np.float32)),
-            "agents": torch.from_numpy(a["agents"][i].astype(np.float32)),
-            "agents_mask": torch.from_numpy(a["agents_mask"][i].astype(bool)),
-        }
         targets = {"trajectory": torch.from_numpy(a["trajectory"][i].astype(np.float32))}
-        return {"features": features, "targets": targets, "tokens": str(a["tokens"][i])}
+        return {"features": from_cache_arrays(a, i), "targets": targets, "tokens": str(a["tokens"][i])}
 
 
 class PlannerDataModule(pl.LightningDataModule):
@@ -143,6 +152,7 @@ class PlannerDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
+            collate_fn=collate,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from planners.checkpoint import load_planner
 from planners.export import export_planner
-from training.imitation import load_planner
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,7 @@
 """One generic LightningModule that trains any learned planner by imitation.
 
-A planner is an ``nn.Module`` with ``forward(features) -> PlanOutput`` and
-``compute_loss(features, targets) -> {"loss": ..., ...}``. Planners that need statistics of the
+A planner is an ``nn.Module`` with ``forward(inputs: PlannerInput) -> PlanOutput`` and
+``compute_loss(inputs, targets) -> {"loss": ..., ...}``. Planners that need statistics of the
 training split before the first step (the truncated diffusion planner's K-means anchors) expose
 ``needs_data_init()`` and ``init_from_data(trajectories)``; the module calls them once in ``setup``
 and the result travels with the checkpoint (buffers), so resumed and loaded runs do not recompute it.
@@ -10,19 +10,18 @@ and the result travels with the checkpoint (buffers), so resumed and loaded runs
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from planners.checkpoint import CHECKPOINT_KEY, planner_header
+from simulation.features import PlannerInput
 
-CHECKPOINT_KEY = "diffplan"
+logger = logging.getLogger(__name__)
 
 
 class PlannerModule(pl.LightningModule):
@@ -74,10 +73,10 @@ class PlannerModule(pl.LightningModule):
         self.planner.raster_config = raster  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ steps
-    def forward(self, features: dict[str, torch.Tensor]) -> Any:
-        return self.planner(features)
+    def forward(self, inputs: PlannerInput[torch.Tensor]) -> Any:
+        return self.planner(inputs)
 
-    def _step(self, batch: dict[str, dict[str, torch.Tensor]], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         losses = self.planner.compute_loss(batch["features"], batch["targets"])  # type: ignore[operator]
         bs = batch["targets"]["trajectory"].shape[0]
         for name, value in losses.items():
@@ -116,12 +115,8 @@ class PlannerModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        config = getattr(self.planner, "config", None)
-        checkpoint[CHECKPOINT_KEY] = {
-            "planner_class": f"{type(self.planner).__module__}.{type(self.planner).__qualname__}",
-            "planner_config": config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
-            "raster": getattr(self.planner, "raster_config", None),
-        }
+        """Add the planner's record (class, config, raster; see :mod:`planners.checkpoint`)."""
+        checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, floor: float) -> float:
@@ -134,42 +129,3 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, floor: float) -> f
         return (step + 1) / warmup
     progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not hold a diffplan planner, or one of another planner / layout."""
-
-
-def load_planner(ckpt_path: str | Path, expect_class: str | None = None) -> nn.Module:
-    """Rebuild the planner stored in a Lightning checkpoint (class, config and weights), in eval mode."""
-    path = Path(ckpt_path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    info = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if not info or not info.get("planner_class"):
-        raise CheckpointError(f"{path}: not a diffplan planner checkpoint (no '{CHECKPOINT_KEY}' record)")
-    cls_path = info["planner_class"]
-    if expect_class is not None and not cls_path.endswith(expect_class):
-        raise CheckpointError(f"{path}: holds a {cls_path}, expected a {expect_class}")
-    module_name, cls_name = cls_path.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    planner = cls.from_config_dict(info["planner_config"]) if info["planner_config"] is not None else cls()
-    state = {k[len("planner.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("planner.")}
-    try:
-        planner.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match {cls_path} with the stored config: {err}") from None
-    planner.raster_config = info.get("raster")
-    return planner.eval()
-
-
-def planner_from_checkpoint(ckpt_path: str, name: str = "learned", seed: int = 0) -> Any:
-    """A closed-loop :class:`~planners.features.LearnedPlanner` from a training checkpoint (Hydra ``_target_``)."""
-    from planners.features import PLANNER_RASTER, LearnedPlanner
-    from simulation.render import RasterConfig
-
-    planner = load_planner(ckpt_path)
-    stored = getattr(planner, "raster_config", None)
-    raster = RasterConfig.from_dict(stored) if stored else PLANNER_RASTER
-    return LearnedPlanner(planner, name=name, raster=raster, seed=seed)

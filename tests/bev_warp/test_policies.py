@@ -18,8 +18,8 @@ from bev_warp.env import BEVWarpEnv, DoneReason, EnvConfig, expert_trajectories 
 from bev_warp.episodes import planning_rasters  # noqa: E402
 from bev_warp.policies import LearnedPolicy, VectorPolicy, observation  # noqa: E402
 from planners.base import PlanOutput  # noqa: E402
-from planners.features import PLANNER_RASTER, agent_tokens, window_features  # noqa: E402
 from planners.rule_based import ConstantVelocityPlanner  # noqa: E402
+from simulation.features import PLANNER_RASTER, PlannerInput, agent_tokens, window_features  # noqa: E402
 from simulation.types import Agents, DrivingCommand, EgoStates, Scenario, StateIndex  # noqa: E402
 
 NONE = EnvConfig(observation="none")
@@ -78,8 +78,8 @@ class _Recorder(torch.nn.Module):
     def initial_noise_shape(self, batch: int) -> tuple[int, int, int, int]:
         return (batch, 3, 8, 2)
 
-    def forward(self, features: dict[str, torch.Tensor], noise: torch.Tensor) -> PlanOutput:
-        self.seen = (features, noise)
+    def forward(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor) -> PlanOutput:
+        self.seen = (inputs, noise)
         b = noise.shape[0]
         plan = torch.zeros(b, 8, 3)
         plan[:, :, 0] = 2.0 * torch.arange(1, 9)
@@ -107,11 +107,11 @@ def test_learned_policy_sees_the_logged_features_at_zero_deviation_and_shared_no
     want = window_features(
         fixture_map(), ego, ts, agents, lights, s.route_roadblock_ids, 20, int(DrivingCommand.UNKNOWN), PLANNER_RASTER
     )
-    np.testing.assert_allclose(feats["bev"][0].numpy(), want["bev"], atol=1e-6)
-    np.testing.assert_array_equal(feats["ego_status"][0].numpy(), want["ego_status"])
+    np.testing.assert_allclose(feats.bev[0].numpy(), want.bev, atol=1e-6)
+    np.testing.assert_array_equal(feats.ego_status[0].numpy(), want.ego_status)
     tokens, mask = agent_tokens(s.agents.boxes[0], s.agents.types, s.ego.states[0, :3])
-    np.testing.assert_allclose(feats["agents"][0].numpy(), tokens, atol=1e-6)
-    np.testing.assert_array_equal(feats["agents_mask"][0].numpy(), mask)
+    np.testing.assert_allclose(feats.agents[0].numpy(), tokens, atol=1e-6)
+    np.testing.assert_array_equal(feats.agents_mask[0].numpy(), mask)
     expected_noise = torch.randn((1, 3, 8, 2), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(noise, expected_noise.expand(2, -1, -1, -1))
     assert failed.tolist() == [False, True] and float(plans[0, -1, 0]) == 16.0

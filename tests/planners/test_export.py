@@ -9,6 +9,7 @@ import torch
 
 from planners.export import ExportedPlanner, example_inputs, export_planner
 from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
+from simulation.features import PlannerInput
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_export_parity(planner: TruncatedDiffusionPlanner, tmp_path: Path, fmt: 
     exported = ExportedPlanner(path)
     inputs = example_inputs(planner, batch=3, bev_size=(64, 64))
     with torch.no_grad():
-        eager = planner.sample(dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4])), inputs[4])
+        eager = planner.sample(PlannerInput(*inputs[:4]), inputs[4])
     traj, cands, scores = exported(*inputs)
     torch.testing.assert_close(traj, eager.trajectory, atol=1e-5, rtol=0)
     torch.testing.assert_close(cands, eager.candidates, atol=1e-5, rtol=0)
@@ -43,7 +44,7 @@ def test_masked_planner_torchscript_parity(tmp_path: Path) -> None:
     path = export_planner(planner, tmp_path / "masked.pt", "torchscript", bev_size=(64, 64))
     inputs = example_inputs(planner, batch=2, bev_size=(64, 64))
     with torch.no_grad():
-        eager = planner.sample(dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4])))
+        eager = planner.sample(PlannerInput(*inputs[:4]))
     torch.testing.assert_close(ExportedPlanner(path)(*inputs)[0], eager.trajectory, atol=1e-5, rtol=0)
 
 

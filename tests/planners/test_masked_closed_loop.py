@@ -13,6 +13,7 @@ import torch
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from planners.checkpoint import CHECKPOINT_KEY, masked_planner
 from planners.masked_closed_loop import MaskedClosedLoopPlanner, safety_checker
 from planners.masked_diffusion import ORDERS, MaskedDiffusionConfig, MaskedDiffusionPlanner
 from planners.tokenizer import CodebookConfig
@@ -28,7 +29,6 @@ from simulation.maps.testing import FIXTURE_LOCATION, write_fixture_maps
 from simulation.protocols import Observation
 from simulation.render import RasterConfig
 from simulation.types import Agents, TrackedObjectType
-from training.imitation import CHECKPOINT_KEY
 
 RASTER = RasterConfig(height_px=32, width_px=32, resolution_m=2.0, behind_m=16.0)
 
@@ -187,7 +187,6 @@ def test_bench_configs_compose_and_build_the_planner(tmp_path: Path, observation
 def test_checkpoint_with_another_codebook_names_the_file(tmp_path: Path) -> None:
     """Weights trained on one codebook, a stored config naming another (same vocabulary size): refused."""
     from planners.tokenizer import TokenizerError
-    from training.masked_planners import masked_planner
 
     ckpt = torch.load(_checkpoint(tmp_path / "masked.ckpt"), weights_only=False)
     config = ckpt[CHECKPOINT_KEY]["planner_config"]

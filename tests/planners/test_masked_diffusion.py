@@ -10,16 +10,17 @@ import torch
 
 from planners.masked_diffusion import MaskedDiffusionConfig, MaskedDiffusionPlanner, masking_schedule
 from planners.tokenizer import CodebookConfig, TokenizerError, TrajectoryTokenizer
+from simulation.features import PlannerInput
 
 
-def _features(b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+def _features(b: int = 2, seed: int = 0) -> PlannerInput[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {
-        "bev": torch.rand(b, 4, 64, 64, generator=g),
-        "ego_status": torch.randn(b, 8, generator=g),
-        "agents": torch.randn(b, 5, 11, generator=g),
-        "agents_mask": torch.rand(b, 5, generator=g) > 0.3,
-    }
+    return PlannerInput(
+        bev=torch.rand(b, 4, 64, 64, generator=g),
+        ego_status=torch.randn(b, 8, generator=g),
+        agents=torch.randn(b, 5, 11, generator=g),
+        agents_mask=torch.rand(b, 5, generator=g) > 0.3,
+    )
 
 
 def _planner(codebook: CodebookConfig | None = None, **kw: object) -> MaskedDiffusionPlanner:
@@ -92,7 +93,7 @@ def test_log_probs_against_brute_force_on_tiny_vocab() -> None:
     seqs = torch.tensor(
         [[x1, y1 + 3, x2, y2 + 3] for x1, y1, x2, y2 in itertools.product(range(3), repeat=4)], dtype=torch.long
     )
-    feats = {k: v[:1].expand(len(seqs), *v.shape[1:]) for k, v in _features(b=1).items()}
+    feats = _features(b=1).apply(lambda v: v[:1].expand(len(seqs), *v.shape[1:]))
     with torch.no_grad():
         exact = planner.log_prob_exact(feats, seqs)
         one_pass = planner.log_prob_one_pass(feats, seqs)
@@ -101,7 +102,7 @@ def test_log_probs_against_brute_force_on_tiny_vocab() -> None:
     # Exact chain rule by hand for one sequence: p(o0) p(o1 | o0) p(o2 | o0 o1) p(o3 | o0 o1 o2).
     s = seqs[17:18]
     with torch.no_grad():
-        memory, pad = planner.encode({k: v[:1] for k, v in feats.items()})
+        memory, pad = planner.encode(feats.apply(lambda v: v[:1]))
         total = 0.0
         for t in range(4):
             inp = torch.where(torch.arange(4) < t, s, torch.full_like(s, tok.mask_id))
@@ -284,5 +285,5 @@ def test_classifier_free_guidance_by_hand() -> None:
         torch.testing.assert_close(guided[0][legal], (uncond + 3.0 * (cond - uncond))[0][legal])
         assert bool(torch.isinf(guided[0][~legal]).all())
         torch.testing.assert_close(planner._guided_logits(tokens, memory, pad, 0.0), cond)
-        out = planner.generate({}, context=(memory, pad), cfg_scale=2.0, num_steps=4)
+        out = planner.generate(None, context=(memory, pad), cfg_scale=2.0, num_steps=4)
     assert not bool((out == planner.tokenizer.mask_id).any())

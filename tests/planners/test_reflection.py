@@ -11,6 +11,7 @@ import torch
 from planners.masked_diffusion import MaskedDiffusionConfig, MaskedDiffusionPlanner, headings_from_xy
 from planners.reflection import SafetyChecker, local_anchor, reflect
 from planners.tokenizer import CodebookConfig
+from simulation.features import PlannerInput
 
 # A stopped car whose left edge (y = -0.65) reaches 0.5 m into the ego's straight path (ego half width 1.1485).
 CAR = np.array([[16.0, -1.6, 0.0, 0.0, 0.0, 4.5, 1.9]])
@@ -36,17 +37,17 @@ class InterpolatingPlanner(MaskedDiffusionPlanner):
         return out.masked_fill(~self.legal, float("-inf"))
 
 
-def _features() -> dict[str, torch.Tensor]:
+def _features() -> PlannerInput[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return {
-        "bev": torch.rand(1, 4, 64, 64, generator=g),
-        "ego_status": torch.randn(1, 8, generator=g),
-        "agents": torch.zeros(1, 2, 11),
-        "agents_mask": torch.ones(1, 2, dtype=torch.bool),
-    }
+    return PlannerInput(
+        bev=torch.rand(1, 4, 64, 64, generator=g),
+        ego_status=torch.randn(1, 8, generator=g),
+        agents=torch.zeros(1, 2, 11),
+        agents_mask=torch.ones(1, 2, dtype=torch.bool),
+    )
 
 
-def _setup() -> tuple[MaskedDiffusionPlanner, dict[str, torch.Tensor]]:
+def _setup() -> tuple[MaskedDiffusionPlanner, PlannerInput[torch.Tensor]]:
     torch.manual_seed(0)
     cfg = MaskedDiffusionConfig(bev_channels=4, d_model=32, num_layers=1, codebook=CodebookConfig(resolution=0.25))
     return MaskedDiffusionPlanner(cfg).eval(), _features()

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from planners.anchors import kmeans_anchors
-from planners.base import PlannerInputError
 from planners.ego_mlp import EgoStatusMLP
 from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
+from simulation.features import PLANNER_RASTER, PlannerInput, PlannerInputError
 
 
-def _features(b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+def _features(b: int = 2, seed: int = 0) -> PlannerInput[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {
-        "bev": torch.rand(b, 4, 64, 64, generator=g),
-        "ego_status": torch.randn(b, 8, generator=g),
-        "agents": torch.randn(b, 6, 11, generator=g),
-        "agents_mask": torch.rand(b, 6, generator=g) > 0.5,
-    }
+    return PlannerInput(
+        bev=torch.rand(b, 4, 64, 64, generator=g),
+        ego_status=torch.randn(b, 8, generator=g),
+        agents=torch.randn(b, 6, 11, generator=g),
+        agents_mask=torch.rand(b, 6, generator=g) > 0.5,
+    )
 
 
 def _trajectories(m: int, seed: int = 0) -> np.ndarray:
@@ -41,7 +43,9 @@ def _planner(k: int = 6, truncated: bool = True, **overrides: int | bool) -> Tru
     return TruncatedDiffusionPlanner(cfg, anchors)
 
 
-def _fit(planner: TruncatedDiffusionPlanner, steps: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[float]]:
+def _fit(
+    planner: TruncatedDiffusionPlanner, steps: int
+) -> tuple[PlannerInput[torch.Tensor], torch.Tensor, list[float]]:
     """Trains ``planner`` on two fixed scenes; returns the features, the target trajectories and the losses."""
     feats = _features(b=2)
     target = torch.from_numpy(_trajectories(2, seed=5)).float()
@@ -97,11 +101,11 @@ def test_backbone_stage_sets_the_bev_map_stride() -> None:
 def test_nan_input_raises() -> None:
     planner = _planner().eval()
     feats = _features()
-    feats["ego_status"][0, 0] = float("nan")
+    feats.ego_status[0, 0] = float("nan")
     with pytest.raises(PlannerInputError, match="ego_status"):
         planner(feats)
     feats = _features()
-    feats["bev"] = torch.rand(2, 3, 64, 64)
+    feats = dataclasses.replace(feats, bev=torch.rand(2, 3, 64, 64))
     with pytest.raises(PlannerInputError, match="bev"):
         planner(feats)
 
@@ -203,3 +207,8 @@ def test_anchor_offset_overfits_and_stays_smooth() -> None:
         assert float(err) < 1.0
     # two noise draws give nearly the same plan: the noise (about 1.5 m per waypoint at t = 8) is not passed on
     assert float((a.trajectory[..., :2] - b.trajectory[..., :2]).norm(dim=-1).mean()) < 0.3
+
+
+def test_default_planner_extent_matches_raster() -> None:
+    assert TruncatedDiffusionConfig().bev_extent == PLANNER_RASTER.extent
+    assert TruncatedDiffusionConfig().bev_channels == PLANNER_RASTER.num_channels

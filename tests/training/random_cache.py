@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulation.features import PlannerInput
 from training.data import stack_samples, write_meta, write_npz_atomic
 
 CHANNELS, SIZE = 12, 64
@@ -13,9 +14,9 @@ CHANNELS, SIZE = 12, 64
 
 def _samples(
     n: int, rng: np.random.Generator, size: int = SIZE, num_agents: int = 32, curve: float | None = None
-) -> list[dict[str, np.ndarray]]:
+) -> tuple[list[PlannerInput[np.ndarray]], list[np.ndarray], list[str]]:
     """Straight-ish trajectories at random speeds; ``curve`` fixes the lateral t^2 term (random when None)."""
-    out = []
+    features, targets, tokens = [], [], []
     for i in range(n):
         speed = rng.uniform(0, 12)
         t = np.arange(1, 9) * 0.5
@@ -23,17 +24,12 @@ def _samples(
         traj = np.stack([speed * t, lateral * t**2, np.zeros(8)], -1)
         ego = np.zeros(8, np.float32)
         ego[0], ego[5] = speed, 1.0
-        out.append(
-            {
-                "bev": rng.uniform(0, 1, (CHANNELS, size, size)).astype(np.float32),
-                "ego_status": ego,
-                "agents": rng.normal(size=(num_agents, 11)).astype(np.float32),
-                "agents_mask": rng.uniform(size=num_agents) > 0.5,
-                "trajectory": traj.astype(np.float32),
-                "tokens": np.array(f"{i:016x}"),
-            }
-        )
-    return out
+        bev = rng.uniform(0, 1, (CHANNELS, size, size)).astype(np.float32)
+        agents = rng.normal(size=(num_agents, 11)).astype(np.float32)
+        features.append(PlannerInput(bev, ego, agents, rng.uniform(size=num_agents) > 0.5))
+        targets.append(traj.astype(np.float32))
+        tokens.append(f"{i:016x}")
+    return features, targets, tokens
 
 
 def write_random_cache(
@@ -50,5 +46,5 @@ def write_random_cache(
     write_meta(root, {"bev_shape": [CHANNELS, size, size], "raster": raster or {"channels": CHANNELS}})
     for split, n in splits.items():
         samples = _samples(n, rng, size, num_agents, curve)
-        write_npz_atomic(root / split / "shard_00000.npz", stack_samples(samples))
+        write_npz_atomic(root / split / "shard_00000.npz", stack_samples(*samples))
     return root

@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from planners.features import PLANNER_RASTER, LearnedPlanner
+from planners.adapter import LearnedPlanner
 from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
 from rewards.pdm import PDMScorer
 from simulation.datasets.nuplan_db import write_log
@@ -23,6 +23,7 @@ from simulation.datasets.scenes import SceneFilter, extract_scenes
 from simulation.datasets.testing import make_log_data
 from simulation.evaluation.protocols import NAVSIM_V1_COLUMNS, NAVSIM_V2_COLUMNS, get_protocol
 from simulation.evaluation.units import observation_from_scene
+from simulation.features import PLANNER_RASTER
 from simulation.maps.api import MapAPI
 from simulation.maps.testing import build_fixture_map, write_fixture_maps
 from simulation.metric_cache import build_metric_cache

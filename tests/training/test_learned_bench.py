@@ -14,11 +14,11 @@ import torch
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from planners.features import PLANNER_RASTER
 from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
 from simulation.datasets.nuplan_db import write_log
 from simulation.datasets.testing import make_log_data
 from simulation.evaluation.cli import compose_config
+from simulation.features import PLANNER_RASTER
 from simulation.maps.testing import write_fixture_maps
 from training.cli import main as diffplan
 from training.data import PlannerDataModule
@@ -35,8 +35,8 @@ def one_thread() -> Iterator[None]:
 
 def test_learned_planner_configs_compose_and_resolve() -> None:
     for name, param, target in (
-        ("learned", "ckpt_path", "training.imitation.planner_from_checkpoint"),
-        ("exported", "path", "planners.features.exported_planner"),
+        ("learned", "ckpt_path", "planners.checkpoint.learned_planner"),
+        ("exported", "path", "planners.checkpoint.exported_planner"),
     ):
         cfg = compose_config([f"planner={name}"])
         assert cfg.planner.name == name and cfg.planner._target_ == target and callable(get_object(target))

@@ -9,14 +9,13 @@ import pytest
 import torch
 from random_cache import CHANNELS, write_random_cache
 
+from planners.checkpoint import load_planner, masked_planner
 from planners.masked_closed_loop import MaskedClosedLoopPlanner
 from simulation.datasets.nuplan_db import write_log
 from simulation.datasets.testing import make_log_data
 from simulation.maps.testing import write_fixture_maps
 from simulation.render import RasterConfig
-from training.imitation import load_planner
 from training.lightning_cli import run_cli
-from training.masked_planners import masked_planner
 
 CONFIG = Path("configs/train/masked_il.yaml")
 SIZE = 32

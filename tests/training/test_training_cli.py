@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from planners.checkpoint import CheckpointError, load_planner
 from planners.export import ExportedPlanner, example_inputs
+from simulation.features import PlannerInput
 from training.cli import main as diffplan
 from training.data import FeatureCacheError, PlannerDataModule
-from training.imitation import CheckpointError, load_planner
 from training.lightning_cli import run_cli
 
 CONFIGS = sorted(Path("configs/train").glob("*.yaml"))
@@ -58,7 +59,7 @@ def test_fit_checkpoint_resume_load_and_export(feature_cache: Path, tmp_path: Pa
     assert diffplan(["export", "--ckpt", str(ckpt), "--out", str(out), "--bev-size", "64", "64"]) == 0
     inputs = example_inputs(planner, batch=2, bev_size=(64, 64))
     with torch.no_grad():
-        eager = planner.sample(dict(zip(["bev", "ego_status", "agents", "agents_mask"], inputs[:4])), inputs[4])
+        eager = planner.sample(PlannerInput(*inputs[:4]), inputs[4])
     # the file's module matches eager to 1e-5 m; the CPU-optimised copy (folded batch norms, oneDNN kernels)
     # to float32 rounding of waypoints tens of metres long
     torch.testing.assert_close(ExportedPlanner(out, optimize=False)(*inputs)[0], eager.trajectory, atol=1e-5, rtol=0)
