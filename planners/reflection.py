@@ -299,6 +299,29 @@ def _reflection_round(
     return current, flags, step
 
 
+def _conclude(
+    model: MaskedDiffusionPlanner,
+    record: ReflectionRecord,
+    current: np.ndarray,
+    flags: np.ndarray,
+    best: np.ndarray,
+    original: np.ndarray,
+    check: SafetyFn,
+) -> np.ndarray:
+    """The tokens ``(16,)`` :func:`reflect` returns: ``current`` if its safety ``flags`` ``(8,)`` all pass, else the
+    safest seen, ``best``; fills the closing fields of ``record`` (``original``: the ``(16,)`` tokens it started
+    from)."""
+    if not flags.all():
+        record.fell_back = True
+        current = best
+        flags = check(_poses(model, current)[None])[0]
+    record.finally_safe = bool(flags.all())
+    record.final = _poses(model, current)[:, :2]
+    changed = (current != original).reshape(-1, 2).any(-1)
+    record.changed_waypoints = [int(i) for i in np.flatnonzero(changed)]
+    return current
+
+
 def reflect(
     model: MaskedDiffusionPlanner,
     features: dict[str, torch.Tensor],
@@ -355,12 +378,5 @@ def reflect(
         record.anchors.append((step.waypoint, step.before, step.anchor))
         record.steps.append(step)
         record.iterations += 1
-    if not flags.all():
-        record.fell_back = True
-        current = best
-        flags = check(_poses(model, current)[None])[0]
-    record.finally_safe = bool(flags.all())
-    record.final = _poses(model, current)[:, :2]
-    changed = (current != tokens.cpu().numpy()).reshape(-1, 2).any(-1)
-    record.changed_waypoints = [int(i) for i in np.flatnonzero(changed)]
+    current = _conclude(model, record, current, flags, best, tokens.cpu().numpy(), check)
     return torch.from_numpy(current), record
