@@ -213,6 +213,116 @@ def local_anchor(
     return pairs[best].copy(), bool(safe[best])
 
 
+def _inpaint_around(
+    model: MaskedDiffusionPlanner,
+    current: np.ndarray,
+    k: int,
+    anchored: np.ndarray,
+    remask_span: int,
+    check: SafetyFn,
+    context: tuple[torch.Tensor, torch.Tensor],
+    num_steps: int | None,
+    order: str | None,
+) -> tuple[np.ndarray, list[int], bool]:
+    """Re-mask the waypoints within ``remask_span`` of anchor ``k`` (but no anchored one) and inpaint them.
+
+    ``current``: ``(16,)`` token ids; ``anchored``: ``(8,)`` bool, waypoints whose tokens stay fixed. Returns the
+    sequence to continue from (the inpainted one unless ``check`` finds it less safe than ``current``), the
+    re-masked waypoint indices (empty: nothing to inpaint, ``current`` returned as is) and whether the
+    inpainted sequence was kept.
+    """
+    free = np.zeros(model.tokenizer.config.num_poses, dtype=bool)
+    free[max(0, k - remask_span) : k + remask_span + 1] = True
+    free &= ~anchored
+    remasked = [int(i) for i in np.flatnonzero(free)]
+    if not remasked:
+        return current, remasked, False
+    fixed = current.copy()
+    fixed[np.repeat(free, 2)] = -1
+    steps = min(model.config.num_steps if num_steps is None else num_steps, 2 * len(remasked))
+    with torch.no_grad():
+        inpainted = model.generate(
+            None, fixed=torch.from_numpy(fixed)[None], num_steps=steps, order=order, temperature=0.0, context=context
+        )[0].cpu().numpy()  # fmt: skip
+    both = check(_poses(model, np.stack([current, inpainted])))
+    kept = int((~both[1]).sum()) <= int((~both[0]).sum())
+    return (inpainted if kept else current), remasked, kept
+
+
+def _check_arguments(max_iterations: int, radius: int, remask_span: int, patience: int | None) -> None:
+    """Raise ``ValueError`` on the settings :func:`reflect` cannot run with."""
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 or None (got {patience})")
+    if max_iterations < 0 or radius < 0 or remask_span < 0:
+        raise ValueError(
+            f"max_iterations, radius and remask_span must be >= 0 (got {max_iterations}, {radius}, {remask_span})"
+        )
+
+
+def _reflection_round(
+    model: MaskedDiffusionPlanner,
+    current: np.ndarray,
+    flags: np.ndarray,
+    checker: SafetyChecker,
+    anchored: np.ndarray,
+    check: SafetyFn,
+    safety: SafetyFn | None,
+    radius: int,
+    remask_span: int,
+    context: tuple[torch.Tensor, torch.Tensor],
+    num_steps: int | None,
+    order: str | None,
+) -> tuple[np.ndarray, np.ndarray, ReflectionStep]:
+    """One anchor-and-inpaint round of :func:`reflect` on ``current`` ``(16,)`` tokens, whose ``(8,)`` safety
+    ``flags`` (by ``check``) hold at least one unsafe waypoint.
+
+    Anchors the earliest unsafe waypoint (marked in ``anchored``, ``(8,)`` bool, updated in place) and, when the
+    anchor is safe, inpaints around it. Returns the new tokens, their safety flags ``(8,)`` and the round's record.
+    """
+    unsafe_before = int((~flags).sum())
+    k = int(np.argmax(~flags))
+    before = tuple(float(v) for v in _poses(model, current)[k, :2])
+    anchor, anchor_safe = local_anchor(current, k, checker, model, radius, safety)
+    current[2 * k : 2 * k + 2] = anchor
+    anchored[k] = True
+    after = tuple(float(v) for v in _poses(model, current)[k, :2])
+    remasked: list[int] = []
+    kept = False
+    if anchor_safe:
+        current, remasked, kept = _inpaint_around(
+            model, current, k, anchored, remask_span, check, context, num_steps, order
+        )
+    flags = check(_poses(model, current)[None])[0]
+    step = ReflectionStep(
+        k, before, after, anchor_safe, remasked, kept, unsafe_before, int((~flags).sum()),  # type: ignore[arg-type]
+        _poses(model, current)[:, :2],
+    )  # fmt: skip
+    return current, flags, step
+
+
+def _conclude(
+    model: MaskedDiffusionPlanner,
+    record: ReflectionRecord,
+    current: np.ndarray,
+    flags: np.ndarray,
+    best: np.ndarray,
+    original: np.ndarray,
+    check: SafetyFn,
+) -> np.ndarray:
+    """The tokens ``(16,)`` :func:`reflect` returns: ``current`` if its safety ``flags`` ``(8,)`` all pass, else the
+    safest seen, ``best``; fills the closing fields of ``record`` (``original``: the ``(16,)`` tokens it started
+    from)."""
+    if not flags.all():
+        record.fell_back = True
+        current = best
+        flags = check(_poses(model, current)[None])[0]
+    record.finally_safe = bool(flags.all())
+    record.final = _poses(model, current)[:, :2]
+    changed = (current != original).reshape(-1, 2).any(-1)
+    record.changed_waypoints = [int(i) for i in np.flatnonzero(changed)]
+    return current
+
+
 def reflect(
     model: MaskedDiffusionPlanner,
     features: PlannerInput[torch.Tensor],
@@ -244,17 +354,11 @@ def reflect(
     unmasking steps (at most the number of re-masked tokens) and decoding order of the inpainting (default:
     the model's).
     """
-    if patience is not None and patience < 1:
-        raise ValueError(f"patience must be >= 1 or None (got {patience})")
-    if max_iterations < 0 or radius < 0 or remask_span < 0:
-        raise ValueError(
-            f"max_iterations, radius and remask_span must be >= 0 (got {max_iterations}, {radius}, {remask_span})"
-        )
-    tok = model.tokenizer
+    _check_arguments(max_iterations, radius, remask_span, patience)
     check: SafetyFn = safety if safety is not None else checker.waypoint_safety
     current = tokens.detach().clone().cpu().numpy()
     record = ReflectionRecord(initial=_poses(model, current)[:, :2])
-    anchored = np.zeros(tok.config.num_poses, dtype=bool)
+    anchored = np.zeros(model.tokenizer.config.num_poses, dtype=bool)
     if context is None:
         with torch.no_grad():
             context = model.encode(features)
@@ -265,53 +369,15 @@ def reflect(
     for _ in range(max_iterations):
         if flags.all() or (patience is not None and stale >= patience):
             break
-        unsafe_before = int((~flags).sum())
-        k = int(np.argmax(~flags))
-        before = tuple(float(v) for v in _poses(model, current)[k, :2])
-        anchor, anchor_safe = local_anchor(current, k, checker, model, radius, safety)
-        current[2 * k : 2 * k + 2] = anchor
-        anchored[k] = True
-        after = tuple(float(v) for v in _poses(model, current)[k, :2])
-        remasked: list[int] = []
-        kept = False
-        if anchor_safe:
-            free = np.zeros(tok.config.num_poses, dtype=bool)
-            free[max(0, k - remask_span) : k + remask_span + 1] = True
-            free &= ~anchored
-            remasked = [int(i) for i in np.flatnonzero(free)]
-            if remasked:
-                fixed = current.copy()
-                fixed[np.repeat(free, 2)] = -1
-                steps = min(model.config.num_steps if num_steps is None else num_steps, 2 * len(remasked))
-                with torch.no_grad():
-                    inpainted = model.generate(
-                        None, fixed=torch.from_numpy(fixed)[None], num_steps=steps, order=order, temperature=0.0,
-                        context=context,
-                    )[0].cpu().numpy()  # fmt: skip
-                both = check(_poses(model, np.stack([current, inpainted])))
-                kept = int((~both[1]).sum()) <= int((~both[0]).sum())
-                if kept:
-                    current = inpainted
-        flags = check(_poses(model, current)[None])[0]
-        unsafe_after = int((~flags).sum())
-        if unsafe_after < best_unsafe:
-            best, best_unsafe, stale = current.copy(), unsafe_after, 0
+        current, flags, step = _reflection_round(
+            model, current, flags, checker, anchored, check, safety, radius, remask_span, context, num_steps, order
+        )
+        if step.unsafe_after < best_unsafe:
+            best, best_unsafe, stale = current.copy(), step.unsafe_after, 0
         else:
             stale += 1
-        record.anchors.append((k, before, after))  # type: ignore[arg-type]
-        record.steps.append(
-            ReflectionStep(
-                k, before, after, anchor_safe, remasked, kept, unsafe_before, unsafe_after,  # type: ignore[arg-type]
-                _poses(model, current)[:, :2],
-            )
-        )  # fmt: skip
+        record.anchors.append((step.waypoint, step.before, step.anchor))
+        record.steps.append(step)
         record.iterations += 1
-    if not flags.all():
-        record.fell_back = True
-        current = best
-        flags = check(_poses(model, current)[None])[0]
-    record.finally_safe = bool(flags.all())
-    record.final = _poses(model, current)[:, :2]
-    changed = (current != tokens.cpu().numpy()).reshape(-1, 2).any(-1)
-    record.changed_waypoints = [int(i) for i in np.flatnonzero(changed)]
+    current = _conclude(model, record, current, flags, best, tokens.cpu().numpy(), check)
     return torch.from_numpy(current), record

@@ -322,6 +322,69 @@ def _wrap(angle: float) -> float:
 
 
 @numba.njit(cache=True)
+def _lateral_rate(
+    e_lat: float,
+    e_psi: float,
+    delta: float,
+    speed: float,
+    accel_cmd: float,
+    curvature: np.ndarray,
+    k: int,
+    last: int,
+    lqr: np.ndarray,
+) -> float:
+    """Steering-rate command of the lateral LQR (:func:`_lateral_lqr` for one candidate) at step ``k``: the
+    lateral / heading error and steering angle ``delta`` predicted ``horizon`` steps ahead at speeds
+    ``speed + j dt accel_cmd`` along the reference curvature ``(T',)`` (held after index ``last``), written out as
+    scalar sums; ``lqr`` as in :func:`_track_kernel`."""
+    q0, q1, q2, r_lat, dt, lqr_wb = lqr[2], lqr[3], lqr[4], lqr[5], lqr[6], lqr[10]
+    horizon = int(lqr[7])
+    sum_lat = lat_psi_delta = lat_psi_u = lat_drift = 0.0
+    cum_psi_delta = cum_psi_u = cum_drift = 0.0
+    for j in range(horizon):
+        v_j = speed + j * dt * accel_cmd
+        lat_gain = v_j * dt
+        psi_gain = v_j * dt / lqr_wb
+        drift = v_j * curvature[min(k + j, last)] * dt
+        lat_psi_delta += lat_gain * cum_psi_delta
+        lat_psi_u += lat_gain * cum_psi_u
+        lat_drift += lat_gain * cum_drift
+        sum_lat += lat_gain
+        cum_psi_delta += psi_gain
+        cum_psi_u += psi_gain * j * dt
+        cum_drift += drift
+    sum_psi, psi_u, drift_sum = cum_psi_delta, cum_psi_u, cum_drift
+    free0 = e_lat + e_psi * sum_lat + delta * lat_psi_delta - lat_drift
+    free1 = _wrap(e_psi + delta * sum_psi - drift_sum)
+    b0, b1, b2 = lat_psi_u, psi_u, horizon * dt
+    return -(b0 * q0 * free0 + b1 * q1 * free1 + b2 * q2 * delta) / (b0 * q0 * b0 + b1 * q1 * b1 + b2 * q2 * b2 + r_lat)
+
+
+@numba.njit(cache=True)
+def _bicycle_step(
+    st: np.ndarray, nxt: np.ndarray, accel_cmd: float, rate_cmd: float, dt: float, bike: np.ndarray
+) -> None:
+    """Writes the next state ``nxt`` ``(11,)`` of ``st`` ``(11,)`` under the commands (:func:`propagate_bicycle`
+    for one candidate); ``bike`` = (wheel_base, max_steering_angle, accel_tau, steering_tau)."""
+    bike_wb, max_steer, tau_a, tau_s = bike[0], bike[1], bike[2], bike[3]
+    delta, speed = st[7], st[3]
+    accel = st[5] + dt / (dt + tau_a) * (accel_cmd - st[5])
+    ideal = delta + dt * rate_cmd
+    steer_rate = (delta + dt / (dt + tau_s) * (ideal - delta) - delta) / dt
+    nxt[0] = st[0] + dt * speed * np.cos(st[2])
+    nxt[1] = st[1] + dt * speed * np.sin(st[2])
+    nxt[2] = _wrap(st[2] + dt * speed * np.tan(delta) / bike_wb)
+    nxt[3] = speed + dt * accel
+    nxt[4] = 0.0
+    nxt[5] = accel
+    nxt[6] = 0.0
+    nxt[7] = min(max(delta + dt * steer_rate, -max_steer), max_steer)
+    nxt[8] = steer_rate
+    nxt[9] = nxt[3] * np.tan(nxt[7]) / bike_wb
+    nxt[10] = (nxt[9] - st[9]) / dt
+
+
+@numba.njit(cache=True)
 def _track_kernel(
     out: np.ndarray,
     reference: np.ndarray,
@@ -336,19 +399,14 @@ def _track_kernel(
     ``lqr`` = (q_lon, r_lon, q_lat_0, q_lat_1, q_lat_2, r_lat, dt, horizon, stop_gain, stop_velocity, wheel_base);
     ``bike`` = (wheel_base, max_steering_angle, accel_tau, steering_tau).
     """
-    q_lon, r_lon, q0, q1, q2, r_lat, dt, horizon_f, stop_gain, stop_v, lqr_wb = lqr
-    bike_wb, max_steer, tau_a, tau_s = bike
-    horizon = int(horizon_f)
+    q_lon, r_lon, dt, stop_gain, stop_v = lqr[0], lqr[1], lqr[6], lqr[8], lqr[9]
+    horizon = int(lqr[7])
     last = velocity.shape[1] - 1
     b_long = horizon * dt
     for b in range(out.shape[0]):
         for k in range(out.shape[1] - 1):
             st = out[b, k]
             rx, ry, rh = reference[b, k, 0], reference[b, k, 1], reference[b, k, 2]
-            dx, dy = st[0] - rx, st[1] - ry
-            e_lat = -dx * np.sin(rh) + dy * np.cos(rh)
-            e_psi = _wrap(st[2] - rh)
-            delta = st[7]
             speed = st[3]
             ref_speed = velocity[b, min(k + horizon, last)]
             if ref_speed <= stop_v and speed <= stop_v:
@@ -356,42 +414,10 @@ def _track_kernel(
                 rate_cmd = 0.0
             else:
                 accel_cmd = -b_long * q_lon * (speed - ref_speed) / (b_long * q_lon * b_long + r_lon)
-                sum_lat = sum_psi = lat_psi_delta = lat_psi_u = lat_drift = psi_u = drift_sum = 0.0
-                cum_psi_delta = cum_psi_u = cum_drift = 0.0
-                for j in range(horizon):
-                    v_j = speed + j * dt * accel_cmd
-                    lat_gain = v_j * dt
-                    psi_gain = v_j * dt / lqr_wb
-                    drift = v_j * curvature[b, min(k + j, last)] * dt
-                    lat_psi_delta += lat_gain * cum_psi_delta
-                    lat_psi_u += lat_gain * cum_psi_u
-                    lat_drift += lat_gain * cum_drift
-                    sum_lat += lat_gain
-                    cum_psi_delta += psi_gain
-                    cum_psi_u += psi_gain * j * dt
-                    cum_drift += drift
-                sum_psi, psi_u, drift_sum = cum_psi_delta, cum_psi_u, cum_drift
-                free0 = e_lat + e_psi * sum_lat + delta * lat_psi_delta - lat_drift
-                free1 = _wrap(e_psi + delta * sum_psi - drift_sum)
-                b0, b1, b2 = lat_psi_u, psi_u, horizon * dt
-                rate_cmd = -(b0 * q0 * free0 + b1 * q1 * free1 + b2 * q2 * delta) / (
-                    b0 * q0 * b0 + b1 * q1 * b1 + b2 * q2 * b2 + r_lat
-                )
-            nxt = out[b, k + 1]
-            accel = st[5] + dt / (dt + tau_a) * (accel_cmd - st[5])
-            ideal = delta + dt * rate_cmd
-            steer_rate = (delta + dt / (dt + tau_s) * (ideal - delta) - delta) / dt
-            nxt[0] = st[0] + dt * speed * np.cos(st[2])
-            nxt[1] = st[1] + dt * speed * np.sin(st[2])
-            nxt[2] = _wrap(st[2] + dt * speed * np.tan(delta) / bike_wb)
-            nxt[3] = speed + dt * accel
-            nxt[4] = 0.0
-            nxt[5] = accel
-            nxt[6] = 0.0
-            nxt[7] = min(max(delta + dt * steer_rate, -max_steer), max_steer)
-            nxt[8] = steer_rate
-            nxt[9] = nxt[3] * np.tan(nxt[7]) / bike_wb
-            nxt[10] = (nxt[9] - st[9]) / dt
+                dx, dy = st[0] - rx, st[1] - ry
+                e_lat = -dx * np.sin(rh) + dy * np.cos(rh)
+                rate_cmd = _lateral_rate(e_lat, _wrap(st[2] - rh), st[7], speed, accel_cmd, curvature[b], k, last, lqr)
+            _bicycle_step(st, out[b, k + 1], accel_cmd, rate_cmd, dt, bike)
 
 
 def track_and_propagate(

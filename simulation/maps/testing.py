@@ -111,6 +111,36 @@ def _boundaries() -> tuple[dict[int, np.ndarray], dict[int, tuple[int, int]]]:
 
 
 def _graph_layers(boundary_of: dict[int, tuple[int, int]]) -> dict[str, VectorLayer]:
+    """Lanes, connectors, roadblocks, roadblock connectors and baselines; ``boundary_of``: path fid -> (left,
+    right) boundary fids."""
+    return {
+        "lanes_polygons": _lane_layer(boundary_of),
+        "lane_connectors": _connector_layer(boundary_of),
+        "lane_groups_polygons": _layer(
+            [(k, p, {"road_segment_fid": 700 + k, "num_lanes": 2}) for k, p in _ROADBLOCKS.items()],
+            ("road_segment_fid", "num_lanes"),
+        ),
+        "lane_group_connectors": _roadblock_connector_layer(),
+        "gen_lane_connectors_scaled_width_polygons": _layer(
+            [
+                (1100 + fid, LineString(v[5]).buffer(_HALF, cap_style="flat"), {"lane_connector_fid": fid})
+                for fid, v in _CONNECTORS.items()
+            ],
+            ("lane_connector_fid",),
+        ),
+        "baseline_paths": _layer(
+            [(1000 + fid, LineString(v[2]), {"lane_fid": fid, "lane_connector_fid": None}) for fid, v in _LANES.items()]
+            + [
+                (1000 + fid, LineString(v[5]), {"lane_fid": None, "lane_connector_fid": fid})
+                for fid, v in _CONNECTORS.items()
+            ],
+            ("lane_fid", "lane_connector_fid"),
+        ),
+    }
+
+
+def _lane_layer(boundary_of: dict[int, tuple[int, int]]) -> VectorLayer:
+    """``lanes_polygons``: each lane's baseline buffered to the lane width."""
     lanes = [
         (
             fid,
@@ -128,7 +158,11 @@ def _graph_layers(boundary_of: dict[int, tuple[int, int]]) -> dict[str, VectorLa
         )
         for fid, (rb, idx, c) in _LANES.items()
     ]
-    lane_cols = tuple(lanes[0][2])
+    return _layer(lanes, tuple(lanes[0][2]))
+
+
+def _connector_layer(boundary_of: dict[int, tuple[int, int]]) -> VectorLayer:
+    """``lane_connectors``: the connectors' baselines and links."""
     conns = [
         (
             fid,
@@ -147,42 +181,24 @@ def _graph_layers(boundary_of: dict[int, tuple[int, int]]) -> dict[str, VectorLa
         )
         for fid, (a, b, rbc, inter, turn, c) in _CONNECTORS.items()
     ]
+    return _layer(conns, tuple(conns[0][2]))
+
+
+def _roadblock_connector_layer() -> VectorLayer:
+    """``lane_group_connectors``: each the union of its connectors' polygons."""
     rbc_polys = {
         k: shapely.union_all(
             [LineString(v[5]).buffer(_HALF, cap_style="flat") for v in _CONNECTORS.values() if v[2] == k]
         )
         for k in _ROADBLOCK_CONNECTORS
     }
-    return {
-        "lanes_polygons": _layer(lanes, lane_cols),
-        "lane_connectors": _layer(conns, tuple(conns[0][2])),
-        "lane_groups_polygons": _layer(
-            [(k, p, {"road_segment_fid": 700 + k, "num_lanes": 2}) for k, p in _ROADBLOCKS.items()],
-            ("road_segment_fid", "num_lanes"),
-        ),
-        "lane_group_connectors": _layer(
-            [
-                (k, rbc_polys[k], {"from_lane_group_fid": a, "to_lane_group_fid": b, "intersection_fid": i})
-                for k, (a, b, i) in _ROADBLOCK_CONNECTORS.items()
-            ],
-            ("from_lane_group_fid", "to_lane_group_fid", "intersection_fid"),
-        ),
-        "gen_lane_connectors_scaled_width_polygons": _layer(
-            [
-                (1100 + fid, LineString(v[5]).buffer(_HALF, cap_style="flat"), {"lane_connector_fid": fid})
-                for fid, v in _CONNECTORS.items()
-            ],
-            ("lane_connector_fid",),
-        ),
-        "baseline_paths": _layer(
-            [(1000 + fid, LineString(v[2]), {"lane_fid": fid, "lane_connector_fid": None}) for fid, v in _LANES.items()]
-            + [
-                (1000 + fid, LineString(v[5]), {"lane_fid": None, "lane_connector_fid": fid})
-                for fid, v in _CONNECTORS.items()
-            ],
-            ("lane_fid", "lane_connector_fid"),
-        ),
-    }
+    return _layer(
+        [
+            (k, rbc_polys[k], {"from_lane_group_fid": a, "to_lane_group_fid": b, "intersection_fid": i})
+            for k, (a, b, i) in _ROADBLOCK_CONNECTORS.items()
+        ],
+        ("from_lane_group_fid", "to_lane_group_fid", "intersection_fid"),
+    )
 
 
 def _area_layers(boundaries: dict[int, np.ndarray]) -> dict[str, VectorLayer]:

@@ -393,3 +393,12 @@ def test_render_on_fixture_map(fixture_map: MapAPI) -> None:
     assert red.any() and not red[150].any()  # the left-turn connector only, inside the junction
     cols = np.flatnonzero(_plane(r, "lane_centerlines")[150])  # baselines at ego y = 0, -4: on pixel edges 128, 144
     assert len(cols) == 2 and cols[0] in (127, 128) and cols[1] - cols[0] == 16
+
+
+def test_layout_names_are_the_raster_config_ones() -> None:
+    """The layout lives in ``simulation.raster_config``; ``simulation.render`` hands out the same objects."""
+    from simulation import raster_config, render
+
+    for name in raster_config.__all__:
+        assert getattr(render, name) is getattr(raster_config, name)
+    assert raster_config.DEFAULT_RASTER.shape == (len(raster_config.CHANNELS), 256, 256)

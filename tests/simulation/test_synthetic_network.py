@@ -149,3 +149,12 @@ def test_map_layers_unique_fids_and_map_api(town):
     got = api.lanes[str(lane.fid)]
     assert np.allclose(got.baseline[0], lane.centre[0] + town_origin(3))
     assert got.roadblock_id == str(lane.roadblock) and got.index == 0
+
+
+def test_the_town_data_model_is_importable_from_network() -> None:
+    """The types live in ``town.py``; ``network`` hands out the same objects next to :func:`build_town`."""
+    from simulation.datasets.synthetic import network, town
+
+    for name in town.__all__:
+        assert getattr(network, name) is getattr(town, name)
+    assert int(town.TurnType.UTURN) == 3

@@ -13,25 +13,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulation.datasets.synthetic.ego_sensing import EGO_OWNER, EGO_PROBES, REAR_TO_CENTER, EgoSensed, sense_ego
 from simulation.datasets.synthetic.network import Block, Path, Town, TurnType
 from simulation.datasets.synthetic.paths import PathBank, build_bank
 from simulation.datasets.synthetic.traffic import (
     INF,
     IDMParams,
     Objects,
-    corridor_obstacles,
-    exit_blocked,
     free_speed,
     idm_accel,
-    path_leaders,
-    stop_line_gaps,
 )
 from simulation.geometry import project_on_polyline
 from simulation.types import PACIFICA
 
-EGO_OWNER = -7  # agent id of the ego in constraint searches
-REAR_TO_CENTER = PACIFICA.rear_axle_to_center
-EGO_PROBES = np.arange(0.25, 50.0, 2.0)
 VAN_HALF = 2.75  # half length of the stopped vans of :func:`~simulation.datasets.synthetic.world._blockers`
 WAIT_BEHIND = 14.0  # the ego waits this far behind a stopped vehicle it cannot pass yet
 #: Lateral acceleration (m/s^2) of the ego's curve speeds.
@@ -350,6 +344,63 @@ class EgoDriver:
         self.v = max(self.v + self.a * dt, 0.0)
         self.s += step
 
+    def _update_follow_timers(self, dt: float, seen: EgoSensed, v0: np.ndarray) -> None:
+        """Count how long the ego has followed a cyclist closely and a slow vehicle (the triggers of passing and
+        overtaking, see :meth:`_try_lane_change`); ``v0``: ``(1,)`` its desired speed."""
+        gap_l, v_l, own_l = seen.gap_l, seen.v_l, seen.own_l
+        # following a cyclist: from closer than BIKE_NEAR_M until it is the lead no more or twice as far
+        near = BIKE_NEAR_M * (2.0 if self.behind_bike != 0.0 else 1.0)
+        bike = int(own_l[0]) in self.cyclists and float(gap_l[0]) < near
+        self.behind_bike = self.behind_bike + dt if bike else 0.0
+        slow = (
+            int(own_l[0]) >= 0
+            and int(own_l[0]) not in self.cyclists
+            and float(gap_l[0]) < SLOW_LEAD_GAP_M
+            and 2.0 < float(v_l[0]) < SLOW_LEAD_RATIO * float(v0[0])
+        )
+        self.behind_slow = self.behind_slow + dt if slow else 0.0
+
+    def _choose_accel(self, dt: float, seen: EgoSensed, v0: np.ndarray) -> tuple[float, float]:
+        """The commanded acceleration: the most cautious IDM answer to every constraint of ``seen`` (leads at
+        their anticipated speeds), and the gap to the waiting point behind a stopped vehicle (``INF`` if none)."""
+        v, p = np.array([self.v]), self.params
+        own_l, own_c = int(seen.own_l[0]), int(seen.own_c[0])
+        v_la, v_ca = self._anticipate(dt, (own_l, float(seen.v_l[0])), (own_c, float(seen.v_c[0])))
+        gap_s = seen.gap_s
+        acc = min(
+            float(idm_accel(v, v0, seen.gap_l, np.array([v_la]), p)[0]),
+            float(idm_accel(v, v0, seen.gap_c, np.array([v_ca]), p)[0]),
+            float(idm_accel(v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(1), p)[0]),
+        )
+        if seen.gap_p[0] < INF:  # slow for where a pedestrian is heading, but never brake hard for a guess: a
+            # crosser that a late slow-down would not keep clear of waits for the ego instead (it does not step out
+            # in front)
+            a_p = float(idm_accel(v, v0, seen.gap_p, np.zeros(1), p)[0])
+            acc = min(acc, max(a_p, -PED_PREVIEW_BRAKE))
+        gap_b = self._blocker_gap()
+        if gap_b < INF:  # wait with room to pull out behind a stopped vehicle it cannot pass yet
+            acc = min(acc, float(idm_accel(v, v0, np.array([max(gap_b, 0.05) + p.s0[0] - 1.0]), np.zeros(1), p)[0]))
+        return acc, gap_b
+
+    def _frame(self, seen: EgoSensed, v_before: float) -> EgoFrame:
+        """What the ego reacted to at this step (``v_before``: its speed before the step)."""
+        gap_l, gap_c = seen.gap_l, seen.gap_c
+        _, fid = self._current()
+        lead_from_path = gap_l[0] <= gap_c[0]
+        return EgoFrame(
+            lead_gap=float(min(gap_l[0], gap_c[0])),
+            lead_v=float(seen.v_l[0] if lead_from_path else seen.v_c[0]),
+            lead_owner=int(seen.own_l[0] if lead_from_path else seen.own_c[0]),
+            light_stop=bool(seen.red[0]),
+            stop_gap=float(seen.gap_s[0]),
+            segment=fid,
+            turn_type=self.town.paths[fid].turn_type,
+            changing_lane=self.lc_active,
+            corridor_owner=int(seen.own_c[0]) if gap_c[0] < INF else -1,
+            v=v_before,
+            a=self.a,
+        )
+
     def step(
         self,
         dt: float,
@@ -363,90 +414,23 @@ class EgoDriver:
         t_v: np.ndarray,
         preview: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> EgoFrame:
-        """Advance the ego by ``dt`` given the traffic at this step; returns what it reacted to. ``preview``:
-        boxes ``(Q, 7)`` and owners ``(Q,)`` of walking pedestrians :data:`PED_PREVIEW_S` ahead."""
+        """Advance the ego by ``dt`` given the traffic at this step; returns what it reacted to.
+
+        ``light``: ``(L,)`` status of the signalled connectors; ``blocked``: the ego must yield to a conflicting claim;
+        ``objs``: path entries of the other vehicles; ``boxes`` ``(Q, 7)`` / ``box_owner`` ``(Q,)``: every object
+        that may enter its corridor; ``t_seg`` / ``t_u`` / ``t_v`` ``(N,)``: segment, arc length and speed of the
+        traffic (for lane-change gaps); ``preview``: boxes ``(Q, 7)`` and owners ``(Q,)`` of walking pedestrians
+        :data:`PED_PREVIEW_S` ahead.
+        """
         self._advance_route()
         self._try_lane_change(t_seg, t_u, t_v)
-        s, v, p = np.array([self.s]), np.array([self.v]), self.params
-        gap_l, v_l, own_l = path_leaders(
-            self.bank, s + REAR_TO_CENTER, np.array([PACIFICA.length / 2]), np.array([EGO_OWNER]), objs, horizon=120.0
-        )
-        gap_c, v_c, own_c = corridor_obstacles(
-            self.bank,
-            s,
-            np.array([PACIFICA.front_length]),
-            np.array([PACIFICA.width / 2 + 0.5]),
-            np.array([EGO_OWNER]),
-            boxes,
-            box_owner,
-            EGO_PROBES,
-            self._probe_offsets()[None, :],
-        )
-        gap_p = np.full(1, INF)
-        if preview is not None and len(preview[0]):
-            gap_p, _, _ = corridor_obstacles(
-                self.bank,
-                s,
-                np.array([PACIFICA.front_length]),
-                np.array([PACIFICA.width / 2 + 0.5]),
-                np.array([EGO_OWNER]),
-                preview[0],
-                preview[1],
-                EGO_PROBES,
-                self._probe_offsets()[None, :],
-            )
-        front, length = np.array([PACIFICA.front_length]), np.array([PACIFICA.length])
-        full = exit_blocked(self.bank, s, front, length, gap_l, v_l, self.conn_row)
-        gap_s, red = stop_line_gaps(
-            self.bank,
-            s,
-            front,
-            v,
-            light,
-            np.array([blocked]) | full,
-            self.conn_row,
-            np.array([2.6]),
-            np.array([self.sneaking]),
-        )
-        # following a cyclist: from closer than BIKE_NEAR_M until it is the lead no more or twice as far
-        near = BIKE_NEAR_M * (2.0 if self.behind_bike != 0.0 else 1.0)
-        bike = int(own_l[0]) in self.cyclists and float(gap_l[0]) < near
-        self.behind_bike = self.behind_bike + dt if bike else 0.0
-        v0 = free_speed(self.bank, s, np.array([PACIFICA.front_length]), p)
-        slow = (
-            int(own_l[0]) >= 0
-            and int(own_l[0]) not in self.cyclists
-            and float(gap_l[0]) < SLOW_LEAD_GAP_M
-            and 2.0 < float(v_l[0]) < SLOW_LEAD_RATIO * float(v0[0])
-        )
-        self.behind_slow = self.behind_slow + dt if slow else 0.0
-        v_la, v_ca = self._anticipate(dt, (int(own_l[0]), float(v_l[0])), (int(own_c[0]), float(v_c[0])))
-        acc = min(
-            float(idm_accel(v, v0, gap_l, np.array([v_la]), p)[0]),
-            float(idm_accel(v, v0, gap_c, np.array([v_ca]), p)[0]),
-            float(idm_accel(v, v0, np.where(gap_s < INF, gap_s + p.s0 - 1.0, INF), np.zeros(1), p)[0]),
-        )
-        if gap_p[0] < INF:  # slow for where a pedestrian is heading, but never brake hard for a guess: a crosser
-            # that a late slow-down would not keep clear of waits for the ego instead (it does not step out in front)
-            a_p = float(idm_accel(v, v0, gap_p, np.zeros(1), p)[0])
-            acc = min(acc, max(a_p, -PED_PREVIEW_BRAKE))
-        gap_b = self._blocker_gap()
-        if gap_b < INF:  # wait with room to pull out behind a stopped vehicle it cannot pass yet
-            acc = min(acc, float(idm_accel(v, v0, np.array([max(gap_b, 0.05) + p.s0[0] - 1.0]), np.zeros(1), p)[0]))
+        seen = sense_ego(
+            self.bank, self.s, self.v, self.conn_row, self.sneaking, self._probe_offsets(), light, blocked, objs,
+            boxes, box_owner, preview,
+        )  # fmt: skip
+        v0 = free_speed(self.bank, np.array([self.s]), np.array([PACIFICA.front_length]), self.params)
+        self._update_follow_timers(dt, seen, v0)
+        acc, gap_b = self._choose_accel(dt, seen, v0)
         v_before = self.v
-        self._integrate(acc, min(float(gap_l[0]), float(gap_c[0]), float(gap_s[0]), gap_b), dt)
-        k, fid = self._current()
-        lead_from_path = gap_l[0] <= gap_c[0]
-        return EgoFrame(
-            lead_gap=float(min(gap_l[0], gap_c[0])),
-            lead_v=float(v_l[0] if lead_from_path else v_c[0]),
-            lead_owner=int(own_l[0] if lead_from_path else own_c[0]),
-            light_stop=bool(red[0]),
-            stop_gap=float(gap_s[0]),
-            segment=fid,
-            turn_type=self.town.paths[fid].turn_type,
-            changing_lane=self.lc_active,
-            corridor_owner=int(own_c[0]) if gap_c[0] < INF else -1,
-            v=v_before,
-            a=self.a,
-        )
+        self._integrate(acc, min(float(seen.gap_l[0]), float(seen.gap_c[0]), float(seen.gap_s[0]), gap_b), dt)
+        return self._frame(seen, v_before)

@@ -195,13 +195,7 @@ def record_to_log(town: Town, record: DriveRecord, spec: LogSpec) -> tuple[LogDa
     n_frames = len(record.ego_pose)
     states, v, a = ego_states(record)
     states[:, :2] += origin
-    seen = record.valid.any(0)
-    track_cols = np.flatnonzero(seen)
-    track_of_col = np.full(record.valid.shape[1], -1)
-    track_of_col[track_cols] = np.arange(len(track_cols))
-    bf, bc = np.nonzero(record.valid)
-    box_states = record.boxes[bf, bc].copy()
-    box_states[:, :2] += origin
+    track_cols, track_of_col, bf, bc, box_states = _tracks_and_boxes(record, origin)
     tl_f, tl_c = _visible_lights(town, record)
     tags = frame_tags(town, record, v, a)
     n_scenes = max(int(np.ceil(n_frames / SCENE_FRAMES)), 1)
@@ -243,13 +237,36 @@ def record_to_log(town: Town, record: DriveRecord, spec: LogSpec) -> tuple[LogDa
         tag_type=np.array([t[1] for t in tags], dtype=object),
         tag_track=np.array([track_of_col[t[2]] if t[2] >= 0 else -1 for t in tags], dtype=np.int64),
     )
+    return log, _log_stats(town, record, tags, v, len(bf))
+
+
+def _tracks_and_boxes(
+    record: DriveRecord, origin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The agents a drive logs: columns of ``record`` seen at least once ``(K,)``, the track of each column
+    ``(A,)`` (-1: never seen), and frame ``(M,)``, column ``(M,)`` and global UTM box ``(M, 7)`` of every valid
+    box (``origin``: ``(2,)`` the town's UTM offset)."""
+    track_cols = np.flatnonzero(record.valid.any(0))
+    track_of_col = np.full(record.valid.shape[1], -1)
+    track_of_col[track_cols] = np.arange(len(track_cols))
+    bf, bc = np.nonzero(record.valid)
+    box_states = record.boxes[bf, bc].copy()
+    box_states[:, :2] += origin
+    return track_cols, track_of_col, bf, bc, box_states
+
+
+def _log_stats(
+    town: Town, record: DriveRecord, tags: list[tuple[int, str, int]], v: np.ndarray, num_boxes: int
+) -> Counter:
+    """Tag and difficulty counters of a drive, with its frames, boxes and metres driven (``v``: ``(T,)`` ego
+    speeds)."""
     stats: Counter = Counter()
     stats.update(f"tag:{t[1]}" for t in tags)
     stats.update(difficulty(town, record))
-    stats["frames"] = n_frames
-    stats["boxes"] = len(bf)
+    stats["frames"] = len(record.ego_pose)
+    stats["boxes"] = num_boxes
     stats["metres"] = int(round(float(np.sum(v) * DT)))
-    return log, stats
+    return stats
 
 
 def _visible_lights(town: Town, record: DriveRecord) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import shapely
 from shapely.geometry import LineString
 
-from simulation.datasets.synthetic.network import Town
+from simulation.datasets.synthetic.network import Path, Town
 from simulation.maps.layers import MapData, StopLineType, VectorLayer
 
 #: Map version folder written for synthetic towns.
@@ -98,9 +98,21 @@ def town_to_map(town: Town, town_index: int) -> MapData:
 def _connector_layers(town: Town, o: np.ndarray) -> dict[str, VectorLayer]:
     """Roadblocks, lane connectors (lines and polygons) and roadblock connectors."""
     conns = [p for p in town.paths.values() if p.is_connector]
-    layers: dict[str, VectorLayer] = {}
+    return {
+        "lane_groups_polygons": _roadblock_layer(town, o),
+        "lane_connectors": _lane_connector_layer(conns, o),
+        "gen_lane_connectors_scaled_width_polygons": _layer(
+            [(c.fid + 1_000_000_000, _shift(c.polygon, o), {"lane_connector_fid": c.fid}) for c in conns],
+            ["lane_connector_fid"],
+        ),
+        "lane_group_connectors": _roadblock_connector_layer(town, o),
+    }
+
+
+def _roadblock_layer(town: Town, o: np.ndarray) -> VectorLayer:
+    """``lane_groups_polygons``: the roadblocks."""
     blocks = [b for b in town.blocks.values() if not b.is_connector]
-    layers["lane_groups_polygons"] = _layer(
+    return _layer(
         [
             (
                 b.fid,
@@ -118,7 +130,11 @@ def _connector_layers(town: Town, o: np.ndarray) -> dict[str, VectorLayer]:
         ],
         ["road_segment_fid", "from_edge_fid", "to_edge_fid", "left_boundary_fid", "right_boundary_fid", "num_lanes"],
     )
-    layers["lane_connectors"] = _layer(
+
+
+def _lane_connector_layer(conns: list[Path], o: np.ndarray) -> VectorLayer:
+    """``lane_connectors``: baselines of the lane connectors ``conns`` and their links."""
+    return _layer(
         [
             (
                 c.fid,
@@ -149,12 +165,12 @@ def _connector_layers(town: Town, o: np.ndarray) -> dict[str, VectorLayer]:
             "right_boundary_fid",
         ],
     )
-    layers["gen_lane_connectors_scaled_width_polygons"] = _layer(
-        [(c.fid + 1_000_000_000, _shift(c.polygon, o), {"lane_connector_fid": c.fid}) for c in conns],
-        ["lane_connector_fid"],
-    )
+
+
+def _roadblock_connector_layer(town: Town, o: np.ndarray) -> VectorLayer:
+    """``lane_group_connectors``: the roadblock connectors."""
     rbcs = [b for b in town.blocks.values() if b.is_connector]
-    layers["lane_group_connectors"] = _layer(
+    return _layer(
         [
             (
                 b.fid,
@@ -171,7 +187,6 @@ def _connector_layers(town: Town, o: np.ndarray) -> dict[str, VectorLayer]:
         ],
         ["from_lane_group_fid", "to_lane_group_fid", "intersection_fid", "left_boundary_fid", "right_boundary_fid"],
     )
-    return layers
 
 
 def _other_layers(town: Town, o: np.ndarray) -> dict[str, VectorLayer]:

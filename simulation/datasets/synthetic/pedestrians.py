@@ -9,7 +9,7 @@ they never enter the road.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from shapely.geometry import LineString, Polygon
@@ -154,39 +154,66 @@ def _line_clear(a: np.ndarray, b: np.ndarray, boxes: np.ndarray, margin: float =
     return ~(dist < reach[None, :]).any(1)
 
 
-def spawn_pedestrians(
-    town: Town, duration: float, density: float, rng: np.random.Generator, light_cols: dict[int, int]
-) -> Pedestrians:
-    """Crossers at crosswalks, a few jaywalkers across roads and walkers along walkways."""
-    a, b, speed, start, crosser, linger, cols = [], [], [], [], [], [], []
+@dataclass
+class _Spawns:
+    """Rows of :class:`Pedestrians` being spawned (one list per field)."""
+
+    a: list[np.ndarray] = field(default_factory=list)
+    b: list[np.ndarray] = field(default_factory=list)
+    speed: list[float] = field(default_factory=list)
+    start: list[float] = field(default_factory=list)
+    crosser: list[bool] = field(default_factory=list)
+    linger: list[float] = field(default_factory=list)
+    cols: list[int] = field(default_factory=list)
+
+    def add(
+        self, a: np.ndarray, b: np.ndarray, speed: float, start: float, crosser: bool, linger: float, col: int
+    ) -> None:
+        self.a.append(a)
+        self.b.append(b)
+        self.speed.append(speed)
+        self.start.append(start)
+        self.crosser.append(crosser)
+        self.linger.append(linger)
+        self.cols.append(col)
+
+
+def _spawn_crossers(
+    out: _Spawns, town: Town, duration: float, density: float, rng: np.random.Generator, light_cols: dict[int, int]
+) -> None:
+    """Crossers at each crosswalk (Poisson, ``density`` per minute), along its middle line, from either side."""
     for fid in sorted(town.crosswalks):
         poly, _ = town.crosswalks[fid]
         ring = np.asarray(poly.exterior.coords)[:4]
         mid0, mid1 = (ring[0] + ring[3]) / 2, (ring[1] + ring[2]) / 2  # ends of the crossing line
         for _ in range(rng.poisson(density * duration / 60.0)):
             p, q = (mid0, mid1) if rng.random() < 0.5 else (mid1, mid0)
-            a.append(p - 1.0 * (q - p) / np.linalg.norm(q - p))
-            b.append(q + 1.0 * (q - p) / np.linalg.norm(q - p))
-            speed.append(rng.uniform(1.0, 1.6))
-            start.append(rng.uniform(0, duration))
-            crosser.append(True)
-            linger.append(rng.uniform(1.0, 4.0))
-            cols.append(light_cols.get(town.crosswalk_signal.get(fid, -1), -1))
+            out.add(
+                p - 1.0 * (q - p) / np.linalg.norm(q - p),
+                q + 1.0 * (q - p) / np.linalg.norm(q - p),
+                rng.uniform(1.0, 1.6),
+                rng.uniform(0, duration),
+                True,
+                rng.uniform(1.0, 4.0),
+                light_cols.get(town.crosswalk_signal.get(fid, -1), -1),
+            )
+
+
+def _spawn_jaywalkers(out: _Spawns, town: Town, duration: float, density: float, rng: np.random.Generator) -> None:
+    """A few jaywalkers across whole roads, from the middle half of a leftmost lane, away from crosswalks."""
     lanes = sorted(p.fid for p in town.lanes if p.index == 0)
-    for _ in range(rng.poisson(density * len(lanes) * 0.03)):  # jaywalkers: across a road away from crosswalks
+    for _ in range(rng.poisson(density * len(lanes) * 0.03)):
         lane = town.paths[lanes[int(rng.integers(len(lanes)))]]
         k = int(rng.integers(len(lane.centre) // 4, max(3 * len(lane.centre) // 4, len(lane.centre) // 4 + 1)))
         n = lane.left[k] - lane.right[k]
         n /= np.linalg.norm(n)
         span = 2 * lane.width * len(town.blocks[lane.roadblock].paths) + 4.0
         p = lane.left[k] - n * (lane.width * len(town.blocks[lane.roadblock].paths) + 2.0)
-        a.append(p)
-        b.append(p + n * span)
-        speed.append(rng.uniform(1.2, 1.8))
-        start.append(rng.uniform(0, duration))
-        crosser.append(True)
-        linger.append(1.0)
-        cols.append(-1)
+        out.add(p, p + n * span, rng.uniform(1.2, 1.8), rng.uniform(0, duration), True, 1.0, -1)
+
+
+def _spawn_walkers(out: _Spawns, town: Town, duration: float, density: float, rng: np.random.Generator) -> None:
+    """Walkers along walkway centre lines, some already under way at t = 0 (negative start times)."""
     walks = sorted(town.walkways)
     for _ in range(rng.poisson(density * len(walks) * 0.5)):
         walkway = town.walkways[walks[int(rng.integers(len(walks)))]]
@@ -196,25 +223,30 @@ def spawn_pedestrians(
         i, j = sorted(rng.choice(len(line), 2, replace=False))
         j = _straight_reach(walkway, line, int(i), int(j))
         p, q = (line[i], line[j]) if rng.random() < 0.5 else (line[j], line[i])
-        a.append(p)
-        b.append(q)
-        speed.append(rng.uniform(0.9, 1.5))
-        start.append(rng.uniform(-duration, duration * 0.8))
-        crosser.append(False)
-        linger.append(duration)
-        cols.append(-1)
-    n = len(a)
+        out.add(p, q, rng.uniform(0.9, 1.5), rng.uniform(-duration, duration * 0.8), False, duration, -1)
+
+
+def spawn_pedestrians(
+    town: Town, duration: float, density: float, rng: np.random.Generator, light_cols: dict[int, int]
+) -> Pedestrians:
+    """Crossers at crosswalks, a few jaywalkers across roads and walkers along walkways."""
+    rows = _Spawns()
+    _spawn_crossers(rows, town, duration, density, rng, light_cols)
+    _spawn_jaywalkers(rows, town, duration, density, rng)
+    _spawn_walkers(rows, town, duration, density, rng)
+    n = len(rows.a)
+    crosser = np.array(rows.crosser, dtype=bool)
     ped = Pedestrians(
-        a=np.array(a).reshape(n, 2),
-        b=np.array(b).reshape(n, 2),
-        speed=np.array(speed),
-        start_t=np.array(start),
-        crosser=np.array(crosser, dtype=bool),
+        a=np.array(rows.a).reshape(n, 2),
+        b=np.array(rows.b).reshape(n, 2),
+        speed=np.array(rows.speed),
+        start_t=np.array(rows.start),
+        crosser=crosser,
         progress=np.zeros(n),
-        state=np.where(np.array(crosser, dtype=bool), 0, 1).astype(np.int64),
-        linger=np.array(linger),
+        state=np.where(crosser, 0, 1).astype(np.int64),
+        linger=np.array(rows.linger),
         arrive_t=np.full(n, np.inf),
-        light_col=np.array(cols, dtype=np.int64),
+        light_col=np.array(rows.cols, dtype=np.int64),
         held=np.zeros(n),
     )
     early = ~ped.crosser & (ped.start_t < 0)  # walkers already under way at t = 0
