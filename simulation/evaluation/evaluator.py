@@ -10,8 +10,9 @@ an invalid plan: a result, scored as a failure) or ``data`` (the scene, its map 
 be read: not a result; the runner does not journal it, so a re-run after the data is fixed scores it).
 
 A row is a plain JSON-able dict: ``token, log_name, scenario_type, valid, error, <metric columns>,
-score, seconds`` (and ``failure`` on invalid rows) and, where available, ``plan`` (the 8 planned poses, local frame) or ``ego_poses``
-(the driven closed-loop rear-axle poses, global frame), ``states``, ``timestamp_us`` and one column per
+score, seconds`` (and ``failure`` on invalid rows) and, where available, ``plan`` (the 8 planned poses,
+local frame) or ``ego_poses`` (the driven closed-loop rear-axle poses, global frame), ``states``,
+``timestamp_us`` and one column per
 candidate metric (e.g. ``diversity``).
 """
 
