@@ -193,10 +193,10 @@ class CheckedPlanner:
     which the closed-loop simulator records in its ``planner_errors``)."""
 
     planner: Planner
+    name: str = ""
 
-    @property
-    def name(self) -> str:
-        return str(getattr(self.planner, "name", type(self.planner).__name__))
+    def __post_init__(self) -> None:
+        self.name = self.name or str(getattr(self.planner, "name", type(self.planner).__name__))
 
     def plan(self, observation: Observation) -> Trajectory:
         trajectory = self.planner.plan(observation)
