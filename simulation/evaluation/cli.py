@@ -24,6 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from configs import BENCH_DIR
 from simulation.evaluation import build
+from simulation.evaluation.evaluator import DATA_FAILURE
+from simulation.evaluation.journal import JournalError
+from simulation.evaluation.lock import run_lock
 from simulation.evaluation.protocols import get_protocol
 from simulation.evaluation.report import write_report
 from simulation.evaluation.runner import run_benchmark
@@ -49,14 +52,36 @@ def _write_config(cfg: DictConfig, path: Path) -> None:
     atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def _positive(cfg: DictConfig, key: str, allow_none: bool) -> None:
+    value = cfg.get(key)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BenchConfigError(f"{key}={value} must be a positive integer" + (" (or null)" if allow_none else ""))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject nonsense values before any work: ``max_scenes`` and ``chunk_size`` must be positive integers."""
+    _positive(cfg, "max_scenes", allow_none=True)
+    _positive(cfg, "chunk_size", allow_none=False)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the benchmark described by a composed config; returns the average row and the output paths."""
+    """Run the benchmark described by a composed config; returns the average row and the output paths.
+
+    The output folder is locked for the run (:func:`simulation.evaluation.lock.run_lock`).
+    """
+    check_config(cfg)
+    out = Path(str(cfg.output_dir)).expanduser().resolve()
+    with run_lock(out):
+        return _run_locked(cfg, out)
+
+
+def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
     protocol = get_protocol(str(cfg.protocol.name))
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     source = build.build_source(container, protocol)
     refs = source.refs()
-    out = Path(str(cfg.output_dir)).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, out / "config.yaml")
     if cfg.max_scenes is not None:
         refs = refs[: int(cfg.max_scenes)]
@@ -80,6 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         run_info,
         draw_scene=build.scene_drawer(container, protocol, source, refs),
         num_worst=int(cfg.report.num_worst),
+        skipped_logs=getattr(source, "skipped", ()),
     )
     written.update(build.closed_loop_gifs(container, protocol, source, refs, rows, out))
     return {"output_dir": out, "score": _mean_score(rows), "files": written, "rows": rows}
@@ -104,16 +130,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = run(cfg)
-    except (BenchConfigError, InstantiationException) as err:
+    except (BenchConfigError, InstantiationException, JournalError) as err:
         cause = err.__cause__ if isinstance(err.__cause__, BenchConfigError) else err
-        if not isinstance(cause, BenchConfigError):
+        if not isinstance(cause, (BenchConfigError, JournalError)):
             raise
         print(f"diffplan bench: {cause}")
         return 2
-    valid = sum(bool(r.get("valid")) for r in result["rows"])
+    rows = result["rows"]
+    valid = sum(bool(r.get("valid")) for r in rows)
     print(
         f"{cfg.protocol.name} {cfg.planner.name} {cfg.split}: score {result['score']:.4f} "
-        f"over {valid}/{len(result['rows'])} valid tokens -> {result['output_dir']}"
+        f"over {valid}/{len(rows)} valid tokens -> {result['output_dir']}"
     )
     print(f"summary: {result['files']['summary']}")
+    return _exit_code(rows)
+
+
+def _exit_code(rows: Sequence[dict[str, Any]]) -> int:
+    """1 (and why, on stdout) when a row failed because of data / configuration or when no row is valid; else 0."""
+    data = [r for r in rows if r.get("failure") == DATA_FAILURE]
+    if data:
+        print(
+            f"diffplan bench: {len(data)} tokens failed because of data or configuration, not the planner "
+            f"(first {data[0]['token']}: {data[0].get('error')}); they are not results: fix and run again"
+        )
+        return 1
+    if not any(r.get("valid") for r in rows):
+        print(f"diffplan bench: no valid token ({len(rows)} evaluated): the benchmark has no result")
+        return 1
     return 0

@@ -3,8 +3,11 @@
 Every executor takes a picklable *factory* (a zero-argument callable) and calls it once per worker to
 build that worker's evaluator, so planners, maps and caches are loaded once per worker, not per chunk.
 
-- :class:`SequentialExecutor`: in this process (debugging, tests, small runs).
-- :class:`ProcessExecutor`: one machine, ``concurrent.futures.ProcessPoolExecutor``.
+- :class:`SequentialExecutor`: in this process (debugging, tests, small runs). A planner calling
+  ``sys.exit`` costs its scene only (the evaluator catches ``SystemExit``), but ``os._exit`` or a
+  segfault ends this process and so the run: evaluate untrusted planners with ``worker=process``.
+- :class:`ProcessExecutor`: one machine, ``concurrent.futures.ProcessPoolExecutor``; survives dead
+  workers (the scene that killed one gets an invalid row) and its workers exit with the driver.
 - :class:`RayExecutor`: a Ray instance (a local one started here, or a cluster by ``address``); one
   actor per worker.
 """
@@ -12,13 +15,19 @@ build that worker's evaluator, so planners, maps and caches are loaded once per 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
+from simulation.evaluation.evaluator import PLANNER_FAILURE, invalid_row
 from simulation.evaluation.refs import SceneRef
+from simulation.evaluation.sources import BenchConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +57,70 @@ class SequentialExecutor:
 
 
 _WORKER_EVALUATOR: ChunkFn | None = None
+_WORKER_INIT_ERROR: Exception | None = None
+
+#: Seconds between a pool worker's checks that the process that started it still runs.
+PARENT_POLL_S = 0.5
+
+#: Error text of the row of a scene whose worker process died while evaluating it.
+WORKER_DIED = (
+    "WorkerDiedError: the worker process died while evaluating this scene "
+    "(the planner called os._exit, was killed by a signal or crashed)"
+)
 
 
-def _init_worker(factory: Factory) -> None:
-    """Process-pool initializer: build this worker's evaluator once."""
-    global _WORKER_EVALUATOR
-    _WORKER_EVALUATOR = factory()
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this worker (``os._exit``) as soon as the process that started it is gone (e.g. ``kill -9``)."""
+    from simulation.evaluation.lock import pid_alive
+
+    first_ppid = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != first_ppid or not pid_alive(parent_pid):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _init_worker(factory: Factory, parent_pid: int | None = None) -> None:
+    """Process-pool initializer: watch the parent, build this worker's evaluator once.
+
+    An evaluator that cannot be built is remembered and raised by the first chunk, so the driver sees the
+    error itself rather than a broken pool.
+    """
+    global _WORKER_EVALUATOR, _WORKER_INIT_ERROR
+    if parent_pid is not None:
+        _watch_parent(parent_pid)
+    try:
+        _WORKER_EVALUATOR = factory()
+    except Exception as err:  # noqa: BLE001 - raised again by _run_chunk, in the driver
+        _WORKER_INIT_ERROR = err
 
 
 def _run_chunk(chunk: Chunk) -> Rows:
+    if _WORKER_INIT_ERROR is not None:
+        raise _WORKER_INIT_ERROR
     if _WORKER_EVALUATOR is None:
         raise RuntimeError("process-pool worker was not initialised with an evaluator factory")
     return _WORKER_EVALUATOR(chunk)
 
 
+def worker_died_row(ref: SceneRef) -> dict[str, Any]:
+    """The invalid row of ``ref`` when its worker process died evaluating it (a planner failure)."""
+    row: dict[str, Any] = {"token": ref.token, "log_name": ref.log_name, "scenario_type": ref.scenario_type}
+    row.update(invalid_row(None, WORKER_DIED, PLANNER_FAILURE), seconds=math.nan)
+    return row
+
+
 class ProcessExecutor:
-    """A local process pool.
+    """A local process pool that survives its workers dying.
+
+    When a worker dies (a planner calling ``os._exit``, a segfault, a signal), the pool is replaced and the
+    scenes of every chunk lost with it are evaluated again one at a time; a scene whose worker dies alone is
+    the culprit and gets an invalid row (:data:`WORKER_DIED`). Workers exit by themselves when this process
+    disappears (``kill -9``), so no worker outlives the run.
 
     Args:
         num_workers: worker processes (default: the CPUs this process may use).
@@ -72,29 +129,89 @@ class ProcessExecutor:
     """
 
     def __init__(self, num_workers: int | None = None, start_method: str = "spawn", max_pending: int | None = None):
-        self.num_workers = int(num_workers or len(os.sched_getaffinity(0)))
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if num_workers is not None and (isinstance(num_workers, bool) or int(num_workers) != num_workers):
+            raise BenchConfigError(f"worker.num_workers={num_workers} must be a positive integer (or null)")
+        if num_workers is not None and num_workers < 1:
+            raise BenchConfigError(f"worker.num_workers={num_workers} must be >= 1 (or null: one per CPU)")
+        self.num_workers = int(num_workers) if num_workers is not None else len(os.sched_getaffinity(0))
         self.start_method = start_method
         self.max_pending = int(max_pending or 2 * self.num_workers)
+
+    def _pool(self, factory: Factory, workers: int) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context(self.start_method)
+        initargs = (factory, os.getpid())
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs)
 
     def map_chunks(self, factory: Factory, chunks: Sequence[Chunk]) -> Iterator[Rows]:
         if not chunks:
             return
-        context = multiprocessing.get_context(self.start_method)
         workers = min(self.num_workers, len(chunks))
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(factory,))
-        todo = list(chunks)[::-1]
-        pending: set[Future[Rows]] = set()
+        todo = [list(chunk) for chunk in chunks][::-1]
+        alone: list[SceneRef] = []  # scenes of chunks lost with a dead worker, evaluated one at a time
+        pending: dict[Future[Rows], list[SceneRef]] = {}
+        pool: ProcessPoolExecutor | None = None
         try:
-            while todo or pending:
-                while todo and len(pending) < self.max_pending:
-                    pending.add(pool.submit(_run_chunk, list(todo.pop())))
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+            while todo or alone or pending:
+                pool = pool or self._pool(factory, workers)
+                if alone:
+                    rows, broken = _run_alone(pool, alone.pop())
+                else:
+                    rows, lost, broken = _run_batch(pool, todo, pending, self.max_pending)
+                    alone += [ref for chunk in lost for ref in chunk][::-1]
+                if broken:
+                    logger.warning("a worker process died; pool replaced")
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool = None
+                yield from rows
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_alone(pool: ProcessPoolExecutor, ref: SceneRef) -> tuple[list[Rows], bool]:
+    """``ref`` alone on ``pool``: its rows, or its worker-died row if the pool broke meanwhile."""
+    try:
+        return [pool.submit(_run_chunk, [ref]).result()], False
+    except BrokenProcessPool:
+        logger.warning("token %s: %s", ref.token, WORKER_DIED)
+        return [[worker_died_row(ref)]], True
+
+
+def _run_batch(
+    pool: ProcessPoolExecutor,
+    todo: list[list[SceneRef]],
+    pending: dict[Future[Rows], list[SceneRef]],
+    max_pending: int,
+) -> tuple[list[Rows], list[list[SceneRef]], bool]:
+    """Keep up to ``max_pending`` chunks of ``todo`` (popped from its end) in flight (``pending``) until one
+    finishes; returns the finished chunks' rows and the chunks lost with a dead worker (then ``broken``:
+    every chunk that was in flight is finished or lost, ``pending`` is empty)."""
+    broken = False
+    while todo and len(pending) < max_pending and not broken:
+        chunk = todo.pop()
+        try:
+            pending[pool.submit(_run_chunk, chunk)] = chunk
+        except BrokenProcessPool:
+            todo.append(chunk)
+            broken = True
+    done, _ = wait(pending, return_when=FIRST_COMPLETED) if pending else (set(), set())
+    rows: list[Rows] = []
+    lost: list[list[SceneRef]] = []
+    for future in done:
+        chunk = pending.pop(future)
+        try:
+            rows.append(future.result())
+        except BrokenProcessPool:
+            lost.append(chunk)
+    if lost or broken:  # the pool is gone: collect what finished, the rest is lost
+        for future, chunk in list(pending.items()):
+            try:
+                rows.append(future.result())
+            except BrokenProcessPool:
+                lost.append(chunk)
+        pending.clear()
+        broken = True
+    return rows, lost, broken
 
 
 class _ChunkActor:
@@ -159,7 +276,7 @@ class RayExecutor:
 def make_chunks(refs: Sequence[SceneRef], chunk_size: int) -> list[list[SceneRef]]:
     """Split ``refs`` into chunks of at most ``chunk_size``, never mixing groups (a worker loads a group once)."""
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise BenchConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     by_group: dict[str, list[SceneRef]] = {}
     for ref in refs:
         by_group.setdefault(ref.group, []).append(ref)

@@ -2,7 +2,8 @@
 
 The first line is a header describing the run (protocol, planner, split); a later run with the same
 output folder resumes only if its header matches. A ``kill -9`` can leave at most one half-written last
-line; :meth:`Journal.open` drops it (rewriting the file atomically) so appends start on a clean line.
+line; :meth:`Journal.open` drops it (rewriting the file atomically) so appends start on a clean line. Any
+other unreadable line is corruption, not an interrupted write: :class:`JournalError` names the file and line.
 When a token appears more than once (a chunk finished twice), the last row wins.
 """
 
@@ -75,21 +76,26 @@ class Journal:
                 f"{self.path}: belongs to another run ({old_header}); this run is {self.header}. "
                 "Use another output_dir or delete the folder."
             )
-        dropped = 1 if tail else 0
-        good: list[bytes] = [complete[0]]
         for number, line in enumerate(complete[1:], start=2):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s: line %d is not JSON (interrupted write?), dropped", self.path, number)
-                dropped += 1
-                continue
+            row = self._parse_row(line, number)
             self._rows[str(row["token"])] = row
-            good.append(line)
-        if dropped:
-            _atomic_write_text(self.path, b"\n".join(good).decode("utf-8") + "\n")
+        if tail:
+            logger.warning("%s: half-written last line (interrupted write), dropped", self.path)
+            _atomic_write_text(self.path, b"\n".join(complete).decode("utf-8") + "\n")
         logger.info("journal %s: resuming with %d rows", self.path, len(self._rows))
         return self._rows
+
+    def _parse_row(self, line: bytes, number: int) -> dict[str, Any]:
+        """A complete (newline-terminated) row line; a corrupt one is an error naming the file and the line."""
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise JournalError(
+                f"{self.path}: line {number} is not a JSON row ({err}); repair or delete that line to resume"
+            ) from None
+        if not isinstance(row, dict) or "token" not in row:
+            raise JournalError(f"{self.path}: line {number} is not a results row (no token); repair or delete it")
+        return row
 
     def _parse_header(self, line: bytes) -> dict[str, Any]:
         try:

@@ -49,14 +49,15 @@ def scores_table(protocol: BenchmarkProtocol, rows: Sequence[Mapping[str, Any]])
     """Per-token table with the protocol's CSV columns plus the ``average`` row.
 
     The average of a metric is its mean over tokens with NaN skipped (NAVSIM's ``mean(skipna=True)``),
-    so failed tokens do not count; ``valid`` of the average row is True only if every token is valid.
+    so failed tokens do not count; ``valid`` of the average row is True only if every token is valid and
+    there is at least one token.
     """
     cols = list(protocol.csv_columns)
     frame = pd.DataFrame([{c: row.get(c, math.nan) for c in cols} for row in rows], columns=cols)
     frame["valid"] = frame["valid"].astype(bool)
     metric_cols = cols[2:]
     frame[metric_cols] = frame[metric_cols].astype(float)
-    average: dict[str, Any] = {"token": AVERAGE_TOKEN, "valid": bool(frame["valid"].all())}
+    average: dict[str, Any] = {"token": AVERAGE_TOKEN, "valid": bool(len(frame)) and bool(frame["valid"].all())}
     for col in metric_cols:
         values = frame[col].to_numpy(dtype=float)
         average[col] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
@@ -110,14 +111,19 @@ def summary_markdown(
     run_info: Mapping[str, Any],
     images: Mapping[str, str] | None = None,
     num_worst: int = 5,
+    skipped_logs: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The run's ``summary.md`` text: scores are in percent (×100), as the leaderboards print them."""
+    """The run's ``summary.md`` text: scores are in percent (×100), as the leaderboards print them.
+
+    ``skipped_logs``: ``(path, error)`` of the split's logs that could not be read (counted and listed).
+    """
     scores = scores_table(protocol, rows)
     average = scores.iloc[-1]
     valid = int(scores["valid"].iloc[:-1].sum())
     lines = [f"# Benchmark {protocol.name}", ""]
     lines += [f"- {key}: `{value}`" for key, value in run_info.items()]
-    lines += [f"- tokens: {len(rows)} ({valid} valid, {len(rows) - valid} failed)", "", "## Scores (x100)", ""]
+    lines += [f"- tokens: {len(rows)} ({valid} valid, {len(rows) - valid} failed)"]
+    lines += [f"- skipped logs (unreadable): {len(skipped_logs)}", "", "## Scores (x100)", ""]
     lines += _markdown_table(
         ["metric", "value"],
         [[c, _fmt(average[c])] for c in protocol.columns] + [[protocol.score_name, _fmt(average["score"])]],
@@ -140,6 +146,9 @@ def summary_markdown(
         lines += _markdown_table(
             ["token", "error"], [[str(r["token"]), str(r.get("error", "")).replace("|", "/")] for r in failed[:50]]
         )
+    if skipped_logs:
+        lines += ["", f"## Skipped logs ({len(skipped_logs)})", ""]
+        lines += _markdown_table(["log", "error"], [[path, error.replace("|", "/")] for path, error in skipped_logs])
     worst = worst_rows(rows, num_worst)
     if worst:
         lines += ["", "## Worst scenes", ""]
@@ -181,8 +190,12 @@ def write_report(
     run_info: Mapping[str, Any],
     draw_scene: SceneDrawer | None = None,
     num_worst: int = 5,
+    skipped_logs: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
-    """Write every report file into ``output_dir``; returns name -> path of what was written."""
+    """Write every report file into ``output_dir``; returns name -> path of what was written.
+
+    ``skipped_logs``: ``(path, error)`` of unreadable logs left out of the run, listed in ``summary.md``.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {"scores": out / "scores.csv", "details": out / "details.csv", "hist": out / "score_hist.png"}
@@ -201,7 +214,7 @@ def write_report(
                 continue
             images[str(row["token"])] = str(path.relative_to(out))
             written[f"worst/{row['token']}"] = path
-    text = summary_markdown(protocol, rows, run_info, images, num_worst)
+    text = summary_markdown(protocol, rows, run_info, images, num_worst, skipped_logs)
     written["summary"] = out / "summary.md"
     _atomic_write(written["summary"], lambda tmp: _write_text(tmp, text))
     return written

@@ -3,7 +3,9 @@
 ``run_benchmark`` knows nothing of planners, scorers or data formats: it receives the refs, a picklable
 factory that builds each worker's evaluator, and an executor. Rows are journaled as chunks finish;
 tokens already in the journal (from an interrupted run with the same output folder) are skipped, so
-the returned rows hold every token exactly once.
+the returned rows hold every token exactly once. Rows that failed because of data or configuration
+(``failure == "data"``, :mod:`simulation.evaluation.evaluator`) are returned but not journaled: they are
+not results, and the next run with the same output folder evaluates them again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from simulation.evaluation.evaluator import DATA_FAILURE
 from simulation.evaluation.executors import Executor, Factory, make_chunks
 from simulation.evaluation.journal import Journal
 from simulation.evaluation.refs import SceneRef
@@ -64,11 +67,16 @@ def run_benchmark(
     if done:
         logger.info("resuming: %d of %d tokens already in the journal", len(refs) - len(todo), len(refs))
     chunks = make_chunks(todo, chunk_size)
+    not_results: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(todo), disable=not progress, desc="bench", unit="scene") as bar:
         for rows in executor.map_chunks(factory, chunks):
-            journal.append(rows)
+            journal.append(row for row in rows if row.get("failure") != DATA_FAILURE)
+            not_results.update((str(row["token"]), row) for row in rows if row.get("failure") == DATA_FAILURE)
             bar.update(len(rows))
-    missing = [ref.token for ref in refs if ref.token not in journal.rows]
+    if not_results:
+        logger.warning("%d tokens failed because of data or configuration; not journaled", len(not_results))
+    rows_by_token = {**journal.rows, **not_results}
+    missing = [ref.token for ref in refs if ref.token not in rows_by_token]
     if missing:
         raise RuntimeError(f"{len(missing)} tokens have no result after the run (first: {missing[:3]})")
-    return [journal.rows[ref.token] for ref in refs]
+    return [rows_by_token[ref.token] for ref in refs]

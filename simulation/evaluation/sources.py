@@ -39,17 +39,30 @@ class LogSource:
     Args:
         log_paths: the split's log files.
         extract: ``path -> [(window, scenario_type)]`` (must be picklable for process / Ray workers).
+
+    Attributes:
+        skipped: after :meth:`refs`, ``(path, error text)`` of every log that could not be read (left out
+            of the benchmark with a warning, not fatal).
     """
 
     log_paths: Sequence[str]
     extract: Extractor
+    skipped: list[tuple[str, str]] = field(default_factory=list, init=False)
     _group: str | None = field(default=None, init=False, repr=False)
     _windows: dict[str, LogWindow] = field(default_factory=dict, init=False, repr=False)
 
     def refs(self) -> list[SceneRef]:
+        """The tokens of every readable log; an unreadable log is skipped, warned about and kept in ``skipped``."""
         refs: list[SceneRef] = []
+        self.skipped = []
         for path in self.log_paths:
-            windows = self._load_group(str(path))
+            try:
+                windows = self._load_group(str(path))
+            except Exception as err:  # noqa: BLE001 - one unreadable log must not abort the benchmark
+                logger.warning("skipping unreadable log %s: %s: %s", path, type(err).__name__, err)
+                self.skipped.append((str(path), f"{type(err).__name__}: {err}"))
+                self._group, self._windows = None, {}
+                continue
             refs += [SceneRef(tok, str(path), w.log_name, kind) for tok, (w, kind) in windows.items()]
         return refs
 

@@ -15,11 +15,26 @@ from typing import Any
 import numpy as np
 
 from simulation.protocols import CandidateMetric, Observation, Planner, Scorer
-from simulation.types import LogWindow, Scene, Trajectory
+from simulation.types import NUM_TRAJECTORY_POSES, TRAJECTORY_INTERVAL_S, LogWindow, Scene, Trajectory
 
 
 class NonFiniteResultError(ValueError):
     """A planner returned NaN / inf poses, or a scorer NaN / inf values."""
+
+
+class InvalidPlanError(ValueError):
+    """A plan that the protocols do not score: not ``(8, 3)`` poses at 0.5 s, or NaN / inf poses."""
+
+
+class NonFinitePlanError(InvalidPlanError, NonFiniteResultError):
+    """A planner returned NaN / inf poses."""
+
+
+class DataError(RuntimeError):
+    """A scene failed because of its data or the configuration (map, metric cache), not because of the planner.
+
+    Rows that fail this way are not final results (:mod:`simulation.evaluation.runner` does not journal them).
+    """
 
 
 @dataclass
@@ -54,15 +69,36 @@ def observation_from_scene(scene: LogWindow, map_api: Any = None) -> Observation
 
 
 def check_plan(trajectory: Trajectory | np.ndarray) -> np.ndarray:
-    """``(8, 3)`` float64 poses of a planner's output; raises :class:`NonFiniteResultError` on NaN / inf."""
-    poses = np.asarray(trajectory.poses if isinstance(trajectory, Trajectory) else trajectory, dtype=np.float64)
+    """``(8, 3)`` float64 poses of a planner's output (a leading batch axis of one is dropped).
+
+    Raises :class:`InvalidPlanError` unless the plan is 8 poses at 0.5 s (a :class:`Trajectory` of another
+    ``interval_s``, another number of poses, a non-numeric plan) and :class:`NonFinitePlanError` (an
+    :class:`InvalidPlanError` and a :class:`NonFiniteResultError`) on NaN / inf poses.
+    """
+    if isinstance(trajectory, Trajectory):
+        interval = float(trajectory.interval_s)
+        if not np.isclose(interval, TRAJECTORY_INTERVAL_S):
+            raise InvalidPlanError(f"planner returned poses at {interval} s, expected {TRAJECTORY_INTERVAL_S} s")
+        trajectory = trajectory.poses
+    try:
+        poses = np.asarray(trajectory, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidPlanError(f"planner returned a plan that is not an array of poses: {err}") from None
     if poses.ndim == 3 and poses.shape[0] == 1:
         poses = poses[0]
-    if poses.ndim != 2 or poses.shape[1] != 3:
-        raise ValueError(f"planner returned poses of shape {poses.shape}, expected (8, 3)")
+    if poses.shape != (NUM_TRAJECTORY_POSES, 3):
+        raise InvalidPlanError(f"planner returned poses of shape {poses.shape}, expected ({NUM_TRAJECTORY_POSES}, 3)")
     if not np.isfinite(poses).all():
-        raise NonFiniteResultError("planner returned NaN or inf poses")
+        raise NonFinitePlanError("planner returned NaN or inf poses")
     return poses
+
+
+def data_step(what: str, step: Callable[[], Any]) -> Any:
+    """``step()``, with any failure re-raised as :class:`DataError` naming ``what`` (a map, a metric cache)."""
+    try:
+        return step()
+    except Exception as err:  # noqa: BLE001 - re-raised with its cause
+        raise DataError(f"{what}: {type(err).__name__}: {err}") from err
 
 
 def candidate_metrics(planner: Planner, metrics: Mapping[str, CandidateMetric]) -> dict[str, float]:
@@ -102,8 +138,9 @@ class NavsimUnit:
     candidate_metrics: Mapping[str, CandidateMetric] = field(default_factory=dict)
 
     def __call__(self, scene: LogWindow) -> UnitResult:
-        map_api = self.maps(scene.map_name) if self.maps is not None else None
-        cache = self.metric_cache(scene, map_api)  # type: ignore[arg-type]
+        maps = self.maps
+        map_api = None if maps is None else data_step(f"map {scene.map_name}", lambda: maps(scene.map_name))
+        cache = data_step("metric cache", lambda: self.metric_cache(scene, map_api))  # type: ignore[arg-type]
         plan = check_plan(self.planner.plan(observation_from_scene(scene, map_api)))
         states = None
         if self.keep_states and hasattr(self.scorer, "simulate") and hasattr(self.scorer, "score_simulated"):
@@ -140,9 +177,37 @@ class ClosedLoopUnit:
     maps: Callable[[str], Any] | None = None
 
     def __call__(self, scenario: LogWindow) -> UnitResult:
-        map_api = self.maps(scenario.map_name) if self.maps is not None else None
-        rollout = self.simulate(scenario, self.planner, map_api)
+        maps = self.maps
+        map_api = None if maps is None else data_step(f"map {scenario.map_name}", lambda: maps(scenario.map_name))
+        rollout = self.simulate(scenario, CheckedPlanner(self.planner), map_api)
+        check_rollout(rollout)
         metrics = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in self.score(scenario, rollout, map_api).items()}
         ego = getattr(rollout, "ego_states", None)
         ego_poses = None if ego is None else np.asarray(getattr(ego, "states", ego))[:, :3]
         return UnitResult(metrics, ego_poses=ego_poses)
+
+
+@dataclass
+class CheckedPlanner:
+    """``planner`` whose every plan must pass :func:`check_plan` (else :class:`InvalidPlanError` is raised,
+    which the closed-loop simulator records in its ``planner_errors``)."""
+
+    planner: Planner
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or str(getattr(self.planner, "name", type(self.planner).__name__))
+
+    def plan(self, observation: Observation) -> Trajectory:
+        trajectory = self.planner.plan(observation)
+        check_plan(trajectory)
+        return trajectory
+
+
+def check_rollout(rollout: Any) -> None:
+    """Raise :class:`InvalidPlanError` if any planner call of a closed-loop rollout failed or returned an invalid
+    plan (its ``planner_errors``; the simulator itself goes on with the last valid plan)."""
+    errors = [(step, text) for step, text in enumerate(getattr(rollout, "planner_errors", ()) or ()) if text]
+    if errors:
+        step, text = errors[0]
+        raise InvalidPlanError(f"{len(errors)} planner step(s) failed, first at step {step}: {text}")
