@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from simulation.geometry import polyline_headings
 from simulation.maps.layers import SemanticMapLayer
+from simulation.maps.protocol import MapProtocol
 from simulation.raster_geometry import whole_drivable_area
 from simulation.render import (
     AGENT_CHANNEL_TYPES,
@@ -49,7 +50,7 @@ from simulation.types import AgentIndex, LogWindow, StateIndex, TrackedObjectTyp
 class Frame:
     """The arguments of :func:`simulation.render.render_raster` for one raster."""
 
-    map_api: Any
+    map_api: MapProtocol
     ego_pose: np.ndarray
     boxes: np.ndarray
     types: np.ndarray
@@ -59,7 +60,7 @@ class Frame:
     history_valid: np.ndarray
 
     @staticmethod
-    def of_scene(scene: LogWindow, map_api: Any, config: RasterConfig) -> Frame:
+    def of_scene(scene: LogWindow, map_api: MapProtocol, config: RasterConfig) -> Frame:
         i = scene.current_index
         past = history_indices(scene.timestamps_us, i, config)
         ego_past = ego_boxes(scene.ego.states[past, : StateIndex.HEADING + 1])[:, None]
@@ -86,7 +87,7 @@ class NaiveRasterizer:
     """Straightforward rasteriser: shapely objects kept per map, per frame an STRtree query, one
     ``affinity.affine_transform`` per object and one ``ImageDraw`` call per object and channel."""
 
-    def __init__(self, map_api: Any, config: RasterConfig) -> None:
+    def __init__(self, map_api: MapProtocol, config: RasterConfig) -> None:
         self.map_api, self.config = map_api, config
         self.lanes = list(map_api.lanes.values()) + list(map_api.lane_connectors.values())
         self.lane_tree = shapely.STRtree([o.polygon for o in self.lanes])
@@ -218,7 +219,7 @@ def _extract_overlapping(logs: list[Any], folder: Path) -> None:
           f"scenes/s (read_openscene_log {t_read:.2f} s + openscene_scenes)")  # fmt: skip
 
 
-def _route_from(map_api: Any, lane_id: str, length: int = 6) -> tuple[str, ...]:
+def _route_from(map_api: MapProtocol, lane_id: str, length: int = 6) -> tuple[str, ...]:
     """The ego lane's roadblock followed by the first successor chain (roadblock, connector, ...)."""
     block = map_api.lanes[lane_id].roadblock_id
     route = [block]
@@ -231,7 +232,7 @@ def _route_from(map_api: Any, lane_id: str, length: int = 6) -> tuple[str, ...]:
     return tuple(route)
 
 
-def town_frames(map_api: Any, count: int, rng: np.random.Generator, num_agents: int = 40) -> list[Frame]:
+def town_frames(map_api: MapProtocol, count: int, rng: np.random.Generator, num_agents: int = 40) -> list[Frame]:
     """Random raster inputs on a map: ego on a lane, agents on nearby lanes, as in logs a few routes (one per
     log) and traffic lights cycling through four phases (each red set recurs)."""
     lanes = list(map_api.lanes.values())

@@ -41,6 +41,7 @@ from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
 from rewards.nuplan_metrics import score_simulation
 from simulation.closed_loop import ClosedLoopSimulator
 from simulation.features import PLANNER_RASTER
+from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation, Planner
 from simulation.render import render_observation, render_window
 from simulation.types import LogWindow, StateIndex, Trajectory
@@ -63,7 +64,7 @@ def _deviated(pose: np.ndarray, kind: str, amount: float) -> np.ndarray:
     return np.array([x, y, h + math.radians(amount)])
 
 
-def _render_at(scene: LogWindow, map_api: Any, frame: int, pose: np.ndarray) -> np.ndarray:
+def _render_at(scene: LogWindow, map_api: MapProtocol, frame: int, pose: np.ndarray) -> np.ndarray:
     ego, ts, agents, lights, n = with_history(scene)
     ego = ego.copy()
     ego[n + frame, :3] = pose

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -33,6 +33,7 @@ from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
 from rewards.torch.closed_loop import comfortable, episode_score, frame_checks, progress_ratio
 from rewards.torch.geometry import project
 from simulation.features import PLANNER_RASTER
+from simulation.maps.protocol import MapProtocol
 from simulation.render import RasterConfig
 from simulation.types import AgentIndex, LogWindow, StateIndex
 
@@ -146,9 +147,11 @@ class BEVWarpEnv:
 
     # ------------------------------------------------------------------------------------------------
 
-    def reset(self, scenes: Sequence[LogWindow], maps: Sequence[Any] | Any) -> EnvState:
+    def reset(self, scenes: Sequence[LogWindow], maps: Sequence[MapProtocol] | MapProtocol) -> EnvState:
         """Initial state of a batch of scenes (``maps``: one MapAPI per scene, or one for all)."""
-        map_list = list(maps) if isinstance(maps, (list, tuple)) else [maps] * len(scenes)
+        map_list: list[MapProtocol] = (
+            list(maps) if isinstance(maps, (list, tuple)) else [cast(MapProtocol, maps)] * len(scenes)
+        )
         cfg = self.config
         raster = None if cfg.observation == "none" else cfg.raster
         enc = self.encoder if cfg.observation == "features" else None

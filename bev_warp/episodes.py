@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from simulation.maps.protocol import MapProtocol
 from simulation.render import RasterConfig, render_window
 from simulation.types import Agents, LogWindow, TrafficLights
 
@@ -75,7 +76,9 @@ def _window_dt(scene: LogWindow) -> float:
     return float(np.median(np.diff(scene.timestamps_us))) * 1e-6
 
 
-def drivable_grid(map_api: Any, points: np.ndarray, margin_m: float, res: float) -> tuple[np.ndarray, np.ndarray]:
+def drivable_grid(
+    map_api: MapProtocol, points: np.ndarray, margin_m: float, res: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Bool grid ``(GH, GW)`` of the drivable area over the bounds of ``points`` ``(K, 2)`` + margin; origin ``(2,)``.
 
     The drivable-area polygons are scan-filled (cv2, 1/16 px fixed point): a cell is True when its centre is inside.
@@ -102,7 +105,7 @@ def drivable_grid(map_api: Any, points: np.ndarray, margin_m: float, res: float)
     return grid.astype(bool), lo
 
 
-def route_line(scene: LogWindow, map_api: Any) -> np.ndarray:
+def route_line(scene: LogWindow, map_api: MapProtocol) -> np.ndarray:
     """``(M, 2)`` route centre line from the episode start, or the logged ego path when the route gives none."""
     start = scene.current_ego[:3]
     line = np.zeros((0, 2))
@@ -159,7 +162,7 @@ def with_history(scene: LogWindow) -> tuple[np.ndarray, np.ndarray, Agents, Traf
     return ego, np.concatenate([h_ego.timestamps_us, scene.timestamps_us]), agents, lights, n
 
 
-def planning_rasters(scene: LogWindow, map_api: Any, frames: np.ndarray, raster: RasterConfig) -> np.ndarray:
+def planning_rasters(scene: LogWindow, map_api: MapProtocol, frames: np.ndarray, raster: RasterConfig) -> np.ndarray:
     """``(S + 1, C, H, W)`` float32 logged rasters at the window frames ``frames`` (a Scenario's history drawn)."""
     ego, ts, agents, lights, n = with_history(scene)
     return np.stack(
@@ -168,7 +171,7 @@ def planning_rasters(scene: LogWindow, map_api: Any, frames: np.ndarray, raster:
 
 
 def _check_scenes(
-    scenes: Sequence[LogWindow], map_apis: Sequence[Any], replan_interval_s: float
+    scenes: Sequence[LogWindow], map_apis: Sequence[MapProtocol], replan_interval_s: float
 ) -> tuple[float, int, list[int]]:
     """Log interval, log frames per planning step and episode lengths; :class:`EpisodeError` on bad scenes."""
     if not scenes or len(scenes) != len(map_apis):
@@ -194,7 +197,7 @@ def _check_scenes(
 
 def build_episodes(
     scenes: Sequence[LogWindow],
-    map_apis: Sequence[Any],
+    map_apis: Sequence[MapProtocol],
     replan_interval_s: float,
     raster: RasterConfig | None,
     device: torch.device,

@@ -21,6 +21,7 @@ import torch
 
 from bev_warp.env import BEVWarpEnv, EnvState
 from simulation.features import PlannerInput, agent_tokens_torch, ego_status_torch
+from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation, Planner
 from simulation.types import DrivingCommand, EgoStates, LogWindow
 
@@ -32,7 +33,7 @@ def log_frame(state: EnvState, scene: LogWindow, i: int) -> int:
     return scene.current_index + int(state.frame[i])
 
 
-def observation(state: EnvState, i: int, scene: LogWindow, map_api: Any) -> Observation:
+def observation(state: EnvState, i: int, scene: LogWindow, map_api: MapProtocol) -> Observation:
     """What a vector planner sees in episode ``i``: one-sample history (the simulated ego now), logged agents."""
     k = log_frame(state, scene, i)
     ego = EgoStates(state.ego[i].detach().cpu().numpy()[None].copy(), scene.timestamps_us[k : k + 1])

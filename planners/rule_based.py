@@ -31,6 +31,7 @@ from simulation.geometry import (
     rear_axle_to_center,
 )
 from simulation.kinematics import simulate_proposals
+from simulation.maps.protocol import MapProtocol
 from simulation.metric_cache import MAP_RADIUS, OBSERVATION_STEPS, MapContext, build_observation_metric_cache
 from simulation.protocols import Observation
 from simulation.types import AgentIndex, StateIndex, TrafficLightStatus, Trajectory
@@ -66,7 +67,7 @@ def _red_connector_ids(observation: Observation, route_lanes: set[str]) -> list[
     return [str(i) for i, s in pairs if s == TrafficLightStatus.RED and str(i) in route_lanes]
 
 
-def _red_stop_points(observation: Observation, map_api: Any, route_lanes: set[str]) -> np.ndarray:
+def _red_stop_points(observation: Observation, map_api: MapProtocol, route_lanes: set[str]) -> np.ndarray:
     """``(R, 2)`` entry points of the on-route lane connectors that are RED now."""
     red = _red_connector_ids(observation, route_lanes)
     points = [map_api.lane_connectors[i].baseline[0, :2] for i in red if i in map_api.lane_connectors]
@@ -93,12 +94,12 @@ class _RouteCache:
 
     def __init__(self) -> None:
         self.key: tuple[int, tuple[str, ...]] | None = None
-        self.map_api: Any = None
+        self.map_api: MapProtocol | None = None
         self.route_ids: list[str] = []
         self.route_lanes: set[str] = set()
         self.paths: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 
-    def route(self, map_api: Any, ids: tuple[str, ...]) -> tuple[list[str], set[str]]:
+    def route(self, map_api: MapProtocol, ids: tuple[str, ...]) -> tuple[list[str], set[str]]:
         key = (id(map_api), tuple(str(i) for i in ids))
         if key != self.key or self.map_api is not map_api:
             self.key, self.map_api, self.paths = key, map_api, {}
@@ -106,7 +107,7 @@ class _RouteCache:
             self.route_lanes = map_api.route_lane_ids(self.route_ids)
         return self.route_ids, self.route_lanes
 
-    def centerline(self, map_api: Any, route_ids: list[str], lane_id: str, pose: np.ndarray) -> np.ndarray:
+    def centerline(self, map_api: MapProtocol, route_ids: list[str], lane_id: str, pose: np.ndarray) -> np.ndarray:
         edge = map_api.lane_edge(lane_id)
         block = map_api.roadblocks.get(edge.roadblock_id) or map_api.roadblock_connectors.get(edge.roadblock_id)
         siblings = [i for i in (block.interior_ids if block is not None else ()) if i != lane_id]
@@ -121,10 +122,15 @@ class _RouteCache:
         return self.paths[key]
 
 
-def _route_context(observation: Observation, cache: _RouteCache | None = None) -> _RouteContext:
-    map_api = observation.map_api
-    if map_api is None:
+def _require_map(observation: Observation) -> MapProtocol:
+    """The observation's map; ``PlannerInputError`` when it has none."""
+    if observation.map_api is None:
         raise PlannerInputError(f"{observation.map_name}: this planner needs the map (observation.map_api is None)")
+    return observation.map_api
+
+
+def _route_context(observation: Observation, cache: _RouteCache | None = None) -> _RouteContext:
+    map_api = _require_map(observation)
     if not observation.route_roadblock_ids:
         raise PlannerInputError(f"{observation.map_name}: observation has no route roadblock ids")
     pose = observation.current_state[:3]
@@ -246,7 +252,7 @@ class IDMPlanner:
             ctx.path,
             s0,
             _current_agents(observation),
-            _red_stop_points(observation, observation.map_api, ctx.route_lanes),
+            _red_stop_points(observation, _require_map(observation), ctx.route_lanes),
             lookahead=max(speed, target) * horizon + 50.0,
         )
         progress = _rollout(np.array([speed]), np.array([target]), [leader], horizon, self.params)
@@ -277,7 +283,7 @@ def constant_velocity_forecast(boxes: np.ndarray, num_steps: int, dt: float = RO
 MAP_CONTEXT_REUSE_M = 20.0
 
 
-def _map_context(map_api: Any, center: np.ndarray, previous: MapContext | None) -> MapContext:
+def _map_context(map_api: MapProtocol, center: np.ndarray, previous: MapContext | None) -> MapContext:
     """Drivable-map polygons and their grid around ``center`` ``(2,)``, reusing ``previous`` when still valid."""
     if (
         previous is not None
@@ -324,7 +330,7 @@ class PDMClosedPlanner:
         limit = ctx.speed_limit or self.params.target_velocity
         horizon = self.num_poses * self.interval_s
         boxes = _current_agents(observation)
-        stops = _red_stop_points(observation, observation.map_api, ctx.route_lanes)
+        stops = _red_stop_points(observation, _require_map(observation), ctx.route_lanes)
         polys = agent_box_polygons(boxes) if len(boxes) else None  # once for all the offset paths
         paths, starts, leaders = [], [], []
         for offset in self.lateral_offsets:
@@ -361,7 +367,7 @@ class PDMClosedPlanner:
         local = global_to_local(glob.reshape(-1, 3), state[:3]).reshape(glob.shape)
         states = simulate_proposals(state, local, self.interval_s)
         center = rear_axle_to_center(state[:3])[:2]
-        self._map_context = _map_context(observation.map_api, center, self._map_context)
+        self._map_context = _map_context(_require_map(observation), center, self._map_context)
         cache = build_observation_metric_cache(
             observation,
             ctx.path,

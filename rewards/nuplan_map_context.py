@@ -23,6 +23,7 @@ from shapely.geometry.base import BaseGeometry
 
 from simulation.geometry import polyline_lengths, project_on_polyline
 from simulation.maps.layers import SemanticMapLayer
+from simulation.maps.protocol import MapProtocol
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def _union(geoms: list[Any]) -> BaseGeometry:
     return shapely.union_all(np.asarray(geoms, dtype=object)) if geoms else shapely.Polygon()
 
 
-def _connector_speed_limit(map_api: Any, connector: Any) -> float:
+def _connector_speed_limit(map_api: MapProtocol, connector: Any) -> float:
     lanes = [map_api.lanes.get(i) for i in (*connector.incoming_ids, *connector.outgoing_ids)]
     limits = [lane.speed_limit_mps if lane is not None else None for lane in lanes]
     known = [float(v) for v in limits if v is not None]
@@ -112,7 +113,7 @@ def _connector_speed_limit(map_api: Any, connector: Any) -> float:
     return max(known)
 
 
-def build_lane_graph_context(map_api: Any, points: np.ndarray, margin: float = 30.0) -> LaneGraphContext:
+def build_lane_graph_context(map_api: MapProtocol, points: np.ndarray, margin: float = 30.0) -> LaneGraphContext:
     """Gather the map near ``points`` ``(P, 2)`` (ego and expert positions of a scenario) once.
 
     Everything within the bounding circle of the points plus ``margin`` metres is fetched.

@@ -36,6 +36,7 @@ from rewards.nuplan_route import (
     route_blocks_of_expert,
 )
 from simulation.geometry import ego_box_corners, rear_axle_to_center
+from simulation.maps.protocol import MapProtocol
 from simulation.types import StateIndex
 
 #: Multiplier metrics of CLS (nuPlan ``closed_loop_*_weighted_average.yaml``).
@@ -232,7 +233,7 @@ def cls_score(metrics: Mapping[str, float | None]) -> float:
     return multiplier * weighted
 
 
-def score_simulation(scenario: Any, history: Any, map_api: Any) -> dict[str, float]:
+def score_simulation(scenario: Any, history: Any, map_api: MapProtocol) -> dict[str, float]:
     """CLS metrics of a ``simulation.closed_loop.SimulationHistory`` run on ``scenario`` (benchmark entry point)."""
     rollout = ClosedLoopRollout(
         ego_states=np.asarray(history.ego_states),

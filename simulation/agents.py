@@ -28,6 +28,7 @@ import shapely
 from simulation.geometry import agent_box_corners, boxes_overlap, ego_box_corners, polyline_lengths, rotate_vectors
 from simulation.idm import idm_law
 from simulation.maps.layers import SemanticMapLayer
+from simulation.maps.protocol import MapProtocol
 from simulation.types import AGENT_DIM, AgentIndex, LogWindow, StateIndex, TrackedObjectType
 
 #: Replayed from the log in reactive mode (nuPlan ``open_loop_detections_types``).
@@ -109,7 +110,7 @@ def log_replay_agents(window: LogWindow, frame: int) -> tuple[np.ndarray, np.nda
 # --------------------------------------------------------------------------------------------------
 
 
-def _map_object(map_api: Any, oid: str) -> Any:
+def _map_object(map_api: MapProtocol, oid: str) -> Any:
     return map_api.lanes.get(oid) or map_api.lane_connectors.get(oid)
 
 
@@ -122,7 +123,7 @@ def _start_curvature(baseline: np.ndarray) -> float:
     return float(abs(turn) / max(np.linalg.norm(d1), 1e-6))
 
 
-def _choose_edge(map_api: Any, candidates: list[Any], future_xy: np.ndarray) -> Any:
+def _choose_edge(map_api: MapProtocol, candidates: list[Any], future_xy: np.ndarray) -> Any:
     """The outgoing edge holding most of the agent's logged future, else the straightest."""
     if len(candidates) == 1:
         return candidates[0]
@@ -133,7 +134,7 @@ def _choose_edge(map_api: Any, candidates: list[Any], future_xy: np.ndarray) -> 
     return min(candidates, key=lambda c: _start_curvature(c.baseline))
 
 
-def build_path(map_api: Any, start: Any, needed_m: float, future_xy: np.ndarray) -> list[Any]:
+def build_path(map_api: MapProtocol, start: Any, needed_m: float, future_xy: np.ndarray) -> list[Any]:
     """Map objects from ``start`` following outgoing edges until ``needed_m`` metres (or a dead end)."""
     path = [start]
     total = float(polyline_lengths(np.asarray(start.baseline)[:, :2])[-1])
@@ -153,7 +154,7 @@ def _resample(points: np.ndarray, spacing: float) -> np.ndarray:
     return np.stack([np.interp(s, cum, points[:, 0]), np.interp(s, cum, points[:, 1])], -1)
 
 
-def _snap_object(map_api: Any, box: np.ndarray) -> Any | None:
+def _snap_object(map_api: MapProtocol, box: np.ndarray) -> Any | None:
     """The lane / connector containing the box centre whose baseline heading is closest to the box heading."""
     near = map_api.proximal_ids(box[:2], 1.0, [SemanticMapLayer.LANE, SemanticMapLayer.LANE_CONNECTOR])
     best, best_err = None, np.inf
@@ -191,7 +192,7 @@ class _AgentPlan:
     width: float
 
 
-def _plan_agent(window: LogWindow, map_api: Any, frame: int, n: int, ego_speed: float, params: IDMParameters):
+def _plan_agent(window: LogWindow, map_api: MapProtocol, frame: int, n: int, ego_speed: float, params: IDMParameters):
     box = window.agents.boxes[frame, n]
     start = _snap_object(map_api, box)
     if start is None:
@@ -230,7 +231,7 @@ def _pad(rows: list[np.ndarray], fill: Any, dtype: Any = np.float64) -> np.ndarr
 
 
 def build_idm_agents(
-    window: LogWindow, map_api: Any, ego_state: np.ndarray, frame: int, params: IDMParameters = IDMParameters()
+    window: LogWindow, map_api: MapProtocol, ego_state: np.ndarray, frame: int, params: IDMParameters = IDMParameters()
 ) -> IDMAgentsState:
     """IDM agents from the VEHICLE tracks valid at ``frame``, snapped on the map (nuPlan's rail agents).
 

@@ -36,6 +36,7 @@ from simulation.agents import (
     reactive_agent_boxes,
 )
 from simulation.ego_control import log_playback, perfect_tracking, plan_to_global, two_stage_tracking
+from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation, Planner
 from simulation.types import Agents, EgoStates, Scenario, TrafficLights, Trajectory
 
@@ -91,7 +92,7 @@ class SimState:
     """
 
     scenario: Scenario
-    map_api: Any
+    map_api: MapProtocol | None
     iteration: int
     ego_states: np.ndarray
     timestamps_us: np.ndarray
@@ -166,13 +167,13 @@ class ClosedLoopSimulator:
 
     # ---------------------------------------------------------------------------------------------
 
-    def reset(self, scenario: Scenario, map_api: Any = None) -> SimState:
+    def reset(self, scenario: Scenario, map_api: MapProtocol | None = None) -> SimState:
         """Initial state: the log's history (up to the buffer length) and the first iteration's frame."""
         if self.config.reactive and map_api is None:
             raise ValueError(f"scenario {scenario.token}: reactive simulation needs the map ({scenario.map_name})")
         ego, ts, boxes, valid = _prefill(scenario, self.config.buffer_size - 1)
         idm = None
-        if self.config.reactive:
+        if self.config.reactive and map_api is not None:
             idm = build_idm_agents(scenario, map_api, scenario.current_ego, scenario.current_index, self.config.idm)
             boxes[-1], valid[-1] = reactive_agent_boxes(scenario, scenario.current_index, idm)
         return SimState(scenario, map_api, 0, ego, ts, boxes, valid, num_history=len(ts) - 1, idm=idm)
@@ -232,7 +233,7 @@ class ClosedLoopSimulator:
 
     # ---------------------------------------------------------------------------------------------
 
-    def run(self, scenario: Scenario, planner: Planner, map_api: Any = None) -> SimulationHistory:
+    def run(self, scenario: Scenario, planner: Planner, map_api: MapProtocol | None = None) -> SimulationHistory:
         """Simulate ``scenario`` to its end with ``planner`` in the loop."""
         state = self.reset(scenario, map_api)
         while not state.done:

@@ -27,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from simulation.geometry import global_to_local, rotate_vectors
+from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation
 from simulation.render import RasterConfig, render_window
 from simulation.types import AgentIndex, Agents, DrivingCommand, LogWindow, StateIndex, TrackedObjectType, TrafficLights
@@ -249,7 +250,7 @@ def agent_tokens_torch(
 
 
 def window_features(
-    map_api: Any,
+    map_api: MapProtocol | None,
     ego_states: np.ndarray,
     timestamps_us: np.ndarray,
     agents: Agents,
@@ -272,7 +273,9 @@ def window_features(
     return PlannerInput(bev=bev, ego_status=ego_status(state, command), agents=tokens, agents_mask=mask)
 
 
-def scene_features(scene: LogWindow, map_api: Any, raster: RasterConfig = PLANNER_RASTER) -> PlannerInput[np.ndarray]:
+def scene_features(
+    scene: LogWindow, map_api: MapProtocol, raster: RasterConfig = PLANNER_RASTER
+) -> PlannerInput[np.ndarray]:
     """Features of a scene (or any log window) at its current frame."""
     return window_features(
         map_api,

@@ -29,6 +29,7 @@ from simulation.geometry import (
 )
 from simulation.io import atomic_write
 from simulation.maps.layers import SemanticMapLayer
+from simulation.maps.protocol import MapProtocol
 from simulation.metric_cache_inputs import (
     DT,
     LOG_INTERVAL_S,
@@ -265,7 +266,7 @@ def _from_arrays(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MetricC
 
 
 def reference_poses(
-    planner: ReferencePlanner, scene: Scene, map_api: Any, interval_s: float = LOG_INTERVAL_S
+    planner: ReferencePlanner, scene: Scene, map_api: MapProtocol, interval_s: float = LOG_INTERVAL_S
 ) -> np.ndarray:
     """The reference plan of ``scene`` as ``(8, 3)`` local poses at 0.5 s (resampled if the plan uses another
     interval: linear in x, y and the unwrapped heading)."""
@@ -300,7 +301,7 @@ def _default_simulator() -> Simulator:
 
 
 def _simulated_plans(
-    scene: Scene, map_api: Any, reference_planner: ReferencePlanner | None, simulate: Simulator
+    scene: Scene, map_api: MapProtocol, reference_planner: ReferencePlanner | None, simulate: Simulator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Human plan ``(8, 3)`` (local), its simulated states ``(41, 11)`` and the reference's ``(41, 11)``."""
     current = np.asarray(scene.current_ego, dtype=np.float64)
@@ -321,7 +322,7 @@ def _check_scene(scene: Scene, version: str) -> None:
 
 
 def _map_fields(
-    map_api: Any,
+    map_api: MapProtocol,
     map_context: MapContext,
     route_lanes: set[str],
     centerline: np.ndarray,
@@ -351,7 +352,7 @@ def _scene_red_lights(scene: Scene, route_lanes: set[str], version: str) -> tupl
 
 def build_metric_cache(
     scene: Scene,
-    map_api: Any,
+    map_api: MapProtocol,
     reference_planner: ReferencePlanner | None = None,
     version: str = "v1",
     simulate: Simulator | None = None,
@@ -423,6 +424,8 @@ def build_observation_metric_cache(
     The reference and human states are the current state held (placeholders: such a planner normalises progress
     over its own proposals); there is no history. Not validated (a planner's hot path).
     """
+    if observation.map_api is None:
+        raise MetricCacheError(f"{observation.map_name}: a metric cache needs the map (observation.map_api is None)")
     state = np.asarray(observation.current_state, dtype=np.float64)
     agents = observation.agents
     valid_now = agents.valid[-1] if agents.num_agents else np.zeros(0, bool)

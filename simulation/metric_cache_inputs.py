@@ -17,6 +17,7 @@ import numpy as np
 
 from simulation.geometry import normalize_angle
 from simulation.maps.layers import SemanticMapLayer
+from simulation.maps.protocol import MapProtocol
 from simulation.polygon_grid import PolygonGrid
 from simulation.types import DYNAMIC_TYPES, AgentIndex, Scene, StateIndex, TrafficLightStatus
 
@@ -95,7 +96,9 @@ def interpolate_history(states: np.ndarray, timestamps_us: np.ndarray) -> np.nda
     return out
 
 
-def drivable_map_polygons(map_api: Any, center: np.ndarray, radius: float = MAP_RADIUS) -> tuple[list, list, list]:
+def drivable_map_polygons(
+    map_api: MapProtocol, center: np.ndarray, radius: float = MAP_RADIUS
+) -> tuple[list, list, list]:
     """PDM's drivable map around ``center`` ``(2,)``: ``(ids, layers, polygons)`` of the roadblocks, their lanes,
     the lane connectors of the roadblock connectors, intersections and carparks within ``radius``."""
     near = map_api.proximal_ids(
@@ -143,7 +146,7 @@ class MapContext:
         grid: the ``M`` polygons with a grid index for point-in-polygon tests.
     """
 
-    map_api: Any
+    map_api: MapProtocol
     center: np.ndarray
     radius: float
     ids: np.ndarray
@@ -151,7 +154,7 @@ class MapContext:
     grid: PolygonGrid
 
     @staticmethod
-    def build(map_api: Any, center: np.ndarray, radius: float = MAP_RADIUS) -> MapContext:
+    def build(map_api: MapProtocol, center: np.ndarray, radius: float = MAP_RADIUS) -> MapContext:
         """Read the drivable map of ``map_api`` within ``radius`` of ``center`` ``(2,)``."""
         ids, layers, polys = drivable_map_polygons(map_api, center, radius)
         ids_arr, layers_arr = np.array(ids, dtype=str), np.array(layers, dtype=np.int64)

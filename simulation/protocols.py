@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from simulation.maps.protocol import MapProtocol
 from simulation.types import Agents, DrivingCommand, EgoStates, LogWindow, TrafficLights, Trajectory
 
 
@@ -39,7 +40,7 @@ class Observation:
     traffic_lights: TrafficLights
     route_roadblock_ids: tuple[str, ...]
     map_name: str
-    map_api: Any = None
+    map_api: MapProtocol | None = None
     driving_command: int = DrivingCommand.UNKNOWN
     goal: np.ndarray | None = None
     log: LogWindow | None = None
@@ -50,7 +51,7 @@ class Observation:
         cls,
         window: LogWindow,
         frames: slice | np.ndarray | None = None,
-        map_api: Any = None,
+        map_api: MapProtocol | None = None,
         *,
         ego_history: EgoStates | None = None,
         agents: Agents | None = None,

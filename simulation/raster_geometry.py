@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import shapely
 
 from simulation.maps.layers import SemanticMapLayer
+from simulation.maps.protocol import MapProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +230,7 @@ class MapRasterGeometry:
             self._unions.move_to_end(key)
         return rings
 
-    def route(self, map_api: Any, route_ids: tuple[str, ...]) -> RingSet:
+    def route(self, map_api: MapProtocol, route_ids: tuple[str, ...]) -> RingSet:
         """Lanes and connectors inside the route roadblocks ``route_ids``, united and eroded (cached)."""
         lane_ids = self._route_lanes.get(route_ids)
         if lane_ids is None:
@@ -239,7 +241,7 @@ class MapRasterGeometry:
         return self.united("route", lane_ids)
 
     @staticmethod
-    def from_map_api(map_api: Any, erode_m: float) -> MapRasterGeometry:
+    def from_map_api(map_api: MapProtocol, erode_m: float) -> MapRasterGeometry:
         """Flatten a :class:`~simulation.maps.api.MapAPI` (uses lanes, lane_connectors, polygons, drivable_area)."""
         lanes = list(map_api.lanes.values())
         both = lanes + list(map_api.lane_connectors.values())
@@ -285,7 +287,7 @@ def _valid(geoms: np.ndarray, source: Any = None) -> np.ndarray:
     return geoms
 
 
-def whole_drivable_area(map_api: Any, lane_bbox: np.ndarray, crosswalks: dict[str, Any]) -> list[Any]:
+def whole_drivable_area(map_api: MapProtocol, lane_bbox: np.ndarray, crosswalks: Mapping[str, Any]) -> list[Any]:
     """The drivable area of the whole map (bounded by its lanes ``(M, 4)`` and crosswalks), as disjoint polygons."""
     boxes = [lane_bbox.reshape(-1, 4), np.array([shapely.bounds(g) for g in crosswalks.values()]).reshape(-1, 4)]
     bbox = np.concatenate(boxes)

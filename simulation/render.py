@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from simulation.geometry import box_corners, global_to_local, transform_points_to_global, transform_points_to_local
+from simulation.maps.protocol import MapProtocol
 from simulation.raster_config import AGENT_CHANNEL_TYPES, CHANNELS, DEFAULT_RASTER, RasterConfig, RenderError
 from simulation.raster_geometry import MapRasterGeometry, RingSet
 from simulation.types import (
@@ -180,7 +181,7 @@ _CACHE: OrderedDict[tuple[int, float], tuple[Any, MapRasterGeometry]] = OrderedD
 _CACHE_SIZE = 8
 
 
-def map_geometry(map_api: Any, resolution_m: float) -> MapRasterGeometry:
+def map_geometry(map_api: MapProtocol, resolution_m: float) -> MapRasterGeometry:
     """Flattened raster geometry of ``map_api`` (polygons eroded by half a pixel), cached per map and resolution."""
     key = (id(map_api), float(resolution_m))
     hit = _CACHE.get(key)
@@ -253,7 +254,7 @@ def _render_agents(planes, ego_pose, boxes, types, history_boxes, history_valid,
 
 
 def render_raster(
-    map_api: Any,
+    map_api: MapProtocol | None,
     ego_pose: np.ndarray,
     boxes: np.ndarray,
     types: np.ndarray,
@@ -319,7 +320,7 @@ def _history_arrays(ego_states: np.ndarray, agents: Agents, frames: np.ndarray) 
 
 
 def render_window(
-    map_api: Any,
+    map_api: MapProtocol | None,
     ego_states: np.ndarray,
     timestamps_us: np.ndarray,
     agents: Agents,
@@ -345,7 +346,7 @@ def render_window(
     )
 
 
-def render_bev(scene: LogWindow, map_api: Any, config: RasterConfig = DEFAULT_RASTER) -> np.ndarray:
+def render_bev(scene: LogWindow, map_api: MapProtocol, config: RasterConfig = DEFAULT_RASTER) -> np.ndarray:
     """Raster ``(C, H, W)`` float32 of a :class:`Scene` (or any log window) at its current frame."""
     return render_window(
         map_api,

@@ -33,6 +33,7 @@ from PIL import Image  # noqa: E402
 from simulation.geometry import agent_box_corners, global_to_local, transform_points_to_local  # noqa: E402
 from simulation.io import atomic_path  # noqa: E402
 from simulation.maps.layers import SemanticMapLayer  # noqa: E402
+from simulation.maps.protocol import MapProtocol
 from simulation.render import ego_box  # noqa: E402
 from simulation.types import (  # noqa: E402
     AgentIndex,
@@ -112,7 +113,7 @@ def _add_polygons(ax: Axes, geoms: Sequence[Any], origin: np.ndarray, z: float, 
 
 def plot_map(
     ax: Axes,
-    map_api: Any,
+    map_api: MapProtocol,
     origin: np.ndarray,
     radius: float,
     route_ids: Sequence[str] = (),
@@ -171,7 +172,7 @@ def plot_frame(
     ax: Axes,
     window: LogWindow,
     index: int,
-    map_api: Any,
+    map_api: MapProtocol | None,
     candidates: np.ndarray | None = None,
     chosen: np.ndarray | None = None,
     view: tuple[float, float, float, float] = DEFAULT_VIEW,
@@ -247,7 +248,7 @@ def _title(window: LogWindow, index: int) -> str:
 
 def plot_scene(
     scene: LogWindow,
-    map_api: Any,
+    map_api: MapProtocol | None,
     ax: Axes | None = None,
     candidates: np.ndarray | None = None,
     chosen: np.ndarray | None = None,
@@ -277,7 +278,7 @@ def plot_scene(
     return fig_out
 
 
-def save_scene_png(scene: LogWindow, map_api: Any, path: str | Path, **kwargs: Any) -> Path:
+def save_scene_png(scene: LogWindow, map_api: MapProtocol | None, path: str | Path, **kwargs: Any) -> Path:
     """Write :func:`plot_scene` to ``path`` (PNG, atomic). Keyword arguments go to :func:`plot_scene`."""
     path = Path(path)
     fig = plot_scene(scene, map_api, **kwargs)
@@ -327,7 +328,7 @@ def window_from_log(log: Any, start: int = 0, stop: int | None = None, step: int
 
 def log_gif(
     source: Any,
-    map_api: Any,
+    map_api: MapProtocol | None,
     path: str | Path,
     start: int = 0,
     num_frames: int = 40,

@@ -52,6 +52,7 @@ from simulation.evaluation.refs import InMemorySource
 from simulation.evaluation.sources import MapProvider, MetricCacheProvider
 from simulation.evaluation.units import NavsimUnit
 from simulation.features import PLANNER_RASTER, PlannerInput, raster_from_meta
+from simulation.maps.protocol import MapProtocol
 from simulation.render import RasterConfig, RenderError
 from simulation.types import Scene
 
@@ -342,7 +343,7 @@ class ClosedLoopEvalCallback(_ScenesCallback):
             raise CallbackConfigError("no validation scene has a metric cache")
         self.scenes = kept
 
-    def _cache(self, scene: Scene, map_api: Any) -> Any:
+    def _cache(self, scene: Scene, map_api: MapProtocol) -> Any:
         return self.caches[scene.token]
 
     def evaluate(self, planner: nn.Module) -> dict[str, float]:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from simulation.datasets.log_data import LogData
+from simulation.maps.protocol import MapProtocol
 from simulation.types import Agents, DrivingCommand, EgoStates, Scenario, Scene, TrafficLights, TrafficLightStatus
 
 logger = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def log_path_command(log: LogData, frame: int) -> DrivingCommand:
     return command_from_path(log.ego_states[frame, :3], xy)
 
 
-def route_command(map_api: Any) -> DrivingCommandFn:
+def route_command(map_api: MapProtocol) -> DrivingCommandFn:
     """Driving command from the route centre line of ``map_api`` (OpenScene's own rule)."""
 
     def command(log: LogData, frame: int) -> DrivingCommand:

@@ -24,6 +24,7 @@ from simulation.evaluation.protocols import BenchmarkProtocol, get_protocol
 from simulation.evaluation.refs import SceneRef, SceneSource
 from simulation.evaluation.report import SceneDrawer
 from simulation.evaluation.units import ClosedLoopUnit, NavsimUnit, Unit
+from simulation.maps.protocol import MapProtocol
 from simulation.protocols import CandidateMetric, Planner
 from simulation.types import EgoStates, LogWindow
 
@@ -59,7 +60,7 @@ class SimulateClosedLoop:
 
     simulator: Any
 
-    def __call__(self, scenario: Any, planner: Planner, map_api: Any) -> Any:
+    def __call__(self, scenario: Any, planner: Planner, map_api: MapProtocol) -> Any:
         return self.simulator.run(scenario, planner, map_api=map_api)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from simulation.datasets.scenes import scenario_types_at
 from simulation.evaluation.refs import SceneRef
+from simulation.maps.protocol import MapProtocol
 from simulation.types import LogWindow
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class MetricCacheProvider:
     version: str
     cache_dir: str | None = None
 
-    def __call__(self, scene: Any, map_api: Any) -> Any:
+    def __call__(self, scene: Any, map_api: MapProtocol) -> Any:
         from simulation.metric_cache import MetricCache, MetricCacheError, build_metric_cache
 
         path = None if self.cache_dir is None else metric_cache_path(self.cache_dir, scene.log_name, scene.token)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from simulation.maps.protocol import MapProtocol
 from simulation.protocols import CandidateMetric, Observation, Planner, Scorer
 from simulation.types import NUM_TRAJECTORY_POSES, TRAJECTORY_INTERVAL_S, LogWindow, Scene, Trajectory
 
@@ -62,7 +63,7 @@ class UnitResult:
 Unit = Callable[[LogWindow], UnitResult]
 
 
-def observation_from_scene(scene: LogWindow, map_api: Any = None) -> Observation:
+def observation_from_scene(scene: LogWindow, map_api: MapProtocol | None = None) -> Observation:
     """The planner's view of a scene at its current frame: history frames up to and including the current one
     (:meth:`simulation.protocols.Observation.from_window`)."""
     return Observation.from_window(scene, None, map_api)

@@ -12,6 +12,7 @@ from simulation.evaluation.evaluator import SceneEvaluator
 from simulation.evaluation.protocols import get_protocol
 from simulation.evaluation.refs import InMemorySource
 from simulation.evaluation.units import ClosedLoopUnit, InvalidPlanError, NavsimUnit, check_plan
+from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation
 from simulation.types import Trajectory
 
@@ -69,7 +70,7 @@ class _Rollout:
         self.ego_states, self.planner_errors = ego_states, planner_errors
 
 
-def _loop(scenario: Any, planner: Any, map_api: Any) -> _Rollout:
+def _loop(scenario: Any, planner: Any, map_api: MapProtocol) -> _Rollout:
     """A toy closed loop that records planner failures as the simulator does."""
     from simulation.closed_loop import _call_planner
 

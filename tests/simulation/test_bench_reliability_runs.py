@@ -31,6 +31,7 @@ from simulation.evaluation.refs import InMemorySource
 from simulation.evaluation.report import scores_table, summary_markdown
 from simulation.evaluation.runner import JOURNAL_NAME, run_benchmark
 from simulation.evaluation.sources import LogSource, NuplanExtractor
+from simulation.maps.protocol import MapProtocol
 from simulation.metric_cache import MetricCacheError
 from simulation.protocols import Observation
 from simulation.types import Trajectory
@@ -101,7 +102,7 @@ class FlakyCache:
     def __init__(self, tokens: tuple[str, ...]) -> None:
         self.tokens = tokens
 
-    def __call__(self, scene: Any, map_api: Any) -> Any:
+    def __call__(self, scene: Any, map_api: MapProtocol) -> Any:
         if scene.token in self.tokens:
             raise MetricCacheError(f"{scene.token}.npz: metric cache of version v1, this benchmark scores v2")
         return scene

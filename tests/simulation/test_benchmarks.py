@@ -32,6 +32,7 @@ from simulation.evaluation.report import scores_table, write_report
 from simulation.evaluation.runner import JOURNAL_NAME, run_benchmark
 from simulation.evaluation.sources import LogSource, frame_scenario_types
 from simulation.evaluation.units import ClosedLoopUnit, NavsimUnit
+from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation
 from simulation.types import STATE_DIM, Agents, EgoStates, LogWindow, Scene, StateIndex, TrafficLights, Trajectory
 from training.cli import COMMANDS
@@ -106,7 +107,7 @@ class FakeScorer:
         }
 
 
-def scene_as_cache(scene: Scene, map_api: Any) -> Scene:
+def scene_as_cache(scene: Scene, map_api: MapProtocol) -> Scene:
     return scene
 
 
@@ -406,7 +407,7 @@ class FakeRollout:
         self.ego_states = ego_states
 
 
-def fake_simulate(scenario: Scene, planner: Any, map_api: Any) -> FakeRollout:
+def fake_simulate(scenario: Scene, planner: Any, map_api: MapProtocol) -> FakeRollout:
     """Drives the planner's first pose every step for 5 steps (a toy closed loop)."""
     states = [scenario.current_ego.copy()]
     for _ in range(5):
@@ -418,7 +419,7 @@ def fake_simulate(scenario: Scene, planner: Any, map_api: Any) -> FakeRollout:
     return FakeRollout(np.stack(states))
 
 
-def fake_cls_score(scenario: Scene, rollout: FakeRollout, map_api: Any) -> dict[str, float]:
+def fake_cls_score(scenario: Scene, rollout: FakeRollout, map_api: MapProtocol) -> dict[str, float]:
     progress = float(rollout.ego_states[-1, StateIndex.X] - rollout.ego_states[0, StateIndex.X])
     metrics = {c: 1.0 for c in get_protocol("nuplan_cls_nr").columns}
     metrics["ego_progress_along_expert_route"] = min(progress / 10.0, 1.0)
