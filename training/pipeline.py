@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from configs import TRAIN_DIR
 from training.cli import main as diffplan
 
 logger = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class Pipeline:
     def train(self, name: str) -> None:
         run_dir = self.out / "train" / name
         self.run_command(
-            "fit", "--config", f"configs/train/{name}.yaml", "--data.cache_dir", str(self.out / "cache"),
+            "fit", "--config", str(TRAIN_DIR / f"{name}.yaml"), "--data.cache_dir", str(self.out / "cache"),
             "--trainer.max_epochs", str(self.size.epochs_of(name)), "--trainer.default_root_dir", str(run_dir),
             "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
         )  # fmt: skip
