@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from configs import BENCH_DIR
+from simulation.datasets.safe_paths import plain_name
 from simulation.evaluation import build
 from simulation.evaluation.protocols import get_protocol
 from simulation.evaluation.report import write_report
@@ -52,6 +53,7 @@ def _write_config(cfg: DictConfig, path: Path) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the benchmark described by a composed config; returns the average row and the output paths."""
     protocol = get_protocol(str(cfg.protocol.name))
+    plain_name(str(cfg.planner.name), "planner.name", BenchConfigError)  # the default output_dir is built from it
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     source = build.build_source(container, protocol)
     refs = source.refs()
