@@ -30,6 +30,7 @@ from simulation.datasets.nuplan_db import read_log
 from simulation.datasets.scenes import SceneFilter, extract_scenes
 from simulation.datasets.splits import SplitError, split_log_paths
 from simulation.maps.api import MapAPI
+from simulation.maps.fit import check_log_fits_map
 from simulation.render import RasterConfig
 from simulation.types import Scene
 from training.data import stack_samples, write_meta, write_npz_atomic
@@ -64,6 +65,7 @@ def cache_log(task: CacheTask) -> tuple[str, int, str | None]:
     try:
         log = read_log(task.log_path)
         map_api = MapAPI.load(task.maps_root, log.map_location)
+        check_log_fits_map(log.log_name, log.map_version, log.ego_states[0, :2], map_api)
         scenes = extract_scenes(log, SceneFilter(frame_interval=task.frame_interval))
         if task.metric_version is not None:
             return log.log_name, _metric_caches(scenes, map_api, task.out, task.metric_version), None

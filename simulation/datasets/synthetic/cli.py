@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     used = sorted({s.town for s in specs})
     for t in used:
         write_town_map(root, args.seed, t)
-    write_maps_index(root, used)
+    write_maps_index(root, used, args.seed)
     for split in SPLITS:
         (root / "splits" / split).mkdir(parents=True, exist_ok=True)
     results = run_logs(root, specs, workers)

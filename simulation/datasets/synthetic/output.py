@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from simulation.datasets.synthetic.generator import LogSpec, generate_log, make_map
-from simulation.datasets.synthetic.map_layers import SYNTH_MAP_VERSION, location_name
+from simulation.datasets.synthetic.map_layers import location_name, synth_map_version
 from simulation.io import atomic_path, atomic_write_text
 
 MANIFEST = "synth_manifest.json"
@@ -46,8 +46,8 @@ def stats_path(root: Path, spec: LogSpec) -> Path:
     return root / STATS_DIR / spec.split / f"{spec.name}.json"
 
 
-def map_path(root: Path, town: int) -> Path:
-    return root / "maps" / location_name(town) / SYNTH_MAP_VERSION / "map.gpkg"
+def map_path(root: Path, town: int, seed: int) -> Path:
+    return root / "maps" / location_name(town) / synth_map_version(seed) / "map.gpkg"
 
 
 def _vacuum_into(scratch: Path, final: Path, fix_sql: str | None = None) -> None:
@@ -70,7 +70,7 @@ def write_town_map(root: Path, seed: int, town: int) -> Path:
     """Write ``DIR/maps/<location>/<version>/map.gpkg`` of a town (skipped if present)."""
     from simulation.maps.gpkg import write_map
 
-    final = map_path(root, town)
+    final = map_path(root, town, seed)
     if final.is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -86,10 +86,10 @@ def write_town_map(root: Path, seed: int, town: int) -> Path:
     return final
 
 
-def write_maps_index(root: Path, towns: list[int]) -> None:
+def write_maps_index(root: Path, towns: list[int], seed: int) -> None:
     from simulation.maps.gpkg import write_maps_json
 
-    write_maps_json(root / "maps", {location_name(t): SYNTH_MAP_VERSION for t in towns})
+    write_maps_json(root / "maps", {location_name(t): synth_map_version(seed) for t in towns})
 
 
 def write_one_log(root: str, spec: LogSpec) -> dict[str, Any]:
