@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -50,3 +55,27 @@ def test_what_a_killed_run_left_behind_is_removed_and_does_not_block(city):
     assert [p for p in leftovers if p.exists()] == []
     assert not list(city.rglob("*.scratch.*.tmp")) and not list(city.rglob(".*.tmp"))
     assert _summary(city)["frames"] == 2 * 120
+
+
+def test_a_real_kill_leaves_nothing_after_the_re_run(tmp_path):
+    out = tmp_path / "killed"
+    args = ["--out", str(out), "--preset", "tiny", "--logs", "3", "--duration", "20", "--seed", "2", "--plots", "0"]
+    code = f"import sys; from simulation.datasets.synthetic.cli import main; sys.exit(main({args!r}))"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120.0
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if list(out.glob("splits/*/.*")):  # a log is being written: kill the run there
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait()
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("the run finished before it could be killed while writing")
+    assert main(args) == 0
+    assert not list(out.rglob("*.scratch.*.tmp")) and not list(out.rglob(".*.tmp")) and not list(out.rglob("*.scratch"))
+    assert len(list(out.glob("splits/*/*.db"))) == 3
+    assert json.loads((out / "synth_summary.json").read_text())["frames"] == 3 * 400
