@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,14 +25,19 @@ from pathlib import Path
 
 from simulation.datasets.nuplan_db import read_log
 from simulation.datasets.scenes import SceneFilter, extract_scenes
-from simulation.datasets.splits import split_log_paths
+from simulation.datasets.splits import SplitError, split_log_paths
 from simulation.features import PLANNER_RASTER, scene_features, scene_targets
 from simulation.maps.api import MapAPI
+from simulation.maps.fit import check_log_fits_map
 from simulation.render import RasterConfig
 from simulation.types import Scene
 from training.data import stack_samples, write_meta, write_npz_atomic
 
 logger = logging.getLogger(__name__)
+
+
+class CacheBuildError(RuntimeError):
+    """``diffplan data cache`` cannot run (missing data root, unknown split) or built nothing (every log failed)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ def cache_log(task: CacheTask) -> tuple[str, int, str | None]:
     try:
         log = read_log(task.log_path)
         map_api = MapAPI.load(task.maps_root, log.map_location)
+        check_log_fits_map(log.log_name, log.map_version, log.ego_states[0, :2], map_api)
         scenes = extract_scenes(log, SceneFilter(frame_interval=task.frame_interval))
         if task.metric_version is not None:
             return log.log_name, _metric_caches(scenes, map_api, task.out, task.metric_version), None
@@ -93,14 +100,17 @@ def build_cache(
     metric_version: str | None = None,
 ) -> dict[str, int]:
     """Build the feature cache (or, with ``metric_version``, the metric cache) of ``splits``; returns scenes
-    per split. Logs that fail are skipped and named in a warning."""
-    if metric_version is None:
-        write_meta(out, {"bev_shape": list(raster.shape), "raster": raster.to_dict()})
+    per split. Logs that fail are skipped and named in a warning.
+
+    Raises:
+        CacheBuildError: a missing data / maps root or an unknown split (nothing is written), or every log failed.
+    """
     tasks = [
         CacheTask(path, split, maps_root, out, raster, frame_interval, metric_version)
-        for split in splits
-        for path in split_log_paths(data_root, split)
+        for split, path in _split_logs(data_root, maps_root, splits)
     ]
+    if metric_version is None:
+        write_meta(out, {"bev_shape": list(raster.shape), "raster": raster.to_dict()})
     counts = dict.fromkeys(splits, 0)
     failed = []
     if workers > 1:
@@ -116,7 +126,20 @@ def build_cache(
             counts[task.split] += n
     if failed:
         logger.warning("feature cache: %d of %d logs failed: %s", len(failed), len(tasks), ", ".join(failed))
+    if tasks and len(failed) == len(tasks):
+        raise CacheBuildError(f"every one of the {len(tasks)} logs failed (first: {failed[0]}); see the warnings above")
     return counts
+
+
+def _split_logs(data_root: Path, maps_root: Path, splits: list[str]) -> list[tuple[str, Path]]:
+    """``(split, log path)`` of every log of ``splits``; raises :class:`CacheBuildError` before anything is written."""
+    for what, folder in (("data root", data_root), ("maps root", maps_root)):
+        if not Path(folder).is_dir():
+            raise CacheBuildError(f"{what} {folder} is not a folder")
+    try:
+        return [(split, path) for split in splits for path in split_log_paths(data_root, split)]
+    except SplitError as exc:
+        raise CacheBuildError(str(exc)) from None
 
 
 def main(argv: list[str]) -> int:
@@ -132,15 +155,19 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.data_root is None or args.maps_root is None:
         parser.error("give --data-root/--maps-root or set NUPLAN_DATA_ROOT/NUPLAN_MAPS_ROOT")
-    counts = build_cache(
-        args.data_root,
-        args.maps_root,
-        args.splits,
-        args.out,
-        args.workers,
-        frame_interval=args.frame_interval,
-        metric_version=args.version if args.metric else None,
-    )
+    try:
+        counts = build_cache(
+            args.data_root,
+            args.maps_root,
+            args.splits,
+            args.out,
+            args.workers,
+            frame_interval=args.frame_interval,
+            metric_version=args.version if args.metric else None,
+        )
+    except CacheBuildError as err:
+        print(f"diffplan data cache: {err}", file=sys.stderr)
+        return 1
     for split, n in counts.items():
         print(f"{split}: {n} scenes")
     return 0

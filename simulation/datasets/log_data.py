@@ -20,6 +20,9 @@ class LogData:
 
     Log:
         log_name, log_token, map_location (``log.map_version``: the map location name), vehicle_name, date.
+        map_version: version of the map the log was recorded on, when the log says (``""`` otherwise: nuPlan's
+            logs name only the location; diffplan's synthetic logs write ``<location>@<version>`` in
+            ``log.location``).
 
     Frames (``F`` rows of ``lidar_pc`` joined with ``ego_pose``):
         frame_tokens: ``(F,)`` str lidar_pc tokens.
@@ -84,6 +87,7 @@ class LogData:
     tag_frame: np.ndarray
     tag_type: np.ndarray
     tag_track: np.ndarray
+    map_version: str = ""
     source: str = field(default="", compare=False)  # file the log was read from, for error messages
 
     @property

@@ -274,7 +274,7 @@ def read_log(path: str | os.PathLike[str]) -> LogData:
     try:
         _check_schema(con, path)
         log_row = con.execute(
-            "SELECT token, logfile, map_version, vehicle_name, date FROM log ORDER BY rowid LIMIT 1"
+            "SELECT token, logfile, map_version, vehicle_name, date, location FROM log ORDER BY rowid LIMIT 1"
         ).fetchone()
         if log_row is None:
             raise LogContentError(path, "empty log (no row in table 'log')")
@@ -296,6 +296,7 @@ def read_log(path: str | os.PathLike[str]) -> LogData:
         map_location=str(log_row[2] or ""),
         vehicle_name=str(log_row[3] or ""),
         date=str(log_row[4] or ""),
+        map_version=_map_version(str(log_row[2] or ""), str(log_row[5] or "")),
         frame_tokens=hex_tokens(pc["token"]),
         ego_pose_tokens=hex_tokens(pc["ego"]),
         timestamps_us=pc["t"].copy(),
@@ -307,3 +308,10 @@ def read_log(path: str | os.PathLike[str]) -> LogData:
         **lights,
         source=str(path),
     )
+
+
+def _map_version(map_location: str, location: str) -> str:
+    """The map version a log records in ``log.location`` as ``<map location>@<version>`` (``""`` when it does
+    not, as in nuPlan's own logs, whose ``location`` is a city name)."""
+    prefix = f"{map_location}@"
+    return location[len(prefix) :] if map_location and location.startswith(prefix) else ""

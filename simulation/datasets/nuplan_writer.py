@@ -121,12 +121,17 @@ def _ego_rows(log: LogData, log_blob: bytes, pose_tokens: list[bytes]) -> Iterab
     return zip(pose_tokens, [log_blob] * log.num_frames, *[np.asarray(c).tolist() for c in cols], [0] * log.num_frames)
 
 
+def location_column(log: LogData) -> str:
+    """``log.location``: the map location, with ``@<map version>`` when the log knows its map's version."""
+    return f"{log.map_location}@{log.map_version}" if log.map_version else log.map_location
+
+
 def _write_static(con: sqlite3.Connection, log: LogData, log_blob: bytes) -> tuple[bytes, dict[int, bytes]]:
     """Rows of ``log``, ``lidar``, ``camera`` and ``category``; returns the lidar token and category tokens."""
     t0 = int(log.timestamps_us[0])
     con.execute(
         "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (log_blob, log.vehicle_name, log.date, t0, log.log_name, log.map_location, log.map_location),
+        (log_blob, log.vehicle_name, log.date, t0, log.log_name, location_column(log), log.map_location),
     )
     identity = (pickle.dumps([0.0, 0.0, 0.0]), pickle.dumps([1.0, 0.0, 0.0, 0.0]))
     lidar = _derived_tokens(log.log_token, "lidar", 1)[0]

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from simulation.datasets.safe_paths import plain_name
 from simulation.io import atomic_write_text
 
 SCENE_LIST_VERSION = 1
@@ -66,8 +67,12 @@ class SceneList:
 
 
 def scene_list_path(data_root: str | os.PathLike[str], name: str) -> Path:
-    """Where the scene list ``name`` of ``data_root`` lives."""
-    return Path(data_root) / SCENE_LIST_DIR / f"{name}.yaml"
+    """Where the scene list ``name`` of ``data_root`` lives.
+
+    Raises:
+        SceneListError: ``name`` is not a plain name (it would lead outside ``<data_root>/scene_lists``).
+    """
+    return Path(data_root) / SCENE_LIST_DIR / f"{plain_name(name, 'scene list name', SceneListError)}.yaml"
 
 
 def write_scene_list(path: str | os.PathLike[str], scene_list: SceneList) -> Path:

@@ -21,6 +21,7 @@ import yaml
 
 from configs import SPLITS_DIR
 from simulation.datasets.log_data import LogData
+from simulation.datasets.safe_paths import path_inside, plain_name
 from simulation.datasets.scene_lists import SceneList, SceneListError, read_scene_list
 from simulation.datasets.scenes import (
     DrivingCommandFn,
@@ -60,8 +61,12 @@ def available_splits() -> list[str]:
 
 
 def split_definition(split: str) -> dict[str, Any]:
-    """The YAML definition of ``split``: ``log_dir`` (relative to the data root) and optional ``log_names``."""
-    path = SPLITS_DIR / f"{split}.yaml"
+    """The YAML definition of ``split``: ``log_dir`` (relative to the data root) and optional ``log_names``.
+
+    Raises:
+        SplitError: unknown split, a split name or an entry that would lead outside the configs / data root.
+    """
+    path = SPLITS_DIR / f"{plain_name(split, 'split', SplitError)}.yaml"
     if not path.is_file():
         raise SplitError(f"unknown split {split!r}; defined splits: {', '.join(available_splits())}")
     try:
@@ -70,7 +75,20 @@ def split_definition(split: str) -> dict[str, Any]:
         raise SplitError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(spec, dict) or "log_dir" not in spec:
         raise SplitError(f"{path}: a split needs a 'log_dir' entry")
+    _check_entries(split, spec)
     return spec
+
+
+def _check_entries(split: str, spec: dict[str, Any]) -> None:
+    """Raise :class:`SplitError` when ``log_dir``, ``scene_list`` or a log name would leave the data root."""
+    path_inside("<data_root>", spec["log_dir"], f"split {split!r}: log_dir", SplitError)
+    if spec.get("scene_list"):
+        path_inside("<data_root>", spec["scene_list"], f"split {split!r}: scene_list", SplitError)
+    names = spec.get("log_names")
+    if names is not None and not isinstance(names, list):
+        raise SplitError(f"split {split!r}: log_names must be a list of log names, got {names!r}")
+    for name in names or []:
+        plain_name(name, f"split {split!r}: log name", SplitError)
 
 
 def split_scene_list(data_root: str | os.PathLike[str], split: str) -> SceneList | None:
@@ -83,7 +101,7 @@ def split_scene_list(data_root: str | os.PathLike[str], split: str) -> SceneList
     spec = split_definition(split)
     if not spec.get("scene_list"):
         return None
-    path = Path(data_root) / str(spec["scene_list"])
+    path = path_inside(data_root, spec["scene_list"], f"split {split!r}: scene_list", SplitError)
     if not path.is_file():
         raise SplitError(
             f"split {split!r} is a scene list and {path} does not exist; make it with "
@@ -91,9 +109,12 @@ def split_scene_list(data_root: str | os.PathLike[str], split: str) -> SceneList
             f"--name {path.stem}`"
         )
     try:
-        return read_scene_list(path)
+        scene_list = read_scene_list(path)
     except SceneListError as exc:
         raise SplitError(f"split {split!r}: {exc}") from None
+    for name in scene_list.log_names:
+        plain_name(name, f"split {split!r}: log name in {path}", SplitError)
+    return scene_list
 
 
 def split_scene_tokens(data_root: str | os.PathLike[str], split: str) -> frozenset[str] | None:
@@ -111,7 +132,7 @@ def split_log_paths(data_root: str | os.PathLike[str], split: str) -> list[Path]
             that is missing or unreadable.
     """
     spec = split_definition(split)
-    folder = Path(data_root) / str(spec["log_dir"])
+    folder = path_inside(data_root, spec["log_dir"], f"split {split!r}: log_dir", SplitError)
     if not folder.is_dir():
         raise SplitError(f"split {split!r}: no folder {folder}")
     paths = sorted(folder.glob("*.db"))

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from configs import BENCH_DIR
+from simulation.datasets.safe_paths import plain_name
 from simulation.evaluation import build
 from simulation.evaluation.evaluator import DATA_FAILURE
 from simulation.evaluation.journal import JournalError
@@ -79,6 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_locked(cfg: DictConfig, out: Path) -> dict[str, Any]:
     protocol = get_protocol(str(cfg.protocol.name))
+    plain_name(str(cfg.planner.name), "planner.name", BenchConfigError)  # the default output_dir is built from it
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     source = build.build_source(container, protocol)
     refs = source.refs()

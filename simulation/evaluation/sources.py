@@ -147,18 +147,37 @@ def split_log_paths(data_root: str | Path, split: str) -> list[str]:
     return [str(p) for p in _split_log_paths(data_root, split)]
 
 
+def check_log_map(log: Any, maps_root: str) -> None:
+    """Raise :class:`BenchConfigError` naming the log and its map when the map under ``maps_root`` cannot be
+    loaded or does not fit the log (:func:`simulation.maps.fit.check_log_fits_map`)."""
+    from simulation.maps.api import MapAPI
+    from simulation.maps.errors import MapError
+    from simulation.maps.fit import check_log_fits_map
+
+    try:
+        check_log_fits_map(
+            log.log_name, log.map_version, log.ego_states[0, :2], MapAPI.load(maps_root, log.map_location)
+        )
+    except MapError as exc:
+        raise BenchConfigError(f"log {log.log_name} (map {log.map_location} under {maps_root}): {exc}") from None
+
+
 @dataclass(frozen=True)
 class NuplanExtractor:
-    """Extract NAVSIM scenes (``kind='navsim'``) or nuPlan scenarios (``kind='closed_loop'``) from a ``.db`` log."""
+    """Extract NAVSIM scenes (``kind='navsim'``) or nuPlan scenarios (``kind='closed_loop'``) from a ``.db`` log;
+    with ``maps_root``, first check that the log fits its map (:func:`check_log_map`)."""
 
     kind: str
     scene_filter: Mapping[str, Any] = field(default_factory=dict)
+    maps_root: str | None = None
 
     def __call__(self, path: str) -> list[tuple[LogWindow, str]]:
         from simulation.datasets.nuplan_db import read_log
         from simulation.datasets.scenes import SceneFilter, extract_scenarios, extract_scenes
 
         log = read_log(path)
+        if self.maps_root:
+            check_log_map(log, self.maps_root)
         if self.kind == "navsim":
             scenes = extract_scenes(log, SceneFilter(**dict(self.scene_filter)))
             types = scenario_types_at(log, [str(s.frame_tokens[s.current_index]) for s in scenes])
@@ -167,9 +186,14 @@ class NuplanExtractor:
 
 
 def nuplan_log_source(
-    data_root: str | None, split: str, kind: str, scene_filter: Mapping[str, Any] | None = None
+    data_root: str | None,
+    split: str,
+    kind: str,
+    scene_filter: Mapping[str, Any] | None = None,
+    maps_root: str | None = None,
 ) -> LogSource:
-    """Scenes (``kind='navsim'``) or scenarios (``kind='closed_loop'``) of the ``.db`` logs of ``split``."""
+    """Scenes (``kind='navsim'``) or scenarios (``kind='closed_loop'``) of the ``.db`` logs of ``split``; with
+    ``maps_root``, a log that does not fit its map is a :class:`BenchConfigError` before anything is scored."""
     if not data_root:
         raise BenchConfigError("no data root: set NUPLAN_DATA_ROOT or pass data_root=<folder of .db logs>")
     if not Path(data_root).is_dir():
@@ -190,4 +214,4 @@ def nuplan_log_source(
     scene_filter = dict(scene_filter or {})
     if listed is not None:
         scene_filter["tokens"] = listed_tokens(listed, scene_filter.get("tokens"))
-    return LogSource(paths, NuplanExtractor(kind, scene_filter))
+    return LogSource(paths, NuplanExtractor(kind, scene_filter, maps_root or None))

@@ -41,5 +41,9 @@ class UnknownMapObjectError(MapError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class LogMapMismatchError(MapError):
+    """A log does not fit the map it names: another map version, or its ego drives off the map."""
+
+
 class MapIndexError(MapError):
     """The maps JSON (``nuplan-maps-v1.0.json``) is unreadable or not shaped ``{location: {"version": ...}}``."""

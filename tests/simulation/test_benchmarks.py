@@ -354,7 +354,9 @@ def test_cli_overrides_and_missing_data_root(
     assert COMMANDS[("bench",)][0] == "simulation.evaluation.cli"
 
 
-def toy_source(data_root: Any, split: str, kind: str, scene_filter: dict[str, Any], count: int = 10) -> InMemorySource:
+def toy_source(
+    data_root: Any, split: str, kind: str, scene_filter: dict[str, Any], count: int = 10, maps_root: Any = None
+) -> InMemorySource:
     """A ``source`` target for configs: the toy scenes (``kind`` / ``scene_filter`` are the protocol's)."""
     assert kind == "navsim" and scene_filter["num_future_frames"] == 10 and split == "synth_test"
     return InMemorySource(toy_scenes()[:count])

@@ -28,9 +28,9 @@ def test_map_files_byte_identical_and_readable(tmp_path):
     for name in ("a", "b"):
         root = tmp_path / name
         paths.append(write_town_map(root, 5, 1))
-        write_maps_index(root, [1])
+        write_maps_index(root, [1], 5)
     assert hashlib.sha256(paths[0].read_bytes()).digest() == hashlib.sha256(paths[1].read_bytes()).digest()
-    assert paths[0] == tmp_path / "a" / "maps" / "synth-town-1" / "1.0.0" / "map.gpkg"
+    assert paths[0] == tmp_path / "a" / "maps" / "synth-town-1" / "1.0.5" / "map.gpkg"
     assert find_map_file(tmp_path / "a" / "maps", "synth-town-1") == paths[0]
     data = read_map(paths[0])
     assert data.crs == "EPSG:32611"

@@ -80,7 +80,7 @@ def test_layout_and_byte_identical_rerun(city, tmp_path):
     dbs = sorted(city.glob("splits/*/*.db"))
     assert len(dbs) == 2 and all(p.parent.parent.name == "splits" for p in dbs)
     assert (city / "maps" / "nuplan-maps-v1.0.json").is_file()
-    assert (city / "maps" / "synth-town-0" / "1.0.0" / "map.gpkg").is_file()
+    assert (city / "maps" / "synth-town-0" / "1.0.3" / "map.gpkg").is_file()
     other = tmp_path / "again"
     assert main(["--out", str(other), *ARGS]) == 0
     assert _digest(city) == _digest(other)
@@ -107,8 +107,8 @@ def test_nuplan_schema_with_plain_sqlite(city):
 def test_logs_and_maps_read_back(city):
     db = sorted(city.glob("splits/*/*.db"))[0]
     log = read_log(db)
-    assert log.num_frames == 120 and log.map_location == "synth-town-0"
-    api = MapAPI.from_data(read_map(city / "maps" / "synth-town-0" / "1.0.0" / "map.gpkg"))
+    assert log.num_frames == 120 and log.map_location == "synth-town-0" and log.map_version == "1.0.3"
+    api = MapAPI.from_data(read_map(city / "maps" / "synth-town-0" / "1.0.3" / "map.gpkg"))
     route = log.scene_roadblock_ids[0]
     known = set(api.roadblocks) | set(api.roadblock_connectors)
     assert set(route) <= known

@@ -20,11 +20,14 @@ from typing import Any
 
 from simulation.datasets.synthetic.generator import SPLITS, TOP_UP_BASE, LogSpec, plan_logs, top_up_spec
 from simulation.datasets.synthetic.output import (
+    SUMMARY,
     OutputFolderError,
     check_output_folder,
+    city_stats,
     log_path,
     log_tag_counts,
-    merge_stats,
+    remove_leftovers,
+    stats_path,
     write_manifest,
     write_maps_index,
     write_one_log,
@@ -106,7 +109,7 @@ def validate(args: argparse.Namespace) -> tuple[int, int, float, int | str, int]
 
 def run_logs(root: Path, specs: list[LogSpec], workers: int | str, progress: bool = True) -> list[dict[str, Any]]:
     """Generate and write every missing log, sequentially, in a process pool or on Ray."""
-    todo = [s for s in specs if not log_path(root, s).is_file()]
+    todo = [s for s in specs if not (log_path(root, s).is_file() and stats_path(root, s).is_file())]
     # the busiest drives first, so that a pool does not finish on one long log while the other workers idle
     todo.sort(key=lambda s: -(s.drive.vehicles_per_km + 10.0) * (s.drive.duration_s + s.drive.warmup_s))
     bar = _progress(len(todo), progress)
@@ -213,23 +216,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.perf_counter()
+    for path in remove_leftovers(root):
+        logger.info("removed %s (left by an interrupted run)", path)
     specs = plan_logs(logs, towns, args.seed, duration, args.disjoint_test_towns)
     write_manifest(root, manifest)
     used = sorted({s.town for s in specs})
     for t in used:
         write_town_map(root, args.seed, t)
-    write_maps_index(root, used)
+    write_maps_index(root, used, args.seed)
     for split in SPLITS:
         (root / "splits" / split).mkdir(parents=True, exist_ok=True)
-    skipped = sum(log_path(root, s).is_file() for s in specs)
     results = run_logs(root, specs, workers)
     try:
         more, test_counts, extra = top_up(root, specs, towns, min_scenes, workers, args.disjoint_test_towns)
+        stats = city_stats(root, specs + [s for s, _ in extra])  # every log of the city, whichever run wrote it
     except OutputFolderError as err:  # a test log that cannot be read (its tags decide the top-up)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    skipped += len(extra) - len(more)
-    stats = merge_stats(results + more)
+    skipped = len(specs) + len(extra) - len(results) - len(more)
     text = summary(stats, len(specs) + len(extra), skipped, time.perf_counter() - start)
     if min_scenes > 0:
         short = {t: test_counts[f"tag:{t}"] for t in SCENARIO_TYPES if test_counts[f"tag:{t}"] < min_scenes}
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if short:
             text += f"\nstill short in the test split after the top-up: {short}"
     print(text)
-    atomic_write_text(root / "synth_summary.json", json.dumps(dict(sorted(stats.items())), indent=2))
+    atomic_write_text(root / SUMMARY, json.dumps(dict(sorted(stats.items())), indent=2))
     if args.plots:
         from simulation.datasets.synthetic.plots import plot_logs
 

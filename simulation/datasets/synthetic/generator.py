@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from simulation.datasets.log_data import LogData
-from simulation.datasets.synthetic.map_layers import location_name, town_origin, town_to_map
+from simulation.datasets.synthetic.map_layers import location_name, synth_map_version, town_origin, town_to_map
 from simulation.datasets.synthetic.network import Town, TownConfig, TurnType, build_town
 from simulation.datasets.synthetic.tags import TAG_STRIDE, difficulty, frame_tags
 from simulation.datasets.synthetic.world import BICYCLE, DT, TRUCK, DriveConfig, DriveRecord, simulate_drive
@@ -105,7 +105,7 @@ def make_town(seed: int, town_index: int) -> Town:
 
 
 def make_map(seed: int, town_index: int) -> MapData:
-    return town_to_map(make_town(seed, town_index), town_index)
+    return town_to_map(make_town(seed, town_index), town_index, synth_map_version(seed))
 
 
 def plan_logs(
@@ -205,6 +205,7 @@ def record_to_log(town: Town, record: DriveRecord, spec: LogSpec) -> tuple[LogDa
         log_name=spec.name,
         log_token=_tokens(prefix, 0, 1)[0],
         map_location=location_name(spec.town),
+        map_version=synth_map_version(spec.seed),
         vehicle_name="synth-ego",
         date="2024-01-01",
         frame_tokens=_tokens(prefix, 1, n_frames),

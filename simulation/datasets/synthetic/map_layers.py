@@ -11,7 +11,8 @@ from shapely.geometry import LineString
 from simulation.datasets.synthetic.network import Path, Town
 from simulation.maps.layers import MapData, StopLineType, VectorLayer
 
-#: Map version folder written for synthetic towns.
+#: Map version of the synthetic towns of seed 0; a seed's towns have version ``1.0.<seed>``
+#: (:func:`synth_map_version`), so logs of one city never silently read the maps of another.
 SYNTH_MAP_VERSION = "1.0.0"
 #: UTM zone 11N (the Las Vegas zone); towns are placed at plausible coordinates inside it.
 SYNTH_CRS = "EPSG:32611"
@@ -20,6 +21,11 @@ SYNTH_CRS = "EPSG:32611"
 def town_origin(town_index: int) -> np.ndarray:
     """``(2,)`` UTM offset of town ``k`` (towns 5 km apart)."""
     return np.array([600_000.0 + 5_000.0 * (town_index % 10), 4_000_000.0 + 5_000.0 * (town_index // 10)])
+
+
+def synth_map_version(seed: int) -> str:
+    """Map version of the towns generated with ``seed`` (recorded in the map's ``meta`` table and in its logs)."""
+    return f"1.0.{int(seed)}"
 
 
 def location_name(town_index: int) -> str:
@@ -53,8 +59,8 @@ def _line(points: np.ndarray, origin: np.ndarray) -> LineString:
     return LineString(points + origin)
 
 
-def town_to_map(town: Town, town_index: int) -> MapData:
-    """Build the :class:`MapData` of a town (geometry shifted to its UTM origin)."""
+def town_to_map(town: Town, town_index: int, version: str = SYNTH_MAP_VERSION) -> MapData:
+    """Build the :class:`MapData` of a town (geometry shifted to its UTM origin) with map version ``version``."""
     o = town_origin(town_index)
     lanes = [p for p in town.paths.values() if not p.is_connector]
     layers: dict[str, VectorLayer] = {}
@@ -91,8 +97,8 @@ def town_to_map(town: Town, town_index: int) -> MapData:
     )
     layers.update(_connector_layers(town, o))
     layers.update(_other_layers(town, o))
-    meta = {"projectedCoordSystem": SYNTH_CRS, "version": SYNTH_MAP_VERSION, "generator": "diffplan synthetic city"}
-    return MapData(location_name(town_index), SYNTH_MAP_VERSION, SYNTH_CRS, layers, meta)
+    meta = {"projectedCoordSystem": SYNTH_CRS, "version": version, "generator": "diffplan synthetic city"}
+    return MapData(location_name(town_index), version, SYNTH_CRS, layers, meta)
 
 
 def _connector_layers(town: Town, o: np.ndarray) -> dict[str, VectorLayer]:
