@@ -59,6 +59,8 @@ class LogSource:
         for path in self.log_paths:
             try:
                 windows = self._load_group(str(path))
+            except BenchConfigError:  # the data do not fit the configuration (e.g. another city's maps): stop
+                raise
             except Exception as err:  # noqa: BLE001 - one unreadable log must not abort the benchmark
                 logger.warning("skipping unreadable log %s: %s: %s", path, type(err).__name__, err)
                 self.skipped.append((str(path), f"{type(err).__name__}: {err}"))
