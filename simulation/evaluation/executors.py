@@ -18,6 +18,7 @@ import logging
 import math
 import multiprocessing
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -224,6 +225,29 @@ class _ChunkActor:
         return self._evaluate(chunk)
 
 
+#: Seconds to wait for a Ray cluster's port before the run is refused.
+RAY_CONNECT_TIMEOUT_S = 3.0
+
+
+def check_ray_address(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse a Ray cluster address that cannot be reached, before any work (``ray.init`` would retry for ~30 s).
+
+    ``None`` (a local instance) and ``auto`` (the cluster this machine belongs to) are not checked; ``host:port`` and
+    ``ray://host:port`` must accept a TCP connection within ``timeout_s``. Raises :class:`BenchConfigError` naming
+    the address.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise BenchConfigError(f"worker.address={address}: expected host:port, ray://host:port, auto or null")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise BenchConfigError(f"worker.address={address}: cannot reach {host}:{port} ({err})") from None
+
+
 class RayExecutor:
     """Ray actors, one per worker.
 
@@ -241,6 +265,11 @@ class RayExecutor:
         num_workers: int | None = None,
         shutdown: bool = True,
     ) -> None:
+        if num_workers is not None and (isinstance(num_workers, bool) or int(num_workers) != num_workers):
+            raise BenchConfigError(f"worker.num_workers={num_workers} must be a positive integer (or null)")
+        if num_workers is not None and num_workers < 1:
+            raise BenchConfigError(f"worker.num_workers={num_workers} must be >= 1 (or null: the cluster's CPUs)")
+        check_ray_address(address)
         self.address = address
         self.num_cpus = num_cpus
         self.num_workers = num_workers

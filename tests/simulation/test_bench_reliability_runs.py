@@ -139,7 +139,9 @@ def _fake_config(tmp_path: Path, planner_yaml: str, cache: dict[str, Any] | None
     return config_dir
 
 
-def toy_source(data_root: Any, split: str, kind: str, scene_filter: Any, count: int = 10, maps_root: Any = None) -> InMemorySource:
+def toy_source(
+    data_root: Any, split: str, kind: str, scene_filter: Any, count: int = 10, maps_root: Any = None
+) -> InMemorySource:
     return InMemorySource(toy_scenes()[:count])
 
 
