@@ -200,7 +200,8 @@ class Pipeline:
         )  # fmt: skip
 
     def checkpoint(self, name: str) -> Path:
-        found = sorted((self.out / "train" / name).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        # best.ckpt: the lowest validation loss (val/ade for the masked planner), the one a benchmark means
+        found = sorted((self.out / "train" / name).rglob("best.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise FileNotFoundError(f"no checkpoint under {self.out / 'train' / name}")
         return found[-1]

@@ -46,16 +46,18 @@ def test_fast_dev_run(cache: Path, tmp_path: Path) -> None:
     assert type(cli.model.planner).__name__ == "MaskedDiffusionPlanner"
 
 
-def test_keeps_the_best_three_by_val_ade_and_the_last(cache: Path, tmp_path: Path) -> None:
+def test_keeps_the_best_by_val_ade_and_the_true_last(cache: Path, tmp_path: Path) -> None:
     cli = run_cli(_args(CONFIG, cache, tmp_path, "--trainer.max_epochs", "4", "--trainer.limit_train_batches", "1"))
     checkpoint = cli.trainer.checkpoint_callback
     assert checkpoint is not None and checkpoint.monitor == "val/ade" and checkpoint.mode == "min"  # type: ignore[attr-defined]
     folder = Path(checkpoint.dirpath)  # type: ignore[attr-defined]
-    kept = sorted(p.name for p in folder.glob("epoch*.ckpt"))
-    assert len(kept) == 3 and (folder / "last.ckpt").exists()
-    ades = {name: float(name.split("-ade")[1].removesuffix(".ckpt")) for name in kept}
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     best = Path(checkpoint.best_model_path)  # type: ignore[attr-defined]
-    assert best.name in kept and ades[best.name] == min(ades.values())
+    assert best == folder / "best.ckpt"
+    assert float(torch.load(best, weights_only=True)["callbacks"][checkpoint.state_key]["best_model_score"]) == float(
+        checkpoint.best_model_score  # type: ignore[attr-defined]
+    )
+    assert torch.load(folder / "last.ckpt", weights_only=True)["epoch"] == 3  # the end of the last epoch
     assert load_planner(best).tokenizer.config == cli.model.planner.tokenizer.config
 
 
@@ -72,7 +74,6 @@ def test_closed_loop_variant_keeps_the_best_by_val_pdms(cache: Path, tmp_path: P
         .replace("max_scenes: 16", "max_scenes: 2")
     )
     text = text.replace("monitor: val/ade", "monitor: val/pdms").replace("mode: min", "mode: max")
-    text = text.replace('"epoch{epoch:02d}-ade{val/ade:.3f}"', '"epoch{epoch:02d}-pdms{val/pdms:.4f}"')
     assert text.count("class_path: training.callbacks.ClosedLoopEvalCallback") == 1 and "val/pdms" in text
     config = tmp_path / "masked_il_closed_loop.yaml"
     config.write_text(text)
@@ -81,7 +82,7 @@ def test_closed_loop_variant_keeps_the_best_by_val_pdms(cache: Path, tmp_path: P
     )
     assert 0.0 <= float(cli.trainer.callback_metrics["val/pdms"]) <= 1.0
     best = Path(cli.trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
-    assert best.name.startswith("epoch00-pdms") and (best.parent / "last.ckpt").exists()
+    assert best.name == "best.ckpt" and (best.parent / "last.ckpt").exists()
     planner = masked_planner(str(best), order="causal", reflect=True)
     assert isinstance(planner, MaskedClosedLoopPlanner) and planner.order == "causal" and planner.reflect
     assert planner.raster == RASTER

@@ -43,7 +43,7 @@ def test_fit_checkpoint_resume_load_and_export(feature_cache: Path, tmp_path: Pa
     config = Path("configs/train/truncated_il.yaml")
     fit = ["fit", *_args(config, feature_cache, tmp_path, "--trainer.max_epochs", "1")]
     cli = run_cli(fit)
-    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)  # type: ignore[union-attr]
+    ckpt = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"  # type: ignore[union-attr]
     assert ckpt.exists() and not list(ckpt.parent.glob(".*.tmp"))
     planner = load_planner(ckpt)
     # Anchors were computed from the training split and travel with the checkpoint.
@@ -66,6 +66,28 @@ def test_fit_checkpoint_resume_load_and_export(feature_cache: Path, tmp_path: Pa
     torch.testing.assert_close(ExportedPlanner(out)(*inputs)[0], eager.trajectory, atol=1e-4, rtol=0)
     with pytest.raises(CheckpointError, match="expected a EgoStatusMLP"):
         load_planner(ckpt, expect_class="EgoStatusMLP")
+
+
+def test_last_ckpt_is_the_last_epoch_and_best_ckpt_the_best(feature_cache: Path, tmp_path: Path) -> None:
+    """The shipped checkpointing with a monitored value that never improves after the first epoch (``epoch``,
+    minimised): best.ckpt stays at epoch 0 while last.ckpt follows every epoch, and resuming from it continues
+    after the last one."""
+    text = Path("configs/train/ego_mlp.yaml").read_text()
+    assert text.count("monitor: val/loss") == 1
+    config = tmp_path / "ego_mlp_epoch_monitor.yaml"
+    config.write_text(text.replace("monitor: val/loss", "monitor: epoch"))
+    cli = run_cli(["fit", *_args(config, feature_cache, tmp_path, "--trainer.max_epochs", "3")])
+    folder = Path(cli.trainer.checkpoint_callback.dirpath)  # type: ignore[union-attr]
+    last, best = folder / "last.ckpt", folder / "best.ckpt"
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(best, weights_only=True)["epoch"] == 0
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert torch.load(last, weights_only=True)["global_step"] == cli.trainer.global_step
+    resumed = run_cli(
+        ["fit", *_args(config, feature_cache, tmp_path, "--trainer.max_epochs", "4"), "--ckpt_path", str(last)]
+    )
+    assert resumed.trainer.current_epoch == 4
+    assert resumed.trainer.global_step == cli.trainer.global_step * 4 // 3
 
 
 def test_bad_inputs(feature_cache: Path, tmp_path: Path) -> None:
