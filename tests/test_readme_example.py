@@ -20,10 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulation.datasets.nuplan_writer import write_log
-from simulation.datasets.testing import make_log_data
+from simulation.datasets.testing import write_fixture_data
 from simulation.evaluation.cli import compose_config, run
-from simulation.maps.testing import write_fixture_maps
 from simulation.protocols import Observation, Planner
 from simulation.types import Agents, EgoStates, StateIndex, TrafficLights
 
@@ -47,10 +45,7 @@ def readme_overrides() -> list[str]:
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("readme_example")
-    write_fixture_maps(root / "maps")
-    log = make_log_data(duration_s=20.0, num_scenes=4)
-    write_log(log, root / "logs" / "splits" / "synth_test" / f"{log.log_name}.db")
-    return root / "logs", root / "maps"
+    return write_fixture_data(root)
 
 
 def _scores(roots: tuple[Path, Path], out: Path, *extra: str) -> pd.DataFrame:

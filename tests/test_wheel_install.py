@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from simulation.datasets.nuplan_writer import write_log
-from simulation.datasets.testing import make_log_data
-from simulation.maps.testing import write_fixture_maps
+from simulation.datasets.testing import write_fixture_data
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("simulation", "rewards", "planners", "bev_warp", "training", "configs")
@@ -75,15 +73,13 @@ def test_installed_wheel_runs_a_benchmark(tmp_path: Path) -> None:
     diffplan = str(env_dir / "bin" / "diffplan")
     assert "Hydra overrides" in _run([diffplan, "bench", "--help"], cwd)
 
-    write_fixture_maps(tmp_path / "maps")
-    log = make_log_data(duration_s=20.0, num_scenes=4)
-    write_log(log, tmp_path / "logs" / "splits" / "synth_test" / f"{log.log_name}.db")
+    data_root, maps_root = write_fixture_data(tmp_path)
     out = tmp_path / "bench"
     overrides = [
         "protocol=navsim_v1",
         "planner=constant_velocity",
-        f"data_root={tmp_path / 'logs'}",
-        f"maps_root={tmp_path / 'maps'}",
+        f"data_root={data_root}",
+        f"maps_root={maps_root}",
         "split=synth_test",
         f"output_dir={out}",
         "max_scenes=1",

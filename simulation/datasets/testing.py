@@ -24,12 +24,13 @@ UTM origin). In local map metres, with ``t`` the time since the first frame:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simulation.datasets.log_data import LogData
-from simulation.maps.testing import FIXTURE_LOCATION, FIXTURE_ORIGIN
+from simulation.maps.testing import FIXTURE_LOCATION, FIXTURE_ORIGIN, write_fixture_maps
 from simulation.types import StateIndex, TrackedObjectType, TrafficLightStatus
 
 DT_US = 50_000
@@ -170,3 +171,18 @@ def make_log_data(
         tag_type=tag_type,
         tag_track=tag_track,
     )
+
+
+def write_fixture_data(
+    root: Path, split: str = "synth_test", duration_s: float = 20.0, num_scenes: int = 4
+) -> tuple[Path, Path]:
+    """The fixture maps in ``root/maps`` and one :func:`make_log_data` log in ``root/logs/splits/<split>/``.
+
+    Returns ``(data_root, maps_root)``, a ``NUPLAN_DATA_ROOT`` / ``NUPLAN_MAPS_ROOT`` pair for small benchmarks.
+    """
+    from simulation.datasets.nuplan_writer import write_log
+
+    write_fixture_maps(root / "maps")
+    log = make_log_data(duration_s=duration_s, num_scenes=num_scenes)
+    write_log(log, root / "logs" / "splits" / split / f"{log.log_name}.db")
+    return root / "logs", root / "maps"

@@ -11,22 +11,21 @@ wrong map (another city's maps root, another release of the map):
 from __future__ import annotations
 
 import numpy as np
-from shapely.geometry import Point
 
 from simulation.maps.api import MapAPI
 from simulation.maps.errors import LogMapMismatchError
+from simulation.maps.layers import SemanticMapLayer
 
 #: How far (m) the ego's first pose may lie from the nearest drivable area or lane of the log's map.
 MAX_OFF_MAP_M = 20.0
+#: The layers a log's first pose must be near.
+NEAR_LAYERS = (SemanticMapLayer.DRIVABLE_AREA, SemanticMapLayer.LANE, SemanticMapLayer.LANE_CONNECTOR)
 
 
 def near_map(map_api: MapAPI, xy: np.ndarray, radius: float) -> bool:
     """Whether ``xy`` ``(2,)`` lies within ``radius`` m of a drivable-area polygon or a lane / lane connector."""
     point = np.asarray(xy, dtype=np.float64).reshape(-1)[:2]
-    if not map_api.drivable_area(point, radius).is_empty:
-        return True
-    _, tree = map_api.lane_polygon_tree()
-    return len(tree.query(Point(float(point[0]), float(point[1])), predicate="dwithin", distance=radius)) > 0
+    return any(map_api.proximal_ids(point, radius, NEAR_LAYERS).values())
 
 
 def check_log_fits_map(

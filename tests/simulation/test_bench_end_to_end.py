@@ -15,10 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulation.datasets.nuplan_writer import write_log
-from simulation.datasets.testing import make_log_data
+from simulation.datasets.testing import write_fixture_data
 from simulation.evaluation.cli import compose_config, run
-from simulation.maps.testing import write_fixture_maps
 
 NUM_SCENES = 6
 ONES = ("no_at_fault_collisions", "drivable_area_compliance", "time_to_collision_within_bound", "comfort",
@@ -28,10 +26,7 @@ ONES = ("no_at_fault_collisions", "drivable_area_compliance", "time_to_collision
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("fixture_bench")
-    write_fixture_maps(root / "maps")
-    log = make_log_data(duration_s=20.0, num_scenes=4)
-    write_log(log, root / "logs" / "splits" / "synth_test" / f"{log.log_name}.db")
-    return root / "logs", root / "maps"
+    return write_fixture_data(root)
 
 
 def _run(roots: tuple[Path, Path], out: Path, planner: str, *extra: str, protocol: str = "navsim_v1") -> pd.DataFrame:
