@@ -29,10 +29,6 @@ class BenchConfigError(ValueError):
 Extractor = Callable[[str], Sequence[tuple[LogWindow, str]]]
 
 
-#: Scenario type of frames by token (the one rule lives in :mod:`simulation.datasets.scenes`).
-frame_scenario_types = scenario_types_at
-
-
 @dataclass
 class LogSource:
     """Windows extracted from log files; the group of a token is its log file.

@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
+from simulation.datasets.scenes import scenario_types_at
 from simulation.evaluation.build import with_driven_ego
 from simulation.evaluation.cli import CONFIG_DIR, compose_config
 from simulation.evaluation.cli import main as bench_main
@@ -30,7 +31,7 @@ from simulation.evaluation.protocols import PROTOCOLS, get_protocol
 from simulation.evaluation.refs import InMemorySource, SceneRef
 from simulation.evaluation.report import scores_table, write_report
 from simulation.evaluation.runner import JOURNAL_NAME, run_benchmark
-from simulation.evaluation.sources import LogSource, frame_scenario_types
+from simulation.evaluation.sources import LogSource
 from simulation.evaluation.units import ClosedLoopUnit, NavsimUnit
 from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation
@@ -464,7 +465,7 @@ def test_log_source_loads_each_group_once_and_types_frames() -> None:
         tag_frame=np.array([1, 1, 2]),
         tag_type=np.array(["stopping_at_red_light", "following_lane", "starting_left_turn"]),
     )
-    types = frame_scenario_types(log, ["a", "b", "c", "zz"])  # type: ignore[arg-type]
+    types = scenario_types_at(log, ["a", "b", "c", "zz"])  # type: ignore[arg-type]
     assert types == ["unknown", "stopping_at_red_light", "starting_left_turn", "unknown"]  # MAX(type)
 
 
