@@ -14,8 +14,10 @@ reads: ``token``, ``timestamp`` (µs), ``log_name``, ``scene_token``, ``map_loca
 * ``gt_names`` (category names, :data:`~simulation.types.CATEGORY_TO_TYPE`), ``instance_tokens`` (box
   tokens) and ``track_tokens``, all of length ``N``.
 
-The yaw rate is ``can_bus[15]`` when the frame has OpenScene's 18-entry ``can_bus`` (x, y, z, qw, qx, qy, qz,
-ax, ay, az, vx, vy, vz, wx, wy, wz, 0, 0), else 0. The pickles carry no mission goal: scenes get ``goal=None``.
+A frame's yaw rate is ``can_bus[15]`` when it has OpenScene's 18-entry ``can_bus`` (x, y, z, qw, qx, qy, qz,
+ax, ay, az, vx, vy, vz, wx, wy, wz, 0, 0), else 0; a :class:`Scene`'s ego states carry yaw rate 0, as NAVSIM's
+scenario API builds them (:func:`~simulation.datasets.scenes.scenario_ego_states`). The pickles carry no mission
+goal: scenes get ``goal=None``.
 Traffic lights are red or green only (``is_red``); connectors not reported at a frame are UNKNOWN.
 
 Writing (:func:`write_openscene_log`, from :mod:`simulation.datasets.openscene_writer`) produces the same layout
@@ -46,7 +48,7 @@ from simulation.datasets.openscene_writer import (
     write_openscene_frames,
     write_openscene_log,
 )
-from simulation.datasets.scenes import SceneFilter
+from simulation.datasets.scenes import SceneFilter, scenario_ego_states
 from simulation.datasets.splits import LoadReport
 from simulation.geometry import normalize_angle, rotate_vectors, transform_points_to_global
 from simulation.types import (
@@ -351,7 +353,7 @@ def _scene(log: _Log, start: int, sf: SceneFilter) -> Scene:
         map_name=log.map_name,
         frame_tokens=log.tokens[window].copy(),
         timestamps_us=log.timestamps_us[window].copy(),
-        ego=EgoStates(log.ego[window].copy(), log.timestamps_us[window].copy()),
+        ego=EgoStates(scenario_ego_states(log.ego[window]), log.timestamps_us[window].copy()),
         agents=_window_agents(log, start, n),
         traffic_lights=_window_lights(log, start, n),
         route_roadblock_ids=log.routes[current],

@@ -8,9 +8,16 @@
 * :func:`extract_scenarios`: nuPlan scenarios (specs/nuplan.md "Scenario extraction"). Candidates are the
   frames of the valid scenes (scenes sorted by name, first two and last two dropped) with their scenario tag
   (``MAX(type)`` when a frame has several, ``unknown`` when it has none); each becomes a 15 s window starting
-  3 s before the tagged frame, every 2nd frame (10 Hz, 151 iterations), with 2 s of history before it.
+  3 s before the tagged frame, every 2nd frame (10 Hz, 151 iterations), with 2 s of history before it. Its route
+  and mission goal are those of the tagged frame's scene (nuPlan's ``get_route_roadblock_ids`` and
+  ``get_mission_goal`` query the scenario's token, the tagged frame), not of the window's first frame.
 
 Splits of logs, and extraction over a split, are in :mod:`simulation.datasets.splits`.
+
+Ego states are those of nuPlan's scenario API (``get_ego_state_for_lidarpc_token_from_db``, and NAVSIM's
+``ego_status_to_ego_state`` for its scenes): pose, velocity and acceleration from the log, yaw rate, yaw
+acceleration, steering angle and steering rate 0 (:func:`scenario_ego_states`). A closed loop therefore starts
+with yaw rate 0, as nuPlan's and NAVSIM's do; a planner's ego status (velocity, acceleration) is unchanged.
 
 The driving command of a scene follows OpenScene's rule: the point 20 m ahead along the route centre line,
 in the centre line's frame at the ego; ``y >= 2 m`` is LEFT, ``y <= -2 m`` RIGHT, else STRAIGHT; UNKNOWN
@@ -28,7 +35,16 @@ import numpy as np
 
 from simulation.datasets.log_data import LogData
 from simulation.maps.protocol import MapProtocol
-from simulation.types import Agents, DrivingCommand, EgoStates, Scenario, Scene, TrafficLights, TrafficLightStatus
+from simulation.types import (
+    Agents,
+    DrivingCommand,
+    EgoStates,
+    Scenario,
+    Scene,
+    StateIndex,
+    TrafficLights,
+    TrafficLightStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +178,20 @@ def _traffic_lights(log: LogData, frames: np.ndarray) -> TrafficLights:
     return TrafficLights(lane_connector_ids=np.array([str(int(i)) for i in ids]), status=status)
 
 
+#: Columns nuPlan's and NAVSIM's scenario APIs never fill from a log: their ego states are built with 0 there.
+UNLOGGED_EGO_COLUMNS = (StateIndex.STEERING_ANGLE, StateIndex.STEERING_RATE, StateIndex.YAW_RATE, StateIndex.YAW_ACCEL)
+
+
+def scenario_ego_states(states: np.ndarray) -> np.ndarray:
+    """Logged ego states ``(..., 11)`` as nuPlan's scenario API reports them: a copy with
+    :data:`UNLOGGED_EGO_COLUMNS` (steering angle and rate, yaw rate and acceleration) set to 0."""
+    out = np.array(states, dtype=np.float64, copy=True)
+    out[..., list(UNLOGGED_EGO_COLUMNS)] = 0.0
+    return out
+
+
 def _ego(log: LogData, frames: np.ndarray) -> EgoStates:
-    return EgoStates(log.ego_states[frames].copy(), log.timestamps_us[frames].astype(np.int64))
+    return EgoStates(scenario_ego_states(log.ego_states[frames]), log.timestamps_us[frames].astype(np.int64))
 
 
 def _goal(log: LogData, scene: int) -> np.ndarray | None:
@@ -368,7 +396,6 @@ def _scenario(log: LogData, frames: np.ndarray, n_hist: int, tagged: int, kind: 
     agents = _agents(log, frames)
     window = frames[n_hist:]
     lights = _traffic_lights(log, window)
-    first = int(window[0])
     hist = frames[:n_hist]
     return Scenario(
         log_name=log.log_name,
@@ -379,10 +406,10 @@ def _scenario(log: LogData, frames: np.ndarray, n_hist: int, tagged: int, kind: 
         ego=_ego(log, window),
         agents=Agents(agents.boxes[n_hist:], agents.types, agents.track_ids, agents.valid[n_hist:]),
         traffic_lights=lights,
-        route_roadblock_ids=_route(log, first),
+        route_roadblock_ids=_route(log, tagged),
         current_index=0,
         scenario_type=kind,
-        goal=_goal(log, int(log.frame_scene[first])),
+        goal=_goal(log, int(log.frame_scene[tagged])),
         history_ego=_ego(log, hist),
         history_agents=Agents(agents.boxes[:n_hist], agents.types, agents.track_ids, agents.valid[:n_hist]),
     )
