@@ -30,6 +30,11 @@ from simulation.types import (
     TrafficLightStatus,
 )
 
+#: OpenScene's camera channels, the keys of a frame's ``cams`` (NAVSIM's ``Cameras`` needs all eight).
+CAMERA_CHANNELS = ("CAM_F0", "CAM_L0", "CAM_L1", "CAM_L2", "CAM_R0", "CAM_R1", "CAM_R2", "CAM_B0")
+#: Length of a camera's ``distortion`` vector (OpenCV's k1, k2, p1, p2, k3).
+DISTORTION_SIZE = 5
+
 #: Entry of ``can_bus`` holding the yaw rate (x, y, z, qw, qx, qy, qz, ax, ay, az, vx, vy, vz, wx, wy, wz, 0, 0).
 CAN_BUS_YAW_RATE = 15
 CAN_BUS_SIZE = 18
@@ -96,6 +101,23 @@ def _poses(ego: np.ndarray, z: float) -> dict[str, Any]:
     }
 
 
+def _cameras(log_name: str, token: str) -> dict[str, dict[str, Any]]:
+    """Placeholder ``cams`` of a frame without images: every channel, with the fields NAVSIM's
+    ``Cameras.from_camera_dict`` reads (``data_path``, ``sensor2lidar_rotation`` ``(3, 3)``,
+    ``sensor2lidar_translation`` ``(3,)``, ``cam_intrinsic`` ``(3, 3)``, ``distortion`` ``(5,)``). ``data_path``
+    names the sensor-blob file a real log would have (absent here); the transforms are identities."""
+    return {
+        channel: {
+            "data_path": f"{log_name}/{channel}/{token}.jpg",
+            "sensor2lidar_rotation": np.eye(3),
+            "sensor2lidar_translation": np.zeros(3),
+            "cam_intrinsic": np.eye(3),
+            "distortion": np.zeros(DISTORTION_SIZE),
+        }
+        for channel in CAMERA_CHANNELS
+    }
+
+
 def _frame_rows(keys: np.ndarray, frames: np.ndarray) -> list[np.ndarray]:
     """Per frame of ``frames``, the row indices ``r`` with ``keys[r] == frame`` (in row order)."""
     order = np.argsort(keys, kind="stable")
@@ -108,8 +130,9 @@ def openscene_frames(log: LogData, driving_command_fn: DrivingCommandFn | None =
     """The 2 Hz OpenScene frames of ``log`` (every 10th frame from the first, as :func:`extract_scenes`).
 
     The driving command is ``driving_command_fn(log, frame)`` (default: the command of the ego's own path,
-    :func:`~simulation.datasets.scenes.log_path_command`). No sensor data: ``cams`` is empty and ``lidar_path``
-    names the nuPlan ``sensor_blobs`` file that a real log would have.
+    :func:`~simulation.datasets.scenes.log_path_command`). No sensor data: ``cams`` holds a placeholder entry
+    per camera (:func:`_cameras`) and ``lidar_path`` names the ``sensor_blobs`` file a real log would have, so
+    NAVSIM's ``SceneLoader`` builds every scene and agent input with a sensor config that loads no sensor.
     """
     command_fn = log_path_command if driving_command_fn is None else driving_command_fn
     sampled = np.arange(0, log.num_frames, SCENE_STEP)
@@ -142,7 +165,7 @@ def openscene_frames(log: LogData, driving_command_fn: DrivingCommandFn | None =
                     for lc, st in zip(log.tl_lane_connector[tl_rows[k]], log.tl_status[tl_rows[k]], strict=True)
                 ],
                 "driving_command": command,
-                "cams": {},
+                "cams": _cameras(log.log_name, token),
                 "sample_prev": str(log.frame_tokens[sampled[k - 1]]) if k > 0 else None,
                 "sample_next": str(log.frame_tokens[sampled[k + 1]]) if k + 1 < len(sampled) else None,
                 "anns": _annotations(log, box_rows[k], ego, float(log.ego_z[f])),
