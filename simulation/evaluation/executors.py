@@ -3,9 +3,10 @@
 Every executor takes a picklable *factory* (a zero-argument callable) and calls it once per worker to
 build that worker's evaluator, so planners, maps and caches are loaded once per worker, not per chunk.
 
-- :class:`SequentialExecutor`: in this process (debugging, tests, small runs). A planner calling
-  ``sys.exit`` costs its scene only (the evaluator catches ``SystemExit``), but ``os._exit`` or a
-  segfault ends this process and so the run: evaluate untrusted planners with ``worker=process``.
+- :class:`SequentialExecutor`: one chunk after another, in order, in one supervised child process (no pool);
+  a planner that kills it (``os._exit``, a segfault, a signal) costs its scene only: the child is replaced and
+  the scene gets an invalid row, as with the process pool. ``isolate=False`` runs in this process instead (for
+  ``pdb``); there ``sys.exit`` still costs its scene only, but ``os._exit`` or a segfault ends the run.
 - :class:`ProcessExecutor`: one machine, ``concurrent.futures.ProcessPoolExecutor``; survives dead
   workers (the scene that killed one gets an invalid row) and its workers exit with the driver.
 - :class:`RayExecutor`: a Ray instance (a local one started here, or a cluster by ``address``); one
@@ -18,12 +19,16 @@ import logging
 import math
 import multiprocessing
 import os
+import pickle
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
 from typing import Any, Protocol
 
 from simulation.evaluation.evaluator import PLANNER_FAILURE, invalid_row
@@ -44,17 +49,6 @@ class Executor(Protocol):
     def map_chunks(self, factory: Factory, chunks: Sequence[Chunk]) -> Iterator[Rows]:
         """Rows of every chunk, each chunk's list as soon as it completes."""
         ...
-
-
-class SequentialExecutor:
-    """Runs every chunk in this process, in order."""
-
-    def map_chunks(self, factory: Factory, chunks: Sequence[Chunk]) -> Iterator[Rows]:
-        if not chunks:
-            return
-        evaluate = factory()
-        for chunk in chunks:
-            yield evaluate(chunk)
 
 
 _WORKER_EVALUATOR: ChunkFn | None = None
@@ -213,6 +207,157 @@ def _run_batch(
         pending.clear()
         broken = True
     return rows, lost, broken
+
+
+def _default_start_method() -> str:
+    """``fork`` where the platform has it (the child starts at once, sharing what is loaded), else ``spawn``."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _portable_error(err: Exception) -> Exception:
+    """``err`` if it pickles, else a ``RuntimeError`` with its type and text (sent from the child to the driver)."""
+    try:
+        pickle.dumps(err)
+    except Exception:  # noqa: BLE001 - any pickling failure: send the text instead
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
+
+
+def _serve_chunks(factory: Factory, conn: Connection, parent_pid: int) -> None:
+    """The sequential executor's child: build the evaluator, then answer each chunk received on ``conn`` with
+    ``("rows", rows)`` or ``("error", exception)`` until ``None`` or the end of the pipe. Ctrl-C is the driver's
+    to handle (it stops this child)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent(parent_pid)
+    evaluate: ChunkFn | None = None
+    init_error: Exception | None = None
+    try:
+        evaluate = factory()
+    except Exception as err:  # noqa: BLE001 - raised again in the driver by the first chunk
+        init_error = err
+    while True:
+        try:
+            chunk = conn.recv()
+        except (EOFError, OSError):
+            return
+        if chunk is None:
+            return
+        try:
+            if evaluate is None:
+                raise init_error or RuntimeError("the sequential worker has no evaluator")
+            reply: tuple[str, Any] = ("rows", evaluate(chunk))
+        except Exception as err:  # noqa: BLE001 - raised again in the driver, as in-process evaluation would
+            reply = ("error", _portable_error(err))
+        conn.send(reply)
+
+
+class _SupervisedChild:
+    """One child process serving chunks over a pipe (:func:`_serve_chunks`)."""
+
+    def __init__(self, factory: Factory, context: Any) -> None:
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(
+            target=_serve_chunks, args=(factory, child_conn, os.getpid()), name="bench-sequential", daemon=True
+        )
+        self.process.start()
+        child_conn.close()  # the child holds the other end: its death ends the pipe
+
+    def run(self, chunk: Chunk) -> Rows | None:
+        """Rows of ``chunk``; ``None`` if the child died before answering. Raises what the evaluator raised."""
+        try:
+            self.conn.send(list(chunk))
+        except OSError:
+            return None
+        ready = connection_wait([self.conn, self.process.sentinel])
+        if self.conn not in ready:
+            return None
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            return None
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Ask the child to stop; kill it if it does not within a few seconds."""
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=CHILD_STOP_S)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+#: Seconds a sequential child is given to stop when asked before it is killed.
+CHILD_STOP_S = 5.0
+
+
+class SequentialExecutor:
+    """Runs every chunk in order, one at a time, in one supervised child process (or in this process).
+
+    The child builds the evaluator once and evaluates the chunks in order, so rows come in the order of the work
+    and no pool is involved. When it dies (a planner calling ``os._exit``, a segfault, a signal) it is replaced,
+    and the scenes of the chunk it was evaluating are evaluated again one at a time: a scene whose child dies
+    alone gets an invalid row (:data:`WORKER_DIED`) and the run goes on. The child exits by itself when this
+    process disappears.
+
+    Args:
+        isolate: ``False`` evaluates in this process (debugging with ``pdb``; a planner that ends the process
+            ends the run).
+        start_method: ``fork`` (default where available: the child shares what this process loaded), ``spawn``
+            (use it when this process has started CUDA or threads a fork would break) or ``forkserver``.
+    """
+
+    def __init__(self, isolate: bool = True, start_method: str | None = None) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        if start_method is not None and start_method not in methods:
+            raise BenchConfigError(f"worker.start_method={start_method} is not one of {methods} here")
+        self.isolate = bool(isolate)
+        self.start_method = start_method or _default_start_method()
+
+    def map_chunks(self, factory: Factory, chunks: Sequence[Chunk]) -> Iterator[Rows]:
+        if not chunks:
+            return
+        if not self.isolate:
+            evaluate = factory()
+            for chunk in chunks:
+                yield evaluate(chunk)
+            return
+        context = multiprocessing.get_context(self.start_method)
+        child: _SupervisedChild | None = None
+        try:
+            for chunk in chunks:
+                child = child or _SupervisedChild(factory, context)
+                rows = child.run(chunk)
+                if rows is None:
+                    logger.warning("the sequential worker process died; replaced, its chunk evaluated scene by scene")
+                    child.close()
+                    rows, child = _run_one_by_one(chunk, factory, context)
+                yield rows
+        finally:
+            if child is not None:
+                child.close()
+
+
+def _run_one_by_one(chunk: Chunk, factory: Factory, context: Any) -> tuple[Rows, _SupervisedChild | None]:
+    """The rows of ``chunk``'s scenes, each evaluated alone in a supervised child (replaced whenever one dies:
+    that scene gets its worker-died row); returns the child still alive, if any."""
+    rows: Rows = []
+    child: _SupervisedChild | None = None
+    for ref in chunk:
+        child = child or _SupervisedChild(factory, context)
+        got = child.run([ref])
+        if got is None:
+            logger.warning("token %s: %s", ref.token, WORKER_DIED)
+            got = [worker_died_row(ref)]
+            child.close()
+            child = None
+        rows.extend(got)
+    return rows, child
 
 
 class _ChunkActor:
