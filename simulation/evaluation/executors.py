@@ -22,6 +22,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -209,9 +210,18 @@ def _run_batch(
     return rows, lost, broken
 
 
+def _cuda_initialized() -> bool:
+    """Whether this process has initialised CUDA through torch (checked without importing torch)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
+
+
 def _default_start_method() -> str:
-    """``fork`` where the platform has it (the child starts at once, sharing what is loaded), else ``spawn``."""
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    """``fork`` where the platform has it (the child starts at once, sharing what is loaded), else ``spawn``; also
+    ``spawn`` once this process has initialised CUDA, which a forked child could not use."""
+    if "fork" in multiprocessing.get_all_start_methods() and not _cuda_initialized():
+        return "fork"
+    return "spawn"
 
 
 def _portable_error(err: Exception) -> Exception:
@@ -308,8 +318,8 @@ class SequentialExecutor:
     Args:
         isolate: ``False`` evaluates in this process (debugging with ``pdb``; a planner that ends the process
             ends the run).
-        start_method: ``fork`` (default where available: the child shares what this process loaded), ``spawn``
-            (use it when this process has started CUDA or threads a fork would break) or ``forkserver``.
+        start_method: ``fork``, ``spawn`` or ``forkserver``; ``None``: ``fork`` where available (the child shares
+            what this process loaded) unless this process has initialised CUDA, else ``spawn``.
     """
 
     def __init__(self, isolate: bool = True, start_method: str | None = None) -> None:
@@ -317,7 +327,7 @@ class SequentialExecutor:
         if start_method is not None and start_method not in methods:
             raise BenchConfigError(f"worker.start_method={start_method} is not one of {methods} here")
         self.isolate = bool(isolate)
-        self.start_method = start_method or _default_start_method()
+        self.start_method = start_method
 
     def map_chunks(self, factory: Factory, chunks: Sequence[Chunk]) -> Iterator[Rows]:
         if not chunks:
@@ -327,7 +337,7 @@ class SequentialExecutor:
             for chunk in chunks:
                 yield evaluate(chunk)
             return
-        context = multiprocessing.get_context(self.start_method)
+        context = multiprocessing.get_context(self.start_method or _default_start_method())
         child: _SupervisedChild | None = None
         try:
             for chunk in chunks:

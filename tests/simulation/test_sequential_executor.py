@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,3 +92,23 @@ def test_an_evaluator_that_cannot_be_built_fails_the_run(isolate: bool) -> None:
 def test_an_unknown_start_method_is_refused() -> None:
     with pytest.raises(BenchConfigError, match="start_method"):
         SequentialExecutor(start_method="teleport")
+
+
+def test_the_child_is_spawned_once_this_process_has_initialised_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from simulation.evaluation import executors
+
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_initialized=lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    assert executors._default_start_method() == "spawn"
+    fake_torch.cuda.is_initialized = lambda: False
+    expected = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    assert executors._default_start_method() == expected
+
+
+def test_a_spawned_child_evaluates_in_order() -> None:
+    chunks = make_chunks(_refs(), 5)
+    rows = [row for rows in SequentialExecutor(start_method="spawn").map_chunks(pid_evaluator, chunks) for row in rows]
+    assert [r["token"] for r in rows] == [ref.token for chunk in chunks for ref in chunk]
+    assert len({r["pid"] for r in rows}) == 1 and rows[0]["pid"] != os.getpid()
