@@ -68,7 +68,9 @@ class LQRParameters:
 
     def __post_init__(self) -> None:
         if self.jerk_difference not in ("nuplan", "navsim"):
-            raise ValueError(f"LQRParameters: jerk_difference must be 'nuplan' or 'navsim', got {self.jerk_difference!r}")
+            raise ValueError(
+                f"LQRParameters: jerk_difference must be 'nuplan' or 'navsim', got {self.jerk_difference!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -161,8 +163,8 @@ def fit_reference_profiles(reference: np.ndarray, params: LQRParameters = DEFAUL
 
     Velocity: minimise ``||d_xy - A [v0, a]||^2 + jerk_penalty ||D a||^2`` where each displacement is
     ``dt (v0 + dt sum a) (cos, sin)(heading_k)`` and ``D`` is :func:`jerk_difference_matrix` of
-    ``params.jerk_difference`` (nuPlan: ``diff(a)``; NAVSIM: ``-a`` but its last row). Curvature: minimise ``||d_psi - A [k0, k']||^2`` with
-    ``A = v_k dt M`` and ridge ``diag(1e-10, curvature_rate_penalty, ...)``.
+    ``params.jerk_difference`` (nuPlan: ``diff(a)``; NAVSIM: ``-a`` but its last row). Curvature: minimise
+    ``||d_psi - A [k0, k']||^2`` with ``A = diag(v) M`` and ridge ``diag(1e-10, curvature_rate_penalty, ...)``.
     """
     reference = np.asarray(reference, dtype=np.float64)
     dt = params.discretization_time
@@ -465,8 +467,9 @@ def track_and_propagate(
 
     ``current_state`` is ``(11,)`` (shared by all candidates) or ``(B, 11)``; state 0 is the current
     state, states ``1 .. T - 1`` follow one LQR + bicycle step of ``dt`` each. The reference profiles
-    are fitted once (NAVSIM's batched tracker), with ``lqr.jerk_difference`` (nuPlan's by default). ``compiled=False`` runs the array functions
-    :func:`lqr_commands` / :func:`propagate_bicycle` step by step instead of the numba kernel (same numbers).
+    are fitted once (NAVSIM's batched tracker), with ``lqr.jerk_difference`` (nuPlan's by default).
+    ``compiled=False`` runs the array functions :func:`lqr_commands` / :func:`propagate_bicycle` step by step
+    instead of the numba kernel (same numbers).
     """
     reference = np.asarray(reference, dtype=np.float64)
     if reference.ndim != 3 or reference.shape[-1] != 3:
