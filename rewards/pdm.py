@@ -214,16 +214,16 @@ class PDMScorer:
     normalization: Normalization = "pairwise"
 
     def simulate(self, metric_cache: MetricCache, trajectories: np.ndarray) -> np.ndarray:
-        """States ``(K, 41, 11)`` of NAVSIM's LQR tracker (its jerk regulariser) + bicycle model following poses
-        ``(K, 8, 3)`` (local frame)."""
+        """States ``(K, 41, 11)`` of NAVSIM's LQR tracker (its jerk regulariser, ``simulate_proposals``' default) +
+        bicycle model following poses ``(K, 8, 3)`` (local frame)."""
         poses = np.asarray(trajectories, dtype=np.float64)
         if poses.ndim == 2:
             poses = poses[None]
         if poses.ndim != 3 or poses.shape[-1] != 3 or not np.isfinite(poses).all():
             raise ValueError(f"trajectories must be finite (K, N, 3) poses, got shape {poses.shape}")
-        from simulation.kinematics import NAVSIM_LQR, simulate_proposals
+        from simulation.kinematics import simulate_proposals
 
-        return simulate_proposals(metric_cache.current_state, poses, lqr=NAVSIM_LQR)
+        return simulate_proposals(metric_cache.current_state, poses)  # NAVSIM's tracker by default
 
     def score(self, metric_cache: MetricCache, trajectories: np.ndarray) -> dict[str, np.ndarray]:
         """Sub-metrics and ``score`` ``(K,)`` of candidate poses ``(K, 8, 3)`` in the current rear-axle frame."""
