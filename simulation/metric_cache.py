@@ -57,6 +57,7 @@ from simulation.types import AgentIndex, Scene
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
+    "FOLDER_META_NAME",
     "DRIVABLE_LAYERS",
     "DT",
     "LANE_LAYERS",
