@@ -5,7 +5,9 @@ tracker of :mod:`simulation.kinematics` to 1e-5. States are ``(B, 11)`` by :clas
 (rear axle, ego-frame dynamics); references are ``(B, P, 3)`` global rear-axle poses at ``dt`` spacing, the
 first one at the current time.
 
-Tracker: velocity / curvature profiles are fitted once per reference by regularised least squares; each step
+Tracker: velocity / curvature profiles are fitted once per reference by regularised least squares (the jerk
+regulariser chosen by ``TrackerParameters.jerk_difference``: nuPlan's first difference by default, BEV-Warp being a
+nuPlan-style closed loop, or NAVSIM's, as :func:`simulation.kinematics.jerk_difference_matrix`); each step
 uses a one-step longitudinal LQR towards the reference speed ``horizon`` steps ahead and a lateral LQR on the
 Euler-discretised linear time-varying error dynamics over ``horizon`` steps (a P controller near standstill).
 Bicycle: first-order lags on acceleration and steering, explicit Euler, steering clipped to +-pi/3.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 import torch
 
@@ -25,7 +28,10 @@ S = StateIndex
 
 @dataclass(frozen=True)
 class TrackerParameters:
-    """LQR tracker and bicycle parameters (NAVSIM / nuPlan defaults)."""
+    """LQR tracker and bicycle parameters (NAVSIM / nuPlan defaults).
+
+    ``jerk_difference``: ``"nuplan"`` (default) or ``"navsim"``, as ``simulation.kinematics.LQRParameters``.
+    """
 
     q_longitudinal: float = 10.0
     r_longitudinal: float = 1.0
@@ -41,6 +47,11 @@ class TrackerParameters:
     max_steering_angle: float = torch.pi / 3
     accel_time_constant: float = 0.2
     steering_time_constant: float = 0.05
+    jerk_difference: Literal["nuplan", "navsim"] = "nuplan"
+
+    def __post_init__(self) -> None:
+        if self.jerk_difference not in ("nuplan", "navsim"):
+            raise ValueError(f"jerk_difference must be 'nuplan' or 'navsim', got {self.jerk_difference!r}")
 
 
 DEFAULT_TRACKER = TrackerParameters()
@@ -59,21 +70,26 @@ def _integrate(initial: torch.Tensor, derivatives: torch.Tensor, dt: float) -> t
 
 @lru_cache(maxsize=16)
 def _design(
-    m: int, dt: float, jerk_penalty: float, dtype: torch.dtype, device: torch.device
+    m: int, dt: float, jerk_penalty: float, jerk_difference: str, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, ...]:
     """Constant parts of the two least-squares fits for ``m`` displacements.
 
     Displacement ``k`` along its heading is ``D[k] @ (v0, a_1 .. a_{m-1})`` with ``D`` = ``dt`` in column 0 and
     ``dt^2`` in columns ``1..k``; as the heading directions are unit vectors, the normal matrix of the 2-D fit is
     ``D^T D`` whatever the headings, so its regularised inverse is computed once. The curvature design is
-    ``v[:, :, None] * W`` with ``W`` the same lower-triangular pattern.
+    ``v[:, :, None] * W`` with ``W`` the same lower-triangular pattern. The jerk band acts on the ``m - 1``
+    accelerations: ``a[k+1] - a[k]`` per row (nuPlan) or ``-a[k]`` but on the last row (NAVSIM).
     """
     cols = torch.full((m,), dt**2, dtype=torch.float64)
     cols[0] = dt
     pattern = torch.tril(torch.ones(m, m, dtype=torch.float64)) * cols  # (M, M)
     band = torch.zeros(m - 2, m, dtype=torch.float64)
     idx = torch.arange(m - 2)
-    band[idx, idx + 1], band[idx, idx + 2] = -1.0, 1.0
+    band[idx, idx + 1] = -1.0
+    if jerk_difference == "navsim":  # NAVSIM's banded matrix: the -1 band overwrites the +1 band but on the last row
+        band[m - 3, m - 1] = 1.0
+    else:
+        band[idx, idx + 2] = 1.0
     normal_inv = torch.linalg.inv(pattern.T @ pattern + jerk_penalty * (band.T @ band))
     return normal_inv.to(dtype=dtype, device=device), pattern.to(dtype=dtype, device=device)
 
@@ -81,7 +97,7 @@ def _design(
 def fit_profiles(poses: torch.Tensor, dt: float, p: TrackerParameters = DEFAULT_TRACKER) -> tuple[torch.Tensor, ...]:
     """Velocity ``(B, P-1)`` and curvature ``(B, P-1)`` profiles of reference poses ``(B, P, 3)``."""
     m = poses.shape[1] - 1
-    normal_inv, pattern = _design(m, dt, p.jerk_penalty, poses.dtype, poses.device)
+    normal_inv, pattern = _design(m, dt, p.jerk_penalty, p.jerk_difference, poses.dtype, poses.device)
     diff = poses[:, 1:] - poses[:, :-1]
     heading = poses[:, :-1, 2]
     along = diff[..., 0] * torch.cos(heading) + diff[..., 1] * torch.sin(heading)  # (B, M)

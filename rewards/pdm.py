@@ -214,7 +214,8 @@ class PDMScorer:
     normalization: Normalization = "pairwise"
 
     def simulate(self, metric_cache: MetricCache, trajectories: np.ndarray) -> np.ndarray:
-        """States ``(K, 41, 11)`` of the LQR tracker + bicycle model following poses ``(K, 8, 3)`` (local frame)."""
+        """States ``(K, 41, 11)`` of NAVSIM's LQR tracker (its jerk regulariser, ``simulate_proposals``' default) +
+        bicycle model following poses ``(K, 8, 3)`` (local frame)."""
         poses = np.asarray(trajectories, dtype=np.float64)
         if poses.ndim == 2:
             poses = poses[None]
@@ -222,7 +223,7 @@ class PDMScorer:
             raise ValueError(f"trajectories must be finite (K, N, 3) poses, got shape {poses.shape}")
         from simulation.kinematics import simulate_proposals
 
-        return simulate_proposals(metric_cache.current_state, poses)
+        return simulate_proposals(metric_cache.current_state, poses)  # NAVSIM's tracker by default
 
     def score(self, metric_cache: MetricCache, trajectories: np.ndarray) -> dict[str, np.ndarray]:
         """Sub-metrics and ``score`` ``(K,)`` of candidate poses ``(K, 8, 3)`` in the current rear-axle frame."""

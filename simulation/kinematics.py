@@ -6,7 +6,11 @@ batched PDM simulator do (specs/navsim.md §3.2-3.5, specs/nuplan.md §3):
 1. :func:`interpolate_trajectory` turns planned poses (current rear-axle frame) into a global
    reference at 10 Hz with the current pose prepended (linear x, y; unwrapped linear heading).
 2. :func:`fit_reference_profiles` fits velocity / curvature profiles to the reference once by
-   regularised least squares (jerk and curvature-rate penalties).
+   regularised least squares (jerk and curvature-rate penalties). ``LQRParameters.jerk_difference``
+   selects the jerk regulariser: ``"nuplan"`` (nuplan-devkit's tracker: the first difference
+   ``a[k+1] - a[k]``, the default, used by the nuPlan closed loop) or ``"navsim"`` (NAVSIM's batched
+   tracker, v1.1 and v2.x: its banded matrix keeps only ``-a[k]`` on each row but the last, a ridge
+   on the accelerations; used by every NAVSIM path through :func:`simulate_proposals`).
 3. Each 0.1 s step :func:`lqr_commands` computes acceleration and steering-rate commands (stopping
    P-controller near standstill, else one-step longitudinal and 10-step lateral LQR) and
    :func:`propagate_bicycle` integrates the kinematic bicycle with first-order actuator lags.
@@ -24,6 +28,7 @@ velocities / accelerations in the ego frame).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numba
 import numpy as np
@@ -33,10 +38,19 @@ from simulation.types import PACIFICA, STATE_DIM, StateIndex
 
 S = StateIndex
 
+#: Which jerk regulariser the velocity fit uses (see :func:`jerk_difference_matrix`).
+JerkDifference = Literal["nuplan", "navsim"]
+
 
 @dataclass(frozen=True)
 class LQRParameters:
-    """nuPlan ``lqr_tracker.yaml`` / NAVSIM ``BatchLQRTracker`` defaults."""
+    """nuPlan ``lqr_tracker.yaml`` / NAVSIM ``BatchLQRTracker`` defaults.
+
+    ``jerk_difference``: ``"nuplan"`` (the default) penalises the true first difference of the fitted
+    accelerations, as nuplan-devkit's ``LQRTracker``; ``"navsim"`` reproduces NAVSIM's batched tracker, whose
+    difference matrix keeps ``-a[k]`` only (:func:`jerk_difference_matrix`). Everything else is the same in
+    both trackers. :data:`NAVSIM_LQR` / :data:`NUPLAN_LQR` are the two protocol settings.
+    """
 
     q_longitudinal: float = 10.0
     r_longitudinal: float = 1.0
@@ -50,6 +64,13 @@ class LQRParameters:
     stopping_proportional_gain: float = 0.5
     stopping_velocity: float = 0.2
     wheel_base: float = PACIFICA.wheel_base
+    jerk_difference: JerkDifference = "nuplan"
+
+    def __post_init__(self) -> None:
+        if self.jerk_difference not in ("nuplan", "navsim"):
+            raise ValueError(
+                f"LQRParameters: jerk_difference must be 'nuplan' or 'navsim', got {self.jerk_difference!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -62,7 +83,11 @@ class BicycleParameters:
     steering_angle_time_constant: float = 0.05
 
 
-DEFAULT_LQR = LQRParameters()
+#: nuPlan's tracker (closed loop, ``simulation.ego_control``); the default of the tracking functions.
+NUPLAN_LQR = LQRParameters()
+#: NAVSIM's batched tracker (scoring, metric caches, PDM-Closed's proposals; :func:`simulate_proposals`).
+NAVSIM_LQR = LQRParameters(jerk_difference="navsim")
+DEFAULT_LQR = NUPLAN_LQR
 DEFAULT_BICYCLE = BicycleParameters()
 #: NAVSIM's scoring sampling: 40 steps of 0.1 s (41 states with the current one).
 NUM_STEPS = 40
@@ -113,9 +138,18 @@ def _design_matrix(num: int, dt: float) -> np.ndarray:
     return matrix
 
 
-def _difference_matrix(rows: int) -> np.ndarray:
-    """``(rows, rows + 1)``: applied to ``x`` gives ``x[1:] - x[:-1]``."""
-    return np.eye(rows, rows + 1, k=1) - np.eye(rows, rows + 1)
+def jerk_difference_matrix(rows: int, kind: JerkDifference = "nuplan") -> np.ndarray:
+    """``(rows, rows + 1)`` jerk regulariser applied to the ``rows + 1`` fitted accelerations.
+
+    ``"nuplan"``: the first difference, row ``k`` gives ``a[k+1] - a[k]``. ``"navsim"``: NAVSIM's
+    ``_make_banded_difference_matrix`` writes the ``+1`` band and then the ``-1`` band over it, so only the
+    last row keeps its ``+1``: row ``k < rows - 1`` gives ``-a[k]``, the last row ``a[rows] - a[rows - 1]``.
+    """
+    minus = -np.eye(rows, rows + 1)
+    if kind == "navsim":
+        minus[rows - 1, rows] = 1.0
+        return minus
+    return minus + np.eye(rows, rows + 1, k=1)
 
 
 def _integrate_profile(initial: np.ndarray, derivatives: np.ndarray, dt: float) -> np.ndarray:
@@ -127,9 +161,10 @@ def _integrate_profile(initial: np.ndarray, derivatives: np.ndarray, dt: float) 
 def fit_reference_profiles(reference: np.ndarray, params: LQRParameters = DEFAULT_LQR) -> tuple[np.ndarray, np.ndarray]:
     """Velocity and curvature profiles ``(B, T - 1)`` each, fitted to reference poses ``(B, T, 3)``.
 
-    Velocity: minimise ``||d_xy - A [v0, a]||^2 + jerk_penalty ||diff(a)||^2`` where each displacement is
-    ``dt (v0 + dt sum a) (cos, sin)(heading_k)``. Curvature: minimise ``||d_psi - A [k0, k']||^2`` with
-    ``A = v_k dt M`` and ridge ``diag(1e-10, curvature_rate_penalty, ...)``.
+    Velocity: minimise ``||d_xy - A [v0, a]||^2 + jerk_penalty ||D a||^2`` where each displacement is
+    ``dt (v0 + dt sum a) (cos, sin)(heading_k)`` and ``D`` is :func:`jerk_difference_matrix` of
+    ``params.jerk_difference`` (nuPlan: ``diff(a)``; NAVSIM: ``-a`` but its last row). Curvature: minimise
+    ``||d_psi - A [k0, k']||^2`` with ``A = diag(v) M`` and ridge ``diag(1e-10, curvature_rate_penalty, ...)``.
     """
     reference = np.asarray(reference, dtype=np.float64)
     dt = params.discretization_time
@@ -141,7 +176,7 @@ def fit_reference_profiles(reference: np.ndarray, params: LQRParameters = DEFAUL
     heading = reference[:, :-1, 2]
     # The heading rotation drops out of A^T A (cos^2 + sin^2 = 1): only the projected displacement remains.
     along = np.cos(heading) * diffs[..., 0] + np.sin(heading) * diffs[..., 1]  # (B, N)
-    jerk = np.concatenate([np.zeros((num - 2, 1)), _difference_matrix(num - 2)], axis=1)
+    jerk = np.concatenate([np.zeros((num - 2, 1)), jerk_difference_matrix(num - 2, params.jerk_difference)], axis=1)
     normal = design.T @ design + params.jerk_penalty * jerk.T @ jerk
     solution = np.linalg.solve(normal, design.T @ along.T).T  # (B, N)
     velocity = _integrate_profile(solution[:, 0], solution[:, 1:], dt)
@@ -432,8 +467,9 @@ def track_and_propagate(
 
     ``current_state`` is ``(11,)`` (shared by all candidates) or ``(B, 11)``; state 0 is the current
     state, states ``1 .. T - 1`` follow one LQR + bicycle step of ``dt`` each. The reference profiles
-    are fitted once (NAVSIM's batched tracker). ``compiled=False`` runs the array functions
-    :func:`lqr_commands` / :func:`propagate_bicycle` step by step instead of the numba kernel (same numbers).
+    are fitted once (NAVSIM's batched tracker), with ``lqr.jerk_difference`` (nuPlan's by default).
+    ``compiled=False`` runs the array functions :func:`lqr_commands` / :func:`propagate_bicycle` step by step
+    instead of the numba kernel (same numbers).
     """
     reference = np.asarray(reference, dtype=np.float64)
     if reference.ndim != 3 or reference.shape[-1] != 3:
@@ -463,8 +499,11 @@ def track_and_propagate(
     return out
 
 
-def simulate_proposals(current_state: np.ndarray, poses_local: np.ndarray, interval_s: float = 0.5) -> np.ndarray:
-    """States ``(B, 41, 11)``: planned poses ``(B, P, 3)`` (current rear-axle frame) interpolated to 10 Hz,
-    tracked and propagated from ``current_state (11,)``."""
+def simulate_proposals(
+    current_state: np.ndarray, poses_local: np.ndarray, interval_s: float = 0.5, lqr: LQRParameters = NAVSIM_LQR
+) -> np.ndarray:
+    """States ``(B, 41, 11)``: planned poses ``(B, P, 3)`` at ``interval_s`` (current rear-axle frame) interpolated
+    to 10 Hz, tracked and propagated from ``current_state (11,)`` with NAVSIM's tracker (its jerk regulariser,
+    :data:`NAVSIM_LQR`) unless ``lqr`` says otherwise."""
     reference = interpolate_trajectory(poses_local, current_state, interval_s=interval_s)
-    return track_and_propagate(current_state, reference)
+    return track_and_propagate(current_state, reference, lqr=lqr)

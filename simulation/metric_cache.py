@@ -3,9 +3,16 @@
 :func:`build_metric_cache` reads the map and the log once (specs/navsim.md §3.6-3.8, §5.3); scoring then never
 touches either. The reference planner (PDM-Closed) and the tracker are passed in, so this module imports no
 planner. :func:`build_observation_metric_cache` builds the same record from one planning step's observation, for a
-planner that scores its own proposals (PDM-Closed). The inputs (10 Hz agents, history, drivable map, red lights)
-are read by :mod:`simulation.metric_cache_inputs`. Files are ``.npz`` archives (no pickling) written atomically
-and checked for their format version.
+planner that scores its own proposals (PDM-Closed). The inputs (10 Hz agents, history, drivable map, red lights,
+the reference trajectory) are read by :mod:`simulation.metric_cache_inputs`.
+
+The progress reference is what NAVSIM caches: PDM-Closed's own 10 Hz trajectory (``reference_trajectory``, from
+the planner's ``reference_trajectory(observation)`` when it has one), sampled at 0, 0.1, ... 4 s and tracked with
+NAVSIM's tracker (``reference_states``, the same numbers NAVSIM's scorer simulates from the cached trajectory).
+
+Files are ``.npz`` archives (no pickling) written atomically and checked for their format version
+(:data:`CACHE_FORMAT_VERSION`, also in the cache folder's ``meta.json``, :func:`write_folder_meta`); a file of
+another version raises :class:`MetricCacheVersionError` (the provider rebuilds it).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,11 +30,10 @@ import numpy as np
 from simulation.geometry import (
     agent_box_corners,
     global_to_local,
-    normalize_angle,
     polyline_lengths,
     rear_axle_to_center,
 )
-from simulation.io import atomic_write
+from simulation.io import atomic_write, atomic_write_text
 from simulation.maps.layers import SemanticMapLayer
 from simulation.maps.protocol import MapProtocol
 from simulation.metric_cache_inputs import (
@@ -36,17 +42,22 @@ from simulation.metric_cache_inputs import (
     MAP_RADIUS,
     NUM_STEPS,
     MapContext,
+    MetricCacheError,
+    ReferencePlanner,
     drivable_map_polygons,
     interpolate_agents,
     interpolate_history,
     red_light_masks,
+    reference_poses,
+    reference_trajectory,
 )
 from simulation.polygon_grid import PolygonGrid, PolygonSet
-from simulation.protocols import Observation, Planner
-from simulation.types import AgentIndex, Scene, Trajectory
+from simulation.protocols import Observation
+from simulation.types import AgentIndex, Scene
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
+    "FOLDER_META_NAME",
     "DRIVABLE_LAYERS",
     "DT",
     "LANE_LAYERS",
@@ -57,6 +68,7 @@ __all__ = [
     "MapContext",
     "MetricCache",
     "MetricCacheError",
+    "MetricCacheVersionError",
     "ReferencePlanner",
     "Simulator",
     "build_metric_cache",
@@ -64,13 +76,20 @@ __all__ = [
     "drivable_map_polygons",
     "interpolate_agents",
     "interpolate_history",
+    "read_folder_meta",
     "red_light_masks",
     "reference_poses",
+    "reference_trajectory",
+    "write_folder_meta",
 ]
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+#: Format of the cache files. 2: the reference is PDM-Closed's 10 Hz trajectory (stored), tracked with NAVSIM's jerk
+#: regulariser (1: its 0.5 s plan, nuPlan's regulariser).
+CACHE_FORMAT_VERSION = 2
+#: The cache folder's description (format version, scorer version), beside the ``<log>/<token>.npz`` files.
+FOLDER_META_NAME = "meta.json"
 #: Observation length (10 Hz samples incl. t = 0): v1 keeps 5 s so that TTC can look 0.9 s past 4 s; v2 keeps 4 s.
 OBSERVATION_STEPS = {"v1": 51, "v2": 41}
 #: Layers whose polygons make up the drivable area (lanes are tested separately).
@@ -82,15 +101,16 @@ DRIVABLE_LAYERS = (
 )
 LANE_LAYERS = (SemanticMapLayer.LANE, SemanticMapLayer.LANE_CONNECTOR)
 
-#: ``simulate(current_state (11,), poses_local (B, 8, 3)) -> states (B, 41, 11)``.
-Simulator = Callable[[np.ndarray, np.ndarray], np.ndarray]
-#: A :class:`~simulation.protocols.Planner` (``plan(observation) -> Trajectory``) or a callable
-#: ``(scene, map_api) -> poses (N, 3) | Trajectory`` in the current rear-axle frame.
-ReferencePlanner = Planner | Callable[[Scene, Any], "np.ndarray | Trajectory"]
+#: ``simulate(current_state (11,), poses_local (B, P, 3), interval_s) -> states (B, 41, 11)``.
+Simulator = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 
 
-class MetricCacheError(ValueError):
-    """A metric cache file is missing, unreadable, of another format version, or inconsistent."""
+class MetricCacheVersionError(MetricCacheError):
+    """A metric cache file of another format version (``found``): rebuild it."""
+
+    def __init__(self, message: str, found: Any) -> None:
+        super().__init__(message)
+        self.found = found
 
 
 @dataclass(frozen=True)
@@ -112,10 +132,15 @@ class MetricCache:
         red_connector_ids: ``(R,)`` str on-route lane connectors red at some step.
         red_mask: ``(41, R)`` bool, connector ``r`` is red at step ``t`` (empty for v1).
         red_polygons: the ``R`` connector polygons.
-        reference_states: ``(41, 11)`` simulated states of the PDM-Closed reference plan.
+        reference_states: ``(41, 11)`` simulated states of the PDM-Closed reference (its trajectory sampled at
+            0, 0.1, ... 4 s, tracked with NAVSIM's tracker).
         human_trajectory: ``(8, 3)`` logged future poses in the current rear-axle frame (0.5 s steps).
         human_states: ``(41, 11)`` simulated states of the human plan.
         history_states: ``(H, 11)`` logged past ego states at 0.1 s before t = 0 (EPDMS history comfort).
+        reference_trajectory: ``(P, 3)`` the reference's poses in the current rear-axle frame at
+            ``reference_interval_s``, 2 ``interval_s``, ... (PDM-Closed's 10 Hz trajectory, what NAVSIM caches);
+            empty when the cache holds only the simulated states (a planner's own step cache).
+        reference_interval_s: time between the poses of ``reference_trajectory`` (s).
     """
 
     token: str
@@ -140,6 +165,8 @@ class MetricCache:
     human_trajectory: np.ndarray
     human_states: np.ndarray
     history_states: np.ndarray
+    reference_trajectory: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    reference_interval_s: float = DT
 
     @cached_property
     def map_categories(self) -> np.ndarray:
@@ -189,6 +216,8 @@ class MetricCache:
             (self.red_mask.shape[1:] == self.red_connector_ids.shape, "red_mask shape"),
             (self.reference_states.shape == (NUM_STEPS, 11), "reference_states must be (41, 11)"),
             (self.human_states.shape == (NUM_STEPS, 11), "human_states must be (41, 11)"),
+            (self.reference_trajectory.ndim == 2 and self.reference_trajectory.shape[1] == 3, "reference_trajectory"),
+            (self.reference_interval_s > 0.0, "reference_interval_s must be positive"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -218,8 +247,9 @@ class MetricCache:
             meta = json.loads(str(arrays.pop("meta")))
         except KeyError:
             raise MetricCacheError(f"{path}: not a metric cache (no meta entry)") from None
-        if meta.get("format_version") != CACHE_FORMAT_VERSION:
-            raise MetricCacheError(f"{path}: format version {meta.get('format_version')} != {CACHE_FORMAT_VERSION}")
+        found = meta.get("format_version")
+        if found != CACHE_FORMAT_VERSION:
+            raise MetricCacheVersionError(f"{path}: format version {found} != {CACHE_FORMAT_VERSION}", found)
         try:
             cache = _from_arrays(meta, arrays)
         except KeyError as err:
@@ -229,12 +259,13 @@ class MetricCache:
 
 
 _STR_FIELDS = ("token", "log_name", "map_name", "version")
+_META_FIELDS = (*_STR_FIELDS, "reference_interval_s")
 _GRID_FIELDS = ("origin", "shape", "cell_offsets", "cell_polys", "cell_full")
 _SET_FIELDS = ("coords", "ring_offsets", "poly_rings", "bounds")
 
 
 def _to_arrays(cache: MetricCache) -> dict[str, np.ndarray]:
-    meta = {k: getattr(cache, k) for k in _STR_FIELDS}
+    meta: dict[str, Any] = {k: getattr(cache, k) for k in _META_FIELDS}
     meta |= {"format_version": CACHE_FORMAT_VERSION, "cell_size": cache.map_grid.cell_size}
     out: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
     for f in fields(cache):
@@ -255,41 +286,32 @@ def _from_arrays(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MetricC
         polygons=grid_set, cell_size=float(meta["cell_size"]), **{k: arrays[f"map_grid.{k}"] for k in _GRID_FIELDS}
     )
     red = PolygonSet(**{k: arrays[f"red_polygons.{k}"] for k in _SET_FIELDS})
-    kwargs: dict[str, Any] = {k: meta[k] for k in _STR_FIELDS}
+    kwargs: dict[str, Any] = {k: meta[k] for k in _META_FIELDS}
     for f in fields(MetricCache):
         if f.name not in kwargs and f.name not in ("map_grid", "red_polygons"):
             kwargs[f.name] = arrays[f.name]
     return MetricCache(map_grid=grid, red_polygons=red, **kwargs)
 
 
+def write_folder_meta(cache_dir: str | Path, version: str) -> Path:
+    """Write ``<cache_dir>/meta.json``: this code's :data:`CACHE_FORMAT_VERSION` and the scorer ``version``."""
+    meta = {"kind": "metric_cache", "format_version": CACHE_FORMAT_VERSION, "version": version}
+    return atomic_write_text(Path(cache_dir) / FOLDER_META_NAME, json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_folder_meta(cache_dir: str | Path) -> dict[str, Any] | None:
+    """The folder's ``meta.json`` (``None`` when absent: a folder written before it was versioned, or empty)."""
+    path = Path(cache_dir) / FOLDER_META_NAME
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise MetricCacheError(f"{path}: unreadable metric cache folder meta ({err})") from None
+    return meta if isinstance(meta, dict) else None
+
+
 # ----------------------------------------------------------------------------------------------- building
-
-
-def reference_poses(
-    planner: ReferencePlanner, scene: Scene, map_api: MapProtocol, interval_s: float = LOG_INTERVAL_S
-) -> np.ndarray:
-    """The reference plan of ``scene`` as ``(8, 3)`` local poses at 0.5 s (resampled if the plan uses another
-    interval: linear in x, y and the unwrapped heading)."""
-    plan: np.ndarray | Trajectory
-    if hasattr(planner, "plan"):
-        plan = planner.plan(Observation.from_window(scene, None, map_api))
-    elif callable(planner):
-        plan = planner(scene, map_api)
-    else:
-        raise MetricCacheError(f"{scene.token}: reference planner {planner!r} has no plan() and is not callable")
-    poses = np.asarray(plan.poses if isinstance(plan, Trajectory) else plan, dtype=np.float64).reshape(-1, 3)
-    dt = plan.interval_s if isinstance(plan, Trajectory) else interval_s
-    if not np.isfinite(poses).all():
-        raise MetricCacheError(f"{scene.token}: reference planner returned NaN or inf poses")
-    if abs(dt - interval_s) < 1e-9 and len(poses) == 8:
-        return poses
-    t = np.arange(len(poses) + 1) * dt
-    full = np.concatenate([np.zeros((1, 3)), poses])
-    full[:, 2] = np.unwrap(full[:, 2])
-    want = np.arange(1, 9) * interval_s
-    out = np.stack([np.interp(want, t, full[:, c]) for c in range(3)], -1)
-    out[:, 2] = normalize_angle(out[:, 2])
-    return out
 
 
 def _default_simulator() -> Simulator:
@@ -302,16 +324,22 @@ def _default_simulator() -> Simulator:
 
 def _simulated_plans(
     scene: Scene, map_api: MapProtocol, reference_planner: ReferencePlanner | None, simulate: Simulator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Human plan ``(8, 3)`` (local), its simulated states ``(41, 11)`` and the reference's ``(41, 11)``."""
+) -> dict[str, Any]:
+    """The plan fields of a :class:`MetricCache`: the human plan ``(8, 3)`` (local, 0.5 s) and its simulated
+    states ``(41, 11)``, the reference trajectory ``(P, 3)``, its interval and its simulated states ``(41, 11)``
+    (the human plan is the reference without a reference planner)."""
     current = np.asarray(scene.current_ego, dtype=np.float64)
     ci = scene.current_index
     human = global_to_local(scene.ego.poses[ci + 1 : ci + 9], current[:3])
-    human_states = np.asarray(simulate(current, human[None])[0], dtype=np.float64)
+    human_states = np.asarray(simulate(current, human[None], LOG_INTERVAL_S)[0], dtype=np.float64)
+    out = {"human_trajectory": human, "human_states": human_states}
     if reference_planner is None:
-        return human, human_states, human_states
-    ref_states = simulate(current, reference_poses(reference_planner, scene, map_api)[None])[0]
-    return human, human_states, np.asarray(ref_states, dtype=np.float64)
+        return out | {"reference_trajectory": human, "reference_interval_s": LOG_INTERVAL_S,
+                      "reference_states": human_states}  # fmt: skip
+    ref = reference_trajectory(reference_planner, scene, map_api)
+    ref_states = np.asarray(simulate(current, ref.poses[None], ref.interval_s)[0], dtype=np.float64)
+    return out | {"reference_trajectory": ref.poses, "reference_interval_s": ref.interval_s,
+                  "reference_states": ref_states}  # fmt: skip
 
 
 def _check_scene(scene: Scene, version: str) -> None:
@@ -362,10 +390,12 @@ def build_metric_cache(
     Args:
         scene: a scene with its current frame and at least 8 future frames (10 for v1's 5 s observation).
         map_api: the scene's :class:`~simulation.maps.api.MapAPI`.
-        reference_planner: PDM-Closed (or another reference), a ``Planner`` or ``planner(scene, map_api)``
-            returning local poses; ``None`` uses the human plan as the reference for progress normalisation.
+        reference_planner: PDM-Closed (or another reference): a ``Planner``, asked for its
+            ``reference_trajectory(observation)`` (10 Hz) when it has one, else its ``plan``; or ``planner(scene,
+            map_api)`` returning local poses; ``None`` uses the human plan as the reference for progress normalisation.
         version: ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
-        simulate: tracker + bicycle model; defaults to :func:`simulation.kinematics.simulate_proposals`.
+        simulate: tracker + bicycle model; defaults to :func:`simulation.kinematics.simulate_proposals`
+            (NAVSIM's tracker).
     """
     _check_scene(scene, version)
     ci = scene.current_index
@@ -379,7 +409,6 @@ def build_metric_cache(
     a = scene.agents
     boxes, valid = interpolate_agents(a.boxes[ci:], a.valid[ci:], a.types, OBSERVATION_STEPS[version])
     red_ids, red_mask = _scene_red_lights(scene, route_lanes, version)
-    human, human_states, reference_states = _simulated_plans(scene, map_api, reference_planner, simulate)
     cache = MetricCache(
         token=scene.token,
         log_name=scene.log_name,
@@ -391,10 +420,8 @@ def build_metric_cache(
         agent_types=np.asarray(a.types, dtype=np.int64),
         agent_track_ids=np.asarray(a.track_ids).astype(str),
         **_map_fields(map_api, map_context, route_lanes, centerline, red_ids, red_mask),
-        reference_states=reference_states,
-        human_trajectory=human,
-        human_states=human_states,
         history_states=interpolate_history(scene.ego.states[: ci + 1], scene.timestamps_us[: ci + 1]),
+        **_simulated_plans(scene, map_api, reference_planner, simulate),
     )
     cache.validate()
     return cache

@@ -3,13 +3,15 @@
 - :func:`interpolate_agents`: the log's agents resampled at 10 Hz as NAVSIM's metric caching does;
   :func:`interpolate_history`: the ego's past at 10 Hz (EPDMS history comfort);
 - :func:`drivable_map_polygons` / :class:`MapContext`: PDM's drivable map around the ego, with its grid index;
-- :func:`red_light_masks`: the on-route lane connectors that are red, per 0.1 s step.
+- :func:`red_light_masks`: the on-route lane connectors that are red, per 0.1 s step;
+- :func:`reference_trajectory`: the progress reference, PDM-Closed's own 10 Hz trajectory as NAVSIM caches it.
 
 :mod:`simulation.metric_cache` assembles them into a :class:`~simulation.metric_cache.MetricCache`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +21,23 @@ from simulation.geometry import normalize_angle
 from simulation.maps.layers import SemanticMapLayer
 from simulation.maps.protocol import MapProtocol
 from simulation.polygon_grid import PolygonGrid
-from simulation.types import DYNAMIC_TYPES, AgentIndex, Scene, StateIndex, TrafficLightStatus
+from simulation.protocols import Observation, Planner
+from simulation.types import DYNAMIC_TYPES, AgentIndex, Scene, StateIndex, TrafficLightStatus, Trajectory
 
 #: Scored horizon: 40 steps of 0.1 s after the current state.
 NUM_STEPS = 41
 DT = 0.1
 MAP_RADIUS = 100.0  # m around the ego centre
 LOG_INTERVAL_S = 0.5
+
+#: A :class:`~simulation.protocols.Planner` (``plan(observation) -> Trajectory``, and ideally
+#: ``reference_trajectory(observation) -> Trajectory``, PDM-Closed's native 10 Hz trajectory) or a callable
+#: ``(scene, map_api) -> poses (N, 3) | Trajectory`` in the current rear-axle frame.
+ReferencePlanner = Planner | Callable[[Scene, Any], "np.ndarray | Trajectory"]
+
+
+class MetricCacheError(ValueError):
+    """A metric cache file is missing, unreadable, of another format version, or inconsistent."""
 
 
 def interpolate_agents(
@@ -174,3 +186,46 @@ def red_light_masks(
     red = (tl.status[frames] == TrafficLightStatus.RED) & on_route[None, :]
     keep = red.any(0)
     return ids[keep], red[:, keep]
+
+
+def reference_trajectory(planner: ReferencePlanner, scene: Scene, map_api: MapProtocol) -> Trajectory:
+    """The progress reference of ``scene``: local poses ``(P, 3)`` after t = 0 and their interval.
+
+    NAVSIM's metric caching stores PDM-Closed's own trajectory (10 Hz, 5 s, the current state first) and the
+    scorer samples it at 0, 0.1, ... 4 s before tracking it (specs/navsim.md §5.3). So a planner with
+    ``reference_trajectory(observation)`` is asked for that trajectory; one with only ``plan(observation)``
+    gives its plan (usually 8 poses at 0.5 s); a callable ``planner(scene, map_api)`` returns poses at 0.5 s
+    or a :class:`~simulation.types.Trajectory`.
+    """
+    plan: np.ndarray | Trajectory
+    if hasattr(planner, "reference_trajectory"):
+        plan = planner.reference_trajectory(Observation.from_window(scene, None, map_api))
+    elif hasattr(planner, "plan"):
+        plan = planner.plan(Observation.from_window(scene, None, map_api))
+    elif callable(planner):
+        plan = planner(scene, map_api)
+    else:
+        raise MetricCacheError(f"{scene.token}: reference planner {planner!r} has no plan() and is not callable")
+    poses = np.asarray(plan.poses if isinstance(plan, Trajectory) else plan, dtype=np.float64).reshape(-1, 3)
+    interval_s = float(plan.interval_s) if isinstance(plan, Trajectory) else LOG_INTERVAL_S
+    if len(poses) == 0 or not np.isfinite(poses).all() or not interval_s > 0.0:
+        raise MetricCacheError(f"{scene.token}: reference planner returned no poses, NaN / inf poses or no interval")
+    return Trajectory(poses, interval_s)
+
+
+def reference_poses(
+    planner: ReferencePlanner, scene: Scene, map_api: MapProtocol, interval_s: float = LOG_INTERVAL_S
+) -> np.ndarray:
+    """The reference as ``(8, 3)`` local poses at ``interval_s`` (0.5 s; the agents' format, resampled linearly in
+    x, y and the unwrapped heading). Not what the metric cache tracks (:func:`reference_trajectory`)."""
+    plan = reference_trajectory(planner, scene, map_api)
+    poses, dt = plan.poses, plan.interval_s
+    if abs(dt - interval_s) < 1e-9 and len(poses) == 8:
+        return poses
+    t = np.arange(len(poses) + 1) * dt
+    full = np.concatenate([np.zeros((1, 3)), poses])
+    full[:, 2] = np.unwrap(full[:, 2])
+    want = np.arange(1, 9) * interval_s
+    out = np.stack([np.interp(want, t, full[:, c]) for c in range(3)], -1)
+    out[:, 2] = normalize_angle(out[:, 2])
+    return out

@@ -8,8 +8,9 @@
 One task per log: the worker extracts the log's NAVSIM scenes (4 history + 10 future frames at 2 Hz) and
 loads its map once. The feature cache writes one shard per log (``<out>/<split>/shard_<log>.npz``); the
 metric cache (``--metric``) one file per scene (``<out>/<log>/<token>.npz``, the layout the benchmarks
-read through ``metric_cache_dir=``), with PDM-Closed as the progress reference. Files already present are
-skipped, so an interrupted run continues where it stopped. A log that fails is reported by name and skipped.
+read through ``metric_cache_dir=``), with PDM-Closed of that version as the progress reference. Files already
+present are skipped, so an interrupted run continues where it stopped; metric caches of an older format version are
+rebuilt. A log that fails is reported by name and skipped.
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ def cache_log(task: CacheTask) -> tuple[str, int, str | None]:
 
 def _metric_caches(scenes: Iterable[Scene], map_api: MapAPI, out: Path, version: str) -> int:
     from planners.rule_based import PDMClosedPlanner
-    from simulation.evaluation.sources import MetricCacheProvider
+    from simulation.evaluation.sources import MetricCacheProvider, build_planner
 
-    provider = MetricCacheProvider(reference_planner=PDMClosedPlanner(), version=version, cache_dir=str(out))
+    # PDM-Closed of the protocol's version (passed only where its constructor takes one)
+    reference = build_planner(PDMClosedPlanner, version=version)
+    provider = MetricCacheProvider(reference_planner=reference, version=version, cache_dir=str(out))
     n = 0
     for scene in scenes:
         provider(scene, map_api)  # loads when present, else builds and saves

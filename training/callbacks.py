@@ -49,7 +49,7 @@ from simulation import visualize
 from simulation.evaluation.evaluator import SceneEvaluator
 from simulation.evaluation.protocols import BenchmarkProtocol, get_protocol
 from simulation.evaluation.refs import InMemorySource
-from simulation.evaluation.sources import MapProvider, MetricCacheProvider
+from simulation.evaluation.sources import MapProvider, MetricCacheProvider, build_planner
 from simulation.evaluation.units import NavsimUnit
 from simulation.features import PLANNER_RASTER, PlannerInput, raster_from_meta
 from simulation.maps.protocol import MapProtocol
@@ -325,7 +325,8 @@ class ClosedLoopEvalCallback(_ScenesCallback):
     def _prepare(self) -> None:
         from planners.rule_based import PDMClosedPlanner
 
-        build = MetricCacheProvider(PDMClosedPlanner(), self.protocol.pdm_version, self.metric_cache_dir)
+        version = self.protocol.pdm_version
+        build = MetricCacheProvider(build_planner(PDMClosedPlanner, version=version), version, self.metric_cache_dir)
         kept: list[Scene] = []
         for scene in self.scenes:
             cache = self._given_caches.get(scene.token)

@@ -7,6 +7,8 @@ mix logs, so each log is read once per worker.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,33 +111,95 @@ def metric_cache_path(cache_dir: str | Path, log_name: str, token: str) -> Path:
 class MetricCacheProvider:
     """``(scene, map_api) -> MetricCache``: loaded from ``cache_dir`` when present, else built (and saved there).
 
+    A stored cache of another format version (an older diffplan: another reference or tracker) is rebuilt and
+    overwritten, never reused; the folder's ``meta.json`` records the format and scorer versions
+    (:func:`simulation.metric_cache.write_folder_meta`). A folder of the other scorer version is an error.
+
     Args:
-        reference_planner: PDM-Closed, whose plan normalises ego progress.
+        reference_planner: PDM-Closed, whose trajectory normalises ego progress (a partial of a planner class is
+            built first, :func:`resolve_planner`: the protocol configs pass ``version`` that way).
         version: scorer version (``v1`` or ``v2``).
         cache_dir: folder of stored caches, or ``None`` to build every cache in memory.
+
+    Attributes:
+        rebuilt: how many stored caches of another format version this provider rebuilt.
     """
 
     reference_planner: Any
     version: str
     cache_dir: str | None = None
+    rebuilt: int = field(default=0, init=False)
+    _folder_checked: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.reference_planner = resolve_planner(self.reference_planner)
 
     def __call__(self, scene: Any, map_api: MapProtocol) -> Any:
-        from simulation.metric_cache import MetricCache, MetricCacheError, build_metric_cache
+        from simulation.metric_cache import MetricCache, MetricCacheVersionError, build_metric_cache
 
         path = None if self.cache_dir is None else metric_cache_path(self.cache_dir, scene.log_name, scene.token)
+        if path is not None:
+            self._check_folder()
         if path is not None and path.exists():
-            cache = MetricCache.load(path)
-            if cache.version != self.version:  # a v1 cache would score v2 without red lights, silently
-                raise MetricCacheError(
-                    f"{path}: metric cache of version {cache.version}, this benchmark scores {self.version} "
-                    "(keep one metric_cache_dir per version)"
-                )
-            return cache
+            try:
+                return self._checked(MetricCache.load(path), path)
+            except MetricCacheVersionError as err:
+                logger.info("rebuilding metric cache %s (format version %s)", path, err.found)
+                self.rebuilt += 1
         cache = build_metric_cache(scene, map_api, self.reference_planner, self.version)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             cache.save(path)
         return cache
+
+    def _checked(self, cache: Any, path: Path) -> Any:
+        from simulation.metric_cache import MetricCacheError
+
+        if cache.version != self.version:  # a v1 cache would score v2 without red lights, silently
+            raise MetricCacheError(
+                f"{path}: metric cache of version {cache.version}, this benchmark scores {self.version} "
+                "(keep one metric_cache_dir per version)"
+            )
+        return cache
+
+    def _check_folder(self) -> None:
+        """Once per provider: refuse a folder of the other scorer version; record this format in ``meta.json``."""
+        if self._folder_checked or self.cache_dir is None:
+            return
+        from simulation.metric_cache import CACHE_FORMAT_VERSION, MetricCacheError, read_folder_meta, write_folder_meta
+
+        meta = read_folder_meta(self.cache_dir)
+        if meta is not None and meta.get("version") not in (None, self.version):
+            raise MetricCacheError(
+                f"{self.cache_dir}: metric caches of version {meta.get('version')}, this benchmark scores "
+                f"{self.version} (keep one metric_cache_dir per version)"
+            )
+        if meta is None or meta.get("format_version") != CACHE_FORMAT_VERSION:
+            if meta is not None:
+                logger.warning(
+                    "metric cache folder %s has format version %s, this code writes %s: its caches are rebuilt "
+                    "as they are needed", self.cache_dir, meta.get("format_version"), CACHE_FORMAT_VERSION,
+                )  # fmt: skip
+            write_folder_meta(self.cache_dir, self.version)
+        self._folder_checked = True
+
+
+def build_planner(cls: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)``, leaving out ``version`` when ``cls`` does not accept it (a planner without NAVSIM
+    v1 / v2 variants, such as PDM-Closed before it had them, or the log-replay reference)."""
+    if "version" in kwargs:
+        params = inspect.signature(cls).parameters.values()
+        if not any(p.name == "version" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            kwargs.pop("version")
+    return cls(*args, **kwargs)
+
+
+def resolve_planner(planner: Any) -> Any:
+    """A planner given as a partial of its class (Hydra ``_partial_: true``) built by :func:`build_planner`;
+    anything else as it is."""
+    if isinstance(planner, functools.partial) and isinstance(planner.func, type):
+        return build_planner(planner.func, *planner.args, **planner.keywords)
+    return planner
 
 
 def split_log_paths(data_root: str | Path, split: str) -> list[str]:

@@ -17,11 +17,13 @@ from simulation.maps.api import MapAPI
 from simulation.maps.layers import SemanticMapLayer
 from simulation.maps.testing import FIXTURE_ORIGIN, build_fixture_map
 from simulation.metric_cache import (
+    CACHE_FORMAT_VERSION,
     MAP_RADIUS,
     OBSERVATION_STEPS,
     MapContext,
     MetricCache,
     MetricCacheError,
+    MetricCacheVersionError,
     build_metric_cache,
     build_observation_metric_cache,
     interpolate_agents,
@@ -132,14 +134,14 @@ def test_box_polygon_intersection_matches_shapely(seed):
 # --------------------------------------------------------------------------------------------- building
 
 
-def _simulate(current: np.ndarray, poses: np.ndarray) -> np.ndarray:
+def _simulate(current: np.ndarray, poses: np.ndarray, interval_s: float = 0.5) -> np.ndarray:
     """Test stand-in for the tracker: linear interpolation of the plan at 10 Hz (speed from differences)."""
     from simulation.geometry import local_to_global
 
     out = np.zeros((len(poses), 41, 11))
     for b, plan in enumerate(poses):
         glob = np.concatenate([current[None, :3], local_to_global(plan, current[:3])])
-        t = np.arange(9) * 0.5
+        t = np.arange(len(plan) + 1) * interval_s
         ts = np.arange(41) * 0.1
         for c in range(3):
             out[b, :, c] = np.interp(ts, t, np.unwrap(glob[:, c]) if c == 2 else glob[:, c])
@@ -229,9 +231,11 @@ def test_load_errors(tmp_path: Path, fixture_api):
     path = cache.save(tmp_path / "c.npz")
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
-    arrays["meta"] = np.array(str(arrays["meta"]).replace('"format_version": 1', '"format_version": 0'))
+    meta = f'"format_version": {CACHE_FORMAT_VERSION}'
+    assert meta in str(arrays["meta"])
+    arrays["meta"] = np.array(str(arrays["meta"]).replace(meta, '"format_version": 1'))
     np.savez(tmp_path / "old.npz", **arrays)
-    with pytest.raises(MetricCacheError, match="format version"):
+    with pytest.raises(MetricCacheVersionError, match="format version 1"):
         MetricCache.load(tmp_path / "old.npz")
     with pytest.raises(MetricCacheError, match="unknown metric cache version"):
         build_metric_cache(_scene(20.0, 5.0, ("2",)), fixture_api, None, "v3", simulate=_simulate)
