@@ -37,7 +37,6 @@ from shapely.geometry import LineString, Polygon
 from planners.nuplan_idm_path import IDMPath, build_path, route_blocks, route_plan
 from simulation.geometry import (
     agent_box_corners,
-    box_corners,
     center_to_rear_axle,
     global_to_local,
     rear_axle_to_center,
@@ -133,32 +132,56 @@ class IDMTrajectory(Trajectory):
 
 @dataclass(frozen=True)
 class _Obstacles:
-    """The occupancy map of one step: ``M`` polygons, their speed along their heading and their heading (agents),
-    and whether each is a red connector (speed 0)."""
+    """The occupancy map of one step: ``M`` polygons with their bounds, their speed and heading (agents), and
+    whether each is a red connector (speed 0)."""
 
     polygons: np.ndarray  # (M,) shapely polygons
+    bounds: np.ndarray  # (M, 4) min x, min y, max x, max y
     speed: np.ndarray  # (M,) |v| for agents, 0 for static objects and red connectors
     heading: np.ndarray  # (M,)
     red: np.ndarray  # (M,) bool
 
-    def leader(self, footprint: Polygon, heading: float, expanded: Polygon) -> Leader | None:
-        """The nearest (to ``footprint``) obstacle meeting ``expanded`` or ``footprint``; ``None`` when none does."""
-        if len(self.polygons) == 0:
+    def near(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Indices of the obstacles whose bounds overlap the box ``lo`` ``(2,)`` .. ``hi`` ``(2,)``."""
+        b = self.bounds
+        return np.flatnonzero((b[:, 0] <= hi[0]) & (b[:, 2] >= lo[0]) & (b[:, 1] <= hi[1]) & (b[:, 3] >= lo[1]))
+
+    def leader(
+        self, candidates: np.ndarray, footprint: Polygon, heading: float, path: LineString, half_width: float
+    ) -> Leader | None:
+        """The obstacle among ``candidates`` ``(C,)`` nearest ``footprint`` (polygon distance) of those meeting
+        ``footprint`` or the expanded path (``path`` buffered by ``half_width`` with square caps); ``None`` when
+        none does. The buffer is built only for obstacles whose distance to ``path`` leaves the answer open."""
+        polygons = self.polygons[candidates]
+        meets = shapely.intersects(footprint, polygons)
+        distance_to_path = shapely.distance(path, polygons)
+        # inside the buffer for sure (its round joins are chords at angles of at most pi / 16), or maybe
+        meets |= distance_to_path <= half_width * math.cos(math.pi / 32.0) - 1e-9
+        maybe = ~meets & (distance_to_path <= half_width * math.sqrt(2.0) + 1e-9)
+        if maybe.any():
+            expanded = path.buffer(half_width, cap_style="square")
+            meets[maybe] = shapely.intersects(expanded, polygons[maybe])
+        if not meets.any():
             return None
-        shapely.prepare(expanded)
-        hit = np.flatnonzero(shapely.intersects(expanded, self.polygons) | shapely.intersects(footprint, self.polygons))
-        if len(hit) == 0:
-            return None
-        k = hit[int(np.argmin(shapely.distance(footprint, self.polygons[hit])))]
-        distance = float(shapely.distance(footprint, self.polygons[k]))
+        hit = candidates[meets]
+        distances = shapely.distance(footprint, self.polygons[hit])
+        j = int(np.argmin(distances))
+        k, distance = int(hit[j]), float(distances[j])
         if self.red[k]:
             return Leader(distance, 0.0)
         return Leader(distance, float(self.speed[k] * math.cos(self.heading[k] - heading)))
 
 
+def _footprint_corners(center: np.ndarray, vehicle: VehicleParameters) -> np.ndarray:
+    """Corners ``(4, 2)`` of the ego box centred at ``center`` ``(3,)``."""
+    c, s = math.cos(center[2]), math.sin(center[2])
+    hl, hw = vehicle.length / 2.0, vehicle.width / 2.0
+    lon, lat = np.array([hl, -hl, -hl, hl]), np.array([hw, hw, -hw, -hw])
+    return np.stack([center[0] + c * lon - s * lat, center[1] + s * lon + c * lat], -1)
+
+
 def _footprint(center: np.ndarray, vehicle: VehicleParameters) -> Polygon:
-    corners = box_corners(center[0], center[1], center[2], np.asarray(vehicle.length), np.asarray(vehicle.width))
-    return Polygon(corners)
+    return Polygon(_footprint_corners(center, vehicle))
 
 
 class IDMPlanner:
@@ -258,7 +281,8 @@ class IDMPlanner:
             heading.append(np.zeros(len(red_polygons)))
             red.append(np.ones(len(red_polygons), dtype=bool))
         flat = np.concatenate(polygons) if polygons else np.zeros(0, dtype=object)
-        return _Obstacles(flat, np.concatenate(speed), np.concatenate(heading), np.concatenate(red))
+        bounds = shapely.bounds(flat).reshape(-1, 4)
+        return _Obstacles(flat, bounds, np.concatenate(speed), np.concatenate(heading), np.concatenate(red))
 
     def _red_route_connectors(self, observation: Observation, map_api: MapProtocol) -> list[str]:
         """Ids of the lane connectors of the route's roadblocks that are RED now (``_annotate_occupancy_map``)."""
@@ -298,15 +322,26 @@ class IDMPlanner:
             leader = self.leader(path, progress, pose, obstacles)
             ds, speed = idm_euler_step(speed, self._target_speed, leader, c.planned_trajectory_sample_interval, c)
             progress += ds
-            pose = out[k + 1] = path.poses_at(progress)
+            pose = out[k + 1] = path.pose_at(progress)
         return out
 
     def leader(self, path: IDMPath, progress: float, center: np.ndarray, obstacles: _Obstacles) -> Leader:
-        """The leader of an ego with box centre ``center`` ``(3,)`` at ``progress`` (``_get_leading_object``)."""
-        footprint = _footprint(center, self.vehicle)
+        """The leader of an ego with box centre ``center`` ``(3,)`` at ``progress`` (``_get_leading_object``).
+
+        Only obstacles whose bounds overlap those of the expanded path (the trimmed path widened by the square
+        caps' reach, half the ego width times sqrt 2) and the footprint are tested exactly.
+        """
+        free = Leader(path.end_progress - progress, 0.0, self.vehicle.length / 2.0)
+        if len(obstacles.polygons) == 0:
+            return free
         ahead = path.trimmed(progress, progress + abs(self._target_speed) * self.config.horizon_s)
-        expanded = LineString(ahead).buffer(self.vehicle.width / 2.0, cap_style="square")
-        found = obstacles.leader(footprint, float(center[2]), expanded)
-        if found is not None:
-            return found
-        return Leader(path.end_progress - progress, 0.0, self.vehicle.length / 2.0)
+        corners = _footprint_corners(center, self.vehicle)
+        reach = self.vehicle.width / 2.0 * math.sqrt(2.0)
+        lo = np.minimum(ahead.min(0) - reach, corners.min(0))
+        hi = np.maximum(ahead.max(0) + reach, corners.max(0))
+        candidates = obstacles.near(lo, hi)
+        if len(candidates) == 0:
+            return free
+        line = shapely.linestrings(ahead)
+        found = obstacles.leader(candidates, Polygon(corners), float(center[2]), line, self.vehicle.width / 2.0)
+        return free if found is None else found

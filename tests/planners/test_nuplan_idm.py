@@ -13,17 +13,22 @@ import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import shapely
 from fixture_observations import ego_state, fixture_observation
-from shapely.geometry import box
+from shapely import affinity
+from shapely.geometry import LineString, box
+from shapely.ops import unary_union
 
-from planners.nuplan_idm import IDMPlanner, IDMTrajectory, NuPlanIDMConfig
-from planners.nuplan_idm_path import build_path, route_plan
+from planners.nuplan_idm import IDMPlanner, IDMTrajectory, Leader, NuPlanIDMConfig
+from planners.nuplan_idm_path import IDMPath, build_path, route_plan
 from planners.rule_based import IDMPlanner as ReExported
 from planners.rule_based import PlannerInputError
 from simulation.ego_control import plan_to_global
+from simulation.geometry import agent_box_corners
 from simulation.maps.api import MapAPI
 from simulation.maps.testing import build_fixture_map
 from simulation.protocols import Observation
@@ -206,3 +211,64 @@ def test_bench_config_builds_the_planner_with_nuplans_defaults() -> None:
     assert isinstance(planner, IDMPlanner) and planner.num_poses == 8
     assert planner.config == NuPlanIDMConfig()  # nuPlan's idm_planner.yaml
     assert planner.config.horizon_s == 8.0
+
+
+class _PlainQuery(IDMPlanner):
+    """The leader query written as nuPlan writes it: every object tested against the buffered path and footprint."""
+
+    def leader(self, path: IDMPath, progress: float, center: np.ndarray, obstacles: Any) -> Leader:
+        footprint = box(-HALF_LENGTH, -HALF_WIDTH, HALF_LENGTH, HALF_WIDTH)
+        footprint = affinity.translate(affinity.rotate(footprint, center[2], use_radians=True), center[0], center[1])
+        ahead = path.trimmed(progress, progress + self._target_speed * 8.0)
+        expanded = unary_union([LineString(ahead).buffer(HALF_WIDTH, cap_style="square"), footprint])
+        best: Leader | None = None
+        for k, polygon in enumerate(obstacles.polygons):
+            if polygon.intersects(expanded) and (best is None or footprint.distance(polygon) < best.distance):
+                speed = 0.0 if obstacles.red[k] else obstacles.speed[k] * math.cos(obstacles.heading[k] - center[2])
+                best = Leader(footprint.distance(polygon), speed)
+        return best or Leader(path.end_progress - progress, 0.0, HALF_LENGTH)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_leader_query_matches_the_plain_buffer_query_on_a_turn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    # boxes scattered around the left turn (connector 113, a quarter circle of radius 12 about (-10, 10))
+    angle = rng.uniform(-np.pi / 2.0, 0.0, 12)
+    radius = 12.0 + rng.uniform(-3.5, 3.5, 12)
+    boxes = np.zeros((12, 7))
+    boxes[:, 0], boxes[:, 1] = -10.0 + radius * np.cos(angle), 10.0 + radius * np.sin(angle)
+    boxes[:, 2], boxes[:, 3] = rng.uniform(-np.pi, np.pi, 12), rng.uniform(0.0, 3.0, 12)
+    boxes[:, 5], boxes[:, 6] = rng.uniform(0.5, 4.5, 12), rng.uniform(0.5, 2.0, 12)
+    obs = dataclasses.replace(
+        fixture_observation(MAP, ego_state(-30.0), boxes, red=True), route_roadblock_ids=("1", "102", "3")
+    )
+    got = IDMPlanner(num_poses=16).plan(obs).poses
+    want = _PlainQuery(num_poses=16).plan(obs).poses
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_meets_expanded_path_agrees_with_the_buffer_near_its_edges() -> None:
+    # small boxes around a bent path, many in the band where the distance test alone cannot decide (round joins,
+    # square caps): the query must agree with shapely's square-capped buffer box by box
+    from planners.nuplan_idm import _Obstacles
+
+    rng = np.random.default_rng(0)
+    line = LineString([(0.0, 0.0), (6.0, 0.0), (9.0, 4.0), (9.5, 9.0)])
+    n = 3000
+    centers = np.stack([rng.uniform(-3.0, 13.0, n), rng.uniform(-3.0, 12.0, n)], -1)
+    boxes = np.zeros((n, 7))
+    boxes[:, :2], boxes[:, 2] = centers, rng.uniform(-np.pi, np.pi, n)
+    boxes[:, 5], boxes[:, 6] = 0.2, 0.1
+    polygons = shapely.polygons(agent_box_corners(boxes))
+    obstacles = _Obstacles(polygons, shapely.bounds(polygons), np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool))
+    far_away = box(100.0, 100.0, 101.0, 101.0)  # a footprint that meets nothing
+    expanded = line.buffer(HALF_WIDTH, cap_style="square")
+    want = shapely.intersects(expanded, polygons)
+    band = (shapely.distance(line, polygons) > HALF_WIDTH * 0.99) & (
+        shapely.distance(line, polygons) < 1.42 * HALF_WIDTH
+    )
+    assert want[band].any() and not want[band].all()
+    got = np.zeros(n, dtype=bool)
+    for k in range(n):  # one candidate at a time: the query answers for the nearest of those it finds meeting
+        got[k] = obstacles.leader(np.array([k]), far_away, 0.0, line, HALF_WIDTH) is not None
+    np.testing.assert_array_equal(got, want)
