@@ -19,7 +19,6 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -69,34 +68,42 @@ def breadth_first_route(
     """nuPlan's ``BreadthFirstSearch.search``: edge ids from ``start`` to an edge of ``target_block`` at depth
     ``target_depth`` (the start is depth 1) through ``candidates``, and whether it was found; when it was not, the
     route to the last edge the search put in its queue.
+
+    nuPlan's queue holds an edge once per way of reaching it, which grows exponentially with the depth where lanes
+    merge and split. The same answer comes from each depth's distinct edges in two orders: by first appearance in
+    that queue (the goal is the first edge of the target roadblock popped) and by last appearance (an edge's
+    parent is the last one to enqueue it, and the fallback route ends at the last edge enqueued).
     """
-    queue: deque[str | None] = deque([start, None])
+    first, last = [start], [start]
     parent: dict[tuple[str, int], str | None] = {(start, 1): None}
-    end, end_depth, depth, found = start, 1, 1, False
-    while queue:
-        edge_id = queue.popleft()
-        if depth > target_depth:
-            break
-        if edge_id is None:  # a depth marker: everything at this depth has been expanded
-            depth += 1
-            queue.append(None)
-            if queue[0] is None:
-                break
-            continue
-        edge = map_api.lane_edge(edge_id)
-        if edge.roadblock_id == target_block and depth == target_depth:
-            end, end_depth, found = edge_id, depth, True
-            break
-        for nxt in edge.outgoing_ids:
-            if nxt in candidates:
-                queue.append(nxt)
-                parent[(nxt, depth + 1)] = edge_id
-                end, end_depth = nxt, depth + 1
+    end, end_depth, depth = start, 1, 1
+    while first and depth <= target_depth:
+        if depth == target_depth:
+            goal = next((e for e in first if map_api.lane_edge(e).roadblock_id == target_block), None)
+            if goal is not None:
+                return _trace(parent, goal, depth), True
+        next_first: dict[str, None] = {}
+        for edge_id in first:
+            next_first.update((n, None) for n in map_api.lane_edge(edge_id).outgoing_ids if n in candidates)
+        next_last: dict[str, None] = {}
+        for edge_id in last:
+            for n in map_api.lane_edge(edge_id).outgoing_ids:
+                if n in candidates:
+                    next_last.pop(n, None)  # moved to the end: its last appearance so far
+                    next_last[n] = None
+                    parent[(n, depth + 1)] = edge_id
+                    end, end_depth = n, depth + 1
+        first, last, depth = list(next_first), list(next_last), depth + 1
+    return _trace(parent, end, end_depth), False
+
+
+def _trace(parent: dict[tuple[str, int], str | None], end: str, depth: int) -> list[str]:
+    """Edge ids from the search's start to ``end`` at ``depth`` along ``parent``."""
     route = [end]
-    while (up := parent[(route[-1], end_depth)]) is not None:
+    while (up := parent[(route[-1], depth)]) is not None:
         route.append(up)
-        end_depth -= 1
-    return route[::-1], found
+        depth -= 1
+    return route[::-1]
 
 
 def route_plan(

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,7 @@ from shapely.geometry import LineString, box
 from shapely.ops import unary_union
 
 from planners.nuplan_idm import IDMPlanner, IDMTrajectory, Leader, NuPlanIDMConfig
-from planners.nuplan_idm_path import IDMPath, build_path, route_plan
+from planners.nuplan_idm_path import IDMPath, breadth_first_route, build_path, route_plan
 from planners.rule_based import IDMPlanner as ReExported
 from planners.rule_based import PlannerInputError
 from simulation.ego_control import plan_to_global
@@ -272,3 +274,50 @@ def test_meets_expanded_path_agrees_with_the_buffer_near_its_edges() -> None:
     for k in range(n):  # one candidate at a time: the query answers for the nearest of those it finds meeting
         got[k] = obstacles.leader(np.array([k]), far_away, 0.0, line, HALF_WIDTH) is not None
     np.testing.assert_array_equal(got, want)
+
+
+def _queue_search(edges: dict[str, Any], start: str, candidates: set[str], target: str, target_depth: int) -> Any:
+    """nuPlan's BreadthFirstSearch.search as written there: one queue entry per way of reaching an edge."""
+    queue: deque[str | None] = deque([start, None])
+    parent: dict[tuple[str, int], str | None] = {(start, 1): None}
+    end, end_depth, depth, found = start, 1, 1, False
+    while queue:
+        edge_id = queue.popleft()
+        if depth > target_depth:
+            break
+        if edge_id is None:
+            depth += 1
+            queue.append(None)
+            if queue[0] is None:
+                break
+            continue
+        if edges[edge_id].roadblock_id == target and depth == target_depth:
+            end, end_depth, found = edge_id, depth, True
+            break
+        for nxt in edges[edge_id].outgoing_ids:
+            if nxt in candidates:
+                queue.append(nxt)
+                parent[(nxt, depth + 1)] = edge_id
+                end, end_depth = nxt, depth + 1
+    route = [end]
+    while parent[(route[-1], end_depth)] is not None:
+        route.append(str(parent[(route[-1], end_depth)]))
+        end_depth -= 1
+    return route[::-1], found
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_breadth_first_route_matches_the_queue_search(seed: int) -> None:
+    # random lane graphs: 6 roadblocks of 3 lanes, each lane linked to a random subset of the next block's lanes
+    # (merges and splits), some lanes outside the route
+    rng = np.random.default_rng(seed)
+    edges: dict[str, Any] = {}
+    for block in range(6):
+        for lane in range(3):
+            nxt = [f"{block + 1}{k}" for k in range(3) if block < 5 and rng.random() < 0.6]
+            edges[f"{block}{lane}"] = SimpleNamespace(roadblock_id=str(block), outgoing_ids=tuple(rng.permutation(nxt)))
+    candidates = {e for e in edges if rng.random() < 0.85} | {"00"}
+    fake_map = SimpleNamespace(lane_edge=lambda i: edges[i])
+    for target, depth in ((5, 6), (3, 4), (5, 5), (4, 6)):
+        want = _queue_search(edges, "00", candidates, str(target), depth)
+        assert breadth_first_route(fake_map, "00", candidates, str(target), depth) == want  # type: ignore[arg-type]
