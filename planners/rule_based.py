@@ -14,7 +14,6 @@ import numpy as np
 from shapely.geometry import Point
 
 from planners.idm import (
-    IDM_PLANNER_PARAMETERS,
     PDM_IDM_PARAMETERS,
     Leader,
     agent_box_polygons,
@@ -22,6 +21,8 @@ from planners.idm import (
     idm_rollout,
     offset_path,
 )
+from planners.nuplan_idm import IDMPlanner as IDMPlanner  # re-exported: nuPlan's IDM planner
+from planners.nuplan_idm import PlannerInputError
 from simulation.agents import IDMParameters
 from simulation.geometry import (
     global_to_local,
@@ -40,10 +41,6 @@ logger = logging.getLogger(__name__)
 
 #: Integration step of the IDM rollouts (s).
 ROLLOUT_DT = 0.1
-
-
-class PlannerInputError(ValueError):
-    """The observation lacks what a planner needs (map, route, log)."""
 
 
 def _times(num_poses: int, interval_s: float) -> np.ndarray:
@@ -224,41 +221,6 @@ class LogReplayPlanner:
         # poses instead of replaying the logged motion from wherever the ego drifted to
         local = global_to_local(glob, observation.current_state[:3])
         return LoggedTrajectory(local, self.interval_s, start_pose=states[0, :3].copy())
-
-
-class IDMPlanner:
-    """nuPlan's ``IDMPlanner``: IDM along the route centre line, stopping behind leaders and at red lights.
-
-    The target speed is the speed limit of the current route lane (``target_velocity`` when unknown), raised
-    to the current speed when that is higher (nuPlan). The leader is the nearest agent whose box meets the
-    path corridor ahead, or the entry of a red on-route lane connector, or else the end of the path.
-    """
-
-    name = "idm"
-
-    def __init__(
-        self, num_poses: int = 8, interval_s: float = 0.5, params: IDMParameters = IDM_PLANNER_PARAMETERS
-    ) -> None:
-        self.num_poses, self.interval_s, self.params = num_poses, interval_s, params
-
-    def plan(self, observation: Observation) -> Trajectory:
-        state = observation.current_state
-        ctx = _route_context(observation)
-        speed = float(max(state[StateIndex.VX], 0.0))
-        target = max(ctx.speed_limit or self.params.target_velocity, speed)
-        s0 = float(project_on_polyline(state[:2], ctx.path)[0])
-        horizon = self.num_poses * self.interval_s
-        leader = find_leader(
-            ctx.path,
-            s0,
-            _current_agents(observation),
-            _red_stop_points(observation, _require_map(observation), ctx.route_lanes),
-            lookahead=max(speed, target) * horizon + 50.0,
-        )
-        progress = _rollout(np.array([speed]), np.array([target]), [leader], horizon, self.params)
-        steps = int(round(self.interval_s / ROLLOUT_DT))
-        glob = _poses_along(ctx.path, s0 + progress[0, steps::steps][: self.num_poses])
-        return Trajectory(global_to_local(glob, state[:3]), self.interval_s)
 
 
 def _rollout(
