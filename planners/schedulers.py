@@ -64,6 +64,45 @@ def ddim_step(
     return mean + sigma * noise, mean
 
 
+def ddim_mean_coefficients(alpha_t: float, alpha_prev: float, sigma: float) -> tuple[float, float]:
+    """Eq. (12)'s mean ``sqrt(a_prev) x0_hat + d eps_hat`` as ``c_x0 * x0_hat + c_xt * x_t``, in float64.
+
+    With ``eps_hat = (x_t - sqrt(a_t) x0_hat) / sqrt(1 - a_t)`` (eq. 9 solved for the noise) and
+    ``d = sqrt(1 - a_prev - sigma^2)``: ``c_x0 = sqrt(a_prev) - d sqrt(a_t) / sqrt(1 - a_t)``,
+    ``c_xt = d / sqrt(1 - a_t)``. Near the clean end ``1 - a`` is ~1e-4, where float32 loses most digits of
+    ``1 - a_prev - sigma^2``; folding the schedule into two float64 numbers keeps the policy's mean exact.
+    """
+    direction = math.sqrt(max(1.0 - alpha_prev - sigma**2, 0.0))
+    noise_scale = math.sqrt(1.0 - alpha_t)
+    return math.sqrt(alpha_prev) - direction * math.sqrt(alpha_t) / noise_scale, direction / noise_scale
+
+
+def exploration_std(sigma: torch.Tensor, eta: float, floor: float) -> torch.Tensor:
+    """Standard deviation of the noise a policy step draws: ``max(floor, sigma)`` for ``eta > 0``, else ``0``.
+
+    ``sigma`` is eq. (16) already scaled by ``eta`` (:func:`ddim_sigma`). The floor keeps exploring where the
+    schedule's own ``sigma`` vanishes (the last step, whose ``a_prev = 1``); ``eta = 0`` is plain DDIM, a Dirac.
+    """
+    if eta <= 0.0:
+        return torch.zeros_like(sigma)
+    return torch.clamp(sigma, min=floor)
+
+
+def multiplicative_sample(
+    mean: torch.Tensor, origin: torch.Tensor, std: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """Scale-adaptive noise (DiffusionDriveV2): ``origin + (mean - origin) * (1 + std * noise)``.
+
+    Args:
+        mean: ``(..., P, 2)`` step mean (eq. 12 without its noise term).
+        origin: ``(2,)`` the point the waypoints are scaled about (the ego position in the same frame).
+        std: scalar standard deviation of the relative scale.
+        noise: ``(..., 1, 2)`` standard normal, one (longitudinal, lateral) pair per trajectory, broadcast over
+            its ``P`` waypoints: far waypoints move more than near ones.
+    """
+    return origin + (mean - origin) * (1.0 + std * noise)
+
+
 def gaussian_log_prob(value: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, event_dims: int = 2) -> torch.Tensor:
     """Log-density of an isotropic Gaussian, summed over the last ``event_dims`` dimensions."""
     var = std**2

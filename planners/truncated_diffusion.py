@@ -32,7 +32,9 @@ from torch.nn import functional as F
 from planners.anchors import kmeans_anchors
 from planners.base import PlanOutput
 from planners.encoders import AgentEncoder, BEVEncoder, EgoEncoder, sinusoidal_embedding
+from planners.policy import Rollout
 from planners.schedulers import TruncatedDDIMScheduler, ddim_step
+from planners.truncated_policy import RolloutConfig, sample_rollout, score_rollout
 from simulation.features import NUM_POSES, PlannerInput
 
 
@@ -219,6 +221,8 @@ class TruncatedDiffusionPlanner(nn.Module):
             (float(self.scheduler.alpha(t)), float(self.scheduler.alpha(self.scheduler.previous_timestep(t))))
             for t in steps
         ]
+        #: how :meth:`rollout` samples (RL); not part of the checkpointed config
+        self.rollout_config = RolloutConfig()
 
     @classmethod
     def from_config_dict(cls, config: dict) -> TruncatedDiffusionPlanner:
@@ -261,9 +265,12 @@ class TruncatedDiffusionPlanner(nn.Module):
         noisy_norm: torch.Tensor,
         timestep: torch.Tensor,
         context: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        anchors: torch.Tensor | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Cascade decoder on normalised noisy waypoints ``(B,K,8,2)`` at ``timestep`` (scalar or ``(B,)``).
 
+        ``anchors`` ``(B,K,8,2)`` metres: each candidate's anchor (the ``anchor_offset`` head's base), by default
+        the planner's ``K`` anchors in order; candidates are independent, so ``K`` may be any number of samples.
         Returns per layer (poses ``(B,K,8,3)`` metres, logits ``(B,K)``).
         """
         bev, scene, pad = context
@@ -273,7 +280,9 @@ class TruncatedDiffusionPlanner(nn.Module):
         time_emb = self.time_embed(sinusoidal_embedding(timestep.float().reshape(-1).expand(b), self.config.d_model))
         # the first layer's offsets start from the anchors (the means of the anchored Gaussian) or from the noisy
         # points (DiffusionDrive); every later layer refines the previous layer's waypoints
-        base = self.anchors.expand(b, -1, -1, -1) if self.config.anchor_offset else None
+        base: torch.Tensor | None = None
+        if self.config.anchor_offset:
+            base = self.anchors.expand(b, -1, -1, -1) if anchors is None else anchors
         outputs = []
         for layer in self.layers:
             query, poses, logits = layer(query, points, bev, scene, pad, time_emb, base)
@@ -357,3 +366,15 @@ class TruncatedDiffusionPlanner(nn.Module):
             best = torch.cdist(flat, flat).sum(-1).argmin(dim=1)
         trajectory = poses[torch.arange(b, device=poses.device), best]
         return PlanOutput(trajectory=trajectory, candidates=poses, scores=logits)
+
+    # ---------------------------------------------------------------- RL policy (planners.policy.PlanningPolicy)
+    def rollout(
+        self, inputs: PlannerInput[torch.Tensor], num_samples: int, generator: torch.Generator | None = None
+    ) -> Rollout:
+        """``num_samples`` (a multiple of the anchors) stochastic chains per scene under :attr:`rollout_config`;
+        the plans are the final samples (see :mod:`planners.truncated_policy`)."""
+        return sample_rollout(self, inputs, num_samples, self.rollout_config, generator)
+
+    def log_prob(self, inputs: PlannerInput[torch.Tensor], rollout: Rollout) -> torch.Tensor:
+        """``(B, N, S)`` per-step log-probs of ``rollout`` under the current weights, with gradients."""
+        return score_rollout(self, inputs, rollout)

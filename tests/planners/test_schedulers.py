@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from planners.schedulers import TruncatedDDIMScheduler, ddim_sigma, gaussian_log_prob
+from planners.schedulers import (
+    TruncatedDDIMScheduler,
+    ddim_mean_coefficients,
+    ddim_sigma,
+    ddim_step,
+    exploration_std,
+    gaussian_log_prob,
+    multiplicative_sample,
+    scaled_linear_alphas_cumprod,
+)
 
 
 def test_scaled_linear_alphas_match_hand_computation() -> None:
@@ -87,3 +96,35 @@ def test_epsilon_prediction_recovers_x0() -> None:
     x_t = s.add_noise(x0, eps, torch.tensor([20]))
     out = s.step(eps, 20, x_t)
     torch.testing.assert_close(out.pred_original_sample, x0, atol=1e-6, rtol=0)
+
+
+def test_mean_coefficients_reproduce_eq12_in_float64() -> None:
+    alphas = scaled_linear_alphas_cumprod()
+    a_t, a_prev = alphas[8], alphas[0]
+    sigma = ddim_sigma(a_t, a_prev, 1.0)
+    g = torch.Generator().manual_seed(0)
+    x0, xt = torch.randn(2, 3, 8, 2, generator=g, dtype=torch.float64)
+    _, mean = ddim_step(x0, xt, a_t, a_prev, sigma, torch.zeros(()))
+    c_x0, c_xt = ddim_mean_coefficients(float(a_t), float(a_prev), float(sigma))
+    torch.testing.assert_close(c_x0 * x0 + c_xt * xt, mean, atol=1e-12, rtol=0.0)
+    # the last step lands on alpha = 1: the mean is the prediction itself
+    assert ddim_mean_coefficients(float(alphas[0]), 1.0, 0.0) == (1.0, 0.0)
+
+
+def test_exploration_std_floor_and_eta_zero() -> None:
+    sigma = torch.tensor(0.01, dtype=torch.float64)
+    assert float(exploration_std(sigma, 1.0, 0.04)) == 0.04
+    assert float(exploration_std(sigma, 1.0, 0.0)) == 0.01
+    assert (
+        float(exploration_std(torch.zeros((), dtype=torch.float64), 1.0, 0.04)) == 0.04
+    )  # sigma = 0 still explores with a floor
+    assert float(exploration_std(sigma, 0.0, 0.04)) == 0.0  # plain DDIM is a Dirac
+
+
+def test_multiplicative_sample_scales_about_the_origin() -> None:
+    mean = torch.tensor([[[3.0, 1.0], [5.0, 2.0]]])  # (1, 2 points, 2)
+    origin = torch.tensor([1.0, 0.0])
+    noise = torch.tensor([[[1.0, -2.0]]])  # one (long, lat) pair for the trajectory
+    out = multiplicative_sample(mean, origin, torch.tensor(0.1), noise)
+    # x: 1 + (mean_x - 1) * 1.1, y: (mean_y) * 0.8
+    torch.testing.assert_close(out, torch.tensor([[[3.2, 0.8], [5.4, 1.6]]]))
