@@ -242,4 +242,3 @@ class MaskedDiffusionPolicy(nn.Module):
         if self.order != "confidence":  # positions fixed by the state: the discarded draws sum to 1
             return log_prob
         return log_prob + discarded_draws_log_prob(logits, log_q, tokens, masked, revealed)
-

@@ -67,15 +67,7 @@ def _enumerate(policy: MaskedDiffusionPolicy, feats: PlannerInput[torch.Tensor])
             for row, (tokens, reveal, prob) in enumerate(frontier):
                 masked = [j for j, t in enumerate(tokens) if t == tok.mask_id]
                 quota = math.ceil(len(masked) / (steps - step))
-                outcomes: dict[tuple[tuple[int, int], ...], float] = defaultdict(float)
-                choices = [[v for v in range(tok.vocab_size) if legal[j][v] and q[row][j][v] > 0] for j in masked]
-                for draw in itertools.product(*choices):
-                    pr = math.prod(q[row][j][v] for j, v in zip(masked, draw, strict=True))
-                    score = {"confidence": lambda j, v: p[row][j][v], "causal": lambda j, v: -j}.get(
-                        policy.order, lambda j, v: j
-                    )
-                    ranked = sorted(((score(j, v), -j, j, v) for j, v in zip(masked, draw, strict=True)), reverse=True)
-                    outcomes[tuple(sorted((j, v) for _, _, j, v in ranked[:quota]))] += pr
+                outcomes = _step_outcomes(policy.order, masked, quota, q[row], p[row], legal)
                 for outcome, pr in outcomes.items():
                     t, r = list(tokens), list(reveal)
                     for j, v in outcome:
@@ -83,6 +75,23 @@ def _enumerate(policy: MaskedDiffusionPolicy, feats: PlannerInput[torch.Tensor])
                     grown.append((tuple(t), tuple(r), prob * pr))
             frontier = grown
     return {(r, t): prob for t, r, prob in frontier}
+
+
+def _step_outcomes(
+    order: str, masked: list[int], quota: int, q: list[list[float]], p: list[list[float]], legal: list[list[bool]]
+) -> dict[tuple[tuple[int, int], ...], float]:
+    """Probability of each (revealed position, id) set of one step, summed over every joint draw."""
+    outcomes: dict[tuple[tuple[int, int], ...], float] = defaultdict(float)
+    choices = [[v for v in range(len(q[j])) if legal[j][v] and q[j][v] > 0] for j in masked]
+    for draw in itertools.product(*choices):
+        pr = math.prod(q[j][v] for j, v in zip(masked, draw, strict=True))
+        keys = [
+            (p[j][v] if order == "confidence" else (-j if order == "causal" else j), -j, j, v)
+            for j, v in zip(masked, draw, strict=True)
+        ]
+        ranked = sorted(keys, reverse=True)  # largest score first, ties to the lower position
+        outcomes[tuple(sorted((j, v) for _, _, j, v in ranked[:quota]))] += pr
+    return outcomes
 
 
 def _rollout_of(paths: list[PathKey], steps: int) -> Rollout:
@@ -266,7 +275,8 @@ def test_samples_what_generate_samples_and_on_policy_ratio_is_one(order: str) ->
 
 
 def test_seeded_rollouts_repeat() -> None:
-    policy = MaskedDiffusionPolicy(_planner(CodebookConfig(resolution=1.0), sharpness=1.0, num_steps=4), order="confidence")
+    planner = _planner(CodebookConfig(resolution=1.0), sharpness=1.0, num_steps=4)
+    policy = MaskedDiffusionPolicy(planner, order="confidence")
     feats = _features(b=2)
     a, b = (policy.rollout(feats, 4, torch.Generator().manual_seed(7)) for _ in range(2))
     c = policy.rollout(feats, 4, torch.Generator().manual_seed(8))
