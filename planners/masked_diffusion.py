@@ -198,19 +198,30 @@ class MaskedDiffusionPlanner(nn.Module):
             return position.expand_as(confidence)
         raise ValueError(f"unknown decoding order {order!r}; choose one of {ORDERS}")
 
-    def _pick(
-        self, logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token and its probability per position, by argmax or temperature / top-k sampling."""
-        probs = torch.softmax(logits, dim=-1)
-        if temperature <= 0.0:
-            conf, token = probs.max(-1)
-            return token, conf
+    @staticmethod
+    def sampling_logits(logits: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+        """``(..., vocab)`` logits of the sampling distribution: ``logits / temperature``, all but the ``top_k``
+        largest set to ``-inf`` when ``top_k > 0`` (ties with the k-th value are kept); ``temperature > 0``."""
         scaled = logits / temperature
         if top_k > 0:
             kth = scaled.topk(top_k, dim=-1).values[..., -1:]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        sample_probs = torch.softmax(scaled, dim=-1)
+        return scaled
+
+    def _pick(
+        self, logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token and its probability per position, by argmax or temperature / top-k sampling.
+
+        The probability returned (the confidence the ``confidence`` order ranks by) is the untempered
+        ``softmax(logits)`` of the token, whatever the temperature; tokens are drawn from
+        ``softmax(sampling_logits(logits, temperature, top_k))``.
+        """
+        probs = torch.softmax(logits, dim=-1)
+        if temperature <= 0.0:
+            conf, token = probs.max(-1)
+            return token, conf
+        sample_probs = torch.softmax(self.sampling_logits(logits, temperature, top_k), dim=-1)
         flat = torch.multinomial(sample_probs.reshape(-1, sample_probs.shape[-1]), 1, generator=generator)
         token = flat.reshape(logits.shape[:-1])
         return token, probs.gather(-1, token.unsqueeze(-1)).squeeze(-1)
@@ -273,7 +284,10 @@ class MaskedDiffusionPlanner(nn.Module):
     def log_prob_exact(self, inputs: PlannerInput[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """``(B,)`` exact sequence log-probability under the left-to-right factorisation.
 
-        ``log p(o) = sum_t log p(o_t | o_<t, o_>=t masked)``: 16 conditionals evaluated in one batched pass.
+        ``log p(o) = sum_t log p(o_t | o_<t, o_>=t masked)``: 16 conditionals evaluated in one batched pass
+        (JustGRPO's estimator). It is the exact likelihood of the final sequence under the causal order at
+        temperature 1, not the probability of the decoding path a sampler took (see
+        ``planners.masked_policy`` for that); a valid sequence-level log-probability for a GSPO ratio.
         """
         memory, pad = self.encode(inputs)
         b, length = tokens.shape
@@ -288,7 +302,11 @@ class MaskedDiffusionPlanner(nn.Module):
         return diag.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(1)
 
     def log_prob_one_pass(self, inputs: PlannerInput[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` one-pass (mean-field) estimate: every token scored from the fully masked sequence."""
+        """``(B,)`` one-pass (mean-field) estimate: every token scored from the fully masked sequence.
+
+        d1 / WAM-Diff's estimator: one forward pass, biased (it ignores the dependence between tokens), but
+        normalised over all sequences; cheap enough for a GSPO sequence ratio.
+        """
         memory, pad = self.encode(inputs)
         masked = torch.full_like(tokens, self.tokenizer.mask_id)
         logp = torch.log_softmax(self.logits(masked, memory, pad), dim=-1)
@@ -311,8 +329,21 @@ class MaskedDiffusionPlanner(nn.Module):
         goals, scores = self.nms_goals(logp[:, -2, : tok.num_x], logp[:, -1, tok.num_x : tok.mask_id], num_goals)
         return torch.stack([goals[..., 0], goals[..., 1] + tok.num_x], -1), scores
 
-    def goal_candidates(self, inputs: PlannerInput[torch.Tensor], num_candidates: int | None = None) -> PlanOutput:
-        """Top endpoint goals (distance NMS), one inpainted trajectory per goal; chosen = most likely goal."""
+    def goal_candidates(
+        self,
+        inputs: PlannerInput[torch.Tensor],
+        num_candidates: int | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PlanOutput:
+        """Top endpoint goals (distance NMS), one inpainted trajectory per goal; chosen = most likely goal.
+
+        The goals are always the deterministic NMS goals; ``temperature > 0`` samples the inpainted tokens
+        (``top_k``: the configured one when ``None``; ``generator`` for reproducible draws). ``temperature = 0``
+        decodes by argmax (the default, deterministic). Returns trajectory ``(B, 8, 3)``, candidates
+        ``(B, K, 8, 3)`` and goal scores ``(B, K)``.
+        """
         k = self.config.num_candidates if num_candidates is None else num_candidates
         memory, pad = self.encode(inputs)
         tok = self.tokenizer
@@ -323,7 +354,9 @@ class MaskedDiffusionPlanner(nn.Module):
         tokens = self.generate(
             None,
             fixed=fixed.reshape(b * k, -1),
-            temperature=0.0,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
             context=(memory.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)),
         )
         poses = headings_from_xy(tok.decode(tokens)).reshape(b, k, NUM_POSES, 3)
