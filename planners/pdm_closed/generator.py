@@ -24,8 +24,7 @@ from shapely.geometry import Polygon
 from planners.pdm_closed.idm_policy import BatchIDMPolicy, IDMState, LeaderIndex
 from planners.pdm_closed.observation import PDMObservation, ego_footprint
 from planners.pdm_closed.path import ProposalPath
-from simulation.geometry import normalize_angle
-from simulation.types import DYNAMIC_TYPES, PACIFICA, AgentIndex, VehicleParameters
+from simulation.types import PACIFICA, VehicleParameters
 
 
 @dataclass
@@ -65,6 +64,7 @@ class ProposalGenerator:
         poses[:, 0] = path.interpolate(np.array([progress]))[0]
         end = progress + abs(float(np.max(targets))) * self.trajectory_steps * self.dt
         corridor = path.substring(progress, end).buffer(self.vehicle.width / 2.0, cap_style="square")
+        shapely.prepare(corridor)
         return PathRollout(path, targets, corridor, poses, idm, np.zeros((num, steps + 1, 3)))
 
     def unroll(self, roll: PathRollout, obs: PDMObservation, rows: np.ndarray, first: int, last: int) -> None:
@@ -86,31 +86,31 @@ class ProposalGenerator:
         a red connector keeps an earlier speed, one behind an obstacle keeps an earlier rear length.
         """
         polys = obs.polygons(k)
-        hit = np.zeros(0, np.int64)
-        if len(polys):
-            hit = np.flatnonzero(np.asarray(shapely.intersects(roll.corridor, polys)) & ~obs.collided)
-        obj_progress = roll.path.project(shapely.get_coordinates(shapely.centroid(polys[hit]))) if len(hit) else hit
         out = np.zeros((len(rows), 3))
+        out[:, LeaderIndex.PROGRESS] = roll.path.length
+        out[:, LeaderIndex.LENGTH_REAR] = self.vehicle.length / 2.0
+        if len(polys) == 0:
+            return out
+        hit = np.flatnonzero(np.asarray(shapely.intersects(roll.corridor, polys)) & ~obs.collided)
+        if len(hit) == 0:
+            return out
+        ego_progress = roll.idm[rows, k - 1, IDMState.PROGRESS]
+        ahead = roll.path.project(shapely.get_coordinates(shapely.centroid(polys[hit])))[None] > ego_progress[:, None]
+        if not ahead.any():
+            return out
+        poses = roll.poses[rows, k - 1]
+        dist = np.asarray(shapely.distance(ego_footprint(poses, self.vehicle)[:, None], polys[hit][None]), np.float64)
+        nearest = np.argmin(np.where(ahead, dist, np.inf), axis=1)
+        index = hit[nearest]
+        speed = obs.speed_along(index, poses[:, 2])
         row = np.zeros(3)
-        for i, (s, pose) in enumerate(zip(roll.idm[rows, k - 1, IDMState.PROGRESS], roll.poses[rows, k - 1])):
-            ahead = hit[obj_progress > s]
-            if len(ahead):
-                dist = np.asarray(shapely.distance(ego_footprint(pose, self.vehicle), polys[ahead]), dtype=np.float64)
-                j = int(np.argmin(dist))
-                row[LeaderIndex.PROGRESS] = s + dist[j]
-                if int(ahead[j]) < obs.num_agents:  # not a red connector
-                    row[LeaderIndex.VELOCITY] = self._projected_speed(obs, int(ahead[j]), float(pose[2]))
+        for i in range(len(rows)):
+            if ahead[i].any():
+                row[LeaderIndex.PROGRESS] = ego_progress[i] + dist[i, nearest[i]]
+                if index[i] < obs.num_agents:  # not a red connector
+                    row[LeaderIndex.VELOCITY] = speed[i]
             else:
                 row[LeaderIndex.PROGRESS] = roll.path.length
                 row[LeaderIndex.LENGTH_REAR] = self.vehicle.length / 2.0
             out[i] = row
         return out
-
-    @staticmethod
-    def _projected_speed(obs: PDMObservation, index: int, ego_heading: float) -> float:
-        """Speed of obstacle ``index`` along ``ego_heading`` (0 for red connectors and static objects)."""
-        if index >= obs.num_agents or int(obs.types[index]) not in [int(t) for t in DYNAMIC_TYPES]:
-            return 0.0
-        box = obs.boxes[0, index]
-        speed = float(np.hypot(box[AgentIndex.VX], box[AgentIndex.VY]))
-        return speed * float(np.cos(normalize_angle(box[AgentIndex.HEADING] - ego_heading)))

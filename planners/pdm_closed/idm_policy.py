@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+import numba
 import numpy as np
 
 
@@ -67,12 +68,31 @@ class BatchIDMPolicy:
             ``[-decel_max, accel_max]``, s* = s0 + v T + v (v - v_lead) / (2 sqrt(a_max b)),
             s = max(x_lead - x - l_rear, s0). The velocity is not floored (it may turn negative).
         """
-        x, v = states[:, IDMState.PROGRESS], states[:, IDMState.VELOCITY]
-        x_lead, v_lead = leaders[:, LeaderIndex.PROGRESS], leaders[:, LeaderIndex.VELOCITY]
-        a, b, s0 = self.accel_max, self.decel_max, self.min_gap_to_lead_agent
-        s_star = s0 + v * self.headway_time + v * (v - v_lead) / (2.0 * np.sqrt(a * b))
-        gap = np.maximum(x_lead - x - leaders[:, LeaderIndex.LENGTH_REAR], s0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            accel = a * (1.0 - (v / targets) ** ACCELERATION_EXPONENT - (s_star / gap) ** 2)
-        accel = np.clip(accel, -b, a)
-        return np.stack([x + dt * v, v + dt * accel], -1)
+        return _propagate_kernel(
+            np.ascontiguousarray(states, dtype=np.float64),
+            np.ascontiguousarray(leaders, dtype=np.float64),
+            np.ascontiguousarray(targets, dtype=np.float64),
+            float(dt),
+            float(self.accel_max),
+            float(self.decel_max),
+            float(self.min_gap_to_lead_agent),
+            float(self.headway_time),
+        )
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _propagate_kernel(
+    states: np.ndarray, leaders: np.ndarray, targets: np.ndarray, dt: float, a: float, b: float, s0: float, hw: float
+) -> np.ndarray:
+    """:meth:`BatchIDMPolicy.propagate`, row by row (compiled; division by a zero target gives inf / nan)."""
+    out = np.empty((len(states), 2))
+    root = 2.0 * np.sqrt(a * b)
+    for i in range(len(states)):
+        x, v = states[i, 0], states[i, 1]
+        s_star = s0 + v * hw + v * (v - leaders[i, 1]) / root
+        gap = max(leaders[i, 0] - x - leaders[i, 2], s0)
+        accel = a * (1.0 - (v / targets[i]) ** ACCELERATION_EXPONENT - (s_star / gap) ** 2)
+        accel = min(max(accel, -b), a)
+        out[i, 0] = x + dt * v
+        out[i, 1] = v + dt * accel
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import shapely
@@ -89,9 +90,32 @@ class PDMObservation:
     def num_agents(self) -> int:
         return int(self.boxes.shape[1])
 
+    @cached_property
+    def _all_polygons(self) -> np.ndarray:
+        """``(S, M + R)`` agents, then red connectors."""
+        red = np.broadcast_to(self.red_polygons, (len(self.agent_polygons), len(self.red_polygons)))
+        return np.concatenate([self.agent_polygons, red], axis=1)
+
     def polygons(self, time_idx: int) -> np.ndarray:
         """``(M + R,)`` obstacle polygons at 10 Hz step ``time_idx`` (agents, then red connectors)."""
-        return np.concatenate([self.agent_polygons[time_idx // SAMPLE_RES], self.red_polygons])
+        return self._all_polygons[time_idx // SAMPLE_RES]
+
+    def speed_along(self, index: np.ndarray, heading: np.ndarray) -> np.ndarray:
+        """``(P,)`` speed of obstacles ``index`` ``(P,)`` projected on ``heading`` ``(P,)``: ``|v| cos(heading
+        difference)`` for vehicles, pedestrians and bicycles, 0 for static objects and red connectors."""
+        if self.num_agents == 0:
+            return np.zeros(len(index))
+        agent = np.minimum(index, self.num_agents - 1)
+        speed, dynamic = self._speed_dynamic
+        moving = dynamic[agent] & (index < self.num_agents)
+        relative = normalize_angle(self.boxes[0, agent, AgentIndex.HEADING] - heading)
+        return np.where(moving, speed[agent] * np.cos(relative), 0.0)
+
+    @cached_property
+    def _speed_dynamic(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(M,)`` observed speeds and ``(M,)`` bool vehicle / pedestrian / bicycle."""
+        box = self.boxes[0]
+        return np.hypot(box[:, AgentIndex.VX], box[:, AgentIndex.VY]), np.isin(self.types, list(MAX_DYNAMIC_OBJECTS))
 
     def is_red(self) -> np.ndarray:
         """``(M + R,)`` bool, the obstacle is a red connector."""
