@@ -35,6 +35,7 @@ import shapely
 from shapely.geometry import LineString, Polygon
 
 from planners.nuplan_idm_path import IDMPath, build_path, route_blocks, route_plan
+from planners.route import PlannerInputError
 from simulation.geometry import (
     agent_box_corners,
     center_to_rear_axle,
@@ -64,11 +65,6 @@ __all__ = [
     "idm_acceleration",
     "idm_euler_step",
 ]
-
-
-class PlannerInputError(ValueError):
-    """The observation lacks what a planner needs (map, route, log); the rule-based planners share it
-    (``planners.rule_based`` re-exports it)."""
 
 
 @dataclass(frozen=True)

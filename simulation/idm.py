@@ -2,7 +2,7 @@
 
 :func:`idm_law` is written with numpy ufuncs only, so the same source runs on arrays (the reactive agents,
 :func:`simulation.agents.idm_acceleration`) and, compiled by numba, on floats inside the
-planners' rollout kernels (:data:`idm_law_compiled`, :mod:`planners.idm`). The synthetic city's drivers keep
+planners' rollout kernels (:data:`idm_law_compiled`). The synthetic city's drivers keep
 their own variant (:func:`simulation.datasets.synthetic.traffic.idm_accel`).
 """
 

@@ -8,16 +8,13 @@ import numpy as np
 import pytest
 from fixture_observations import ROUTE, ego_state, fixture_observation
 
-from planners.idm import idm_rollout, offset_path
 from planners.rule_based import (
     ConstantVelocityPlanner,
     IDMPlanner,
     LogReplayPlanner,
     PDMClosedPlanner,
     PlannerInputError,
-    constant_velocity_forecast,
 )
-from simulation.agents import IDMParameters
 from simulation.maps.api import MapAPI
 from simulation.maps.testing import build_fixture_map
 from simulation.protocols import Observation, Planner
@@ -59,16 +56,6 @@ def test_constant_velocity() -> None:
     np.testing.assert_allclose(trajectory.poses[:, 1:], 0.0)
 
 
-def test_idm_rollout_by_hand() -> None:
-    params = IDMParameters(target_velocity=10.0, accel_max=1.0, decel_max=3.0)
-    # free road at the target speed: no acceleration, 1 m per 0.1 s
-    free = idm_rollout(np.array([10.0]), np.array([10.0]), np.array([np.inf]), np.array([0.0]), 1.0, 0.1, params)
-    np.testing.assert_allclose(free[0], np.arange(11) * 1.0)
-    # from rest, far leader: a = 1 - 0 - (1 / 100)^2 for the first step
-    start = idm_rollout(np.array([0.0]), np.array([10.0]), np.array([100.0]), np.array([0.0]), 0.2, 0.1, params)
-    assert start[0, 2] == pytest.approx(0.1 * 0.1 * (1.0 - 1e-4))
-
-
 def test_idm_follows_free_route_at_speed_limit() -> None:
     trajectory = IDMPlanner().plan(_obs())
     poses = trajectory.poses
@@ -98,19 +85,6 @@ def test_idm_needs_a_map() -> None:
     obs = _obs()
     with pytest.raises(PlannerInputError, match="map"):
         IDMPlanner().plan(Observation(obs.ego_history, obs.agents, obs.traffic_lights, ROUTE, "x", None))
-
-
-def test_offset_path_is_parallel() -> None:
-    path = np.stack([np.arange(5.0), np.zeros(5)], -1)
-    np.testing.assert_allclose(offset_path(path, 1.0), path + [0.0, 1.0])
-    np.testing.assert_allclose(offset_path(path, -1.0), path - [0.0, 1.0])
-
-
-def test_constant_velocity_forecast() -> None:
-    boxes = np.array([[1.0, 2.0, 0.3, 2.0, -1.0, 4.0, 2.0]])
-    out = constant_velocity_forecast(boxes, 11)
-    np.testing.assert_allclose(out[10, 0, :2], [3.0, 1.0])
-    np.testing.assert_allclose(out[:, 0, 2], 0.3)
 
 
 def test_pdm_closed_proposals_and_choice() -> None:
