@@ -93,6 +93,8 @@ class RLModule(pl.LightningModule):
         lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule (optimiser steps).
         grad_clip: gradient-norm clip (0: none); the trainer's own clipping does not apply to manual optimisation.
         log_kl: compute the reference's log-probs every step to log the KL even when ``kl_coef`` is 0.
+        train_mode: run the trainable modules in train mode (dropout, batch-norm statistics); by default the whole
+            policy runs in eval mode, so that re-scored log-probs equal the rollout's (on-policy ratio 1).
         val_every_n_steps: every that many training steps, score the deterministic plan on the val loader
             (``val/pdms`` and ``val/<term>``; 0: only in Lightning's own validation loop).
         val_max_batches: batches of that periodic validation (``None``: all).
@@ -126,6 +128,7 @@ class RLModule(pl.LightningModule):
         min_lr: float = 1e-6,
         grad_clip: float = 1.0,
         log_kl: bool = True,
+        train_mode: bool = False,
         val_every_n_steps: int = 0,
         val_max_batches: int | None = None,
         seed: int = 0,
@@ -141,6 +144,7 @@ class RLModule(pl.LightningModule):
         self.frozen_prefixes = list(freeze or [])
         self._freeze(self.frozen_prefixes)
         self.reference = copy.deepcopy(self.planner).eval().requires_grad_(False)
+        self.train()  # the frozen modules in eval mode (Lightning keeps the modes it finds)
         self._reward_spec = reward
         self._reward: RewardLike | None = None
         self.failure_terms = tuple(FAILURE_TERMS if failure_terms is None else failure_terms)
@@ -164,9 +168,12 @@ class RLModule(pl.LightningModule):
                 yield module
 
     def train(self, mode: bool = True) -> RLModule:
-        """As ``nn.Module.train``, but the reference and the frozen modules stay in eval mode."""
+        """As ``nn.Module.train``, but the reference and the frozen modules stay in eval mode (the whole policy too
+        unless ``train_mode``)."""
         super().train(mode)
         self.reference.eval()
+        if not self.hparams.get("train_mode", False):
+            self.planner.eval()
         for module in self._frozen_modules():
             module.eval()
         return self

@@ -72,13 +72,15 @@ def test_failure_mask_counts_static_collisions_and_ignores_missing_terms() -> No
 
 
 def test_gdpo_normalises_each_sub_reward_before_summing() -> None:
-    # (a, b) = (1, 0) and (0, 2): the summed reward 1 vs 2 would rank them, GDPO calls them even
-    terms = {"a": _t([[1.0, 0.0]]), "b": _t([[0.0, 2.0]])}
-    torch.testing.assert_close(gdpo_advantages(terms, eps=1e-4), _t([[0.0, 0.0]]), atol=1e-9, rtol=0)
-    torch.testing.assert_close(grpo_advantages(terms["a"] + terms["b"], eps=0.0), _t([[-1.0, 1.0]]) / math.sqrt(2))
-    # weights a: 2, b: 1 -> A_pre = 2 * (0.707, -0.707) + (-0.707, 0.707) = (0.707, -0.707); batch std 1
-    r2 = 1 / math.sqrt(2.0)
-    torch.testing.assert_close(gdpo_advantages(terms, {"a": 2.0, "b": 1.0}, eps=0.0), _t([[r2, -r2]]))
+    # (a, b) = (1, 0), (0, 0), (0, 2): the summed reward (1, 0, 2) ranks the third first; GDPO ranks the first and
+    # the third even. a: mean 1/3, std 1/sqrt(3) -> (2, -1, -1)/sqrt(3); b: mean 2/3, std 2/sqrt(3) -> (-1, -1, 2)/sqrt(3)
+    # sum (1, -2, 1)/sqrt(3): batch mean 0, std 1
+    terms = {"a": _t([[1.0, 0.0, 0.0]]), "b": _t([[0.0, 0.0, 2.0]])}
+    s3 = math.sqrt(3.0)
+    torch.testing.assert_close(gdpo_advantages(terms, eps=0.0), _t([[1.0, -2.0, 1.0]]) / s3)
+    torch.testing.assert_close(grpo_advantages(terms["a"] + terms["b"], eps=0.0), _t([[0.0, -1.0, 1.0]]))
+    # weights a: 2, b: 1 -> A_pre = (3, -3, 0)/sqrt(3): batch mean 0, std sqrt(18 / 3 / 2) = sqrt(3)
+    torch.testing.assert_close(gdpo_advantages(terms, {"a": 2.0, "b": 1.0}, eps=0.0), _t([[1.0, -1.0, 0.0]]))
 
 
 def test_gdpo_batch_normalisation_spans_scenes() -> None:
