@@ -135,7 +135,7 @@ class RLModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if (init_ckpt is None) == (planner is None):
-            raise ValueError("give exactly one of init_ckpt (an imitation checkpoint) and planner")
+            raise ValueError("give exactly one of init_ckpt (an imitation checkpoint, --model.init_ckpt) and planner")
         if num_inner_updates < 1 or num_samples < 1:
             raise ValueError("num_inner_updates and num_samples must be at least 1")
         self.save_hyperparameters(ignore=["planner", "reward"])
@@ -376,26 +376,28 @@ class RLModule(pl.LightningModule):
         if every > 0 and self._rl_steps % every == 0:
             self.periodic_validation()
 
-    def periodic_validation(self) -> dict[str, float]:
-        """Score the deterministic plan on the val loader (up to ``val_max_batches``); log and return the means."""
+    def periodic_validation(self) -> None:
+        """Log ``val/pdms`` and ``val/<term>``: :meth:`validation_scores` of the val loader."""
         datamodule = getattr(self.trainer, "datamodule", None)
         loader = datamodule.val_dataloader() if datamodule is not None else self.trainer.val_dataloaders
+        if loader is None:
+            raise ValueError("val_every_n_steps needs a val loader (the data module's val_dataloader)")
         limit = self.hparams["val_max_batches"]
+        for name, value in self.validation_scores(loader, None if limit is None else int(limit)).items():
+            self.log(f"val/{name}", value, on_step=True, on_epoch=False)
+
+    def validation_scores(self, loader: Iterable[Any], max_batches: int | None = None) -> dict[str, float]:
+        """Mean reward (``pdms``) and sub-rewards of the deterministic plan over ``loader`` (up to ``max_batches``)."""
         sums: dict[str, float] = {}
         count = 0
-        for i, batch in enumerate(loader):  # type: ignore[arg-type]
-            if limit is not None and i >= int(limit):
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
                 break
-            batch = self.transfer_batch_to_device(batch, self.device, 0)
-            rewards = self.score_deterministic(batch)
-            n = int(rewards.total.shape[0])
+            rewards = self.score_deterministic(self.transfer_batch_to_device(batch, self.device, 0))
             for name, term in {"pdms": rewards.total, **rewards.terms}.items():
                 sums[name] = sums.get(name, 0.0) + float(term.sum())
-            count += n
-        means = {name: value / max(count, 1) for name, value in sums.items()}
-        for name, value in means.items():
-            self.log(f"val/{name}", value, on_step=True, on_epoch=False)
-        return means
+            count += int(rewards.total.shape[0])
+        return {name: value / max(count, 1) for name, value in sums.items()}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

@@ -108,9 +108,7 @@ def scenes(n: int, seed: int = 0) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         ego = rng.normal(size=8).astype(np.float32)
-        features = PlannerInput(
-            np.zeros((1, 4, 4), np.float32), ego, np.zeros((2, 11), np.float32), np.zeros(2, bool)
-        )
+        features = PlannerInput(np.zeros((1, 4, 4), np.float32), ego, np.zeros((2, 11), np.float32), np.zeros(2, bool))
         out.append({"features": features, "trajectory": TARGET, "token": f"{i:04d}", "metric_cache": TARGET})
     return out
 

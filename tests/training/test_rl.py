@@ -161,3 +161,22 @@ def test_exploration_spread_is_the_rms_distance_to_the_group_mean_at_4s() -> Non
 def test_scenes_fixture_is_deterministic() -> None:
     a, b = scenes(2), scenes(2)
     assert (a[1]["features"].ego_status == b[1]["features"].ego_status).all()
+
+
+class _Data(pl.LightningDataModule):
+    def train_dataloader(self) -> Any:
+        return loader(16, 8)
+
+    def val_dataloader(self) -> Any:
+        return loader(8, 4)
+
+
+def test_periodic_validation_scores_the_val_loader_every_n_steps(tmp_path: Path) -> None:
+    module = _module(val_every_n_steps=2, val_max_batches=1)
+    trainer = _trainer(tmp_path, max_steps=4)
+    trainer.fit(module, datamodule=_Data())
+    assert module.reward.calls == 4 + 2  # type: ignore[attr-defined]  # 4 rollouts, 2 validations of one batch
+    assert 0.0 < float(trainer.callback_metrics["val/pdms"]) < 1.0
+    means = module.validation_scores(loader(8, 4), max_batches=1)
+    assert means["pdms"] == pytest.approx(float(trainer.callback_metrics["val/pdms"]))
+    assert set(means) == {"pdms", "no_at_fault_collisions", "drivable_area_compliance", "ego_progress"}

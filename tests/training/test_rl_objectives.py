@@ -72,9 +72,9 @@ def test_failure_mask_counts_static_collisions_and_ignores_missing_terms() -> No
 
 
 def test_gdpo_normalises_each_sub_reward_before_summing() -> None:
-    # (a, b) = (1, 0), (0, 0), (0, 2): the summed reward (1, 0, 2) ranks the third first; GDPO ranks the first and
-    # the third even. a: mean 1/3, std 1/sqrt(3) -> (2, -1, -1)/sqrt(3); b: mean 2/3, std 2/sqrt(3) -> (-1, -1, 2)/sqrt(3)
-    # sum (1, -2, 1)/sqrt(3): batch mean 0, std 1
+    # (a, b) = (1, 0), (0, 0), (0, 2): the summed reward (1, 0, 2) ranks the third first; GDPO ranks the first
+    # and the third even. a: mean 1/3, std 1/sqrt(3) -> (2, -1, -1)/sqrt(3);
+    # b: mean 2/3, std 2/sqrt(3) -> (-1, -1, 2)/sqrt(3); sum (1, -2, 1)/sqrt(3): batch mean 0, std 1
     terms = {"a": _t([[1.0, 0.0, 0.0]]), "b": _t([[0.0, 0.0, 2.0]])}
     s3 = math.sqrt(3.0)
     torch.testing.assert_close(gdpo_advantages(terms, eps=0.0), _t([[1.0, -2.0, 1.0]]) / s3)
