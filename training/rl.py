@@ -24,7 +24,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pytorch_lightning as pl
@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 RL_STATE_KEY = "diffplan_rl"
 Advantage = Literal["grpo", "ddv2", "gdpo"]
 Objective = Literal["reinforce", "grpo", "gspo"]
+ADVANTAGES: tuple[str, ...] = get_args(Advantage)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 class RLModule(pl.LightningModule):
@@ -138,6 +140,8 @@ class RLModule(pl.LightningModule):
             raise ValueError("give exactly one of init_ckpt (an imitation checkpoint, --model.init_ckpt) and planner")
         if num_inner_updates < 1 or num_samples < 1:
             raise ValueError("num_inner_updates and num_samples must be at least 1")
+        if advantage not in ADVANTAGES or objective not in OBJECTIVES:
+            raise ValueError(f"advantage {advantage!r}, objective {objective!r}: choose from {ADVANTAGES}, {OBJECTIVES}")
         self.save_hyperparameters(ignore=["planner", "reward"])
         self.automatic_optimization = False
         self.planner = planner if planner is not None else load_planner(str(init_ckpt)).train()
@@ -229,6 +233,7 @@ class RLModule(pl.LightningModule):
         features, targets = batch["features"], batch["targets"]
         with torch.no_grad():
             rollout = self.policy.rollout(features, int(hp["num_samples"]), gen).detach()
+        rollout.validate()
         scored = self._score_rollout(batch, rollout)
         adv = self.advantages(scored.rewards, rollout.groups)
         stats: Stats = {}
@@ -248,7 +253,10 @@ class RLModule(pl.LightningModule):
         if float(hp["kl_coef"]) > 0 or bool(hp["log_kl"]):
             with torch.no_grad():  # while the reward is scored
                 ref_lp = self.reference.log_prob(batch["features"], rollout)  # type: ignore[operator]
-        return _Scored(to_tensors(pending.result(), self.device, with_gt), ref_lp)
+        rewards = to_tensors(pending.result(), self.device, with_gt)
+        if rewards.total.shape != rollout.plans.shape[:2]:
+            raise ValueError(f"reward of shape {tuple(rewards.total.shape)} for plans {tuple(rollout.plans.shape)}")
+        return _Scored(rewards, ref_lp)
 
     def advantages(self, rewards: TensorRewards, groups: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` advantages of the configured scheme."""

@@ -145,6 +145,8 @@ def test_the_checkpoint_is_a_planner_record_and_init_ckpt_warm_starts(tmp_path: 
     assert not any(k.startswith("reference") for k in read(tmp_path / "planner.ckpt").state_dict)
     with pytest.raises(ValueError, match="exactly one"):
         RLModule(reward=DistanceReward())
+    with pytest.raises(ValueError, match="choose from"):
+        _module(advantage="ppo")
 
 
 def test_exploration_spread_is_the_rms_distance_to_the_group_mean_at_4s() -> None:
