@@ -141,7 +141,8 @@ class RLModule(pl.LightningModule):
         if num_inner_updates < 1 or num_samples < 1:
             raise ValueError("num_inner_updates and num_samples must be at least 1")
         if advantage not in ADVANTAGES or objective not in OBJECTIVES:
-            raise ValueError(f"advantage {advantage!r}, objective {objective!r}: choose from {ADVANTAGES}, {OBJECTIVES}")
+            choices = f"choose from {ADVANTAGES} and {OBJECTIVES}"
+            raise ValueError(f"advantage {advantage!r}, objective {objective!r}: {choices}")
         self.save_hyperparameters(ignore=["planner", "reward"])
         self.automatic_optimization = False
         self.planner = planner if planner is not None else load_planner(str(init_ckpt)).train()
