@@ -1,0 +1,451 @@
+"""RL fine-tuning of a generator (:class:`~planners.policy.PlanningPolicy`) on the scorer's reward.
+
+One training step, on a batch of scenes (``features``, ``targets``, ``metric_cache``)::
+
+    rollout = policy.rollout(features, N, generator)       # no grad; N plans per scene, per-step log-probs
+    rewards = reward.score(metric_caches, rollout.plans)   # (B, N) total + sub-rewards (in a pool when it can)
+    A       = advantages(rewards)                          # grpo | ddv2 | gdpo           (training.rl_objectives)
+    repeat num_inner_updates times:                        # 1 = on-policy
+        loss = objective(policy.log_prob(features, rollout), A)   # reinforce | grpo | gspo
+             + il_weight * policy.compute_loss(features, targets)  # the imitation regulariser
+
+The policy is warm-started from an imitation checkpoint (``init_ckpt``); parameters under the ``freeze`` prefixes
+stay in eval mode without gradients; a frozen copy of the initial policy is the reference for the KL term and its
+statistic. Every random draw of a step comes from one generator whose state travels with the checkpoint, so
+``--ckpt_path last.ckpt`` resumes the run exactly. The checkpoint holds the planner's record
+(:mod:`planners.checkpoint`): the benchmarks load it like an imitation checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from planners.checkpoint import CHECKPOINT_KEY, CheckpointRecord, load_planner, planner_header, write
+from planners.policy import PlanningPolicy, Rollout
+from simulation.features import PlannerInput
+from training.imitation import lr_factor
+from training.rl_objectives import (
+    FAILURE_TERMS,
+    Stats,
+    clipped_loss,
+    ddv2_advantages,
+    failure_mask,
+    gdpo_advantages,
+    grpo_advantages,
+    gspo_loss,
+    k3_kl,
+    reinforce_loss,
+)
+from training.rl_support import (
+    RewardLike,
+    TensorRewards,
+    build_reward,
+    exploration_spread,
+    select_scenes,
+    submit,
+    to_tensors,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Key of the RL state (rollout generator) in a Lightning checkpoint.
+RL_STATE_KEY = "diffplan_rl"
+Advantage = Literal["grpo", "ddv2", "gdpo"]
+Objective = Literal["reinforce", "grpo", "gspo"]
+ADVANTAGES: tuple[str, ...] = get_args(Advantage)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+
+
+class RLModule(pl.LightningModule):
+    """RL for a generator with group rollouts, selectable advantages and objectives (manual optimisation).
+
+    Args:
+        init_ckpt: imitation checkpoint (a ``PlannerModule`` Lightning ``.ckpt`` or a planner record) to start from.
+        planner: the policy itself instead of ``init_ckpt`` (tests).
+        reward: ``rewards.composite.RuleReward`` arguments (``{version: v1, num_workers: 0}``, the default), a dict
+            with ``class_path`` / ``init_args``, or a reward object.
+        freeze: parameter-name prefixes (e.g. ``bev_encoder``) kept in eval mode with ``requires_grad`` False.
+        num_samples: rollouts per scene (``N``).
+        advantage: ``grpo`` (scene-normalised), ``ddv2`` (intra-group truncated, failures -1) or ``gdpo``.
+        objective: ``reinforce`` (step-discounted, DiffusionDriveV2), ``grpo`` (clipped ratio + k3 KL per step) or
+            ``gspo`` (clipped sequence ratio).
+        adv_eps: added to the group standard deviations.
+        failure_terms: sub-rewards whose value below 1 is a failure (``ddv2``: advantage -1).
+        ddv2_beat_gt: ``ddv2`` keeps a positive advantage only where the reward is at least the ground-truth plan's
+            (the released DiffusionDriveV2 code; the paper does not state it); scores the ground truth too.
+        gdpo_weights: sub-reward weights of ``gdpo`` (``None``: 1 each).
+        gamma: step discount ``gamma^(S-1-i)`` of ``reinforce``.
+        clip_eps: ratio clip of ``grpo``; ``eps_low`` / ``eps_high``: sequence-ratio clip of ``gspo``.
+        kl_coef: weight of the k3 KL to the reference (``grpo``, ``gspo``).
+        il_weight: weight of the imitation loss ``policy.compute_loss`` (0: none).
+        il_weight_positive: when set, the imitation weight of a scene with a positive advantage (DiffusionDriveV2:
+            0.1, with ``il_weight`` 1.0 for the others).
+        num_inner_updates: optimiser steps per rollout (PPO-style epochs; 1 = on-policy).
+        lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule (optimiser steps).
+        grad_clip: gradient-norm clip (0: none); the trainer's own clipping does not apply to manual optimisation.
+        log_kl: compute the reference's log-probs every step to log the KL even when ``kl_coef`` is 0.
+        train_mode: run the trainable modules in train mode (dropout, batch-norm statistics); by default the whole
+            policy runs in eval mode, so that re-scored log-probs equal the rollout's (on-policy ratio 1).
+        val_every_n_steps: every that many training steps, score the deterministic plan on the val loader
+            (``val/pdms`` and ``val/<term>``; 0: only in Lightning's own validation loop).
+        val_max_batches: batches of that periodic validation (``None``: all).
+        seed: seed of the rollout generator (offset by the process rank).
+    """
+
+    def __init__(
+        self,
+        init_ckpt: str | None = None,
+        planner: nn.Module | None = None,
+        reward: dict[str, Any] | Any = None,
+        freeze: list[str] | None = None,
+        num_samples: int = 16,
+        advantage: Advantage = "grpo",
+        objective: Objective = "reinforce",
+        adv_eps: float = 1e-4,
+        failure_terms: list[str] | None = None,
+        ddv2_beat_gt: bool = False,
+        gdpo_weights: dict[str, float] | None = None,
+        gamma: float = 1.0,
+        clip_eps: float = 0.2,
+        eps_low: float = 3e-4,
+        eps_high: float = 4e-4,
+        kl_coef: float = 0.0,
+        il_weight: float = 0.0,
+        il_weight_positive: float | None = None,
+        num_inner_updates: int = 1,
+        lr: float = 2e-4,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        min_lr: float = 1e-6,
+        grad_clip: float = 1.0,
+        log_kl: bool = True,
+        train_mode: bool = False,
+        val_every_n_steps: int = 0,
+        val_max_batches: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if (init_ckpt is None) == (planner is None):
+            raise ValueError("give exactly one of init_ckpt (an imitation checkpoint, --model.init_ckpt) and planner")
+        if num_inner_updates < 1 or num_samples < 1:
+            raise ValueError("num_inner_updates and num_samples must be at least 1")
+        if advantage not in ADVANTAGES or objective not in OBJECTIVES:
+            choices = f"choose from {ADVANTAGES} and {OBJECTIVES}"
+            raise ValueError(f"advantage {advantage!r}, objective {objective!r}: {choices}")
+        self.save_hyperparameters(ignore=["planner", "reward"])
+        self.automatic_optimization = False
+        self.planner = planner if planner is not None else load_planner(str(init_ckpt)).train()
+        self.frozen_prefixes = list(freeze or [])
+        self._freeze(self.frozen_prefixes)
+        self.reference = copy.deepcopy(self.planner).eval().requires_grad_(False)
+        self.train()  # the frozen modules in eval mode (Lightning keeps the modes it finds)
+        self._reward_spec = reward
+        self._reward: RewardLike | None = None
+        self.failure_terms = tuple(FAILURE_TERMS if failure_terms is None else failure_terms)
+        self._generator: torch.Generator | None = None
+        self._pending_rng_state: torch.Tensor | None = None
+        self._rl_steps = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _freeze(self, prefixes: list[str]) -> None:
+        names = [name for name, _ in self.planner.named_parameters()]
+        for prefix in prefixes:
+            if not any(name.startswith(prefix) for name in names):
+                raise ValueError(f"freeze prefix {prefix!r} matches no parameter of {type(self.planner).__name__}")
+        for name, param in self.planner.named_parameters():
+            if any(name.startswith(p) for p in prefixes):
+                param.requires_grad_(False)
+
+    def _frozen_modules(self) -> Iterable[nn.Module]:
+        for name, module in self.planner.named_modules():
+            if name and any(name.startswith(p.rstrip(".")) for p in self.frozen_prefixes):
+                yield module
+
+    def train(self, mode: bool = True) -> RLModule:
+        """As ``nn.Module.train``, but the reference and the frozen modules stay in eval mode (the whole policy too
+        unless ``train_mode``)."""
+        super().train(mode)
+        self.reference.eval()
+        if not self.hparams.get("train_mode", False):
+            self.planner.eval()
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    @property
+    def policy(self) -> PlanningPolicy:
+        if not isinstance(self.planner, PlanningPolicy):
+            raise TypeError(f"{type(self.planner).__name__} has no policy API (rollout, log_prob)")
+        return self.planner
+
+    @property
+    def reward(self) -> RewardLike:
+        """The reward object, built on first use (``reward`` argument)."""
+        if self._reward is None:
+            self._reward = build_reward(self._reward_spec)
+        return self._reward
+
+    def generator(self) -> torch.Generator:
+        """The rollout generator on the module's device (seeded, or restored from the checkpoint)."""
+        if self._generator is None or self._generator.device.type != self.device.type:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(self.hparams["seed"]) + self.global_rank)
+            if self._pending_rng_state is not None:
+                try:
+                    gen.set_state(self._pending_rng_state)
+                except RuntimeError:
+                    logger.warning("rollout generator state from another device type; reseeded")
+                self._pending_rng_state = None
+            self._generator = gen
+        return self._generator
+
+    def teardown(self, stage: str) -> None:
+        close = getattr(self._reward, "close", None)
+        if callable(close):
+            close()
+
+    # ------------------------------------------------------------------ a training step
+    def forward(self, inputs: PlannerInput[torch.Tensor]) -> Any:
+        return self.planner(inputs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        gen = self.generator()
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            loss = self._rl_step(batch, gen)
+        self._rl_steps += 1
+        return loss
+
+    def _rl_step(self, batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+        hp = self.hparams
+        features, targets = batch["features"], batch["targets"]
+        with torch.no_grad():
+            rollout = self.policy.rollout(features, int(hp["num_samples"]), gen).detach()
+        rollout.validate()
+        scored = self._score_rollout(batch, rollout)
+        adv = self.advantages(scored.rewards, rollout.groups)
+        stats: Stats = {}
+        for _ in range(int(hp["num_inner_updates"])):
+            loss, stats = self._update(features, targets, rollout, adv, scored)
+        self._log_step(scored, adv, rollout, stats, features.batch_size)
+        return loss
+
+    def _score_rollout(self, batch: dict[str, Any], rollout: Rollout) -> _Scored:
+        hp = self.hparams
+        with_gt = hp["advantage"] == "ddv2" and bool(hp["ddv2_beat_gt"])
+        plans = rollout.plans
+        if with_gt:
+            plans = torch.cat([plans, batch["targets"]["trajectory"][:, None].to(plans)], 1)
+        pending = submit(self.reward, batch["metric_cache"], plans.detach().cpu().numpy().astype(np.float64))
+        ref_lp = None
+        if float(hp["kl_coef"]) > 0 or bool(hp["log_kl"]):
+            with torch.no_grad():  # while the reward is scored
+                ref_lp = self.reference.log_prob(batch["features"], rollout)  # type: ignore[operator]
+        rewards = to_tensors(pending.result(), self.device, with_gt)
+        if rewards.total.shape != rollout.plans.shape[:2]:
+            raise ValueError(f"reward of shape {tuple(rewards.total.shape)} for plans {tuple(rollout.plans.shape)}")
+        return _Scored(rewards, ref_lp)
+
+    def advantages(self, rewards: TensorRewards, groups: torch.Tensor) -> torch.Tensor:
+        """``(B, N)`` advantages of the configured scheme."""
+        hp = self.hparams
+        eps = float(hp["adv_eps"])
+        if hp["advantage"] == "grpo":
+            return grpo_advantages(rewards.total, eps)
+        if hp["advantage"] == "ddv2":
+            failure = failure_mask(rewards.terms, self.failure_terms)
+            return ddv2_advantages(rewards.total, failure, groups, eps, rewards.total_gt)
+        if hp["advantage"] == "gdpo":
+            return gdpo_advantages(rewards.terms, hp["gdpo_weights"], None, eps)
+        raise ValueError(f"unknown advantage {hp['advantage']!r} (grpo, ddv2, gdpo)")
+
+    def _objective(
+        self, lp: torch.Tensor, rollout: Rollout, adv: torch.Tensor, ref_lp: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Stats]:
+        hp = self.hparams
+        old, mask, kl_coef = rollout.log_prob, rollout.step_mask, float(hp["kl_coef"])
+        if hp["objective"] == "reinforce":
+            return reinforce_loss(lp, adv, mask, float(hp["gamma"]))
+        if hp["objective"] == "grpo":
+            return clipped_loss(lp, old, adv, mask, float(hp["clip_eps"]), ref_lp, kl_coef)
+        if hp["objective"] == "gspo":
+            return gspo_loss(lp, old, adv, mask, float(hp["eps_low"]), float(hp["eps_high"]), ref_lp, kl_coef)
+        raise ValueError(f"unknown objective {hp['objective']!r} (reinforce, grpo, gspo)")
+
+    def _update(
+        self,
+        features: PlannerInput[torch.Tensor],
+        targets: Mapping[str, torch.Tensor],
+        rollout: Rollout,
+        adv: torch.Tensor,
+        scored: _Scored,
+    ) -> tuple[torch.Tensor, Stats]:
+        """One optimiser step on the rollout; returns the loss and the statistics."""
+        opt = self.optimizers()
+        lp = self.policy.log_prob(features, rollout)
+        loss, stats = self._objective(lp, rollout, adv, scored.ref_lp)
+        il = self._imitation_loss(features, targets, adv)
+        total = loss + il
+        opt.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(total)
+        if float(self.hparams["grad_clip"]) > 0:
+            self.clip_gradients(opt, gradient_clip_val=float(self.hparams["grad_clip"]), gradient_clip_algorithm="norm")  # type: ignore[arg-type]
+        opt.step()  # type: ignore[union-attr]
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()  # type: ignore[union-attr]
+        if scored.ref_lp is not None:
+            stats["kl"] = (k3_kl(lp.detach(), scored.ref_lp) * rollout.step_mask).sum() / rollout.step_mask.sum().clamp(
+                min=1
+            )
+        return total.detach(), {**stats, "il_loss": il.detach(), "loss": total.detach()}
+
+    def _imitation_loss(
+        self, features: PlannerInput[torch.Tensor], targets: Mapping[str, torch.Tensor], adv: torch.Tensor
+    ) -> torch.Tensor:
+        """``il_weight * compute_loss``; with ``il_weight_positive``, scenes with a positive advantage weigh that."""
+        hp = self.hparams
+        w_neg = float(hp["il_weight"])
+        w_pos = w_neg if hp["il_weight_positive"] is None else float(hp["il_weight_positive"])
+        zero = torch.zeros((), device=adv.device)
+        if w_neg == 0 and w_pos == 0:
+            return zero
+        compute_loss: Any = self.planner.compute_loss
+        if w_pos == w_neg:
+            return w_neg * compute_loss(features, dict(targets))["loss"]
+        positive = (adv > 0).any(-1)
+        out = zero
+        for weight, chosen in ((w_pos, positive), (w_neg, ~positive)):
+            index = chosen.nonzero().squeeze(-1)
+            if weight == 0 or index.numel() == 0:
+                continue
+            sub_features, sub_targets = select_scenes(features, targets, index)
+            out = out + weight * compute_loss(sub_features, sub_targets)["loss"] * index.numel() / adv.shape[0]
+        return out
+
+    # ------------------------------------------------------------------ logging
+    def _log_step(self, scored: _Scored, adv: torch.Tensor, rollout: Rollout, stats: Stats, batch_size: int) -> None:
+        rewards = scored.rewards
+        values: dict[str, torch.Tensor] = {"reward": rewards.total.mean()}
+        for name, term in rewards.terms.items():
+            values[f"reward/{name}"] = term.mean()
+            values[f"fail/{name}"] = (term < 1.0).float().mean()
+        values["failure"] = failure_mask(rewards.terms, self.failure_terms).float().mean()
+        values.update(
+            adv_mean=adv.mean(),
+            adv_std=adv.std() if adv.numel() > 1 else torch.zeros(()),
+            adv_pos_frac=(adv > 0).float().mean(),
+            adv_zero_frac=(adv == 0).float().mean(),
+            spread=exploration_spread(rollout.plans, rollout.groups),
+        )
+        values.update(stats)
+        opt = self.optimizers()
+        values["lr"] = torch.tensor(opt.param_groups[0]["lr"])  # type: ignore[union-attr]
+        for name, value in values.items():
+            self.log(f"train/{name}", value.float(), prog_bar=name in ("reward", "loss"), batch_size=batch_size)
+
+    # ------------------------------------------------------------------ validation
+    def score_deterministic(self, batch: dict[str, Any]) -> TensorRewards:
+        """Rewards ``(B, 1)`` of the planner's deterministic plan (``forward``, fixed noise seed, eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self.hparams["seed"]))
+                plans = self.planner(batch["features"]).trajectory[:, None]
+        finally:
+            self.train(was_training)
+        result = self.reward.score(batch["metric_cache"], plans.cpu().numpy().astype(np.float64))
+        return to_tensors(result, self.device)
+
+    def _log_validation(self, rewards: TensorRewards, batch_size: int, **kwargs: Any) -> None:
+        self.log("val/pdms", rewards.total.mean(), batch_size=batch_size, **kwargs)
+        for name, term in rewards.terms.items():
+            self.log(f"val/{name}", term.mean(), batch_size=batch_size, **kwargs)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        rewards = self.score_deterministic(batch)
+        self._log_validation(rewards, rewards.total.shape[0], sync_dist=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = int(self.hparams["val_every_n_steps"])
+        if every > 0 and self._rl_steps % every == 0:
+            self.periodic_validation()
+
+    def periodic_validation(self) -> None:
+        """Log ``val/pdms`` and ``val/<term>``: :meth:`validation_scores` of the val loader."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        loader = datamodule.val_dataloader() if datamodule is not None else self.trainer.val_dataloaders
+        if loader is None:
+            raise ValueError("val_every_n_steps needs a val loader (the data module's val_dataloader)")
+        limit = self.hparams["val_max_batches"]
+        for name, value in self.validation_scores(loader, None if limit is None else int(limit)).items():
+            self.log(f"val/{name}", value, on_step=True, on_epoch=False)
+
+    def validation_scores(self, loader: Iterable[Any], max_batches: int | None = None) -> dict[str, float]:
+        """Mean reward (``pdms``) and sub-rewards of the deterministic plan over ``loader`` (up to ``max_batches``)."""
+        sums: dict[str, float] = {}
+        count = 0
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            rewards = self.score_deterministic(self.transfer_batch_to_device(batch, self.device, 0))
+            for name, term in {"pdms": rewards.total, **rewards.terms}.items():
+                sums[name] = sums.get(name, 0.0) + float(term.sum())
+            count += int(rewards.total.shape[0])
+        return {name: value / max(count, 1) for name, value in sums.items()}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.planner.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        total = max(int(self.trainer.estimated_stepping_batches), 1) * int(hp["num_inner_updates"])
+        schedule = functools.partial(
+            lr_factor, warmup_steps=int(hp["warmup_steps"]), total_steps=total, floor=hp["min_lr"] / hp["lr"]
+        )
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add the planner's record (so :mod:`planners.checkpoint` loads the policy) and the RL state: the rollout
+        generator's state and the step count (the reference policy is in ``state_dict`` under ``reference.``)."""
+        checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
+        checkpoint[RL_STATE_KEY] = {"generator": self.generator().get_state(), "steps": self._rl_steps}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(RL_STATE_KEY)
+        if state is None:
+            return
+        self._pending_rng_state = state["generator"]
+        self._generator = None
+        self._rl_steps = int(state["steps"])
+
+    def planner_record(self) -> CheckpointRecord:
+        """The trained policy as a planner record (weights only; the reference and the RL state are left out)."""
+        return CheckpointRecord.of(self.planner)
+
+    def save_planner(self, path: str | Path) -> Path:
+        """Write the trained policy as a bare planner checkpoint that :func:`planners.checkpoint.load_planner` reads."""
+        return write(path, self.planner_record())
+
+
+@dataclass
+class _Scored:
+    """Rewards of a rollout and the reference's per-step log-probs ``(B, N, S)`` (``None`` when not computed)."""
+
+    rewards: TensorRewards
+    ref_lp: torch.Tensor | None

@@ -1,0 +1,130 @@
+"""What the RL module needs around the policy: the reward contract, rewards as tensors, scene subsets and the
+exploration spread of a rollout.
+
+The reward object follows ``rewards.composite`` (``RuleReward``, ``MixedReward``): it has ``names`` (sub-reward
+names), ``version``, ``score(metric_caches, plans) -> RewardBatch`` and, optionally,
+``submit(metric_caches, plans) -> Future[RewardBatch]`` that scores in a process pool while the caller goes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from simulation.features import PlannerInput
+
+#: How the reward is built when the config does not say (``rewards.composite.RuleReward`` arguments).
+DEFAULT_REWARD: dict[str, Any] = {"version": "v1", "num_workers": 0}
+REWARD_MODULE = "rewards.composite"
+
+
+class RewardBatchLike(Protocol):
+    """``total (B, N)`` in [0, 1] and ``terms[name] (B, N)`` (numpy), as ``rewards.composite.RewardBatch``."""
+
+    total: np.ndarray
+    terms: dict[str, np.ndarray]
+
+
+@runtime_checkable
+class RewardLike(Protocol):
+    """A reward over ``(B, N, 8, 3)`` plans of ``B`` scenes, scored on each scene's metric cache."""
+
+    names: Sequence[str]
+    version: str
+
+    def score(self, metric_caches: Sequence[Any], plans: np.ndarray) -> RewardBatchLike: ...
+
+
+def build_reward(spec: RewardLike | Mapping[str, Any] | None) -> RewardLike:
+    """The reward object of a config entry.
+
+    ``None`` or a dict of ``RuleReward`` arguments (``{version: v1, num_workers: 0}``) builds a
+    ``rewards.composite.RuleReward``; a dict with ``class_path`` (and ``init_args``) builds that class; a reward
+    object is returned as it is.
+    """
+    if spec is not None and not isinstance(spec, Mapping):
+        return spec
+    spec = dict(DEFAULT_REWARD if spec is None else spec)
+    if "class_path" in spec:
+        module_name, _, cls_name = str(spec["class_path"]).rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        return cls(**dict(spec.get("init_args") or {}))  # type: ignore[no-any-return]
+    return importlib.import_module(REWARD_MODULE).RuleReward(**spec)  # type: ignore[no-any-return]
+
+
+@dataclass
+class TensorRewards:
+    """Rewards of one rollout as tensors on the policy's device.
+
+    Attributes:
+        total: ``(B, N)`` float32.
+        terms: ``(B, N)`` float32 per sub-reward name.
+        total_gt: ``(B,)`` reward of each scene's ground-truth plan, or ``None`` when it was not scored.
+    """
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    total_gt: torch.Tensor | None = None
+
+
+def to_tensors(rewards: RewardBatchLike, device: torch.device, with_gt: bool = False) -> TensorRewards:
+    """``rewards`` as :class:`TensorRewards`; with ``with_gt`` the last sample of each scene is the ground truth's
+    and is split off into ``total_gt``."""
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
+
+    total = tensor(rewards.total)
+    terms = {k: tensor(v) for k, v in rewards.terms.items()}
+    if not with_gt:
+        return TensorRewards(total, terms)
+    return TensorRewards(total[:, :-1], {k: v[:, :-1] for k, v in terms.items()}, total[:, -1])
+
+
+def submit(reward: RewardLike, metric_caches: Sequence[Any], plans: np.ndarray) -> Future[RewardBatchLike]:
+    """Start scoring ``plans (B, N, 8, 3)``: ``reward.submit`` when the reward has one, else scored now."""
+    submit_fn = getattr(reward, "submit", None)
+    if callable(submit_fn):
+        return submit_fn(metric_caches, plans)  # type: ignore[no-any-return]
+    done: Future[RewardBatchLike] = Future()
+    done.set_result(reward.score(metric_caches, plans))
+    return done
+
+
+def select_scenes(
+    features: PlannerInput[torch.Tensor], targets: Mapping[str, torch.Tensor], index: torch.Tensor
+) -> tuple[PlannerInput[torch.Tensor], dict[str, torch.Tensor]]:
+    """The scenes ``index`` (long ``(K,)``) of a batch: features and targets."""
+    return features.apply(lambda t: t[index]), {k: v[index] for k, v in targets.items()}
+
+
+def exploration_spread(plans: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Spread of the 4 s poses within each group of a rollout: the root-mean-square distance (m) of the last
+    pose's (x, y) to its group's mean, averaged over the groups with at least two samples.
+
+    Args:
+        plans: ``(B, N, T, 3)`` sampled plans (the last pose is at 4 s).
+        groups: ``(B, N)`` long group ids within a scene (``None``: the scene's samples are one group).
+
+    Returns:
+        A scalar tensor (0 when no group has two samples).
+    """
+    b, n = plans.shape[:2]
+    xy = plans[:, :, -1, :2].reshape(-1, 2).to(torch.float64)
+    if groups is None:
+        groups = torch.zeros(b, n, dtype=torch.long, device=plans.device)
+    scene = torch.arange(b, device=plans.device)[:, None]
+    _, key = torch.unique((scene * (int(groups.max()) + 1) + groups).reshape(-1), return_inverse=True)
+    k = int(key.max()) + 1
+    count = torch.zeros(k, dtype=xy.dtype, device=xy.device).index_add_(0, key, torch.ones_like(xy[:, 0]))
+    mean = torch.zeros(k, 2, dtype=xy.dtype, device=xy.device).index_add_(0, key, xy) / count[:, None]
+    sq = ((xy - mean[key]) ** 2).sum(-1)
+    rms = (torch.zeros_like(count).index_add_(0, key, sq) / count).sqrt()
+    valid = count > 1
+    return (rms * valid).sum() / valid.sum().clamp(min=1)
