@@ -239,6 +239,13 @@ class RLDataModule(pl.LightningDataModule):
             )
         return RLDataset(features, rows, [index[tokens[i]] for i in rows], self.version)
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move the tensors to ``device``; the metric caches stay as they are (frozen numpy records)."""
+        if not isinstance(batch, dict) or "metric_cache" not in batch:
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        rest = {k: v for k, v in batch.items() if k != "metric_cache"}
+        return {**super().transfer_batch_to_device(rest, device, dataloader_idx), "metric_cache": batch["metric_cache"]}
+
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.dataset(stage),

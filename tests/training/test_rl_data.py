@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
 
 import simulation.metric_cache as metric_cache_module
 from rewards.composite import RuleReward
@@ -14,6 +17,7 @@ from simulation.datasets.testing import write_fixture_data
 from simulation.metric_cache import MetricCache
 from training.cache import build_cache
 from training.data import FeatureCacheDataset, write_npz_atomic
+from training.lightning_cli import run_cli
 from training.rl_data import RLDataModule, index_metric_caches
 
 SPLITS = ("synth_train", "synth_val")
@@ -99,3 +103,43 @@ def test_wrong_version_in_the_folder_is_an_error(city: tuple[Path, Path, Path], 
     _module(city, metric, max_scenes=1).dataset("val")
     with pytest.raises(ValueError, match="version v1, this data module serves v2"):
         _module(city, metric, max_scenes=1, version="v2").dataset("val")[0]
+
+
+class RewardProbe(pl.LightningModule):
+    """A stand-in RL module: scores the logged plan of every scene with the rule reward and learns nothing real."""
+
+    def __init__(self, version: str = "v1") -> None:
+        super().__init__()
+        self.reward = RuleReward(version)  # type: ignore[arg-type]
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.rewards: list[float] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        plans = batch["targets"]["trajectory"].detach().cpu().numpy()[:, None]
+        self.rewards += self.reward.score(batch["metric_cache"], plans).total.ravel().tolist()
+        return (self.weight**2).sum() + 1.0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_the_cli_trains_the_module_and_data_module_a_config_names(
+    city: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    data_root, maps_root, cache = city
+    config = {
+        "trainer": {"max_epochs": 1, "limit_val_batches": 0, "enable_progress_bar": False},
+        "model": {"class_path": f"{__name__}.RewardProbe", "init_args": {"version": "v1"}},
+        "data": {
+            "class_path": "training.rl_data.RLDataModule",
+            "init_args": {"feature_cache_dir": str(cache), "metric_cache_dir": str(tmp_path / "metric"),
+                          "data_root": str(data_root), "maps_root": str(maps_root), "batch_size": 2,
+                          "max_scenes": 2},
+        },
+    }  # fmt: skip
+    path = tmp_path / "rl.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = run_cli(["fit", "--config", str(path), "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert isinstance(cli.model, RewardProbe) and isinstance(cli.datamodule, RLDataModule)
+    assert cli.trainer.state.finished and len(cli.model.rewards) == 2
+    assert all(0.0 < r <= 1.0 for r in cli.model.rewards)
