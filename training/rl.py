@@ -52,6 +52,7 @@ from training.rl_support import (
     TensorRewards,
     build_reward,
     exploration_spread,
+    make_policy,
     select_scenes,
     submit,
     to_tensors,
@@ -75,6 +76,8 @@ class RLModule(pl.LightningModule):
         planner: the policy itself instead of ``init_ckpt`` (tests).
         reward: ``rewards.composite.RuleReward`` arguments (``{version: v1, num_workers: 0}``, the default), a dict
             with ``class_path`` / ``init_args``, or a reward object.
+        policy: how the generator samples in RL (:func:`training.rl_support.make_policy`): the truncated
+            planner's ``RolloutConfig`` fields, the masked planner's ``MaskedDiffusionPolicy`` arguments.
         freeze: parameter-name prefixes (e.g. ``bev_encoder``) kept in eval mode with ``requires_grad`` False.
         num_samples: rollouts per scene (``N``).
         advantage: ``grpo`` (scene-normalised), ``ddv2`` (intra-group truncated, failures -1) or ``gdpo``.
@@ -108,6 +111,7 @@ class RLModule(pl.LightningModule):
         init_ckpt: str | None = None,
         planner: nn.Module | None = None,
         reward: dict[str, Any] | Any = None,
+        policy: dict[str, Any] | None = None,
         freeze: list[str] | None = None,
         num_samples: int = 16,
         advantage: Advantage = "grpo",
@@ -149,6 +153,9 @@ class RLModule(pl.LightningModule):
         self.frozen_prefixes = list(freeze or [])
         self._freeze(self.frozen_prefixes)
         self.reference = copy.deepcopy(self.planner).eval().requires_grad_(False)
+        # the sampling wrappers share the modules' parameters; kept out of the module tree (no duplicate state)
+        object.__setattr__(self, "_policy", make_policy(self.planner, policy))
+        object.__setattr__(self, "_reference_policy", make_policy(self.reference, policy))
         self.train()  # the frozen modules in eval mode (Lightning keeps the modes it finds)
         self._reward_spec = reward
         self._reward: RewardLike | None = None
@@ -185,9 +192,13 @@ class RLModule(pl.LightningModule):
 
     @property
     def policy(self) -> PlanningPolicy:
-        if not isinstance(self.planner, PlanningPolicy):
-            raise TypeError(f"{type(self.planner).__name__} has no policy API (rollout, log_prob)")
-        return self.planner
+        policy: PlanningPolicy = self.__dict__["_policy"]
+        return policy
+
+    @property
+    def reference_policy(self) -> PlanningPolicy:
+        policy: PlanningPolicy = self.__dict__["_reference_policy"]
+        return policy
 
     @property
     def reward(self) -> RewardLike:
@@ -253,7 +264,7 @@ class RLModule(pl.LightningModule):
         ref_lp = None
         if float(hp["kl_coef"]) > 0 or bool(hp["log_kl"]):
             with torch.no_grad():  # while the reward is scored
-                ref_lp = self.reference.log_prob(batch["features"], rollout)  # type: ignore[operator]
+                ref_lp = self.reference_policy.log_prob(batch["features"], rollout)
         rewards = to_tensors(pending.result(), self.device, with_gt)
         if rewards.total.shape != rollout.plans.shape[:2]:
             raise ValueError(f"reward of shape {tuple(rewards.total.shape)} for plans {tuple(rollout.plans.shape)}")

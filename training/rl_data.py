@@ -16,7 +16,7 @@ dropped from the split with a warning naming it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from simulation.metric_cache import MetricCache, MetricCacheError
 from training.data import FeatureCacheDataset, FeatureCacheError, collate
@@ -164,6 +164,24 @@ def rl_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {**out, "metric_cache": caches}
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(n)`` that depends only on ``seed`` and the epoch (Lightning calls
+    :meth:`set_epoch`), so a resumed run sees the batches a run that never stopped would have seen."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
 class RLDataModule(pl.LightningDataModule):
     """Train / val scenes with their features, targets and metric caches.
 
@@ -176,6 +194,7 @@ class RLDataModule(pl.LightningDataModule):
         version: NAVSIM protocol of the metric caches, ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
         max_scenes: keep at most this many scenes per split (the first in cache order), e.g. for smoke runs.
         cache_workers: processes building missing metric caches (one log per task).
+        shuffle_seed: seed of the training order, which depends only on it and the epoch (exact resume).
     """
 
     def __init__(
@@ -191,8 +210,10 @@ class RLDataModule(pl.LightningDataModule):
         version: Version = "v1",
         max_scenes: int | None = None,
         cache_workers: int = 1,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
+        self.shuffle_seed = shuffle_seed
         if version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
         self.feature_cache_dir = Path(feature_cache_dir)
@@ -247,10 +268,11 @@ class RLDataModule(pl.LightningDataModule):
         return {**super().transfer_batch_to_device(rest, device, dataloader_idx), "metric_cache": batch["metric_cache"]}
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(stage)
         return DataLoader(
-            self.dataset(stage),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.shuffle_seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=rl_collate,
             pin_memory=torch.cuda.is_available(),
