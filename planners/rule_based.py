@@ -38,6 +38,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 def _times(num_poses: int, interval_s: float) -> np.ndarray:
     return np.arange(1, num_poses + 1) * interval_s
 
