@@ -154,8 +154,12 @@ class RLModule(pl.LightningModule):
         self._freeze(self.frozen_prefixes)
         self.reference = copy.deepcopy(self.planner).eval().requires_grad_(False)
         # the sampling wrappers share the modules' parameters; kept out of the module tree (no duplicate state)
-        object.__setattr__(self, "_policy", make_policy(self.planner, policy))
-        object.__setattr__(self, "_reference_policy", make_policy(self.reference, policy))
+        # (a planner without the policy API can still be loaded and saved; using it as a policy raises)
+        for name, module in (("_policy", self.planner), ("_reference_policy", self.reference)):
+            try:
+                object.__setattr__(self, name, make_policy(module, policy))
+            except TypeError as err:
+                object.__setattr__(self, name, err)
         self.train()  # the frozen modules in eval mode (Lightning keeps the modes it finds)
         self._reward_spec = reward
         self._reward: RewardLike | None = None
@@ -192,13 +196,18 @@ class RLModule(pl.LightningModule):
 
     @property
     def policy(self) -> PlanningPolicy:
-        policy: PlanningPolicy = self.__dict__["_policy"]
-        return policy
+        return self._policy_named("_policy")
 
     @property
     def reference_policy(self) -> PlanningPolicy:
-        policy: PlanningPolicy = self.__dict__["_reference_policy"]
-        return policy
+        return self._policy_named("_reference_policy")
+
+    def _policy_named(self, name: str) -> PlanningPolicy:
+        policy = self.__dict__[name]
+        if isinstance(policy, TypeError):
+            raise policy
+        result: PlanningPolicy = policy
+        return result
 
     @property
     def reward(self) -> RewardLike:
