@@ -100,6 +100,7 @@ def interpolate_trajectory(
     interval_s: float = 0.5,
     num_steps: int = NUM_STEPS,
     dt: float = DT,
+    start_poses: np.ndarray | None = None,
 ) -> np.ndarray:
     """Global reference poses ``(B, num_steps + 1, 3)`` at ``0, dt, ...`` from planned local poses.
 
@@ -107,6 +108,8 @@ def interpolate_trajectory(
         poses_local: ``(B, P, 3)`` (or ``(P, 3)``) poses at ``interval_s, 2 interval_s, ...`` in the current
             rear-axle frame.
         current_state: ``(11,)`` current ego state (its pose is prepended at t = 0).
+        start_poses: ``(B, 3)`` or ``(3,)`` local poses at t = 0 instead of the current pose (a trajectory that
+            starts elsewhere, e.g. PDM-Closed's, which starts at the ego projected on its centre line).
 
     x and y are interpolated linearly, the heading linearly after unwrapping (nuPlan's
     ``InterpolatedTrajectory``); query times past the plan's end are clamped to its last pose.
@@ -119,7 +122,12 @@ def interpolate_trajectory(
     origin = np.asarray(current_state, dtype=np.float64)[:3]
     batch, num_poses = poses_local.shape[:2]
     glob = local_to_global(poses_local.reshape(-1, 3), origin[None]).reshape(batch, num_poses, 3)
-    knots = np.concatenate([np.broadcast_to(origin, (batch, 1, 3)), glob], axis=1)  # (B, P + 1, 3)
+    if start_poses is None:
+        start = np.broadcast_to(origin, (batch, 1, 3))
+    else:
+        start = local_to_global(np.broadcast_to(np.asarray(start_poses, np.float64), (batch, 3)), origin[None])
+        start = start[:, None]
+    knots = np.concatenate([start, glob], axis=1)  # (B, P + 1, 3)
     knots[..., 2] = np.unwrap(knots[..., 2], axis=1)
     times = np.arange(num_poses + 1) * interval_s
     query = np.clip(np.arange(num_steps + 1) * dt, 0.0, times[-1])
@@ -500,10 +508,15 @@ def track_and_propagate(
 
 
 def simulate_proposals(
-    current_state: np.ndarray, poses_local: np.ndarray, interval_s: float = 0.5, lqr: LQRParameters = NAVSIM_LQR
+    current_state: np.ndarray,
+    poses_local: np.ndarray,
+    interval_s: float = 0.5,
+    lqr: LQRParameters = NAVSIM_LQR,
+    start_poses: np.ndarray | None = None,
 ) -> np.ndarray:
     """States ``(B, 41, 11)``: planned poses ``(B, P, 3)`` at ``interval_s`` (current rear-axle frame) interpolated
     to 10 Hz, tracked and propagated from ``current_state (11,)`` with NAVSIM's tracker (its jerk regulariser,
-    :data:`NAVSIM_LQR`) unless ``lqr`` says otherwise."""
-    reference = interpolate_trajectory(poses_local, current_state, interval_s=interval_s)
+    :data:`NAVSIM_LQR`) unless ``lqr`` says otherwise. ``start_poses`` ``(B, 3)``: the plans' local poses at t = 0
+    when they do not start at the current pose (see :func:`interpolate_trajectory`)."""
+    reference = interpolate_trajectory(poses_local, current_state, interval_s=interval_s, start_poses=start_poses)
     return track_and_propagate(current_state, reference, lqr=lqr)

@@ -337,8 +337,11 @@ def _simulated_plans(
         return out | {"reference_trajectory": human, "reference_interval_s": LOG_INTERVAL_S,
                       "reference_states": human_states}  # fmt: skip
     ref = reference_trajectory(reference_planner, scene, map_api)
-    ref_states = np.asarray(simulate(current, ref.poses[None], ref.interval_s)[0], dtype=np.float64)
-    return out | {"reference_trajectory": ref.poses, "reference_interval_s": ref.interval_s,
+    start = getattr(ref, "start_pose", None)  # PDM-Closed's trajectory starts at the ego projected on its path
+    extra = {} if start is None else {"start_poses": np.asarray(start, dtype=np.float64)[None]}
+    poses = np.asarray(ref.poses, dtype=np.float64).reshape(-1, 3)
+    ref_states = np.asarray(simulate(current, poses[None], ref.interval_s, **extra)[0], dtype=np.float64)
+    return out | {"reference_trajectory": poses, "reference_interval_s": ref.interval_s,
                   "reference_states": ref_states}  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """The main job (``make demo``): synthetic city -> scenes and plots -> rule-based benchmark table -> hard
-scenes (navtest-style list) -> feature cache -> imitation training -> learned-planner rows -> TorchScript / ONNX
-export.
+scenes (navtest-style list) -> feature cache -> imitation training -> RL fine-tuning of both generators ->
+learned-planner rows -> TorchScript / ONNX export.
 
 Every stage is a ``diffplan`` command (printed before it runs, so the demo doubles as a tutorial) and
 leaves a ``.done`` marker in the output folder: a re-run skips finished stages, and the benchmark
@@ -35,8 +35,16 @@ LEARNED = {
     "truncated_il": ("navsim_v1", "navsim_v2", "nuplan_cls_nr"),
     "masked_il": ("navsim_v1", "navsim_v2"),
 }
+#: RL fine-tuning of the generators: RL config -> (the imitation run it starts from, protocols).
+RL = {
+    "truncated_grpo": ("truncated_il", ("navsim_v1", "navsim_v2")),
+    "masked_gspo": ("masked_il", ("navsim_v1", "navsim_v2")),
+}
 #: ``diffplan bench`` planner config of a learned planner (default ``learned``: the checkpoint's own sampler).
-BENCH_PLANNER = {"masked_il": "masked"}  # goal candidates, the most likely one driven (masked_reflect's baseline)
+BENCH_PLANNER = {
+    "masked_il": "masked",
+    "masked_gspo": "masked",
+}  # goal candidates, the most likely one driven (masked_reflect's baseline)
 #: Extra rows of a trained planner: label -> (training config, ``diffplan bench`` planner config, protocols).
 VARIANTS = {
     "masked_il_reflect": ("masked_il", "masked_reflect", ("navsim_v1", "navsim_v2")),
@@ -69,6 +77,7 @@ class DemoSize:
         logs, towns: synthetic city size (``diffplan data synth``; the preset sets the log length).
         epochs: imitation epochs per learned planner, unless ``planner_epochs`` names it.
         planner_epochs: training config -> epochs, for planners that need more steps than the rest.
+        rl_epochs, rl_scenes: epochs of each RL run and the training / validation scenes it uses.
         train_interval: step between training scenes (2 Hz frames).
         navsim_interval: step between benchmark scenes (2 Hz frames) for the NAVSIM protocols.
         hard_interval: the same for the hard scenes (the listed ones among every ``hard_interval``-th frame).
@@ -83,6 +92,8 @@ class DemoSize:
     cls_scenarios: int
     hard_interval: int = 1
     planner_epochs: dict[str, int] = field(default_factory=dict)
+    rl_epochs: int = 2
+    rl_scenes: int = 64
 
     def epochs_of(self, name: str) -> int:
         return self.planner_epochs.get(name, self.epochs)
@@ -100,7 +111,9 @@ SIZES = {
         hard_interval=2,
         planner_epochs={"truncated_il": 10},
     ),
-    "medium": DemoSize(logs=40, towns=3, epochs=20, train_interval=1, navsim_interval=2, cls_scenarios=60),
+    "medium": DemoSize(
+        logs=40, towns=3, epochs=20, train_interval=1, navsim_interval=2, cls_scenarios=60, rl_epochs=5, rl_scenes=2000
+    ),
 }
 
 
@@ -199,6 +212,18 @@ class Pipeline:
             "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
         )  # fmt: skip
 
+    def train_rl(self, name: str) -> None:
+        run_dir = self.out / "train" / name
+        self.run_command(
+            "fit", "--config", str(TRAIN_DIR / f"{name}.yaml"), "--model.init_ckpt", str(self.checkpoint(RL[name][0])),
+            "--data.feature_cache_dir", str(self.out / "cache"),
+            "--data.metric_cache_dir", str(self.out / "metric_cache" / "rl_v1"),
+            "--data.data_root", str(self.data), "--data.maps_root", str(self.maps),
+            "--data.max_scenes", str(self.size.rl_scenes), "--trainer.max_epochs", str(self.size.rl_epochs),
+            "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir", str(run_dir),
+            "--trainer.enable_progress_bar", "false",
+        )  # fmt: skip
+
     def checkpoint(self, name: str) -> Path:
         # best.ckpt: the lowest validation loss (val/ade for the masked planner), the one a benchmark means
         found = sorted((self.out / "train" / name).rglob("best.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -207,7 +232,7 @@ class Pipeline:
         return found[-1]
 
     def learned(self) -> None:
-        for name, protocols in LEARNED.items():
+        for name, protocols in {**LEARNED, **{rl: protocols for rl, (_, protocols) in RL.items()}}.items():
             ckpt = self.checkpoint(name)
             planner = BENCH_PLANNER.get(name, "learned")
             for protocol in protocols:
@@ -245,7 +270,7 @@ class Pipeline:
                 frame = pd.read_csv(details)
                 if "diversity" in frame and frame["diversity"].notna().any():
                     cells["Div"] = float(frame.loc[frame["valid"].astype(bool), "diversity"].mean())
-        order = [*RULE_BASED, *LEARNED, *VARIANTS, "truncated_il_torchscript"]
+        order = [*RULE_BASED, *LEARNED, *RL, *VARIANTS, "truncated_il_torchscript"]
         planners = sorted(by_planner, key=lambda p: (order.index(p) if p in order else len(order), p))
         headers = [*(h for p in (*PROTOCOLS, f"navsim_v1_{HARD_SPLIT}") for _, h in COLUMNS[p]), "Div"]
         lines = ["| planner | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
@@ -293,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     pipe.stage("cache", pipe.cache)
     for name in LEARNED:
         pipe.stage(f"train_{name}", lambda n=name: pipe.train(n))  # type: ignore[misc]
+    for name in RL:
+        pipe.stage(f"train_{name}", lambda n=name: pipe.train_rl(n))  # type: ignore[misc]
     pipe.stage("learned", pipe.learned)
     pipe.stage("export", pipe.export)
     pipe.report()

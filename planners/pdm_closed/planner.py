@@ -158,7 +158,7 @@ class PDMClosedPlanner:
         state = np.asarray(observation.current_state, dtype=np.float64)
         glob, rolls, pdm_obs = self.proposals(observation)
         local = global_to_local(glob, state[:3])
-        states = simulate_proposals(state, local[:, 1:], STEP_S)
+        states = simulate_proposals(state, local[:, 1:], STEP_S, start_poses=local[:, 0])  # from their t = 0 states
         scores = self._score(observation, pdm_obs, states)
         best = int(np.argmax(scores))
         logger.debug("pdm_closed: proposal %d of %d, score %.3f", best, len(scores), scores[best])
