@@ -217,11 +217,22 @@ def _cuda_initialized() -> bool:
 
 
 def _default_start_method() -> str:
-    """``fork`` where the platform has it (the child starts at once, sharing what is loaded), else ``spawn``; also
-    ``spawn`` once this process has initialised CUDA, which a forked child could not use."""
-    if "fork" in multiprocessing.get_all_start_methods() and not _cuda_initialized():
+    """``fork`` when it is safe: the platform has it, this process runs one thread and has not initialised CUDA
+    (a child forked while another thread holds a lock, e.g. after training in the same process, can wait on that
+    lock for ever); else ``forkserver`` (children forked from a clean single-threaded server) where available, else
+    ``spawn``."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and not _cuda_initialized() and _single_threaded():
         return "fork"
-    return "spawn"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _single_threaded() -> bool:
+    """This process runs one OS thread (Python's and native ones such as torch's thread pools alike)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1 and "torch" not in sys.modules
 
 
 def _portable_error(err: Exception) -> Exception:
@@ -318,8 +329,8 @@ class SequentialExecutor:
     Args:
         isolate: ``False`` evaluates in this process (debugging with ``pdb``; a planner that ends the process
             ends the run).
-        start_method: ``fork``, ``spawn`` or ``forkserver``; ``None``: ``fork`` where available (the child shares
-            what this process loaded) unless this process has initialised CUDA, else ``spawn``.
+        start_method: ``fork``, ``spawn`` or ``forkserver``; ``None``: ``fork`` where it is safe (the child shares
+            what this process loaded; see ``_default_start_method``), else ``forkserver`` or ``spawn``.
     """
 
     def __init__(self, isolate: bool = True, start_method: str | None = None) -> None:

@@ -6,6 +6,7 @@ import functools
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,21 +95,37 @@ def test_an_unknown_start_method_is_refused() -> None:
         SequentialExecutor(start_method="teleport")
 
 
-def test_the_child_is_spawned_once_this_process_has_initialised_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_child_is_forked_only_from_a_single_threaded_process_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork while another thread holds a lock (after training in the same process) can hang the child, and a
+    forked child cannot use CUDA: then the child comes from the fork server (or is spawned)."""
     from types import SimpleNamespace
 
     from simulation.evaluation import executors
 
+    methods = multiprocessing.get_all_start_methods()
+    clean = "forkserver" if "forkserver" in methods else "spawn"
     fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_initialized=lambda: True))
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
-    assert executors._default_start_method() == "spawn"
+    monkeypatch.setattr(executors, "_single_threaded", lambda: True)
+    assert executors._default_start_method() == clean
     fake_torch.cuda.is_initialized = lambda: False
-    expected = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    assert executors._default_start_method() == expected
+    assert executors._default_start_method() == ("fork" if "fork" in methods else clean)
+    monkeypatch.setattr(executors, "_single_threaded", lambda: False)
+    assert executors._default_start_method() == clean
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        monkeypatch.undo()
+        assert not executors._single_threaded()
+    finally:
+        stop.set()
+        worker.join()
 
 
-def test_a_spawned_child_evaluates_in_order() -> None:
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_a_child_started_cleanly_evaluates_in_order(method: str) -> None:
     chunks = make_chunks(_refs(), 5)
-    rows = [row for rows in SequentialExecutor(start_method="spawn").map_chunks(pid_evaluator, chunks) for row in rows]
+    rows = [row for rows in SequentialExecutor(start_method=method).map_chunks(pid_evaluator, chunks) for row in rows]
     assert [r["token"] for r in rows] == [ref.token for chunk in chunks for ref in chunk]
     assert len({r["pid"] for r in rows}) == 1 and rows[0]["pid"] != os.getpid()
