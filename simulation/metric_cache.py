@@ -337,8 +337,9 @@ def _simulated_plans(
         return out | {"reference_trajectory": human, "reference_interval_s": LOG_INTERVAL_S,
                       "reference_states": human_states}  # fmt: skip
     ref = reference_trajectory(reference_planner, scene, map_api)
-    start = getattr(ref, "start_pose", None)  # PDM-Closed's trajectory starts at the ego projected on its path
-    extra = {} if start is None else {"start_poses": np.asarray(start, dtype=np.float64)[None]}
+    # a trajectory's global ``start_pose``: PDM-Closed's starts at the ego projected on its path (the log's, now)
+    start = getattr(ref, "start_pose", None)
+    extra = {} if start is None else {"start_poses": global_to_local(np.asarray(start, np.float64)[None], current[:3])}
     poses = np.asarray(ref.poses, dtype=np.float64).reshape(-1, 3)
     ref_states = np.asarray(simulate(current, poses[None], ref.interval_s, **extra)[0], dtype=np.float64)
     return out | {"reference_trajectory": poses, "reference_interval_s": ref.interval_s,

@@ -211,7 +211,7 @@ def reference_trajectory(planner: ReferencePlanner, scene: Scene, map_api: MapPr
     if len(poses) == 0 or not np.isfinite(poses).all() or not interval_s > 0.0:
         raise MetricCacheError(f"{scene.token}: reference planner returned no poses, NaN / inf poses or no interval")
     if isinstance(plan, Trajectory):
-        return plan  # keeps what a subclass carries (PDM-Closed's ``start_pose``: its t = 0 state)
+        return plan  # keeps what a subclass carries (a global ``start_pose``: PDM-Closed's t = 0 state)
     return Trajectory(poses, interval_s)
 
 

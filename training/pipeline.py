@@ -169,6 +169,8 @@ class Pipeline:
             f"protocol={protocol}", f"planner={planner}", f"split={split}", f"data_root={self.data}",
             f"maps_root={self.maps}", f"output_dir={out}", "progress=false", "worker=sequential",
             "report.num_worst=2", "report.num_gifs=1",
+            # the demo's planners are its own: evaluate in this process (no child to start per benchmark)
+            "worker.isolate=false",
         ]  # fmt: skip
         if protocol.startswith("nuplan"):
             overrides.append(f"max_scenes={self.size.cls_scenarios}")

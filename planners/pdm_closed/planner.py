@@ -45,8 +45,9 @@ MAP_CONTEXT_REUSE_M = 20.0
 @dataclass(frozen=True)
 class PDMReferenceTrajectory(Trajectory):
     """PDM-Closed's native trajectory: ``poses (50, 3)`` at t = 0.1 ... 5.0 s (``interval_s = 0.1``) in the current
-    rear-axle frame, and ``start_pose (3,)``, its state at t = 0: the ego projected on the centre line (not the ego
-    pose itself), as NAVSIM's ``InterpolatedTrajectory`` holds it."""
+    rear-axle frame, and ``start_pose (3,)``, its global state at t = 0: the ego projected on the centre line (not
+    the ego pose itself), as NAVSIM's ``InterpolatedTrajectory`` holds it (global, as every trajectory's
+    ``start_pose``; see ``simulation.ego_control``)."""
 
     start_pose: np.ndarray | None = None
 
@@ -125,9 +126,10 @@ class PDMClosedPlanner:
     def reference_trajectory(self, observation: Observation) -> PDMReferenceTrajectory:
         """What NAVSIM's metric caching stores as the PDM-Closed trajectory: the 51 native states at t = 0, 0.1, ...,
         5.0 s; ``poses`` ``(50, 3)`` are those at t = 0.1 ... 5.0 s (``interval_s = 0.1``) and ``start_pose`` the
-        one at t = 0 (the ego projected on the centre line), all in the current rear-axle frame."""
-        local = global_to_local(self._native(observation), observation.current_state[:3])
-        return PDMReferenceTrajectory(local[1:], STEP_S, start_pose=local[0])
+        one at t = 0 (the ego projected on the centre line, global)."""
+        native = self._native(observation)
+        local = global_to_local(native, observation.current_state[:3])
+        return PDMReferenceTrajectory(local[1:], STEP_S, start_pose=native[0].copy())
 
     def proposals(self, observation: Observation) -> tuple[np.ndarray, list[PathRollout], PDMObservation]:
         """Global proposal poses ``(K, 41, 3)`` (path-major: centre line, then the offsets; policies inside), the
