@@ -36,6 +36,7 @@ from simulation.geometry import (
 from simulation.io import atomic_write, atomic_write_text
 from simulation.maps.layers import SemanticMapLayer
 from simulation.maps.protocol import MapProtocol
+from simulation.maps.route import route_discrete_path, starting_lane_id
 from simulation.metric_cache_inputs import (
     DT,
     LOG_INTERVAL_S,
@@ -85,9 +86,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Format of the cache files. 2: the reference is PDM-Closed's 10 Hz trajectory (stored), tracked with NAVSIM's jerk
-#: regulariser (1: its 0.5 s plan, nuPlan's regulariser).
-CACHE_FORMAT_VERSION = 2
+#: Format of the cache files. 3: the centre line (and PDM-Closed's reference) start on NAVSIM's starting lane and keep
+#: the lane joints (2: from the route lane nearest the rear axle, joints merged). 2: the reference is PDM-Closed's
+#: 10 Hz trajectory (stored), tracked with NAVSIM's jerk regulariser (1: its 0.5 s plan, nuPlan's regulariser).
+CACHE_FORMAT_VERSION = 3
 #: The cache folder's description (format version, scorer version), beside the ``<log>/<token>.npz`` files.
 FOLDER_META_NAME = "meta.json"
 #: Observation length (10 Hz samples incl. t = 0): v1 keeps 5 s so that TTC can look 0.9 s past 4 s; v2 keeps 4 s.
@@ -409,7 +411,8 @@ def build_metric_cache(
     map_context = MapContext.build(map_api, rear_axle_to_center(pose)[:2])
     route_ids = map_api.route_roadblock_ids(scene.route_roadblock_ids)
     route_lanes = map_api.route_lane_ids(route_ids)
-    centerline = np.asarray(map_api.route_centerline(route_ids, pose), dtype=np.float64)
+    # PDM-Closed's centre line (NAVSIM stores its planner's): from NAVSIM's starting lane, lane joints kept twice
+    centerline = route_discrete_path(map_api, route_ids, pose, starting_lane_id(map_api, route_ids, pose))[:, :2]
     a = scene.agents
     boxes, valid = interpolate_agents(a.boxes[ci:], a.valid[ci:], a.types, OBSERVATION_STEPS[version])
     red_ids, red_mask = _scene_red_lights(scene, route_lanes, version)

@@ -1,4 +1,8 @@
-"""PDM-Closed's path: a discrete centre line with headings, interpolated by arc length (NAVSIM's ``PDMPath``)."""
+"""PDM-Closed's path: a discrete centre line with headings, interpolated by arc length (NAVSIM's ``PDMPath``).
+
+The planner builds it from :func:`simulation.maps.route.route_discrete_path`: the lanes' baseline vertices with the
+map's headings (each vertex heading along the segment to the next one of its own lane), joints kept twice.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ import shapely
 from shapely.geometry import LineString
 from shapely.ops import substring
 
-from simulation.geometry import normalize_angle, polyline_headings, polyline_lengths
+from simulation.geometry import polyline_headings, polyline_lengths
 
 
 class ProposalPath:
-    """A path ``(N, 3)`` of (x, y, heading) vertices (headings unwrapped along it).
+    """A path ``(N, 3)`` of (x, y, heading) vertices (headings unwrapped along it; repeated vertices allowed).
 
     ``interpolate`` clamps distances to ``[1e-5, length]`` and interpolates x, y and the unwrapped heading
     linearly; ``project`` is the arc length of the nearest point (shapely's ``line_locate_point``).
@@ -27,7 +31,8 @@ class ProposalPath:
 
     @staticmethod
     def from_centerline(xy: np.ndarray) -> ProposalPath:
-        """The path of an ``(N, 2)`` centre line, each vertex heading along its outgoing segment."""
+        """The path of an ``(N, 2)`` polyline, each vertex heading along its outgoing segment (the last along the
+        last segment): the heading rule of one lane's discrete path, applied to the whole polyline."""
         xy = np.asarray(xy, dtype=np.float64)
         return ProposalPath(np.concatenate([xy, polyline_headings(xy)[:, None]], -1))
 
@@ -52,10 +57,21 @@ class ProposalPath:
         return np.asarray(shapely.line_locate_point(self.linestring, shapely.points(points)), dtype=np.float64)
 
     def interpolate(self, distances: np.ndarray) -> np.ndarray:
-        """Poses ``(..., 3)`` at arc lengths ``distances`` ``(...)``."""
+        """Poses ``(..., 3)`` at arc lengths ``distances`` ``(...)``.
+
+        As scipy's linear ``interp1d`` (what NAVSIM's ``PDMPath`` uses): a distance ``d`` falls in the segment
+        ``[i - 1, i]`` with ``i`` the first vertex whose arc length is ``>= d`` (so a vertex repeated at a lane joint
+        is left by the segment after it), ``slope * (d - s[i - 1]) + value[i - 1]``; the heading is wrapped with
+        ``arctan2(sin, cos)``; NaNs become 0.
+        """
         d = np.clip(np.asarray(distances, dtype=np.float64), 1e-5, self.length)
-        out = np.stack([np.interp(d, self.progress, self.states[:, c]) for c in range(3)], -1)
-        out[..., 2] = normalize_angle(out[..., 2])
+        hi = np.clip(np.searchsorted(self.progress, d), 1, len(self.progress) - 1)
+        lo = hi - 1
+        s_lo = self.progress[lo]
+        slope = (self.states[hi] - self.states[lo]) / (self.progress[hi] - s_lo)[..., None]
+        out = slope * (d - s_lo)[..., None] + self.states[lo]
+        out[..., 2] = np.arctan2(np.sin(out[..., 2]), np.cos(out[..., 2]))  # NAVSIM's normalize_angle
+        out[np.isnan(out)] = 0.0
         return out
 
     def substring(self, start: float, end: float) -> LineString:

@@ -5,6 +5,7 @@ first, then its offsets -1 m and +1 m, each with the IDM policies of 0.2 ... 1.0
 4 s at 10 Hz (:mod:`planners.pdm_closed.generator`), simulated with :func:`simulation.kinematics.simulate_proposals`,
 scored on the planner's own observation (:mod:`planners.pdm_closed.observation`); the best is unrolled to 5 s and
 returned. NAVSIM defines an emergency brake for PDM planners but its PDM-Closed never applies it; neither does this.
+The centre line starts on NAVSIM's starting lane and carries the map's headings (:mod:`planners.pdm_closed.centerline`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from planners.pdm_closed.centerline import PDMRouteCache, PDMRouteContext, pdm_route_context
 from planners.pdm_closed.generator import PathRollout, ProposalGenerator
 from planners.pdm_closed.idm_policy import BatchIDMPolicy
 from planners.pdm_closed.observation import PDMObservation, build_pdm_observation, scoring_observation
 from planners.pdm_closed.path import ProposalPath
-from planners.route import _current_agents, _red_connector_ids, _require_map, _route_context, _RouteCache
+from planners.route import _current_agents, _red_connector_ids, _require_map
 from rewards.pdm import score_states
 from simulation.agents import IDMParameters
 from simulation.geometry import global_to_local, normalize_angle, rear_axle_to_center
@@ -113,7 +115,7 @@ class PDMClosedPlanner:
         self.generator = ProposalGenerator(self.policy, TRAJECTORY_STEPS, STEP_S)
         self.last_scores: dict[str, np.ndarray] = {}
         self._map_context: MapContext | None = None
-        self._route_cache = _RouteCache()
+        self._route_cache = PDMRouteCache()
 
     def plan(self, observation: Observation) -> Trajectory:
         """The plan a NAVSIM PDM-Closed agent submits: the native trajectory sampled at ``interval_s, ...,
@@ -134,11 +136,18 @@ class PDMClosedPlanner:
     def proposals(self, observation: Observation) -> tuple[np.ndarray, list[PathRollout], PDMObservation]:
         """Global proposal poses ``(K, 41, 3)`` (path-major: centre line, then the offsets; policies inside), the
         rollouts per path and the observation they were unrolled against."""
+        glob, rolls, pdm_obs, _ = self._proposals(observation)
+        return glob, rolls, pdm_obs
+
+    def _proposals(
+        self, observation: Observation
+    ) -> tuple[np.ndarray, list[PathRollout], PDMObservation, PDMRouteContext]:
+        """:meth:`proposals` and the route context they were built on."""
         state = np.asarray(observation.current_state, dtype=np.float64)
-        ctx = _route_context(observation, self._route_cache)
+        ctx = pdm_route_context(observation, self._route_cache)
         pdm_obs = self._observation(observation, ctx.route_lanes)
         targets = self.policy.target_velocities(ctx.speed_limit)
-        centre = ProposalPath.from_centerline(ctx.path)
+        centre = ProposalPath(ctx.states)
         paths = [centre] + [centre.parallel(o) for o in self.lateral_offsets]
         rows = np.arange(len(targets))
         rolls = []
@@ -147,7 +156,7 @@ class PDMClosedPlanner:
             self.generator.unroll(roll, pdm_obs, rows, 1, PROPOSAL_STEPS)
             rolls.append(roll)
         poses = np.concatenate([r.poses[:, : PROPOSAL_STEPS + 1] for r in rolls])
-        return poses, rolls, pdm_obs
+        return poses, rolls, pdm_obs, ctx
 
     def _observation(self, observation: Observation, route_lanes: set[str]) -> PDMObservation:
         map_api = _require_map(observation)
@@ -158,10 +167,10 @@ class PDMClosedPlanner:
     def _native(self, observation: Observation) -> np.ndarray:
         """Global native trajectory ``(51, 3)`` at t = 0, 0.1, ..., 5.0 s."""
         state = np.asarray(observation.current_state, dtype=np.float64)
-        glob, rolls, pdm_obs = self.proposals(observation)
+        glob, rolls, pdm_obs, ctx = self._proposals(observation)
         local = global_to_local(glob, state[:3])
         states = simulate_proposals(state, local[:, 1:], STEP_S, start_poses=local[:, 0])  # from their t = 0 states
-        scores = self._score(observation, pdm_obs, states)
+        scores = self._score(observation, ctx, pdm_obs, states)
         best = int(np.argmax(scores))
         logger.debug("pdm_closed: proposal %d of %d, score %.3f", best, len(scores), scores[best])
         per_path = self.policy.num_policies
@@ -169,14 +178,16 @@ class PDMClosedPlanner:
         self.generator.unroll(roll, pdm_obs, row, PROPOSAL_STEPS + 1, TRAJECTORY_STEPS)
         return roll.poses[row[0]].copy()
 
-    def _score(self, observation: Observation, pdm_obs: PDMObservation, states: np.ndarray) -> np.ndarray:
-        """``(K,)`` proposal scores; also sets :attr:`last_scores`."""
-        ctx = _route_context(observation, self._route_cache)
+    def _score(
+        self, observation: Observation, ctx: PDMRouteContext, pdm_obs: PDMObservation, states: np.ndarray
+    ) -> np.ndarray:
+        """``(K,)`` proposal scores (progress along the centre line's vertices, as NAVSIM's ``PDMPath``); also sets
+        :attr:`last_scores`."""
         center = rear_axle_to_center(np.asarray(observation.current_state[:3], dtype=np.float64))[:2]
         self._map_context = _map_context(_require_map(observation), center, self._map_context)
         scored_obs, boxes = scoring_observation(observation, pdm_obs, TRAJECTORY_STEPS + 1)
-        cache = build_observation_metric_cache(scored_obs, ctx.path, ctx.route_lanes, boxes, list(pdm_obs.red_ids),
-                                               self._map_context, self.version)  # fmt: skip
+        cache = build_observation_metric_cache(scored_obs, ctx.states[:, :2], ctx.route_lanes, boxes,
+                                               list(pdm_obs.red_ids), self._map_context, self.version)  # fmt: skip
         if self.scorer is not None and hasattr(self.scorer, "score_states"):
             out = dict(self.scorer.score_states(cache, states))
         elif self.version == "v1":

@@ -1,8 +1,9 @@
-"""Routes over the roadblock graph: gap repair, lanes of a route, the route centre line, nearest lane.
+"""Routes over the roadblock graph: gap repair, lanes of a route, the route centre line, nearest lane, and
+NAVSIM's PDM rules (starting lane, discrete centre line with the map's headings).
 
-Functions take a :class:`~simulation.maps.api.MapAPI` (only its four object dictionaries, ``lane_edge`` and
-``lane_polygon_tree`` are used). A route is a list of roadblock and roadblock-connector ids, as in nuPlan's
-``scene.roadblock_ids``.
+Functions take a map (:class:`~simulation.maps.protocol.MapProtocol`: only its four object dictionaries,
+``lane_edge`` and, for :func:`nearest_lane_id` without a route, ``MapAPI.lane_polygon_tree`` are used). A route is a
+list of roadblock and roadblock-connector ids, as in nuPlan's ``scene.roadblock_ids``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,21 @@ import numpy as np
 import shapely
 from shapely.geometry import Point
 
-from simulation.geometry import interpolate_polyline, normalize_angle, project_on_polyline
+from simulation.geometry import (
+    ego_box_corners,
+    interpolate_polyline,
+    normalize_angle,
+    polyline_headings,
+    project_on_polyline,
+    rear_axle_to_center,
+)
 from simulation.maps.errors import UnknownMapObjectError
 from simulation.maps.objects import LaneGraphEdge, Roadblock
+from simulation.types import PACIFICA, VehicleParameters
 
 if TYPE_CHECKING:
     from simulation.maps.api import MapAPI
+    from simulation.maps.protocol import MapProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +41,11 @@ MAX_REPAIR_DEPTH = 12
 DEDUP_TOLERANCE = 1e-3
 
 
-def _block(api: MapAPI, block_id: str) -> Roadblock | None:
+def _block(api: MapProtocol, block_id: str) -> Roadblock | None:
     return api.roadblocks.get(block_id) or api.roadblock_connectors.get(block_id)
 
 
-def _connecting_path(api: MapAPI, start: str, goal: str, max_depth: int) -> list[str] | None:
+def _connecting_path(api: MapProtocol, start: str, goal: str, max_depth: int) -> list[str] | None:
     """Shortest ``[start, ..., goal]`` through the roadblock graph (breadth first), ``None`` if none is found."""
     parent: dict[str, str] = {}
     queue: deque[tuple[str, int]] = deque([(start, 0)])
@@ -59,7 +69,7 @@ def _connecting_path(api: MapAPI, start: str, goal: str, max_depth: int) -> list
     return None
 
 
-def route_roadblock_ids(api: MapAPI, ids: Iterable[str | int], max_depth: int = MAX_REPAIR_DEPTH) -> list[str]:
+def route_roadblock_ids(api: MapProtocol, ids: Iterable[str | int], max_depth: int = MAX_REPAIR_DEPTH) -> list[str]:
     """A route whose consecutive entries are connected in the roadblock graph.
 
     Unknown ids and repeats are dropped; where entry ``k + 1`` is not an outgoing neighbour of entry ``k``, the
@@ -87,7 +97,7 @@ def route_roadblock_ids(api: MapAPI, ids: Iterable[str | int], max_depth: int = 
     return route
 
 
-def route_lane_ids(api: MapAPI, route_ids: Iterable[str | int]) -> set[str]:
+def route_lane_ids(api: MapProtocol, route_ids: Iterable[str | int]) -> set[str]:
     """Ids of the lanes and lane connectors inside the roadblocks / roadblock connectors of a route."""
     out: set[str] = set()
     for block_id in route_ids:
@@ -130,7 +140,67 @@ def nearest_lane_id(api: MapAPI, pose: np.ndarray, route_ids: Sequence[str | int
     return min(close, key=lambda i: (_heading_error(api.lane_edge(i), pose), i))
 
 
-def _straightness(api: MapAPI, edge_id: str) -> float:
+def route_edge_ids(api: MapProtocol, route_ids: Iterable[str | int]) -> list[str]:
+    """The lanes and lane connectors of a route in route order (each roadblock's interior order), each once: the
+    order of NAVSIM's route lane dictionary (``_load_route_dicts``). Unknown roadblock ids are skipped."""
+    out: dict[str, None] = {}
+    for block_id in dict.fromkeys(str(i) for i in route_ids):
+        block = _block(api, block_id)
+        for edge_id in block.interior_ids if block is not None else ():
+            out.setdefault(edge_id, None)
+    return list(out)
+
+
+def discrete_path(api: MapProtocol, edge_id: str) -> np.ndarray:
+    """``(N, 3)`` float64 (x, y, heading) of a lane's / lane connector's baseline as nuPlan's map gives it
+    (``baseline_path.discrete_path``): every vertex, each with the heading of the segment to the next vertex, the
+    last vertex with that of the last segment (``nuplan_map.utils.compute_linestring_heading``)."""
+    line = np.asarray(api.lane_edge(edge_id).baseline[:, :2], dtype=np.float64)
+    return np.concatenate([line, polyline_headings(line)[:, None]], -1)
+
+
+def _nearest_vertex_heading_error(path: np.ndarray, pose: np.ndarray) -> float:
+    """|heading of the vertex of ``path`` ``(N, 3)`` nearest ``pose`` ``(3,)`` - pose heading| (first on ties)."""
+    dist = (((pose[None, :2] - path[:, :2]) ** 2).sum(-1)) ** 0.5
+    error = path[int(np.argmin(dist)), 2] - pose[2]
+    return float(abs(np.arctan2(np.sin(error), np.cos(error))))
+
+
+def starting_lane_id(
+    api: MapProtocol, route_ids: Iterable[str | int], pose: np.ndarray, vehicle: VehicleParameters = PACIFICA
+) -> str:
+    """The lane or lane connector NAVSIM's PDM planners start from (``AbstractPDMPlanner._get_starting_lane``).
+
+    ``pose`` ``(3,)`` is the ego's rear axle; candidates are :func:`route_edge_ids` in that order.
+
+    1. Among the route edges whose polygon intersects the rear-axle point (boundary included), the one whose
+       :func:`discrete_path` vertex nearest the rear axle has the smallest absolute heading error (first on ties).
+    2. Otherwise the first route edge whose polygon strictly contains the ego centre (the rear axle moved
+       ``vehicle.rear_axle_to_center`` forward).
+    3. Otherwise the route edge whose polygon is nearest to the ego footprint (first on ties).
+
+    Raises:
+        UnknownMapObjectError: the route has no lane or lane connector.
+    """
+    pose = np.asarray(pose, dtype=np.float64).reshape(3)
+    edges = route_edge_ids(api, route_ids)
+    if not edges:
+        raise UnknownMapObjectError(f"map {api.map_name}: the route has no lane or lane connector")
+    polygons = np.empty(len(edges), dtype=object)
+    polygons[:] = [api.lane_edge(i).polygon for i in edges]
+    on = np.flatnonzero(shapely.intersects(polygons, Point(pose[0], pose[1])))
+    if len(on):
+        errors = [_nearest_vertex_heading_error(discrete_path(api, edges[k]), pose) for k in on]
+        return edges[int(on[int(np.argmin(errors))])]
+    center = rear_axle_to_center(pose, vehicle)
+    inside = np.flatnonzero(shapely.contains_xy(polygons, center[0], center[1]))
+    if len(inside):
+        return edges[int(inside[0])]
+    footprint = shapely.polygons(ego_box_corners(pose, vehicle))
+    return edges[int(np.argmin(shapely.distance(polygons, footprint)))]
+
+
+def _straightness(api: MapProtocol, edge_id: str) -> float:
     """Absolute heading change along an edge's baseline (used to prefer straight continuations)."""
     line = api.lane_edge(edge_id).baseline
     start = np.arctan2(*(line[1] - line[0])[::-1])
@@ -138,7 +208,7 @@ def _straightness(api: MapAPI, edge_id: str) -> float:
     return float(abs(normalize_angle(end - start)))
 
 
-def _furthest_chain(api: MapAPI, start: str, allowed: set[str], rank: dict[str, int]) -> list[str]:
+def _furthest_chain(api: MapProtocol, start: str, allowed: set[str], rank: dict[str, int]) -> list[str]:
     """Breadth-first walk from ``start`` over outgoing edges inside ``allowed`` that never go back in the route;
     returns the chain to the edge furthest along the route (fewest hops, straightest first on ties)."""
     parent: dict[str, str | None] = {start: None}
@@ -161,21 +231,23 @@ def _furthest_chain(api: MapAPI, start: str, allowed: set[str], rank: dict[str, 
     return chain[::-1]
 
 
-def route_centerline(api: MapAPI, route_ids: Sequence[str | int], start_pose: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` float64 centre line along a route, starting with the whole baseline of the route lane nearest
-    ``start_pose`` ``(3,)`` and continued through outgoing lanes / connectors that stay inside the route up to the
-    furthest reachable route entry (consecutive duplicate points merged). The route is gap-repaired first.
+def route_lane_chain(
+    api: MapProtocol, route_ids: Sequence[str | int], start_pose: np.ndarray, start_lane_id: str | None = None
+) -> list[str]:
+    """Ids of the lanes / lane connectors a route centre line runs through, in driving order.
 
-    When a sibling lane of the same roadblock reaches further along the route than the nearest lane (the route
-    turns off from another lane), the centre line starts on that sibling instead (nearest such sibling among those
-    that reach furthest).
+    The chain starts on ``start_lane_id`` (default: :func:`nearest_lane_id` of ``start_pose`` ``(3,)`` within the
+    route) and continues through outgoing lanes / connectors that stay inside the route up to the furthest
+    reachable route entry. When a sibling lane of the same roadblock reaches further along the route (the route
+    turns off from another lane), the chain starts on that sibling instead (nearest to ``start_pose`` among those
+    that reach furthest). The route is gap-repaired first.
     """
     route = route_roadblock_ids(api, route_ids)
     rank: dict[str, int] = {}
     for k, block_id in enumerate(route):
         rank.setdefault(block_id, k)
     allowed = route_lane_ids(api, route)
-    start = nearest_lane_id(api, start_pose, route)
+    start = start_lane_id if start_lane_id is not None else api.nearest_lane_id(start_pose, route)
     chain = _furthest_chain(api, start, allowed, rank)
     block = _block(api, api.lane_edge(start).roadblock_id)
     siblings = [i for i in (block.interior_ids if block is not None else ()) if i != start and i in allowed]
@@ -185,7 +257,26 @@ def route_centerline(api: MapAPI, route_ids: Sequence[str | int], start_pose: np
         candidate = _furthest_chain(api, other, allowed, rank)
         if rank[api.lane_edge(candidate[-1]).roadblock_id] > rank[api.lane_edge(chain[-1]).roadblock_id]:
             chain = candidate
+    return chain
+
+
+def route_centerline(
+    api: MapProtocol, route_ids: Sequence[str | int], start_pose: np.ndarray, start_lane_id: str | None = None
+) -> np.ndarray:
+    """``(N, 2)`` float64 centre line along a route: the baselines of :func:`route_lane_chain` one after the other,
+    consecutive points closer than :data:`DEDUP_TOLERANCE` merged."""
+    chain = route_lane_chain(api, route_ids, start_pose, start_lane_id)
     points = np.concatenate([api.lane_edge(i).baseline[:, :2] for i in chain]).astype(np.float64)
     keep = np.ones(len(points), dtype=bool)
     keep[1:] = np.linalg.norm(np.diff(points, axis=0), axis=1) > DEDUP_TOLERANCE
     return points[keep]
+
+
+def route_discrete_path(
+    api: MapProtocol, route_ids: Sequence[str | int], start_pose: np.ndarray, start_lane_id: str | None = None
+) -> np.ndarray:
+    """``(N, 3)`` float64 (x, y, heading): the :func:`discrete_path` of each lane of :func:`route_lane_chain`
+    concatenated as they are (NAVSIM's ``_get_discrete_centerline``): the joint of two lanes appears twice, once
+    with each lane's heading, and nothing is merged."""
+    chain = route_lane_chain(api, route_ids, start_pose, start_lane_id)
+    return np.concatenate([discrete_path(api, i) for i in chain])

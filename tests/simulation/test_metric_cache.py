@@ -300,3 +300,15 @@ def test_observation_metric_cache_holds_the_step(fixture_api):
     states[1, :, StateIndex.X] = OX - 40.0
     out = score_states(cache, states, "v2", apply_human_filter=False)
     assert out["traffic_light_compliance"].tolist() == [0.0, 1.0]
+
+
+def test_centre_line_is_pdm_closeds_from_navsims_starting_lane(fixture_api):
+    """Rear axle off the map, nearer lane 12 (1.0 m) than lane 11 (1.02 m), its centre inside lane 11: the centre line
+    starts on lane 11 (NAVSIM's starting lane) and keeps the joint of lanes 11 and 111 twice."""
+    scene = _scene(-40.0, 8.0, ("1", "101", "2"))
+    scene.ego.states[scene.current_index, :3] = [OX - 61.0, OY - 4.2, 0.6]
+    cache = build_metric_cache(scene, fixture_api, None, "v1", simulate=_simulate)
+    np.testing.assert_allclose(cache.centerline[0], [OX - 60.0, OY - 2.0])
+    np.testing.assert_array_equal(cache.centerline[50], cache.centerline[51])
+    np.testing.assert_allclose(cache.centerline[50], [OX - 10.0, OY - 2.0])
+    assert len(cache.centerline) == 51 + 21 + 41 and cache.centerline_s[-1] == pytest.approx(110.0)
