@@ -8,7 +8,9 @@ The planner keeps its speed; in CLS-R it runs into the IDM agents that stop wher
 
 The PDM-Closed lines run the same scenario with ``planners.rule_based.PDMClosedPlanner`` in the loop: seconds
 per 15 s scenario (simulation and planner, metrics apart), simulation steps per second and milliseconds per
-planner call (best of two runs, each with a fresh planner).
+planner call (best of two runs, each with a fresh planner), then the same with the previous proposal stepping
+(``benchmarks/pdm_closed_baseline.py``: path after path) in the same run, its ms per call, the ratio, and whether
+the two drove the same trajectory.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import shapely
+from pdm_closed_baseline import PathByPathGenerator
 
 from planners.rule_based import PDMClosedPlanner
 from rewards.nuplan_map_context import LaneGraphContext, build_lane_graph_context
@@ -162,18 +165,32 @@ class _TimedPlanner:
             self.calls += 1
 
 
-def bench_pdm_closed(api: MapAPI, scenario: Scenario, reactive: bool, repeat: int = 2) -> str:
-    """One line of figures for PDM-Closed in CLS-R (``reactive``) or CLS-NR."""
-    name = "CLS-R " if reactive else "CLS-NR"
-    sim = ClosedLoopSimulator(reactive=reactive)
-    sim.run(scenario, PDMClosedPlanner(), map_api=api)  # warm-up (compiled kernels)
-    runs = []
+def _baseline_planner() -> PDMClosedPlanner:
+    planner = PDMClosedPlanner()
+    planner.generator = PathByPathGenerator(planner.policy, planner.generator.trajectory_steps, planner.generator.dt)
+    return planner
+
+
+def _timed_runs(sim: ClosedLoopSimulator, scenario: Scenario, api: MapAPI, make: Any, repeat: int) -> tuple:
+    """Best seconds per scenario, best seconds per planner call and the last history over ``repeat`` runs."""
+    sim.run(scenario, make(), map_api=api)  # warm-up (compiled kernels)
+    runs, history = [], None
     for _ in range(repeat):
-        planner = _TimedPlanner(PDMClosedPlanner())
+        planner = _TimedPlanner(make())
         start = time.perf_counter()
         history = sim.run(scenario, planner, map_api=api)
         runs.append((time.perf_counter() - start, planner.seconds / max(planner.calls, 1)))
-    seconds, per_call = min(r[0] for r in runs), min(r[1] for r in runs)
+    return min(r[0] for r in runs), min(r[1] for r in runs), history
+
+
+def bench_pdm_closed(api: MapAPI, scenario: Scenario, reactive: bool, repeat: int = 2) -> str:
+    """One line of figures for PDM-Closed in CLS-R (``reactive``) or CLS-NR, and its ratio against the previous
+    proposal stepping."""
+    name = "CLS-R " if reactive else "CLS-NR"
+    sim = ClosedLoopSimulator(reactive=reactive)
+    seconds, per_call, history = _timed_runs(sim, scenario, api, PDMClosedPlanner, repeat)
+    _, base_call, base_history = _timed_runs(sim, scenario, api, _baseline_planner, repeat)
+    same = np.array_equal(history.ego_states, base_history.ego_states)
     steps = len(history.ego_states)
     rollout, points = _rollout(history, scenario)
     score = compute_closed_loop_metrics(rollout, build_lane_graph_context(api, points))["score"]
@@ -181,7 +198,8 @@ def bench_pdm_closed(api: MapAPI, scenario: Scenario, reactive: bool, repeat: in
     return (
         f"{name} PDM-Closed: simulation {seconds:.3f} s per 15 s scenario ({steps} steps, "
         f"{steps / seconds:.0f} steps/s, planner {per_call * 1e3:.1f} ms per call, {errors} planner errors, "
-        f"score {score:.3f})"
+        f"score {score:.3f}); path-after-path stepping {base_call * 1e3:.1f} ms per call: "
+        f"{base_call / per_call:.2f}x, same trajectory: {same}"
     )
 
 

@@ -15,7 +15,7 @@ Per path (the centre line first, then its lateral offsets) and per step ``k = 1 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
@@ -23,7 +23,7 @@ from shapely.geometry import Polygon
 
 from planners.pdm_closed.idm_policy import BatchIDMPolicy, IDMState, LeaderIndex
 from planners.pdm_closed.observation import PDMObservation, ego_footprint
-from planners.pdm_closed.path import ProposalPath
+from planners.pdm_closed.path import PathStack, ProposalPath
 from simulation.types import PACIFICA, VehicleParameters
 
 
@@ -38,6 +38,9 @@ class PathRollout:
     poses: np.ndarray
     idm: np.ndarray
     leaders: np.ndarray
+    #: per leader-search step ``k``: the obstacles meeting the corridor and not collided ``(H,)`` and the arc length
+    #: of their centroids on the path ``(H,)`` (they depend on ``k`` only, so they are found for all steps at once)
+    candidates: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class ProposalGenerator:
@@ -69,48 +72,115 @@ class ProposalGenerator:
 
     def unroll(self, roll: PathRollout, obs: PDMObservation, rows: np.ndarray, first: int, last: int) -> None:
         """Steps ``first .. last`` (inclusive) of the proposals ``rows`` of ``roll``, in place."""
-        for k in range(first, last + 1):
+        self.unroll_paths([roll], obs, [rows], first, last)
+
+    def unroll_paths(
+        self, rolls: list[PathRollout], obs: PDMObservation, rows: list[np.ndarray], first: int, last: int
+    ) -> None:
+        """Steps ``first .. last`` (inclusive) of the proposals ``rows[p]`` of each path rollout ``rolls[p]``, in
+        place. The paths are independent; they are stepped together on stacked ``(R, .)`` arrays (one footprint,
+        distance and IDM call per step) and written back at the end."""
+        searches = [k for k in range(first, last + 1) if k % 2 == 0]
+        for roll in rolls:
+            self._find_candidates(roll, obs, searches)
+        pairs = list(zip(rolls, rows, strict=True))
+        bounds = np.cumsum([0] + [len(r) for r in rows])
+        targets = np.concatenate([roll.targets[r] for roll, r in pairs])
+        idm = np.concatenate([roll.idm[r, first - 1] for roll, r in pairs])
+        lead = np.concatenate([roll.leaders[r, first - 1] for roll, r in pairs])
+        pose = np.concatenate([roll.poses[r, first - 1] for roll, r in pairs])
+        n = last - first + 1
+        out_idm, out_lead, out_pose = np.empty((n, len(idm), 2)), np.empty((n, len(idm), 3)), np.empty((n, len(idm), 3))
+        stack = PathStack([roll.path for roll in rolls])
+        for j, k in enumerate(range(first, last + 1)):
             if k % 2 == 0:
-                roll.leaders[rows, k] = self._leaders(roll, obs, rows, k)
-            else:
-                roll.leaders[rows, k] = roll.leaders[rows, k - 1]
-            roll.idm[rows, k] = self.policy.propagate(roll.idm[rows, k - 1], roll.leaders[rows, k], roll.targets[rows],
-                                                      self.dt)  # fmt: skip
-            roll.poses[rows, k] = roll.path.interpolate(roll.idm[rows, k, IDMState.PROGRESS])
+                lead = self._leaders_paths(rolls, obs, bounds, k, idm[:, IDMState.PROGRESS], pose)
+            idm = self.policy.propagate(idm, lead, targets, self.dt)
+            pose = stack.interpolate(idm[:, IDMState.PROGRESS], bounds)
+            out_idm[j], out_lead[j], out_pose[j] = idm, lead, pose
+        for p, (roll, r) in enumerate(pairs):
+            block = slice(bounds[p], bounds[p + 1])
+            roll.idm[r, first : last + 1] = out_idm[:, block].swapaxes(0, 1)
+            roll.leaders[r, first : last + 1] = out_lead[:, block].swapaxes(0, 1)
+            roll.poses[r, first : last + 1] = out_pose[:, block].swapaxes(0, 1)
 
-    def _leaders(self, roll: PathRollout, obs: PDMObservation, rows: np.ndarray, k: int) -> np.ndarray:
-        """``(len(rows), 3)`` leader rows of step ``k``.
+    def _find_candidates(self, roll: PathRollout, obs: PDMObservation, steps: list[int]) -> None:
+        """:attr:`PathRollout.candidates` of the leader-search ``steps`` not found yet: one corridor test over the
+        obstacles of all of them and one projection of the centroids that pass."""
+        steps = [k for k in steps if k not in roll.candidates]
+        width = len(obs.polygons(0)) if steps else 0
+        if width == 0:
+            roll.candidates.update({k: (np.zeros(0, np.int64), np.zeros(0)) for k in steps})
+            return
+        polys = np.stack([obs.polygons(k) for k in steps])  # (K, N)
+        meets = np.asarray(shapely.intersects(roll.corridor, polys), dtype=bool) & ~obs.collided[None]
+        step_of, index = np.nonzero(meets)
+        centroids = shapely.get_coordinates(shapely.centroid(polys[step_of, index]))
+        progress = roll.path.project(centroids) if len(index) else np.zeros(0)
+        bounds = np.searchsorted(step_of, np.arange(len(steps) + 1))
+        for j, k in enumerate(steps):
+            roll.candidates[k] = (index[bounds[j] : bounds[j + 1]], progress[bounds[j] : bounds[j + 1]])
 
-        As in NAVSIM, one row buffer is carried from proposal to proposal of the path and only the fields of the
-        case at hand are written: a free proposal keeps the speed written for an earlier one, a proposal behind
-        a red connector keeps an earlier speed, one behind an obstacle keeps an earlier rear length.
+    def _leaders_paths(
+        self, rolls: list[PathRollout], obs: PDMObservation, bounds: np.ndarray, k: int, progress: np.ndarray,
+        poses: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
+        """``(R, 3)`` leader rows of step ``k`` of the stacked proposals (path ``p``: rows ``bounds[p] ..
+        bounds[p + 1]``) at ``progress`` ``(R,)`` and ``poses`` ``(R, 3)`` of step ``k - 1``.
+
+        Per proposal, the candidate obstacles of its path (:meth:`_find_candidates`) whose centroid lies ahead of
+        its progress; the nearest by distance to its footprint (first on ties) leads. The footprints of the
+        proposals with an obstacle ahead, their distances to the obstacles any path meets and the leaders' speeds
+        are computed in one call each; :func:`_leader_rows` writes the rows.
         """
-        polys = obs.polygons(k)
-        out = np.zeros((len(rows), 3))
-        out[:, LeaderIndex.PROGRESS] = roll.path.length
+        out = np.zeros((len(progress), 3))
+        out[:, LeaderIndex.PROGRESS] = np.repeat([roll.path.length for roll in rolls], np.diff(bounds))
         out[:, LeaderIndex.LENGTH_REAR] = self.vehicle.length / 2.0
-        if len(polys) == 0:
+        ahead: dict[int, np.ndarray] = {}
+        for p, roll in enumerate(rolls):
+            hit, hit_progress = roll.candidates[k]
+            if len(hit):
+                a = hit_progress[None] > progress[bounds[p] : bounds[p + 1], None]
+                if a.any():
+                    ahead[p] = a
+        if not ahead:
             return out
-        hit = np.flatnonzero(np.asarray(shapely.intersects(roll.corridor, polys)) & ~obs.collided)
-        if len(hit) == 0:
-            return out
-        ego_progress = roll.idm[rows, k - 1, IDMState.PROGRESS]
-        ahead = roll.path.project(shapely.get_coordinates(shapely.centroid(polys[hit])))[None] > ego_progress[:, None]
-        if not ahead.any():
-            return out
-        poses = roll.poses[rows, k - 1]
-        dist = np.asarray(shapely.distance(ego_footprint(poses, self.vehicle)[:, None], polys[hit][None]), np.float64)
-        nearest = np.argmin(np.where(ahead, dist, np.inf), axis=1)
-        index = hit[nearest]
-        speed = obs.speed_along(index, poses[:, 2])
-        row = np.zeros(3)
-        for i in range(len(rows)):
-            if ahead[i].any():
-                row[LeaderIndex.PROGRESS] = ego_progress[i] + dist[i, nearest[i]]
-                if index[i] < obs.num_agents:  # not a red connector
-                    row[LeaderIndex.VELOCITY] = speed[i]
-            else:
-                row[LeaderIndex.PROGRESS] = roll.path.length
-                row[LeaderIndex.LENGTH_REAR] = self.vehicle.length / 2.0
-            out[i] = row
+        union = np.unique(np.concatenate([rolls[p].candidates[k][0] for p in ahead]))
+        sel = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in ahead])
+        table = np.asarray(shapely.distance(ego_footprint(poses[sel], self.vehicle)[:, None],
+                                            obs.polygons(k)[union][None]), np.float64)  # fmt: skip
+        start, found = 0, {}
+        for p, a in ahead.items():
+            dist = table[start : start + len(a)][:, np.searchsorted(union, rolls[p].candidates[k][0])]
+            nearest = np.argmin(np.where(a, dist, np.inf), axis=1)
+            found[p] = (dist[np.arange(len(a)), nearest], rolls[p].candidates[k][0][nearest])
+            start += len(a)
+        speed = obs.speed_along(np.concatenate([f[1] for f in found.values()]), poses[sel, 2])
+        start, rear = 0, self.vehicle.length / 2.0
+        for p, a in ahead.items():
+            block = slice(bounds[p], bounds[p + 1])
+            gap, index = found[p]
+            has = np.asarray(np.any(a, axis=1), dtype=bool)
+            out[block] = _leader_rows(has, progress[block] + gap, index < obs.num_agents,
+                                      speed[start : start + len(a)], rolls[p].path.length, rear)  # fmt: skip
+            start += len(a)
         return out
+
+
+def _leader_rows(
+    has: np.ndarray, lead_progress: np.ndarray, is_agent: np.ndarray, speed: np.ndarray, length: float, rear: float
+) -> np.ndarray:
+    """``(P, 3)`` leader rows of the ``P`` proposals of one path, in order, with NAVSIM's one row buffer carried
+    from proposal to proposal and only the fields of the case at hand written: a proposal with an obstacle ahead
+    (``has``) writes its progress ``lead_progress`` and, for an agent, its ``speed``; one without writes the path
+    ``length`` and the ``rear`` length. So a free proposal keeps the speed written for an earlier one, a proposal
+    behind a red connector keeps an earlier speed, one behind an obstacle keeps an earlier rear length (0 at first).
+    """
+    count = np.arange(len(has))
+    out = np.zeros((len(has), 3))
+    out[:, LeaderIndex.PROGRESS] = np.where(has, lead_progress, length)
+    wrote_speed = np.maximum.accumulate(np.where(has & is_agent, count, -1))
+    out[:, LeaderIndex.VELOCITY] = np.where(wrote_speed >= 0, speed[np.maximum(wrote_speed, 0)], 0.0)
+    wrote_rear = np.maximum.accumulate(np.where(~has, count, -1)) >= 0
+    out[:, LeaderIndex.LENGTH_REAR] = np.where(wrote_rear, rear, 0.0)
+    return out

@@ -31,12 +31,17 @@ SAMPLE_RES = 2
 
 
 def ego_footprint(poses: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
-    """Shapely polygons ``(...)`` of the ego boxes at rear-axle poses ``(..., 3)``."""
-    center = rear_axle_to_center(poses, vehicle)
-    length = np.full(center.shape[:-1], vehicle.length)
-    width = np.full(center.shape[:-1], vehicle.width)
-    boxes = np.stack([center[..., 0], center[..., 1], center[..., 2], 0 * length, 0 * length, length, width], -1)
-    return np.asarray(shapely.polygons(agent_box_corners(boxes)))
+    """Shapely polygons ``(...)`` of the ego boxes at rear-axle poses ``(..., 3)`` (corners as
+    :func:`simulation.geometry.box_corners` of the centre box, the same arithmetic in fewer array operations)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    c, s = np.cos(poses[..., 2])[..., None], np.sin(poses[..., 2])[..., None]
+    d = vehicle.rear_axle_to_center
+    cx = (poses[..., 0] + d * c[..., 0])[..., None]
+    cy = (poses[..., 1] + d * s[..., 0])[..., None]
+    hl, hw = vehicle.length / 2.0, vehicle.width / 2.0
+    lon, lat = np.array([hl, -hl, -hl, hl]), np.array([hw, hw, -hw, -hw])
+    corners = np.stack([cx + c * lon - s * lat, cy + s * lon + c * lat], -1)
+    return np.asarray(shapely.polygons(corners))
 
 
 def _select(boxes: np.ndarray, types: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray:

@@ -16,6 +16,19 @@ from shapely.ops import substring
 from simulation.geometry import polyline_headings, polyline_lengths
 
 
+def _linear(progress: np.ndarray, states: np.ndarray, d: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Poses ``(..., 3)`` at clamped arc lengths ``d`` ``(...)`` in the segments ending at vertices ``hi`` ``(...)``
+    of ``progress`` ``(N,)`` / ``states`` ``(N, 3)``: scipy's linear ``interp1d`` arithmetic, the heading wrapped
+    with ``arctan2(sin, cos)`` (NAVSIM's ``normalize_angle``), NaNs set to 0."""
+    lo = hi - 1
+    s_lo = progress[lo]
+    slope = (states[hi] - states[lo]) / (progress[hi] - s_lo)[..., None]
+    out = slope * (d - s_lo)[..., None] + states[lo]
+    out[..., 2] = np.arctan2(np.sin(out[..., 2]), np.cos(out[..., 2]))
+    out[np.isnan(out)] = 0.0
+    return out
+
+
 class ProposalPath:
     """A path ``(N, 3)`` of (x, y, heading) vertices (headings unwrapped along it; repeated vertices allowed).
 
@@ -64,15 +77,9 @@ class ProposalPath:
         is left by the segment after it), ``slope * (d - s[i - 1]) + value[i - 1]``; the heading is wrapped with
         ``arctan2(sin, cos)``; NaNs become 0.
         """
-        d = np.clip(np.asarray(distances, dtype=np.float64), 1e-5, self.length)
-        hi = np.clip(np.searchsorted(self.progress, d), 1, len(self.progress) - 1)
-        lo = hi - 1
-        s_lo = self.progress[lo]
-        slope = (self.states[hi] - self.states[lo]) / (self.progress[hi] - s_lo)[..., None]
-        out = slope * (d - s_lo)[..., None] + self.states[lo]
-        out[..., 2] = np.arctan2(np.sin(out[..., 2]), np.cos(out[..., 2]))  # NAVSIM's normalize_angle
-        out[np.isnan(out)] = 0.0
-        return out
+        d = np.minimum(np.maximum(np.asarray(distances, dtype=np.float64), 1e-5), self.length)
+        hi = np.minimum(np.maximum(np.searchsorted(self.progress, d), 1), len(self.progress) - 1)
+        return _linear(self.progress, self.states, d, hi)
 
     def substring(self, start: float, end: float) -> LineString:
         """The vertices with arc length in ``[start, end]`` (clamped to the path), or, with fewer than two of them,
@@ -82,3 +89,26 @@ class ProposalPath:
         if inside.sum() > 1:
             return LineString(self.states[inside, :2])
         return substring(self.linestring, start, end)
+
+
+class PathStack:
+    """Several :class:`ProposalPath` interpolated in one call: rows ``bounds[p] .. bounds[p + 1]`` of the
+    distances belong to path ``p`` (the same arithmetic as :meth:`ProposalPath.interpolate`, element by element).
+    """
+
+    def __init__(self, paths: list[ProposalPath]) -> None:
+        self.paths = paths
+        self.progress = np.concatenate([p.progress for p in paths])
+        self.states = np.concatenate([p.states for p in paths])
+        sizes = np.array([len(p.progress) for p in paths])
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.sizes = sizes
+
+    def interpolate(self, distances: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """Poses ``(R, 3)`` at arc lengths ``distances`` ``(R,)`` on their paths."""
+        counts = np.diff(bounds)
+        lengths = np.repeat([p.length for p in self.paths], counts)
+        d = np.minimum(np.maximum(np.asarray(distances, dtype=np.float64), 1e-5), lengths)
+        found = [np.searchsorted(p.progress, d[bounds[k] : bounds[k + 1]]) for k, p in enumerate(self.paths)]
+        hi = np.minimum(np.maximum(np.concatenate(found), 1), np.repeat(self.sizes - 1, counts))
+        return _linear(self.progress, self.states, d, hi + np.repeat(self.offsets, counts))

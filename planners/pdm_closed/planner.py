@@ -149,12 +149,9 @@ class PDMClosedPlanner:
         targets = self.policy.target_velocities(ctx.speed_limit)
         centre = ProposalPath(ctx.states)
         paths = [centre] + [centre.parallel(o) for o in self.lateral_offsets]
-        rows = np.arange(len(targets))
-        rolls = []
-        for path in paths:
-            roll = self.generator.start(path, state, targets, TRAJECTORY_STEPS)
-            self.generator.unroll(roll, pdm_obs, rows, 1, PROPOSAL_STEPS)
-            rolls.append(roll)
+        rolls = [self.generator.start(path, state, targets, TRAJECTORY_STEPS) for path in paths]
+        rows = [np.arange(len(targets))] * len(rolls)
+        self.generator.unroll_paths(rolls, pdm_obs, rows, 1, PROPOSAL_STEPS)
         poses = np.concatenate([r.poses[:, : PROPOSAL_STEPS + 1] for r in rolls])
         return poses, rolls, pdm_obs, ctx
 

@@ -10,6 +10,7 @@ from fixture_observations import ego_state, fixture_observation
 from scipy.interpolate import interp1d
 
 from planners.pdm_closed.centerline import PDMRouteCache, pdm_route_context
+from planners.pdm_closed.generator import _leader_rows
 from planners.pdm_closed.path import ProposalPath
 from planners.rule_based import PDMClosedPlanner
 from simulation.maps.api import MapAPI
@@ -83,3 +84,34 @@ def test_route_cache_gives_the_uncached_context() -> None:
         assert (cached.lane_id, cached.route_lanes, cached.speed_limit) == (plain.lane_id, plain.route_lanes,
                                                                             plain.speed_limit)  # fmt: skip
     assert 1 < len(cache.paths) < len(observations)
+
+
+def test_leader_rows_carry_navsims_row_buffer() -> None:
+    """Five proposals of one path: 0 free, 1 behind an agent (4 m/s), 2 behind a red connector, 3 free, 4 behind an
+    agent (2 m/s). Progress is each one's own; the speed is the last agent's written so far (0 before any); the rear
+    length is half the ego length once a free proposal wrote it."""
+    has = np.array([False, True, True, False, True])
+    rows = _leader_rows(has, np.array([9.0, 10.0, 11.0, 12.0, 13.0]), np.array([True, True, False, True, True]),
+                        np.array([7.0, 4.0, 5.0, 6.0, 2.0]), 100.0, 2.5)  # fmt: skip
+    np.testing.assert_array_equal(rows[:, 0], [100.0, 10.0, 11.0, 100.0, 13.0])
+    np.testing.assert_array_equal(rows[:, 1], [0.0, 4.0, 4.0, 4.0, 2.0])
+    np.testing.assert_array_equal(rows[:, 2], [2.5, 2.5, 2.5, 2.5, 2.5])
+    rows = _leader_rows(np.array([True, True]), np.array([5.0, 6.0]), np.array([False, True]), np.array([3.0, 1.0]),
+                        100.0, 2.5)  # fmt: skip
+    np.testing.assert_array_equal(rows, [[5.0, 0.0, 0.0], [6.0, 1.0, 0.0]])
+
+
+def test_paths_stepped_together_equal_path_after_path() -> None:
+    """Bit for bit: the three paths unrolled together and each alone (traffic in both lanes, a red light ahead)."""
+    boxes = np.zeros((6, 7))
+    boxes[:, 0], boxes[:, 1] = [-30.0, -20.0, -12.0, -35.0, -25.0, 3.0], [-2.0, -2.0, -2.0, -6.0, -6.0, -6.0]
+    boxes[:, 3], boxes[:, 5], boxes[:, 6] = [6.0, 7.0, 0.0, 8.0, 9.0, 5.0], 4.5, 1.9
+    obs = fixture_observation(MAP, ego_state(-40.0, -2.0, 0.0, 8.0), boxes, red=True)
+    planner = PDMClosedPlanner()
+    _, together, pdm_obs = planner.proposals(obs)
+    for roll in together:
+        alone = planner.generator.start(roll.path, obs.current_state, roll.targets, 50)
+        planner.generator.unroll(alone, pdm_obs, np.arange(5), 1, 40)
+        np.testing.assert_array_equal(alone.poses[:, :41], roll.poses[:, :41])
+        np.testing.assert_array_equal(alone.leaders[:, :41], roll.leaders[:, :41])
+    assert (together[0].leaders[:, 2:41, 1] != 0).any()  # an agent led somewhere
