@@ -132,6 +132,8 @@ def score_states(
     Returns:
         ``(S, K)`` tensors: the sub-metrics, ``progress_m`` and ``score``; v2 also ``pdm_score`` (EPDMS without EC).
     """
+    if states.dim() != 4 or states.shape[2:] != (NUM_STEPS, 11):
+        raise ValueError(f"states must be (S, K, {NUM_STEPS}, 11), got {tuple(states.shape)}")
     k_count = states.shape[1]
     rows = [batch.reference_states[:, None].to(states), states]
     if version == "v2":

@@ -65,7 +65,8 @@ def no_at_fault_collisions(
     at_fault = contact & ~ego_stopped & (stopped_track | (~behind & (front | lateral_fault)))
     penalty = torch.where(batch.agent_dynamic[:, None, :], 0.0, pm.STATIC_COLLISION_SCORE).to(states.dtype)
     scores = torch.where(at_fault, penalty, torch.ones_like(penalty))
-    return torch.cat([scores, torch.ones_like(scores[..., :1])], -1).amin(-1)
+    one = torch.ones((*scores.shape[:-1], 1), dtype=scores.dtype, device=scores.device)
+    return torch.cat([scores, one], -1).amin(-1)
 
 
 def time_to_collision(
