@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from bev_warp.env import BEVWarpEnv, EnvConfig
-from rewards.torch.kinematics import track_and_propagate
 from bev_warp.testing import fixture_map_api, fixture_scenario
 from planners.encoders import BEVEncoder
+from rewards.torch.kinematics import track_and_propagate
 from simulation.closed_loop import ClosedLoopSimulator
 from simulation.features import PLANNER_RASTER
 from simulation.protocols import Observation

@@ -130,7 +130,8 @@ class MetricCacheBatch:
             agent_types=i(agents["types"]), agent_index=i(agents["index"]), agent_dynamic=b(agents["dynamic"]),
             agent_stopped=b(agents["stopped"]), agent_radius=f(agents["radius"]),
             grid_meta=f(grid["meta"]), grid_cells=i(grid["cells"]), grid_full=b(grid["full"]),
-            grid_entry=i(grid["entries"]), entry_offsets=i(grid["offsets"]), cell_edges=f(grid["edges"]), map_categories=i(grid["categories"]),
+            grid_entry=i(grid["entries"]), entry_offsets=i(grid["offsets"]), cell_edges=f(grid["edges"]),
+            map_categories=i(grid["categories"]),
             centerline=f(line["line"]), centerline_s=f(line["s"]), segment_valid=b(line["valid"]),
             red_mask=b(red["mask"]), red_edges=f(red["edges"]), red_edge_valid=b(red["edge_valid"]),
             red_bounds=f(red["bounds"]),
@@ -146,7 +147,8 @@ def _pad_stack(arrays: Sequence[np.ndarray], fill: float | int | bool, dtype: ty
     shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
     out = np.full((len(arrays), *shape), fill, dtype=dtype)
     for s, a in enumerate(arrays):
-        out[(s, *(slice(0, n) for n in a.shape))] = a
+        index: tuple[int | slice, ...] = (s, *(slice(0, n) for n in a.shape))
+        out[index] = a
     return out
 
 

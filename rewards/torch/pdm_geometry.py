@@ -238,7 +238,7 @@ def project_on_centerline(batch: MetricCacheBatch, points: torch.Tensor) -> tupl
         dx, dy = ax + t * bx - px, ay + t * by - py
         d2 = torch.where(invalid, torch.full_like(t, math.inf), dx * dx + dy * dy)
         best, k = d2.min(-1, keepdim=True)
-        s_out[:, a : a + step] = (torch.gather(cum[:, None, :-1].expand_as(t), 2, k)
-                                  + torch.gather(t, 2, k) * torch.gather(seg_len.expand_as(t), 2, k))[..., 0]  # fmt: skip
+        arc = torch.gather(cum[:, None, :-1].expand_as(t), 2, k)
+        s_out[:, a : a + step] = (arc + torch.gather(t, 2, k) * torch.gather(seg_len.expand_as(t), 2, k))[..., 0]
         d_out[:, a : a + step] = torch.sqrt(best[..., 0])
     return s_out.reshape(shape), d_out.reshape(shape)

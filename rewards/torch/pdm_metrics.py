@@ -16,8 +16,14 @@ import torch
 from rewards import pdm_metrics as pm
 from rewards.pdm_metrics import EgoArea
 from rewards.torch.metric_cache_batch import MetricCacheBatch
-from rewards.torch.pdm_geometry import NO_CONTACT, first_contacts, project_on_centerline, red_light_contacts
-from rewards.torch.pdm_geometry import relative_angle, sat_overlap
+from rewards.torch.pdm_geometry import (
+    NO_CONTACT,
+    first_contacts,
+    project_on_centerline,
+    red_light_contacts,
+    relative_angle,
+    sat_overlap,
+)
 from simulation.types import StateIndex
 
 _BEHIND = math.radians(pm.BEHIND_ANGLE_DEG)

@@ -29,7 +29,8 @@ from simulation.types import TrackedObjectType as TT
 
 OX, OY = FIXTURE_ORIGIN
 BINARY = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
-          "time_to_collision_within_bound", "comfort", "traffic_light_compliance", "lane_keeping", "history_comfort")  # fmt: skip
+          "time_to_collision_within_bound", "comfort", "traffic_light_compliance", "lane_keeping",
+         "history_comfort")  # fmt: skip
 CONTINUOUS = ("progress_m", "ego_progress", "score", "pdm_score")
 
 
@@ -102,7 +103,8 @@ def _scene(x0: float, speed: float, route: tuple[str, ...], seed: int, red: str 
     states[:, StateIndex.Y] = OY - 2.0 + 0.3 * np.sin(0.4 * t + seed)
     states[:, StateIndex.VX] = speed
     specs = [(30.0, -6.0, 0.0, TT.VEHICLE), (rng.uniform(8, 20), -2.0, rng.uniform(0, 6), TT.VEHICLE),
-             (rng.uniform(15, 40), -6.0, rng.uniform(2, 6), TT.VEHICLE), (rng.uniform(10, 25), -2.5, 0.0, TT.TRAFFIC_CONE),
+             (rng.uniform(15, 40), -6.0, rng.uniform(2, 6), TT.VEHICLE),
+             (rng.uniform(10, 25), -2.5, 0.0, TT.TRAFFIC_CONE),
              (rng.uniform(5, 15), -4.0, 1.2, TT.PEDESTRIAN)]  # fmt: skip
     boxes = np.zeros((frames, len(specs), AGENT_DIM))
     for n, (dx, y, v, _) in enumerate(specs):
@@ -135,7 +137,8 @@ def _candidates(scene: Scene, cache: MetricCache, planner: PDMClosedPlanner, api
 def town() -> dict[str, list]:  # type: ignore[type-arg]
     api = MapAPI.from_data(build_fixture_map())
     out: dict[str, list] = {"v1": [], "v2": []}  # type: ignore[type-arg]
-    specs = [(20.0, 5.0, ("2", "103", "4"), None), (-40.0, 8.0, ("1", "101", "2"), "111"), (-25.0, 3.0, ("1", "101", "2"), None)]  # fmt: skip
+    specs = [(20.0, 5.0, ("2", "103", "4"), None), (-40.0, 8.0, ("1", "101", "2"), "111"),
+             (-25.0, 3.0, ("1", "101", "2"), None)]  # fmt: skip
     for version in ("v1", "v2"):
         planner = PDMClosedPlanner(version)
         for seed, (x0, speed, route, red) in enumerate(specs):
@@ -196,7 +199,8 @@ def test_batch_padding_mixes_scenes_of_different_sizes(town: dict) -> None:  # t
     import dataclasses
 
     bare = dataclasses.replace(small, agent_boxes=small.agent_boxes[:, :1], agent_valid=small.agent_valid[:, :1],
-                               agent_types=small.agent_types[:1], agent_track_ids=small.agent_track_ids[:1])  # fmt: skip
+                               agent_types=small.agent_types[:1],
+                               agent_track_ids=small.agent_track_ids[:1])  # fmt: skip
     states = torch.as_tensor(np.stack([simulate_proposals(c.current_state, plans) for c in (bare, small)]))
     together = torch_score_states(MetricCacheBatch.collate([bare, small]), states)
     alone = torch_score_states(MetricCacheBatch.collate([bare]), states[:1])
