@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from bev_warp.env import BEVWarpEnv, EnvConfig
-from bev_warp.kinematics import track_and_propagate
 from bev_warp.testing import fixture_map_api, fixture_scenario
 from planners.encoders import BEVEncoder
+from rewards.torch.kinematics import track_and_propagate
 from simulation.closed_loop import ClosedLoopSimulator
 from simulation.features import PLANNER_RASTER
 from simulation.protocols import Observation
@@ -55,7 +55,7 @@ def ensure_numpy_tracker() -> str:
 
         shim.track_and_propagate = shim_track  # type: ignore[attr-defined]
         sys.modules["simulation.kinematics"] = shim
-        return "bev_warp.kinematics through a numpy shim (simulation.kinematics not present)"
+        return "rewards.torch.kinematics through a numpy shim (simulation.kinematics not present)"
 
 
 class RenderEncodePlanner:

@@ -4,10 +4,14 @@ straightforward implementation in this file that follows the reference scorer's 
 STRtree per time step, per-contact Python classification, per-polygon ``contains_xy``), run in the same
 process on the same synthetic scenes. Also prints how often the two agree on every v1 sub-metric.
 
+Then the batched torch twin (:mod:`rewards.torch.pdm`) on ``--torch-scenes`` x ``--candidates`` (default 32 x 64):
+candidate scorings per second of numpy (scene by scene), torch on one CPU thread, torch on all CPU threads and
+torch on CUDA when there is one (a line says so when not), each with its ratio to the shapely baseline.
+
 Scenes: a synthetic four-lane road with a junction (about 60 map polygons) and 40 agents moving on it;
 candidates are kinematic rollouts with random accelerations, yaw rates and lane offsets.
 
-    python benchmarks/bench_scoring.py [--scenes 30] [--candidates 64] [--seed 0]
+    python benchmarks/bench_scoring.py [--scenes 30] [--candidates 64] [--torch-scenes 32] [--seed 0]
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ from shapely.geometry import LineString, box
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not an installed copy
 
+import torch  # noqa: E402
+
 from rewards.pdm import score_states  # noqa: E402
+from rewards.torch.metric_cache_batch import MetricCacheBatch  # noqa: E402
+from rewards.torch.pdm import score_states as torch_score_states  # noqa: E402
 from simulation.geometry import agent_box_corners, ego_box_corners, polyline_lengths, rear_axle_to_center  # noqa: E402
 from simulation.maps.layers import SemanticMapLayer as L  # noqa: E402
 from simulation.metric_cache import NUM_STEPS, MetricCache  # noqa: E402
@@ -250,10 +258,56 @@ def _time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - start) / repeats
 
 
+def torch_rates(caches: list[MetricCache], cands: np.ndarray, repeats: int = 3) -> dict[str, float | None]:
+    """Candidate scorings per second of the torch scorer on ``caches`` x ``cands`` ``(S, K, 41, 11)``: one CPU
+    thread, all CPU threads, CUDA (``None`` when there is none). Collation is done once, outside the timing."""
+    batch = MetricCacheBatch.collate(caches)
+    states = torch.as_tensor(cands)
+    n = cands.shape[0] * cands.shape[1]
+    threads = torch.get_num_threads()
+    out: dict[str, float | None] = {}
+    for name, count in (("torch, 1 CPU thread", 1), (f"torch, {threads} CPU threads", threads)):
+        torch.set_num_threads(count)
+        torch_score_states(batch, states)
+        out[name] = n / _time(lambda: torch_score_states(batch, states), repeats)
+    torch.set_num_threads(threads)
+    if not torch.cuda.is_available():
+        out["torch, CUDA"] = None
+        return out
+    gpu_batch, gpu_states = batch.to("cuda"), states.to("cuda")
+
+    def run_gpu() -> None:
+        torch_score_states(gpu_batch, gpu_states)
+        torch.cuda.synchronize()
+
+    run_gpu()
+    out["torch, CUDA"] = n / _time(run_gpu, repeats)
+    return out
+
+
+def print_torch_rates(args: argparse.Namespace, rng: np.random.Generator, base_rate: float) -> None:
+    """Numpy vs torch at ``--torch-scenes`` x ``--candidates``, ratios against the shapely baseline's rate."""
+    caches = [make_scene(rng) for _ in range(args.torch_scenes)]
+    k = args.candidates
+    cands = np.stack([rollout(np.column_stack([rng.uniform(-5, 3, k), rng.uniform(-0.3, 0.3, k),
+                                               rng.choice([-4.0, 0.0, 4.0], k), np.zeros(k)]))
+                      for _ in caches])  # fmt: skip
+    n = len(caches) * args.candidates
+    numpy_rate = n / _time(lambda: [score_states(c, s) for c, s in zip(caches, cands, strict=True)], 3)
+    rates: dict[str, float | None] = {"numpy + numba (scene by scene)": numpy_rate, **torch_rates(caches, cands)}
+    print(f"PDMS v1 at S = {len(caches)} scenes x K = {args.candidates} candidates (candidate scorings/s):")
+    for name, rate in rates.items():
+        if rate is None:
+            print(f"  {name}: skipped (no CUDA device)")
+            continue
+        print(f"  {name}: {rate:.0f}/s, x{rate / numpy_rate:.2f} numpy, x{rate / base_rate:.1f} shapely baseline")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=30)
     parser.add_argument("--candidates", type=int, default=64)
+    parser.add_argument("--torch-scenes", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -298,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     print("agreement with the baseline over", total, "candidates:",
           ", ".join(f"{k} {agree[k] / total:.1%}" for k in V1_KEYS))  # fmt: skip
     print("mean sub-metrics of the candidates:", ", ".join(f"{k} {means[k] / total:.3f}" for k in V1_KEYS))
+    print_torch_rates(args, rng, n * args.candidates / base64)
     return 0
 
 

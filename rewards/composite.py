@@ -33,6 +33,7 @@ from simulation.metric_cache import MetricCache
 logger = logging.getLogger(__name__)
 
 Version = Literal["v1", "v2"]
+Backend = Literal["numpy", "torch"]
 
 #: Terms of each version, by the scorer's sub-metric names (aggregation weights in :mod:`rewards.pdm`).
 TERMS: dict[str, tuple[str, ...]] = {
@@ -159,6 +160,29 @@ def score_scenes(
     return [score_scene(cache, p, version) for cache, p in zip(metric_caches, plans, strict=True)]
 
 
+def score_scenes_torch(metric_caches: Sequence[MetricCache], plans: np.ndarray, version: Version,
+                       device: str = "cpu") -> RewardBatch:  # fmt: skip
+    """:func:`score_scenes` of all ``B`` scenes' plans ``(B, N, 8, 3)`` at once with the torch scorer on ``device``
+    (float64); invalid plans are scored as standing still and then set to 0."""
+    import torch
+
+    from rewards.torch.metric_cache_batch import MetricCacheBatch
+    from rewards.torch.pdm import score_plans
+
+    names = TERMS[version]
+    if len(metric_caches) == 0 or plans.shape[1] == 0:
+        return RewardBatch(np.zeros(plans.shape[:2]), {n: np.zeros(plans.shape[:2]) for n in names})
+    for cache in metric_caches:
+        if cache.version != version:
+            raise ValueError(f"metric cache {cache.token} is {cache.version}; this reward scores {version}")
+    valid = np.isfinite(plans).all(axis=(-2, -1))
+    safe = torch.as_tensor(np.where(valid[..., None, None], plans, 0.0), dtype=torch.float64, device=device)
+    batch = MetricCacheBatch.collate(metric_caches).to(device, torch.float64)
+    out, _ = score_plans(batch, safe, version, "pairwise")
+    pick = lambda key: np.where(valid, out[key].cpu().numpy(), 0.0)  # noqa: E731
+    return RewardBatch(pick(TOTAL_KEY[version]), {name: pick(name) for name in names})
+
+
 def _stack(parts: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]], names: Sequence[str]) -> RewardBatch:
     total = np.stack([p[0] for p in parts])
     return RewardBatch(total, {name: np.stack([p[1][name] for p in parts]) for name in names})
@@ -201,6 +225,10 @@ class RuleReward:
 
     Args:
         version: ``"v1"`` (PDMS) or ``"v2"`` (EPDMS); the metric caches must be of the same version.
+        backend: ``"numpy"`` (:class:`rewards.pdm.PDMScorer`, scene by scene) or ``"torch"`` (the batched scorer of
+            :mod:`rewards.torch.pdm`: the whole ``(B, N)`` batch in one call on ``device``, in float64; the same
+            numbers, binary terms identical). ``num_workers`` applies to the numpy backend only.
+        device: where the torch backend scores (``"cpu"``, ``"cuda"``, ...).
         num_workers: ``0`` scores in the calling process; ``> 0`` scores chunks of scenes in a process pool
             (started on first use, reused until :meth:`close`), with identical results.
         chunks_per_worker: pool tasks per worker and call (smaller tasks balance uneven scenes).
@@ -209,10 +237,20 @@ class RuleReward:
     """
 
     def __init__(
-        self, version: Version = "v1", num_workers: int = 0, chunks_per_worker: int = 2, mp_context: str | None = None
+        self,
+        version: Version = "v1",
+        num_workers: int = 0,
+        chunks_per_worker: int = 2,
+        mp_context: str | None = None,
+        backend: Backend = "numpy",
+        device: str = "cpu",
     ) -> None:
         if version not in TERMS:
             raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+        self.backend: Backend = backend
+        self.device = device
         if num_workers < 0 or chunks_per_worker < 1:
             raise ValueError(f"need num_workers >= 0, chunks_per_worker >= 1; got {num_workers}, {chunks_per_worker}")
         self._version: Version = version
@@ -241,6 +279,8 @@ class RuleReward:
         """:meth:`score` as a future: with workers, the scenes are scored in the pool while the caller goes on
         (without, the future is already done)."""
         array = check_plans(metric_caches, plans)
+        if self.backend == "torch":
+            return _done(score_scenes_torch(metric_caches, array, self._version, self.device))
         if self.num_workers == 0 or len(metric_caches) == 0:
             return _done(_stack(score_scenes(metric_caches, array, self._version), self.names))
         pool = self._executor()
@@ -279,7 +319,7 @@ class RuleReward:
         return {**self.__dict__, "_pool": None}  # a copy starts its own pool
 
     def __repr__(self) -> str:
-        return f"RuleReward(version={self._version!r}, num_workers={self.num_workers})"
+        return f"RuleReward(version={self._version!r}, num_workers={self.num_workers}, backend={self.backend!r})"
 
 
 # -------------------------------------------------------------------------------------------------- mixes

@@ -165,3 +165,25 @@ def test_mixed_reward_refuses_inconsistent_components() -> None:
         MixedReward([(1.0, RuleReward("v1")), (1.0, ConstantReward(0.5, "v2"))])
     with pytest.raises(ValueError, match="weights"):
         MixedReward([(0.0, RuleReward("v1"))])
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_torch_backend_gives_the_same_reward_batch(version: str) -> None:
+    """The torch backend scores the whole (B, N) batch at once: same totals and terms (binary ones identical)."""
+    steps = 51 if version == "v1" else 41
+    caches = [make_cache(version), make_cache(version, agents=[(agent_track(steps, 25.0, -2.0), 0)])]
+    plans = np.stack([np.stack([plan(10.0), plan(6.0), plan(10.0, lateral=12.0), plan(3.0, lateral=2.0)])] * 2)
+    plans[1, 3, 4, 0] = np.nan  # an invalid plan
+    numpy_batch = RuleReward(version).score(caches, plans)
+    reward = RuleReward(version, backend="torch")
+    torch_batch = reward.score(caches, plans)
+    assert "backend='torch'" in repr(reward)
+    assert tuple(torch_batch.terms) == tuple(numpy_batch.terms)
+    np.testing.assert_allclose(torch_batch.total, numpy_batch.total, atol=1e-9)
+    for name, value in numpy_batch.terms.items():
+        np.testing.assert_allclose(torch_batch.terms[name], value, atol=1e-9, err_msg=name)
+    assert torch_batch.total[1, 3] == 0.0
+    if version == "v1":  # (v2: the logged human hits the parked car too, so the human filter lifts NC)
+        assert torch_batch.terms["no_at_fault_collisions"][1, 0] == 0.0
+    with pytest.raises(ValueError, match="backend"):
+        RuleReward(version, backend="jax")  # type: ignore[arg-type]

@@ -110,3 +110,15 @@ def test_navsim_v2_pairs_consecutive_frames_for_extended_comfort(roots: tuple[Pa
     np.testing.assert_allclose(human["score"], 1.0)
     average = pd.read_csv(tmp_path / "v2" / "scores.csv").iloc[-1]
     assert average["two_frame_extended_comfort"] == 1.0  # NaN rows skipped
+
+
+@pytest.mark.parametrize("protocol", ["navsim_v1", "navsim_v2"])
+def test_torch_scorer_gives_the_same_table(roots: tuple[Path, Path], tmp_path: Path, protocol: str) -> None:
+    """``scorer=torch`` scores with the batched torch twin: the same scores.csv as the default numpy scorer."""
+    cache = f"metric_cache_dir={tmp_path / 'cache'}"
+    default = _run(roots, tmp_path / "numpy", "constant_velocity", cache, protocol=protocol)
+    torch_run = _run(roots, tmp_path / "torch", "constant_velocity", cache, "scorer=torch", protocol=protocol)
+    assert list(torch_run.columns) == list(default.columns)
+    numeric = default.select_dtypes("number").columns
+    pd.testing.assert_frame_equal(torch_run.drop(columns=numeric), default.drop(columns=numeric))
+    np.testing.assert_allclose(torch_run[numeric].to_numpy(float), default[numeric].to_numpy(float), atol=1e-9)

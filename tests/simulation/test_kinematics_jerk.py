@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bev_warp.kinematics import TrackerParameters, fit_profiles
-from bev_warp.kinematics import track_and_propagate as torch_track
+from rewards.torch.kinematics import TrackerParameters, fit_profiles
+from rewards.torch.kinematics import track_and_propagate as torch_track
 from simulation.ego_control import plan_to_global, two_stage_tracking
 from simulation.kinematics import (
     NAVSIM_LQR,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bev_warp.kinematics import fit_profiles, lqr_command, propagate, track_and_propagate
+from rewards.torch.kinematics import fit_profiles, lqr_command, propagate, track_and_propagate
 from simulation.types import StateIndex as S
 
 DT, L = 0.1, 3.089

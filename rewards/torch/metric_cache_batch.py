@@ -1,0 +1,303 @@
+"""A padded, collated batch of NAVSIM metric caches as torch tensors, for the batched scorer.
+
+:meth:`MetricCacheBatch.collate` turns ``S`` :class:`~simulation.metric_cache.MetricCache` of one version into
+padded tensors (agents, map polygons as edge lists, the polygon grid's cells, the centre line, red-light
+polygons, the human / reference / history states); :meth:`MetricCacheBatch.to` moves them to a device and float
+dtype. Collation is numpy work done once per batch of scenes; scoring then never touches the caches. Padded
+entries are marked by their masks (``agent_valid``, ``segment_valid``, ``red_edge_valid``) or by values that can
+never match (polygon index ``-1``, edges of zero height, which no horizontal ray crosses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from simulation.metric_cache import MetricCache
+from simulation.polygon_grid import PolygonGrid, PolygonSet
+from simulation.types import DYNAMIC_TYPES, AgentIndex
+
+#: Columns of ``MetricCacheBatch.grid_meta``: origin x, origin y, cell size, cells along x, cells along y.
+GRID_META = ("origin_x", "origin_y", "cell_size", "nx", "ny")
+
+
+@dataclass(frozen=True)
+class MetricCacheBatch:
+    """``S`` metric caches of one version, padded and stacked (global coordinates, rear-axle ego poses).
+
+    Attributes:
+        tokens: ``S`` scene tokens. version: ``"v1"`` or ``"v2"``.
+        current_state: ``(S, 11)`` ego state at t = 0.
+        agent_boxes: ``(S, T, N, 7)`` agent boxes (:class:`~simulation.types.AgentIndex`), ``T`` = 51 (v1) or 41 (v2),
+            ``N`` the most tracks of any scene (padding: zeros).
+        agent_valid: ``(S, T, N)`` bool, the track exists at that step (False on padding).
+        agent_corners: ``(S, T, N, 4, 2)`` box corners (front-left, rear-left, rear-right, front-right).
+        agent_types: ``(S, N)`` int64 ``TrackedObjectType`` (``-1`` on padding).
+        agent_index: ``(S, N)`` int64 column of the track in its cache (``-1`` on padding); the track id of
+            column ``n`` of scene ``s`` is ``track_ids[s][agent_index[s, n]]``.
+        agent_dynamic: ``(S, N)`` bool, vehicle / pedestrian / bicycle (a static object otherwise).
+        agent_stopped: ``(S, N)`` bool, static object or speed at first appearance <= 0.05 m/s (NC at-fault rule).
+        agent_radius: ``(S, N)`` largest half diagonal of the track's box over its valid steps.
+        grid_meta: ``(S, 5)`` the map grid (:data:`GRID_META`); a scene without polygons has 0 cells.
+        grid_cells: ``(S, C, G)`` int64 polygons touching each grid cell ``ix * ny + iy`` (``-1`` padding).
+        grid_full: ``(S, C, G)`` bool, the cell lies entirely inside that polygon.
+        grid_entry: ``(S, C, G)`` int64 id ``q`` of the entries that are not full (``-1`` otherwise).
+        entry_offsets: ``(S, Q + 1)`` int64, entry ``q``'s edges are ``cell_edges[s, offsets[q]:offsets[q + 1]]``.
+        cell_edges: ``(S, L, 4)`` ring edges ``(x1, y1, x2, y2)`` of the polygon of each non-full grid entry that a
+            point of its cell may cross (:func:`cell_edges`; all rings together, as the even-odd rule counts
+            crossings over every ring).
+        map_categories: ``(S, M)`` int64 bits: 1 drivable, 2 lane, 4 on-route lane, 8 intersection (0 padding).
+        centerline: ``(S, C2, 2)`` route centre line (padding repeats the last point).
+        centerline_s: ``(S, C2)`` its arc length. segment_valid: ``(S, C2 - 1)`` bool, a real segment.
+        red_mask: ``(S, 41, R)`` bool, red-light polygon ``r`` is red at step ``t`` (False on padding).
+        red_edges: ``(S, R, E2, 4)`` ring edges of the red on-route connectors. red_edge_valid: ``(S, R, E2)``.
+        red_bounds: ``(S, R, 4)`` their bounds (min x, min y, max x, max y).
+        reference_states: ``(S, 41, 11)`` simulated PDM-Closed reference. human_states: ``(S, 41, 11)``.
+        history_states: ``(S, H, 11)`` logged past states (EPDMS history comfort; every scene has the same ``H``).
+        track_ids: ``S`` arrays of track ids (strings stay numpy).
+    """
+
+    tokens: tuple[str, ...]
+    version: str
+    current_state: torch.Tensor
+    agent_boxes: torch.Tensor
+    agent_valid: torch.Tensor
+    agent_corners: torch.Tensor
+    agent_types: torch.Tensor
+    agent_index: torch.Tensor
+    agent_dynamic: torch.Tensor
+    agent_stopped: torch.Tensor
+    agent_radius: torch.Tensor
+    grid_meta: torch.Tensor
+    grid_cells: torch.Tensor
+    grid_full: torch.Tensor
+    grid_entry: torch.Tensor
+    entry_offsets: torch.Tensor
+    cell_edges: torch.Tensor
+    map_categories: torch.Tensor
+    centerline: torch.Tensor
+    centerline_s: torch.Tensor
+    segment_valid: torch.Tensor
+    red_mask: torch.Tensor
+    red_edges: torch.Tensor
+    red_edge_valid: torch.Tensor
+    red_bounds: torch.Tensor
+    reference_states: torch.Tensor
+    human_states: torch.Tensor
+    history_states: torch.Tensor
+    track_ids: tuple[np.ndarray, ...]
+
+    @property
+    def num_scenes(self) -> int:
+        return len(self.tokens)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MetricCacheBatch:
+        """A copy on ``device`` with floating tensors cast to ``dtype`` (integer / bool tensors keep theirs)."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                cast = dtype if (dtype is not None and value.is_floating_point()) else None
+                value = value.to(device=device, dtype=cast)
+            moved[f.name] = value
+        return dataclasses.replace(self, **moved)
+
+    @staticmethod
+    def collate(caches: Sequence[MetricCache], dtype: torch.dtype = torch.float64) -> MetricCacheBatch:
+        """Pad and stack ``caches`` (one version, the same history length) into CPU tensors of ``dtype``."""
+        if not caches:
+            raise ValueError("collate needs at least one metric cache")
+        versions = {c.version for c in caches}
+        if len(versions) != 1:
+            raise ValueError(f"metric caches of several versions in one batch: {sorted(versions)}")
+        if len({c.history_states.shape for c in caches}) != 1:
+            raise ValueError("metric caches with different history lengths in one batch")
+        f = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype)  # noqa: E731
+        b = lambda x: torch.as_tensor(np.asarray(x, dtype=bool))  # noqa: E731
+        i = lambda x: torch.as_tensor(np.asarray(x, dtype=np.int64))  # noqa: E731
+        agents = _agents(caches)
+        grid = _grids(caches)
+        line = _centerlines(caches)
+        red = _red_lights(caches)
+        return MetricCacheBatch(
+            tokens=tuple(c.token for c in caches), version=versions.pop(),
+            current_state=f(np.stack([c.current_state for c in caches])),
+            agent_boxes=f(agents["boxes"]), agent_valid=b(agents["valid"]), agent_corners=f(agents["corners"]),
+            agent_types=i(agents["types"]), agent_index=i(agents["index"]), agent_dynamic=b(agents["dynamic"]),
+            agent_stopped=b(agents["stopped"]), agent_radius=f(agents["radius"]),
+            grid_meta=f(grid["meta"]), grid_cells=i(grid["cells"]), grid_full=b(grid["full"]),
+            grid_entry=i(grid["entries"]), entry_offsets=i(grid["offsets"]), cell_edges=f(grid["edges"]),
+            map_categories=i(grid["categories"]),
+            centerline=f(line["line"]), centerline_s=f(line["s"]), segment_valid=b(line["valid"]),
+            red_mask=b(red["mask"]), red_edges=f(red["edges"]), red_edge_valid=b(red["edge_valid"]),
+            red_bounds=f(red["bounds"]),
+            reference_states=f(np.stack([c.reference_states for c in caches])),
+            human_states=f(np.stack([c.human_states for c in caches])),
+            history_states=f(np.stack([c.history_states for c in caches])),
+            track_ids=tuple(np.asarray(c.agent_track_ids) for c in caches),
+        )  # fmt: skip
+
+
+def _pad_stack(arrays: Sequence[np.ndarray], fill: float | int | bool, dtype: type | np.dtype) -> np.ndarray:
+    """Stack arrays of equal rank, each padded at the end of every axis to the largest shape, with ``fill``."""
+    shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
+    out = np.full((len(arrays), *shape), fill, dtype=dtype)
+    for s, a in enumerate(arrays):
+        index: tuple[int | slice, ...] = (s, *(slice(0, n) for n in a.shape))
+        out[index] = a
+    return out
+
+
+def _agents(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
+    dynamic_types = [int(t) for t in DYNAMIC_TYPES]
+    stopped, radius, dynamic = [], [], []
+    for c in caches:
+        n = c.agent_types.shape[0]
+        first = np.argmax(c.agent_valid, axis=0)
+        box = c.agent_boxes[first, np.arange(n)]
+        speed = np.hypot(box[:, AgentIndex.VX], box[:, AgentIndex.VY])
+        dyn = np.isin(c.agent_types, dynamic_types)
+        stopped.append(~dyn | (speed <= 0.05))
+        dynamic.append(dyn)
+        radius.append(c.agent_extent[0])
+    return {
+        "boxes": _pad_stack([c.agent_boxes for c in caches], 0.0, np.float64),
+        "valid": _pad_stack([c.agent_valid for c in caches], False, bool),
+        "corners": _pad_stack([c.agent_corners for c in caches], 0.0, np.float64),
+        "types": _pad_stack([c.agent_types for c in caches], -1, np.int64),
+        "index": _pad_stack([np.arange(c.agent_types.shape[0]) for c in caches], -1, np.int64),
+        "dynamic": _pad_stack(dynamic, False, bool),
+        "stopped": _pad_stack(stopped, False, bool),
+        "radius": _pad_stack(radius, 0.0, np.float64),
+    }
+
+
+def polygon_edges(polygons: PolygonSet) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, E, 4)`` ring edges ``(x1, y1, x2, y2)`` of each polygon (zeros after its last edge) and ``(M, E)``
+    bool validity, from a :class:`~simulation.polygon_grid.PolygonSet`."""
+    m_count = polygons.num_polygons
+    ro, pr, xy = polygons.ring_offsets, polygons.poly_rings, polygons.coords
+    is_start = np.ones(len(xy), bool)
+    is_start[ro[1:][ro[1:] > ro[:-1]] - 1] = False  # a ring's last vertex repeats its first: no edge starts there
+    start_idx = np.flatnonzero(is_start)
+    ring = np.searchsorted(ro, start_idx, side="right") - 1
+    poly = np.searchsorted(pr, ring, side="right") - 1
+    counts = np.bincount(poly, minlength=m_count) if m_count else np.zeros(0, np.int64)
+    e_max = int(counts.max()) if len(counts) and counts.max() > 0 else 1
+    slot = np.arange(len(poly)) - np.repeat(np.cumsum(counts) - counts, counts)
+    edges = np.zeros((m_count, e_max, 4))
+    valid = np.zeros((m_count, e_max), bool)
+    edges[poly, slot] = np.concatenate([xy[start_idx], xy[start_idx + 1]], -1) if len(poly) else np.zeros((0, 4))
+    valid[poly, slot] = True
+    return edges, valid
+
+
+#: Margin (m) by which a cell is grown when picking the edges its points may cross (keeps the test exact).
+CELL_MARGIN = 1e-3
+
+
+def cell_edges(grid: PolygonGrid, edges: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges that a point of a grid cell may cross, for every (cell, polygon) entry that is not full.
+
+    A ray cast along +x from a point of the cell can only cross edges whose y range meets the cell's and that end
+    right of the cell's left side; the other edges never count in the even-odd test, so dropping them leaves the
+    result unchanged (the cell is grown by :data:`CELL_MARGIN` to stay clear of rounding).
+
+    Returns:
+        ``(E,)`` int64 entry id for each entry of ``grid.cell_polys`` (``-1`` for full entries), ``(n + 1,)`` offsets
+        and ``(L, 4)`` edges: entry ``q``'s edges are ``edges[offsets[q]:offsets[q + 1]]``.
+    """
+    n_cells = int(np.prod(grid.shape))
+    counts = np.diff(grid.cell_offsets)[:n_cells]
+    cell_of = np.repeat(np.arange(n_cells), counts)
+    test = ~grid.cell_full
+    entry_id = np.full(len(grid.cell_polys), -1, np.int64)
+    entry_id[test] = np.arange(int(test.sum()))
+    cell, poly = cell_of[test], grid.cell_polys[test]
+    x0 = grid.origin[0] + (cell // grid.shape[1]) * grid.cell_size - CELL_MARGIN
+    y0 = grid.origin[1] + (cell % grid.shape[1]) * grid.cell_size - CELL_MARGIN
+    y1 = y0 + grid.cell_size + 2 * CELL_MARGIN
+    kept_entry, kept_edge = [], []
+    step = max(1, (1 << 22) // max(1, edges.shape[1]))
+    for a in range(0, len(poly), step):
+        e = edges[poly[a : a + step]]  # (n, E, 4)
+        keep = valid[poly[a : a + step]]
+        keep &= np.maximum(e[..., 1], e[..., 3]) >= y0[a : a + step, None]
+        keep &= np.minimum(e[..., 1], e[..., 3]) <= y1[a : a + step, None]
+        keep &= np.maximum(e[..., 0], e[..., 2]) >= x0[a : a + step, None]
+        i, j = np.nonzero(keep)
+        kept_entry.append(i + a)
+        kept_edge.append(e[i, j])
+    ent = np.concatenate(kept_entry) if kept_entry else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(ent, minlength=len(poly)))]).astype(np.int64)
+    flat = np.concatenate(kept_edge) if kept_edge else np.zeros((0, 4))
+    return entry_id, offsets, flat if len(flat) else np.zeros((1, 4))
+
+
+def _grids(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
+    metas, cells, fulls, entries, offsets, edges, cats = [], [], [], [], [], [], []
+    for c in caches:
+        g = c.map_grid
+        n_cells = int(np.prod(g.shape))
+        metas.append([g.origin[0], g.origin[1], g.cell_size, float(g.shape[0]), float(g.shape[1])])
+        counts = np.diff(g.cell_offsets)[:n_cells]
+        width = max(int(counts.max()) if n_cells else 0, 1)
+        slot = np.arange(len(g.cell_polys)) - np.repeat(g.cell_offsets[:-1][:n_cells], counts)
+        cell_of = np.repeat(np.arange(n_cells), counts)
+        table = np.full((max(n_cells, 1), width), -1, np.int64)
+        full = np.zeros((max(n_cells, 1), width), bool)
+        entry = np.full((max(n_cells, 1), width), -1, np.int64)
+        table[cell_of, slot] = g.cell_polys
+        full[cell_of, slot] = g.cell_full
+        entry_id, entry_offsets, entry_edges = cell_edges(g, *polygon_edges(g.polygons))
+        entry[cell_of, slot] = entry_id
+        offsets.append(entry_offsets)
+        cells.append(table)
+        fulls.append(full)
+        entries.append(entry)
+        edges.append(entry_edges)
+        cats.append(c.map_categories if len(c.map_categories) else np.zeros(1, np.int64))
+    return {
+        "meta": np.asarray(metas, dtype=np.float64),
+        "cells": _pad_stack(cells, -1, np.int64),
+        "full": _pad_stack(fulls, False, bool),
+        "entries": _pad_stack(entries, -1, np.int64),
+        "offsets": _pad_stack(offsets, 0, np.int64),
+        "edges": _pad_stack(edges, 0.0, np.float64),
+        "categories": _pad_stack(cats, 0, np.int64),
+    }
+
+
+def _centerlines(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
+    n = max(len(c.centerline) for c in caches)
+    line = np.zeros((len(caches), n, 2))
+    s = np.zeros((len(caches), n))
+    valid = np.zeros((len(caches), n - 1), bool)
+    for k, c in enumerate(caches):
+        m = len(c.centerline)
+        line[k, :m], line[k, m:] = c.centerline[:, :2], c.centerline[-1, :2]
+        s[k, :m], s[k, m:] = c.centerline_s, c.centerline_s[-1]
+        valid[k, : m - 1] = True
+    return {"line": line, "s": s, "valid": valid}
+
+
+def _red_lights(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
+    masks, edges, valids, bounds = [], [], [], []
+    for c in caches:
+        red = c.red_mask if c.red_mask.shape[1] else np.zeros((c.red_mask.shape[0], 1), bool)
+        masks.append(red)
+        e, v = polygon_edges(c.red_polygons) if c.red_mask.shape[1] else (np.zeros((1, 1, 4)), np.zeros((1, 1), bool))
+        edges.append(e)
+        valids.append(v)
+        bnd = c.red_polygons.bounds if c.red_mask.shape[1] else np.zeros((1, 4))
+        bounds.append(bnd)
+    return {
+        "mask": _pad_stack(masks, False, bool),
+        "edges": _pad_stack(edges, 0.0, np.float64),
+        "edge_valid": _pad_stack(valids, False, bool),
+        "bounds": _pad_stack(bounds, 0.0, np.float64),
+    }

@@ -1,0 +1,150 @@
+"""Batched torch twins of the NAVSIM PDM sub-metrics of :mod:`rewards.pdm_metrics`, over ``S`` scenes x ``K``
+candidates.
+
+Every function takes a :class:`MetricCacheBatch`, simulated states ``(S, K, T, 11)`` (T = 41 steps of 0.1 s) and
+the ego points / area flags derived from them, and returns ``(S, K)`` values in the states' dtype. The semantics
+(first contact per track decides, the at-fault rules, the TTC look-aheads, the DDC windows, the LK run) are those
+of the numpy functions, documented there; only the loops became masks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rewards import pdm_metrics as pm
+from rewards.pdm_metrics import EgoArea
+from rewards.torch.metric_cache_batch import MetricCacheBatch
+from rewards.torch.pdm_geometry import (
+    NO_CONTACT,
+    first_contacts,
+    project_on_centerline,
+    red_light_contacts,
+    relative_angle,
+    sat_overlap,
+)
+from simulation.types import StateIndex
+
+_BEHIND = math.radians(pm.BEHIND_ANGLE_DEG)
+_AHEAD = math.radians(pm.AHEAD_ANGLE_DEG)
+TTC_STEPS = tuple(int(s) for s in pm.TTC_LOOKAHEAD_STEPS)
+
+
+def _speeds(states: torch.Tensor) -> torch.Tensor:
+    return torch.hypot(states[..., StateIndex.VX], states[..., StateIndex.VY])
+
+
+def _gather_steps(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(S, K, T, ...)`` at steps ``t`` ``(S, K, N)`` -> ``(S, K, N, ...)``."""
+    idx = t.reshape(*t.shape, *([1] * (values.dim() - 3))).expand(*t.shape, *values.shape[3:])
+    return torch.gather(values, 2, idx)
+
+
+def _agents_at(batch: MetricCacheBatch, values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-track ``values`` ``(S, T, N, ...)`` at steps ``t`` ``(S, K, N)`` -> ``(S, K, N, ...)``."""
+    s_idx = torch.arange(t.shape[0], device=t.device)[:, None, None]
+    n_idx = torch.arange(t.shape[2], device=t.device)[None, None, :]
+    return values[s_idx, t, n_idx]
+
+
+def no_at_fault_collisions(
+    batch: MetricCacheBatch, states: torch.Tensor, points: torch.Tensor, areas: torch.Tensor
+) -> torch.Tensor:
+    """NC ``(S, K)`` in {0, 0.5, 1} (:func:`rewards.pdm_metrics.no_at_fault_collisions`)."""
+    s_count, k_count, t_count = states.shape[:3]
+    corners = points[..., :4, :]
+    still = torch.zeros_like(corners[..., 0, :])
+    active = torch.ones(states.shape[:3], dtype=torch.bool, device=states.device)
+    first = first_contacts(batch, corners, still, active, t_count, (0,))
+    contact = first != NO_CONTACT
+    t = torch.where(contact, first, torch.zeros_like(first))
+    ego_state = _gather_steps(states, t)  # (S, K, N, 11)
+    agent = _agents_at(batch, batch.agent_boxes, t)  # (S, K, N, 7)
+    ego_stopped = _speeds(ego_state) <= pm.STOPPED_SPEED_THRESHOLD
+    behind = relative_angle(ego_state[..., :3], agent[..., :2]) > _BEHIND
+    bumper = _gather_steps(corners, t)[..., [0, 0, 3, 3], :]
+    front = sat_overlap(bumper, _agents_at(batch, batch.agent_corners, t))
+    ego_area = _gather_steps(areas, t)
+    lateral_fault = ego_area[..., EgoArea.MULTIPLE_LANES] | ego_area[..., EgoArea.NON_DRIVABLE_AREA]
+    stopped_track = batch.agent_stopped[:, None, :]
+    at_fault = contact & ~ego_stopped & (stopped_track | (~behind & (front | lateral_fault)))
+    penalty = torch.where(batch.agent_dynamic[:, None, :], 0.0, pm.STATIC_COLLISION_SCORE).to(states.dtype)
+    scores = torch.where(at_fault, penalty, torch.ones_like(penalty))
+    one = torch.ones((*scores.shape[:-1], 1), dtype=scores.dtype, device=scores.device)
+    return torch.cat([scores, one], -1).amin(-1)
+
+
+def time_to_collision(
+    batch: MetricCacheBatch, states: torch.Tensor, points: torch.Tensor, areas: torch.Tensor, t_count: int
+) -> torch.Tensor:
+    """TTC ``(S, K)`` in {0, 1} over steps ``0 .. t_count - 1`` (:func:`rewards.pdm_metrics.time_to_collision`)."""
+    speed = _speeds(states)
+    heading = states[..., StateIndex.HEADING]
+    velocity = torch.stack([torch.cos(heading) * speed, torch.sin(heading) * speed], -1)
+    active = speed >= pm.TTC_STOPPED_SPEED_THRESHOLD
+    first = first_contacts(batch, points[..., :4, :], velocity, active, t_count, TTC_STEPS)
+    contact = first != NO_CONTACT
+    event = torch.where(contact, first, torch.zeros_like(first))
+    t, j = event // len(TTC_STEPS), event % len(TTC_STEPS)
+    lookahead = torch.tensor(TTC_STEPS, device=states.device)[j]
+    centroid = _agents_at(batch, batch.agent_boxes, t + lookahead)[..., :2]
+    angle = relative_angle(_gather_steps(states, t)[..., :3], centroid)
+    ahead = angle < _AHEAD
+    not_behind = ~(angle > _BEHIND)
+    ego_area = _gather_steps(areas, t)
+    risky = (
+        ego_area[..., EgoArea.MULTIPLE_LANES]
+        | ego_area[..., EgoArea.NON_DRIVABLE_AREA]
+        | ego_area[..., EgoArea.REAR_AXLE_IN_INTERSECTION]
+    )
+    fail = (contact & (ahead | (risky & not_behind))).any(-1)
+    return torch.where(fail, 0.0, 1.0).to(states.dtype)
+
+
+def drivable_area_compliance(areas: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """DAC ``(S, K)``: 0 if any corner leaves the drivable area at any step, else 1."""
+    return torch.where(areas[..., EgoArea.NON_DRIVABLE_AREA].any(-1), 0.0, 1.0).to(dtype)
+
+
+def driving_direction_compliance(points: torch.Tensor, areas: torch.Tensor, skip_intersections: bool) -> torch.Tensor:
+    """DDC ``(S, K)`` in {0, 0.5, 1} (:func:`rewards.pdm_metrics.driving_direction_compliance`)."""
+    center = points[..., 4, :]
+    d = torch.diff(center, dim=-2)
+    step = torch.nn.functional.pad(torch.sqrt(d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]), (1, 0))
+    oncoming = areas[..., EgoArea.ONCOMING_TRAFFIC]
+    if skip_intersections:
+        oncoming = oncoming & ~areas[..., EgoArea.CENTER_IN_INTERSECTION]
+    step = torch.where(oncoming, step, torch.zeros_like(step))
+    csum = torch.nn.functional.pad(torch.cumsum(step, -1), (1, 0))
+    t = torch.arange(center.shape[-2], device=center.device)
+    window = csum[..., t + 1] - csum[..., torch.clamp_min(t - pm.DDC_HORIZON_STEPS, 0)]
+    worst = window.amax(-1)
+    return torch.where(
+        worst < pm.DDC_COMPLIANCE_THRESHOLD, 1.0, torch.where(worst < pm.DDC_VIOLATION_THRESHOLD, 0.5, 0.0)
+    ).to(points.dtype)
+
+
+def traffic_light_compliance(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
+    """TLC ``(S, K)``: 0 if the ego box touches an on-route lane connector while its light is red, else 1."""
+    return torch.where(red_light_contacts(batch, points[..., :4, :]), 0.0, 1.0).to(points.dtype)
+
+
+def raw_progress(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
+    """Progress ``(S, K)`` in metres of the ego centre along the centre line from t = 0 to the end (>= 0)."""
+    s, _ = project_on_centerline(batch, points[:, :, [0, -1], 4, :])
+    return torch.clamp_min(s[..., 1] - s[..., 0], 0.0)
+
+
+def lane_keeping(batch: MetricCacheBatch, points: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """LK ``(S, K)``: 0 if the centre stays > 0.5 m from the centre line for 20 consecutive steps (intersection
+    steps neither count nor reset the run), else 1."""
+    _, distance = project_on_centerline(batch, points[..., 4, :])
+    exceed = distance > pm.LK_DEVIATION_LIMIT
+    skip = areas[..., EgoArea.CENTER_IN_INTERSECTION]
+    run = torch.zeros(points.shape[:2], dtype=torch.int64, device=points.device)
+    failed = torch.zeros(points.shape[:2], dtype=torch.bool, device=points.device)
+    for t in range(points.shape[2]):
+        run = torch.where(skip[..., t], run, torch.where(exceed[..., t], run + 1, torch.zeros_like(run)))
+        failed |= run >= pm.LK_STEPS
+    return torch.where(failed, 0.0, 1.0).to(points.dtype)
