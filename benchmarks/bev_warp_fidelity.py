@@ -269,7 +269,9 @@ def agreement_row(name: str, w: dict[str, Any], v: dict[str, Any]) -> str:
 def print_agreement(scenes: list[LogWindow], maps: list[Any], specs: list[PlannerSpec], config: EnvConfig) -> None:
     """Both loops per planner; the planner ranking agreement (Spearman over the planners' mean CLS) at the end."""
     short = " ".join(f"{k[:5]:>5s}" for k in METRICS[:-1])
-    print(f"{'planner':>22s} {'CLS wp':>6s} {'CLS vc':>6s} {'rho':>6s} {'same':>6s} | {short} | warp s  vec s", flush=True)
+    print(
+        f"{'planner':>22s} {'CLS wp':>6s} {'CLS vc':>6s} {'rho':>6s} {'same':>6s} | {short} | warp s  vec s", flush=True
+    )
     means: dict[str, tuple[float, float]] = {}
     for spec in specs:
         v = vector_loop(scenes, maps, spec)

@@ -210,7 +210,7 @@ def build_episodes(
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     grid_res: float = 0.25,
     observation_dtype: torch.dtype = torch.float32,
-    map_margin_m: float = 60.0,
+    map_margin_m: float = 100.0,
 ) -> EpisodeBatch:
     """Precompute the tensors of ``scenes`` (with their maps) on ``device``."""
     log_dt, fpp, lengths = _check_scenes(scenes, map_apis, replan_interval_s)

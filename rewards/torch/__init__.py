@@ -2,7 +2,10 @@
 
 - :mod:`rewards.torch.geometry`: oriented-box corners, the separating-axis overlap test, the broad-phase
   compaction, point-in-grid and polyline projection.
-- :mod:`rewards.torch.closed_loop`: the per-frame checks of a closed-loop rollout in the vector world (at-fault
-  collision, drivable area, TTC, comfort, deviation from the expert path) and the episode score that BEV-Warp
-  reports.
+- :mod:`rewards.torch.cls_world` / :mod:`rewards.torch.cls_polygons`: the map of a batch of closed-loop episodes
+  as padded tensors (lane graph, polygons as bounded edge groups, the expert's roadblock route).
+- :mod:`rewards.torch.cls_route`, :mod:`rewards.torch.cls_collisions`, :mod:`rewards.torch.cls_metrics`: nuPlan's
+  closed-loop metrics and CLS (the twin of :mod:`rewards.nuplan_metrics`).
+- :mod:`rewards.torch.closed_loop`: BEV-Warp's judge: nuPlan's rules per step (rewards, termination) and the
+  episode metrics.
 """

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
+from rewards.torch import cls_polygons
 from rewards.torch.cls_collisions import at_fault_collisions, ttc_violations
 from rewards.torch.cls_metrics import ClsRollout, centres, cls_metrics, comfortable_states, drivable_violations
 from rewards.torch.cls_route import contains, in_common_or_connected, route_objects
-from rewards.torch import cls_polygons
 from rewards.torch.cls_world import ClsWorld
 from rewards.torch.geometry import ahead, ego_corners, normalize_angle, project
 

@@ -96,7 +96,11 @@ def category_score(types: torch.Tensor, at_fault: torch.Tensor) -> torch.Tensor:
     """``(B,)`` product over VRU / vehicle / object of ``max(0, 1 - n / (threshold + 1))``."""
     score = torch.ones(types.shape[0], dtype=torch.float64, device=types.device)
     vehicle = types == int(TrackedObjectType.VEHICLE)
-    for name, mask in (("vru", _type_mask(types, VRU_TYPES)), ("vehicle", vehicle), ("object", _type_mask(types, STATIC_TYPES))):
+    for name, mask in (
+        ("vru", _type_mask(types, VRU_TYPES)),
+        ("vehicle", vehicle),
+        ("object", _type_mask(types, STATIC_TYPES)),
+    ):
         n = (at_fault & mask).sum(-1).to(torch.float64)
         score = score * (1.0 - n / (CATEGORY_THRESHOLDS[name] + 1)).clamp_min(0.0)
     return score

@@ -36,6 +36,7 @@ from rewards.nuplan_metrics import (
     MIN_PROGRESS_RATIO,
     PROGRESS_THRESHOLD_M,
 )
+from rewards.torch import cls_polygons
 from rewards.torch.cls_collisions import at_fault_collisions, ttc_violations
 from rewards.torch.cls_route import (
     contains,
@@ -44,7 +45,6 @@ from rewards.torch.cls_route import (
     in_common_or_connected,
     progress_along_route,
 )
-from rewards.torch import cls_polygons
 from rewards.torch.cls_world import ClsWorld
 from rewards.torch.geometry import compact, ego_corners
 from simulation.types import PACIFICA, StateIndex

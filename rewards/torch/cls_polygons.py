@@ -46,7 +46,9 @@ class PolygonSet:
         for f in fields(self):
             t = getattr(self, f.name)
             if isinstance(t, torch.Tensor):
-                out[f.name] = t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
+                out[f.name] = t.to(
+                    device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype
+                )
         return PolygonSet(**out)  # type: ignore[arg-type]
 
 
@@ -68,9 +70,7 @@ def polygon_set(
     """A :class:`PolygonSet` of ``B`` episodes, each a list of polygons given by their edges ``(E_i, 4)``."""
     groups: list[list[tuple[int, np.ndarray]]] = []
     for polys in polygons:
-        groups.append(
-            [(p, e[i : i + GROUP_EDGES]) for p, e in enumerate(polys) for i in range(0, len(e), GROUP_EDGES)]
-        )
+        groups.append([(p, e[i : i + GROUP_EDGES]) for p, e in enumerate(polys) for i in range(0, len(e), GROUP_EDGES)])
     g = max([len(x) for x in groups] + [1])
     edges = np.zeros((len(polygons), g, GROUP_EDGES, 4))
     mask = np.zeros((len(polygons), g, GROUP_EDGES), dtype=bool)
@@ -94,7 +94,9 @@ def _gather_groups(ps: PolygonSet, index: torch.Tensor) -> tuple[torch.Tensor, t
     """Edges ``(B, K, G', C, 4)``, masks ``(B, K, G', C)`` and owners ``(B, K, G')`` of groups ``index``."""
     b, g, c = ps.mask.shape
     k = index.shape[1]
-    edges = torch.gather(ps.edges.reshape(b, 1, g, c * 4).expand(b, k, g, c * 4), 2, index[..., None].expand(-1, -1, -1, c * 4))
+    edges = torch.gather(
+        ps.edges.reshape(b, 1, g, c * 4).expand(b, k, g, c * 4), 2, index[..., None].expand(-1, -1, -1, c * 4)
+    )
     mask = torch.gather(ps.mask[:, None].expand(b, k, g, c), 2, index[..., None].expand(-1, -1, -1, c))
     owner = torch.gather(ps.owner[:, None].expand(b, k, g), 2, index)
     return edges.reshape(b, k, -1, c, 4), mask, owner

@@ -24,7 +24,6 @@ from simulation.geometry import project_on_polyline, rear_axle_to_center
 from simulation.maps.protocol import MapProtocol
 
 
-
 @dataclass(frozen=True)
 class ClsWorld:
     """Map tensors of ``B`` episodes (``M`` lanes / connectors, ``R`` expert route blocks), padded.
@@ -179,37 +178,39 @@ def build_cls_world(
         out[order] = np.arange(c.num_objects)
         return out
 
-    f = {"device": device, "dtype": dtype}
-    b_dev = {"device": device, "dtype": torch.bool}
+    def fl(a: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype, device=device)
+
+    def bo(a: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=bool), device=device)
+
     return ClsWorld(
         objects=polygon_set([[ring_edges(p) for p in c.polygons] for c in contexts], device, dtype),
-        obj_mask=torch.as_tensor(_pad_mask([c.num_objects for c in contexts], m), **b_dev),
-        is_connector=torch.as_tensor(_pad([c.is_connector.astype(float) for c in contexts], m) > 0, **b_dev),
-        id_rank=torch.as_tensor(_pad([rank(c) for c in contexts], m), **f),
-        baselines=torch.as_tensor(np.stack([lines(c.baselines, m) for c in contexts]), **f),
-        baseline_length=torch.as_tensor(
-            _pad([np.array([c.baseline_length(i) for i in range(c.num_objects)]) for c in contexts], m), **f
-        ),
-        speed_limits=torch.as_tensor(_pad([c.speed_limits for c in contexts], m), **f),
-        outgoing=torch.as_tensor(square([_adjacency(c, "outgoing") for c in contexts], m), **b_dev),
-        incoming=torch.as_tensor(square([_adjacency(c, "incoming") for c in contexts], m), **b_dev),
+        obj_mask=bo(_pad_mask([c.num_objects for c in contexts], m)),
+        is_connector=bo(_pad([c.is_connector.astype(float) for c in contexts], m) > 0),
+        id_rank=fl(_pad([rank(c) for c in contexts], m)),
+        baselines=fl(np.stack([lines(c.baselines, m) for c in contexts])),
+        baseline_length=fl(_pad([np.array([c.baseline_length(i) for i in range(c.num_objects)]) for c in contexts], m)),
+        speed_limits=fl(_pad([c.speed_limits for c in contexts], m)),
+        outgoing=bo(square([_adjacency(c, "outgoing") for c in contexts], m)),
+        incoming=bo(square([_adjacency(c, "incoming") for c in contexts], m)),
         drivable=polygon_set([[ring_edges(c.drivable_area)] for c in contexts], device, dtype),
         intersections=polygon_set([[ring_edges(c.intersections)] for c in contexts], device, dtype),
         blocks=polygon_set([x["edges"] for x in blocks], device, dtype),
-        block_mask=torch.as_tensor(_pad_mask([len(x["lines"]) for x in blocks], r), **b_dev),
-        block_baselines=torch.as_tensor(np.stack([lines(x["lines"], r) for x in blocks]), **f),
-        block_length=torch.as_tensor(_pad([x["length"] for x in blocks], r), **f),
-        block_skip=torch.as_tensor(_pad([x["skip"] for x in blocks], r), **f),
-        block_jump=torch.as_tensor(square([x["jump"] for x in blocks], r), **f),
-        expert_progress=torch.as_tensor([x["expert"] for x in blocks], **f),
-        has_route=torch.as_tensor([bool(x["lines"]) for x in blocks], **b_dev),
+        block_mask=bo(_pad_mask([len(x["lines"]) for x in blocks], r)),
+        block_baselines=fl(np.stack([lines(x["lines"], r) for x in blocks])),
+        block_length=fl(_pad([x["length"] for x in blocks], r)),
+        block_skip=fl(_pad([x["skip"] for x in blocks], r)),
+        block_jump=fl(square([x["jump"] for x in blocks], r)),
+        expert_progress=fl([x["expert"] for x in blocks]),
+        has_route=bo([bool(x["lines"]) for x in blocks]),
     )
 
 
 def world_from_maps(
     expert_states: Sequence[np.ndarray],
     maps: Sequence[MapProtocol],
-    margin_m: float = 60.0,
+    margin_m: float = 100.0,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
 ) -> ClsWorld:
@@ -218,6 +219,3 @@ def world_from_maps(
     for states, map_api in zip(expert_states, maps, strict=True):
         contexts.append(build_lane_graph_context(map_api, np.asarray(states)[:, :2], margin=margin_m))
     return build_cls_world(contexts, expert_states, device, dtype)
-
-
-
