@@ -33,6 +33,7 @@ import torch
 from bev_warp.episodes import EpisodeBatch, build_episodes
 from bev_warp.kinematics import DEFAULT_TRACKER, TrackerParameters, normalize_angle, track_and_propagate
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
+from rewards.nuplan_metrics import CLS_MULTIPLIERS, CLS_WEIGHTS
 from rewards.torch.closed_loop import ClsRollout, deviation, episode_metrics, step_checks, step_comfortable
 from rewards.torch.geometry import project
 from simulation.features import PLANNER_RASTER
@@ -43,6 +44,8 @@ from simulation.types import AgentIndex, LogWindow, StateIndex
 A, S = AgentIndex, StateIndex
 KINEMATIC_DT = 0.1
 SUB_REWARDS = ("collision", "drivable_area", "progress", "ttc", "comfort", "deviation")
+#: nuPlan's closed-loop metrics of an episode and its CLS (``score``).
+METRICS = (*CLS_MULTIPLIERS, *CLS_WEIGHTS, "score")
 
 
 class TrajectoryError(ValueError):
@@ -110,6 +113,7 @@ class EnvState:
         totals: per sub-reward ``(B,)`` episode sums; flags: per check ``(B,)`` bool (ever violated).
         history: ``(B, T, 11)`` simulated ego state at every log frame passed (the logged state beyond).
         collided: ``(B, N)`` tracks that have collided with the ego (nuPlan counts each once).
+        final: nuPlan's closed-loop metrics ``(B,)`` of each episode, computed when it ends (NaN before).
     """
 
     episodes: EpisodeBatch
@@ -124,6 +128,7 @@ class EnvState:
     flags: dict[str, torch.Tensor]
     history: torch.Tensor
     collided: torch.Tensor
+    final: dict[str, torch.Tensor]
 
 
 class BEVWarpEnv:
@@ -181,6 +186,7 @@ class BEVWarpEnv:
             flags={k: false.clone() for k in ("collision", "drivable_area", "ttc", "comfort", "deviation")},
             history=ep.ego.clone(),
             collided=torch.zeros(ep.types.shape, dtype=torch.bool, device=self.device),
+            final={k: torch.full((b,), torch.nan, dtype=torch.float64, device=self.device) for k in METRICS},
         )
 
     def observe(self, state: EnvState) -> torch.Tensor:
@@ -324,6 +330,12 @@ class BEVWarpEnv:
             set_now = cond & ~newly & ~state.done
             reason[set_now] = int(code)
             newly |= set_now
+        final = state.final
+        if bool(newly.any()):  # score each episode's history once, when it ends
+            rows = torch.nonzero(newly).flatten()
+            done_now = replace(state, history=checks["history"], frame=frame)
+            metrics = episode_metrics(ep.world.select(rows), rollout_of(done_now).select(rows))
+            final = {k: v.index_put((rows,), metrics[k]) for k, v in final.items()}
         new = replace(
             state,
             ego=ego,
@@ -336,10 +348,9 @@ class BEVWarpEnv:
             flags={k: v | checks[k] for k, v in state.flags.items()},
             history=checks["history"],
             collided=checks["collided"],
+            final=final,
         )
-        info: dict[str, Any] = {"rewards": sub, "reason": reason}
-        if bool(newly.any()):  # the episode metrics (a pass over each history) only when an episode ends
-            info["episode"] = summary(new)
+        info = {"rewards": sub, "reason": reason, "episode": summary(new, new.final)}
         return new, torch.as_tensor(reward, dtype=torch.float64, device=ego.device), new.done.clone(), info
 
 
@@ -357,12 +368,16 @@ def rollout_of(state: EnvState) -> ClsRollout:
     )
 
 
-def summary(state: EnvState) -> dict[str, torch.Tensor]:
+def summary(state: EnvState, metrics: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Per-episode ``(B,)`` results so far: nuPlan's closed-loop metrics of the history and their CLS ``score``
     (:func:`rewards.torch.closed_loop.episode_metrics`, names as :mod:`rewards.nuplan_metrics`), plus BEV-Warp's
     own flags (``collision``, ``off_road``, ``deviation``, ``ttc_ok``, ``comfortable``: any step violated),
-    route progress in metres, the step count and the end reason."""
-    metrics = episode_metrics(state.episodes.world, rollout_of(state))
+    route progress in metres, the step count and the end reason.
+
+    ``metrics``: the CLS metrics to report instead of scoring every history now (``step`` passes
+    ``state.final``: each episode's metrics from when it ended, NaN while it runs)."""
+    if metrics is None:
+        metrics = episode_metrics(state.episodes.world, rollout_of(state))
     flags = state.flags
     progress = state.route_s - state.route_s0
     return {

@@ -71,6 +71,14 @@ class ClsRollout:
     types: torch.Tensor
     length: torch.Tensor
 
+    def select(self, rows: torch.Tensor) -> ClsRollout:
+        """The rollouts ``rows`` ``(B',)`` (long)."""
+        t = self.ego.shape[1]
+        return ClsRollout(
+            self.ego[rows], self.timestamps_us[rows, :t], self.boxes[rows, :t], self.valid[rows, :t], self.types[rows],
+            self.length[rows],
+        )
+
     @property
     def frame_mask(self) -> torch.Tensor:
         """``(B, T)`` bool, frames that belong to the rollout."""

@@ -51,6 +51,10 @@ class PolygonSet:
                 )
         return PolygonSet(**out)  # type: ignore[arg-type]
 
+    def select(self, rows: torch.Tensor) -> PolygonSet:
+        """The episodes ``rows`` ``(B',)`` (long) of the set."""
+        return PolygonSet(self.edges[rows], self.mask[rows], self.box[rows], self.owner[rows], self.count)
+
 
 def ring_edges(geom: object) -> np.ndarray:
     """``(E, 4)`` edges of every ring of a shapely (multi)polygon (empty: ``(0, 4)``)."""

@@ -75,6 +75,11 @@ class ClsWorld:
                 out[f.name] = t.to(device=device, dtype=dtype if floating else t.dtype)
         return ClsWorld(**out)
 
+    def select(self, rows: torch.Tensor) -> ClsWorld:
+        """The episodes ``rows`` ``(B',)`` (long) of the world."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ClsWorld(**{k: v.select(rows) if isinstance(v, PolygonSet) else v[rows] for k, v in out.items()})
+
 
 # ----------------------------------------------------------------------------------------------- geometry
 
