@@ -77,14 +77,16 @@ def step_checks(
     """
     valid = valid & ~collided[:, None]
     corners = ego_corners(ego[..., :3])
-    in_route = in_common_or_connected(world, corners)
+    b, f = ego.shape[:2]
+    inside = contains(world, torch.cat([corners.reshape(b, f * 4, 2), centres(ego)], 1))  # corners, then centres
+    in_route = in_common_or_connected(world, corners, inside[:, : f * 4])
     collisions = at_fault_collisions(ego, boxes, valid, types, in_route)
     junction = cls_polygons.contains(world.intersections, ego[..., :2])
     ttc = ttc_violations(ego, boxes, valid, types, collisions, ~in_route | junction[..., 0])
-    own_route = route_objects(world, contains(world, centres(ego)))
+    own_route = route_objects(world, inside[:, f * 4 :])
     return {
         "collision": collisions.at_fault.any(-1),
-        "drivable_area": drivable_violations(world, corners, own_route).any(-1),
+        "drivable_area": drivable_violations(world, corners, own_route, inside[:, : f * 4]).any(-1),
         "ttc": ttc.any(-1),
         "collided": collided | (collisions.first_frame >= 0),
     }

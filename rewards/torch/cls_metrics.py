@@ -75,7 +75,11 @@ class ClsRollout:
         """The rollouts ``rows`` ``(B',)`` (long)."""
         t = self.ego.shape[1]
         return ClsRollout(
-            self.ego[rows], self.timestamps_us[rows, :t], self.boxes[rows, :t], self.valid[rows, :t], self.types[rows],
+            self.ego[rows],
+            self.timestamps_us[rows, :t],
+            self.boxes[rows, :t],
+            self.valid[rows, :t],
+            self.types[rows],
             self.length[rows],
         )
 
@@ -102,12 +106,15 @@ def centres(ego: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------- metrics
 
 
-def drivable_violations(world: ClsWorld, corners: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+def drivable_violations(
+    world: ClsWorld, corners: torch.Tensor, route: torch.Tensor, inside: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(B, T)`` bool: a corner ``(B, T, 4, 2)`` is off every lane and the drivable area by >= 0.3 m, measured from
-    the frame's route objects ``(B, T, M)`` and from the drivable area."""
+    the frame's route objects ``(B, T, M)`` and from the drivable area (``inside``: the corners' :func:`contains`
+    ``(B, T * 4, M)`` when already known)."""
     b, t_len = corners.shape[:2]
     pts = corners.reshape(b, t_len * 4, 2)
-    in_lane = contains(world, pts).any(-1)
+    in_lane = (contains(world, pts) if inside is None else inside).any(-1)
     in_drivable = cls_polygons.contains(world.drivable, pts)[..., 0]
     index, kept, (out_pts,) = compact(~in_lane & ~in_drivable, pts)
     if index.shape[1] == 0:
@@ -225,7 +232,8 @@ def cls_metrics(world: ClsWorld, rollout: ClsRollout) -> dict[str, torch.Tensor]
     centers = centres(ego)
     corners = ego_corners(ego[..., :3])
     route, keys = ego_route(world, centers, rollout.length)
-    in_route = in_common_or_connected(world, corners)
+    inside = contains(world, corners.reshape(corners.shape[0], -1, 2))
+    in_route = in_common_or_connected(world, corners, inside)
     valid = rollout.valid & fm[..., None]
     collisions = at_fault_collisions(ego, rollout.boxes, valid, rollout.types, in_route)
     in_junction = cls_polygons.contains(world.intersections, ego[..., :2])
@@ -235,7 +243,7 @@ def cls_metrics(world: ClsWorld, rollout: ClsRollout) -> dict[str, torch.Tensor]
     direction = driving_direction_progress(world, centers, route, keys)
     metrics = {
         "no_ego_at_fault_collisions": collisions.score,
-        "drivable_area_compliance": (~(drivable_violations(world, corners, route) & fm).any(1)).double(),
+        "drivable_area_compliance": (~(drivable_violations(world, corners, route, inside) & fm).any(1)).double(),
         "driving_direction_compliance": direction_compliance(direction, rollout.dt, fm),
         "ego_is_making_progress": (ratio >= MIN_PROGRESS_RATIO).double(),
         "ego_progress_along_expert_route": ratio,

@@ -92,10 +92,13 @@ def _remove_extra_connectors(
     return route, keys
 
 
-def in_common_or_connected(world: ClsWorld, corners: torch.Tensor) -> torch.Tensor:
-    """``(B, T)`` bool: the ego corners ``(B, T, 4, 2)`` (FL, RL, RR, FR) lie in one object or connected ones."""
+def in_common_or_connected(world: ClsWorld, corners: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, T)`` bool: the ego corners ``(B, T, 4, 2)`` (FL, RL, RR, FR) lie in one object or connected ones
+    (``inside``: :func:`contains` of the corners ``(B, T * 4, M)`` when already known)."""
     b, t_len = corners.shape[:2]
-    objs = route_objects(world, contains(world, corners.reshape(b, t_len * 4, 2))).reshape(b, t_len, 4, -1)
+    if inside is None:
+        inside = contains(world, corners.reshape(b, t_len * 4, 2))
+    objs = route_objects(world, inside).reshape(b, t_len, 4, -1)
     fl, rl, rr, fr = objs.unbind(2)
     nonempty = objs.any(-1).all(-1)
     common = (fl & rl & rr & fr).any(-1)
