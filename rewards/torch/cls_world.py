@@ -77,8 +77,11 @@ class ClsWorld:
 
     def select(self, rows: torch.Tensor) -> ClsWorld:
         """The episodes ``rows`` ``(B',)`` (long) of the world."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        return ClsWorld(**{k: v.select(rows) if isinstance(v, PolygonSet) else v[rows] for k, v in out.items()})
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.select(rows) if isinstance(v, PolygonSet) else v[rows]
+        return ClsWorld(**out)
 
 
 # ----------------------------------------------------------------------------------------------- geometry
