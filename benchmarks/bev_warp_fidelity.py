@@ -3,21 +3,23 @@
 1. Per raster channel, IoU (pixels > 0.5) between the logged raster warped to a deviated ego pose and the
    raster re-rendered at that pose, over the pixels the logged raster covers, for lateral / longitudinal /
    heading deviations. The ego channel is drawn, not warped.
-2. Closed loop, per planner: BEV-Warp (warped rasters, torch tracker, its own checks) against the vector closed
-   loop (:mod:`simulation.closed_loop`: re-rendered rasters, numpy tracker, nuPlan's CLS metrics) on the same
-   scenarios: collision rate, mean progress ratio, mean score, Spearman rank correlation over scenarios of
-   per-scenario progress / score, and how often the two agree on "collided".
+2. Closed loop, per planner: BEV-Warp (warped rasters, torch tracker, nuPlan's CLS metrics in torch) against
+   the vector closed loop (:mod:`simulation.closed_loop`: re-rendered rasters, numpy tracker, nuPlan's CLS
+   metrics in numpy) on the same scenarios, both run to the end of the log as nuPlan does (BEV-Warp's own
+   termination rules off unless ``--terminate-on``): mean CLS of both loops, Spearman rank correlation of the
+   per-scenario CLS, the share of scenarios where both loops give the same value of each metric, and at the end
+   the Spearman rank correlation of the planners' mean CLS (the planner ranking).
 
 Two data sources:
 
 - fixture map (default): hand-built eastbound scenarios, rules ``constant_velocity`` and ``raster_cruise``;
 - ``--data-root DIR --maps-root DIR --split synth_test``: nuPlan-format logs (e.g. the synthetic city). IoU on
   NAVSIM scenes at their current frame; closed loop on sampled nuPlan scenarios (15 s at 10 Hz) with
-  ``constant_velocity``, ``idm``, ``pdm_closed`` and, with ``--checkpoint``, a learned planner (the truncated
-  diffusion planner), batched on warped rasters in BEV-Warp and re-rendering in the vector loop.
+  ``constant_velocity``, ``idm``, ``pdm_closed``, ``log_replay`` and, with ``--checkpoint`` (one or more), the
+  learned planners, batched on warped rasters in BEV-Warp and re-rendering in the vector loop.
 
 Usage: ``python benchmarks/bev_warp_fidelity.py [--scenes 16] [--frames 61]``
-or ``python benchmarks/bev_warp_fidelity.py --data-root D --maps-root D/maps --split synth_test --checkpoint C``
+or ``python benchmarks/bev_warp_fidelity.py --data-root D --maps-root D/maps --split synth_test --checkpoint C1 C2``
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from bev_warp.episodes import with_history
 from bev_warp.policies import LearnedPolicy, VectorPolicy
 from bev_warp.testing import fixture_map_api, fixture_scenario
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
-from rewards.nuplan_metrics import score_simulation
+from rewards.nuplan_metrics import CLS_MULTIPLIERS, CLS_WEIGHTS, score_simulation
 from simulation.closed_loop import ClosedLoopSimulator
 from simulation.features import PLANNER_RASTER
 from simulation.maps.protocol import MapProtocol
@@ -172,6 +174,7 @@ class PlannerSpec:
     vector: Callable[[], Planner]
     warp: Callable[[BEVWarpEnv, list[LogWindow], list[Any]], Callable[[EnvState], Any]]
     observation: str = "none"
+    raster: Any = PLANNER_RASTER
 
 
 def rule_specs() -> list[PlannerSpec]:
@@ -182,35 +185,50 @@ def rule_specs() -> list[PlannerSpec]:
     ]
 
 
-def data_specs(checkpoint: str | None) -> list[PlannerSpec]:
-    """constant_velocity, idm, pdm_closed and, given a checkpoint, the learned planner."""
-    from planners.rule_based import ConstantVelocityPlanner, IDMPlanner, PDMClosedPlanner
+def learned_spec(checkpoint: str) -> PlannerSpec:
+    """A learned planner from a checkpoint, named after its run folder (``train/<run>/lightning_logs/...``)."""
+    from pathlib import Path
+
+    from planners.checkpoint import learned_planner, load_planner
+    from simulation.features import raster_from_meta
+
+    parts = Path(checkpoint).parts
+    name = parts[parts.index("lightning_logs") - 1] if "lightning_logs" in parts else Path(checkpoint).stem
+    model = load_planner(checkpoint)
+    raster = raster_from_meta(getattr(model, "raster_config", None))
+    return PlannerSpec(
+        name,
+        lambda: learned_planner(checkpoint, name=name),
+        lambda env, s, m: LearnedPolicy(model, env, s),
+        "raster",
+        raster,
+    )
+
+
+def data_specs(checkpoints: Sequence[str]) -> list[PlannerSpec]:
+    """constant_velocity, idm, pdm_closed, log_replay and the learned planners of ``checkpoints``."""
+    from planners.rule_based import ConstantVelocityPlanner, IDMPlanner, LogReplayPlanner, PDMClosedPlanner
 
     specs = [
         PlannerSpec(cls.name, cls, lambda env, s, m, cls=cls: VectorPolicy(cls, s, m))  # type: ignore[misc]
-        for cls in (ConstantVelocityPlanner, IDMPlanner, PDMClosedPlanner)
+        for cls in (ConstantVelocityPlanner, IDMPlanner, PDMClosedPlanner, LogReplayPlanner)
     ]
-    if checkpoint:
-        from planners.checkpoint import learned_planner, load_planner
+    return specs + [learned_spec(c) for c in checkpoints]
 
-        model = load_planner(checkpoint)
-        name = type(model).__name__
-        specs.append(
-            PlannerSpec(
-                name,
-                lambda: learned_planner(checkpoint, name=name),
-                lambda env, s, m: LearnedPolicy(model, env, s),
-                "raster",
-            )
-        )
-    return specs
+
+METRICS = (*CLS_MULTIPLIERS, *CLS_WEIGHTS, "score")
+_RESETS: dict[tuple[Any, ...], EnvState] = {}
 
 
 def warp_loop(scenes: list[LogWindow], maps: list[Any], spec: PlannerSpec, config: EnvConfig) -> dict[str, Any]:
-    """Per-scenario BEV-Warp results (arrays ``(N,)``) and the CPU seconds (reset included)."""
-    env = BEVWarpEnv(replace(config, observation=spec.observation))
+    """Per-scenario BEV-Warp CLS metrics (arrays ``(N,)``), end reasons and the CPU seconds (reset included; one
+    reset per observation layout, reused by every planner: the state is immutable)."""
+    env = BEVWarpEnv(replace(config, observation=spec.observation, raster=spec.raster))
     t0 = time.process_time()
-    state = env.reset(scenes, maps)
+    key = (spec.observation, spec.raster, id(scenes))
+    if key not in _RESETS:
+        _RESETS[key] = env.reset(scenes, maps)
+    state = _RESETS[key]
     policy = spec.warp(env, scenes, maps)
     while not bool(state.done.all()):
         plans, failed = policy(state)
@@ -225,12 +243,9 @@ def vector_loop(scenes: list[LogWindow], maps: list[Any], spec: PlannerSpec) -> 
     t0 = time.process_time()
     sim = ClosedLoopSimulator(replan_interval=5)
     vec = [score_simulation(s, sim.run(s, spec.vector(), m), m) for s, m in zip(scenes, maps, strict=True)]  # type: ignore[arg-type]
-    return {
-        "collision": np.array([1.0 - m["no_ego_at_fault_collisions"] for m in vec]) > 0,
-        "progress_ratio": np.array([m["ego_progress_along_expert_route"] for m in vec]),
-        "score": np.array([m["score"] for m in vec]),
-        "seconds": time.process_time() - t0,
-    }
+    out: dict[str, Any] = {k: np.array([m[k] for m in vec]) for k in METRICS}
+    out["seconds"] = time.process_time() - t0
+    return out
 
 
 def rho(a: np.ndarray, b: np.ndarray) -> float:
@@ -241,40 +256,33 @@ def rho(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def agreement_row(name: str, w: dict[str, Any], v: dict[str, Any]) -> str:
-    """One table line: means of both loops, rank correlations, collision agreement, times, BEV-Warp end reasons."""
+    """One table line: mean CLS of both loops, rank correlation, per-metric agreement, times, end reasons."""
     reasons = np.bincount(w["reason"].astype(int), minlength=6)
-    w_coll = w["collision"] > 0
+    same = " ".join(f"{np.mean(np.abs(w[k] - v[k]) < 1e-3):5.2f}" for k in METRICS[:-1])
     return (
-        f"{name:>34s} {w_coll.mean():9.3f} {v['collision'].mean():9.3f} "
-        f"{w['progress_ratio'].mean():9.3f} {v['progress_ratio'].mean():9.3f} {w['score'].mean():10.3f} "
-        f"{v['score'].mean():9.3f} {rho(w['progress_ratio'], v['progress_ratio']):8.3f} "
-        f"{rho(w['score'], v['score']):9.3f} {(w_coll == v['collision']).mean():10.3f} "
-        f"{w['seconds']:8.1f} {v['seconds']:7.1f}  "
-        f"coll {reasons[1]} off-road {reasons[2]} deviation {reasons[3]} end {reasons[4]} failed {reasons[5]}"
+        f"{name:>22s} {w['score'].mean():6.3f} {v['score'].mean():6.3f} {rho(w['score'], v['score']):6.2f} "
+        f"{np.mean(np.abs(w['score'] - v['score']) < 1e-3):6.2f} | {same} | {w['seconds']:6.1f} {v['seconds']:6.1f}"
+        f"  ends: coll {reasons[1]} off-road {reasons[2]} dev {reasons[3]} log {reasons[4]} failed {reasons[5]}"
     )
 
 
-def print_agreement(
-    scenes: list[LogWindow], maps: list[Any], specs: list[PlannerSpec], max_deviations: Sequence[float]
-) -> None:
-    """Both loops per planner (BEV-Warp once per deviation limit); planner ranking agreement at the end."""
+def print_agreement(scenes: list[LogWindow], maps: list[Any], specs: list[PlannerSpec], config: EnvConfig) -> None:
+    """Both loops per planner; the planner ranking agreement (Spearman over the planners' mean CLS) at the end."""
+    short = " ".join(f"{k[:5]:>5s}" for k in METRICS[:-1])
     print(
-        f"{'planner (BEV-Warp deviation limit)':>34s} {'coll warp':>9s} {'coll vec':>9s} {'prog warp':>9s} "
-        f"{'prog vec':>9s} {'score warp':>10s} {'score vec':>9s} {'rho prog':>8s} {'rho score':>9s} "
-        f"{'coll agree':>10s} {'warp cpu':>8s} {'vec cpu':>7s}  BEV-Warp end reasons",
-        flush=True,
+        f"{'planner':>22s} {'CLS wp':>6s} {'CLS vc':>6s} {'rho':>6s} {'same':>6s} | {short} | warp s  vec s", flush=True
     )
-    means: dict[float, dict[str, tuple[float, float]]] = {d: {} for d in max_deviations}
+    means: dict[str, tuple[float, float]] = {}
     for spec in specs:
         v = vector_loop(scenes, maps, spec)
-        for dev in max_deviations:
-            w = warp_loop(scenes, maps, spec, EnvConfig(max_deviation_m=dev))
-            print(agreement_row(f"{spec.name} ({dev:g} m)", w, v), flush=True)
-            means[dev][spec.name] = (float(w["score"].mean()), float(v["score"].mean()))
-    for dev, m in means.items():
-        if len(m) > 2:
-            w_mean, v_mean = (np.array([x[i] for x in m.values()]) for i in (0, 1))
-            print(f"planner ranking by mean score ({dev:g} m), Spearman BEV-Warp vs vector: {rho(w_mean, v_mean):.3f}")
+        w = warp_loop(scenes, maps, spec, config)
+        print(agreement_row(spec.name, w, v), flush=True)
+        means[spec.name] = (float(w["score"].mean()), float(v["score"].mean()))
+    if len(means) > 2:
+        w_mean, v_mean = (np.array([x[i] for x in means.values()]) for i in (0, 1))
+        order = sorted(means, key=lambda k: -means[k][1])
+        print("planners by vector CLS: " + ", ".join(f"{k} {means[k][1]:.3f}/{means[k][0]:.3f}" for k in order))
+        print(f"planner ranking by mean CLS, Spearman BEV-Warp vs vector: {rho(w_mean, v_mean):.3f}")
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -317,12 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="nuPlan-format data (splits/<split>/*.db); default: the fixture map")
     parser.add_argument("--maps-root")
     parser.add_argument("--split", default="synth_test")
-    parser.add_argument("--checkpoint", help="learned planner checkpoint for the agreement study (data mode)")
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="learned planner checkpoints (data mode)")
     parser.add_argument("--planners", nargs="+", help="only these planners (names as printed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-iou", action="store_true")
     parser.add_argument(
-        "--max-deviation-m", type=float, nargs="+", default=[2.0], help="BEV-Warp deviation limits to compare"
+        "--terminate-on",
+        nargs="*",
+        default=[],
+        help="BEV-Warp termination rules to keep (collision, drivable_area, deviation); default none, as nuPlan",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -350,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_iou:
         print_iou(cases)
     print(f"closed loop on {label}, replanning at 2 Hz (CPU seconds: this process, reset included)")
-    print_agreement(scenes, maps, specs, args.max_deviation_m)
+    print_agreement(scenes, maps, specs, EnvConfig(terminate_on=tuple(args.terminate_on)))
     print(f"total: {time.perf_counter() - start:.0f} s wall, {time.process_time() - start_cpu:.0f} s CPU")
     return 0
 

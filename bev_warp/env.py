@@ -6,15 +6,18 @@
 1. the plans (``(B, P, 3)`` poses in the current rear-axle frame, ``interval_s`` apart) become global references;
 2. the ego follows them for one replanning interval with the torch LQR tracker + kinematic bicycle at 0.1 s
    (the reference is re-sampled from the plan at every 0.1 s, as the vector closed loop does);
-3. at every log frame passed, the vector world is checked against the logged (non-reactive) agents: at-fault
-   collision, drivable area (all four footprint corners), TTC, comfort, route progress, and the deviation from
-   the expert path (> 2 m or > 40 degrees terminates, RAD's rule; the path is extended straight past its ends),
-   all judged by :mod:`rewards.torch.closed_loop`;
+3. every log frame passed is recorded in the ego history and checked against the logged (non-reactive) agents
+   and the map with nuPlan's rules (:func:`rewards.torch.closed_loop.step_checks`): at-fault collision,
+   drivable area (0.3 m tolerance), TTC, filtered comfort over the recent history, route progress, and the
+   deviation from the expert path (> 2 m or > 40 degrees terminates, RAD's rule; the path is extended straight
+   past its ends);
 4. the planner's next observation is the logged raster (or encoder features) of the current planning frame
    warped into the simulated ego frame (:func:`bev_warp.warp.warp_bev`), without re-rendering or re-encoding.
 
 Episodes that are done stay frozen; an episode whose planner failed (``planner_failed``) is terminated and
-reported with reason ``planner_failed`` while the rest of the batch goes on.
+reported with reason ``planner_failed`` while the rest of the batch goes on. :func:`summary` scores each
+episode's history with nuPlan's closed-loop metrics and CLS (:func:`rewards.torch.closed_loop.episode_metrics`),
+as the vector closed loop is scored by :mod:`rewards.nuplan_metrics`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import torch
 from bev_warp.episodes import EpisodeBatch, build_episodes
 from bev_warp.kinematics import DEFAULT_TRACKER, TrackerParameters, normalize_angle, track_and_propagate
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
-from rewards.torch.closed_loop import comfortable, episode_score, frame_checks, progress_ratio
+from rewards.nuplan_metrics import CLS_MULTIPLIERS, CLS_WEIGHTS
+from rewards.torch.closed_loop import ClsRollout, deviation, episode_metrics, step_checks, step_comfortable
 from rewards.torch.geometry import project
 from simulation.features import PLANNER_RASTER
 from simulation.maps.protocol import MapProtocol
@@ -40,6 +44,8 @@ from simulation.types import AgentIndex, LogWindow, StateIndex
 A, S = AgentIndex, StateIndex
 KINEMATIC_DT = 0.1
 SUB_REWARDS = ("collision", "drivable_area", "progress", "ttc", "comfort", "deviation")
+#: nuPlan's closed-loop metrics of an episode and its CLS (``score``).
+METRICS = (*CLS_MULTIPLIERS, *CLS_WEIGHTS, "score")
 
 
 class TrajectoryError(ValueError):
@@ -67,8 +73,8 @@ class EnvConfig:
         observation: ``raster`` (warped rasters), ``features`` (warped encoder features) or ``none``.
         raster: planner raster layout (the encoder's input layout in ``features`` mode).
         max_deviation_m / max_heading_deviation_rad: termination thresholds against the expert path.
-        max_checked_agents: per log frame, the collision and TTC checks look at this many agents nearest to the
-            ego (busy scenes: hundreds of tracks, of which only the nearest can be hit within a step or 0.95 s).
+        terminate_on: the checks that end an episode (``collision``, ``drivable_area``, ``deviation``); empty to
+            run every episode to the end of its log, as nuPlan's closed loop does.
         fill_value / warp_mode: value of the revealed regions and interpolation of the warp.
         weights: reward weights per sub-reward (progress in metres; penalties as 0/1 events).
     """
@@ -79,7 +85,7 @@ class EnvConfig:
     raster: RasterConfig = PLANNER_RASTER
     max_deviation_m: float = 2.0
     max_heading_deviation_rad: float = math.radians(40.0)
-    max_checked_agents: int = 48
+    terminate_on: tuple[str, ...] = ("collision", "drivable_area", "deviation")
     fill_value: float = 0.0
     warp_mode: Literal["bilinear", "nearest"] = "bilinear"
     grid_res: float = 0.25
@@ -105,6 +111,9 @@ class EnvState:
         done: ``(B,)`` bool; reason: ``(B,)`` long :class:`DoneReason`.
         route_s0 / route_s: ``(B,)`` route arc length at the start / now.
         totals: per sub-reward ``(B,)`` episode sums; flags: per check ``(B,)`` bool (ever violated).
+        history: ``(B, T, 11)`` simulated ego state at every log frame passed (the logged state beyond).
+        collided: ``(B, N)`` tracks that have collided with the ego (nuPlan counts each once).
+        final: nuPlan's closed-loop metrics ``(B,)`` of each episode, computed when it ends (NaN before).
     """
 
     episodes: EpisodeBatch
@@ -117,6 +126,9 @@ class EnvState:
     route_s: torch.Tensor
     totals: dict[str, torch.Tensor]
     flags: dict[str, torch.Tensor]
+    history: torch.Tensor
+    collided: torch.Tensor
+    final: dict[str, torch.Tensor]
 
 
 class BEVWarpEnv:
@@ -172,6 +184,9 @@ class BEVWarpEnv:
             route_s=s0.clone(),
             totals={k: zeros.clone() for k in SUB_REWARDS},
             flags={k: false.clone() for k in ("collision", "drivable_area", "ttc", "comfort", "deviation")},
+            history=ep.ego.clone(),
+            collided=torch.zeros(ep.types.shape, dtype=torch.bool, device=self.device),
+            final={k: torch.full((b,), torch.nan, dtype=torch.float64, device=self.device) for k in METRICS},
         )
 
     def observe(self, state: EnvState) -> torch.Tensor:
@@ -243,7 +258,7 @@ class BEVWarpEnv:
         )
         times, poses = _plan_to_global(plan, state.ego, self.config.plan_interval_s)
         subs_per_frame = max(1, int(round(ep.log_dt / KINEMATIC_DT)))
-        ego, prev, states = state.ego, state.ego, []
+        ego, states = state.ego, []
         for j in range(self.substeps):
             ref = _sample(
                 times, poses, j * KINEMATIC_DT + torch.arange(41, device=dev, dtype=torch.float64) * KINEMATIC_DT
@@ -251,37 +266,33 @@ class BEVWarpEnv:
             nxt = track_and_propagate(ego, ref, KINEMATIC_DT, steps=1, params=self.config.tracker)[:, 1]
             ego = torch.where(active[:, None], nxt, ego)
             states.append(ego)
-        comfort_ok = comfortable(torch.stack(states, 1), prev, KINEMATIC_DT)
         checks = self._frames(state, states[subs_per_frame - 1 :: subs_per_frame], active)
-        return self._finish(state, ego, active, failed, comfort_ok, checks)
+        return self._finish(state, ego, active, failed, checks)
 
     def _frames(
         self, state: EnvState, frame_states: list[torch.Tensor], active: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Collision / drivable / TTC / deviation flags ``(B,)`` over the ``F`` log frames passed in this step
-        (:func:`rewards.torch.closed_loop.frame_checks`), and the last of those frames."""
+        """The ``F`` log frames passed in this step: recorded in the history and checked with nuPlan's rules
+        (:func:`rewards.torch.closed_loop.step_checks`, filtered comfort over the recent history), plus the
+        deviation check; flags ``(B,)``, the updated history / collided tracks, and the last frame passed."""
         ep, cfg = state.episodes, self.config
         ego = torch.stack(frame_states, 1)  # (B, F, 11)
         offsets = torch.arange(1, ego.shape[1] + 1, device=active.device)
         frames = torch.minimum(state.frame[:, None] + offsets, (ep.num_frames - 1)[:, None])  # (B, F)
         rows = torch.arange(ep.batch_size, device=active.device)[:, None]
         boxes, valid = ep.boxes[rows, frames], ep.valid[rows, frames]  # (B, F, N, 7), (B, F, N)
-        types = ep.types[:, None].expand(-1, frames.shape[1], -1)  # (B, F, N)
-        checks = frame_checks(
-            ego,
-            boxes,
-            valid,
-            types,
-            ep.drivable,
-            ep.grid_origin,
-            ep.grid_res,
-            ep.ego[:, :, :3],
-            max_checked_agents=cfg.max_checked_agents,
-            max_deviation_m=cfg.max_deviation_m,
-            max_heading_deviation_rad=cfg.max_heading_deviation_rad,
-        )
-        out = {k: v & active for k, v in checks.items()}
-        out["frame"] = frames[:, -1]
+        checks = step_checks(ep.world, ego, boxes, valid & active[:, None, None], ep.types, state.collided)
+        history = state.history.clone()
+        keep = active[:, None, None]
+        history[rows, frames] = torch.where(keep, ego, history[rows, frames])
+        last = frames[:, -1]
+        out = {k: checks[k] & active for k in ("collision", "drivable_area", "ttc")}
+        out["comfort"] = ~step_comfortable(history, torch.where(active, last, state.frame), ep.log_dt) & active
+        dev = deviation(ego, ep.ego[:, :, :3], cfg.max_deviation_m, cfg.max_heading_deviation_rad).any(-1)
+        out["deviation"] = dev & active
+        out["frame"] = last
+        out["history"] = history
+        out["collided"] = torch.where(active[:, None], checks["collided"], state.collided)
         return out
 
     def _finish(
@@ -290,7 +301,6 @@ class BEVWarpEnv:
         ego: torch.Tensor,
         active: torch.Tensor,
         failed: torch.Tensor,
-        comfort_ok: torch.Tensor,
         checks: dict[str, torch.Tensor],
     ) -> tuple[EnvState, torch.Tensor, torch.Tensor, dict[str, Any]]:
         ep = state.episodes
@@ -302,24 +312,30 @@ class BEVWarpEnv:
             "drivable_area": -checks["drivable_area"].double(),
             "progress": s - state.route_s,
             "ttc": -checks["ttc"].double(),
-            "comfort": -(~comfort_ok & active).double(),
+            "comfort": -checks["comfort"].double(),
             "deviation": -checks["deviation"].double(),
         }
         weights = dict(self.config.weights)
         reward = sum(weights.get(k, 0.0) * v for k, v in sub.items())
         reason = state.reason.clone()
         newly = torch.zeros_like(active)
+        ends = self.config.terminate_on
         for code, cond in (
             (DoneReason.PLANNER_FAILED, failed & ~state.done),
-            (DoneReason.COLLISION, checks["collision"]),
-            (DoneReason.OFF_ROAD, checks["drivable_area"]),
-            (DoneReason.DEVIATION, checks["deviation"]),
+            (DoneReason.COLLISION, checks["collision"] & ("collision" in ends)),
+            (DoneReason.OFF_ROAD, checks["drivable_area"] & ("drivable_area" in ends)),
+            (DoneReason.DEVIATION, checks["deviation"] & ("deviation" in ends)),
             (DoneReason.END_OF_LOG, active & (frame >= ep.num_frames - 1)),
         ):
             set_now = cond & ~newly & ~state.done
             reason[set_now] = int(code)
             newly |= set_now
-        flags = {k: v | (checks[k] if k != "comfort" else (~comfort_ok & active)) for k, v in state.flags.items()}
+        final = state.final
+        if bool(newly.any()):  # score each episode's history once, when it ends
+            rows = torch.nonzero(newly).flatten()
+            done_now = replace(state, history=checks["history"], frame=frame)
+            metrics = episode_metrics(ep.world.select(rows), rollout_of(done_now).select(rows))
+            final = {k: v.index_put((rows,), metrics[k]) for k, v in final.items()}
         new = replace(
             state,
             ego=ego,
@@ -329,37 +345,50 @@ class BEVWarpEnv:
             reason=reason,
             route_s=s,
             totals={k: state.totals[k] + sub[k] for k in SUB_REWARDS},
-            flags=flags,
+            flags={k: v | checks[k] for k, v in state.flags.items()},
+            history=checks["history"],
+            collided=checks["collided"],
+            final=final,
         )
-        info = {"rewards": sub, "reason": reason, "episode": summary(new)}
+        info = {"rewards": sub, "reason": reason, "episode": summary(new, new.final)}
         return new, torch.as_tensor(reward, dtype=torch.float64, device=ego.device), new.done.clone(), info
 
 
-def summary(state: EnvState) -> dict[str, torch.Tensor]:
-    """Per-episode ``(B,)`` results so far: flags, progress (m and ratio to the expert's) and a nuPlan-like score
-    (:func:`rewards.torch.closed_loop.episode_score`).
-
-    ``score = no_at_fault_collision * drivable * (5 progress_ratio + 5 ttc_ok + 2 comfortable) / 12``.
-    """
+def rollout_of(state: EnvState) -> ClsRollout:
+    """The recorded history of each episode as nuPlan's metrics read it: the frames simulated so far, without the
+    log's last frame (the vector closed loop records one sample per iteration, the final state is not one)."""
     ep = state.episodes
-    rows = torch.arange(ep.batch_size, device=state.ego.device)
-    expert_end = ep.ego[rows, ep.num_frames - 1, :2]
-    expert_s, _, _ = project(expert_end, ep.route)
-    expert = (expert_s - state.route_s0).clamp_min(0.0)
-    progress = state.route_s - state.route_s0
-    ratio = progress_ratio(progress, expert)
+    return ClsRollout(
+        ego=state.history,
+        timestamps_us=ep.timestamps_us,
+        boxes=ep.boxes,
+        valid=ep.valid,
+        types=ep.types,
+        length=torch.minimum(state.frame + 1, (ep.num_frames - 1).clamp_min(1)),
+    )
+
+
+def summary(state: EnvState, metrics: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per-episode ``(B,)`` results so far: nuPlan's closed-loop metrics of the history and their CLS ``score``
+    (:func:`rewards.torch.closed_loop.episode_metrics`, names as :mod:`rewards.nuplan_metrics`), plus BEV-Warp's
+    own flags (``collision``, ``off_road``, ``deviation``, ``ttc_ok``, ``comfortable``: any step violated),
+    route progress in metres, the step count and the end reason.
+
+    ``metrics``: the CLS metrics to report instead of scoring every history now (``step`` passes
+    ``state.final``: each episode's metrics from when it ended, NaN while it runs)."""
+    if metrics is None:
+        metrics = episode_metrics(state.episodes.world, rollout_of(state))
     flags = state.flags
-    score = episode_score(flags["collision"], flags["drivable_area"], flags["ttc"], flags["comfort"], ratio)
+    progress = state.route_s - state.route_s0
     return {
-        "collision": flags["collision"],
+        **metrics,
+        "collision": metrics["no_ego_at_fault_collisions"] < 1.0,
         "off_road": flags["drivable_area"],
         "deviation": flags["deviation"],
         "progress_m": progress,
-        "expert_progress_m": expert,
-        "progress_ratio": ratio,
+        "progress_ratio": metrics["ego_progress_along_expert_route"],
         "ttc_ok": ~flags["ttc"],
         "comfortable": ~flags["comfort"],
-        "score": score,
         "steps": torch.full_like(progress, float(state.step_index)),
         "reason": state.reason,
     }

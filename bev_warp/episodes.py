@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from rewards.torch.cls_world import ClsWorld, world_from_maps
 from simulation.maps.protocol import MapProtocol
 from simulation.render import RasterConfig, render_window
 from simulation.types import Agents, LogWindow, TrafficLights
@@ -45,6 +46,9 @@ class EpisodeBatch:
         drivable: ``(B, GH, GW)`` bool grid; cell ``(i, j)`` centre is ``origin + (j + .5, i + .5) * grid_res``.
         grid_origin: ``(B, 2)`` float64; grid_res: metres per cell.
         route: ``(B, M, 2)`` float64 route centre line (padded by repeating the last vertex).
+        timestamps_us: ``(B, T)`` int64 log time stamps (padded by repeating the last one).
+        world: the map tensors of nuPlan's closed-loop metrics (lanes, connectors, drivable area,
+            intersections, speed limits, the expert's roadblock route), float64.
     """
 
     tokens: tuple[str, ...]
@@ -60,6 +64,8 @@ class EpisodeBatch:
     grid_origin: torch.Tensor
     grid_res: float
     route: torch.Tensor
+    timestamps_us: torch.Tensor
+    world: ClsWorld
 
     @property
     def batch_size(self) -> int:
@@ -204,14 +210,16 @@ def build_episodes(
     encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     grid_res: float = 0.25,
     observation_dtype: torch.dtype = torch.float32,
+    map_margin_m: float = 100.0,
 ) -> EpisodeBatch:
     """Precompute the tensors of ``scenes`` (with their maps) on ``device``."""
     log_dt, fpp, lengths = _check_scenes(scenes, map_apis, replan_interval_s)
     t_max = max(lengths)
-    ego, boxes, valid, types, obs, grids, origins, routes = [], [], [], [], [], [], [], []
+    ego, boxes, valid, types, obs, grids, origins, routes, stamps = [], [], [], [], [], [], [], [], []
     for scene, map_api, n in zip(scenes, map_apis, lengths, strict=True):
         ci = scene.current_index
         ego.append(_pad_time(scene.ego.states[ci:], t_max))
+        stamps.append(_pad_time(scene.timestamps_us[ci:], t_max))
         boxes.append(_pad_time(scene.agents.boxes[ci:], t_max))
         valid.append(_pad_time(scene.agents.valid[ci:], t_max))
         types.append(scene.agents.types[None])
@@ -240,6 +248,8 @@ def build_episodes(
         grid_origin=torch.as_tensor(np.stack(origins), dtype=torch.float64, device=device),
         grid_res=grid_res,
         route=torch.as_tensor(np.stack([_pad_time(r, max(len(x) for x in routes)) for r in routes]), device=device),
+        timestamps_us=torch.as_tensor(np.stack(stamps), dtype=torch.int64, device=device),
+        world=world_from_maps([s.ego.states[s.current_index :] for s in scenes], map_apis, map_margin_m, device),
     )
 
 

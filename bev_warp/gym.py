@@ -61,9 +61,10 @@ class BEVWarpGym:
         reason = info["reason"].cpu().numpy()
         truncated = done.cpu().numpy() & (reason == DoneReason.END_OF_LOG)
         terminated = done.cpu().numpy() & ~truncated
-        out = {
+        out: dict[str, Any] = {
             "rewards": {k: v.cpu().numpy() for k, v in info["rewards"].items()},
             "reason": reason,
-            "episode": {k: v.cpu().numpy() for k, v in info["episode"].items()},
         }
+        if "episode" in info:  # when an episode ended in this step
+            out["episode"] = {k: v.cpu().numpy() for k, v in info["episode"].items()}
         return self._obs(), reward.cpu().numpy(), terminated, truncated, out

@@ -7,7 +7,10 @@
 - :mod:`rewards.torch.metric_cache_batch`: ``MetricCacheBatch``, ``S`` metric caches padded and collated.
 - :mod:`rewards.torch.pdm` (+ ``pdm_metrics``, ``pdm_geometry``, ``comfort``): PDMS / EPDMS of ``(S, K)``
   candidates, the twin of :mod:`rewards.pdm` (binary sub-metrics identical in float64).
-- :mod:`rewards.torch.closed_loop`: the per-frame checks of a closed-loop rollout in the vector world (at-fault
-  collision, drivable area, TTC, comfort, deviation from the expert path) and the episode score that BEV-Warp
-  reports.
+- :mod:`rewards.torch.cls_world` / :mod:`rewards.torch.cls_polygons`: the map of a batch of closed-loop episodes
+  as padded tensors (lane graph, polygons as bounded edge groups, the expert's roadblock route).
+- :mod:`rewards.torch.cls_route`, :mod:`rewards.torch.cls_collisions`, :mod:`rewards.torch.cls_metrics`: nuPlan's
+  closed-loop metrics and CLS (the twin of :mod:`rewards.nuplan_metrics`).
+- :mod:`rewards.torch.closed_loop`: BEV-Warp's judge: nuPlan's rules per step (rewards, termination) and the
+  episode metrics.
 """
