@@ -31,11 +31,11 @@ from typing import Any, Literal, cast
 import torch
 
 from bev_warp.episodes import EpisodeBatch, build_episodes
-from bev_warp.kinematics import DEFAULT_TRACKER, TrackerParameters, normalize_angle, track_and_propagate
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
 from rewards.nuplan_metrics import CLS_MULTIPLIERS, CLS_WEIGHTS
 from rewards.torch.closed_loop import ClsRollout, deviation, episode_metrics, step_checks, step_comfortable
 from rewards.torch.geometry import project
+from rewards.torch.kinematics import DEFAULT_TRACKER, TrackerParameters, normalize_angle, track_and_propagate
 from simulation.features import PLANNER_RASTER
 from simulation.maps.protocol import MapProtocol
 from simulation.render import RasterConfig
