@@ -56,7 +56,10 @@ def _rollout_of(paths: list[PathKey], steps: int, counted: list[bool]) -> Rollou
         log_prob=torch.zeros(1, n, steps),
         step_mask=torch.tensor(counted).expand(1, n, steps),
         groups=torch.zeros(1, n, dtype=torch.long),
-        chains={"tokens": torch.tensor([t for _, t in paths])[None], "reveal_step": torch.tensor([r for r, _ in paths])[None]},
+        chains={
+            "tokens": torch.tensor([t for _, t in paths])[None],
+            "reveal_step": torch.tensor([r for r, _ in paths])[None],
+        },
     )
 
 
