@@ -8,7 +8,11 @@ it samples ``G`` rollouts per scene and prints, per setting:
 - ``reward``: the mean rule-based reward (PDMS, v1) of the samples;
 - ``std``: the mean within-group standard deviation of the reward (what group-normalised advantages feed on);
 - ``flat``: the share of groups whose rewards are all equal (no learning signal);
-- ``fail``: the share of samples that collide or leave the drivable area.
+- ``fail``: the share of samples that collide or leave the drivable area;
+- ``top-group reward``: the mean reward of the samples of the group the planner itself picks (its top-scored
+  anchor; the scene for the masked planner), against the deterministic plan's reward printed after the table;
+- ``scene std``, ``flat scenes``: ``std`` and ``flat`` over each scene's samples (what scene-normalised GRPO sees);
+- ``failed scenes``: the share of scenes whose every sample fails (a hard failure or reward 0), IGPO's trigger.
 
 Truncated settings: our ``planner`` schedule (2 steps from ``t = 8``) at larger ``eta`` / with a noise floor
 (additive or multiplicative), the ``ddv2`` schedule, and a larger start timestep for the anchors (``start_t``).
@@ -72,6 +76,9 @@ MASKED_GRID: list[tuple[float, int]] = [
     (0.5, 5),
     (0.3, 0),
     (0.3, 5),
+    (0.3, 3),
+    (0.2, 3),
+    (0.1, 0),
 ]
 
 
@@ -88,13 +95,14 @@ class Row:
     top_reward: float
     scene_std: float
     scene_flat: float
+    scene_failed: float
     seconds: float
 
     def markdown(self) -> str:
         return (
             f"| {self.label} | {self.spread:.3f} | {self.reward:.3f} | {self.std:.3f} | {self.flat:.2f} | "
             f"{self.fail:.2f} | {self.top_reward:.3f} | {self.scene_std:.3f} | {self.scene_flat:.2f} | "
-            f"{self.seconds:.1f} |"
+            f"{self.scene_failed:.2f} | {self.seconds:.1f} |"
         )
 
 
@@ -129,7 +137,9 @@ def measure(
     chosen = groups == top[:, None]
     top_reward = float(scored.total[chosen].mean())
     mean = float(scored.total.mean())
-    return Row(label, spread, mean, std, flat, float(failed.mean()), top_reward, scene_std, scene_flat, seconds)
+    all_failed = float(((scored.total <= 0.0) | failed).all(-1).mean())  # what triggers IGPO (training.rl_igpo)
+    row = (spread, mean, std, flat, float(failed.mean()), top_reward, scene_std, scene_flat, all_failed)
+    return Row(label, *row, seconds)
 
 
 def deterministic_reward(planner: torch.nn.Module, batch: dict[str, Any], reward: RuleReward) -> float:
@@ -179,10 +189,12 @@ def truncated_rows(root: Path, batch: dict[str, Any], reward: RuleReward, per_an
     return rows
 
 
-def masked_rows(root: Path, batch: dict[str, Any], reward: RuleReward, samples: int, seed: int) -> list[Row]:
+def masked_rows(
+    root: Path, batch: dict[str, Any], reward: RuleReward, samples: int, seed: int, grid: list[tuple[float, int]]
+) -> list[Row]:
     planner = load_planner(root / CKPT.format(name="masked_il"))
     rows = []
-    for temperature, top_k in MASKED_GRID:
+    for temperature, top_k in grid:
         policy = MaskedDiffusionPolicy(planner, temperature=temperature, top_k=top_k)  # type: ignore[arg-type]
         gen = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
@@ -210,7 +222,7 @@ def load_batch(root: Path, scenes: int) -> dict[str, Any]:
 
 HEADER = (
     "| setting | spread 4 s (m) | reward | group std | flat groups | failures | top-group reward | scene std "
-    "| flat scenes | sample s |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| flat scenes | failed scenes | sample s |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -222,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-anchor", type=int, default=4, help="truncated: samples per anchor (G)")
     parser.add_argument("--samples", type=int, default=16, help="masked: samples per scene (G)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--masked-grid", nargs="+", metavar="T:K", help="masked settings (default: the module's grid)")
     args = parser.parse_args(argv)
+    grid = MASKED_GRID
+    if args.masked_grid:
+        grid = [(float(t), int(k)) for t, k in (item.split(":") for item in args.masked_grid)]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
     batch = load_batch(args.root, args.scenes)
@@ -233,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ntruncated_il: {b} scenes x 20 anchors x G = {args.per_anchor} (groups: the anchor)\n{HEADER}")
         print("\n".join(r.markdown() for r in rows))
     if args.generator in ("masked", "both"):
-        rows = masked_rows(args.root, batch, reward, args.samples, args.seed)
+        rows = masked_rows(args.root, batch, reward, args.samples, args.seed, grid)
         print(f"\nmasked_il: {b} scenes x G = {args.samples} (groups: the scene)\n{HEADER}")
         print("\n".join(r.markdown() for r in rows))
     return 0

@@ -73,7 +73,7 @@ class FirstWaypointReward:
     """1 when a plan's first waypoint is within 0.5 m of the scene's target's (the metric cache), else 0 and a
     collision."""
 
-    names = ("no_at_fault_collisions", "drivable_area_compliance", "ego_progress")
+    names: Sequence[str] = ("no_at_fault_collisions", "drivable_area_compliance", "ego_progress")
     version = "v1"
 
     def score(self, metric_caches: Sequence[Any], plans: np.ndarray) -> FakeRewardBatch:
