@@ -11,7 +11,7 @@ reference's log-probs (``RuleReward.submit``, then the reference, then the resul
 Printed per generator: each part's seconds, candidates scored per second, the share of the step that scoring takes
 (serial, and what the overlapped pool leaves exposed), and the step-time ratio serial / overlapped.
 
-    python benchmarks/bench_rl.py [--root /work/demo_ref] [--scenes 32] [--samples 16] [--workers 2] [--repeats 2]
+    python benchmarks/bench_rl.py [--root outputs/demo] [--scenes 32] [--samples 16] [--workers 2] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from training.rl_support import make_policy  # noqa: E402
 #: sampling options of the shipped configs (configs/train/truncated_grpo.yaml, masked_gspo.yaml)
 POLICY: dict[str, dict[str, Any]] = {
     "truncated_il": {"schedule": "planner", "eta": 1.0, "noise": "additive", "noise_floor": 0.01},
-    "masked_il": {"temperature": 0.5, "top_k": 10},
+    "masked_il": {"temperature": 0.5, "top_k": 5},
 }
 FROZEN = ("bev_encoder", "agent_encoder", "ego_encoder")
 
@@ -127,7 +127,7 @@ def report(name: str, t: dict[str, float], workers: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path("/work/demo_ref"))
+    parser.add_argument("--root", type=Path, default=Path("outputs/demo"), help="a `make demo` output folder")
     parser.add_argument("--scenes", type=int, default=32)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generator", choices=("truncated", "masked", "both"), default="both")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not (args.root / CKPT.format(name="masked_il")).exists():
+        print(f"bench_rl: skipped, no demo run under {args.root} (make demo, or --root)")
+        return 0
     batch = load_batch(args.root, args.scenes)
     print(f"{len(batch['metric_cache'])} scenes; torch threads {args.threads}; pool of {args.workers} workers")
     with RuleReward("v1", num_workers=0) as serial, RuleReward("v1", num_workers=args.workers) as pool:

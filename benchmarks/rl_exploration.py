@@ -18,7 +18,7 @@ Truncated settings: our ``planner`` schedule (2 steps from ``t = 8``) at larger 
 (additive or multiplicative), the ``ddv2`` schedule, and a larger start timestep for the anchors (``start_t``).
 Masked settings: temperature x top-k.
 
-    python benchmarks/rl_exploration.py [--root /work/demo_ref] [--scenes 64] [--generator both]
+    python benchmarks/rl_exploration.py [--root outputs/demo] [--scenes 64] [--generator both]
 
 Nothing is written under ``--root`` (the metric caches are read where they are).
 """
@@ -228,7 +228,7 @@ HEADER = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path("/work/demo_ref"))
+    parser.add_argument("--root", type=Path, default=Path("outputs/demo"), help="a `make demo` output folder")
     parser.add_argument("--scenes", type=int, default=64)
     parser.add_argument("--generator", choices=("truncated", "masked", "both"), default="both")
     parser.add_argument("--per-anchor", type=int, default=4, help="truncated: samples per anchor (G)")
