@@ -27,6 +27,13 @@ per-step log-probs on the actual inference trajectory, methods.md §7.6); it dif
 1) and :meth:`MaskedDiffusionPlanner.log_prob_one_pass` (d1's mean-field estimate), which
 :meth:`MaskedDiffusionPolicy.sequence_log_prob` offers as sequence-level alternatives for a GSPO ratio.
 
+**Inpainted hints** (IGPO). A rollout may start from a partial sequence instead of the fully masked one
+(``rollout(..., fixed=...)``, e.g. the expert's first waypoints from :func:`fragment_tokens`). The fixed tokens are
+part of the state, never an action: their ``reveal_step`` is ``-1``, every step sees them, and the path log-prob
+covers only the tokens the policy revealed, ``log pi(path | hint)``. :meth:`MaskedDiffusionPolicy.log_prob`
+needs nothing more (a position counts at step ``s`` only when ``reveal_step == s``); the sequence-level
+``exact`` / ``one_pass`` estimators score every token and do not know the hint.
+
 Every forward pass of :meth:`~MaskedDiffusionPolicy.rollout` and :meth:`~MaskedDiffusionPolicy.log_prob` runs with
 PyTorch's attention fast path off and with the same ``(B * N, L)`` batches, so that re-scoring a rollout at
 unchanged weights gives the same bits (the fast path of inference-mode attention rounds differently).
@@ -43,6 +50,7 @@ from torch import nn
 
 from planners.masked_diffusion import ORDERS, MaskedDiffusionPlanner, headings_from_xy
 from planners.policy import Rollout
+from planners.tokenizer import TrajectoryTokenizer
 from simulation.features import PlannerInput
 
 SequenceEstimator = Literal["path", "exact", "one_pass"]
@@ -99,6 +107,26 @@ def discarded_draws_log_prob(
     return torch.where(others, log_mass, 0.0).sum(-1)
 
 
+def fragment_tokens(
+    tokenizer: TrajectoryTokenizer, trajectory: torch.Tensor, waypoints: int, end: Literal["first", "last"] = "first"
+) -> torch.Tensor:
+    """``(B, L)`` the tokens of ``waypoints`` poses of ``trajectory`` ``(B, 8, 2+)`` (metres), the mask elsewhere.
+
+    ``end="first"`` keeps the first ``waypoints`` poses (near, the start of the plan), ``"last"`` the last ones
+    (far, the goal); each pose is its ``x`` and ``y`` tokens. The hint of an inpainted rollout
+    (:meth:`MaskedDiffusionPolicy.rollout` ``fixed``).
+    """
+    if end not in ("first", "last"):
+        raise ValueError(f"fragment end must be 'first' or 'last', got {end!r}")
+    num_poses = tokenizer.config.num_poses
+    if not 0 <= waypoints <= num_poses:
+        raise ValueError(f"a fragment of {waypoints} waypoints of a {num_poses}-pose plan")
+    tokens = tokenizer.encode(trajectory)
+    pose = torch.arange(tokenizer.seq_len, device=tokens.device) // 2
+    keep = pose < waypoints if end == "first" else pose >= num_poses - waypoints
+    return torch.where(keep, tokens, tokenizer.mask_id)
+
+
 class MaskedDiffusionPolicy(nn.Module):
     """A :class:`MaskedDiffusionPlanner` as a :class:`planners.policy.PlanningPolicy` (see the module docstring).
 
@@ -140,11 +168,21 @@ class MaskedDiffusionPolicy(nn.Module):
 
     # ------------------------------------------------------------------ the policy API
     def rollout(
-        self, inputs: PlannerInput[torch.Tensor], num_samples: int, generator: torch.Generator | None = None
+        self,
+        inputs: PlannerInput[torch.Tensor],
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        fixed: torch.Tensor | None = None,
     ) -> Rollout:
         """Sample ``num_samples`` decoding paths per scene; ``log_prob`` ``(B, N, S)`` of each step, detached.
 
         ``plans`` ``(B, N, 8, 3)`` are the decoded final tokens with the planner's headings; ``groups`` zeros.
+
+        ``fixed``: ``(B, L)`` or ``(B, N, L)`` ids given before the first step (an inpainted hint, e.g.
+        :func:`fragment_tokens`), the mask id where the policy decodes. Decoding starts from that partial sequence
+        (the quotas split the tokens left over the ``S`` steps; a step with nothing left is not counted). A fixed
+        position has ``reveal_step = -1``: it is in every step's input but is never an action, so it carries no
+        log-prob; the rollout's log-prob is that of the path over the revealed tokens given the hint.
         """
         planner, tok = self.planner, self.planner.tokenizer
         b, n, steps = inputs.bev.shape[0], num_samples, self.num_steps
@@ -152,6 +190,9 @@ class MaskedDiffusionPolicy(nn.Module):
             memory, pad = self._context(inputs, n)
             tokens = torch.full((b * n, tok.seq_len), tok.mask_id, dtype=torch.long, device=memory.device)
             reveal_step = torch.full_like(tokens, steps)
+            if fixed is not None:
+                tokens = self._fixed_tokens(fixed, b, n).to(tokens.device)
+                reveal_step = torch.where(tokens == tok.mask_id, steps, -1)
             log_probs, counted = [], []
             for step in range(steps):
                 masked = tokens == tok.mask_id
@@ -213,6 +254,23 @@ class MaskedDiffusionPolicy(nn.Module):
         raise ValueError(f"unknown estimator {estimator!r}; choose path, exact or one_pass")
 
     # ------------------------------------------------------------------ helpers
+    def _fixed_tokens(self, fixed: torch.Tensor, b: int, n: int) -> torch.Tensor:
+        """``fixed`` ``(B, L)`` / ``(B, N, L)`` as ``(B * N, L)``; raises on ids illegal at their position."""
+        tok = self.planner.tokenizer
+        if fixed.dim() == 2:
+            fixed = fixed[:, None].expand(-1, n, -1)
+        if tuple(fixed.shape) != (b, n, tok.seq_len):
+            raise ValueError(
+                f"fixed tokens must be ({b}, {tok.seq_len}) or ({b}, {n}, {tok.seq_len}), got {tuple(fixed.shape)}"
+            )
+        flat = fixed.reshape(b * n, tok.seq_len).long()
+        given = flat != tok.mask_id
+        legal = self.planner.legal.to(flat.device)  # (L, V)
+        ok = legal[torch.arange(tok.seq_len, device=flat.device).expand_as(flat), flat.clamp(0, tok.mask_id)]
+        if bool((given & ~ok).any()):
+            raise ValueError("fixed tokens outside their position's axis codebook")
+        return flat
+
     def _context(self, inputs: PlannerInput[torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Scene memory ``(B * N, M, d)`` and padding ``(B * N, M)``, each scene repeated ``n`` times."""
         inputs.validate(self.planner.config.bev_channels)

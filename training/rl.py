@@ -35,6 +35,7 @@ from planners.checkpoint import CHECKPOINT_KEY, CheckpointRecord, load_planner, 
 from planners.policy import PlanningPolicy, Rollout
 from simulation.features import PlannerInput
 from training.imitation import lr_factor
+from training.rl_igpo import IGPOConfig, Inpainted, inpaint_failed_groups, supports_hints
 from training.rl_objectives import (
     FAILURE_TERMS,
     Stats,
@@ -103,6 +104,9 @@ class RLModule(pl.LightningModule):
         val_every_n_steps: every that many training steps, score the deterministic plan on the val loader
             (``val/pdms`` and ``val/<term>``; 0: only in Lightning's own validation loop).
         val_max_batches: batches of that periodic validation (``None``: all).
+        igpo: inpainting-guided groups (:class:`training.rl_igpo.IGPOConfig` fields: ``enabled``, ``fraction``,
+            ``fragment``, ``fragment_end``, ``threshold``; masked diffusion policy only): a scene whose samples all
+            fail has a share of its rollouts re-sampled around an expert fragment before the advantages.
         seed: seed of the rollout generator (offset by the process rank).
     """
 
@@ -137,6 +141,7 @@ class RLModule(pl.LightningModule):
         train_mode: bool = False,
         val_every_n_steps: int = 0,
         val_max_batches: int | None = None,
+        igpo: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -161,6 +166,9 @@ class RLModule(pl.LightningModule):
             except TypeError as err:
                 object.__setattr__(self, name, err)
         self.train()  # the frozen modules in eval mode (Lightning keeps the modes it finds)
+        self.igpo = IGPOConfig.of(igpo)
+        if self.igpo.enabled and not supports_hints(self.__dict__["_policy"]):
+            raise ValueError(f"igpo needs the masked diffusion policy, not {type(self.planner).__name__}'s")
         self._reward_spec = reward
         self._reward: RewardLike | None = None
         self.failure_terms = tuple(FAILURE_TERMS if failure_terms is None else failure_terms)
@@ -256,6 +264,8 @@ class RLModule(pl.LightningModule):
             rollout = self.policy.rollout(features, int(hp["num_samples"]), gen).detach()
         rollout.validate()
         scored = self._score_rollout(batch, rollout)
+        if self.igpo.enabled:
+            rollout, scored = self._inpaint(batch, rollout, scored, gen)
         adv = self.advantages(scored.rewards, rollout.groups)
         stats: Stats = {}
         for _ in range(int(hp["num_inner_updates"])):
@@ -278,6 +288,17 @@ class RLModule(pl.LightningModule):
         if rewards.total.shape != rollout.plans.shape[:2]:
             raise ValueError(f"reward of shape {tuple(rewards.total.shape)} for plans {tuple(rollout.plans.shape)}")
         return _Scored(rewards, ref_lp)
+
+    def _inpaint(
+        self, batch: dict[str, Any], rollout: Rollout, scored: _Scored, gen: torch.Generator
+    ) -> tuple[Rollout, _Scored]:
+        """IGPO (:mod:`training.rl_igpo`): failed scenes get hinted rollouts in place of their last samples."""
+        before = Inpainted(rollout, scored.rewards, scored.ref_lp, torch.zeros(()))
+        failure = failure_mask(scored.rewards.terms, self.failure_terms)
+        policies = (self.policy, self.reference_policy)
+        after = inpaint_failed_groups(self.igpo, policies, self.reward, batch, before, failure, gen)
+        after.rollout.validate()
+        return after.rollout, _Scored(after.rewards, after.ref_lp, after.hinted)
 
     def advantages(self, rewards: TensorRewards, groups: torch.Tensor) -> torch.Tensor:
         """``(B, N)`` advantages of the configured scheme."""
@@ -371,6 +392,9 @@ class RLModule(pl.LightningModule):
             adv_zero_frac=(adv == 0).float().mean(),
             spread=exploration_spread(rollout.plans, rollout.groups),
         )
+        if scored.hinted is not None:
+            values["igpo_scenes"] = scored.hinted.any(-1).float().mean()
+            values["igpo_reward"] = rewards.total[scored.hinted].mean() if scored.hinted.any() else torch.zeros(())
         values.update(stats)
         opt = self.optimizers()
         values["lr"] = torch.tensor(opt.param_groups[0]["lr"])  # type: ignore[union-attr]
@@ -465,7 +489,9 @@ class RLModule(pl.LightningModule):
 
 @dataclass
 class _Scored:
-    """Rewards of a rollout and the reference's per-step log-probs ``(B, N, S)`` (``None`` when not computed)."""
+    """Rewards of a rollout, the reference's per-step log-probs ``(B, N, S)`` (``None`` when not computed) and the
+    samples decoded from an IGPO hint."""
 
     rewards: TensorRewards
     ref_lp: torch.Tensor | None
+    hinted: torch.Tensor | None = None  # (B, N) bool: samples decoded from an IGPO hint

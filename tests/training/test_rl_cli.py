@@ -70,6 +70,8 @@ def rl_city(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _args(config: Path, city: dict[str, Path], out: Path, *extra: str) -> list[str]:
     kind = config.stem.split("_")[0]  # truncated_* / masked_*
+    if "igpo" in config.stem:  # every sample counts as failed: the hinted rollouts run in every step
+        extra = (*extra, "--model.igpo.threshold", "1.0")
     return [
         "fit", "--config", str(config), "--model.init_ckpt", str(city[kind]),
         "--model.num_samples", SAMPLES[kind], "--model.reward.num_workers", "0",

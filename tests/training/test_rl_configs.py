@@ -26,9 +26,10 @@ RL_DATA_ARGS = {
 IL_OF = {"truncated": "truncated_il.yaml", "masked": "masked_il.yaml"}
 
 
-def test_the_five_rl_configs_are_found() -> None:
+def test_the_six_rl_configs_are_found() -> None:
     names = {p.stem for p in RL_CONFIGS}
-    assert names == {"truncated_grpo", "truncated_ddv2", "truncated_gdpo", "masked_gspo", "masked_grpo"}
+    truncated = {"truncated_grpo", "truncated_ddv2", "truncated_gdpo"}
+    assert names == truncated | {"masked_gspo", "masked_grpo", "masked_gspo_igpo"}
 
 
 def _imitation_planner(config: Path) -> Any:

@@ -1,0 +1,34 @@
+"""The RL benchmark scripts' arithmetic: group statistics of rewards and the step-share report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from bench_rl import report  # noqa: E402
+from rl_exploration import group_stats  # noqa: E402
+
+
+def test_group_stats_on_hand_built_rewards() -> None:
+    total = np.array([[0.0, 0.0, 1.0, 0.5], [0.2, 0.2, 0.2, 0.2]])
+    groups = np.array([[0, 0, 1, 1], [0, 0, 0, 0]])
+    std, flat = group_stats(total, groups)
+    # groups: (0, 0) -> [0, 0] flat std 0; (0, 1) -> [1, 0.5] std 0.3536; (1, 0) -> all 0.2 flat std 0
+    assert std == pytest.approx(np.sqrt(0.125) / 3) and flat == pytest.approx(2 / 3)
+    std, flat = group_stats(total, np.zeros_like(groups))
+    assert std == pytest.approx(np.std([0.0, 0.0, 1.0, 0.5], ddof=1) / 2) and flat == pytest.approx(0.5)
+    assert group_stats(total[:, :1], groups[:, :1]) == (0.0, 0.0)  # no group of two
+
+
+def test_report_shares() -> None:
+    times = {"candidates": 100.0, "sample": 1.0, "backward": 1.0, "score_serial": 4.0, "score_pool": 2.0,
+             "reference": 1.0, "overlapped": 2.5}  # fmt: skip
+    text = report("g", times, 2)
+    # serial step 1 + 1 + 4 + 1 = 7 (scoring 57 %); overlapped 1 + 1 + 2.5 = 4.5, scoring exposed 1.5 / 4.5
+    assert "serial 7.00 s (scoring 57%)" in text and "overlapped 4.50 s (scoring exposed 33%)" in text
+    assert "serial / overlapped 1.56x" in text and "serial 25, pool 50 (2.00x)" in text
