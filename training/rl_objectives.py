@@ -218,7 +218,7 @@ def clipped_loss(
     ratio = torch.exp(log_prob - old_log_prob)
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
     kl = k3_kl(log_prob, ref_log_prob) if ref_log_prob is not None else torch.zeros_like(log_prob)
-    per_step = -surrogate + kl_coef * kl
+    per_step = -surrogate + kl_coef * kl if kl_coef else -surrogate  # a logged-only KL never enters the loss
     m = step_mask.to(log_prob.dtype)
     steps = m.sum(-1)
     per_sample = (per_step * m).sum(-1) / steps.clamp(min=1.0)
@@ -268,4 +268,4 @@ def gspo_loss(
         "clip_frac": _masked_mean(clipped.float(), has),
         "kl": kl_mean.detach(),
     }
-    return pg + kl_coef * kl_mean, stats
+    return (pg + kl_coef * kl_mean if kl_coef else pg), stats  # a logged-only KL never enters the loss

@@ -175,3 +175,24 @@ def test_on_policy_ratio_is_one(objective: str) -> None:
     torch.testing.assert_close(loss, -adv.mean())  # every ratio 1: the loss is -mean(A)
     loss.backward()
     torch.testing.assert_close(lp.grad, (-adv / (6 * 4))[..., None].expand(2, 3, 4))  # REINFORCE with baseline
+
+
+@pytest.mark.parametrize("objective", ["grpo", "gspo"])
+def test_a_logged_only_kl_never_enters_the_loss(objective: str) -> None:
+    # a sample whose reference log-prob is -inf (an id outside a top-k): its k3 KL is inf / NaN, which must stay in the
+    # logged statistic only when kl_coef is 0
+    lp = torch.tensor([[[-1.0, -2.0], [-0.5, -0.7]]], requires_grad=True)
+    old = lp.detach().clone()
+    ref = torch.tensor([[[float("-inf"), -2.0], [-0.5, -0.7]]])
+    adv = torch.tensor([[1.0, -1.0]])
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    if objective == "grpo":
+        loss, stats = clipped_loss(lp, old, adv, mask, 0.2, ref, kl_coef=0.0)
+        expected, _ = clipped_loss(lp, old, adv, mask, 0.2, None, kl_coef=0.0)
+    else:
+        loss, stats = gspo_loss(lp, old, adv, mask, 3e-4, 4e-4, ref, kl_coef=0.0)
+        expected, _ = gspo_loss(lp, old, adv, mask, 3e-4, 4e-4, None, kl_coef=0.0)
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss) == pytest.approx(float(expected))
+    assert lp.grad is not None and torch.isfinite(lp.grad).all()
+    assert not torch.isfinite(stats["kl"])
