@@ -43,8 +43,14 @@ class MetricCacheBatch:
         agent_stopped: ``(S, N)`` bool, static object or speed at first appearance <= 0.05 m/s (NC at-fault rule).
         agent_radius: ``(S, N)`` largest half diagonal of the track's box over its valid steps.
         grid_meta: ``(S, 5)`` the map grid (:data:`GRID_META`); a scene without polygons has 0 cells.
-        grid_cells: ``(S, C, G)`` int64 polygons touching each grid cell ``ix * ny + iy`` (``-1`` padding).
-        grid_full: ``(S, C, G)`` bool, the cell lies entirely inside that polygon.
+        grid_words: ``(S, C, G)`` int64, one word (:data:`WORD_SHIFTS`) per polygon touching grid cell
+            ``ix * ny + iy``; row ``nx * ny`` is empty (points off the grid), padding is :data:`NO_POLYGON_WORD`.
+            Over the cell's :data:`SUB_CELLS` x :data:`SUB_CELLS` sub-cells (bit ``sx * SUB_CELLS + sy``), the
+            "inside" bits mark those entirely inside the polygon (all for a full cell) and the "test" bits those
+            that an edge of the polygon meets, whose points need the exact even-odd test.
+        grid_subcells: ``(S, C * SUB_CELLS ** 2)`` int64 word (:data:`SUBCELL_SHIFTS`) of sub-cell ``bit`` of cell
+            ``c`` at ``c * SUB_CELLS ** 2 + bit``: the categories and the lane of the polygons containing all of it,
+            unless it needs the exact test.
         grid_entry: ``(S, C, G)`` int64 id ``q`` of the entries that are not full (``-1`` otherwise).
         entry_offsets: ``(S, Q + 1)`` int64, entry ``q``'s edges are ``cell_edges[s, offsets[q]:offsets[q + 1]]``.
         cell_edges: ``(S, L, 4)`` ring edges ``(x1, y1, x2, y2)`` of the polygon of each non-full grid entry that a
@@ -73,8 +79,8 @@ class MetricCacheBatch:
     agent_stopped: torch.Tensor
     agent_radius: torch.Tensor
     grid_meta: torch.Tensor
-    grid_cells: torch.Tensor
-    grid_full: torch.Tensor
+    grid_words: torch.Tensor
+    grid_subcells: torch.Tensor
     grid_entry: torch.Tensor
     entry_offsets: torch.Tensor
     cell_edges: torch.Tensor
@@ -129,7 +135,8 @@ class MetricCacheBatch:
             agent_boxes=f(agents["boxes"]), agent_valid=b(agents["valid"]), agent_corners=f(agents["corners"]),
             agent_types=i(agents["types"]), agent_index=i(agents["index"]), agent_dynamic=b(agents["dynamic"]),
             agent_stopped=b(agents["stopped"]), agent_radius=f(agents["radius"]),
-            grid_meta=f(grid["meta"]), grid_cells=i(grid["cells"]), grid_full=b(grid["full"]),
+            grid_meta=f(grid["meta"]), grid_words=i(grid["words"]),
+            grid_subcells=i(grid["subcells"]),
             grid_entry=i(grid["entries"]), entry_offsets=i(grid["offsets"]), cell_edges=f(grid["edges"]),
             map_categories=i(grid["categories"]),
             centerline=f(line["line"]), centerline_s=f(line["s"]), segment_valid=b(line["valid"]),
@@ -238,38 +245,123 @@ def cell_edges(grid: PolygonGrid, edges: np.ndarray, valid: np.ndarray) -> tuple
     return entry_id, offsets, flat if len(flat) else np.zeros((1, 4))
 
 
+#: Sub-cells per grid cell side: each (cell, polygon) entry classifies ``SUB_CELLS ** 2`` sub-cells.
+SUB_CELLS = 4
+#: Bit offsets of the fields of a grid word: inside sub-cells (16 bits), needs-test sub-cells (16 bits), the
+#: polygon's category bits (4 bits), the polygon index (the rest; ``-1`` for none).
+WORD_SHIFTS = {"inside": 0, "test": 16, "category": 32, "poly": 36}
+#: Grid word of a padding entry: polygon ``-1``, no bits.
+NO_POLYGON_WORD = -1 << WORD_SHIFTS["poly"]
+#: Bit offsets of a sub-cell word: the category bits of the polygons containing the whole sub-cell (4 bits), the
+#: needs-exact-test flag (an edge meets the sub-cell or several lanes contain it), the one lane containing it
+#: (the rest; ``-1`` for none).
+SUBCELL_SHIFTS = {"category": 0, "exact": 4, "lane": 8}
+
+
+def subcell_words(n_cells: int, cell_of: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """``((n_cells + 1) * SUB_CELLS ** 2,)`` int64 word (:data:`SUBCELL_SHIFTS`) of each sub-cell ``c * SUB_CELLS **
+    2 + bit`` from the grid entries' words ``(E,)`` of cells ``cell_of`` ``(E,)``; the last cell is empty."""
+    n_sub = SUB_CELLS * SUB_CELLS
+    size = (n_cells + 1) * n_sub
+    bits = np.arange(n_sub)
+    inside = (words[:, None] >> bits) & 1 > 0  # (E, n_sub)
+    test = (words[:, None] >> (bits + WORD_SHIFTS["test"])) & 1 > 0
+    cat = (words >> WORD_SHIFTS["category"]) & 15
+    poly = words >> WORD_SHIFTS["poly"]
+    flat = (cell_of[:, None] * n_sub + bits).ravel()
+    count = lambda w: np.bincount(flat, np.asarray(w, np.float64).ravel(), minlength=size)  # noqa: E731
+    is_lane = inside & ((cat & 2) > 0)[:, None]
+    lanes = count(is_lane)
+    lane_id = np.where(lanes == 1, count(is_lane * poly[:, None]), -1).astype(np.int64)
+    category = sum((count(inside & ((cat & b) > 0)[:, None]) > 0).astype(np.int64) * b for b in (1, 2, 4, 8))
+    exact = (count(test) > 0) | (lanes > 1)
+    out = category | (exact.astype(np.int64) << SUBCELL_SHIFTS["exact"]) | (lane_id << SUBCELL_SHIFTS["lane"])
+    return out.astype(np.int64)
+
+
+def subcell_masks(
+    grid: PolygonGrid, offsets: np.ndarray, edges: np.ndarray, chunk: int = 1 << 15
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inside / needs-test bit masks ``(Q,)`` int64 of the non-full grid entries (bit ``sx * SUB_CELLS + sy``).
+
+    A sub-cell (grown by :data:`CELL_MARGIN`) that no edge of the entry's list meets lies entirely inside or
+    entirely outside the polygon; its centre's even-odd test says which. The others are flagged for the exact test
+    of each point. The entry's list holds every edge that meets its cell (:func:`cell_edges`), so this is exact.
+    """
+    q_count = len(offsets) - 1
+    if q_count == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    n_cells = int(np.prod(grid.shape))
+    cell_of = np.repeat(np.arange(n_cells), np.diff(grid.cell_offsets)[:n_cells])[~grid.cell_full]
+    counts = np.diff(offsets)
+    owner = np.repeat(np.arange(q_count), counts)
+    h = grid.cell_size / SUB_CELLS
+    sub = np.arange(SUB_CELLS * SUB_CELLS)
+    crossings = np.zeros(q_count * len(sub))
+    touched = np.zeros(q_count * len(sub))
+    for a in range(0, len(owner), chunk):
+        q = owner[a : a + chunk]
+        x1, y1, x2, y2 = (v[:, None] for v in edges[a : a + chunk].T)
+        bx0 = (grid.origin[0] + (cell_of[q] // grid.shape[1]) * grid.cell_size)[:, None] + (sub // SUB_CELLS) * h
+        by0 = (grid.origin[1] + (cell_of[q] % grid.shape[1]) * grid.cell_size)[:, None] + (sub % SUB_CELLS) * h
+        lo_x, hi_x, lo_y, hi_y = bx0 - CELL_MARGIN, bx0 + h + CELL_MARGIN, by0 - CELL_MARGIN, by0 + h + CELL_MARGIN
+        meets = (np.maximum(x1, x2) >= lo_x) & (np.minimum(x1, x2) <= hi_x)
+        meets &= (np.maximum(y1, y2) >= lo_y) & (np.minimum(y1, y2) <= hi_y)
+        side = [(x2 - x1) * (cy - y1) - (y2 - y1) * (cx - x1) for cx in (lo_x, hi_x) for cy in (lo_y, hi_y)]
+        meets &= ~(np.all([d > 0 for d in side], 0) | np.all([d < 0 for d in side], 0))
+        cx, cy = bx0 + h / 2, by0 + h / 2
+        straddle = (y1 > cy) != (y2 > cy)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xc = x1 + (cy - y1) * (x2 - x1) / np.where(straddle, y2 - y1, 1.0)
+        flat = (q[:, None] * len(sub) + sub).ravel()
+        crossings += np.bincount(flat, (straddle & (cx < xc)).ravel(), minlength=len(crossings))
+        touched += np.bincount(flat, meets.ravel(), minlength=len(touched))
+    weight = np.left_shift(np.uint64(1), sub.astype(np.uint64))
+    test = touched.reshape(q_count, -1) > 0
+    inside = (crossings.reshape(q_count, -1) % 2 == 1) & ~test
+    pack = lambda bits: (bits * weight).sum(-1, dtype=np.uint64).view(np.int64)  # noqa: E731
+    return pack(inside), pack(test)
+
+
+def pack_grid_words(polys: np.ndarray, categories: np.ndarray, inside: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """One int64 word per grid entry (:data:`WORD_SHIFTS`): polygon index, its category bits, the needs-test and
+    inside sub-cell bits."""
+    word = polys.astype(np.int64) << WORD_SHIFTS["poly"]
+    word |= categories[polys].astype(np.int64) << WORD_SHIFTS["category"]
+    return word | (test.astype(np.int64) << WORD_SHIFTS["test"]) | inside.astype(np.int64)
+
+
 def _grids(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
-    metas, cells, fulls, entries, offsets, edges, cats = [], [], [], [], [], [], []
+    keys = ("meta", "words", "subcells", "entries", "offsets", "edges", "categories")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for c in caches:
         g = c.map_grid
         n_cells = int(np.prod(g.shape))
-        metas.append([g.origin[0], g.origin[1], g.cell_size, float(g.shape[0]), float(g.shape[1])])
+        out["meta"].append(np.array([g.origin[0], g.origin[1], g.cell_size, float(g.shape[0]), float(g.shape[1])]))
         counts = np.diff(g.cell_offsets)[:n_cells]
         width = max(int(counts.max()) if n_cells else 0, 1)
         slot = np.arange(len(g.cell_polys)) - np.repeat(g.cell_offsets[:-1][:n_cells], counts)
         cell_of = np.repeat(np.arange(n_cells), counts)
-        table = np.full((max(n_cells, 1), width), -1, np.int64)
-        full = np.zeros((max(n_cells, 1), width), bool)
-        entry = np.full((max(n_cells, 1), width), -1, np.int64)
-        table[cell_of, slot] = g.cell_polys
-        full[cell_of, slot] = g.cell_full
         entry_id, entry_offsets, entry_edges = cell_edges(g, *polygon_edges(g.polygons))
-        entry[cell_of, slot] = entry_id
-        offsets.append(entry_offsets)
-        cells.append(table)
-        fulls.append(full)
-        entries.append(entry)
-        edges.append(entry_edges)
-        cats.append(c.map_categories if len(c.map_categories) else np.zeros(1, np.int64))
-    return {
-        "meta": np.asarray(metas, dtype=np.float64),
-        "cells": _pad_stack(cells, -1, np.int64),
-        "full": _pad_stack(fulls, False, bool),
-        "entries": _pad_stack(entries, -1, np.int64),
-        "offsets": _pad_stack(offsets, 0, np.int64),
-        "edges": _pad_stack(edges, 0.0, np.float64),
-        "categories": _pad_stack(cats, 0, np.int64),
-    }
+        inside_q, test_q = subcell_masks(g, entry_offsets, entry_edges)
+        inside = np.where(g.cell_full, (1 << SUB_CELLS * SUB_CELLS) - 1, 0)  # full: every sub-cell inside
+        inside[~g.cell_full] = inside_q
+        test = np.zeros(len(g.cell_polys), np.int64)
+        test[~g.cell_full] = test_q
+        cats = c.map_categories if len(c.map_categories) else np.zeros(1, np.int64)
+        words = np.full((n_cells + 1, width), NO_POLYGON_WORD, np.int64)  # row n_cells: points off the grid
+        words[cell_of, slot] = pack_grid_words(g.cell_polys, cats, inside, test)
+        out["subcells"].append(subcell_words(n_cells, cell_of, words[cell_of, slot]))
+        entries = np.full((n_cells + 1, width), -1, np.int64)
+        entries[cell_of, slot] = entry_id
+        for key, value in (("words", words), ("entries", entries), ("offsets", entry_offsets),
+                           ("edges", entry_edges), ("categories", cats)):  # fmt: skip
+            out[key].append(value)
+    fills = {"words": NO_POLYGON_WORD, "subcells": -1 << SUBCELL_SHIFTS["lane"], "entries": -1, "offsets": 0, "edges": 0.0, "categories": 0}
+    result = {"meta": np.asarray(out["meta"], dtype=np.float64)}
+    for key, fill in fills.items():
+        result[key] = _pad_stack(out[key], fill, np.float64 if key == "edges" else np.int64)
+    return result
 
 
 def _centerlines(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
