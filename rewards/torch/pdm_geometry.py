@@ -89,13 +89,15 @@ def _entry_crossings(batch: MetricCacheBatch, s_idx: torch.Tensor, e_idx: torch.
     """Even-odd test of points ``(Q, 2)`` of scenes ``s_idx`` against the edge lists of grid entries ``e_idx``."""
     start = batch.entry_offsets[s_idx, e_idx]
     count = batch.entry_offsets[s_idx, e_idx + 1] - start
-    pair = torch.repeat_interleave(torch.arange(len(count), device=pts.device), count)
-    first = torch.cumsum(count, 0) - count
-    edge = start[pair] + torch.arange(len(pair), device=pts.device) - first[pair]
-    x1, y1, x2, y2 = batch.cell_edges[s_idx[pair], edge].unbind(-1)
-    px, py = pts[pair, 0], pts[pair, 1]
+    total = int(count.sum())
+    base = s_idx * batch.cell_edges.shape[1] + start - (torch.cumsum(count, 0) - count)
+    edge = torch.repeat_interleave(base, count, output_size=total) + torch.arange(total, device=pts.device)
+    x1, y1, x2, y2 = batch.cell_edges.reshape(-1, 4).index_select(0, edge).unbind(-1)
+    px = torch.repeat_interleave(pts[:, 0], count, output_size=total)
+    py = torch.repeat_interleave(pts[:, 1], count, output_size=total)
     straddle = (y1 > py) != (y2 > py)
     xc = x1 + (py - y1) * (x2 - x1) / torch.where(straddle, y2 - y1, torch.ones_like(y1))
+    pair = torch.repeat_interleave(torch.arange(len(count), device=pts.device), count, output_size=total)
     crossings = torch.zeros(len(count), dtype=torch.int64, device=pts.device)
     crossings.index_add_(0, pair, (straddle & (px < xc)).long())
     return crossings % 2 == 1
@@ -142,14 +144,18 @@ def ego_area(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
     """Ego-area flags ``(S, K, T, 5)`` (:class:`rewards.pdm_metrics.EgoArea`) of ego points ``(S, K, T, 6, 2)``
     (:func:`point_classes`; the rows with a corner in several lanes compare the corners' lane sets)."""
     cat, lane, several_at = (v.reshape(points.shape[:-1]) for v in point_classes(batch, points.flatten(1, -2)))
-    lane = lane[..., :4]
     big = torch.iinfo(lane.dtype).max
-    several = torch.where(lane >= 0, lane, torch.full_like(lane, big)).amin(-1) < lane.amax(-1)
-    all_four = (lane[..., 0] >= 0) & (lane == lane[..., :1]).all(-1)
+    l0, l1, l2, l3 = (lane[..., p] for p in range(4))
+    some = [torch.where(v >= 0, v, big) for v in (l0, l1, l2, l3)]
+    several = torch.minimum(torch.minimum(some[0], some[1]), torch.minimum(some[2], some[3])) < torch.maximum(
+        torch.maximum(l0, l1), torch.maximum(l2, l3)
+    )
+    all_four = (l0 >= 0) & (l0 == l1) & (l0 == l2) & (l0 == l3)
+    drivable = cat[..., 0] & cat[..., 1] & cat[..., 2] & cat[..., 3] & 1
     out = torch.stack(
         [
             several & ~all_four,
-            (cat[..., :4] & 1).amin(-1) == 0,
+            drivable == 0,
             (cat[..., 4] & 4) == 0,
             (cat[..., 4] & 8) > 0,
             (cat[..., 5] & 8) > 0,
@@ -203,18 +209,27 @@ def _lane_in_all_corners(lane: torch.Tensor, rows: torch.Tensor) -> torch.Tensor
     return out
 
 
+def _span(x: tuple[torch.Tensor, ...], y: tuple[torch.Tensor, ...], nx: torch.Tensor, ny: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of the projections ``nx * x + ny * y`` of four corners (given as columns)."""
+    p = [nx * xi + ny * yi for xi, yi in zip(x, y, strict=True)]
+    return torch.minimum(torch.minimum(p[0], p[1]), torch.minimum(p[2], p[3])), torch.maximum(
+        torch.maximum(p[0], p[1]), torch.maximum(p[2], p[3])
+    )
+
+
 def overlap_shifted(a: torch.Tensor, shift: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Separating-axis test of quads ``a`` ``(..., 4, 2)`` moved by ``shift`` ``(..., 2)`` and ``b`` ``(..., 4, 2)``
     (touching counts); the axes come from the unmoved ``a`` and from ``b``, as the numba kernel."""
     moved = a + shift[..., None, :]
+    mx, my = moved[..., 0].unbind(-1), moved[..., 1].unbind(-1)
+    bx, by = b[..., 0].unbind(-1), b[..., 1].unbind(-1)
     separated = torch.zeros(a.shape[:-2], dtype=torch.bool, device=a.device)
-    for poly in (a, b):
+    for px, py in ((a[..., 0].unbind(-1), a[..., 1].unbind(-1)), (bx, by)):
         for e in range(2):
-            nx = -(poly[..., e + 1, 1] - poly[..., e, 1])
-            ny = poly[..., e + 1, 0] - poly[..., e, 0]
-            pa = nx[..., None] * moved[..., 0] + ny[..., None] * moved[..., 1]
-            pb = nx[..., None] * b[..., 0] + ny[..., None] * b[..., 1]
-            separated |= (pa.amax(-1) < pb.amin(-1)) | (pb.amax(-1) < pa.amin(-1))
+            nx, ny = -(py[e + 1] - py[e]), px[e + 1] - px[e]
+            a_lo, a_hi = _span(mx, my, nx, ny)
+            b_lo, b_hi = _span(bx, by, nx, ny)
+            separated |= (a_hi < b_lo) | (b_hi < a_lo)
     return ~separated
 
 
@@ -239,8 +254,11 @@ def first_contacts(
     first = torch.full((s_count, k_count, n_count), NO_CONTACT, dtype=torch.int64, device=corners.device)
     if n_count == 0:
         return first
-    ego = corners[:, :, :t_count]
+    ego = corners[:, :, :t_count].contiguous()
     ego_c = ego.mean(-2)
+    ego = ego.reshape(-1, 4, 2)
+    t_all = batch.agent_corners.shape[1]
+    agents = batch.agent_corners.reshape(-1, 4, 2)
     radius = EGO_RADIUS + batch.agent_radius + 1e-6  # (S, N)
     act = active[:, :, :t_count]
     for j, step in enumerate(steps):
@@ -257,7 +275,9 @@ def first_contacts(
         r = radius[s_i, n_i, None]
         m_i, k_i = torch.nonzero((ex * ex + ey * ey <= r * r) & act[s_i, :, t_i], as_tuple=True)
         s_i, t_i, n_i = s_i[m_i], t_i[m_i], n_i[m_i]
-        touch = overlap_shifted(ego[s_i, k_i, t_i], shift[s_i, k_i, t_i], batch.agent_corners[s_i, t_i + step, n_i])
+        row = (s_i * k_count + k_i) * t_count + t_i
+        touch = overlap_shifted(ego.index_select(0, row), shift.reshape(-1, 2).index_select(0, row),
+                                agents.index_select(0, (s_i * t_all + t_i + step) * n_count + n_i))  # fmt: skip
         event = torch.where(touch, t_i * len(steps) + j, torch.full_like(t_i, NO_CONTACT))
         flat = (s_i * k_count + k_i) * n_count + n_i
         first.view(-1).scatter_reduce_(0, flat, event, reduce="amin")
