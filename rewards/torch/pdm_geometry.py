@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from rewards.torch.metric_cache_batch import SUB_CELLS, SUBCELL_SHIFTS, WORD_SHIFTS, MetricCacheBatch
+from rewards.torch.map_grid import SUB_CELLS, SUBCELL_SHIFTS, WORD_SHIFTS
+from rewards.torch.metric_cache_batch import MetricCacheBatch
 from simulation.types import PACIFICA
 
 #: Ego half diagonal, the broad-phase radius of the contact tests (as the numba kernel).
