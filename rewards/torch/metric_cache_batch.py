@@ -17,11 +17,14 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from rewards.torch.map_grid import collate_grids, pad_stack, polygon_edges
+from rewards.torch.map_grid import NO_POLYGON_WORD, SUBCELL_SHIFTS, collate_grids, pad_stack, polygon_edges
 from simulation.metric_cache import MetricCache
 from simulation.polygon_grid import PolygonSet
 from simulation.types import DYNAMIC_TYPES, AgentIndex
 
+#: Padding value of the fields that are not padded with zeros / False (the centre line repeats its last point).
+PAD_FILLS = {"agent_types": -1, "agent_index": -1, "grid_words": NO_POLYGON_WORD,
+             "grid_subcells": -1 << SUBCELL_SHIFTS["lane"], "grid_entry": -1}  # fmt: skip
 #: Columns of ``MetricCacheBatch.grid_meta``: origin x, origin y, cell size, cells along x, cells along y.
 GRID_META = ("origin_x", "origin_y", "cell_size", "nx", "ny")
 
@@ -163,6 +166,24 @@ class MetricCacheBatch:
         return torch.cat([states[..., :2] + origin, states[..., 2:]], -1)
 
     @staticmethod
+    def concat(batches: Sequence[MetricCacheBatch]) -> MetricCacheBatch:
+        """The scenes of ``batches`` (one version, device, dtype and frame convention) in one batch, padded as
+        :meth:`collate` pads: ``concat([collate([a]), collate([b])])`` equals ``collate([a, b])``."""
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        if len({b.version for b in batches}) != 1:
+            raise ValueError("batches of several versions")
+        out: dict[str, object] = {"tokens": sum((b.tokens for b in batches), ()), "version": batches[0].version,
+                                  "track_ids": sum((b.track_ids for b in batches), ())}  # fmt: skip
+        for f in fields(MetricCacheBatch):
+            if f.name in out:
+                continue
+            parts = [getattr(b, f.name) for b in batches]
+            shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+            out[f.name] = torch.cat([_pad_to(p, shape, f.name) for p in parts])
+        return MetricCacheBatch(**out)  # type: ignore[arg-type]
+
+    @staticmethod
     def collate(caches: Sequence[MetricCache], dtype: torch.dtype = torch.float64) -> MetricCacheBatch:
         """Pad and stack ``caches`` (one version, the same history length) into CPU tensors of ``dtype`` (global
         coordinates in float64; re-centred below, see :meth:`to`)."""
@@ -200,6 +221,21 @@ class MetricCacheBatch:
             origin=torch.zeros((len(caches), 2), dtype=torch.float64),
         )  # fmt: skip
         return batch if dtype == torch.float64 else batch.to(dtype=dtype)
+
+
+def _pad_to(value: torch.Tensor, shape: Sequence[int], name: str) -> torch.Tensor:
+    """``value`` ``(S, ...)`` padded at the end of every other axis to ``shape`` with the fill of field ``name``."""
+    for d, size in enumerate(shape, start=1):
+        missing = size - value.shape[d]
+        if missing <= 0:
+            continue
+        if name in ("centerline", "centerline_s"):  # the centre line repeats its last point
+            pad = value.narrow(d, value.shape[d] - 1, 1).expand(*value.shape[:d], missing, *value.shape[d + 1 :])
+        else:
+            pad = torch.full((*value.shape[:d], missing, *value.shape[d + 1 :]), PAD_FILLS.get(name, 0),
+                             dtype=value.dtype, device=value.device)  # fmt: skip
+        value = torch.cat([value, pad], d)
+    return value
 
 
 def _agents(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
