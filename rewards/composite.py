@@ -266,6 +266,7 @@ class RuleReward:
         self._pool: ProcessPoolExecutor | None = None
         self.scene_cache_size = scene_cache_size
         self._scene_cache: OrderedDict[tuple[str, int], tuple[MetricCache, Any]] = OrderedDict()
+        self._last_batch: tuple[tuple[tuple[str, int], ...], Any] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -302,12 +303,12 @@ class RuleReward:
 
     def _collated(self, metric_caches: Sequence[MetricCache]) -> Any:
         """The torch backend's batch of ``metric_caches``: each scene collated once (kept by token and object, the
-        ``scene_cache_size`` most recent), then concatenated."""
+        ``scene_cache_size`` most recent), then concatenated (the last concatenation is kept for the same scenes)."""
         from rewards.torch.metric_cache_batch import MetricCacheBatch
 
+        keys = tuple((cache.token, id(cache)) for cache in metric_caches)
         parts = []
-        for cache in metric_caches:
-            key = (cache.token, id(cache))
+        for key, cache in zip(keys, metric_caches, strict=True):
             entry = self._scene_cache.pop(key, None)
             if entry is None or entry[0] is not cache:
                 entry = (cache, MetricCacheBatch.collate([cache]).to(self.device))
@@ -315,7 +316,11 @@ class RuleReward:
             parts.append(entry[1])
         while len(self._scene_cache) > self.scene_cache_size:
             self._scene_cache.popitem(last=False)
-        return parts[0] if len(parts) == 1 else MetricCacheBatch.concat(parts)
+        if self._last_batch is not None and self._last_batch[0] == keys:  # the same scenes again: no re-padding
+            return self._last_batch[1]
+        batch = parts[0] if len(parts) == 1 else MetricCacheBatch.concat(parts)
+        self._last_batch = (keys, batch)
+        return batch
 
     def _num_chunks(self) -> int:
         return self.num_workers * self.chunks_per_worker
@@ -342,7 +347,7 @@ class RuleReward:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pool": None, "_scene_cache": OrderedDict()}  # a copy starts its own pool, cache
+        return {**self.__dict__, "_pool": None, "_scene_cache": OrderedDict(), "_last_batch": None}  # (own pool, cache)
 
     def __repr__(self) -> str:
         return f"RuleReward(version={self._version!r}, num_workers={self.num_workers}, backend={self.backend!r})"
