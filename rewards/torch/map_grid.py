@@ -199,7 +199,14 @@ def collate_grids(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
         for key, value in (("words", words), ("entries", entries), ("offsets", entry_offsets),
                            ("edges", entry_edges), ("categories", cats)):  # fmt: skip
             out[key].append(value)
-    fills = {"words": NO_POLYGON_WORD, "subcells": -1 << SUBCELL_SHIFTS["lane"], "entries": -1, "offsets": 0, "edges": 0.0, "categories": 0}
+    fills = {
+        "words": NO_POLYGON_WORD,
+        "subcells": -1 << SUBCELL_SHIFTS["lane"],
+        "entries": -1,
+        "offsets": 0,
+        "edges": 0.0,
+        "categories": 0,
+    }
     result = {"meta": np.asarray(out["meta"], dtype=np.float64)}
     for key, fill in fills.items():
         result[key] = pad_stack(out[key], fill, np.float64 if key == "edges" else np.int64)

@@ -86,7 +86,9 @@ def map_hits(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tenso
     return poly, hit, cat
 
 
-def _entry_crossings(batch: MetricCacheBatch, s_idx: torch.Tensor, e_idx: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+def _entry_crossings(
+    batch: MetricCacheBatch, s_idx: torch.Tensor, e_idx: torch.Tensor, pts: torch.Tensor
+) -> torch.Tensor:
     """Even-odd test of points ``(Q, 2)`` of scenes ``s_idx`` against the edge lists of grid entries ``e_idx``."""
     start = batch.entry_offsets[s_idx, e_idx]
     count = batch.entry_offsets[s_idx, e_idx + 1] - start
@@ -210,7 +212,9 @@ def _lane_in_all_corners(lane: torch.Tensor, rows: torch.Tensor) -> torch.Tensor
     return out
 
 
-def _span(x: tuple[torch.Tensor, ...], y: tuple[torch.Tensor, ...], nx: torch.Tensor, ny: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _span(
+    x: tuple[torch.Tensor, ...], y: tuple[torch.Tensor, ...], nx: torch.Tensor, ny: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Min and max of the projections ``nx * x + ny * y`` of four corners (given as columns)."""
     p = [nx * xi + ny * yi for xi, yi in zip(x, y, strict=True)]
     return torch.minimum(torch.minimum(p[0], p[1]), torch.minimum(p[2], p[3])), torch.maximum(

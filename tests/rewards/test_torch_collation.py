@@ -37,7 +37,9 @@ def test_rule_reward_torch_collates_each_scene_once(monkeypatch: pytest.MonkeyPa
     plans = np.stack([np.stack([plan(10.0), plan(6.0), plan(3.0, lateral=2.0)])] * 2)
     calls = []
     collate = MetricCacheBatch.collate
-    monkeypatch.setattr(MetricCacheBatch, "collate", staticmethod(lambda cs, *a: calls.append(len(cs)) or collate(cs, *a)))
+    monkeypatch.setattr(
+        MetricCacheBatch, "collate", staticmethod(lambda cs, *a: calls.append(len(cs)) or collate(cs, *a))
+    )
     reward = RuleReward("v1", backend="torch", scene_cache_size=2)
     first = reward.score(caches, plans)
     second = reward.score(caches, plans)
