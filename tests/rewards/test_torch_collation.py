@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 from test_composite import agent_track, make_cache, plan
+from test_torch_pdm import town  # noqa: F401 (fixture)
 
 from rewards.composite import RuleReward
 from rewards.torch.metric_cache_batch import MetricCacheBatch
+from rewards.torch.pdm_geometry import point_classes
 
 
 def _caches(version: str) -> list:  # type: ignore[type-arg]
@@ -51,3 +53,27 @@ def test_rule_reward_torch_collates_each_scene_once(monkeypatch: pytest.MonkeyPa
     other = make_cache("v1")  # same token, another object: collated again, and the oldest entry leaves the cache
     reward.score([other], plans[:1])
     assert calls == [1, 1, 1] and len(reward._scene_cache) == 2
+
+
+def test_sub_cell_classes_match_the_polygon_grid(town: dict) -> None:  # type: ignore[type-arg]
+    """Points read from their sub-cell (or tested exactly near an edge) get the categories and the single lane of the
+    polygons that the numba grid says contain them: random points, polygon vertices and edge midpoints."""
+    caches = [c for c, _ in town["v2"]]
+    batch = MetricCacheBatch.collate(caches)
+    rng = np.random.default_rng(0)
+    points = []
+    for cache in caches:
+        xy = cache.map_grid.polygons.coords
+        lo, hi = xy.min(0) - 3.0, xy.max(0) + 3.0
+        pts = np.concatenate([rng.uniform(lo, hi, (4000, 2)), xy, (xy[1:] + xy[:-1]) / 2])[:6000]
+        points.append(np.pad(pts, ((0, 6000 - len(pts)), (0, 0)), mode="edge"))
+    cat, lane, several = point_classes(batch, torch.as_tensor(np.stack(points)))
+    for s, cache in enumerate(caches):
+        hits = cache.map_grid.contains(points[s])
+        cats = np.where(hits >= 0, cache.map_categories[np.maximum(hits, 0)], 0)
+        expected = np.bitwise_or.reduce(cats, axis=-1)
+        lanes = np.where((cats & 2) > 0, hits, -1)
+        count = (lanes >= 0).sum(-1)
+        np.testing.assert_array_equal(cat[s].numpy(), expected)
+        np.testing.assert_array_equal(several[s].numpy(), count > 1)
+        np.testing.assert_array_equal(lane[s].numpy(), np.where(count == 1, lanes.max(-1), -1))
