@@ -55,7 +55,7 @@ def test_rule_reward_torch_collates_each_scene_once(monkeypatch: pytest.MonkeyPa
     assert calls == [1, 1, 1] and len(reward._scene_cache) == 2
 
 
-def test_sub_cell_classes_match_the_polygon_grid(town: dict) -> None:  # type: ignore[type-arg]
+def test_sub_cell_classes_match_the_polygon_grid(town: dict) -> None:  # type: ignore[type-arg]  # noqa: F811
     """Points read from their sub-cell (or tested exactly near an edge) get the categories and the single lane of the
     polygons that the numba grid says contain them: random points, polygon vertices and edge midpoints."""
     caches = [c for c, _ in town["v2"]]
