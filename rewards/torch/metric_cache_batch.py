@@ -3,7 +3,9 @@
 :meth:`MetricCacheBatch.collate` turns ``S`` :class:`~simulation.metric_cache.MetricCache` of one version into
 padded tensors (agents, map polygons as edge lists, the polygon grid's cells, the centre line, red-light
 polygons, the human / reference / history states); :meth:`MetricCacheBatch.to` moves them to a device and float
-dtype. Collation is numpy work done once per batch of scenes; scoring then never touches the caches. Padded
+dtype (below float64 it first re-centres each scene on its ego start, see :meth:`MetricCacheBatch.recentred`);
+:meth:`MetricCacheBatch.concat` joins batches (scenes collated one by one and kept, as ``RuleReward`` does).
+Collation is numpy work done once per scene; scoring then never touches the caches. Padded
 entries are marked by their masks (``agent_valid``, ``segment_valid``, ``red_edge_valid``) or by values that can
 never match (polygon index ``-1``, edges of zero height, which no horizontal ray crosses).
 """
