@@ -7,7 +7,11 @@ perturbations of it. Both scorers score the same simulated states; the script pr
 of the torch scorer, the fraction of candidates on which each sub-metric agrees (binary / ternary ones exactly,
 continuous ones to 1e-4) and the largest difference.
 
-    python benchmarks/scorer_agreement.py [--scenes 100] [--candidates 32] [--device cpu] [--seed 0]
+With ``--offset X Y`` every scene and candidate is moved by (X, Y) metres (e.g. ``--offset 6e5 4e6``, UTM-sized
+coordinates): the float32 batch is then re-centred on each ego start (:meth:`MetricCacheBatch.to`), the states are
+passed in float64 and re-centred before the cast.
+
+    python benchmarks/scorer_agreement.py [--scenes 100] [--candidates 32] [--device cpu] [--seed 0] [--offset X Y]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bench_scoring import make_scene, rollout  # noqa: E402
 
 from rewards.pdm import score_states  # noqa: E402
-from rewards.torch.metric_cache_batch import MetricCacheBatch  # noqa: E402
+from rewards.torch.metric_cache_batch import MetricCacheBatch, translated  # noqa: E402
 from rewards.torch.pdm import score_states as torch_score_states  # noqa: E402
 from simulation.metric_cache import MetricCache  # noqa: E402
 from simulation.polygon_grid import PolygonSet  # noqa: E402
@@ -74,7 +78,8 @@ def compare(version: str, caches: list[MetricCache], cands: np.ndarray, dtype: t
     diff: dict[str, float] = {}
     for a in range(0, len(caches), chunk):
         batch = MetricCacheBatch.collate(caches[a : a + chunk]).to(device, dtype)
-        got = torch_score_states(batch, torch.as_tensor(cands[a : a + chunk], dtype=dtype, device=device), version)
+        states = torch.as_tensor(cands[a : a + chunk], dtype=torch.float64, device=device)  # global, float64
+        got = torch_score_states(batch, states, version)
         for s, cache in enumerate(caches[a : a + chunk]):
             expected = score_states(cache, cands[a + s], version)
             for key in (*EXACT, *CLOSE):
@@ -95,13 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=25, help="scenes per torch batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--offset", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"),
+                        help="move every scene by (X, Y) metres")  # fmt: skip
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     caches = [make_scene(rng) for _ in range(args.scenes)]
     cands = np.stack([candidates(rng, c, args.candidates) for c in caches])
+    dx, dy = args.offset
+    cands[..., StateIndex.X] += dx
+    cands[..., StateIndex.Y] += dy
     print(f"{args.scenes} scenes x {args.candidates} candidates = {cands.shape[0] * cands.shape[1]} candidates, "
-          f"torch on {args.device}")  # fmt: skip
+          f"torch on {args.device}, offset ({dx:g}, {dy:g}) m")  # fmt: skip
     for version, scenes in (("v1", caches), ("v2", [as_v2(c) for c in caches])):
+        scenes = [translated(c, dx, dy) for c in scenes]
         for dtype in (torch.float64, torch.float32):
             result = compare(version, scenes, cands, dtype, args.device, args.chunk)
             print(f"{version} {str(dtype).removeprefix('torch.')}: " + ", ".join(

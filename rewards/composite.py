@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -161,9 +162,10 @@ def score_scenes(
 
 
 def score_scenes_torch(metric_caches: Sequence[MetricCache], plans: np.ndarray, version: Version,
-                       device: str = "cpu") -> RewardBatch:  # fmt: skip
+                       device: str = "cpu", batch: Any = None) -> RewardBatch:  # fmt: skip
     """:func:`score_scenes` of all ``B`` scenes' plans ``(B, N, 8, 3)`` at once with the torch scorer on ``device``
-    (float64); invalid plans are scored as standing still and then set to 0."""
+    (float64); invalid plans are scored as standing still and then set to 0. ``batch``: the scenes already
+    collated (a :class:`rewards.torch.metric_cache_batch.MetricCacheBatch` on ``device``), else collated here."""
     import torch
 
     from rewards.torch.metric_cache_batch import MetricCacheBatch
@@ -177,7 +179,8 @@ def score_scenes_torch(metric_caches: Sequence[MetricCache], plans: np.ndarray, 
             raise ValueError(f"metric cache {cache.token} is {cache.version}; this reward scores {version}")
     valid = np.isfinite(plans).all(axis=(-2, -1))
     safe = torch.as_tensor(np.where(valid[..., None, None], plans, 0.0), dtype=torch.float64, device=device)
-    batch = MetricCacheBatch.collate(metric_caches).to(device, torch.float64)
+    if batch is None:
+        batch = MetricCacheBatch.collate(metric_caches).to(device, torch.float64)
     out, _ = score_plans(batch, safe, version, "pairwise")
     pick = lambda key: np.where(valid, out[key].cpu().numpy(), 0.0)  # noqa: E731
     return RewardBatch(pick(TOTAL_KEY[version]), {name: pick(name) for name in names})
@@ -229,6 +232,8 @@ class RuleReward:
             :mod:`rewards.torch.pdm`: the whole ``(B, N)`` batch in one call on ``device``, in float64; the same
             numbers, binary terms identical). ``num_workers`` applies to the numpy backend only.
         device: where the torch backend scores (``"cpu"``, ``"cuda"``, ...).
+        scene_cache_size: the torch backend collates each scene once and keeps the collated tensors of this many
+            most recent scenes (by token and object identity), so that a call pays only for its candidates.
         num_workers: ``0`` scores in the calling process; ``> 0`` scores chunks of scenes in a process pool
             (started on first use, reused until :meth:`close`), with identical results.
         chunks_per_worker: pool tasks per worker and call (smaller tasks balance uneven scenes).
@@ -244,6 +249,7 @@ class RuleReward:
         mp_context: str | None = None,
         backend: Backend = "numpy",
         device: str = "cpu",
+        scene_cache_size: int = 256,
     ) -> None:
         if version not in TERMS:
             raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
@@ -258,6 +264,9 @@ class RuleReward:
         self.chunks_per_worker = chunks_per_worker
         self.mp_context = mp_context
         self._pool: ProcessPoolExecutor | None = None
+        self.scene_cache_size = scene_cache_size
+        self._scene_cache: OrderedDict[tuple[str, int], tuple[MetricCache, Any]] = OrderedDict()
+        self._last_batch: tuple[tuple[tuple[str, int], ...], Any] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -280,7 +289,8 @@ class RuleReward:
         (without, the future is already done)."""
         array = check_plans(metric_caches, plans)
         if self.backend == "torch":
-            return _done(score_scenes_torch(metric_caches, array, self._version, self.device))
+            batch = self._collated(metric_caches) if len(metric_caches) and array.shape[1] else None
+            return _done(score_scenes_torch(metric_caches, array, self._version, self.device, batch))
         if self.num_workers == 0 or len(metric_caches) == 0:
             return _done(_stack(score_scenes(metric_caches, array, self._version), self.names))
         pool = self._executor()
@@ -290,6 +300,27 @@ class RuleReward:
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         return _gather(futures, lambda chunks: _stack([s for chunk in chunks for s in chunk], self.names))
+
+    def _collated(self, metric_caches: Sequence[MetricCache]) -> Any:
+        """The torch backend's batch of ``metric_caches``: each scene collated once (kept by token and object, the
+        ``scene_cache_size`` most recent), then concatenated (the last concatenation is kept for the same scenes)."""
+        from rewards.torch.metric_cache_batch import MetricCacheBatch
+
+        keys = tuple((cache.token, id(cache)) for cache in metric_caches)
+        parts = []
+        for key, cache in zip(keys, metric_caches, strict=True):
+            entry = self._scene_cache.pop(key, None)
+            if entry is None or entry[0] is not cache:
+                entry = (cache, MetricCacheBatch.collate([cache]).to(self.device))
+            self._scene_cache[key] = entry  # most recent last
+            parts.append(entry[1])
+        while len(self._scene_cache) > self.scene_cache_size:
+            self._scene_cache.popitem(last=False)
+        if self._last_batch is not None and self._last_batch[0] == keys:  # the same scenes again: no re-padding
+            return self._last_batch[1]
+        batch = parts[0] if len(parts) == 1 else MetricCacheBatch.concat(parts)
+        self._last_batch = (keys, batch)
+        return batch
 
     def _num_chunks(self) -> int:
         return self.num_workers * self.chunks_per_worker
@@ -316,7 +347,7 @@ class RuleReward:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pool": None}  # a copy starts its own pool
+        return {**self.__dict__, "_pool": None, "_scene_cache": OrderedDict(), "_last_batch": None}  # (own pool, cache)
 
     def __repr__(self) -> str:
         return f"RuleReward(version={self._version!r}, num_workers={self.num_workers}, backend={self.backend!r})"

@@ -4,7 +4,8 @@
   compaction, point-in-grid and polyline projection.
 - :mod:`rewards.torch.kinematics`: the LQR tracker + kinematic bicycle (NAVSIM's and nuPlan's velocity fits) and
   NAVSIM's ``simulate_proposals``.
-- :mod:`rewards.torch.metric_cache_batch`: ``MetricCacheBatch``, ``S`` metric caches padded and collated.
+- :mod:`rewards.torch.metric_cache_batch`: ``MetricCacheBatch``, ``S`` metric caches padded and collated (re-centred
+  on each ego start when cast below float64); :mod:`rewards.torch.map_grid` builds its map grid (sub-cell classes).
 - :mod:`rewards.torch.pdm` (+ ``pdm_metrics``, ``pdm_geometry``, ``comfort``): PDMS / EPDMS of ``(S, K)``
   candidates, the twin of :mod:`rewards.pdm` (binary sub-metrics identical in float64).
 - :mod:`rewards.torch.cls_world` / :mod:`rewards.torch.cls_polygons`: the map of a batch of closed-loop episodes

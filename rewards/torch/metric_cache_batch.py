@@ -3,7 +3,9 @@
 :meth:`MetricCacheBatch.collate` turns ``S`` :class:`~simulation.metric_cache.MetricCache` of one version into
 padded tensors (agents, map polygons as edge lists, the polygon grid's cells, the centre line, red-light
 polygons, the human / reference / history states); :meth:`MetricCacheBatch.to` moves them to a device and float
-dtype. Collation is numpy work done once per batch of scenes; scoring then never touches the caches. Padded
+dtype (below float64 it first re-centres each scene on its ego start, see :meth:`MetricCacheBatch.recentred`);
+:meth:`MetricCacheBatch.concat` joins batches (scenes collated one by one and kept, as ``RuleReward`` does).
+Collation is numpy work done once per scene; scoring then never touches the caches. Padded
 entries are marked by their masks (``agent_valid``, ``segment_valid``, ``red_edge_valid``) or by values that can
 never match (polygon index ``-1``, edges of zero height, which no horizontal ray crosses).
 """
@@ -17,10 +19,14 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from rewards.torch.map_grid import NO_POLYGON_WORD, SUBCELL_SHIFTS, collate_grids, pad_stack, polygon_edges
 from simulation.metric_cache import MetricCache
-from simulation.polygon_grid import PolygonGrid, PolygonSet
+from simulation.polygon_grid import PolygonSet
 from simulation.types import DYNAMIC_TYPES, AgentIndex
 
+#: Padding value of the fields that are not padded with zeros / False (the centre line repeats its last point).
+PAD_FILLS = {"agent_types": -1, "agent_index": -1, "grid_words": NO_POLYGON_WORD,
+             "grid_subcells": -1 << SUBCELL_SHIFTS["lane"], "grid_entry": -1}  # fmt: skip
 #: Columns of ``MetricCacheBatch.grid_meta``: origin x, origin y, cell size, cells along x, cells along y.
 GRID_META = ("origin_x", "origin_y", "cell_size", "nx", "ny")
 
@@ -43,8 +49,14 @@ class MetricCacheBatch:
         agent_stopped: ``(S, N)`` bool, static object or speed at first appearance <= 0.05 m/s (NC at-fault rule).
         agent_radius: ``(S, N)`` largest half diagonal of the track's box over its valid steps.
         grid_meta: ``(S, 5)`` the map grid (:data:`GRID_META`); a scene without polygons has 0 cells.
-        grid_cells: ``(S, C, G)`` int64 polygons touching each grid cell ``ix * ny + iy`` (``-1`` padding).
-        grid_full: ``(S, C, G)`` bool, the cell lies entirely inside that polygon.
+        grid_words: ``(S, C, G)`` int64, one word (:data:`WORD_SHIFTS`) per polygon touching grid cell
+            ``ix * ny + iy``; row ``nx * ny`` is empty (points off the grid), padding is :data:`NO_POLYGON_WORD`.
+            Over the cell's :data:`SUB_CELLS` x :data:`SUB_CELLS` sub-cells (bit ``sx * SUB_CELLS + sy``), the
+            "inside" bits mark those entirely inside the polygon (all for a full cell) and the "test" bits those
+            that an edge of the polygon meets, whose points need the exact even-odd test.
+        grid_subcells: ``(S, C * SUB_CELLS ** 2)`` int64 word (:data:`SUBCELL_SHIFTS`) of sub-cell ``bit`` of cell
+            ``c`` at ``c * SUB_CELLS ** 2 + bit``: the categories and the lane of the polygons containing all of it,
+            unless it needs the exact test.
         grid_entry: ``(S, C, G)`` int64 id ``q`` of the entries that are not full (``-1`` otherwise).
         entry_offsets: ``(S, Q + 1)`` int64, entry ``q``'s edges are ``cell_edges[s, offsets[q]:offsets[q + 1]]``.
         cell_edges: ``(S, L, 4)`` ring edges ``(x1, y1, x2, y2)`` of the polygon of each non-full grid entry that a
@@ -59,6 +71,10 @@ class MetricCacheBatch:
         reference_states: ``(S, 41, 11)`` simulated PDM-Closed reference. human_states: ``(S, 41, 11)``.
         history_states: ``(S, H, 11)`` logged past states (EPDMS history comfort; every scene has the same ``H``).
         track_ids: ``S`` arrays of track ids (strings stay numpy).
+        origin: ``(S, 2)`` float64 (never cast) position subtracted from every x, y of the scene: zeros after
+            :meth:`collate` (global coordinates, the numpy scorer's arithmetic), the ego's position at t = 0 after
+            :meth:`recentred`, which :meth:`to` applies before casting below float64 (global UTM coordinates,
+            around 1e5 to 1e6 m, would lose centimetres in float32).
     """
 
     tokens: tuple[str, ...]
@@ -73,8 +89,8 @@ class MetricCacheBatch:
     agent_stopped: torch.Tensor
     agent_radius: torch.Tensor
     grid_meta: torch.Tensor
-    grid_cells: torch.Tensor
-    grid_full: torch.Tensor
+    grid_words: torch.Tensor
+    grid_subcells: torch.Tensor
     grid_entry: torch.Tensor
     entry_offsets: torch.Tensor
     cell_edges: torch.Tensor
@@ -90,25 +106,89 @@ class MetricCacheBatch:
     human_states: torch.Tensor
     history_states: torch.Tensor
     track_ids: tuple[np.ndarray, ...]
+    origin: torch.Tensor
 
     @property
     def num_scenes(self) -> int:
         return len(self.tokens)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> MetricCacheBatch:
-        """A copy on ``device`` with floating tensors cast to ``dtype`` (integer / bool tensors keep theirs)."""
+        """A copy on ``device`` with floating tensors cast to ``dtype`` (integer / bool tensors and ``origin`` keep
+        theirs); a cast below float64 re-centres the scenes first (:meth:`recentred`)."""
+        batch = self
+        if dtype is not None and torch.finfo(dtype).bits < 64 and self.agent_boxes.dtype == torch.float64:
+            batch = self.recentred()
         moved = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for f in fields(batch):
+            value = getattr(batch, f.name)
             if isinstance(value, torch.Tensor):
-                cast = dtype if (dtype is not None and value.is_floating_point()) else None
-                value = value.to(device=device, dtype=cast)
+                floating = dtype is not None and value.is_floating_point() and f.name != "origin"
+                value = value.to(device=device, dtype=dtype if floating else None)
             moved[f.name] = value
-        return dataclasses.replace(self, **moved)
+        return dataclasses.replace(batch, **moved)
+
+    def recentred(self) -> MetricCacheBatch:
+        """The batch with each scene's coordinates relative to its ego position at t = 0 (``origin``), computed in
+        float64 (already re-centred scenes are left as they are); the centre line's arc length then starts from its
+        vertex nearest to the ego (only differences of arc lengths are used), so it stays small too."""
+        if self.agent_boxes.dtype != torch.float64:
+            raise ValueError("re-centre a float64 batch (before casting it)")
+        shift = self.current_state[:, :2]  # (S, 2) the ego start in the current frame
+        xy = shift[:, None]
+        edges = torch.cat([xy, xy], -1)  # (S, 1, 4)
+
+        def states(v: torch.Tensor) -> torch.Tensor:
+            return torch.cat([v[..., :2] - shift.view(-1, *([1] * (v.dim() - 2)), 2), v[..., 2:]], -1)
+
+        line = self.centerline - xy
+        nearest = torch.argmin((line * line).sum(-1), 1, keepdim=True)  # vertex nearest to the ego start
+        arc = self.centerline_s - torch.gather(self.centerline_s, 1, nearest)  # progress differences are unchanged
+        return dataclasses.replace(
+            self,
+            centerline_s=arc, current_state=states(self.current_state), reference_states=states(self.reference_states),
+            human_states=states(self.human_states), history_states=states(self.history_states),
+            agent_boxes=states(self.agent_boxes), agent_corners=self.agent_corners - shift[:, None, None, None],
+            grid_meta=torch.cat([self.grid_meta[:, :2] - shift, self.grid_meta[:, 2:]], -1),
+            cell_edges=self.cell_edges - edges, centerline=line,
+            red_edges=self.red_edges - edges[:, None], red_bounds=self.red_bounds - edges,
+            origin=self.origin.to(shift) + shift,
+        )  # fmt: skip
+
+    def to_local(self, states: torch.Tensor) -> torch.Tensor:
+        """Global states ``(S, ...,  11)`` in the batch's frame and float dtype (the origin is subtracted in the
+        states' dtype, before the cast)."""
+        origin = self.origin.to(device=states.device, dtype=states.dtype).view(-1, *([1] * (states.dim() - 2)), 2)
+        local = torch.cat([states[..., :2] - origin, states[..., 2:]], -1)
+        return local.to(self.agent_boxes.dtype)
+
+    def to_global(self, states: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """States ``(S, ..., 11)`` of the batch's frame back in global coordinates, in ``dtype``."""
+        origin = self.origin.to(device=states.device, dtype=dtype).view(-1, *([1] * (states.dim() - 2)), 2)
+        states = states.to(dtype)
+        return torch.cat([states[..., :2] + origin, states[..., 2:]], -1)
+
+    @staticmethod
+    def concat(batches: Sequence[MetricCacheBatch]) -> MetricCacheBatch:
+        """The scenes of ``batches`` (one version, device, dtype and frame convention) in one batch, padded as
+        :meth:`collate` pads: ``concat([collate([a]), collate([b])])`` equals ``collate([a, b])``."""
+        if not batches:
+            raise ValueError("concat needs at least one batch")
+        if len({b.version for b in batches}) != 1:
+            raise ValueError("batches of several versions")
+        out: dict[str, object] = {"tokens": sum((b.tokens for b in batches), ()), "version": batches[0].version,
+                                  "track_ids": sum((b.track_ids for b in batches), ())}  # fmt: skip
+        for f in fields(MetricCacheBatch):
+            if f.name in out:
+                continue
+            parts = [getattr(b, f.name) for b in batches]
+            shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+            out[f.name] = torch.cat([_pad_to(p, shape, f.name) for p in parts])
+        return MetricCacheBatch(**out)  # type: ignore[arg-type]
 
     @staticmethod
     def collate(caches: Sequence[MetricCache], dtype: torch.dtype = torch.float64) -> MetricCacheBatch:
-        """Pad and stack ``caches`` (one version, the same history length) into CPU tensors of ``dtype``."""
+        """Pad and stack ``caches`` (one version, the same history length) into CPU tensors of ``dtype`` (global
+        coordinates in float64; re-centred below, see :meth:`to`)."""
         if not caches:
             raise ValueError("collate needs at least one metric cache")
         versions = {c.version for c in caches}
@@ -116,20 +196,21 @@ class MetricCacheBatch:
             raise ValueError(f"metric caches of several versions in one batch: {sorted(versions)}")
         if len({c.history_states.shape for c in caches}) != 1:
             raise ValueError("metric caches with different history lengths in one batch")
-        f = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype)  # noqa: E731
+        f = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float64))  # noqa: E731
         b = lambda x: torch.as_tensor(np.asarray(x, dtype=bool))  # noqa: E731
         i = lambda x: torch.as_tensor(np.asarray(x, dtype=np.int64))  # noqa: E731
         agents = _agents(caches)
-        grid = _grids(caches)
+        grid = collate_grids(caches)
         line = _centerlines(caches)
         red = _red_lights(caches)
-        return MetricCacheBatch(
+        batch = MetricCacheBatch(
             tokens=tuple(c.token for c in caches), version=versions.pop(),
             current_state=f(np.stack([c.current_state for c in caches])),
             agent_boxes=f(agents["boxes"]), agent_valid=b(agents["valid"]), agent_corners=f(agents["corners"]),
             agent_types=i(agents["types"]), agent_index=i(agents["index"]), agent_dynamic=b(agents["dynamic"]),
             agent_stopped=b(agents["stopped"]), agent_radius=f(agents["radius"]),
-            grid_meta=f(grid["meta"]), grid_cells=i(grid["cells"]), grid_full=b(grid["full"]),
+            grid_meta=f(grid["meta"]), grid_words=i(grid["words"]),
+            grid_subcells=i(grid["subcells"]),
             grid_entry=i(grid["entries"]), entry_offsets=i(grid["offsets"]), cell_edges=f(grid["edges"]),
             map_categories=i(grid["categories"]),
             centerline=f(line["line"]), centerline_s=f(line["s"]), segment_valid=b(line["valid"]),
@@ -139,17 +220,24 @@ class MetricCacheBatch:
             human_states=f(np.stack([c.human_states for c in caches])),
             history_states=f(np.stack([c.history_states for c in caches])),
             track_ids=tuple(np.asarray(c.agent_track_ids) for c in caches),
+            origin=torch.zeros((len(caches), 2), dtype=torch.float64),
         )  # fmt: skip
+        return batch if dtype == torch.float64 else batch.to(dtype=dtype)
 
 
-def _pad_stack(arrays: Sequence[np.ndarray], fill: float | int | bool, dtype: type | np.dtype) -> np.ndarray:
-    """Stack arrays of equal rank, each padded at the end of every axis to the largest shape, with ``fill``."""
-    shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
-    out = np.full((len(arrays), *shape), fill, dtype=dtype)
-    for s, a in enumerate(arrays):
-        index: tuple[int | slice, ...] = (s, *(slice(0, n) for n in a.shape))
-        out[index] = a
-    return out
+def _pad_to(value: torch.Tensor, shape: Sequence[int], name: str) -> torch.Tensor:
+    """``value`` ``(S, ...)`` padded at the end of every other axis to ``shape`` with the fill of field ``name``."""
+    for d, size in enumerate(shape, start=1):
+        missing = size - value.shape[d]
+        if missing <= 0:
+            continue
+        if name in ("centerline", "centerline_s"):  # the centre line repeats its last point
+            pad = value.narrow(d, value.shape[d] - 1, 1).expand(*value.shape[:d], missing, *value.shape[d + 1 :])
+        else:
+            pad = torch.full((*value.shape[:d], missing, *value.shape[d + 1 :]), PAD_FILLS.get(name, 0),
+                             dtype=value.dtype, device=value.device)  # fmt: skip
+        value = torch.cat([value, pad], d)
+    return value
 
 
 def _agents(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
@@ -165,110 +253,14 @@ def _agents(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
         dynamic.append(dyn)
         radius.append(c.agent_extent[0])
     return {
-        "boxes": _pad_stack([c.agent_boxes for c in caches], 0.0, np.float64),
-        "valid": _pad_stack([c.agent_valid for c in caches], False, bool),
-        "corners": _pad_stack([c.agent_corners for c in caches], 0.0, np.float64),
-        "types": _pad_stack([c.agent_types for c in caches], -1, np.int64),
-        "index": _pad_stack([np.arange(c.agent_types.shape[0]) for c in caches], -1, np.int64),
-        "dynamic": _pad_stack(dynamic, False, bool),
-        "stopped": _pad_stack(stopped, False, bool),
-        "radius": _pad_stack(radius, 0.0, np.float64),
-    }
-
-
-def polygon_edges(polygons: PolygonSet) -> tuple[np.ndarray, np.ndarray]:
-    """``(M, E, 4)`` ring edges ``(x1, y1, x2, y2)`` of each polygon (zeros after its last edge) and ``(M, E)``
-    bool validity, from a :class:`~simulation.polygon_grid.PolygonSet`."""
-    m_count = polygons.num_polygons
-    ro, pr, xy = polygons.ring_offsets, polygons.poly_rings, polygons.coords
-    is_start = np.ones(len(xy), bool)
-    is_start[ro[1:][ro[1:] > ro[:-1]] - 1] = False  # a ring's last vertex repeats its first: no edge starts there
-    start_idx = np.flatnonzero(is_start)
-    ring = np.searchsorted(ro, start_idx, side="right") - 1
-    poly = np.searchsorted(pr, ring, side="right") - 1
-    counts = np.bincount(poly, minlength=m_count) if m_count else np.zeros(0, np.int64)
-    e_max = int(counts.max()) if len(counts) and counts.max() > 0 else 1
-    slot = np.arange(len(poly)) - np.repeat(np.cumsum(counts) - counts, counts)
-    edges = np.zeros((m_count, e_max, 4))
-    valid = np.zeros((m_count, e_max), bool)
-    edges[poly, slot] = np.concatenate([xy[start_idx], xy[start_idx + 1]], -1) if len(poly) else np.zeros((0, 4))
-    valid[poly, slot] = True
-    return edges, valid
-
-
-#: Margin (m) by which a cell is grown when picking the edges its points may cross (keeps the test exact).
-CELL_MARGIN = 1e-3
-
-
-def cell_edges(grid: PolygonGrid, edges: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Edges that a point of a grid cell may cross, for every (cell, polygon) entry that is not full.
-
-    A ray cast along +x from a point of the cell can only cross edges whose y range meets the cell's and that end
-    right of the cell's left side; the other edges never count in the even-odd test, so dropping them leaves the
-    result unchanged (the cell is grown by :data:`CELL_MARGIN` to stay clear of rounding).
-
-    Returns:
-        ``(E,)`` int64 entry id for each entry of ``grid.cell_polys`` (``-1`` for full entries), ``(n + 1,)`` offsets
-        and ``(L, 4)`` edges: entry ``q``'s edges are ``edges[offsets[q]:offsets[q + 1]]``.
-    """
-    n_cells = int(np.prod(grid.shape))
-    counts = np.diff(grid.cell_offsets)[:n_cells]
-    cell_of = np.repeat(np.arange(n_cells), counts)
-    test = ~grid.cell_full
-    entry_id = np.full(len(grid.cell_polys), -1, np.int64)
-    entry_id[test] = np.arange(int(test.sum()))
-    cell, poly = cell_of[test], grid.cell_polys[test]
-    x0 = grid.origin[0] + (cell // grid.shape[1]) * grid.cell_size - CELL_MARGIN
-    y0 = grid.origin[1] + (cell % grid.shape[1]) * grid.cell_size - CELL_MARGIN
-    y1 = y0 + grid.cell_size + 2 * CELL_MARGIN
-    kept_entry, kept_edge = [], []
-    step = max(1, (1 << 22) // max(1, edges.shape[1]))
-    for a in range(0, len(poly), step):
-        e = edges[poly[a : a + step]]  # (n, E, 4)
-        keep = valid[poly[a : a + step]]
-        keep &= np.maximum(e[..., 1], e[..., 3]) >= y0[a : a + step, None]
-        keep &= np.minimum(e[..., 1], e[..., 3]) <= y1[a : a + step, None]
-        keep &= np.maximum(e[..., 0], e[..., 2]) >= x0[a : a + step, None]
-        i, j = np.nonzero(keep)
-        kept_entry.append(i + a)
-        kept_edge.append(e[i, j])
-    ent = np.concatenate(kept_entry) if kept_entry else np.zeros(0, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(ent, minlength=len(poly)))]).astype(np.int64)
-    flat = np.concatenate(kept_edge) if kept_edge else np.zeros((0, 4))
-    return entry_id, offsets, flat if len(flat) else np.zeros((1, 4))
-
-
-def _grids(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
-    metas, cells, fulls, entries, offsets, edges, cats = [], [], [], [], [], [], []
-    for c in caches:
-        g = c.map_grid
-        n_cells = int(np.prod(g.shape))
-        metas.append([g.origin[0], g.origin[1], g.cell_size, float(g.shape[0]), float(g.shape[1])])
-        counts = np.diff(g.cell_offsets)[:n_cells]
-        width = max(int(counts.max()) if n_cells else 0, 1)
-        slot = np.arange(len(g.cell_polys)) - np.repeat(g.cell_offsets[:-1][:n_cells], counts)
-        cell_of = np.repeat(np.arange(n_cells), counts)
-        table = np.full((max(n_cells, 1), width), -1, np.int64)
-        full = np.zeros((max(n_cells, 1), width), bool)
-        entry = np.full((max(n_cells, 1), width), -1, np.int64)
-        table[cell_of, slot] = g.cell_polys
-        full[cell_of, slot] = g.cell_full
-        entry_id, entry_offsets, entry_edges = cell_edges(g, *polygon_edges(g.polygons))
-        entry[cell_of, slot] = entry_id
-        offsets.append(entry_offsets)
-        cells.append(table)
-        fulls.append(full)
-        entries.append(entry)
-        edges.append(entry_edges)
-        cats.append(c.map_categories if len(c.map_categories) else np.zeros(1, np.int64))
-    return {
-        "meta": np.asarray(metas, dtype=np.float64),
-        "cells": _pad_stack(cells, -1, np.int64),
-        "full": _pad_stack(fulls, False, bool),
-        "entries": _pad_stack(entries, -1, np.int64),
-        "offsets": _pad_stack(offsets, 0, np.int64),
-        "edges": _pad_stack(edges, 0.0, np.float64),
-        "categories": _pad_stack(cats, 0, np.int64),
+        "boxes": pad_stack([c.agent_boxes for c in caches], 0.0, np.float64),
+        "valid": pad_stack([c.agent_valid for c in caches], False, bool),
+        "corners": pad_stack([c.agent_corners for c in caches], 0.0, np.float64),
+        "types": pad_stack([c.agent_types for c in caches], -1, np.int64),
+        "index": pad_stack([np.arange(c.agent_types.shape[0]) for c in caches], -1, np.int64),
+        "dynamic": pad_stack(dynamic, False, bool),
+        "stopped": pad_stack(stopped, False, bool),
+        "radius": pad_stack(radius, 0.0, np.float64),
     }
 
 
@@ -296,8 +288,31 @@ def _red_lights(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
         bnd = c.red_polygons.bounds if c.red_mask.shape[1] else np.zeros((1, 4))
         bounds.append(bnd)
     return {
-        "mask": _pad_stack(masks, False, bool),
-        "edges": _pad_stack(edges, 0.0, np.float64),
-        "edge_valid": _pad_stack(valids, False, bool),
-        "bounds": _pad_stack(bounds, 0.0, np.float64),
+        "mask": pad_stack(masks, False, bool),
+        "edges": pad_stack(edges, 0.0, np.float64),
+        "edge_valid": pad_stack(valids, False, bool),
+        "bounds": pad_stack(bounds, 0.0, np.float64),
     }
+
+
+def translated(cache: MetricCache, dx: float, dy: float) -> MetricCache:
+    """``cache`` moved by ``(dx, dy)`` metres (every global x, y: agents, map and red-light polygons, their grid,
+    centre line, ego states); the plans in the rear-axle frame are unchanged. For precision tests at UTM offsets."""
+
+    def states(v: np.ndarray) -> np.ndarray:
+        out = np.array(v, dtype=np.float64, copy=True)
+        out[..., 0] += dx
+        out[..., 1] += dy
+        return out
+
+    def polygons(p: PolygonSet) -> PolygonSet:
+        return dataclasses.replace(p, coords=states(p.coords), bounds=p.bounds + np.array([dx, dy, dx, dy]))
+
+    grid = cache.map_grid
+    line = states(cache.centerline)
+    return dataclasses.replace(
+        cache, current_state=states(cache.current_state), agent_boxes=states(cache.agent_boxes),
+        map_grid=dataclasses.replace(grid, polygons=polygons(grid.polygons), origin=grid.origin + np.array([dx, dy])),
+        red_polygons=polygons(cache.red_polygons), centerline=line, reference_states=states(cache.reference_states),
+        human_states=states(cache.human_states), history_states=states(cache.history_states),
+    )  # fmt: skip

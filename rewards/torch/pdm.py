@@ -30,8 +30,8 @@ Metrics = dict[str, torch.Tensor]
 
 
 def raw_metrics(batch: MetricCacheBatch, states: torch.Tensor, version: str) -> Metrics:
-    """Every sub-metric but EP normalisation and aggregation, ``(S, K)`` each, for states ``(S, K, 41, 11)``
-    (:func:`rewards.pdm.raw_metrics`)."""
+    """Every sub-metric but EP normalisation and aggregation, ``(S, K)`` each, for states ``(S, K, 41, 11)`` in the
+    batch's frame and dtype (:meth:`MetricCacheBatch.to_local`; :func:`rewards.pdm.raw_metrics`)."""
     if states.dim() != 4 or states.shape[2:] != (NUM_STEPS, 11):
         raise ValueError(f"states must be (S, K, {NUM_STEPS}, 11), got {tuple(states.shape)}")
     if states.shape[0] != batch.num_scenes:
@@ -121,8 +121,9 @@ def score_states(
     """Score ``K`` simulated candidates ``(S, K, 41, 11)`` of each of ``S`` scenes (:func:`rewards.pdm.score_states`).
 
     Args:
-        batch: the scenes' metric caches (on the states' device and dtype).
-        states: simulated ego states. version: ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
+        batch: the scenes' metric caches (on the states' device); the computation runs in the batch's float dtype.
+        states: simulated ego states in global coordinates (any float dtype: the batch's origin is subtracted in
+            the states' dtype, then they are cast to the batch's). version: ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
         normalization: ``"pairwise"`` (EP against the reference only) or ``"batch"`` (against the reference and all
             ``K`` candidates of the scene).
         previous_states: v2 only, ``(S, K, 41, 11)`` (or broadcastable) states of the plans made 0.5 s earlier, for
@@ -134,6 +135,24 @@ def score_states(
     """
     if states.dim() != 4 or states.shape[2:] != (NUM_STEPS, 11):
         raise ValueError(f"states must be (S, K, {NUM_STEPS}, 11), got {tuple(states.shape)}")
+    if states.shape[0] != batch.num_scenes:
+        raise ValueError(f"{states.shape[0]} scenes of states for a batch of {batch.num_scenes} metric caches")
+    local = batch.to_local(states)
+    prev = previous_states
+    if prev is not None:
+        prev = batch.to_local(prev) if prev.dim() == 4 and prev.shape[0] == batch.num_scenes else prev.to(local)
+    return _score_local(batch, local, version, normalization, prev, apply_human_filter)
+
+
+def _score_local(
+    batch: MetricCacheBatch,
+    states: torch.Tensor,
+    version: str,
+    normalization: str,
+    previous_states: torch.Tensor | None,
+    apply_human_filter: bool,
+) -> Metrics:
+    """:func:`score_states` of states in the batch's frame and dtype."""
     k_count = states.shape[1]
     rows = [batch.reference_states[:, None].to(states), states]
     if version == "v2":
@@ -156,7 +175,7 @@ def score_states(
         out = human_filter(out, human)
     with_ec = previous_states is not None
     if previous_states is not None:
-        out["extended_comfort"] = two_frame_extended_comfort(states, previous_states.to(states))
+        out["extended_comfort"] = two_frame_extended_comfort(states, previous_states)
     else:
         out["extended_comfort"] = torch.full_like(out["progress_m"], float("nan"))
     out["pdm_score"] = aggregate_epdms(out, with_extended_comfort=False)
@@ -168,12 +187,16 @@ def score_plans(
     batch: MetricCacheBatch, plans: torch.Tensor, version: str = "v1", normalization: str = "pairwise"
 ) -> tuple[Metrics, torch.Tensor]:
     """Track local plans ``(S, K, P, 3)`` (0.5 s apart) with NAVSIM's tracker from each scene's current state and
-    score them; returns the ``(S, K)`` metrics and the states ``(S, K, 41, 11)``."""
+    score them, in the batch's frame and dtype; returns the ``(S, K)`` metrics and the global states
+    ``(S, K, 41, 11)`` (float64 for a re-centred batch, the batch's dtype otherwise)."""
     s_count, k_count = plans.shape[:2]
-    current = batch.current_state.to(plans)[:, None].expand(s_count, k_count, -1).reshape(-1, 11)
-    states = simulate_proposals(current, plans.reshape(s_count * k_count, *plans.shape[2:]))
+    dtype = batch.current_state.dtype
+    current = batch.current_state[:, None].expand(s_count, k_count, -1).reshape(-1, 11)
+    states = simulate_proposals(current, plans.to(dtype).reshape(s_count * k_count, *plans.shape[2:]))
     states = states.reshape(s_count, k_count, NUM_STEPS, 11)
-    return score_states(batch, states, version, normalization), states
+    out = _score_local(batch, states, version, normalization, None, True)
+    recentred = bool((batch.origin != 0).any())
+    return out, batch.to_global(states, torch.float64) if recentred else states
 
 
 @dataclass(frozen=True)
@@ -200,8 +223,12 @@ class TorchPDMScorer:
             poses = poses[None]
         if poses.dim() != 3 or poses.shape[-1] != 3 or not bool(torch.isfinite(poses).all()):
             raise ValueError(f"trajectories must be finite (K, N, 3) poses, got shape {tuple(poses.shape)}")
-        current = torch.as_tensor(metric_cache.current_state, dtype=self.dtype, device=self.device)
-        return simulate_proposals(current, poses).cpu().double().numpy()
+        start = np.asarray(metric_cache.current_state, dtype=np.float64)
+        origin = start[:2] if self.dtype != torch.float64 else np.zeros(2)  # track near the origin below float64
+        current = torch.as_tensor(np.concatenate([start[:2] - origin, start[2:]]), dtype=self.dtype, device=self.device)
+        states = simulate_proposals(current, poses).cpu().double().numpy()
+        states[..., :2] += origin
+        return states
 
     def score(self, metric_cache: MetricCache, trajectories: np.ndarray) -> dict[str, np.ndarray]:
         """Sub-metrics and ``score`` ``(K,)`` of candidate poses ``(K, 8, 3)`` in the current rear-axle frame."""
@@ -209,7 +236,7 @@ class TorchPDMScorer:
 
     def score_simulated(self, metric_cache: MetricCache, states: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`score` of simulated states ``(K, 41, 11)``."""
-        st = torch.as_tensor(np.asarray(states, dtype=np.float64), dtype=self.dtype, device=self.device)
+        st = torch.as_tensor(np.asarray(states, dtype=np.float64), device=self.device)
         out = score_states(self._batch([metric_cache]), st[None], self.version, self.normalization)
         return {k: v[0].cpu().double().numpy() for k, v in out.items()}
 

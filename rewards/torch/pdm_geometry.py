@@ -3,8 +3,10 @@ polygons and the centre-line projection, over ``S`` scenes of a :class:`MetricCa
 
 Each function reproduces the arithmetic of the numba kernels of :mod:`rewards.pdm_metrics` and
 :mod:`simulation.polygon_grid` operation by operation (so float64 results are identical), with masks and
-padding instead of loops: a grid cell lookup and a compacted list of (point, polygon) pairs for the even-odd
-test, a centre-distance broad phase and a compacted separating-axis test for contacts.
+padding instead of loops: one sub-cell word per point (the polygons covering its sub-cell, precomputed at
+collation) and the even-odd test only for the compacted points near a polygon edge; for contacts a two-level
+centre-distance broad phase and a compacted separating-axis test. Compactions (``nonzero``) are the only
+data-dependent host syncs, a few per call, none per time step.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 
 import torch
 
+from rewards.torch.map_grid import SUB_CELLS, SUBCELL_SHIFTS, WORD_SHIFTS
 from rewards.torch.metric_cache_batch import MetricCacheBatch
 from simulation.types import PACIFICA
 
@@ -47,69 +50,177 @@ def _crossings(px: torch.Tensor, py: torch.Tensor, edges: torch.Tensor) -> torch
     return ((straddle & (px < xc)).sum(-1) % 2) == 1
 
 
-def map_hits(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map polygons containing points ``(S, P, 2)``: ``(S, P, G)`` polygon indices of the point's grid cell
-    (``-1``: none) and ``(S, P, G)`` bool, the point lies in that polygon."""
+def _grid_cells(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid cell ``(S, P)`` (``nx * ny`` off the grid) and sub-cell bit ``(S, P)`` of points ``(S, P, 2)``, with the
+    arithmetic of the numba grid lookup."""
     meta = batch.grid_meta
     ox, oy, cell = meta[:, 0, None], meta[:, 1, None], meta[:, 2, None]
     nx, ny = meta[:, 3, None].long(), meta[:, 4, None].long()
-    ix = torch.floor((points[..., 0] - ox) / cell).long()
-    iy = torch.floor((points[..., 1] - oy) / cell).long()
+    fx, fy = (points[..., 0] - ox) / cell, (points[..., 1] - oy) / cell
+    ix, iy = torch.floor(fx).long(), torch.floor(fy).long()
     inside_grid = (ix >= 0) & (iy >= 0) & (ix < nx) & (iy < ny)
-    c = torch.where(inside_grid, ix * ny + iy, torch.zeros_like(ix))
+    c = torch.where(inside_grid, ix * ny + iy, nx * ny)
+    sx = ((fx - ix) * SUB_CELLS).long().clamp(0, SUB_CELLS - 1)
+    sy = ((fy - iy) * SUB_CELLS).long().clamp(0, SUB_CELLS - 1)
+    return c, sx * SUB_CELLS + sy
+
+
+def map_hits(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Map polygons containing points ``(S, P, 2)``: ``(S, P, G)`` polygon indices of the point's grid cell
+    (``-1``: none), ``(S, P, G)`` bool, the point lies in that polygon, and ``(S, P, G)`` the polygon's category
+    bits where it does (0 elsewhere).
+
+    The sub-cell of the point decides (the "inside" bits of :attr:`MetricCacheBatch.grid_words`) unless an edge of
+    the polygon meets it (the "test" bits); only those (point, polygon) pairs go through the even-odd test."""
+    c, bit = _grid_cells(batch, points)
+    bit = bit[..., None]
     s_count, p_count = c.shape
-    g = batch.grid_cells.shape[-1]
-    flat_c = (c + torch.arange(s_count, device=c.device)[:, None] * batch.grid_cells.shape[1]).reshape(-1)
-    poly = batch.grid_cells.reshape(-1, g)[flat_c].reshape(s_count, p_count, g)
-    full = batch.grid_full.reshape(-1, g)[flat_c].reshape(s_count, p_count, g)
-    entry = batch.grid_entry.reshape(-1, g)[flat_c].reshape(s_count, p_count, g)
-    poly = torch.where(inside_grid[..., None], poly, torch.full_like(poly, -1))
-    hit = full & (poly >= 0)
-    s_idx, p_idx, g_idx = torch.nonzero((poly >= 0) & ~full, as_tuple=True)
-    e_idx = entry[s_idx, p_idx, g_idx]
+    g = batch.grid_words.shape[-1]
+    flat_c = c + torch.arange(s_count, device=c.device)[:, None] * batch.grid_words.shape[1]
+    word = batch.grid_words.reshape(-1, g)[flat_c.reshape(-1)].reshape(s_count, p_count, g)
+    poly = word >> WORD_SHIFTS["poly"]
+    hit = ((word >> bit) & 1).bool()
+    s_idx, p_idx, g_idx = torch.nonzero((word >> (bit + WORD_SHIFTS["test"])) & 1, as_tuple=True)
+    if len(s_idx):
+        e_idx = batch.grid_entry.reshape(-1, g)[flat_c[s_idx, p_idx], g_idx]
+        hit[s_idx, p_idx, g_idx] = _entry_crossings(batch, s_idx, e_idx, points[s_idx, p_idx])
+    cat = torch.where(hit, (word >> WORD_SHIFTS["category"]) & 15, torch.zeros_like(word))
+    return poly, hit, cat
+
+
+def _entry_crossings(
+    batch: MetricCacheBatch, s_idx: torch.Tensor, e_idx: torch.Tensor, pts: torch.Tensor
+) -> torch.Tensor:
+    """Even-odd test of points ``(Q, 2)`` of scenes ``s_idx`` against the edge lists of grid entries ``e_idx``."""
     start = batch.entry_offsets[s_idx, e_idx]
     count = batch.entry_offsets[s_idx, e_idx + 1] - start
-    pair = torch.repeat_interleave(torch.arange(len(count), device=points.device), count)
-    first = torch.cumsum(count, 0) - count
-    edge = start[pair] + torch.arange(len(pair), device=points.device) - first[pair]
-    x1, y1, x2, y2 = batch.cell_edges[s_idx[pair], edge].unbind(-1)
-    pts = points[s_idx, p_idx][pair]
-    px, py = pts[:, 0], pts[:, 1]
+    total = int(count.sum())
+    base = s_idx * batch.cell_edges.shape[1] + start - (torch.cumsum(count, 0) - count)
+    edge = torch.repeat_interleave(base, count, output_size=total) + torch.arange(total, device=pts.device)
+    x1, y1, x2, y2 = batch.cell_edges.reshape(-1, 4).index_select(0, edge).unbind(-1)
+    px = torch.repeat_interleave(pts[:, 0], count, output_size=total)
+    py = torch.repeat_interleave(pts[:, 1], count, output_size=total)
     straddle = (y1 > py) != (y2 > py)
     xc = x1 + (py - y1) * (x2 - x1) / torch.where(straddle, y2 - y1, torch.ones_like(y1))
-    crossings = torch.zeros(len(count), dtype=torch.int64, device=points.device)
+    pair = torch.repeat_interleave(torch.arange(len(count), device=pts.device), count, output_size=total)
+    crossings = torch.zeros(len(count), dtype=torch.int64, device=pts.device)
     crossings.index_add_(0, pair, (straddle & (px < xc)).long())
-    hit[s_idx, p_idx, g_idx] = crossings % 2 == 1
-    return poly, hit
+    return crossings % 2 == 1
+
+
+def _padded_by_scene(s_i: torch.Tensor, s_count: int) -> tuple[torch.Tensor, int]:
+    """Slot ``(R,)`` of each selected item within its scene ``s_i`` (items of a scene in order) and the most items of
+    any scene, to lay the items out as ``(S, width, ...)``."""
+    per_scene = torch.bincount(s_i, minlength=s_count)
+    width = int(per_scene.max()) if len(s_i) else 0
+    start = torch.cumsum(per_scene, 0) - per_scene
+    return torch.arange(len(s_i), device=s_i.device) - start[s_i], width
+
+
+def point_classes(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of points ``(S, P, 2)``: ``(S, P)`` category bits of the map polygons containing each, the lane containing it
+    (``-1``: none or several) and whether several lanes do.
+
+    A point reads its sub-cell's word (:attr:`MetricCacheBatch.grid_subcells`); the points of sub-cells that need the
+    exact test go through :func:`map_hits` (compacted by scene)."""
+    s_count = points.shape[0]
+    c, bit = _grid_cells(batch, points)
+    word = torch.gather(batch.grid_subcells, 1, c * (SUB_CELLS * SUB_CELLS) + bit)
+    cat = (word >> SUBCELL_SHIFTS["category"]) & 15
+    lane = word >> SUBCELL_SHIFTS["lane"]
+    several = torch.zeros_like(word, dtype=torch.bool)
+    s_i, p_i = torch.nonzero((word >> SUBCELL_SHIFTS["exact"]) & 1, as_tuple=True)
+    if len(s_i) == 0:
+        return cat, lane, several
+    slot, width = _padded_by_scene(s_i, s_count)
+    rows = torch.zeros((s_count, width, 2), dtype=points.dtype, device=points.device)
+    rows[s_i, slot] = points[s_i, p_i]
+    poly, _, hit_cat = map_hits(batch, rows)
+    poly, hit_cat = poly[s_i, slot], hit_cat[s_i, slot]  # (R, G)
+    cat[s_i, p_i] = sum(((hit_cat & b).amax(-1) > 0).long() * b for b in (1, 2, 4, 8))  # type: ignore[assignment]
+    is_lane = (hit_cat & 2) > 0
+    count = is_lane.sum(-1)
+    lane[s_i, p_i] = torch.where(count == 1, torch.where(is_lane, poly, -1).amax(-1), -1)
+    several[s_i, p_i] = count > 1
+    return cat, lane, several
 
 
 def ego_area(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
-    """Ego-area flags ``(S, K, T, 5)`` (:class:`rewards.pdm_metrics.EgoArea`) of ego points ``(S, K, T, 6, 2)``."""
-    shape = points.shape[:-2]
-    poly, hit = map_hits(batch, points.reshape(shape[0], -1, 2))
-    poly = poly.reshape(*shape, 6, -1)
-    hit = hit.reshape(*shape, 6, -1)
-    cat = torch.gather(batch.map_categories, 1, poly.clamp_min(0).reshape(shape[0], -1)).reshape(poly.shape)
-    cat = torch.where(hit, cat, torch.zeros_like(cat))
-    drivable_corners = ((cat[..., :4, :] & 1) > 0).any(-1).sum(-1)
-    lane = torch.where((cat[..., :4, :] & 2) > 0, poly[..., :4, :], torch.full_like(poly[..., :4, :], -1))
-    ids = torch.sort(lane.flatten(-2), dim=-1).values
-    new = torch.cat([ids[..., :1] >= 0, (ids[..., 1:] != ids[..., :-1]) & (ids[..., 1:] >= 0)], -1)
-    n_lanes = new.sum(-1)
-    first = lane[..., 0, :]  # (..., G) lanes of corner 0, each must be held by corners 1, 2, 3
-    held = torch.ones_like(first, dtype=torch.bool)
-    for p in range(1, 4):
-        held = held & (first[..., :, None] == lane[..., p, None, :]).any(-1)
-    all_four = ((first >= 0) & held).any(-1)
-    return torch.stack(
+    """Ego-area flags ``(S, K, T, 5)`` (:class:`rewards.pdm_metrics.EgoArea`) of ego points ``(S, K, T, 6, 2)``
+    (:func:`point_classes`; the rows with a corner in several lanes compare the corners' lane sets)."""
+    cat, lane, several_at = (v.reshape(points.shape[:-1]) for v in point_classes(batch, points.flatten(1, -2)))
+    big = torch.iinfo(lane.dtype).max
+    l0, l1, l2, l3 = (lane[..., p] for p in range(4))
+    some = [torch.where(v >= 0, v, big) for v in (l0, l1, l2, l3)]
+    several = torch.minimum(torch.minimum(some[0], some[1]), torch.minimum(some[2], some[3])) < torch.maximum(
+        torch.maximum(l0, l1), torch.maximum(l2, l3)
+    )
+    all_four = (l0 >= 0) & (l0 == l1) & (l0 == l2) & (l0 == l3)
+    drivable = cat[..., 0] & cat[..., 1] & cat[..., 2] & cat[..., 3] & 1
+    out = torch.stack(
         [
-            (n_lanes > 1) & ~all_four,
-            drivable_corners < 4,
-            ~((cat[..., 4, :] & 4) > 0).any(-1),
-            ((cat[..., 4, :] & 8) > 0).any(-1),
-            ((cat[..., 5, :] & 8) > 0).any(-1),
+            several & ~all_four,
+            drivable == 0,
+            (cat[..., 4] & 4) == 0,
+            (cat[..., 4] & 8) > 0,
+            (cat[..., 5] & 8) > 0,
         ],
         -1,
+    )
+    s_i, k_i, t_i = torch.nonzero(several_at[..., :4].any(-1), as_tuple=True)
+    if len(s_i):
+        out[s_i, k_i, t_i] = _exact_area(batch, points, s_i, k_i, t_i)
+    return out
+
+
+def _exact_area(
+    batch: MetricCacheBatch, points: torch.Tensor, s_i: torch.Tensor, k_i: torch.Tensor, t_i: torch.Tensor
+) -> torch.Tensor:
+    """Ego-area flags ``(R, 5)`` of the rows ``(s_i, k_i, t_i)`` of points ``(S, K, T, 6, 2)``, polygon by polygon."""
+    s_count = points.shape[0]
+    slot, width = _padded_by_scene(s_i, s_count)
+    rows = torch.zeros((s_count, width, 6, 2), dtype=points.dtype, device=points.device)
+    rows[s_i, slot] = points[s_i, k_i, t_i]
+    poly, _, cat = map_hits(batch, rows.reshape(s_count, -1, 2))
+    poly = poly.reshape(s_count, width, 6, -1)[s_i, slot]  # (R, 6, G)
+    cat = cat.reshape(s_count, width, 6, -1)[s_i, slot]
+    corner_cat = cat[:, :4, :]
+    lane = torch.where((corner_cat & 2) > 0, poly[:, :4, :], torch.full_like(poly[:, :4, :], -1)).flatten(-2)
+    big = torch.iinfo(lane.dtype).max
+    several = torch.where(lane >= 0, lane, torch.full_like(lane, big)).amin(-1) < lane.amax(-1)
+    return torch.stack(
+        [
+            several & ~_lane_in_all_corners(lane.reshape(-1, 4, poly.shape[-1]), several),
+            (corner_cat & 1).amax(-1).amin(-1) == 0,
+            (cat[:, 4, :] & 4).amax(-1) == 0,
+            (cat[:, 4, :] & 8).amax(-1) > 0,
+            (cat[:, 5, :] & 8).amax(-1) > 0,
+        ],
+        -1,
+    )
+
+
+def _lane_in_all_corners(lane: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``(...)`` bool: a lane id of corner 0 is also among those of corners 1, 2 and 3 (``lane`` ``(..., 4, G)``,
+    ``-1`` for none); only evaluated where ``rows``, False elsewhere."""
+    out = torch.zeros_like(rows)
+    idx = torch.nonzero(rows.reshape(-1), as_tuple=True)[0]
+    sub = lane.reshape(-1, *lane.shape[-2:])[idx]  # (R, 4, G)
+    first = sub[:, 0, :]
+    held = first >= 0
+    for p in range(1, 4):
+        held = held & (first[:, :, None] == sub[:, p, None, :]).any(-1)
+    out.view(-1)[idx] = held.any(-1)
+    return out
+
+
+def _span(
+    x: tuple[torch.Tensor, ...], y: tuple[torch.Tensor, ...], nx: torch.Tensor, ny: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of the projections ``nx * x + ny * y`` of four corners (given as columns)."""
+    p = [nx * xi + ny * yi for xi, yi in zip(x, y, strict=True)]
+    return torch.minimum(torch.minimum(p[0], p[1]), torch.minimum(p[2], p[3])), torch.maximum(
+        torch.maximum(p[0], p[1]), torch.maximum(p[2], p[3])
     )
 
 
@@ -117,14 +228,15 @@ def overlap_shifted(a: torch.Tensor, shift: torch.Tensor, b: torch.Tensor) -> to
     """Separating-axis test of quads ``a`` ``(..., 4, 2)`` moved by ``shift`` ``(..., 2)`` and ``b`` ``(..., 4, 2)``
     (touching counts); the axes come from the unmoved ``a`` and from ``b``, as the numba kernel."""
     moved = a + shift[..., None, :]
+    mx, my = moved[..., 0].unbind(-1), moved[..., 1].unbind(-1)
+    bx, by = b[..., 0].unbind(-1), b[..., 1].unbind(-1)
     separated = torch.zeros(a.shape[:-2], dtype=torch.bool, device=a.device)
-    for poly in (a, b):
+    for px, py in ((a[..., 0].unbind(-1), a[..., 1].unbind(-1)), (bx, by)):
         for e in range(2):
-            nx = -(poly[..., e + 1, 1] - poly[..., e, 1])
-            ny = poly[..., e + 1, 0] - poly[..., e, 0]
-            pa = nx[..., None] * moved[..., 0] + ny[..., None] * moved[..., 1]
-            pb = nx[..., None] * b[..., 0] + ny[..., None] * b[..., 1]
-            separated |= (pa.amax(-1) < pb.amin(-1)) | (pb.amax(-1) < pa.amin(-1))
+            nx, ny = -(py[e + 1] - py[e]), px[e + 1] - px[e]
+            a_lo, a_hi = _span(mx, my, nx, ny)
+            b_lo, b_hi = _span(bx, by, nx, ny)
+            separated |= (a_hi < b_lo) | (b_hi < a_lo)
     return ~separated
 
 
@@ -139,27 +251,41 @@ def first_contacts(
 ) -> torch.Tensor:
     """``(S, K, N)`` first event ``t * len(steps) + j`` at which the ego box ``(S, K, T, 4, 2)`` of step ``t``
     moved by ``velocity * steps[j] * dt`` touches track ``n`` at step ``t + steps[j]`` (:data:`NO_CONTACT`: none);
-    only steps ``t < t_count`` where ``active`` ``(S, K, T)``."""
+    only steps ``t < t_count`` where ``active`` ``(S, K, T)``.
+
+    Broad phase in two levels: (scene, step, track) triples whose track centre lies within reach of the bounding box
+    of all active candidates' (moved) centres, then (triple, candidate) pairs within reach (the numba kernel's
+    centre-distance test); the box test only runs on those."""
     s_count, k_count = corners.shape[:2]
     n_count = batch.agent_boxes.shape[2]
     first = torch.full((s_count, k_count, n_count), NO_CONTACT, dtype=torch.int64, device=corners.device)
     if n_count == 0:
         return first
-    ego = corners[:, :, :t_count]
+    ego = corners[:, :, :t_count].contiguous()
     ego_c = ego.mean(-2)
-    radius = (EGO_RADIUS + batch.agent_radius + 1e-6)[:, None, None, :]  # (S, 1, 1, N)
-    t_idx = torch.arange(t_count, device=corners.device)
+    ego = ego.reshape(-1, 4, 2)
+    t_all = batch.agent_corners.shape[1]
+    agents = batch.agent_corners.reshape(-1, 4, 2)
+    radius = EGO_RADIUS + batch.agent_radius + 1e-6  # (S, N)
+    act = active[:, :, :t_count]
     for j, step in enumerate(steps):
         shift = velocity[:, :, :t_count] * step * dt  # (S, K, Tc, 2)
-        agent_c = batch.agent_boxes[:, step : step + t_count, None, :, :2].transpose(1, 2)  # (S, 1, Tc, N, 2)
-        ex = (ego_c[..., 0] + shift[..., 0])[..., None] - agent_c[..., 0]
-        ey = (ego_c[..., 1] + shift[..., 1])[..., None] - agent_c[..., 1]
-        near = ex * ex + ey * ey <= radius * radius
-        near &= active[:, :, :t_count, None] & batch.agent_valid[:, None, step : step + t_count, :]
-        s_i, k_i, t_i, n_i = torch.nonzero(near, as_tuple=True)
-        touch = overlap_shifted(ego[s_i, k_i, t_i], shift[s_i, k_i, t_i], batch.agent_corners[s_i, t_i + step, n_i])
-        event = t_idx[t_i] * len(steps) + j
-        event = torch.where(touch, event, torch.full_like(event, NO_CONTACT))
+        moved = ego_c + shift
+        lo = torch.where(act[..., None], moved, torch.full_like(moved, math.inf)).amin(1)  # (S, Tc, 2)
+        hi = torch.where(act[..., None], moved, torch.full_like(moved, -math.inf)).amax(1)
+        agent_c = batch.agent_boxes[:, step : step + t_count, :, :2]  # (S, Tc, N, 2)
+        gap = torch.clamp_min(torch.maximum(lo[:, :, None] - agent_c, agent_c - hi[:, :, None]), 0.0)
+        reach = (gap * gap).sum(-1) <= (radius * radius)[:, None, :]
+        s_i, t_i, n_i = torch.nonzero(reach & batch.agent_valid[:, step : step + t_count], as_tuple=True)
+        ex = moved[s_i, :, t_i, 0] - agent_c[s_i, t_i, n_i, 0, None]  # (M, K)
+        ey = moved[s_i, :, t_i, 1] - agent_c[s_i, t_i, n_i, 1, None]
+        r = radius[s_i, n_i, None]
+        m_i, k_i = torch.nonzero((ex * ex + ey * ey <= r * r) & act[s_i, :, t_i], as_tuple=True)
+        s_i, t_i, n_i = s_i[m_i], t_i[m_i], n_i[m_i]
+        row = (s_i * k_count + k_i) * t_count + t_i
+        touch = overlap_shifted(ego.index_select(0, row), shift.reshape(-1, 2).index_select(0, row),
+                                agents.index_select(0, (s_i * t_all + t_i + step) * n_count + n_i))  # fmt: skip
+        event = torch.where(touch, t_i * len(steps) + j, torch.full_like(t_i, NO_CONTACT))
         flat = (s_i * k_count + k_i) * n_count + n_i
         first.view(-1).scatter_reduce_(0, flat, event, reduce="amin")
     return first

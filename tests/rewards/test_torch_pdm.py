@@ -15,7 +15,7 @@ import torch
 
 from planners.pdm_closed.planner import PDMClosedPlanner
 from rewards.pdm import score_states
-from rewards.torch.metric_cache_batch import MetricCacheBatch
+from rewards.torch.metric_cache_batch import MetricCacheBatch, translated
 from rewards.torch.pdm import score_plans
 from rewards.torch.pdm import score_states as torch_score_states
 from simulation.geometry import global_to_local
@@ -212,8 +212,27 @@ def test_metric_cache_batch_to_and_checks(town: dict) -> None:  # type: ignore[t
     caches = [c for c, _ in town["v1"]]
     batch = MetricCacheBatch.collate(caches).to("cpu", torch.float32)
     assert batch.agent_boxes.dtype == torch.float32 and batch.agent_valid.dtype == torch.bool
-    assert batch.grid_cells.dtype == torch.int64 and batch.agent_boxes.shape[:3] == (3, 51, 5)
+    assert batch.grid_words.dtype == torch.int64 and batch.agent_boxes.shape[:3] == (3, 51, 5)
     with pytest.raises(ValueError, match="several versions"):
         MetricCacheBatch.collate([town["v1"][0][0], town["v2"][0][0]])
     with pytest.raises(ValueError, match="states must be"):
         torch_score_states(MetricCacheBatch.collate(caches), torch.zeros(3, 2, 40, 11, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_float32_recentred_far_from_the_origin(town: dict, version: str) -> None:  # type: ignore[type-arg]
+    """Scenes moved a further (6e5, 4e6) m: a float32 batch is re-centred on each ego start (in float64, states too),
+    so it agrees with float64 on every binary sub-metric and to 1e-4 on the rest."""
+    caches = [translated(c, 6e5, 4e6) for c, _ in town[version]]
+    plans = torch.as_tensor(np.stack([p for _, p in town[version]]))
+    wide = MetricCacheBatch.collate(caches)
+    narrow = wide.to("cpu", torch.float32)
+    assert narrow.origin.dtype == torch.float64 and narrow.agent_boxes.dtype == torch.float32
+    np.testing.assert_array_equal(narrow.origin.numpy(), np.stack([c.current_state[:2] for c in caches]))
+    assert float(narrow.current_state[:, :2].abs().max()) == 0.0
+    expected, states = score_plans(wide, plans, version)
+    got = torch_score_states(narrow, states, version)  # global float64 states, re-centred before the cast
+    _assert_agree({k: v.numpy() for k, v in expected.items()}, {k: v.double().numpy() for k, v in got.items()})
+    _, states32 = score_plans(narrow, plans, version)  # tracked in float32 near the origin, returned global
+    assert states32.dtype == torch.float64
+    np.testing.assert_allclose(states32.numpy(), states.numpy(), atol=1e-3)
