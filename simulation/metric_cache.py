@@ -86,10 +86,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Format of the cache files. 3: the centre line (and PDM-Closed's reference) start on NAVSIM's starting lane and keep
-#: the lane joints (2: from the route lane nearest the rear axle, joints merged). 2: the reference is PDM-Closed's
-#: 10 Hz trajectory (stored), tracked with NAVSIM's jerk regulariser (1: its 0.5 s plan, nuPlan's regulariser).
-CACHE_FORMAT_VERSION = 3
+#: Format of the cache files. 4: the centre line's lanes (and PDM-Closed's) follow NAVSIM's lane search from the
+#: starting lane (3: the project's chain search, which could switch to a sibling lane). 3: the centre line (and
+#: PDM-Closed's reference) start on NAVSIM's starting lane and keep the lane joints (2: from the route lane nearest the
+#: rear axle, joints merged). 2: the reference is PDM-Closed's 10 Hz trajectory (stored), tracked with NAVSIM's jerk
+#: regulariser (1: its 0.5 s plan, nuPlan's regulariser).
+CACHE_FORMAT_VERSION = 4
 #: The cache folder's description (format version, scorer version), beside the ``<log>/<token>.npz`` files.
 FOLDER_META_NAME = "meta.json"
 #: Observation length (10 Hz samples incl. t = 0): v1 keeps 5 s so that TTC can look 0.9 s past 4 s; v2 keeps 4 s.

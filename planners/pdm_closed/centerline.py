@@ -2,9 +2,11 @@
 
 NAVSIM (``AbstractPDMPlanner``) starts the centre line on ``_get_starting_lane`` (on-route lanes under the rear axle
 by heading error, then the first route edge containing the ego centre, then the one nearest the ego footprint:
-:func:`simulation.maps.route.starting_lane_id`) and builds it from the lanes' ``baseline_path.discrete_path`` states
-(:func:`simulation.maps.route.route_discrete_path`); the IDM policies take that lane's speed limit. The
-route-following planners of :mod:`planners.route` (nuPlan's IDM) keep their own rule.
+:func:`simulation.maps.route.starting_lane_id`), follows its Dijkstra search over the route lanes up to 30 route
+entries ahead (:func:`simulation.maps.route.pdm_lane_path`) and builds the line from the lanes'
+``baseline_path.discrete_path`` states (:func:`simulation.maps.route.pdm_discrete_centerline`); the IDM policies take
+the starting lane's speed limit. The route-following planners of :mod:`planners.route` (nuPlan's IDM) keep their own
+rule.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from shapely.geometry import Point
 
 from planners.route import PlannerInputError, _require_map
 from simulation.maps.protocol import MapProtocol
-from simulation.maps.route import route_discrete_path, starting_lane_id
+from simulation.maps.route import pdm_discrete_centerline, starting_lane_id
 from simulation.protocols import Observation
 
 
@@ -41,9 +42,8 @@ class PDMRouteCache:
     """What PDM-Closed keeps between calls: the gap-repaired route and its lanes (per map and route) and the
     discrete centre lines already built.
 
-    A centre line depends on the ego pose only through the starting lane and the order of that lane's route
-    siblings by distance to the rear axle (``simulation.maps.route.route_lane_chain``), so it is reused when both
-    are the same.
+    A centre line depends on the ego pose only through the starting lane (NAVSIM's lane search,
+    ``simulation.maps.route.pdm_lane_path``), so it is built once per starting lane.
     """
 
     def __init__(self) -> None:
@@ -51,7 +51,7 @@ class PDMRouteCache:
         self.map_api: MapProtocol | None = None
         self.route_ids: list[str] = []
         self.route_lanes: set[str] = set()
-        self.paths: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        self.paths: dict[str, np.ndarray] = {}
 
     def route(self, map_api: MapProtocol, ids: tuple[str, ...]) -> tuple[list[str], set[str]]:
         """The gap-repaired route and its lanes, rebuilt when the map or the route changes."""
@@ -62,20 +62,13 @@ class PDMRouteCache:
             self.route_lanes = map_api.route_lane_ids(self.route_ids)
         return self.route_ids, self.route_lanes
 
-    def discrete_path(self, map_api: MapProtocol, lane_id: str, pose: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` the discrete centre line from ``lane_id`` for the rear axle ``pose`` ``(3,)``."""
-        edge = map_api.lane_edge(lane_id)
-        block = map_api.roadblocks.get(edge.roadblock_id) or map_api.roadblock_connectors.get(edge.roadblock_id)
-        siblings = [i for i in (block.interior_ids if block is not None else ()) if i != lane_id]
-        here = Point(float(pose[0]), float(pose[1]))
-        order = tuple(sorted((i for i in siblings if i in self.route_lanes),
-                             key=lambda i: (map_api.lane_edge(i).polygon.distance(here), i)))  # fmt: skip
-        key = (lane_id, order)
-        if key not in self.paths:
-            states = route_discrete_path(map_api, self.route_ids, pose, lane_id)
+    def discrete_path(self, map_api: MapProtocol, lane_id: str) -> np.ndarray:
+        """``(N, 3)`` the discrete centre line from the starting lane ``lane_id`` (read-only, shared)."""
+        if lane_id not in self.paths:
+            states = pdm_discrete_centerline(map_api, self.route_ids, lane_id)
             states.flags.writeable = False  # shared by the later calls
-            self.paths[key] = states
-        return self.paths[key]
+            self.paths[lane_id] = states
+        return self.paths[lane_id]
 
 
 def pdm_route_context(observation: Observation, cache: PDMRouteCache | None = None) -> PDMRouteContext:
@@ -91,7 +84,7 @@ def pdm_route_context(observation: Observation, cache: PDMRouteCache | None = No
     cache = cache if cache is not None else PDMRouteCache()
     route_ids, route_lanes = cache.route(map_api, tuple(observation.route_roadblock_ids))
     lane_id = starting_lane_id(map_api, route_ids, pose)
-    states = cache.discrete_path(map_api, lane_id, pose)
+    states = cache.discrete_path(map_api, lane_id)
     if len(states) < 2:
         raise PlannerInputError(f"{observation.map_name}: route centre line has fewer than 2 points")
     limit = getattr(map_api.lanes.get(lane_id) or map_api.lane_connectors.get(lane_id), "speed_limit_mps", None)

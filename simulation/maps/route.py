@@ -1,5 +1,5 @@
 """Routes over the roadblock graph: gap repair, lanes of a route, the route centre line, nearest lane, and
-NAVSIM's PDM rules (starting lane, discrete centre line with the map's headings).
+NAVSIM's PDM rules (starting lane, lane search, discrete centre line with the map's headings).
 
 Functions take a map (:class:`~simulation.maps.protocol.MapProtocol`: only its four object dictionaries,
 ``lane_edge`` and, for :func:`nearest_lane_id` without a route, ``MapAPI.lane_polygon_tree`` are used). A route is a
@@ -8,6 +8,7 @@ list of roadblock and roadblock-connector ids, as in nuPlan's ``scene.roadblock_
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 MAX_REPAIR_DEPTH = 12
 #: Consecutive centre-line points closer than this (m) are merged.
 DEDUP_TOLERANCE = 1e-3
+#: Route entries NAVSIM's PDM lane search looks ahead (``_get_discrete_centerline``'s ``search_depth``).
+PDM_SEARCH_DEPTH = 30
 
 
 def _block(api: MapProtocol, block_id: str) -> Roadblock | None:
@@ -200,6 +203,89 @@ def starting_lane_id(
     return edges[int(np.argmin(shapely.distance(polygons, footprint)))]
 
 
+def edge_length(api: MapProtocol, edge_id: str) -> float:
+    """Length (m) of a lane's / lane connector's baseline polyline (nuPlan's ``baseline_path.length``)."""
+    return float(shapely.length(shapely.linestrings(api.lane_edge(edge_id).baseline[:, :2])))
+
+
+def pdm_target_roadblock(route_ids: Sequence[str | int], start_block_id: str, depth: int = PDM_SEARCH_DEPTH) -> str:
+    """The roadblock NAVSIM's lane search heads for: with the route's repeats dropped (first place kept), the last
+    of the ``depth`` entries from the starting lane's roadblock on (from the route's first entry when that roadblock
+    is not on the route).
+
+    Raises:
+        ValueError: ``route_ids`` is empty.
+    """
+    blocks = list(dict.fromkeys(str(i) for i in route_ids))
+    if not blocks:
+        raise ValueError("the route is empty")
+    first = blocks.index(start_block_id) if start_block_id in blocks else 0
+    return blocks[first : first + depth][-1]
+
+
+def pdm_lane_path(
+    api: MapProtocol, route_ids: Sequence[str | int], start_lane_id: str, depth: int = PDM_SEARCH_DEPTH
+) -> tuple[list[str], bool]:
+    """NAVSIM's lane search of ``_get_discrete_centerline`` (its ``Dijkstra``): the lanes / lane connectors from
+    ``start_lane_id`` to :func:`pdm_target_roadblock`, in driving order, and whether the target was reached.
+
+    Rules (the route is taken as given, unknown roadblock ids skipped):
+
+    * nodes: ``start_lane_id`` and the lanes / connectors of the route (:func:`route_lane_ids`, any route entry,
+      also those before the starting roadblock); edges: each node's ``outgoing_ids`` in their stored order (a
+      lane's: the rows of the map's ``lane_connectors`` layer whose ``exit_lane_fid`` is the lane, in row order, as
+      nuPlan's ``outgoing_edges``; a connector's: its ``entry_lane_fid``).
+    * cost: 1 for the starting lane, plus :func:`edge_length` of each lane entered; a node's depth: 1 for the
+      starting lane, its parent's + 1.
+    * the cheapest frontier node is expanded next; equal costs go to the node that entered the frontier first.
+      A node in the frontier takes a new parent (and depth) only for a strictly lower cost.
+    * the search stops at the first node taken from the frontier that lies in the target roadblock (the starting
+      lane itself included); the path is the parents' chain back to the start.
+    * no such node: the path ends at the deepest expanded node, the cheapest among those, the first expanded on
+      ties (the start alone when nothing follows it on the route).
+
+    Returns:
+        ``(lane ids, found)``; the first id is always ``start_lane_id``.
+
+    Raises:
+        UnknownMapObjectError: no roadblock of the route is on the map.
+    """
+    blocks = [b for b in dict.fromkeys(str(i) for i in route_ids) if _block(api, b) is not None]
+    if not blocks:
+        raise UnknownMapObjectError(f"map {api.map_name}: the route has no roadblock of the map")
+    target = pdm_target_roadblock(blocks, api.lane_edge(start_lane_id).roadblock_id, depth)
+    candidates = route_lane_ids(api, blocks)
+    cost, level, entered = {start_lane_id: 1.0}, {start_lane_id: 1}, {start_lane_id: 0}
+    parent: dict[str, str | None] = {start_lane_id: None}
+    frontier: list[tuple[float, int, str]] = [(1.0, 0, start_lane_id)]
+    expanded: dict[str, None] = {}  # in expansion order
+    end, found = start_lane_id, False
+    while frontier and not found:
+        dist, _, node = heapq.heappop(frontier)
+        if node in expanded:  # an entry left behind by a cheaper parent
+            continue
+        if api.lane_edge(node).roadblock_id == target:
+            end, found = node, True
+            continue
+        expanded[node] = None
+        for nxt in api.lane_edge(node).outgoing_ids:
+            if nxt not in candidates or nxt in expanded:
+                continue
+            alt = dist + edge_length(api, nxt)
+            if nxt not in cost or alt < cost[nxt]:
+                entered.setdefault(nxt, len(entered))
+                cost[nxt], level[nxt], parent[nxt] = alt, level[node] + 1, node
+                heapq.heappush(frontier, (alt, entered[nxt], nxt))
+    if not found:
+        logger.debug("map %s: no lane path from %s to roadblock %s", api.map_name, start_lane_id, target)
+        deepest = max(level[i] for i in expanded)
+        end = min((i for i in expanded if level[i] == deepest), key=lambda i: cost[i])  # first on ties
+    path = [end]
+    while parent[path[-1]] is not None:
+        path.append(str(parent[path[-1]]))
+    return path[::-1], found
+
+
 def _straightness(api: MapProtocol, edge_id: str) -> float:
     """Absolute heading change along an edge's baseline (used to prefer straight continuations)."""
     line = api.lane_edge(edge_id).baseline
@@ -234,7 +320,8 @@ def _furthest_chain(api: MapProtocol, start: str, allowed: set[str], rank: dict[
 def route_lane_chain(
     api: MapProtocol, route_ids: Sequence[str | int], start_pose: np.ndarray, start_lane_id: str | None = None
 ) -> list[str]:
-    """Ids of the lanes / lane connectors a route centre line runs through, in driving order.
+    """Ids of the lanes / lane connectors :func:`route_centerline` runs through, in driving order (PDM-Closed uses
+    NAVSIM's search instead: :func:`pdm_lane_path`).
 
     The chain starts on ``start_lane_id`` (default: :func:`nearest_lane_id` of ``start_pose`` ``(3,)`` within the
     route) and continues through outgoing lanes / connectors that stay inside the route up to the furthest
@@ -275,8 +362,20 @@ def route_centerline(
 def route_discrete_path(
     api: MapProtocol, route_ids: Sequence[str | int], start_pose: np.ndarray, start_lane_id: str | None = None
 ) -> np.ndarray:
-    """``(N, 3)`` float64 (x, y, heading): the :func:`discrete_path` of each lane of :func:`route_lane_chain`
-    concatenated as they are (NAVSIM's ``_get_discrete_centerline``): the joint of two lanes appears twice, once
-    with each lane's heading, and nothing is merged."""
-    chain = route_lane_chain(api, route_ids, start_pose, start_lane_id)
-    return np.concatenate([discrete_path(api, i) for i in chain])
+    """``(N, 3)`` float64 (x, y, heading): NAVSIM's ``_get_discrete_centerline``, the :func:`discrete_path` of each
+    lane of :func:`pdm_lane_path` concatenated as they are: the joint of two lanes appears twice, once with each
+    lane's heading, and nothing is merged.
+
+    The route is gap-repaired first; the search starts on ``start_lane_id`` (default: :func:`starting_lane_id` of
+    the rear axle ``start_pose`` ``(3,)``, which is not used otherwise).
+    """
+    route = route_roadblock_ids(api, route_ids)
+    start = start_lane_id if start_lane_id is not None else starting_lane_id(api, route, start_pose)
+    return pdm_discrete_centerline(api, route, start)
+
+
+def pdm_discrete_centerline(api: MapProtocol, route_ids: Sequence[str | int], start_lane_id: str) -> np.ndarray:
+    """``(N, 3)`` float64 (x, y, heading): the :func:`discrete_path` of each lane of :func:`pdm_lane_path` from
+    ``start_lane_id`` over the route as given (no gap repair), concatenated as they are."""
+    lanes, _ = pdm_lane_path(api, route_ids, start_lane_id)
+    return np.concatenate([discrete_path(api, i) for i in lanes])

@@ -60,6 +60,18 @@ def test_route_context_starts_on_navsims_starting_lane() -> None:
     np.testing.assert_allclose(poses[:5, 0], np.tile([-60.0, -2.0, 0.0], (5, 1)), atol=1e-4)  # clamped at 1e-5 m
 
 
+def test_route_context_stays_on_the_starting_lane_at_a_fork() -> None:
+    """On the right lane 12 with the route turning left (1 -> 102 -> 3, a turn from lane 11 only): NAVSIM's lane
+    search keeps lane 12 and, with no route lane after it, the centre line is lane 12 alone (the former chain
+    switched to lane 11 and the turn); on the straight route it runs on through 112, 22, 122 and 42."""
+    ctx = pdm_route_context(_obs(-40.0, -6.0, 0.0, ("1", "102", "3")))
+    assert ctx.lane_id == "12"
+    np.testing.assert_array_equal(ctx.states, discrete_path(MAP, "12"))
+    ctx = pdm_route_context(_obs(-40.0, -6.0, 0.0))
+    np.testing.assert_array_equal(ctx.states, np.concatenate([discrete_path(MAP, i) for i in ("12", "112", "22",
+                                                                                            "122", "42")]))  # fmt: skip
+
+
 def test_path_heading_before_a_joint_is_the_lanes_own() -> None:
     """0.5 m before the end of lane 11 on the left-turn route: the centre path's heading is lane 11's (0), where one
     merged vertex at the joint (heading along 113, pi / 96) would give pi / 192; the +-1 m paths shift the joint's
