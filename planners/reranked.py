@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -80,6 +80,16 @@ class RerankedConfig:
         return asdict(self)
 
 
+def generator_fields(generator: nn.Module) -> dict[str, Any]:
+    """``generator_class`` and ``generator_config`` of a :class:`RerankedConfig` describing ``generator``."""
+    cls = type(generator)
+    config = getattr(generator, "config", None)
+    return {
+        "generator_class": f"{cls.__module__}.{cls.__qualname__}",
+        "generator_config": config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
+    }
+
+
 def _build_generator(cls_path: str, config: Mapping[str, Any] | None) -> nn.Module:
     if not cls_path.startswith(_PLANNER_PACKAGE):
         raise CheckpointError(f"generator class {cls_path!r} is not a class of the planners package")
@@ -102,14 +112,7 @@ class RerankedPlanner(nn.Module):
         self, generator: nn.Module, discriminator: Discriminator, config: RerankedConfig | None = None
     ) -> None:
         super().__init__()
-        if config is None:
-            cls = type(generator)
-            gen_config = getattr(generator, "config", None)
-            config = RerankedConfig(
-                f"{cls.__module__}.{cls.__qualname__}",
-                gen_config.to_dict() if gen_config is not None and hasattr(gen_config, "to_dict") else None,
-                discriminator.config.to_dict(),
-            )
+        config = config or RerankedConfig(**generator_fields(generator), discriminator=discriminator.config.to_dict())
         self.config = config
         self.generator = generator
         self.discriminator = discriminator
@@ -190,10 +193,7 @@ def reranked_planner(
     generator = pair.generator
     if generator_ckpt is not None:
         generator = load_planner(generator_ckpt)
-        gen_cls = type(generator)
-        config.generator_class = f"{gen_cls.__module__}.{gen_cls.__qualname__}"
-        config.generator_config = generator.config.to_dict() if hasattr(generator, "config") else None
-        config.generator_ckpt = generator_ckpt
+        config = replace(config, **generator_fields(generator), generator_ckpt=generator_ckpt)
     if num_samples is not None:
         config.num_samples = num_samples
     if own_candidates is not None:

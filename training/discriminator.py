@@ -29,7 +29,7 @@ from torch import nn
 
 from planners.checkpoint import CHECKPOINT_KEY, load_planner, planner_header
 from planners.discriminator import Discriminator, DiscriminatorConfig, head_targets, supervised_loss
-from planners.reranked import RerankedConfig, RerankedPlanner
+from planners.reranked import RerankedConfig, RerankedPlanner, generator_fields
 from training.imitation import lr_factor
 from training.rl_support import RewardLike, build_reward, to_tensors
 
@@ -127,7 +127,7 @@ class DiscriminatorModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if (init_ckpt is None) == (generator is None):
-            raise ValueError("give exactly one of init_ckpt (the generator's checkpoint, --model.init_ckpt) and generator")
+            raise ValueError("give exactly one of init_ckpt (the generator's checkpoint) and generator")
         self.save_hyperparameters(ignore=["generator", "reward"])
         gen = generator if generator is not None else load_planner(str(init_ckpt))
         gen.eval().requires_grad_(False)
@@ -135,14 +135,12 @@ class DiscriminatorModule(pl.LightningModule):
         self._reward: RewardLike | None = None
         disc_fields = dict(discriminator or {})
         disc_fields.setdefault("bev_channels", int(getattr(getattr(gen, "config", None), "bev_channels", 12)))
-        disc_fields.setdefault("version", str((reward or {}).get("version", "v1")) if isinstance(reward, Mapping) else "v1")
+        version = reward.get("version", "v1") if isinstance(reward, Mapping) else getattr(reward, "version", "v1")
+        disc_fields.setdefault("version", str(version))
         disc = Discriminator(DiscriminatorConfig.from_dict(disc_fields))
-        cls = type(gen)
-        gen_config = getattr(gen, "config", None)
         config = RerankedConfig(
-            f"{cls.__module__}.{cls.__qualname__}",
-            gen_config.to_dict() if gen_config is not None and hasattr(gen_config, "to_dict") else None,
-            disc.config.to_dict(),
+            **generator_fields(gen),
+            discriminator=disc.config.to_dict(),
             num_samples=num_samples,
             own_candidates=own_candidates,
             policy=dict(policy or {}),

@@ -49,7 +49,8 @@ def _small_config(tmp_path: Path, coarse_to_fine: bool = False) -> Path:
     args.update(num_samples=8, perturb={"copies": 2, "lateral_std": 1.0, "longitudinal_std": 0.1, "heading_std": 0.05})
     keep = {"filename": "{epoch}", "monitor": "train/loss", "mode": "min", "save_top_k": -1,
             "enable_version_counter": False}  # fmt: skip
-    text["trainer"]["callbacks"].append({"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": keep})
+    callback = {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": keep}
+    text["trainer"]["callbacks"].append(callback)
     path = tmp_path / CONFIG.name
     path.write_text(yaml.safe_dump(text))
     return path
@@ -96,7 +97,8 @@ def test_resumes_exactly_and_the_pair_benchmarks(city: dict[str, Path], tmp_path
         "protocol=navsim_v1", f"data_root={city['data_root']}", f"maps_root={city['maps_root']}", "split=synth_val",
         "max_scenes=2", f"metric_cache_dir={tmp_path / 'bench_metric'}", "progress=false", "report.num_worst=1",
     ]  # fmt: skip
-    assert diffplan(["bench", *common, "planner=reranked", f"planner.ckpt_path={last}", f"output_dir={tmp_path / 'b'}"]) == 0
+    bench = ["bench", *common, "planner=reranked", f"planner.ckpt_path={last}", f"output_dir={tmp_path / 'b'}"]
+    assert diffplan(bench) == 0
     scores = pd.read_csv(tmp_path / "b" / "scores.csv")
     assert len(scores) == 3 and scores["valid"].iloc[:2].all()
 
