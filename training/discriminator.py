@@ -30,6 +30,7 @@ from torch import nn
 from planners.checkpoint import CHECKPOINT_KEY, load_planner, planner_header
 from planners.discriminator import Discriminator, DiscriminatorConfig, head_targets, supervised_loss
 from planners.reranked import RerankedConfig, RerankedPlanner, generator_fields
+from simulation.features import raster_from_meta
 from training.imitation import lr_factor
 from training.rl_support import RewardLike, build_reward, to_tensors
 
@@ -92,8 +93,8 @@ class DiscriminatorModule(pl.LightningModule):
     Args:
         init_ckpt: the generator's checkpoint (a learned planner with the policy API when ``num_samples > 0``).
         generator: the generator itself instead of ``init_ckpt`` (tests).
-        discriminator: :class:`~planners.discriminator.DiscriminatorConfig` fields (``bev_channels`` defaults to
-            the generator's; ``version`` to the reward's).
+        discriminator: :class:`~planners.discriminator.DiscriminatorConfig` fields (``bev_channels`` and
+            ``bev_extent`` default to the generator's raster; ``version`` to the reward's).
         policy: how the generator samples (:func:`planners.reranked.generator_policy` options).
         num_samples: policy samples per scene (training and the pair at inference).
         own_candidates: include the generator's own candidates (``forward``).
@@ -135,6 +136,7 @@ class DiscriminatorModule(pl.LightningModule):
         self._reward: RewardLike | None = None
         disc_fields = dict(discriminator or {})
         disc_fields.setdefault("bev_channels", int(getattr(getattr(gen, "config", None), "bev_channels", 12)))
+        disc_fields.setdefault("bev_extent", raster_from_meta(getattr(gen, "raster_config", None)).extent)
         version = reward.get("version", "v1") if isinstance(reward, Mapping) else getattr(reward, "version", "v1")
         disc_fields.setdefault("version", str(version))
         disc = Discriminator(DiscriminatorConfig.from_dict(disc_fields))
