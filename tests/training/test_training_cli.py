@@ -14,8 +14,13 @@ from training.cli import main as diffplan
 from training.data import FeatureCacheError, PlannerDataModule
 from training.lightning_cli import run_cli
 
-# the imitation configs; the RL configs (model training.rl.RLModule) are checked by test_rl_configs.py
-CONFIGS = sorted(p for p in Path("configs/train").glob("*.yaml") if "training.rl.RLModule" not in p.read_text())
+# the imitation configs; the RL configs (model training.rl.RLModule) are checked by test_rl_configs.py, the
+# discriminator's (training.discriminator.DiscriminatorModule) by test_discriminator_cli.py
+CONFIGS = sorted(
+    p
+    for p in Path("configs/train").glob("*.yaml")
+    if "training.rl.RLModule" not in p.read_text() and "training.discriminator." not in p.read_text()
+)
 SMALL = ["--model.planner.init_args.config.d_model", "32"]
 
 

@@ -1,0 +1,204 @@
+"""A generator + discriminator pair as one learned planner: the generator proposes, the discriminator picks.
+
+Per scene the candidates are, in this order,
+
+1. the generator's own candidates (``forward``: the truncated planner's denoised anchors, the masked planner's
+   goal candidates), when ``own_candidates``;
+2. ``num_samples`` samples of the generator's policy :meth:`~planners.policy.PlanningPolicy.rollout` (seeded by
+   ``seed`` at every call, so the same scene gives the same plan), when ``num_samples > 0``.
+
+The discriminator scores them all and the pair drives the best (:class:`~planners.base.PlanOutput` with every
+candidate and its score). The pair's checkpoint embeds the generator (its class, config and weights) next to the
+discriminator, so :func:`planners.checkpoint.load_planner` rebuilds the whole planner from one file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from planners.adapter import LearnedPlanner
+from planners.base import PlanOutput
+from planners.checkpoint import CheckpointError, load_planner
+from planners.discriminator import Discriminator, DiscriminatorConfig
+from planners.masked_diffusion import MaskedDiffusionPlanner
+from planners.masked_policy import MaskedDiffusionPolicy
+from planners.policy import PlanningPolicy
+from planners.truncated_diffusion import TruncatedDiffusionPlanner
+from planners.truncated_policy import RolloutConfig
+from simulation.features import PlannerInput, raster_from_meta
+
+_PLANNER_PACKAGE = "planners."
+
+
+def generator_policy(generator: nn.Module, options: Mapping[str, Any] | None = None) -> PlanningPolicy:
+    """The generator as a policy sampling as ``options`` say: the truncated planner's
+    :class:`~planners.truncated_policy.RolloutConfig` fields (set on the planner), the masked planner's
+    :class:`~planners.masked_policy.MaskedDiffusionPolicy` arguments (a wrapper sharing its parameters), or any
+    module with ``rollout`` / ``log_prob`` (no options)."""
+    opts = dict(options or {})
+    if isinstance(generator, TruncatedDiffusionPlanner):
+        generator.rollout_config = RolloutConfig(**opts)
+        return generator
+    if isinstance(generator, MaskedDiffusionPlanner):
+        return MaskedDiffusionPolicy(generator, **opts)
+    if isinstance(generator, PlanningPolicy) and not opts:
+        return generator
+    raise TypeError(f"{type(generator).__name__} has no policy API (rollout, log_prob) taking options {sorted(opts)}")
+
+
+@dataclass
+class RerankedConfig:
+    """What the pair's checkpoint stores to rebuild it.
+
+    Attributes:
+        generator_class: dotted path of the generator class (inside the ``planners`` package).
+        generator_config: its config (``config.to_dict()``), ``None`` for defaults.
+        discriminator: :class:`~planners.discriminator.DiscriminatorConfig` fields.
+        num_samples: policy samples per scene (0: only the generator's own candidates).
+        own_candidates: score the generator's own candidates (``forward``) too.
+        policy: how the generator samples (:func:`generator_policy` options).
+        seed: seed of the policy samples, drawn afresh at every call.
+        generator_ckpt: the checkpoint the generator came from (a record; the weights are embedded).
+    """
+
+    generator_class: str
+    generator_config: dict[str, Any] | None = None
+    discriminator: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 0
+    own_candidates: bool = True
+    policy: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    generator_ckpt: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def generator_fields(generator: nn.Module) -> dict[str, Any]:
+    """``generator_class`` and ``generator_config`` of a :class:`RerankedConfig` describing ``generator``."""
+    cls = type(generator)
+    config = getattr(generator, "config", None)
+    return {
+        "generator_class": f"{cls.__module__}.{cls.__qualname__}",
+        "generator_config": config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
+    }
+
+
+def _build_generator(cls_path: str, config: Mapping[str, Any] | None) -> nn.Module:
+    if not cls_path.startswith(_PLANNER_PACKAGE):
+        raise CheckpointError(f"generator class {cls_path!r} is not a class of the planners package")
+    module_name, _, name = cls_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls.from_config_dict(dict(config)) if config is not None else cls()  # type: ignore[no-any-return]
+
+
+class RerankedPlanner(nn.Module):
+    """Generator + discriminator, one planner (see the module docstring).
+
+    Args:
+        generator: a learned planner (``forward(inputs, noise) -> PlanOutput``; for ``num_samples > 0`` also the
+            policy API).
+        discriminator: scores the candidates.
+        config: the pair's settings; built from ``generator`` / ``discriminator`` when ``None``.
+    """
+
+    def __init__(
+        self, generator: nn.Module, discriminator: Discriminator, config: RerankedConfig | None = None
+    ) -> None:
+        super().__init__()
+        config = config or RerankedConfig(**generator_fields(generator), discriminator=discriminator.config.to_dict())
+        self.config = config
+        self.generator = generator
+        self.discriminator = discriminator
+        self.raster_config: dict[str, Any] | None = getattr(generator, "raster_config", None)
+        # the policy wrapper shares the generator's parameters: kept out of the module tree
+        object.__setattr__(self, "_policy", generator_policy(generator, config.policy) if config.num_samples else None)
+
+    @classmethod
+    def from_config_dict(cls, config: Mapping[str, Any]) -> RerankedPlanner:
+        """Rebuild from a stored config (generator and discriminator weights come with the state dict)."""
+        rc = RerankedConfig(**dict(config))
+        generator = _build_generator(rc.generator_class, rc.generator_config)
+        return cls(generator, Discriminator(DiscriminatorConfig.from_dict(rc.discriminator)), rc)
+
+    @property
+    def policy(self) -> PlanningPolicy | None:
+        return self.__dict__["_policy"]  # type: ignore[no-any-return]
+
+    def initial_noise_shape(self, batch: int) -> tuple[int, ...]:
+        """The generator's noise shape (the closed-loop adapter draws it)."""
+        return tuple(self.generator.initial_noise_shape(batch))  # type: ignore[operator]
+
+    def propose(
+        self,
+        inputs: PlannerInput[torch.Tensor],
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates ``(B, K, 8, 3)`` (see the module docstring) and the index ``(B,)`` of the generator's own
+        pick among them (``-1`` when its candidates are left out), without gradients."""
+        parts: list[torch.Tensor] = []
+        b, device = inputs.batch_size, inputs.ego_status.device
+        own = torch.full((b,), -1, dtype=torch.long, device=device)
+        with torch.no_grad():
+            if self.config.own_candidates:
+                out: PlanOutput = self.generator(inputs, noise)
+                cands = out.trajectory[:, None] if out.candidates is None else out.candidates
+                own = (cands - out.trajectory[:, None]).abs().flatten(2).sum(-1).argmin(-1)
+                parts.append(cands)
+            if self.config.num_samples > 0:
+                assert self.policy is not None
+                if generator is None:
+                    generator = torch.Generator(device=device).manual_seed(self.config.seed)
+                parts.append(self.policy.rollout(inputs, self.config.num_samples, generator).plans)
+        if not parts:
+            raise ValueError("the pair has no candidates: set own_candidates or num_samples > 0")
+        return torch.cat(parts, dim=1), own
+
+    def forward(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+        """The discriminator's pick among the candidates: ``PlanOutput(trajectory (B,8,3), candidates (B,K,8,3),
+        scores (B,K))``."""
+        candidates, _ = self.propose(inputs, noise)
+        out = self.discriminator(inputs, candidates)
+        trajectory = candidates[torch.arange(candidates.shape[0], device=candidates.device), out.best]
+        return PlanOutput(trajectory=trajectory, candidates=candidates, scores=out.scores)
+
+
+def reranked_planner(
+    ckpt_path: str,
+    generator_ckpt: str | None = None,
+    num_samples: int | None = None,
+    own_candidates: bool | None = None,
+    seed: int = 0,
+    name: str = "reranked",
+) -> LearnedPlanner:
+    """A closed-loop planner (``planner=reranked``) from a discriminator checkpoint (``diffplan fit --config
+    configs/train/discriminator.yaml``), which embeds its generator.
+
+    Args:
+        generator_ckpt: drive another generator (a learned planner checkpoint) with this discriminator.
+        num_samples, own_candidates: override the stored candidate settings (``None``: as trained).
+        seed: seed of the generator's noise and policy samples.
+    """
+    pair = load_planner(ckpt_path, expect_class="RerankedPlanner")
+    if not isinstance(pair, RerankedPlanner):
+        raise CheckpointError(f"{ckpt_path}: holds a {type(pair).__name__}, expected a RerankedPlanner")
+    config = pair.config
+    generator = pair.generator
+    if generator_ckpt is not None:
+        generator = load_planner(generator_ckpt)
+        config = replace(config, **generator_fields(generator), generator_ckpt=generator_ckpt)
+    if num_samples is not None:
+        config.num_samples = num_samples
+    if own_candidates is not None:
+        config.own_candidates = own_candidates
+    config.seed = seed
+    rebuilt = RerankedPlanner(generator, pair.discriminator, config).eval()
+    rebuilt.raster_config = pair.raster_config if generator_ckpt is None else getattr(generator, "raster_config", None)
+    return LearnedPlanner(rebuilt, name=name, raster=raster_from_meta(rebuilt.raster_config), seed=seed)

@@ -1,0 +1,226 @@
+"""Discriminator: shapes, masking, permutation equivariance, the aggregate, the categorical log-probs, the
+supervised loss on a hand-built batch, coarse-to-fine, and the generator + discriminator pair as one planner."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from planners.anchors import kmeans_anchors
+from planners.checkpoint import CheckpointRecord, load_planner, write
+from planners.discriminator import (
+    INVALID_SCORE,
+    Discriminator,
+    DiscriminatorConfig,
+    DiscriminatorOutput,
+    StageOutput,
+    aggregate,
+    head_names,
+    log_probs,
+    margin_rank_loss,
+    supervised_loss,
+)
+from planners.reranked import RerankedConfig, RerankedPlanner
+from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
+from simulation.features import PlannerInput
+
+V1 = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
+      "time_to_collision_within_bound", "ego_progress", "comfort")  # fmt: skip
+
+
+def _features(b: int = 2, seed: int = 0) -> PlannerInput[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return PlannerInput(
+        bev=torch.rand(b, 4, 64, 64, generator=g),
+        ego_status=torch.randn(b, 8, generator=g),
+        agents=torch.randn(b, 6, 11, generator=g),
+        agents_mask=torch.rand(b, 6, generator=g) > 0.5,
+    )
+
+
+def _candidates(b: int, k: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(1, 9) * 0.5
+    speed = torch.rand(b, k, 1, generator=g) * 15
+    lateral = (torch.rand(b, k, 1, generator=g) - 0.5) * 0.2
+    x, y = speed * t, lateral * (speed * t) ** 2 / 10
+    return torch.stack([x, y, torch.atan2(y, x.clamp(min=1e-3))], -1)
+
+
+def _disc(**overrides: object) -> Discriminator:
+    torch.manual_seed(0)
+    config = DiscriminatorConfig(bev_channels=4, d_model=32, num_heads=4, dropout=0.0, **overrides)  # type: ignore[arg-type]
+    return Discriminator(config).eval()
+
+
+def test_heads_follow_the_version() -> None:
+    assert head_names("v1") == V1
+    v2 = head_names("v2")
+    assert {"traffic_light_compliance", "lane_keeping", "history_comfort"} <= set(v2) and "comfort" not in v2
+    assert tuple(_disc(version="v2").coarse.heads) == v2
+    with pytest.raises(ValueError, match="version"):
+        head_names("v3")  # type: ignore[arg-type]
+
+
+def test_aggregate_matches_a_hand_computed_case() -> None:
+    probs = {n: torch.tensor([0.5]) for n in V1}
+    probs.update(
+        no_at_fault_collisions=torch.tensor([0.9]),
+        drivable_area_compliance=torch.tensor([0.8]),
+        time_to_collision_within_bound=torch.tensor([0.6]),
+        ego_progress=torch.tensor([0.7]),
+        comfort=torch.tensor([1.0]),
+        driving_direction_compliance=torch.tensor([0.0]),  # weight 0 in PDMS
+    )
+    expected = 0.9 * 0.8 * (5 * 0.6 + 5 * 0.7 + 2 * 1.0) / 12
+    assert float(aggregate(probs, "v1")) == pytest.approx(expected, abs=1e-6)
+    v2 = {n: torch.tensor([1.0]) for n in head_names("v2")}
+    v2["traffic_light_compliance"] = torch.tensor([0.5])
+    v2["lane_keeping"] = torch.tensor([0.0])
+    assert float(aggregate(v2, "v2")) == pytest.approx(0.5 * (5 + 5 + 0 + 2) / 14, abs=1e-6)
+
+
+def test_shapes_and_padded_candidates_never_win() -> None:
+    disc, feats = _disc(), _features()
+    cands = _candidates(2, 10)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[0, 3:] = False
+    cands[0, 3:] = float("nan")  # whatever sits in the padding must not matter
+    with torch.no_grad():
+        out = disc(feats, cands, mask)
+    assert out.scores.shape == (2, 10) and out.best.shape == (2,)
+    assert set(out.stages[0].logits) == set(V1) and out.stages[0].logits["comfort"].shape == (2, 10)
+    assert torch.isfinite(out.scores).all()
+    assert (out.scores[0, 3:] == INVALID_SCORE).all() and (out.scores[mask] >= 0).all()
+    assert int(out.best[0]) < 3
+    # the padding does not change the valid candidates' scores
+    with torch.no_grad():
+        alone = disc(_features(), cands[:, :3].nan_to_num(), None)
+    torch.testing.assert_close(alone.scores[0], out.scores[0, :3], atol=1e-5, rtol=0)
+
+
+def test_scores_are_permutation_equivariant() -> None:
+    disc, feats, cands = _disc(), _features(), _candidates(2, 12)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, b = disc(feats, cands), disc(feats, cands[:, perm])
+    torch.testing.assert_close(b.scores, a.scores[:, perm], atol=1e-5, rtol=0)
+    assert (perm[b.best] == a.best).all()
+
+
+def test_coarse_to_fine_picks_among_the_top_k() -> None:
+    disc, feats, cands = _disc(coarse_to_fine=True, top_k=4, fine_layers=1), _features(), _candidates(2, 10)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 2:] = False  # fewer valid candidates than top_k
+    with torch.no_grad():
+        out = disc(feats, cands, mask)
+    coarse, fine = out.stages
+    assert out.mask.sum(-1).tolist() == [4, 2]
+    top = coarse.scores[0].topk(4).indices
+    assert set(top.tolist()) == set(out.mask[0].nonzero().flatten().tolist())
+    assert bool(out.mask[0, out.best[0]]) and bool(out.mask[1, out.best[1]])
+    torch.testing.assert_close(out.scores[out.mask], fine.scores[out.mask])
+    assert (out.scores[~mask] == INVALID_SCORE).all()
+
+
+def test_log_probs_sum_to_one_over_valid_candidates() -> None:
+    scores = torch.tensor([[0.2, 0.9, 0.5, INVALID_SCORE], [0.1, 0.1, INVALID_SCORE, INVALID_SCORE]])
+    mask = scores >= 0
+    lp = log_probs(scores, mask, temperature=0.1)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2))
+    assert (lp[~mask] == float("-inf")).all()
+    expected = torch.log_softmax(torch.tensor([0.2, 0.9, 0.5]) / 0.1, 0)
+    torch.testing.assert_close(lp[0, :3], expected)
+    assert lp[1, 0] == pytest.approx(math.log(0.5))
+    with pytest.raises(ValueError):
+        log_probs(scores, mask, 0.0)
+
+
+def test_margin_rank_loss_hand_built() -> None:
+    probs = torch.tensor([[0.8, 0.5, 0.1]])
+    target = torch.tensor([[1.0, 0.2, 0.2]])
+    mask = torch.tensor([[True, True, True]])
+    # ordered pairs with distinct targets: (0,1), (1,0), (0,2), (2,0); (1,2), (2,1) tie
+    # (0,1): relu(0.05 - (0.3)) = 0, (0,2): relu(0.05 - 0.7) = 0 -> 0
+    assert float(margin_rank_loss(probs, target, mask)) == pytest.approx(0.0)
+    wrong = torch.tensor([[0.48, 0.5, 0.1]])
+    # (0,1) and (1,0): relu(0.05 + 0.02) = 0.07 each; (0,2), (2,0): 0 -> 0.14 / 4
+    assert float(margin_rank_loss(wrong, target, mask)) == pytest.approx(0.14 / 4, abs=1e-6)
+
+
+def test_supervised_loss_hand_built() -> None:
+    logits = {n: torch.zeros(1, 3) for n in V1}
+    logits["ego_progress"] = torch.tensor([[0.0, 2.0, 0.0]])
+    stage = StageOutput(logits, torch.zeros(1, 3), torch.tensor([[True, True, False]]))
+    out = DiscriminatorOutput(torch.zeros(1, 3), stage.mask, torch.zeros(1, dtype=torch.long), [stage])
+    terms = {n: torch.ones(1, 3) for n in V1}
+    terms["no_at_fault_collisions"] = torch.tensor([[0.5, 1.0, 0.0]])  # 0.5 -> hard target 0
+    terms["ego_progress"] = torch.tensor([[0.8, 0.3, 0.0]])  # soft
+    loss = supervised_loss(out, terms, rank_weight=2.0, margin=0.05)
+    ln2 = math.log(2.0)
+    sig2 = 1 / (1 + math.exp(-2.0))
+    bce_ep = ((-(0.8 * math.log(0.5) + 0.2 * math.log(0.5))) + (-(0.3 * math.log(sig2) + 0.7 * math.log(1 - sig2)))) / 2
+    # every head with logit 0 costs ln 2 per candidate, whatever its (hard) target
+    assert float(loss["bce/no_at_fault_collisions"]) == pytest.approx(ln2, abs=1e-6)
+    assert float(loss["bce/ego_progress"]) == pytest.approx(bce_ep, abs=1e-6)
+    assert float(loss["bce"]) == pytest.approx(5 * ln2 + bce_ep, abs=1e-5)
+    # EP pair (0,1): target 0.8 > 0.3 but p 0.5 < 0.881: relu(0.05 + 0.381) twice (both orders)
+    rank = 0.05 + (sig2 - 0.5)
+    assert float(loss["rank"]) == pytest.approx(rank, abs=1e-6)
+    assert float(loss["loss"]) == pytest.approx(5 * ln2 + bce_ep + 2 * rank, abs=1e-5)
+
+
+def test_supervised_loss_trains_the_heads() -> None:
+    disc, feats, cands = _disc(coarse_to_fine=True, top_k=4, fine_layers=1), _features(), _candidates(2, 8)
+    disc.train()
+    terms = {n: torch.ones(2, 8) for n in V1}
+    terms["ego_progress"] = (cands[..., -1, 0] / cands[..., -1, 0].max()).clamp(0, 1)
+    opt = torch.optim.Adam(disc.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = supervised_loss(disc(feats, cands), terms)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def _generator() -> TruncatedDiffusionPlanner:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    t = np.arange(1, 9) * 0.5
+    s = rng.uniform(0, 15, (100, 1)) * t
+    trajs = np.stack([s, 0 * s, 0 * s], -1)
+    anchors = torch.from_numpy(kmeans_anchors(trajs, k=4)).float()
+    return TruncatedDiffusionPlanner(TruncatedDiffusionConfig(bev_channels=4, d_model=32, num_anchors=4), anchors)
+
+
+def test_pair_is_one_planner_and_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    gen, disc = _generator().eval(), _disc()
+    config = RerankedConfig("planners.truncated_diffusion.TruncatedDiffusionPlanner", gen.config.to_dict(),
+                            disc.config.to_dict(), num_samples=8, own_candidates=True)  # fmt: skip
+    pair = RerankedPlanner(gen, disc, config).eval()
+    feats = _features()
+    noise = torch.randn(pair.initial_noise_shape(2), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = pair(feats, noise)
+        again = pair(feats, noise)
+    assert out.candidates is not None and out.scores is not None
+    assert out.candidates.shape == (2, 4 + 8, 8, 3) and out.scores.shape == (2, 12)
+    best = out.scores.argmax(-1)
+    torch.testing.assert_close(out.trajectory, out.candidates[torch.arange(2), best])
+    torch.testing.assert_close(out.trajectory, again.trajectory)  # the policy samples are seeded
+    cands, own = pair.propose(feats, noise)
+    generator_pick = gen(feats, noise).trajectory
+    torch.testing.assert_close(cands[torch.arange(2), own], generator_pick)
+    # one file holds generator and discriminator; loaded with weights_only=True
+    path = write(tmp_path / "pair.ckpt", CheckpointRecord.of(pair))
+    loaded = load_planner(path, expect_class="RerankedPlanner")
+    assert isinstance(loaded, RerankedPlanner) and loaded.config.num_samples == 8
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(feats, noise).trajectory, out.trajectory)
