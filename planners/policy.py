@@ -12,8 +12,9 @@ of the sampled actions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -98,3 +99,34 @@ class PlanningPolicy(Protocol):
         """``(B, N, S)`` per-step log-probs of ``rollout``'s steps under the current weights, with gradients
         (zeros where ``rollout.step_mask`` is ``False``)."""
         ...
+
+
+def as_policy(planner: Any, options: Mapping[str, Any] | None = None) -> Any:
+    """The planner as a :class:`PlanningPolicy` sampling as ``options`` say.
+
+    * truncated diffusion: ``options`` are :class:`planners.truncated_policy.RolloutConfig` fields (``schedule``,
+      ``eta``, ``noise``, ``noise_floor``, ``log_prob_std_floor``, ...); the planner itself is the policy;
+    * masked diffusion: :class:`planners.masked_policy.MaskedDiffusionPolicy` arguments (``temperature``,
+      ``top_k``, ``order``, ``num_steps``, ``cfg_scale``), a wrapper sharing the planner's parameters;
+    * anything already offering ``rollout`` / ``log_prob`` (and no options): itself.
+
+    Raises:
+        ValueError: options for a policy that takes none.
+        TypeError: the planner has no policy API.
+    """
+    from planners.masked_diffusion import MaskedDiffusionPlanner  # the planners import this module
+    from planners.masked_policy import MaskedDiffusionPolicy
+    from planners.truncated_diffusion import TruncatedDiffusionPlanner
+    from planners.truncated_policy import RolloutConfig
+
+    opts = dict(options or {})
+    if isinstance(planner, TruncatedDiffusionPlanner):
+        planner.rollout_config = RolloutConfig(**opts)
+        return planner
+    if isinstance(planner, MaskedDiffusionPlanner):
+        return MaskedDiffusionPolicy(planner, **opts)
+    if hasattr(planner, "rollout") and hasattr(planner, "log_prob"):
+        if opts:
+            raise ValueError(f"policy options {sorted(opts)} for {type(planner).__name__}, which takes none")
+        return planner
+    raise TypeError(f"{type(planner).__name__} has no policy API (rollout, log_prob)")

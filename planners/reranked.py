@@ -26,30 +26,10 @@ from planners.adapter import LearnedPlanner
 from planners.base import PlanOutput
 from planners.checkpoint import CheckpointError, load_planner
 from planners.discriminator import Discriminator, DiscriminatorConfig
-from planners.masked_diffusion import MaskedDiffusionPlanner
-from planners.masked_policy import MaskedDiffusionPolicy
-from planners.policy import PlanningPolicy
-from planners.truncated_diffusion import TruncatedDiffusionPlanner
-from planners.truncated_policy import RolloutConfig
+from planners.policy import PlanningPolicy, as_policy
 from simulation.features import PlannerInput, raster_from_meta
 
 _PLANNER_PACKAGE = "planners."
-
-
-def generator_policy(generator: nn.Module, options: Mapping[str, Any] | None = None) -> PlanningPolicy:
-    """The generator as a policy sampling as ``options`` say: the truncated planner's
-    :class:`~planners.truncated_policy.RolloutConfig` fields (set on the planner), the masked planner's
-    :class:`~planners.masked_policy.MaskedDiffusionPolicy` arguments (a wrapper sharing its parameters), or any
-    module with ``rollout`` / ``log_prob`` (no options)."""
-    opts = dict(options or {})
-    if isinstance(generator, TruncatedDiffusionPlanner):
-        generator.rollout_config = RolloutConfig(**opts)
-        return generator
-    if isinstance(generator, MaskedDiffusionPlanner):
-        return MaskedDiffusionPolicy(generator, **opts)
-    if isinstance(generator, PlanningPolicy) and not opts:
-        return generator
-    raise TypeError(f"{type(generator).__name__} has no policy API (rollout, log_prob) taking options {sorted(opts)}")
 
 
 @dataclass
@@ -62,7 +42,7 @@ class RerankedConfig:
         discriminator: :class:`~planners.discriminator.DiscriminatorConfig` fields.
         num_samples: policy samples per scene (0: only the generator's own candidates).
         own_candidates: score the generator's own candidates (``forward``) too.
-        policy: how the generator samples (:func:`generator_policy` options).
+        policy: how the generator samples (:func:`planners.policy.as_policy` options).
         seed: seed of the policy samples, drawn afresh at every call.
         generator_ckpt: the checkpoint the generator came from (a record; the weights are embedded).
     """
@@ -118,7 +98,7 @@ class RerankedPlanner(nn.Module):
         self.discriminator = discriminator
         self.raster_config: dict[str, Any] | None = getattr(generator, "raster_config", None)
         # the policy wrapper shares the generator's parameters: kept out of the module tree
-        object.__setattr__(self, "_policy", generator_policy(generator, config.policy) if config.num_samples else None)
+        object.__setattr__(self, "_policy", as_policy(generator, config.policy) if config.num_samples else None)
 
     @classmethod
     def from_config_dict(cls, config: Mapping[str, Any]) -> RerankedPlanner:

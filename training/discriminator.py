@@ -95,7 +95,7 @@ class DiscriminatorModule(pl.LightningModule):
         generator: the generator itself instead of ``init_ckpt`` (tests).
         discriminator: :class:`~planners.discriminator.DiscriminatorConfig` fields (``bev_channels`` and
             ``bev_extent`` default to the generator's raster; ``version`` to the reward's).
-        policy: how the generator samples (:func:`planners.reranked.generator_policy` options).
+        policy: how the generator samples (:func:`planners.policy.as_policy` options).
         num_samples: policy samples per scene (training and the pair at inference).
         own_candidates: include the generator's own candidates (``forward``).
         perturb: :class:`Perturbation` fields; the generator's pick and the expert plan are perturbed.

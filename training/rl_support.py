@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from planners.policy import as_policy
 from simulation.features import PlannerInput
 
 #: How the reward is built when the config does not say (``rewards.composite.RuleReward`` arguments).
@@ -131,27 +132,5 @@ def exploration_spread(plans: torch.Tensor, groups: torch.Tensor | None = None) 
 
 
 def make_policy(planner: torch.nn.Module, options: Mapping[str, Any] | None = None) -> Any:
-    """The planner as a :class:`planners.policy.PlanningPolicy` sampling as ``options`` say.
-
-    * truncated diffusion: ``options`` are :class:`planners.truncated_policy.RolloutConfig` fields (``schedule``,
-      ``eta``, ``noise``, ``noise_floor``, ``log_prob_std_floor``, ...); the planner itself is the policy;
-    * masked diffusion: :class:`planners.masked_policy.MaskedDiffusionPolicy` arguments (``temperature``,
-      ``top_k``, ``order``, ``num_steps``, ``cfg_scale``), a wrapper sharing the planner's parameters;
-    * anything already offering ``rollout`` / ``log_prob`` (and no options): itself.
-    """
-    from planners.masked_diffusion import MaskedDiffusionPlanner
-    from planners.masked_policy import MaskedDiffusionPolicy
-    from planners.truncated_diffusion import TruncatedDiffusionPlanner
-    from planners.truncated_policy import RolloutConfig
-
-    opts = dict(options or {})
-    if isinstance(planner, TruncatedDiffusionPlanner):
-        planner.rollout_config = RolloutConfig(**opts)
-        return planner
-    if isinstance(planner, MaskedDiffusionPlanner):
-        return MaskedDiffusionPolicy(planner, **opts)
-    if hasattr(planner, "rollout") and hasattr(planner, "log_prob"):
-        if opts:
-            raise ValueError(f"policy options {sorted(opts)} for {type(planner).__name__}, which takes none")
-        return planner
-    raise TypeError(f"{type(planner).__name__} has no policy API (rollout, log_prob)")
+    """The planner as a policy sampling as ``options`` say: :func:`planners.policy.as_policy`."""
+    return as_policy(planner, options)
