@@ -32,7 +32,7 @@ from planners.discriminator import Discriminator, DiscriminatorConfig, head_targ
 from planners.reranked import RerankedConfig, RerankedPlanner, generator_fields
 from simulation.features import raster_from_meta
 from training.imitation import lr_factor
-from training.rl_support import RewardLike, build_reward, to_tensors
+from training.rl_support import RewardLike, SampledRewardMixin, to_tensors
 
 #: Key of the training state (sampling generator, step count) in a Lightning checkpoint.
 DISC_STATE_KEY = "diffplan_discriminator"
@@ -87,7 +87,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return (ra * rb).sum(-1) / ((ra**2).sum(-1) * (rb**2).sum(-1)).sqrt()
 
 
-class DiscriminatorModule(pl.LightningModule):
+class DiscriminatorModule(SampledRewardMixin, pl.LightningModule):
     """Supervised warm start of a discriminator over a frozen generator's candidates.
 
     Args:
@@ -167,29 +167,6 @@ class DiscriminatorModule(pl.LightningModule):
     @property
     def discriminator(self) -> Discriminator:
         return self.planner.discriminator
-
-    @property
-    def reward(self) -> RewardLike:
-        """The labels' scorer, built on first use (``reward`` argument)."""
-        if self._reward is None:
-            self._reward = build_reward(self._reward_spec)
-        return self._reward
-
-    def generator(self) -> torch.Generator:
-        """The sampling generator on the module's device (seeded, or restored from the checkpoint)."""
-        if self._generator is None or self._generator.device.type != self.device.type:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(int(self.hparams["seed"]) + self.global_rank)
-            if self._pending_rng_state is not None:
-                gen.set_state(self._pending_rng_state)
-                self._pending_rng_state = None
-            self._generator = gen
-        return self._generator
-
-    def teardown(self, stage: str) -> None:
-        close = getattr(self._reward, "close", None)
-        if callable(close):
-            close()
 
     # ------------------------------------------------------------------ candidates and labels
     def candidates(

@@ -50,8 +50,8 @@ from training.rl_objectives import (
 )
 from training.rl_support import (
     RewardLike,
+    SampledRewardMixin,
     TensorRewards,
-    build_reward,
     exploration_spread,
     make_policy,
     select_scenes,
@@ -69,7 +69,7 @@ ADVANTAGES: tuple[str, ...] = get_args(Advantage)
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
-class RLModule(pl.LightningModule):
+class RLModule(SampledRewardMixin, pl.LightningModule):
     """RL for a generator with group rollouts, selectable advantages and objectives (manual optimisation).
 
     Args:
@@ -216,32 +216,6 @@ class RLModule(pl.LightningModule):
             raise policy
         result: PlanningPolicy = policy
         return result
-
-    @property
-    def reward(self) -> RewardLike:
-        """The reward object, built on first use (``reward`` argument)."""
-        if self._reward is None:
-            self._reward = build_reward(self._reward_spec)
-        return self._reward
-
-    def generator(self) -> torch.Generator:
-        """The rollout generator on the module's device (seeded, or restored from the checkpoint)."""
-        if self._generator is None or self._generator.device.type != self.device.type:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(int(self.hparams["seed"]) + self.global_rank)
-            if self._pending_rng_state is not None:
-                try:
-                    gen.set_state(self._pending_rng_state)
-                except RuntimeError:
-                    logger.warning("rollout generator state from another device type; reseeded")
-                self._pending_rng_state = None
-            self._generator = gen
-        return self._generator
-
-    def teardown(self, stage: str) -> None:
-        close = getattr(self._reward, "close", None)
-        if callable(close):
-            close()
 
     # ------------------------------------------------------------------ a training step
     def forward(self, inputs: PlannerInput[torch.Tensor]) -> Any:

@@ -9,6 +9,7 @@ names), ``version``, ``score(metric_caches, plans) -> RewardBatch`` and, optiona
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from simulation.features import PlannerInput
 #: How the reward is built when the config does not say (``rewards.composite.RuleReward`` arguments).
 DEFAULT_REWARD: dict[str, Any] = {"version": "v1", "num_workers": 0}
 REWARD_MODULE = "rewards.composite"
+
+logger = logging.getLogger(__name__)
 
 
 class RewardBatchLike(Protocol):
@@ -72,6 +75,48 @@ class TensorRewards:
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     total_gt: torch.Tensor | None = None
+
+
+class SampledRewardMixin:
+    """What a LightningModule that samples plans and scores them shares: the reward object built on first use from
+    ``self._reward_spec``, the seeded sampling generator restored from ``self._pending_rng_state`` (set by the module's
+    ``on_load_checkpoint``), and closing the reward's process pool at teardown. The module sets ``_reward = None``,
+    ``_reward_spec``, ``_generator = None`` and ``_pending_rng_state = None`` in ``__init__`` and has a ``seed``
+    hyper-parameter."""
+
+    _reward: RewardLike | None
+    _reward_spec: Any
+    _generator: torch.Generator | None
+    _pending_rng_state: torch.Tensor | None
+    hparams: Any
+    device: torch.device
+    global_rank: int
+
+    @property
+    def reward(self) -> RewardLike:
+        """The reward object, built on first use (the module's ``reward`` argument)."""
+        if self._reward is None:
+            self._reward = build_reward(self._reward_spec)
+        return self._reward
+
+    def generator(self) -> torch.Generator:
+        """The sampling generator on the module's device (seeded, or restored from the checkpoint)."""
+        if self._generator is None or self._generator.device.type != self.device.type:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(self.hparams["seed"]) + self.global_rank)
+            if self._pending_rng_state is not None:
+                try:
+                    gen.set_state(self._pending_rng_state)
+                except RuntimeError:
+                    logger.warning("sampling generator state from another device type; reseeded")
+                self._pending_rng_state = None
+            self._generator = gen
+        return self._generator
+
+    def teardown(self, stage: str) -> None:
+        close = getattr(self._reward, "close", None)
+        if callable(close):
+            close()
 
 
 def to_tensors(rewards: RewardBatchLike, device: torch.device, with_gt: bool = False) -> TensorRewards:
