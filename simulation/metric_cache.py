@@ -58,6 +58,7 @@ from simulation.types import AgentIndex, Scene
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
+    "stored_format_version",
     "FOLDER_META_NAME",
     "DRIVABLE_LAYERS",
     "DT",
@@ -295,6 +296,17 @@ def _from_arrays(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MetricC
         if f.name not in kwargs and f.name not in ("map_grid", "red_polygons"):
             kwargs[f.name] = arrays[f.name]
     return MetricCache(map_grid=grid, red_polygons=red, **kwargs)
+
+
+def stored_format_version(path: str | Path) -> int | None:
+    """The format version a cache file was written with (``None`` when the file cannot be read as a cache); reads
+    only its ``meta`` entry."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            found = json.loads(str(data["meta"])).get("format_version")
+    except (OSError, ValueError, KeyError):
+        return None
+    return found if isinstance(found, int) else None
 
 
 def write_folder_meta(cache_dir: str | Path, version: str) -> Path:

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from simulation.metric_cache import MetricCache, MetricCacheError
+from simulation.metric_cache import CACHE_FORMAT_VERSION, MetricCache, MetricCacheError, stored_format_version
 from training.data import FeatureCacheDataset, FeatureCacheError, collate
 
 logger = logging.getLogger(__name__)
@@ -245,13 +245,18 @@ class RLDataModule(pl.LightningDataModule):
         features = FeatureCacheDataset(self.feature_cache_dir, split)
         tokens = [str(t) for t in features.arrays["tokens"][: self.max_scenes]]
         index = index_metric_caches(self.metric_cache_dir)
-        missing = [t for t in tokens if t not in index]
+        missing = [t for t in tokens if t not in index or stored_format_version(index[t]) != CACHE_FORMAT_VERSION]
         if missing:
-            logger.info("metric cache: building %d of %d scenes of %s", len(missing), len(tokens), split)
-            build_metric_caches(
+            logger.info(
+                "metric cache: building %d of %d scenes of %s (absent or of an older format)",
+                len(missing),
+                len(tokens),
+                split,
+            )
+            failed = build_metric_caches(
                 missing, self.data_root, self.maps_root, split, self.metric_cache_dir, self.version, self.cache_workers
             )
-            index = index_metric_caches(self.metric_cache_dir)
+            index = {t: p for t, p in index_metric_caches(self.metric_cache_dir).items() if t not in failed}
         rows = [i for i, t in enumerate(tokens) if t in index]
         if not rows:
             raise FeatureCacheError(

@@ -14,7 +14,7 @@ import yaml
 import simulation.metric_cache as metric_cache_module
 from rewards.composite import RuleReward
 from simulation.datasets.testing import write_fixture_data
-from simulation.metric_cache import MetricCache
+from simulation.metric_cache import CACHE_FORMAT_VERSION, MetricCache, MetricCacheVersionError, stored_format_version
 from training.cache import build_cache
 from training.data import FeatureCacheDataset, write_npz_atomic
 from training.lightning_cli import run_cli
@@ -96,6 +96,26 @@ def test_caches_are_built_once_and_failing_scenes_dropped(
     built.clear()
     again = _module(city, metric, max_scenes=3).dataset("val")  # stored: only the failed scene is tried again
     assert again.tokens == tokens[1:3] and built == []
+
+
+def test_caches_of_an_older_format_are_rebuilt(
+    city: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metric = tmp_path / "metric"
+    first = _module(city, metric, max_scenes=2).dataset("val")
+    path = index_metric_caches(metric)[first.tokens[0]]
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["meta"] = np.array(
+        str(arrays["meta"]).replace(f'"format_version": {CACHE_FORMAT_VERSION}', '"format_version": 1')
+    )
+    np.savez(path, **arrays)
+    assert stored_format_version(path) == 1
+    with pytest.raises(MetricCacheVersionError):
+        MetricCache.load(path)
+    again = _module(city, metric, max_scenes=2).dataset("val")  # the stale file is rebuilt, not an error at training
+    assert again.tokens == first.tokens and stored_format_version(path) == CACHE_FORMAT_VERSION
+    assert again[0]["metric_cache"].token == first.tokens[0]
 
 
 def test_wrong_version_in_the_folder_is_an_error(city: tuple[Path, Path, Path], tmp_path: Path) -> None:
