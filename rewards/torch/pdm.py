@@ -42,11 +42,12 @@ def raw_metrics(batch: MetricCacheBatch, states: torch.Tensor, version: str) -> 
                          f"{version} scoring needs {t_ttc + max(tm.TTC_STEPS)}")  # fmt: skip
     points = ego_points(states)
     areas = ego_area(batch, points)
+    nc_first, ttc_first = tm.contact_firsts(batch, states, points, t_ttc)
     out = {
-        "no_at_fault_collisions": tm.no_at_fault_collisions(batch, states, points, areas),
+        "no_at_fault_collisions": tm.no_at_fault_collisions(batch, states, points, areas, nc_first),
         "drivable_area_compliance": tm.drivable_area_compliance(areas, states.dtype),
         "driving_direction_compliance": tm.driving_direction_compliance(points, areas, version == "v2"),
-        "time_to_collision_within_bound": tm.time_to_collision(batch, states, points, areas, t_ttc),
+        "time_to_collision_within_bound": tm.time_to_collision(batch, states, points, areas, t_ttc, ttc_first),
         "progress_m": tm.raw_progress(batch, points),
     }
     if version == "v1":

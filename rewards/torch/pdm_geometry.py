@@ -17,14 +17,11 @@ import torch
 
 from rewards.torch.map_grid import SUB_CELLS, SUBCELL_SHIFTS, WORD_SHIFTS
 from rewards.torch.metric_cache_batch import MetricCacheBatch
+from rewards.torch.pdm_contacts import EGO_RADIUS, NO_CONTACT, ContactQuery, first_events
 from simulation.types import PACIFICA
 
-#: Ego half diagonal, the broad-phase radius of the contact tests (as the numba kernel).
-EGO_RADIUS = math.hypot(PACIFICA.length / 2.0, PACIFICA.width / 2.0)
 #: Elements per chunk of the large pairwise tensors (bounds memory, not results).
 CHUNK_ELEMENTS = 1 << 22
-#: Value of "no contact" in the first-contact tensors.
-NO_CONTACT = torch.iinfo(torch.int64).max
 
 
 def ego_points(states: torch.Tensor) -> torch.Tensor:
@@ -251,44 +248,8 @@ def first_contacts(
 ) -> torch.Tensor:
     """``(S, K, N)`` first event ``t * len(steps) + j`` at which the ego box ``(S, K, T, 4, 2)`` of step ``t``
     moved by ``velocity * steps[j] * dt`` touches track ``n`` at step ``t + steps[j]`` (:data:`NO_CONTACT`: none);
-    only steps ``t < t_count`` where ``active`` ``(S, K, T)``.
-
-    Broad phase in two levels: (scene, step, track) triples whose track centre lies within reach of the bounding box
-    of all active candidates' (moved) centres, then (triple, candidate) pairs within reach (the numba kernel's
-    centre-distance test); the box test only runs on those."""
-    s_count, k_count = corners.shape[:2]
-    n_count = batch.agent_boxes.shape[2]
-    first = torch.full((s_count, k_count, n_count), NO_CONTACT, dtype=torch.int64, device=corners.device)
-    if n_count == 0:
-        return first
-    ego = corners[:, :, :t_count].contiguous()
-    ego_c = ego.mean(-2)
-    ego = ego.reshape(-1, 4, 2)
-    t_all = batch.agent_corners.shape[1]
-    agents = batch.agent_corners.reshape(-1, 4, 2)
-    radius = EGO_RADIUS + batch.agent_radius + 1e-6  # (S, N)
-    act = active[:, :, :t_count]
-    for j, step in enumerate(steps):
-        shift = velocity[:, :, :t_count] * step * dt  # (S, K, Tc, 2)
-        moved = ego_c + shift
-        lo = torch.where(act[..., None], moved, torch.full_like(moved, math.inf)).amin(1)  # (S, Tc, 2)
-        hi = torch.where(act[..., None], moved, torch.full_like(moved, -math.inf)).amax(1)
-        agent_c = batch.agent_boxes[:, step : step + t_count, :, :2]  # (S, Tc, N, 2)
-        gap = torch.clamp_min(torch.maximum(lo[:, :, None] - agent_c, agent_c - hi[:, :, None]), 0.0)
-        reach = (gap * gap).sum(-1) <= (radius * radius)[:, None, :]
-        s_i, t_i, n_i = torch.nonzero(reach & batch.agent_valid[:, step : step + t_count], as_tuple=True)
-        ex = moved[s_i, :, t_i, 0] - agent_c[s_i, t_i, n_i, 0, None]  # (M, K)
-        ey = moved[s_i, :, t_i, 1] - agent_c[s_i, t_i, n_i, 1, None]
-        r = radius[s_i, n_i, None]
-        m_i, k_i = torch.nonzero((ex * ex + ey * ey <= r * r) & act[s_i, :, t_i], as_tuple=True)
-        s_i, t_i, n_i = s_i[m_i], t_i[m_i], n_i[m_i]
-        row = (s_i * k_count + k_i) * t_count + t_i
-        touch = overlap_shifted(ego.index_select(0, row), shift.reshape(-1, 2).index_select(0, row),
-                                agents.index_select(0, (s_i * t_all + t_i + step) * n_count + n_i))  # fmt: skip
-        event = torch.where(touch, t_i * len(steps) + j, torch.full_like(t_i, NO_CONTACT))
-        flat = (s_i * k_count + k_i) * n_count + n_i
-        first.view(-1).scatter_reduce_(0, flat, event, reduce="amin")
-    return first
+    only steps ``t < t_count`` where ``active`` ``(S, K, T)`` (:func:`rewards.torch.pdm_contacts.first_events`)."""
+    return first_events(batch, corners, velocity, [ContactQuery(active, t_count, tuple(steps))], dt)[0]
 
 
 def relative_angle(poses: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -345,26 +306,68 @@ def red_light_contacts(batch: MetricCacheBatch, corners: torch.Tensor) -> torch.
     return out
 
 
+#: Centre-line segments per bounding box of the projection's broad phase (as the numba kernel).
+SEGMENT_CHUNK = 16
+
+
+def _chunk_boxes(batch: MetricCacheBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(S, C, 4)`` bounds (min x, min y, max x, max y) of each group of :data:`SEGMENT_CHUNK` centre-line segments
+    (padding segments repeat the last point, so they never widen a box) and ``(S, C + 1, 2)`` the first vertex of
+    each group and the line's last vertex."""
+    line = batch.centerline
+    n_seg = line.shape[1] - 1
+    n_chunks = -(-n_seg // SEGMENT_CHUNK)
+    pad = n_chunks * SEGMENT_CHUNK - n_seg
+    a, b = line[:, :-1], line[:, 1:]
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    if pad:
+        lo = torch.cat([lo, lo[:, -1:].expand(-1, pad, -1)], 1)
+        hi = torch.cat([hi, hi[:, -1:].expand(-1, pad, -1)], 1)
+    boxes = torch.cat([lo.reshape(len(line), n_chunks, -1, 2).amin(2), hi.reshape(len(line), n_chunks, -1, 2).amax(2)], -1)
+    return boxes, torch.cat([line[:, :-1:SEGMENT_CHUNK], line[:, -1:]], 1)
+
+
 def project_on_centerline(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Arc length and distance ``(S, ...)`` of points ``(S, ..., 2)`` on each scene's centre line (nearest point,
-    first segment on ties), with the arithmetic of the numba projection kernel."""
+    first segment on ties), with the arithmetic of the numba projection kernel.
+
+    Broad phase: a group of :data:`SEGMENT_CHUNK` segments is skipped when its bounding box lies farther from the
+    point than the nearest group start vertex (with a relative margin far above rounding); the segments of the
+    other groups (at most ``W`` per point, the largest count) are tested in order."""
     shape = points.shape[:-1]
-    pts = points.reshape(shape[0], -1, 2)
+    s_count = shape[0]
+    pts = points.reshape(s_count, -1, 2)
+    p_count = pts.shape[1]
     line, cum = batch.centerline, batch.centerline_s
-    ax, ay = line[:, None, :-1, 0], line[:, None, :-1, 1]  # (S, 1, C - 1)
-    bx, by = line[:, None, 1:, 0] - ax, line[:, None, 1:, 1] - ay
+    n_seg = line.shape[1] - 1
+    boxes, starts = _chunk_boxes(batch)
+    px, py = pts[..., 0, None], pts[..., 1, None]  # (S, P, 1)
+    gx = torch.clamp_min(torch.maximum(boxes[:, None, :, 0] - px, px - boxes[:, None, :, 2]), 0.0)
+    gy = torch.clamp_min(torch.maximum(boxes[:, None, :, 1] - py, py - boxes[:, None, :, 3]), 0.0)
+    vx, vy = starts[:, None, :, 0] - px, starts[:, None, :, 1] - py
+    bound = (vx * vx + vy * vy).amin(-1, keepdim=True)  # (S, P, 1) >= the nearest segment's squared distance
+    keep = gx * gx + gy * gy <= bound * (1.0 + 1e-9) + 1e-9  # (S, P, C)
+    width = max(int(keep.sum(-1).max()), 1) if keep.numel() else 1
+    chunk = torch.sort(keep.to(torch.uint8), dim=-1, descending=True, stable=True).indices[..., :width]
+    kept = torch.gather(keep, -1, chunk)  # (S, P, W), kept groups first, in order
+    seg = (chunk[..., None] * SEGMENT_CHUNK + torch.arange(SEGMENT_CHUNK, device=pts.device)).flatten(-2)
+    ok = kept.repeat_interleave(SEGMENT_CHUNK, -1) & (seg < n_seg)
+    seg = torch.where(ok, seg, torch.zeros_like(seg))
+    ok = ok & torch.gather(batch.segment_valid[:, None].expand(-1, p_count, -1), 2, seg)
+    flat = seg.reshape(s_count, -1)
+
+    def at(v: torch.Tensor) -> torch.Tensor:
+        return torch.gather(v, 1, flat).reshape(seg.shape)
+
+    ax, ay = at(line[:, :-1, 0]), at(line[:, :-1, 1])
+    bx, by = at(line[:, 1:, 0]) - ax, at(line[:, 1:, 1]) - ay
     len2 = torch.clamp_min(bx * bx + by * by, 1e-12)
-    seg_len = torch.sqrt(len2)
-    invalid = ~batch.segment_valid[:, None]
-    s_out, d_out = torch.empty(pts.shape[:2], dtype=pts.dtype, device=pts.device), torch.empty_like(pts[..., 0])
-    step = max(1, CHUNK_ELEMENTS // max(1, shape[0] * ax.shape[-1]))
-    for a in range(0, pts.shape[1], step):
-        px, py = pts[:, a : a + step, 0, None], pts[:, a : a + step, 1, None]
-        t = torch.clamp(((px - ax) * bx + (py - ay) * by) / len2, 0.0, 1.0)
-        dx, dy = ax + t * bx - px, ay + t * by - py
-        d2 = torch.where(invalid, torch.full_like(t, math.inf), dx * dx + dy * dy)
-        best, k = d2.min(-1, keepdim=True)
-        arc = torch.gather(cum[:, None, :-1].expand_as(t), 2, k)
-        s_out[:, a : a + step] = (arc + torch.gather(t, 2, k) * torch.gather(seg_len.expand_as(t), 2, k))[..., 0]
-        d_out[:, a : a + step] = torch.sqrt(best[..., 0])
-    return s_out.reshape(shape), d_out.reshape(shape)
+    t = torch.clamp(((px - ax) * bx + (py - ay) * by) / len2, 0.0, 1.0)
+    dx, dy = ax + t * bx - px, ay + t * by - py
+    d2 = torch.where(ok, dx * dx + dy * dy, torch.full_like(t, math.inf))
+    best = d2.amin(-1, keepdim=True)
+    first = torch.where(d2 == best, seg, torch.full_like(seg, n_seg)).amin(-1, keepdim=True)  # first on ties
+    pick = torch.where(seg == first, torch.arange(seg.shape[-1], device=pts.device), seg.shape[-1]).amin(-1, True)
+    arc = torch.gather(cum[:, :-1], 1, first.reshape(s_count, -1)).reshape(first.shape)
+    s_out = arc + torch.gather(t, 2, pick) * torch.sqrt(torch.gather(len2, 2, pick))
+    return s_out[..., 0].reshape(shape), torch.sqrt(best[..., 0]).reshape(shape)
