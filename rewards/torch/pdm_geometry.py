@@ -79,7 +79,8 @@ def map_hits(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tenso
     hit = ((word >> bit) & 1).bool()
     s_idx, p_idx, g_idx = torch.nonzero((word >> (bit + WORD_SHIFTS["test"])) & 1, as_tuple=True)
     if len(s_idx):
-        e_idx = batch.grid_entry.reshape(-1, g)[flat_c[s_idx, p_idx], g_idx]
+        row = bit[s_idx, p_idx, 0] % SUB_CELLS  # the sub-cell row's edge list of the entry
+        e_idx = batch.grid_entry.reshape(-1, g)[flat_c[s_idx, p_idx], g_idx] * SUB_CELLS + row
         hit[s_idx, p_idx, g_idx] = _entry_crossings(batch, s_idx, e_idx, points[s_idx, p_idx])
     cat = torch.where(hit, (word >> WORD_SHIFTS["category"]) & 15, torch.zeros_like(word))
     return poly, hit, cat
@@ -88,7 +89,8 @@ def map_hits(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tenso
 def _entry_crossings(
     batch: MetricCacheBatch, s_idx: torch.Tensor, e_idx: torch.Tensor, pts: torch.Tensor
 ) -> torch.Tensor:
-    """Even-odd test of points ``(Q, 2)`` of scenes ``s_idx`` against the edge lists of grid entries ``e_idx``."""
+    """Even-odd test of points ``(Q, 2)`` of scenes ``s_idx`` against the edge lists ``e_idx`` (entry ``q``, sub-cell
+    row ``sy``: ``q * SUB_CELLS + sy``)."""
     start = batch.entry_offsets[s_idx, e_idx]
     count = batch.entry_offsets[s_idx, e_idx + 1] - start
     total = int(count.sum())
@@ -327,6 +329,39 @@ def _chunk_boxes(batch: MetricCacheBatch) -> tuple[torch.Tensor, torch.Tensor]:
     return boxes, torch.cat([line[:, :-1:SEGMENT_CHUNK], line[:, -1:]], 1)
 
 
+def _chunk_bounds(batch: MetricCacheBatch, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of points ``(S, P, 2)``: ``(S, P, C)`` squared distance to each segment group's bounding box (at most that of
+    any of its segments) and ``(S, P, 1)`` squared distance to the nearest group start vertex (at least that of the
+    nearest segment)."""
+    boxes, starts = _chunk_boxes(batch)
+    px, py = pts[..., 0, None], pts[..., 1, None]  # (S, P, 1)
+    gx = torch.clamp_min(torch.maximum(boxes[:, None, :, 0] - px, px - boxes[:, None, :, 2]), 0.0)
+    gy = torch.clamp_min(torch.maximum(boxes[:, None, :, 1] - py, py - boxes[:, None, :, 3]), 0.0)
+    vx, vy = starts[:, None, :, 0] - px, starts[:, None, :, 1] - py
+    return gx * gx + gy * gy, (vx * vx + vy * vy).amin(-1, keepdim=True)
+
+
+def centerline_distance_exceeds(batch: MetricCacheBatch, points: torch.Tensor, limit: float) -> torch.Tensor:
+    """``(S, ...)`` bool: the distance of points ``(S, ..., 2)`` to each scene's centre line (that of
+    :func:`project_on_centerline`) exceeds ``limit``. The bounds of :func:`_chunk_bounds` decide, with a relative
+    margin far above rounding; only the points between them are projected."""
+    shape = points.shape[:-1]
+    s_count = shape[0]
+    pts = points.reshape(s_count, -1, 2)
+    lower, upper = _chunk_bounds(batch, pts)
+    lim2 = limit * limit
+    out = lower.amin(-1) > lim2 * (1.0 + 1e-9) + 1e-12  # (S, P)
+    unsure = ~out & (upper[..., 0] >= lim2 * (1.0 - 1e-9) - 1e-12)
+    s_i, p_i = torch.nonzero(unsure, as_tuple=True)
+    if len(s_i):
+        slot, width = _padded_by_scene(s_i, s_count)
+        rows = torch.zeros((s_count, width, 2), dtype=pts.dtype, device=pts.device)
+        rows[s_i, slot] = pts[s_i, p_i]
+        _, distance = project_on_centerline(batch, rows)
+        out[s_i, p_i] = distance[s_i, slot] > limit
+    return out.reshape(shape)
+
+
 def project_on_centerline(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Arc length and distance ``(S, ...)`` of points ``(S, ..., 2)`` on each scene's centre line (nearest point,
     first segment on ties), with the arithmetic of the numba projection kernel.
@@ -340,13 +375,9 @@ def project_on_centerline(batch: MetricCacheBatch, points: torch.Tensor) -> tupl
     p_count = pts.shape[1]
     line, cum = batch.centerline, batch.centerline_s
     n_seg = line.shape[1] - 1
-    boxes, starts = _chunk_boxes(batch)
     px, py = pts[..., 0, None], pts[..., 1, None]  # (S, P, 1)
-    gx = torch.clamp_min(torch.maximum(boxes[:, None, :, 0] - px, px - boxes[:, None, :, 2]), 0.0)
-    gy = torch.clamp_min(torch.maximum(boxes[:, None, :, 1] - py, py - boxes[:, None, :, 3]), 0.0)
-    vx, vy = starts[:, None, :, 0] - px, starts[:, None, :, 1] - py
-    bound = (vx * vx + vy * vy).amin(-1, keepdim=True)  # (S, P, 1) >= the nearest segment's squared distance
-    keep = gx * gx + gy * gy <= bound * (1.0 + 1e-9) + 1e-9  # (S, P, C)
+    lower, upper = _chunk_bounds(batch, pts)
+    keep = lower <= upper * (1.0 + 1e-9) + 1e-9  # (S, P, C)
     width = max(int(keep.sum(-1).max()), 1) if keep.numel() else 1
     chunk = torch.sort(keep.to(torch.uint8), dim=-1, descending=True, stable=True).indices[..., :width]
     kept = torch.gather(keep, -1, chunk)  # (S, P, W), kept groups first, in order

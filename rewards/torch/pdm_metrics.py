@@ -17,7 +17,7 @@ from rewards import pdm_metrics as pm
 from rewards.pdm_metrics import EgoArea
 from rewards.torch.metric_cache_batch import MetricCacheBatch
 from rewards.torch.pdm_contacts import NO_CONTACT, ContactQuery, first_events
-from rewards.torch.pdm_geometry import project_on_centerline, red_light_contacts, relative_angle, sat_overlap
+from rewards.torch.pdm_geometry import centerline_distance_exceeds, project_on_centerline, red_light_contacts, relative_angle, sat_overlap
 from simulation.types import StateIndex
 
 _BEHIND = math.radians(pm.BEHIND_ANGLE_DEG)
@@ -150,8 +150,7 @@ def raw_progress(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
 def lane_keeping(batch: MetricCacheBatch, points: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
     """LK ``(S, K)``: 0 if the centre stays > 0.5 m from the centre line for 20 consecutive steps (intersection
     steps neither count nor reset the run), else 1."""
-    _, distance = project_on_centerline(batch, points[..., 4, :])
-    exceed = distance > pm.LK_DEVIATION_LIMIT
+    exceed = centerline_distance_exceeds(batch, points[..., 4, :], pm.LK_DEVIATION_LIMIT)
     skip = areas[..., EgoArea.CENTER_IN_INTERSECTION]
     run = torch.zeros(points.shape[:2], dtype=torch.int64, device=points.device)
     failed = torch.zeros(points.shape[:2], dtype=torch.bool, device=points.device)
