@@ -49,20 +49,30 @@ def agent_table(batch: MetricCacheBatch) -> torch.Tensor:
     return torch.cat(cols, -1).reshape(-1, 16)
 
 
+def _min4(v: list[torch.Tensor]) -> torch.Tensor:
+    return torch.minimum(torch.minimum(v[0], v[1]), torch.minimum(v[2], v[3]))
+
+
+def _max4(v: list[torch.Tensor]) -> torch.Tensor:
+    return torch.maximum(torch.maximum(v[0], v[1]), torch.maximum(v[2], v[3]))
+
+
 def touches(ego: torch.Tensor, shift: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Separating-axis test ``(P,)`` of ego quads ``(P, 4, 2)`` moved by ``shift`` ``(P, 2)`` against track rows of
     :func:`agent_table` ``(P, 16)`` (touching counts); the axes come from the unmoved ego box and from the track."""
-    ax, ay = ego[..., 0], ego[..., 1]
-    mx, my = ax + shift[:, :1], ay + shift[:, 1:]
-    bx, by = table[:, 0:8:2], table[:, 1:8:2]
+    ax, ay = ego[..., 0].unbind(-1), ego[..., 1].unbind(-1)
+    sx, sy = shift[:, 0], shift[:, 1]
+    mx, my = [x + sx for x in ax], [y + sy for y in ay]
+    bx, by = table[:, 0:8:2].unbind(-1), table[:, 1:8:2].unbind(-1)
     separated = torch.zeros(len(ego), dtype=torch.bool, device=ego.device)
     for e in range(2):
-        nx, ny = -(ay[:, e + 1 : e + 2] - ay[:, e : e + 1]), ax[:, e + 1 : e + 2] - ax[:, e : e + 1]
-        pa, pb = nx * mx + ny * my, nx * bx + ny * by
-        separated |= (pa.amax(-1) < pb.amin(-1)) | (pb.amax(-1) < pa.amin(-1))
-        o = 8 + 4 * e
-        pa = table[:, o : o + 1] * mx + table[:, o + 1 : o + 2] * my
-        separated |= (pa.amax(-1) < table[:, o + 2]) | (table[:, o + 3] < pa.amin(-1))
+        nx, ny = -(ay[e + 1] - ay[e]), ax[e + 1] - ax[e]
+        pa = [nx * x + ny * y for x, y in zip(mx, my, strict=True)]
+        pb = [nx * x + ny * y for x, y in zip(bx, by, strict=True)]
+        separated |= (_max4(pa) < _min4(pb)) | (_max4(pb) < _min4(pa))
+        nx, ny, lo, hi = table[:, 8 + 4 * e : 12 + 4 * e].unbind(-1)
+        pa = [nx * x + ny * y for x, y in zip(mx, my, strict=True)]
+        separated |= (_max4(pa) < lo) | (hi < _min4(pa))
     return ~separated
 
 

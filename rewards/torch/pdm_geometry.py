@@ -116,9 +116,12 @@ def _padded_by_scene(s_i: torch.Tensor, s_count: int) -> tuple[torch.Tensor, int
     return torch.arange(len(s_i), device=s_i.device) - start[s_i], width
 
 
-def point_classes(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def point_classes(
+    batch: MetricCacheBatch, points: torch.Tensor, route_only: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Of points ``(S, P, 2)``: ``(S, P)`` category bits of the map polygons containing each, the lane containing it
-    (``-1``: none or several) and whether several lanes do.
+    (``-1``: none or several) and whether several lanes do. With ``route_only`` only the on-route and intersection
+    bits (:data:`rewards.torch.map_grid.ROUTE_BITS`) are exact; the other bits and the lanes may then be missing where an edge is near.
 
     A point reads its sub-cell's word (:attr:`MetricCacheBatch.grid_subcells`); the points of sub-cells that need the
     exact test go through :func:`map_hits` (compacted by scene)."""
@@ -128,7 +131,8 @@ def point_classes(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.
     cat = (word >> SUBCELL_SHIFTS["category"]) & 15
     lane = word >> SUBCELL_SHIFTS["lane"]
     several = torch.zeros_like(word, dtype=torch.bool)
-    s_i, p_i = torch.nonzero((word >> SUBCELL_SHIFTS["exact"]) & 1, as_tuple=True)
+    flag = SUBCELL_SHIFTS["exact_route" if route_only else "exact"]
+    s_i, p_i = torch.nonzero((word >> flag) & 1, as_tuple=True)
     if len(s_i) == 0:
         return cat, lane, several
     slot, width = _padded_by_scene(s_i, s_count)
@@ -147,7 +151,10 @@ def point_classes(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.
 def ego_area(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
     """Ego-area flags ``(S, K, T, 5)`` (:class:`rewards.pdm_metrics.EgoArea`) of ego points ``(S, K, T, 6, 2)``
     (:func:`point_classes`; the rows with a corner in several lanes compare the corners' lane sets)."""
-    cat, lane, several_at = (v.reshape(points.shape[:-1]) for v in point_classes(batch, points.flatten(1, -2)))
+    corners = points[..., :4, :].flatten(1, -2)
+    cat, lane, several_at = (v.reshape(*points.shape[:-2], 4) for v in point_classes(batch, corners))
+    inner = point_classes(batch, points[..., 4:, :].flatten(1, -2), route_only=True)[0]
+    cat = torch.cat([cat, inner.reshape(*points.shape[:-2], 2)], -1)
     big = torch.iinfo(lane.dtype).max
     l0, l1, l2, l3 = (lane[..., p] for p in range(4))
     some = [torch.where(v >= 0, v, big) for v in (l0, l1, l2, l3)]
