@@ -23,7 +23,8 @@ from rewards.torch import pdm_metrics as tm
 from rewards.torch.comfort import is_comfortable, two_frame_extended_comfort
 from rewards.torch.kinematics import simulate_proposals
 from rewards.torch.metric_cache_batch import MetricCacheBatch
-from rewards.torch.pdm_geometry import ego_area, ego_points
+from rewards.torch.pdm_geometry import ego_points
+from rewards.torch.pdm_map import ego_area
 from simulation.metric_cache import NUM_STEPS, MetricCache
 
 Metrics = dict[str, torch.Tensor]

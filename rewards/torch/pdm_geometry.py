@@ -15,9 +15,8 @@ import math
 
 import torch
 
-from rewards.torch.map_grid import SUB_CELLS, SUBCELL_SHIFTS, WORD_SHIFTS
 from rewards.torch.metric_cache_batch import MetricCacheBatch
-from rewards.torch.pdm_contacts import EGO_RADIUS, NO_CONTACT, ContactQuery, first_events
+from rewards.torch.pdm_contacts import ContactQuery, first_events
 from simulation.types import PACIFICA
 
 #: Elements per chunk of the large pairwise tensors (bounds memory, not results).
@@ -47,66 +46,6 @@ def _crossings(px: torch.Tensor, py: torch.Tensor, edges: torch.Tensor) -> torch
     return ((straddle & (px < xc)).sum(-1) % 2) == 1
 
 
-def _grid_cells(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grid cell ``(S, P)`` (``nx * ny`` off the grid) and sub-cell bit ``(S, P)`` of points ``(S, P, 2)``, with the
-    arithmetic of the numba grid lookup."""
-    meta = batch.grid_meta
-    ox, oy, cell = meta[:, 0, None], meta[:, 1, None], meta[:, 2, None]
-    nx, ny = meta[:, 3, None].long(), meta[:, 4, None].long()
-    fx, fy = (points[..., 0] - ox) / cell, (points[..., 1] - oy) / cell
-    ix, iy = torch.floor(fx).long(), torch.floor(fy).long()
-    inside_grid = (ix >= 0) & (iy >= 0) & (ix < nx) & (iy < ny)
-    c = torch.where(inside_grid, ix * ny + iy, nx * ny)
-    sx = ((fx - ix) * SUB_CELLS).long().clamp(0, SUB_CELLS - 1)
-    sy = ((fy - iy) * SUB_CELLS).long().clamp(0, SUB_CELLS - 1)
-    return c, sx * SUB_CELLS + sy
-
-
-def map_hits(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Map polygons containing points ``(S, P, 2)``: ``(S, P, G)`` polygon indices of the point's grid cell
-    (``-1``: none), ``(S, P, G)`` bool, the point lies in that polygon, and ``(S, P, G)`` the polygon's category
-    bits where it does (0 elsewhere).
-
-    The sub-cell of the point decides (the "inside" bits of :attr:`MetricCacheBatch.grid_words`) unless an edge of
-    the polygon meets it (the "test" bits); only those (point, polygon) pairs go through the even-odd test."""
-    c, bit = _grid_cells(batch, points)
-    bit = bit[..., None]
-    s_count, p_count = c.shape
-    g = batch.grid_words.shape[-1]
-    flat_c = c + torch.arange(s_count, device=c.device)[:, None] * batch.grid_words.shape[1]
-    word = batch.grid_words.reshape(-1, g)[flat_c.reshape(-1)].reshape(s_count, p_count, g)
-    poly = word >> WORD_SHIFTS["poly"]
-    hit = ((word >> bit) & 1).bool()
-    s_idx, p_idx, g_idx = torch.nonzero((word >> (bit + WORD_SHIFTS["test"])) & 1, as_tuple=True)
-    if len(s_idx):
-        row = bit[s_idx, p_idx, 0] % SUB_CELLS  # the sub-cell row's edge list of the entry
-        e_idx = batch.grid_entry.reshape(-1, g)[flat_c[s_idx, p_idx], g_idx] * SUB_CELLS + row
-        hit[s_idx, p_idx, g_idx] = _entry_crossings(batch, s_idx, e_idx, points[s_idx, p_idx])
-    cat = torch.where(hit, (word >> WORD_SHIFTS["category"]) & 15, torch.zeros_like(word))
-    return poly, hit, cat
-
-
-def _entry_crossings(
-    batch: MetricCacheBatch, s_idx: torch.Tensor, e_idx: torch.Tensor, pts: torch.Tensor
-) -> torch.Tensor:
-    """Even-odd test of points ``(Q, 2)`` of scenes ``s_idx`` against the edge lists ``e_idx`` (entry ``q``, sub-cell
-    row ``sy``: ``q * SUB_CELLS + sy``)."""
-    start = batch.entry_offsets[s_idx, e_idx]
-    count = batch.entry_offsets[s_idx, e_idx + 1] - start
-    total = int(count.sum())
-    base = s_idx * batch.cell_edges.shape[1] + start - (torch.cumsum(count, 0) - count)
-    edge = torch.repeat_interleave(base, count, output_size=total) + torch.arange(total, device=pts.device)
-    x1, y1, x2, y2 = batch.cell_edges.reshape(-1, 4).index_select(0, edge).unbind(-1)
-    px = torch.repeat_interleave(pts[:, 0], count, output_size=total)
-    py = torch.repeat_interleave(pts[:, 1], count, output_size=total)
-    straddle = (y1 > py) != (y2 > py)
-    xc = x1 + (py - y1) * (x2 - x1) / torch.where(straddle, y2 - y1, torch.ones_like(y1))
-    pair = torch.repeat_interleave(torch.arange(len(count), device=pts.device), count, output_size=total)
-    crossings = torch.zeros(len(count), dtype=torch.int64, device=pts.device)
-    crossings.index_add_(0, pair, (straddle & (px < xc)).long())
-    return crossings % 2 == 1
-
-
 def _padded_by_scene(s_i: torch.Tensor, s_count: int) -> tuple[torch.Tensor, int]:
     """Slot ``(R,)`` of each selected item within its scene ``s_i`` (items of a scene in order) and the most items of
     any scene, to lay the items out as ``(S, width, ...)``."""
@@ -114,110 +53,6 @@ def _padded_by_scene(s_i: torch.Tensor, s_count: int) -> tuple[torch.Tensor, int
     width = int(per_scene.max()) if len(s_i) else 0
     start = torch.cumsum(per_scene, 0) - per_scene
     return torch.arange(len(s_i), device=s_i.device) - start[s_i], width
-
-
-def point_classes(
-    batch: MetricCacheBatch, points: torch.Tensor, route_only: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Of points ``(S, P, 2)``: ``(S, P)`` category bits of the map polygons containing each, the lane containing it
-    (``-1``: none or several) and whether several lanes do. With ``route_only`` only the on-route and intersection
-    bits (:data:`rewards.torch.map_grid.ROUTE_BITS`) are exact; the other bits and the lanes may then be missing where an edge is near.
-
-    A point reads its sub-cell's word (:attr:`MetricCacheBatch.grid_subcells`); the points of sub-cells that need the
-    exact test go through :func:`map_hits` (compacted by scene)."""
-    s_count = points.shape[0]
-    c, bit = _grid_cells(batch, points)
-    word = torch.gather(batch.grid_subcells, 1, c * (SUB_CELLS * SUB_CELLS) + bit)
-    cat = (word >> SUBCELL_SHIFTS["category"]) & 15
-    lane = word >> SUBCELL_SHIFTS["lane"]
-    several = torch.zeros_like(word, dtype=torch.bool)
-    flag = SUBCELL_SHIFTS["exact_route" if route_only else "exact"]
-    s_i, p_i = torch.nonzero((word >> flag) & 1, as_tuple=True)
-    if len(s_i) == 0:
-        return cat, lane, several
-    slot, width = _padded_by_scene(s_i, s_count)
-    rows = torch.zeros((s_count, width, 2), dtype=points.dtype, device=points.device)
-    rows[s_i, slot] = points[s_i, p_i]
-    poly, _, hit_cat = map_hits(batch, rows)
-    poly, hit_cat = poly[s_i, slot], hit_cat[s_i, slot]  # (R, G)
-    cat[s_i, p_i] = sum(((hit_cat & b).amax(-1) > 0).long() * b for b in (1, 2, 4, 8))  # type: ignore[assignment]
-    is_lane = (hit_cat & 2) > 0
-    count = is_lane.sum(-1)
-    lane[s_i, p_i] = torch.where(count == 1, torch.where(is_lane, poly, -1).amax(-1), -1)
-    several[s_i, p_i] = count > 1
-    return cat, lane, several
-
-
-def ego_area(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
-    """Ego-area flags ``(S, K, T, 5)`` (:class:`rewards.pdm_metrics.EgoArea`) of ego points ``(S, K, T, 6, 2)``
-    (:func:`point_classes`; the rows with a corner in several lanes compare the corners' lane sets)."""
-    corners = points[..., :4, :].flatten(1, -2)
-    cat, lane, several_at = (v.reshape(*points.shape[:-2], 4) for v in point_classes(batch, corners))
-    inner = point_classes(batch, points[..., 4:, :].flatten(1, -2), route_only=True)[0]
-    cat = torch.cat([cat, inner.reshape(*points.shape[:-2], 2)], -1)
-    big = torch.iinfo(lane.dtype).max
-    l0, l1, l2, l3 = (lane[..., p] for p in range(4))
-    some = [torch.where(v >= 0, v, big) for v in (l0, l1, l2, l3)]
-    several = torch.minimum(torch.minimum(some[0], some[1]), torch.minimum(some[2], some[3])) < torch.maximum(
-        torch.maximum(l0, l1), torch.maximum(l2, l3)
-    )
-    all_four = (l0 >= 0) & (l0 == l1) & (l0 == l2) & (l0 == l3)
-    drivable = cat[..., 0] & cat[..., 1] & cat[..., 2] & cat[..., 3] & 1
-    out = torch.stack(
-        [
-            several & ~all_four,
-            drivable == 0,
-            (cat[..., 4] & 4) == 0,
-            (cat[..., 4] & 8) > 0,
-            (cat[..., 5] & 8) > 0,
-        ],
-        -1,
-    )
-    s_i, k_i, t_i = torch.nonzero(several_at[..., :4].any(-1), as_tuple=True)
-    if len(s_i):
-        out[s_i, k_i, t_i] = _exact_area(batch, points, s_i, k_i, t_i)
-    return out
-
-
-def _exact_area(
-    batch: MetricCacheBatch, points: torch.Tensor, s_i: torch.Tensor, k_i: torch.Tensor, t_i: torch.Tensor
-) -> torch.Tensor:
-    """Ego-area flags ``(R, 5)`` of the rows ``(s_i, k_i, t_i)`` of points ``(S, K, T, 6, 2)``, polygon by polygon."""
-    s_count = points.shape[0]
-    slot, width = _padded_by_scene(s_i, s_count)
-    rows = torch.zeros((s_count, width, 6, 2), dtype=points.dtype, device=points.device)
-    rows[s_i, slot] = points[s_i, k_i, t_i]
-    poly, _, cat = map_hits(batch, rows.reshape(s_count, -1, 2))
-    poly = poly.reshape(s_count, width, 6, -1)[s_i, slot]  # (R, 6, G)
-    cat = cat.reshape(s_count, width, 6, -1)[s_i, slot]
-    corner_cat = cat[:, :4, :]
-    lane = torch.where((corner_cat & 2) > 0, poly[:, :4, :], torch.full_like(poly[:, :4, :], -1)).flatten(-2)
-    big = torch.iinfo(lane.dtype).max
-    several = torch.where(lane >= 0, lane, torch.full_like(lane, big)).amin(-1) < lane.amax(-1)
-    return torch.stack(
-        [
-            several & ~_lane_in_all_corners(lane.reshape(-1, 4, poly.shape[-1]), several),
-            (corner_cat & 1).amax(-1).amin(-1) == 0,
-            (cat[:, 4, :] & 4).amax(-1) == 0,
-            (cat[:, 4, :] & 8).amax(-1) > 0,
-            (cat[:, 5, :] & 8).amax(-1) > 0,
-        ],
-        -1,
-    )
-
-
-def _lane_in_all_corners(lane: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``(...)`` bool: a lane id of corner 0 is also among those of corners 1, 2 and 3 (``lane`` ``(..., 4, G)``,
-    ``-1`` for none); only evaluated where ``rows``, False elsewhere."""
-    out = torch.zeros_like(rows)
-    idx = torch.nonzero(rows.reshape(-1), as_tuple=True)[0]
-    sub = lane.reshape(-1, *lane.shape[-2:])[idx]  # (R, 4, G)
-    first = sub[:, 0, :]
-    held = first >= 0
-    for p in range(1, 4):
-        held = held & (first[:, :, None] == sub[:, p, None, :]).any(-1)
-    out.view(-1)[idx] = held.any(-1)
-    return out
 
 
 def _span(
@@ -332,7 +167,9 @@ def _chunk_boxes(batch: MetricCacheBatch) -> tuple[torch.Tensor, torch.Tensor]:
     if pad:
         lo = torch.cat([lo, lo[:, -1:].expand(-1, pad, -1)], 1)
         hi = torch.cat([hi, hi[:, -1:].expand(-1, pad, -1)], 1)
-    boxes = torch.cat([lo.reshape(len(line), n_chunks, -1, 2).amin(2), hi.reshape(len(line), n_chunks, -1, 2).amax(2)], -1)
+    boxes = torch.cat(
+        [lo.reshape(len(line), n_chunks, -1, 2).amin(2), hi.reshape(len(line), n_chunks, -1, 2).amax(2)], -1
+    )
     return boxes, torch.cat([line[:, :-1:SEGMENT_CHUNK], line[:, -1:]], 1)
 
 

@@ -17,7 +17,13 @@ from rewards import pdm_metrics as pm
 from rewards.pdm_metrics import EgoArea
 from rewards.torch.metric_cache_batch import MetricCacheBatch
 from rewards.torch.pdm_contacts import NO_CONTACT, ContactQuery, first_events
-from rewards.torch.pdm_geometry import centerline_distance_exceeds, project_on_centerline, red_light_contacts, relative_angle, sat_overlap
+from rewards.torch.pdm_geometry import (
+    centerline_distance_exceeds,
+    project_on_centerline,
+    red_light_contacts,
+    relative_angle,
+    sat_overlap,
+)
 from simulation.types import StateIndex
 
 _BEHIND = math.radians(pm.BEHIND_ANGLE_DEG)

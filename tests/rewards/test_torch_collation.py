@@ -11,7 +11,7 @@ from test_torch_pdm import town  # noqa: F401 (fixture)
 
 from rewards.composite import RuleReward
 from rewards.torch.metric_cache_batch import MetricCacheBatch
-from rewards.torch.pdm_geometry import point_classes
+from rewards.torch.pdm_map import point_classes
 
 
 def _caches(version: str) -> list:  # type: ignore[type-arg]
