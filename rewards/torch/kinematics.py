@@ -151,36 +151,48 @@ def lqr_command(
     accel_lqr = -(gain_b * p.q_longitudinal * (v0 - v_ref)) / (gain_b * p.q_longitudinal * gain_b + p.r_longitudinal)
     accel = torch.where(stop, -p.stopping_gain * (v0 - v_ref), accel_lqr)
 
-    vel = v0[:, None] + accel_lqr[:, None] * dt * torch.arange(h, dtype=state.dtype, device=state.device)
-    a11 = torch.ones_like(v0)
-    # propagate x_N = A x0 + B u + g over the horizon with A_k = [[1, v dt, 0], [0, 1, v dt / L], [0, 0, 1]]
-    a_mat = torch.eye(3, dtype=state.dtype, device=state.device).expand(len(v0), 3, 3).clone()
-    b_vec = torch.zeros(len(v0), 3, dtype=state.dtype, device=state.device)
-    g_vec = torch.zeros_like(b_vec)
-    zero = torch.zeros_like(v0)
-    for k in range(h):
-        vd = vel[:, k] * dt
-        step_mat = torch.stack(
-            [
-                torch.stack([a11, vd, zero], -1),
-                torch.stack([zero, a11, vd / p.wheel_base], -1),
-                torch.stack([zero, zero, a11], -1),
-            ],
-            1,
-        )
-        a_mat = step_mat @ a_mat
-        b_vec = (step_mat @ b_vec[..., None])[..., 0]
-        b_vec[:, 2] += dt
-        g_vec = (step_mat @ g_vec[..., None])[..., 0]
-        g_vec[:, 1] -= vd * kappa[:, k]
-    x0 = torch.stack([lat, head, state[:, S.STEERING_ANGLE]], -1)
-    err = (a_mat @ x0[..., None])[..., 0] + g_vec
-    err = torch.cat([err[:, :1], normalize_angle(err[:, 1:])], 1)
-    q = torch.tensor(p.q_lateral, dtype=state.dtype, device=state.device)
-    btq = b_vec * q
-    steer_rate = -(btq * err).sum(-1) / ((btq * b_vec).sum(-1) + p.r_lateral)
+    steer_rate = _lateral_rate(torch.stack([lat, head, state[:, S.STEERING_ANGLE]], -1), v0, accel_lqr, kappa, dt, p)
     steer_rate = torch.where(stop, torch.zeros_like(steer_rate), steer_rate)
     return accel, steer_rate
+
+
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """``out[..., k] = sum(x[..., :k])`` (0 at k = 0)."""
+    return torch.nn.functional.pad(torch.cumsum(x[..., :-1], -1), (1, 0))
+
+
+def _lateral_rate(
+    lateral: torch.Tensor, v0: torch.Tensor, accel: torch.Tensor, kappa: torch.Tensor, dt: float, p: TrackerParameters
+) -> torch.Tensor:
+    """Steering-rate command ``(B,)`` of the lateral LQR from lateral errors / steering ``(B, 3)``, speeds ``(B,)``
+    growing by ``accel * dt`` per step and curvatures ``(B, H)`` over the horizon.
+
+    The Euler-discretised error dynamics (``e_lat += v dt e_psi``, ``e_psi += v dt (delta / L - kappa)``,
+    ``delta += dt u``, ``u`` held) compose over ``H`` steps to ``x_H = A x_0 + B u + g``; the products of the
+    upper-triangular step matrices are written out with cumulative sums (as :mod:`simulation.kinematics`)."""
+    h = kappa.shape[1]
+    step = torch.arange(h, dtype=lateral.dtype, device=lateral.device) * dt
+    vel = v0[:, None] + accel[:, None] * step  # (B, H)
+    lat_gain = vel * dt
+    psi_gain = vel * dt / p.wheel_base
+    drift = vel * kappa * dt
+    e_lat, e_psi, delta = lateral.unbind(-1)
+    free = torch.stack(
+        [
+            e_lat + e_psi * lat_gain.sum(-1) + delta * (lat_gain * _exclusive_cumsum(psi_gain)).sum(-1)
+            - (lat_gain * _exclusive_cumsum(drift)).sum(-1),
+            normalize_angle(e_psi + delta * psi_gain.sum(-1) - drift.sum(-1)),
+            delta,
+        ],
+        -1,
+    )  # fmt: skip
+    b_total = torch.stack(
+        [(lat_gain * _exclusive_cumsum(psi_gain * step)).sum(-1), (psi_gain * step).sum(-1),
+         torch.full_like(e_lat, h * dt)], -1,
+    )  # fmt: skip
+    q = torch.tensor(p.q_lateral, dtype=lateral.dtype, device=lateral.device)
+    btq = b_total * q
+    return -(btq * free).sum(-1) / ((btq * b_total).sum(-1) + p.r_lateral)
 
 
 def propagate(
@@ -197,18 +209,24 @@ def propagate(
     new_steer_lag = dt / (dt + p.steering_time_constant) * (ideal_steer - steer0) + steer0
     steer_rate = (new_steer_lag - steer0) / dt
     v, psi = state[:, S.VX], state[:, S.HEADING]
-    out = state.clone()
-    out[:, S.X] = state[:, S.X] + v * torch.cos(psi) * dt
-    out[:, S.Y] = state[:, S.Y] + v * torch.sin(psi) * dt
-    out[:, S.HEADING] = normalize_angle(psi + v * torch.tan(steer0) / p.wheel_base * dt)
-    out[:, S.VX] = v + accel * dt
-    out[:, S.VY] = 0.0
-    out[:, S.STEERING_ANGLE] = torch.clamp(steer0 + steer_rate * dt, -p.max_steering_angle, p.max_steering_angle)
-    out[:, S.YAW_RATE] = out[:, S.VX] * torch.tan(out[:, S.STEERING_ANGLE]) / p.wheel_base
-    out[:, S.AX] = accel
-    out[:, S.AY] = 0.0
-    out[:, S.YAW_ACCEL] = (out[:, S.YAW_RATE] - state[:, S.YAW_RATE]) / dt
-    out[:, S.STEERING_RATE] = steer_rate
+    new_v = v + accel * dt
+    steer = torch.clamp(steer0 + steer_rate * dt, -p.max_steering_angle, p.max_steering_angle)
+    yaw_rate = new_v * torch.tan(steer) / p.wheel_base
+    zero = torch.zeros_like(v)
+    columns = {
+        S.X: state[:, S.X] + v * torch.cos(psi) * dt,
+        S.Y: state[:, S.Y] + v * torch.sin(psi) * dt,
+        S.HEADING: normalize_angle(psi + v * torch.tan(steer0) / p.wheel_base * dt),
+        S.VX: new_v,
+        S.VY: zero,
+        S.STEERING_ANGLE: steer,
+        S.YAW_RATE: yaw_rate,
+        S.AX: accel,
+        S.AY: zero,
+        S.YAW_ACCEL: (yaw_rate - state[:, S.YAW_RATE]) / dt,
+        S.STEERING_RATE: steer_rate,
+    }
+    out = torch.stack([columns[i] for i in StateIndex], -1)
     return out
 
 
