@@ -100,6 +100,11 @@ def _design(
     return normal_inv.to(dtype=dtype, device=device), pattern.to(dtype=dtype, device=device)
 
 
+def _suffix_sum(x: torch.Tensor) -> torch.Tensor:
+    """``out[..., k] = sum(x[..., k:])``."""
+    return torch.flip(torch.cumsum(torch.flip(x, [-1]), -1), [-1])
+
+
 def fit_profiles(poses: torch.Tensor, dt: float, p: TrackerParameters = DEFAULT_TRACKER) -> tuple[torch.Tensor, ...]:
     """Velocity ``(B, P-1)`` and curvature ``(B, P-1)`` profiles of reference poses ``(B, P, 3)``."""
     m = poses.shape[1] - 1
@@ -111,12 +116,16 @@ def fit_profiles(poses: torch.Tensor, dt: float, p: TrackerParameters = DEFAULT_
     velocity = _integrate(x[:, 0], x[:, 1:], dt)  # (B, M)
 
     yaw = normalize_angle(diff[..., 2])
-    design = velocity[:, :, None] * pattern  # (B, M, M)
+    # design = v[:, :, None] * pattern with pattern[k, i] = c_i for i <= k: design^T design [i, j] = c_i c_j
+    # sum_{k >= max(i, j)} v_k^2 and design^T yaw [i] = c_i sum_{k >= i} v_k yaw_k (suffix sums, no (M, M) products)
+    c = torch.diagonal(pattern)
+    idx = torch.arange(m, device=poses.device)
+    top = torch.maximum(idx[:, None], idx[None, :]).reshape(-1)
     reg = p.curvature_rate_penalty * torch.eye(m, dtype=poses.dtype, device=poses.device)
     reg[0, 0] = p.initial_curvature_penalty
-    lhs = design.transpose(1, 2) @ design + reg
+    lhs = _suffix_sum(velocity * velocity).index_select(1, top).reshape(-1, m, m) * (c[:, None] * c) + reg
     chol, info = torch.linalg.cholesky_ex(lhs)
-    rhs = design.transpose(1, 2) @ yaw[..., None]
+    rhs = (c * _suffix_sum(velocity * yaw))[..., None]
     if bool(info.any()):
         k = torch.linalg.solve(lhs, rhs)[..., 0]
     else:
