@@ -23,7 +23,7 @@ EGO_RADIUS = math.hypot(PACIFICA.length / 2.0, PACIFICA.width / 2.0)
 #: Value of "no contact" in the first-contact tensors.
 NO_CONTACT = torch.iinfo(torch.int64).max
 #: Steps per chunk: pairs in contact within a chunk are not tested in the later ones.
-T_CHUNK = 8
+T_CHUNK = 14
 
 
 @dataclass(frozen=True)
