@@ -16,12 +16,25 @@ from rewards.torch.map_grid import SUB_CELLS, SUBCELL_SHIFTS, WORD_SHIFTS
 from rewards.torch.metric_cache_batch import MetricCacheBatch
 
 
-def grid_cells(batch: MetricCacheBatch, s_i: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_cells(
+    batch: MetricCacheBatch, s_i: torch.Tensor | None, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Grid cell ``(R,)`` (``nx * ny`` off the grid) and sub-cell bit ``(R,)`` of points ``(R, 2)`` of scenes
-    ``s_i`` ``(R,)``, with the arithmetic of the numba grid lookup."""
+    ``s_i`` ``(R,)`` (or of points ``(S, P, 2)`` of every scene, ``s_i`` None: ``(S * P,)`` each), with the
+    arithmetic of the numba grid lookup."""
+    if s_i is None:
+        ox, oy, cell, nx, ny = (v[:, None] for v in batch.grid_meta.unbind(-1))
+        c, bit = _cells(points[..., 0], points[..., 1], ox, oy, cell, nx.long(), ny.long())
+        return c.reshape(-1), bit.reshape(-1)
     ox, oy, cell, nx, ny = batch.grid_meta.index_select(0, s_i).unbind(-1)
-    nx, ny = nx.long(), ny.long()
-    fx, fy = (points[:, 0] - ox) / cell, (points[:, 1] - oy) / cell
+    return _cells(points[:, 0], points[:, 1], ox, oy, cell, nx.long(), ny.long())
+
+
+def _cells(
+    x: torch.Tensor, y: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, cell: torch.Tensor, nx: torch.Tensor,
+    ny: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    fx, fy = (x - ox) / cell, (y - oy) / cell
     ix, iy = torch.floor(fx).long(), torch.floor(fy).long()
     inside_grid = (ix >= 0) & (iy >= 0) & (ix < nx) & (iy < ny)
     c = torch.where(inside_grid, ix * ny + iy, nx * ny)
@@ -93,7 +106,7 @@ def point_classes(
     exact test go through :func:`polygon_hits`."""
     s_count, p_count = points.shape[:2]
     s_all = torch.arange(s_count, device=points.device).repeat_interleave(p_count)
-    c, bit = grid_cells(batch, s_all, points.reshape(-1, 2))
+    c, bit = grid_cells(batch, None, points)
     sub = batch.grid_subcells
     word = sub.reshape(-1).index_select(0, s_all * sub.shape[1] + c * (SUB_CELLS * SUB_CELLS) + bit)
     cat = (word >> SUBCELL_SHIFTS["category"]) & 15
