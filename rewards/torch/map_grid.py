@@ -95,12 +95,10 @@ WORD_SHIFTS = {"inside": 0, "test": 16, "category": 32, "poly": 36}
 #: Grid word of a padding entry: polygon ``-1``, no bits.
 NO_POLYGON_WORD = -1 << WORD_SHIFTS["poly"]
 #: Bit offsets of a sub-cell word: the category bits of the polygons containing the whole sub-cell (4 bits), the
-#: needs-exact-test flag (an edge meets the sub-cell or several lanes contain it), the same flag for the on-route
-#: and intersection bits only (an edge of a polygon with one of those bits meets the sub-cell), the one lane
-#: containing it (the rest; ``-1`` for none).
-SUBCELL_SHIFTS = {"category": 0, "exact": 4, "exact_route": 5, "lane": 8}
-#: Category bits that the "exact_route" flag covers (on-route lane, intersection).
-ROUTE_BITS = 4 | 8
+#: needs-exact-test flag (an edge meets the sub-cell or several lanes contain it), the same flag per category bit
+#: (4 bits: an edge of a polygon with that category bit meets the sub-cell), the one lane containing it (the rest;
+#: ``-1`` for none).
+SUBCELL_SHIFTS = {"category": 0, "exact": 4, "exact_category": 5, "lane": 12}
 
 
 def subcell_words(n_cells: int, cell_of: np.ndarray, words: np.ndarray) -> np.ndarray:
@@ -120,9 +118,10 @@ def subcell_words(n_cells: int, cell_of: np.ndarray, words: np.ndarray) -> np.nd
     lane_id = np.where(lanes == 1, count(is_lane * poly[:, None]), -1).astype(np.int64)
     category = sum((count(inside & ((cat & b) > 0)[:, None]) > 0).astype(np.int64) * b for b in (1, 2, 4, 8))
     exact = (count(test) > 0) | (lanes > 1)
-    exact_route = count(test & ((cat & ROUTE_BITS) > 0)[:, None]) > 0
     out = category | (exact.astype(np.int64) << SUBCELL_SHIFTS["exact"]) | (lane_id << SUBCELL_SHIFTS["lane"])
-    out |= exact_route.astype(np.int64) << SUBCELL_SHIFTS["exact_route"]
+    for i, b in enumerate((1, 2, 4, 8)):
+        exact_b = count(test & ((cat & b) > 0)[:, None]) > 0
+        out |= exact_b.astype(np.int64) << (SUBCELL_SHIFTS["exact_category"] + i)
     return out.astype(np.int64)
 
 

@@ -95,12 +95,11 @@ def _categories(cat: torch.Tensor) -> torch.Tensor:
 
 
 def point_classes(
-    batch: MetricCacheBatch, points: torch.Tensor, route_only: bool = False
+    batch: MetricCacheBatch, points: torch.Tensor, bits: int = 15
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Of points ``(S, P, 2)``: ``(S, P)`` category bits of the map polygons containing each, the lane containing it
-    (``-1``: none or several) and whether several lanes do. With ``route_only`` only the on-route and intersection
-    bits (:data:`rewards.torch.map_grid.ROUTE_BITS`) are exact; the other bits and the lanes may then be missing
-    where an edge is near.
+    (``-1``: none or several) and whether several lanes do. Only the category ``bits`` are sure to be exact, and the
+    lanes only when ``bits`` has the lane bit 2: the others may be missing where an edge is near.
 
     A point reads its sub-cell's word (:attr:`MetricCacheBatch.grid_subcells`); the points of sub-cells that need the
     exact test go through :func:`polygon_hits`."""
@@ -112,8 +111,11 @@ def point_classes(
     cat = (word >> SUBCELL_SHIFTS["category"]) & 15
     lane = word >> SUBCELL_SHIFTS["lane"]
     several = torch.zeros_like(word, dtype=torch.bool)
-    flag = SUBCELL_SHIFTS["exact_route" if route_only else "exact"]
-    (r_i,) = torch.nonzero((word >> flag) & 1, as_tuple=True)
+    if bits & 2:
+        exact = (word >> SUBCELL_SHIFTS["exact"]) & 1
+    else:
+        exact = (word >> SUBCELL_SHIFTS["exact_category"]) & bits
+    (r_i,) = torch.nonzero(exact, as_tuple=True)
     if len(r_i):
         poly, hit_cat = polygon_hits(batch, s_all[r_i], points.reshape(-1, 2).index_select(0, r_i), (c[r_i], bit[r_i]))
         cat[r_i] = _categories(hit_cat)
@@ -124,13 +126,22 @@ def point_classes(
     return cat.reshape(s_count, p_count), lane.reshape(s_count, p_count), several.reshape(s_count, p_count)
 
 
-def ego_area(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
+def ego_area(batch: MetricCacheBatch, points: torch.Tensor, contact_columns: bool = True) -> torch.Tensor:
     """Ego-area flags ``(S, K, T, 5)`` (:class:`rewards.pdm_metrics.EgoArea`) of ego points ``(S, K, T, 6, 2)``
-    (:func:`point_classes`; the rows with a corner in several lanes compare the corners' lane sets)."""
+    (:func:`point_classes`; the rows with a corner in several lanes compare the corners' lane sets).
+
+    Without ``contact_columns`` the columns that only matter at contacts, MULTIPLE_LANES and
+    REAR_AXLE_IN_INTERSECTION, are left False (:func:`ego_area_rows` gives them for chosen rows), and the corners
+    are only tested exactly near the edges of drivable polygons."""
+    lead = points.shape[:-2]
     corners = points[..., :4, :].flatten(1, -2)
-    cat, lane, several_at = (v.reshape(*points.shape[:-2], 4) for v in point_classes(batch, corners))
-    inner = point_classes(batch, points[..., 4:, :].flatten(1, -2), route_only=True)[0]
-    cat = torch.cat([cat, inner.reshape(*points.shape[:-2], 2)], -1)
+    cat, lane, several_at = (v.reshape(*lead, 4) for v in point_classes(batch, corners, 15 if contact_columns else 1))
+    centre = point_classes(batch, points[..., 4, :].flatten(1, -2), 4 | 8)[0].reshape(lead)
+    drivable = cat[..., 0] & cat[..., 1] & cat[..., 2] & cat[..., 3] & 1
+    if not contact_columns:
+        false = torch.zeros_like(drivable, dtype=torch.bool)
+        return torch.stack([false, drivable == 0, (centre & 4) == 0, (centre & 8) > 0, false], -1)
+    rear = point_classes(batch, points[..., 5, :].flatten(1, -2), 8)[0].reshape(lead)
     big = torch.iinfo(lane.dtype).max
     l0, l1, l2, l3 = (lane[..., p] for p in range(4))
     some = [torch.where(v >= 0, v, big) for v in (l0, l1, l2, l3)]
@@ -138,21 +149,21 @@ def ego_area(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
         torch.maximum(l0, l1), torch.maximum(l2, l3)
     )
     all_four = (l0 >= 0) & (l0 == l1) & (l0 == l2) & (l0 == l3)
-    drivable = cat[..., 0] & cat[..., 1] & cat[..., 2] & cat[..., 3] & 1
-    out = torch.stack(
-        [
-            several & ~all_four,
-            drivable == 0,
-            (cat[..., 4] & 4) == 0,
-            (cat[..., 4] & 8) > 0,
-            (cat[..., 5] & 8) > 0,
-        ],
-        -1,
-    )
+    out = torch.stack([several & ~all_four, drivable == 0, (centre & 4) == 0, (centre & 8) > 0, (rear & 8) > 0], -1)
     (r_i,) = torch.nonzero(several_at.any(-1).reshape(-1), as_tuple=True)
     if len(r_i):
         out.view(-1, 5)[r_i] = _exact_area(batch, points, r_i)
     return out
+
+
+def ego_area_rows(
+    batch: MetricCacheBatch, points: torch.Tensor, s_i: torch.Tensor, k_i: torch.Tensor, t_i: torch.Tensor
+) -> torch.Tensor:
+    """Ego-area flags ``(R, 5)`` of the rows ``(s_i, k_i, t_i)`` ``(R,)`` of points ``(S, K, T, 6, 2)``, all columns
+    (those of :func:`ego_area`)."""
+    if len(s_i) == 0:
+        return torch.zeros((0, 5), dtype=torch.bool, device=points.device)
+    return _exact_area(batch, points, (s_i * points.shape[1] + k_i) * points.shape[2] + t_i)
 
 
 def _exact_area(batch: MetricCacheBatch, points: torch.Tensor, r_i: torch.Tensor) -> torch.Tensor:

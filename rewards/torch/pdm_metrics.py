@@ -10,6 +10,7 @@ of the numpy functions, documented there; only the loops became masks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -52,6 +53,15 @@ def contact_firsts(
     return nc, ttc
 
 
+#: Ego-area flags ``(R, 5)`` of rows ``(s_i, k_i, t_i)`` (e.g. :func:`rewards.torch.pdm_map.ego_area_rows`).
+AreaRows = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _area_at(areas: torch.Tensor | AreaRows, s_i: torch.Tensor, k_i: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``(R, 5)`` ego-area flags of rows ``(s_i, k_i, t)``, from ``(S, K, T, 5)`` flags or a row lookup."""
+    return areas[s_i, k_i, t] if isinstance(areas, torch.Tensor) else areas(s_i, k_i, t)
+
+
 def _min_per_candidate(shape: torch.Size, s_i: torch.Tensor, k_i: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``(S, K)``: the least of ``values`` ``(R,)`` of each candidate ``(s_i, k_i)``, 1 where it has none."""
     out = torch.ones(shape, dtype=values.dtype, device=values.device)
@@ -63,11 +73,11 @@ def no_at_fault_collisions(
     batch: MetricCacheBatch,
     states: torch.Tensor,
     points: torch.Tensor,
-    areas: torch.Tensor,
+    areas: torch.Tensor | AreaRows,
     first: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """NC ``(S, K)`` in {0, 0.5, 1} (:func:`rewards.pdm_metrics.no_at_fault_collisions`); ``first``: the NC events
-    of :func:`contact_firsts` when already found."""
+    """NC ``(S, K)`` in {0, 0.5, 1} (:func:`rewards.pdm_metrics.no_at_fault_collisions`); ``areas``: the ego-area
+    flags ``(S, K, T, 5)`` or a lookup of rows; ``first``: the NC events of :func:`contact_firsts` when found."""
     corners = points[..., :4, :]
     if first is None:
         every = torch.ones(states.shape[:3], dtype=torch.bool, device=states.device)
@@ -81,7 +91,7 @@ def no_at_fault_collisions(
     behind = relative_angle(ego_state[:, :3], agent[:, :2]) > _BEHIND
     bumper = corners[s_i, k_i, t][:, [0, 0, 3, 3], :]
     front = sat_overlap(bumper, batch.agent_corners[s_i, t, n_i])
-    ego_area = areas[s_i, k_i, t]
+    ego_area = _area_at(areas, s_i, k_i, t)
     lateral_fault = ego_area[:, EgoArea.MULTIPLE_LANES] | ego_area[:, EgoArea.NON_DRIVABLE_AREA]
     at_fault = ~ego_stopped & (batch.agent_stopped[s_i, n_i] | (~behind & (front | lateral_fault)))
     penalty = torch.where(batch.agent_dynamic[s_i, n_i], 0.0, pm.STATIC_COLLISION_SCORE).to(states.dtype)
@@ -92,12 +102,12 @@ def time_to_collision(
     batch: MetricCacheBatch,
     states: torch.Tensor,
     points: torch.Tensor,
-    areas: torch.Tensor,
+    areas: torch.Tensor | AreaRows,
     t_count: int,
     first: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TTC ``(S, K)`` in {0, 1} over steps ``0 .. t_count - 1`` (:func:`rewards.pdm_metrics.time_to_collision`);
-    ``first``: the TTC events of :func:`contact_firsts` when already found."""
+    ``areas`` as for :func:`no_at_fault_collisions`; ``first``: the TTC events of :func:`contact_firsts`."""
     if first is None:
         first = contact_firsts(batch, states, points, t_count)[1]
     s_i, k_i, n_i = torch.nonzero(first != NO_CONTACT, as_tuple=True)
@@ -108,7 +118,7 @@ def time_to_collision(
     angle = relative_angle(states[s_i, k_i, t, :3], centroid)
     ahead = angle < _AHEAD
     not_behind = ~(angle > _BEHIND)
-    ego_area = areas[s_i, k_i, t]
+    ego_area = _area_at(areas, s_i, k_i, t)
     risky = (
         ego_area[:, EgoArea.MULTIPLE_LANES]
         | ego_area[:, EgoArea.NON_DRIVABLE_AREA]
