@@ -120,10 +120,10 @@ def fit_profiles(poses: torch.Tensor, dt: float, p: TrackerParameters = DEFAULT_
     # sum_{k >= max(i, j)} v_k^2 and design^T yaw [i] = c_i sum_{k >= i} v_k yaw_k (suffix sums, no (M, M) products)
     c = torch.diagonal(pattern)
     idx = torch.arange(m, device=poses.device)
-    top = torch.maximum(idx[:, None], idx[None, :]).reshape(-1)
     reg = p.curvature_rate_penalty * torch.eye(m, dtype=poses.dtype, device=poses.device)
     reg[0, 0] = p.initial_curvature_penalty
-    lhs = _suffix_sum(velocity * velocity).index_select(1, top).reshape(-1, m, m) * (c[:, None] * c) + reg
+    tail = _suffix_sum(velocity * velocity)
+    lhs = torch.where(idx[:, None] >= idx, tail[:, :, None], tail[:, None, :]) * (c[:, None] * c) + reg
     chol, info = torch.linalg.cholesky_ex(lhs)
     rhs = (c * _suffix_sum(velocity * yaw))[..., None]
     if bool(info.any()):
@@ -260,13 +260,84 @@ def track_and_propagate(
         raise ValueError(f"current state must be (B, 11) matching the references, got {tuple(state.shape)}")
     n = reference_poses.shape[1] - 1 if steps is None else steps
     velocity, curvature = fit_profiles(reference_poses, dt, params)
+    m, h = velocity.shape[1], params.horizon
+    k_idx = torch.clamp(torch.arange(n, device=state.device), max=m - 1)  # reference index of each step
+    window = torch.clamp(k_idx[:, None] + torch.arange(h, device=state.device), max=m - 1)  # (n, H)
+    coef = _lateral_coefficients(curvature[:, window], dt)  # (B, n, 5)
+    ref = reference_poses[:, k_idx]  # (B, n, 3)
+    ref_cos, ref_sin = torch.cos(ref[..., 2]), torch.sin(ref[..., 2])
+    v_ref = velocity[:, torch.clamp(k_idx + h, max=m - 1)]  # (B, n)
     out = [state]
     for k in range(n):
-        accel, rate = lqr_command(
-            out[-1], reference_poses, velocity, curvature, min(k, velocity.shape[1] - 1), dt, params
-        )
-        out.append(propagate(out[-1], accel, rate, dt, params))
+        st = out[-1]
+        ex, ey = st[:, S.X] - ref[:, k, 0], st[:, S.Y] - ref[:, k, 1]
+        lateral = torch.stack(
+            [-ex * ref_sin[:, k] + ey * ref_cos[:, k], normalize_angle(st[:, S.HEADING] - ref[:, k, 2]),
+             st[:, S.STEERING_ANGLE]], -1,
+        )  # fmt: skip
+        accel, rate = _commands(lateral, st[:, S.VX], v_ref[:, k], coef[:, k], h, dt, params)
+        out.append(propagate(st, accel, rate, dt, params))
     return torch.stack(out, 1)
+
+
+@lru_cache(maxsize=16)
+def _horizon_sums(h: int, dt: float) -> tuple[tuple[float, ...], torch.Tensor]:
+    """Constants of the lateral LQR sums over ``h`` steps at speeds ``v0 + a s_k`` (``s_k = k dt``) and the
+    ``(h, 5)`` weights of the curvatures in the others (:func:`_lateral_coefficients`)."""
+    s = torch.arange(h, dtype=torch.float64) * dt
+    k = torch.arange(h, dtype=torch.float64)
+    before = torch.cumsum(s, 0) - s  # sum_{i < k} s_i
+    before2 = torch.cumsum(s * s, 0) - s * s
+    after = s.sum() - torch.cumsum(s, 0)  # sum_{j > i} s_j
+    consts = (s.sum(), (s * s).sum(), k.sum(), (k * s + before).sum(), (s * before).sum(), before.sum(),
+              (s * before + before2).sum(), (s * before2).sum())  # fmt: skip
+    rest = h - 1 - k
+    weights = torch.stack([torch.ones(h, dtype=torch.float64), s, rest, after + rest * s, s * after], -1)
+    return tuple(float(c) for c in consts), weights
+
+
+def _lateral_coefficients(kappa: torch.Tensor, dt: float) -> torch.Tensor:
+    """``(B, n, 5)`` curvature sums of the lateral LQR for the horizon windows ``kappa`` ``(B, n, H)``:
+    ``sum kappa_i``, ``sum s_i kappa_i`` and the weights of ``v0^2``, ``v0 a``, ``a^2`` in
+    ``sum_k (v0 + a s_k) sum_{i < k} (v0 + a s_i) kappa_i``."""
+    weights = _horizon_sums(kappa.shape[-1], dt)[1].to(kappa)
+    return kappa @ weights
+
+
+def _commands(
+    lateral: torch.Tensor,
+    v0: torch.Tensor,
+    v_ref: torch.Tensor,
+    coef: torch.Tensor,
+    h: int,
+    dt: float,
+    p: TrackerParameters,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lqr_command` from lateral errors / steering ``(B, 3)``, speeds and reference speeds ``(B,)`` and the
+    curvature sums ``(B, 5)`` of :func:`_lateral_coefficients`: the horizon sums of :func:`_lateral_rate` written
+    as polynomials in the speed ``v0`` and the acceleration ``a`` of the longitudinal LQR."""
+    stop = (v_ref <= p.stopping_velocity) & (v0 <= p.stopping_velocity)
+    gain_b = h * dt
+    a = -(gain_b * p.q_longitudinal * (v0 - v_ref)) / (gain_b * p.q_longitudinal * gain_b + p.r_longitudinal)
+    accel = torch.where(stop, -p.stopping_gain * (v0 - v_ref), a)
+    (s1, s2, a00, a01, a11, b0, b1, b2), _ = _horizon_sums(h, dt)
+    e_lat, e_psi, delta = lateral.unbind(-1)
+    k0, k1, d0, d1, d2 = coef.unbind(-1)
+    vv, va, aa = v0 * v0, v0 * a, a * a
+    dt2_l = dt * dt / p.wheel_base
+    sum_lat = dt * (h * v0 + s1 * a)
+    drift = dt * (v0 * k0 + a * k1)
+    free0 = e_lat + e_psi * sum_lat + delta * (dt2_l * (a00 * vv + a01 * va + a11 * aa))
+    free0 = free0 - dt * dt * (d0 * vv + d1 * va + d2 * aa)
+    free1 = normalize_angle(e_psi + delta * (sum_lat / p.wheel_base) - drift)
+    bl = dt2_l * (b0 * vv + b1 * va + b2 * aa)
+    bp = dt / p.wheel_base * (s1 * v0 + s2 * a)
+    q0, q1, q2 = p.q_lateral
+    bd = h * dt
+    rate = -(bl * q0 * free0 + bp * q1 * free1 + bd * q2 * delta) / (
+        bl * q0 * bl + bp * q1 * bp + bd * q2 * bd + p.r_lateral
+    )
+    return accel, torch.where(stop, torch.zeros_like(rate), rate)
 
 
 def local_to_global(poses: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
