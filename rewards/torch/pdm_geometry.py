@@ -1,11 +1,10 @@
-"""Batched geometry of the torch PDM scorer: map membership of ego points, first contacts with tracks, red-light
-polygons and the centre-line projection, over ``S`` scenes of a :class:`MetricCacheBatch`.
+"""Batched geometry of the torch PDM scorer over ``S`` scenes of a :class:`MetricCacheBatch`: ego points, red-light
+polygons, the centre-line projection, and the entry points of the contact search (:mod:`rewards.torch.pdm_contacts`;
+map membership is :mod:`rewards.torch.pdm_map`).
 
-Each function reproduces the arithmetic of the numba kernels of :mod:`rewards.pdm_metrics` and
-:mod:`simulation.polygon_grid` operation by operation (so float64 results are identical), with masks and
-padding instead of loops: one sub-cell word per point (the polygons covering its sub-cell, precomputed at
-collation) and the even-odd test only for the compacted points near a polygon edge; for contacts a two-level
-centre-distance broad phase and a compacted separating-axis test. Compactions (``nonzero``) are the only
+Each function reproduces the arithmetic of the numba kernels of :mod:`rewards.pdm_metrics` operation by operation
+(so float64 results are identical), with masks and compaction instead of loops; the centre-line projection only
+tests the segment groups that its bounding boxes do not rule out. Compactions (``nonzero``) are the only
 data-dependent host syncs, a few per call, none per time step.
 """
 
