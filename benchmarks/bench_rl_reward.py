@@ -3,7 +3,8 @@
 process. Prints both rates and their ratio, and checks that both give the same rewards. Then the torch backend
 (``backend="torch"``, the whole batch in one call, one CPU thread unless ``--threads``): its scenes are collated on
 the warm-up call and kept (``RuleReward``'s scene cache), so the timed calls pay only for the candidates; the line
-also gives a first call's rate (collation included) and the largest reward difference to numpy.
+also gives a first call's rate (collation included) and the largest reward difference to numpy; the last line compares
+the numpy and torch backends in process CPU time (calls in alternation), which a loaded machine leaves intact.
 
 Scenes: ``bench_scoring.py``'s synthetic four-lane road with a junction and 40 agents (one metric cache each, v1);
 candidates are kinematic rollouts with random accelerations, yaw rates and lateral offsets, as local poses.
@@ -85,7 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"backend=torch ({args.threads} CPU thread(s), scenes collated once): {torch_rate:8.1f} candidates/s, "
           f"x{torch_rate / serial_rate:.2f} numpy in-process; first call (collation included) {first_rate:.1f}/s; "
           f"max reward difference {diff:.1e}")  # fmt: skip
+    numpy_cpu, torch_cpu = cpu_rates(RuleReward("v1"), fresh, caches, plans, args.repeats)
+    print(f"in process CPU time (alternating calls): numpy {numpy_cpu:8.1f} candidates/s, torch {torch_cpu:8.1f}/s, "
+          f"x{torch_cpu / numpy_cpu:.2f} numpy")  # fmt: skip
     return 0
+
+
+def cpu_rates(
+    numpy_reward: RuleReward, torch_reward: RuleReward, caches: list[MetricCache], plans: np.ndarray, repeats: int
+) -> tuple[float, float]:
+    """Candidates per CPU second of two in-process rewards (warm), called in alternation ``repeats`` times each."""
+    numpy_reward.score(caches, plans)
+    spent = [0.0, 0.0]
+    for _ in range(repeats):
+        for i, reward in enumerate((numpy_reward, torch_reward)):
+            start = time.process_time()
+            reward.score(caches, plans)
+            spent[i] += time.process_time() - start
+    n = plans.shape[0] * plans.shape[1] * repeats
+    return n / spent[0], n / spent[1]
 
 
 if __name__ == "__main__":

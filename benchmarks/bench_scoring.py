@@ -6,7 +6,8 @@ process on the same synthetic scenes. Also prints how often the two agree on eve
 
 Then the batched torch twin (:mod:`rewards.torch.pdm`) on ``--torch-scenes`` x ``--candidates`` (default 32 x 64):
 candidate scorings per second of numpy (scene by scene), torch on one CPU thread, torch on all CPU threads and
-torch on CUDA when there is one (a line says so when not), each with its ratio to the shapely baseline.
+torch on CUDA when there is one (a line says so when not), each with its ratio to the shapely baseline; then numpy
+and torch on one thread in process CPU time (calls in alternation), the figure that a loaded machine leaves intact.
 
 Scenes: a synthetic four-lane road with a junction (about 60 map polygons) and 40 agents moving on it;
 candidates are kinematic rollouts with random accelerations, yaw rates and lane offsets.
@@ -258,6 +259,32 @@ def _time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - start) / repeats
 
 
+def _cpu_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    """Process CPU time per call (all threads of the process)."""
+    start = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return (time.process_time() - start) / repeats
+
+
+def cpu_rates(caches: list[MetricCache], cands: np.ndarray, rounds: int = 3) -> tuple[float, float]:
+    """Candidate scorings per CPU second of numpy + numba (scene by scene) and of torch on one thread, on
+    ``caches`` x ``cands`` ``(S, K, 41, 11)``, measured in alternation (``rounds`` calls each): a loaded machine
+    slows the wall clock, not the CPU time of the process."""
+    batch = MetricCacheBatch.collate(caches)
+    states = torch.as_tensor(cands)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch_score_states(batch, states)
+    numpy_s = torch_s = 0.0
+    for _ in range(rounds):
+        numpy_s += _cpu_time(lambda: [score_states(c, s) for c, s in zip(caches, cands, strict=True)], 1)
+        torch_s += _cpu_time(lambda: torch_score_states(batch, states), 1)
+    torch.set_num_threads(threads)
+    n = cands.shape[0] * cands.shape[1] * rounds
+    return n / numpy_s, n / torch_s
+
+
 def torch_rates(caches: list[MetricCache], cands: np.ndarray, repeats: int = 3) -> dict[str, float | None]:
     """Candidate scorings per second of the torch scorer on ``caches`` x ``cands`` ``(S, K, 41, 11)``: one CPU
     thread, all CPU threads, CUDA (``None`` when there is none). Collation is done once, outside the timing."""
@@ -301,6 +328,9 @@ def print_torch_rates(args: argparse.Namespace, rng: np.random.Generator, base_r
             print(f"  {name}: skipped (no CUDA device)")
             continue
         print(f"  {name}: {rate:.0f}/s, x{rate / numpy_rate:.2f} numpy, x{rate / base_rate:.1f} shapely baseline")
+    numpy_cpu, torch_cpu = cpu_rates(caches, cands)
+    print(f"  in process CPU time (alternating calls): numpy + numba {numpy_cpu:.0f}/s, torch on 1 CPU thread "
+          f"{torch_cpu:.0f}/s, x{torch_cpu / numpy_cpu:.2f} numpy")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

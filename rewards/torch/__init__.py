@@ -6,8 +6,8 @@
   NAVSIM's ``simulate_proposals``.
 - :mod:`rewards.torch.metric_cache_batch`: ``MetricCacheBatch``, ``S`` metric caches padded and collated (re-centred
   on each ego start when cast below float64); :mod:`rewards.torch.map_grid` builds its map grid (sub-cell classes).
-- :mod:`rewards.torch.pdm` (+ ``pdm_metrics``, ``pdm_geometry``, ``comfort``): PDMS / EPDMS of ``(S, K)``
-  candidates, the twin of :mod:`rewards.pdm` (binary sub-metrics identical in float64).
+- :mod:`rewards.torch.pdm` (+ ``pdm_metrics``, ``pdm_geometry``, ``pdm_contacts``, ``pdm_map``, ``comfort``):
+  PDMS / EPDMS of ``(S, K)`` candidates, the twin of :mod:`rewards.pdm` (float64 results identical).
 - :mod:`rewards.torch.cls_world` / :mod:`rewards.torch.cls_polygons`: the map of a batch of closed-loop episodes
   as padded tensors (lane graph, polygons as bounded edge groups, the expert's roadblock route).
 - :mod:`rewards.torch.cls_route`, :mod:`rewards.torch.cls_collisions`, :mod:`rewards.torch.cls_metrics`: nuPlan's

@@ -100,6 +100,11 @@ def _design(
     return normal_inv.to(dtype=dtype, device=device), pattern.to(dtype=dtype, device=device)
 
 
+def _suffix_sum(x: torch.Tensor) -> torch.Tensor:
+    """``out[..., k] = sum(x[..., k:])``."""
+    return torch.flip(torch.cumsum(torch.flip(x, [-1]), -1), [-1])
+
+
 def fit_profiles(poses: torch.Tensor, dt: float, p: TrackerParameters = DEFAULT_TRACKER) -> tuple[torch.Tensor, ...]:
     """Velocity ``(B, P-1)`` and curvature ``(B, P-1)`` profiles of reference poses ``(B, P, 3)``."""
     m = poses.shape[1] - 1
@@ -111,12 +116,16 @@ def fit_profiles(poses: torch.Tensor, dt: float, p: TrackerParameters = DEFAULT_
     velocity = _integrate(x[:, 0], x[:, 1:], dt)  # (B, M)
 
     yaw = normalize_angle(diff[..., 2])
-    design = velocity[:, :, None] * pattern  # (B, M, M)
+    # design = v[:, :, None] * pattern with pattern[k, i] = c_i for i <= k: design^T design [i, j] = c_i c_j
+    # sum_{k >= max(i, j)} v_k^2 and design^T yaw [i] = c_i sum_{k >= i} v_k yaw_k (suffix sums, no (M, M) products)
+    c = torch.diagonal(pattern)
+    idx = torch.arange(m, device=poses.device)
     reg = p.curvature_rate_penalty * torch.eye(m, dtype=poses.dtype, device=poses.device)
     reg[0, 0] = p.initial_curvature_penalty
-    lhs = design.transpose(1, 2) @ design + reg
+    tail = _suffix_sum(velocity * velocity)
+    lhs = torch.where(idx[:, None] >= idx, tail[:, :, None], tail[:, None, :]) * (c[:, None] * c) + reg
     chol, info = torch.linalg.cholesky_ex(lhs)
-    rhs = design.transpose(1, 2) @ yaw[..., None]
+    rhs = (c * _suffix_sum(velocity * yaw))[..., None]
     if bool(info.any()):
         k = torch.linalg.solve(lhs, rhs)[..., 0]
     else:
@@ -151,36 +160,48 @@ def lqr_command(
     accel_lqr = -(gain_b * p.q_longitudinal * (v0 - v_ref)) / (gain_b * p.q_longitudinal * gain_b + p.r_longitudinal)
     accel = torch.where(stop, -p.stopping_gain * (v0 - v_ref), accel_lqr)
 
-    vel = v0[:, None] + accel_lqr[:, None] * dt * torch.arange(h, dtype=state.dtype, device=state.device)
-    a11 = torch.ones_like(v0)
-    # propagate x_N = A x0 + B u + g over the horizon with A_k = [[1, v dt, 0], [0, 1, v dt / L], [0, 0, 1]]
-    a_mat = torch.eye(3, dtype=state.dtype, device=state.device).expand(len(v0), 3, 3).clone()
-    b_vec = torch.zeros(len(v0), 3, dtype=state.dtype, device=state.device)
-    g_vec = torch.zeros_like(b_vec)
-    zero = torch.zeros_like(v0)
-    for k in range(h):
-        vd = vel[:, k] * dt
-        step_mat = torch.stack(
-            [
-                torch.stack([a11, vd, zero], -1),
-                torch.stack([zero, a11, vd / p.wheel_base], -1),
-                torch.stack([zero, zero, a11], -1),
-            ],
-            1,
-        )
-        a_mat = step_mat @ a_mat
-        b_vec = (step_mat @ b_vec[..., None])[..., 0]
-        b_vec[:, 2] += dt
-        g_vec = (step_mat @ g_vec[..., None])[..., 0]
-        g_vec[:, 1] -= vd * kappa[:, k]
-    x0 = torch.stack([lat, head, state[:, S.STEERING_ANGLE]], -1)
-    err = (a_mat @ x0[..., None])[..., 0] + g_vec
-    err = torch.cat([err[:, :1], normalize_angle(err[:, 1:])], 1)
-    q = torch.tensor(p.q_lateral, dtype=state.dtype, device=state.device)
-    btq = b_vec * q
-    steer_rate = -(btq * err).sum(-1) / ((btq * b_vec).sum(-1) + p.r_lateral)
+    steer_rate = _lateral_rate(torch.stack([lat, head, state[:, S.STEERING_ANGLE]], -1), v0, accel_lqr, kappa, dt, p)
     steer_rate = torch.where(stop, torch.zeros_like(steer_rate), steer_rate)
     return accel, steer_rate
+
+
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """``out[..., k] = sum(x[..., :k])`` (0 at k = 0)."""
+    return torch.nn.functional.pad(torch.cumsum(x[..., :-1], -1), (1, 0))
+
+
+def _lateral_rate(
+    lateral: torch.Tensor, v0: torch.Tensor, accel: torch.Tensor, kappa: torch.Tensor, dt: float, p: TrackerParameters
+) -> torch.Tensor:
+    """Steering-rate command ``(B,)`` of the lateral LQR from lateral errors / steering ``(B, 3)``, speeds ``(B,)``
+    growing by ``accel * dt`` per step and curvatures ``(B, H)`` over the horizon.
+
+    The Euler-discretised error dynamics (``e_lat += v dt e_psi``, ``e_psi += v dt (delta / L - kappa)``,
+    ``delta += dt u``, ``u`` held) compose over ``H`` steps to ``x_H = A x_0 + B u + g``; the products of the
+    upper-triangular step matrices are written out with cumulative sums (as :mod:`simulation.kinematics`)."""
+    h = kappa.shape[1]
+    step = torch.arange(h, dtype=lateral.dtype, device=lateral.device) * dt
+    vel = v0[:, None] + accel[:, None] * step  # (B, H)
+    lat_gain = vel * dt
+    psi_gain = vel * dt / p.wheel_base
+    drift = vel * kappa * dt
+    e_lat, e_psi, delta = lateral.unbind(-1)
+    free = torch.stack(
+        [
+            e_lat + e_psi * lat_gain.sum(-1) + delta * (lat_gain * _exclusive_cumsum(psi_gain)).sum(-1)
+            - (lat_gain * _exclusive_cumsum(drift)).sum(-1),
+            normalize_angle(e_psi + delta * psi_gain.sum(-1) - drift.sum(-1)),
+            delta,
+        ],
+        -1,
+    )  # fmt: skip
+    b_total = torch.stack(
+        [(lat_gain * _exclusive_cumsum(psi_gain * step)).sum(-1), (psi_gain * step).sum(-1),
+         torch.full_like(e_lat, h * dt)], -1,
+    )  # fmt: skip
+    q = torch.tensor(p.q_lateral, dtype=lateral.dtype, device=lateral.device)
+    btq = b_total * q
+    return -(btq * free).sum(-1) / ((btq * b_total).sum(-1) + p.r_lateral)
 
 
 def propagate(
@@ -197,18 +218,24 @@ def propagate(
     new_steer_lag = dt / (dt + p.steering_time_constant) * (ideal_steer - steer0) + steer0
     steer_rate = (new_steer_lag - steer0) / dt
     v, psi = state[:, S.VX], state[:, S.HEADING]
-    out = state.clone()
-    out[:, S.X] = state[:, S.X] + v * torch.cos(psi) * dt
-    out[:, S.Y] = state[:, S.Y] + v * torch.sin(psi) * dt
-    out[:, S.HEADING] = normalize_angle(psi + v * torch.tan(steer0) / p.wheel_base * dt)
-    out[:, S.VX] = v + accel * dt
-    out[:, S.VY] = 0.0
-    out[:, S.STEERING_ANGLE] = torch.clamp(steer0 + steer_rate * dt, -p.max_steering_angle, p.max_steering_angle)
-    out[:, S.YAW_RATE] = out[:, S.VX] * torch.tan(out[:, S.STEERING_ANGLE]) / p.wheel_base
-    out[:, S.AX] = accel
-    out[:, S.AY] = 0.0
-    out[:, S.YAW_ACCEL] = (out[:, S.YAW_RATE] - state[:, S.YAW_RATE]) / dt
-    out[:, S.STEERING_RATE] = steer_rate
+    new_v = v + accel * dt
+    steer = torch.clamp(steer0 + steer_rate * dt, -p.max_steering_angle, p.max_steering_angle)
+    yaw_rate = new_v * torch.tan(steer) / p.wheel_base
+    zero = torch.zeros_like(v)
+    columns = {
+        S.X: state[:, S.X] + v * torch.cos(psi) * dt,
+        S.Y: state[:, S.Y] + v * torch.sin(psi) * dt,
+        S.HEADING: normalize_angle(psi + v * torch.tan(steer0) / p.wheel_base * dt),
+        S.VX: new_v,
+        S.VY: zero,
+        S.STEERING_ANGLE: steer,
+        S.YAW_RATE: yaw_rate,
+        S.AX: accel,
+        S.AY: zero,
+        S.YAW_ACCEL: (yaw_rate - state[:, S.YAW_RATE]) / dt,
+        S.STEERING_RATE: steer_rate,
+    }
+    out = torch.stack([columns[i] for i in StateIndex], -1)
     return out
 
 
@@ -233,13 +260,84 @@ def track_and_propagate(
         raise ValueError(f"current state must be (B, 11) matching the references, got {tuple(state.shape)}")
     n = reference_poses.shape[1] - 1 if steps is None else steps
     velocity, curvature = fit_profiles(reference_poses, dt, params)
+    m, h = velocity.shape[1], params.horizon
+    k_idx = torch.clamp(torch.arange(n, device=state.device), max=m - 1)  # reference index of each step
+    window = torch.clamp(k_idx[:, None] + torch.arange(h, device=state.device), max=m - 1)  # (n, H)
+    coef = _lateral_coefficients(curvature[:, window], dt)  # (B, n, 5)
+    ref = reference_poses[:, k_idx]  # (B, n, 3)
+    ref_cos, ref_sin = torch.cos(ref[..., 2]), torch.sin(ref[..., 2])
+    v_ref = velocity[:, torch.clamp(k_idx + h, max=m - 1)]  # (B, n)
     out = [state]
     for k in range(n):
-        accel, rate = lqr_command(
-            out[-1], reference_poses, velocity, curvature, min(k, velocity.shape[1] - 1), dt, params
-        )
-        out.append(propagate(out[-1], accel, rate, dt, params))
+        st = out[-1]
+        ex, ey = st[:, S.X] - ref[:, k, 0], st[:, S.Y] - ref[:, k, 1]
+        lateral = torch.stack(
+            [-ex * ref_sin[:, k] + ey * ref_cos[:, k], normalize_angle(st[:, S.HEADING] - ref[:, k, 2]),
+             st[:, S.STEERING_ANGLE]], -1,
+        )  # fmt: skip
+        accel, rate = _commands(lateral, st[:, S.VX], v_ref[:, k], coef[:, k], h, dt, params)
+        out.append(propagate(st, accel, rate, dt, params))
     return torch.stack(out, 1)
+
+
+@lru_cache(maxsize=16)
+def _horizon_sums(h: int, dt: float) -> tuple[tuple[float, ...], torch.Tensor]:
+    """Constants of the lateral LQR sums over ``h`` steps at speeds ``v0 + a s_k`` (``s_k = k dt``) and the
+    ``(h, 5)`` weights of the curvatures in the others (:func:`_lateral_coefficients`)."""
+    s = torch.arange(h, dtype=torch.float64) * dt
+    k = torch.arange(h, dtype=torch.float64)
+    before = torch.cumsum(s, 0) - s  # sum_{i < k} s_i
+    before2 = torch.cumsum(s * s, 0) - s * s
+    after = s.sum() - torch.cumsum(s, 0)  # sum_{j > i} s_j
+    consts = (s.sum(), (s * s).sum(), k.sum(), (k * s + before).sum(), (s * before).sum(), before.sum(),
+              (s * before + before2).sum(), (s * before2).sum())  # fmt: skip
+    rest = h - 1 - k
+    weights = torch.stack([torch.ones(h, dtype=torch.float64), s, rest, after + rest * s, s * after], -1)
+    return tuple(float(c) for c in consts), weights
+
+
+def _lateral_coefficients(kappa: torch.Tensor, dt: float) -> torch.Tensor:
+    """``(B, n, 5)`` curvature sums of the lateral LQR for the horizon windows ``kappa`` ``(B, n, H)``:
+    ``sum kappa_i``, ``sum s_i kappa_i`` and the weights of ``v0^2``, ``v0 a``, ``a^2`` in
+    ``sum_k (v0 + a s_k) sum_{i < k} (v0 + a s_i) kappa_i``."""
+    weights = _horizon_sums(kappa.shape[-1], dt)[1].to(kappa)
+    return kappa @ weights
+
+
+def _commands(
+    lateral: torch.Tensor,
+    v0: torch.Tensor,
+    v_ref: torch.Tensor,
+    coef: torch.Tensor,
+    h: int,
+    dt: float,
+    p: TrackerParameters,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lqr_command` from lateral errors / steering ``(B, 3)``, speeds and reference speeds ``(B,)`` and the
+    curvature sums ``(B, 5)`` of :func:`_lateral_coefficients`: the horizon sums of :func:`_lateral_rate` written
+    as polynomials in the speed ``v0`` and the acceleration ``a`` of the longitudinal LQR."""
+    stop = (v_ref <= p.stopping_velocity) & (v0 <= p.stopping_velocity)
+    gain_b = h * dt
+    a = -(gain_b * p.q_longitudinal * (v0 - v_ref)) / (gain_b * p.q_longitudinal * gain_b + p.r_longitudinal)
+    accel = torch.where(stop, -p.stopping_gain * (v0 - v_ref), a)
+    (s1, s2, a00, a01, a11, b0, b1, b2), _ = _horizon_sums(h, dt)
+    e_lat, e_psi, delta = lateral.unbind(-1)
+    k0, k1, d0, d1, d2 = coef.unbind(-1)
+    vv, va, aa = v0 * v0, v0 * a, a * a
+    dt2_l = dt * dt / p.wheel_base
+    sum_lat = dt * (h * v0 + s1 * a)
+    drift = dt * (v0 * k0 + a * k1)
+    free0 = e_lat + e_psi * sum_lat + delta * (dt2_l * (a00 * vv + a01 * va + a11 * aa))
+    free0 = free0 - dt * dt * (d0 * vv + d1 * va + d2 * aa)
+    free1 = normalize_angle(e_psi + delta * (sum_lat / p.wheel_base) - drift)
+    bl = dt2_l * (b0 * vv + b1 * va + b2 * aa)
+    bp = dt / p.wheel_base * (s1 * v0 + s2 * a)
+    q0, q1, q2 = p.q_lateral
+    bd = h * dt
+    rate = -(bl * q0 * free0 + bp * q1 * free1 + bd * q2 * delta) / (
+        bl * q0 * bl + bp * q1 * bp + bd * q2 * bd + p.r_lateral
+    )
+    return accel, torch.where(stop, torch.zeros_like(rate), rate)
 
 
 def local_to_global(poses: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:

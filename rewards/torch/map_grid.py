@@ -95,9 +95,10 @@ WORD_SHIFTS = {"inside": 0, "test": 16, "category": 32, "poly": 36}
 #: Grid word of a padding entry: polygon ``-1``, no bits.
 NO_POLYGON_WORD = -1 << WORD_SHIFTS["poly"]
 #: Bit offsets of a sub-cell word: the category bits of the polygons containing the whole sub-cell (4 bits), the
-#: needs-exact-test flag (an edge meets the sub-cell or several lanes contain it), the one lane containing it
-#: (the rest; ``-1`` for none).
-SUBCELL_SHIFTS = {"category": 0, "exact": 4, "lane": 8}
+#: needs-exact-test flag (an edge meets the sub-cell or several lanes contain it), the same flag per category bit
+#: (4 bits: an edge of a polygon with that category bit meets the sub-cell), the one lane containing it (the rest;
+#: ``-1`` for none).
+SUBCELL_SHIFTS = {"category": 0, "exact": 4, "exact_category": 5, "lane": 12}
 
 
 def subcell_words(n_cells: int, cell_of: np.ndarray, words: np.ndarray) -> np.ndarray:
@@ -118,6 +119,9 @@ def subcell_words(n_cells: int, cell_of: np.ndarray, words: np.ndarray) -> np.nd
     category = sum((count(inside & ((cat & b) > 0)[:, None]) > 0).astype(np.int64) * b for b in (1, 2, 4, 8))
     exact = (count(test) > 0) | (lanes > 1)
     out = category | (exact.astype(np.int64) << SUBCELL_SHIFTS["exact"]) | (lane_id << SUBCELL_SHIFTS["lane"])
+    for i, b in enumerate((1, 2, 4, 8)):
+        exact_b = count(test & ((cat & b) > 0)[:, None]) > 0
+        out |= exact_b.astype(np.int64) << (SUBCELL_SHIFTS["exact_category"] + i)
     return out.astype(np.int64)
 
 
@@ -165,6 +169,33 @@ def subcell_masks(
     return pack(inside), pack(test)
 
 
+def subrow_edges(grid: PolygonGrid, offsets: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per (entry ``q``, sub-cell row ``sy``) the edges of the entry's list (:func:`cell_edges`) that a ray cast
+    along +x from a point of that row of sub-cells may cross: not horizontal (a horizontal edge never straddles the
+    ray) and with a y range meeting the row's (grown by :data:`CELL_MARGIN`). The even-odd count of the others is
+    zero, so the result is unchanged.
+
+    Returns:
+        ``(Q * SUB_CELLS + 1,)`` offsets and ``(L, 4)`` edges: row ``q * SUB_CELLS + sy``'s edges are
+        ``edges[offsets[r]:offsets[r + 1]]``.
+    """
+    q_count = len(offsets) - 1
+    n_cells = int(np.prod(grid.shape))
+    cell_of = np.repeat(np.arange(n_cells), np.diff(grid.cell_offsets)[:n_cells])[~grid.cell_full]
+    owner = np.repeat(np.arange(q_count), np.diff(offsets))
+    h = grid.cell_size / SUB_CELLS
+    y0 = (grid.origin[1] + (cell_of[owner] % grid.shape[1]) * grid.cell_size)[:, None] + np.arange(SUB_CELLS) * h
+    e = edges[: len(owner)]
+    lo, hi = np.minimum(e[:, 1], e[:, 3])[:, None], np.maximum(e[:, 1], e[:, 3])[:, None]
+    keep = (e[:, 1] != e[:, 3])[:, None] & (hi >= y0 - CELL_MARGIN) & (lo <= y0 + h + CELL_MARGIN)  # (L, SUB_CELLS)
+    i, sy = np.nonzero(keep)
+    row = owner[i] * SUB_CELLS + sy
+    order = np.argsort(row, kind="stable")
+    counts = np.bincount(row, minlength=q_count * SUB_CELLS)
+    out = e[i[order]]
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), out if len(out) else np.zeros((1, 4))
+
+
 def pack_grid_words(polys: np.ndarray, categories: np.ndarray, inside: np.ndarray, test: np.ndarray) -> np.ndarray:
     """One int64 word per grid entry (:data:`WORD_SHIFTS`): polygon index, its category bits, the needs-test and
     inside sub-cell bits."""
@@ -196,6 +227,7 @@ def collate_grids(caches: Sequence[MetricCache]) -> dict[str, np.ndarray]:
         out["subcells"].append(subcell_words(n_cells, cell_of, words[cell_of, slot]))
         entries = np.full((n_cells + 1, width), -1, np.int64)
         entries[cell_of, slot] = entry_id
+        entry_offsets, entry_edges = subrow_edges(g, entry_offsets, entry_edges)
         for key, value in (("words", words), ("entries", entries), ("offsets", entry_offsets),
                            ("edges", entry_edges), ("categories", cats)):  # fmt: skip
             out[key].append(value)

@@ -58,10 +58,11 @@ class MetricCacheBatch:
             ``c`` at ``c * SUB_CELLS ** 2 + bit``: the categories and the lane of the polygons containing all of it,
             unless it needs the exact test.
         grid_entry: ``(S, C, G)`` int64 id ``q`` of the entries that are not full (``-1`` otherwise).
-        entry_offsets: ``(S, Q + 1)`` int64, entry ``q``'s edges are ``cell_edges[s, offsets[q]:offsets[q + 1]]``.
+        entry_offsets: ``(S, Q * SUB_CELLS + 1)`` int64, the edges of entry ``q`` for points of sub-cell row ``sy``
+            are ``cell_edges[s, offsets[r]:offsets[r + 1]]``, ``r = q * SUB_CELLS + sy``.
         cell_edges: ``(S, L, 4)`` ring edges ``(x1, y1, x2, y2)`` of the polygon of each non-full grid entry that a
-            point of its cell may cross (:func:`cell_edges`; all rings together, as the even-odd rule counts
-            crossings over every ring).
+            point of that row of sub-cells may cross (:func:`cell_edges`, :func:`subrow_edges`; all rings together,
+            as the even-odd rule counts crossings over every ring).
         map_categories: ``(S, M)`` int64 bits: 1 drivable, 2 lane, 4 on-route lane, 8 intersection (0 padding).
         centerline: ``(S, C2, 2)`` route centre line (padding repeats the last point).
         centerline_s: ``(S, C2)`` its arc length. segment_valid: ``(S, C2 - 1)`` bool, a real segment.

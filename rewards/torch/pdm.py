@@ -23,7 +23,8 @@ from rewards.torch import pdm_metrics as tm
 from rewards.torch.comfort import is_comfortable, two_frame_extended_comfort
 from rewards.torch.kinematics import simulate_proposals
 from rewards.torch.metric_cache_batch import MetricCacheBatch
-from rewards.torch.pdm_geometry import ego_area, ego_points
+from rewards.torch.pdm_geometry import ego_points
+from rewards.torch.pdm_map import ego_area, ego_area_rows
 from simulation.metric_cache import NUM_STEPS, MetricCache
 
 Metrics = dict[str, torch.Tensor]
@@ -41,12 +42,17 @@ def raw_metrics(batch: MetricCacheBatch, states: torch.Tensor, version: str) -> 
         raise ValueError(f"metric caches ({batch.version}) observe {batch.agent_boxes.shape[1]} steps; "
                          f"{version} scoring needs {t_ttc + max(tm.TTC_STEPS)}")  # fmt: skip
     points = ego_points(states)
-    areas = ego_area(batch, points)
+    areas = ego_area(batch, points, contact_columns=False)  # the other columns at the contacts only
+
+    def area_rows(s_i: torch.Tensor, k_i: torch.Tensor, t_i: torch.Tensor) -> torch.Tensor:
+        return ego_area_rows(batch, points, s_i, k_i, t_i)
+
+    nc_first, ttc_first = tm.contact_firsts(batch, states, points, t_ttc)
     out = {
-        "no_at_fault_collisions": tm.no_at_fault_collisions(batch, states, points, areas),
+        "no_at_fault_collisions": tm.no_at_fault_collisions(batch, states, points, area_rows, nc_first),
         "drivable_area_compliance": tm.drivable_area_compliance(areas, states.dtype),
         "driving_direction_compliance": tm.driving_direction_compliance(points, areas, version == "v2"),
-        "time_to_collision_within_bound": tm.time_to_collision(batch, states, points, areas, t_ttc),
+        "time_to_collision_within_bound": tm.time_to_collision(batch, states, points, area_rows, t_ttc, ttc_first),
         "progress_m": tm.raw_progress(batch, points),
     }
     if version == "v1":

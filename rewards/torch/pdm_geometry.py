@@ -1,11 +1,10 @@
-"""Batched geometry of the torch PDM scorer: map membership of ego points, first contacts with tracks, red-light
-polygons and the centre-line projection, over ``S`` scenes of a :class:`MetricCacheBatch`.
+"""Batched geometry of the torch PDM scorer over ``S`` scenes of a :class:`MetricCacheBatch`: ego points, red-light
+polygons, the centre-line projection, and the entry points of the contact search (:mod:`rewards.torch.pdm_contacts`;
+map membership is :mod:`rewards.torch.pdm_map`).
 
-Each function reproduces the arithmetic of the numba kernels of :mod:`rewards.pdm_metrics` and
-:mod:`simulation.polygon_grid` operation by operation (so float64 results are identical), with masks and
-padding instead of loops: one sub-cell word per point (the polygons covering its sub-cell, precomputed at
-collation) and the even-odd test only for the compacted points near a polygon edge; for contacts a two-level
-centre-distance broad phase and a compacted separating-axis test. Compactions (``nonzero``) are the only
+Each function reproduces the arithmetic of the numba kernels of :mod:`rewards.pdm_metrics` operation by operation
+(so float64 results are identical), with masks and compaction instead of loops; the centre-line projection only
+tests the segment groups that its bounding boxes do not rule out. Compactions (``nonzero``) are the only
 data-dependent host syncs, a few per call, none per time step.
 """
 
@@ -15,16 +14,12 @@ import math
 
 import torch
 
-from rewards.torch.map_grid import SUB_CELLS, SUBCELL_SHIFTS, WORD_SHIFTS
 from rewards.torch.metric_cache_batch import MetricCacheBatch
+from rewards.torch.pdm_contacts import ContactQuery, first_events
 from simulation.types import PACIFICA
 
-#: Ego half diagonal, the broad-phase radius of the contact tests (as the numba kernel).
-EGO_RADIUS = math.hypot(PACIFICA.length / 2.0, PACIFICA.width / 2.0)
 #: Elements per chunk of the large pairwise tensors (bounds memory, not results).
 CHUNK_ELEMENTS = 1 << 22
-#: Value of "no contact" in the first-contact tensors.
-NO_CONTACT = torch.iinfo(torch.int64).max
 
 
 def ego_points(states: torch.Tensor) -> torch.Tensor:
@@ -50,64 +45,6 @@ def _crossings(px: torch.Tensor, py: torch.Tensor, edges: torch.Tensor) -> torch
     return ((straddle & (px < xc)).sum(-1) % 2) == 1
 
 
-def _grid_cells(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grid cell ``(S, P)`` (``nx * ny`` off the grid) and sub-cell bit ``(S, P)`` of points ``(S, P, 2)``, with the
-    arithmetic of the numba grid lookup."""
-    meta = batch.grid_meta
-    ox, oy, cell = meta[:, 0, None], meta[:, 1, None], meta[:, 2, None]
-    nx, ny = meta[:, 3, None].long(), meta[:, 4, None].long()
-    fx, fy = (points[..., 0] - ox) / cell, (points[..., 1] - oy) / cell
-    ix, iy = torch.floor(fx).long(), torch.floor(fy).long()
-    inside_grid = (ix >= 0) & (iy >= 0) & (ix < nx) & (iy < ny)
-    c = torch.where(inside_grid, ix * ny + iy, nx * ny)
-    sx = ((fx - ix) * SUB_CELLS).long().clamp(0, SUB_CELLS - 1)
-    sy = ((fy - iy) * SUB_CELLS).long().clamp(0, SUB_CELLS - 1)
-    return c, sx * SUB_CELLS + sy
-
-
-def map_hits(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Map polygons containing points ``(S, P, 2)``: ``(S, P, G)`` polygon indices of the point's grid cell
-    (``-1``: none), ``(S, P, G)`` bool, the point lies in that polygon, and ``(S, P, G)`` the polygon's category
-    bits where it does (0 elsewhere).
-
-    The sub-cell of the point decides (the "inside" bits of :attr:`MetricCacheBatch.grid_words`) unless an edge of
-    the polygon meets it (the "test" bits); only those (point, polygon) pairs go through the even-odd test."""
-    c, bit = _grid_cells(batch, points)
-    bit = bit[..., None]
-    s_count, p_count = c.shape
-    g = batch.grid_words.shape[-1]
-    flat_c = c + torch.arange(s_count, device=c.device)[:, None] * batch.grid_words.shape[1]
-    word = batch.grid_words.reshape(-1, g)[flat_c.reshape(-1)].reshape(s_count, p_count, g)
-    poly = word >> WORD_SHIFTS["poly"]
-    hit = ((word >> bit) & 1).bool()
-    s_idx, p_idx, g_idx = torch.nonzero((word >> (bit + WORD_SHIFTS["test"])) & 1, as_tuple=True)
-    if len(s_idx):
-        e_idx = batch.grid_entry.reshape(-1, g)[flat_c[s_idx, p_idx], g_idx]
-        hit[s_idx, p_idx, g_idx] = _entry_crossings(batch, s_idx, e_idx, points[s_idx, p_idx])
-    cat = torch.where(hit, (word >> WORD_SHIFTS["category"]) & 15, torch.zeros_like(word))
-    return poly, hit, cat
-
-
-def _entry_crossings(
-    batch: MetricCacheBatch, s_idx: torch.Tensor, e_idx: torch.Tensor, pts: torch.Tensor
-) -> torch.Tensor:
-    """Even-odd test of points ``(Q, 2)`` of scenes ``s_idx`` against the edge lists of grid entries ``e_idx``."""
-    start = batch.entry_offsets[s_idx, e_idx]
-    count = batch.entry_offsets[s_idx, e_idx + 1] - start
-    total = int(count.sum())
-    base = s_idx * batch.cell_edges.shape[1] + start - (torch.cumsum(count, 0) - count)
-    edge = torch.repeat_interleave(base, count, output_size=total) + torch.arange(total, device=pts.device)
-    x1, y1, x2, y2 = batch.cell_edges.reshape(-1, 4).index_select(0, edge).unbind(-1)
-    px = torch.repeat_interleave(pts[:, 0], count, output_size=total)
-    py = torch.repeat_interleave(pts[:, 1], count, output_size=total)
-    straddle = (y1 > py) != (y2 > py)
-    xc = x1 + (py - y1) * (x2 - x1) / torch.where(straddle, y2 - y1, torch.ones_like(y1))
-    pair = torch.repeat_interleave(torch.arange(len(count), device=pts.device), count, output_size=total)
-    crossings = torch.zeros(len(count), dtype=torch.int64, device=pts.device)
-    crossings.index_add_(0, pair, (straddle & (px < xc)).long())
-    return crossings % 2 == 1
-
-
 def _padded_by_scene(s_i: torch.Tensor, s_count: int) -> tuple[torch.Tensor, int]:
     """Slot ``(R,)`` of each selected item within its scene ``s_i`` (items of a scene in order) and the most items of
     any scene, to lay the items out as ``(S, width, ...)``."""
@@ -115,103 +52,6 @@ def _padded_by_scene(s_i: torch.Tensor, s_count: int) -> tuple[torch.Tensor, int
     width = int(per_scene.max()) if len(s_i) else 0
     start = torch.cumsum(per_scene, 0) - per_scene
     return torch.arange(len(s_i), device=s_i.device) - start[s_i], width
-
-
-def point_classes(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Of points ``(S, P, 2)``: ``(S, P)`` category bits of the map polygons containing each, the lane containing it
-    (``-1``: none or several) and whether several lanes do.
-
-    A point reads its sub-cell's word (:attr:`MetricCacheBatch.grid_subcells`); the points of sub-cells that need the
-    exact test go through :func:`map_hits` (compacted by scene)."""
-    s_count = points.shape[0]
-    c, bit = _grid_cells(batch, points)
-    word = torch.gather(batch.grid_subcells, 1, c * (SUB_CELLS * SUB_CELLS) + bit)
-    cat = (word >> SUBCELL_SHIFTS["category"]) & 15
-    lane = word >> SUBCELL_SHIFTS["lane"]
-    several = torch.zeros_like(word, dtype=torch.bool)
-    s_i, p_i = torch.nonzero((word >> SUBCELL_SHIFTS["exact"]) & 1, as_tuple=True)
-    if len(s_i) == 0:
-        return cat, lane, several
-    slot, width = _padded_by_scene(s_i, s_count)
-    rows = torch.zeros((s_count, width, 2), dtype=points.dtype, device=points.device)
-    rows[s_i, slot] = points[s_i, p_i]
-    poly, _, hit_cat = map_hits(batch, rows)
-    poly, hit_cat = poly[s_i, slot], hit_cat[s_i, slot]  # (R, G)
-    cat[s_i, p_i] = sum(((hit_cat & b).amax(-1) > 0).long() * b for b in (1, 2, 4, 8))  # type: ignore[assignment]
-    is_lane = (hit_cat & 2) > 0
-    count = is_lane.sum(-1)
-    lane[s_i, p_i] = torch.where(count == 1, torch.where(is_lane, poly, -1).amax(-1), -1)
-    several[s_i, p_i] = count > 1
-    return cat, lane, several
-
-
-def ego_area(batch: MetricCacheBatch, points: torch.Tensor) -> torch.Tensor:
-    """Ego-area flags ``(S, K, T, 5)`` (:class:`rewards.pdm_metrics.EgoArea`) of ego points ``(S, K, T, 6, 2)``
-    (:func:`point_classes`; the rows with a corner in several lanes compare the corners' lane sets)."""
-    cat, lane, several_at = (v.reshape(points.shape[:-1]) for v in point_classes(batch, points.flatten(1, -2)))
-    big = torch.iinfo(lane.dtype).max
-    l0, l1, l2, l3 = (lane[..., p] for p in range(4))
-    some = [torch.where(v >= 0, v, big) for v in (l0, l1, l2, l3)]
-    several = torch.minimum(torch.minimum(some[0], some[1]), torch.minimum(some[2], some[3])) < torch.maximum(
-        torch.maximum(l0, l1), torch.maximum(l2, l3)
-    )
-    all_four = (l0 >= 0) & (l0 == l1) & (l0 == l2) & (l0 == l3)
-    drivable = cat[..., 0] & cat[..., 1] & cat[..., 2] & cat[..., 3] & 1
-    out = torch.stack(
-        [
-            several & ~all_four,
-            drivable == 0,
-            (cat[..., 4] & 4) == 0,
-            (cat[..., 4] & 8) > 0,
-            (cat[..., 5] & 8) > 0,
-        ],
-        -1,
-    )
-    s_i, k_i, t_i = torch.nonzero(several_at[..., :4].any(-1), as_tuple=True)
-    if len(s_i):
-        out[s_i, k_i, t_i] = _exact_area(batch, points, s_i, k_i, t_i)
-    return out
-
-
-def _exact_area(
-    batch: MetricCacheBatch, points: torch.Tensor, s_i: torch.Tensor, k_i: torch.Tensor, t_i: torch.Tensor
-) -> torch.Tensor:
-    """Ego-area flags ``(R, 5)`` of the rows ``(s_i, k_i, t_i)`` of points ``(S, K, T, 6, 2)``, polygon by polygon."""
-    s_count = points.shape[0]
-    slot, width = _padded_by_scene(s_i, s_count)
-    rows = torch.zeros((s_count, width, 6, 2), dtype=points.dtype, device=points.device)
-    rows[s_i, slot] = points[s_i, k_i, t_i]
-    poly, _, cat = map_hits(batch, rows.reshape(s_count, -1, 2))
-    poly = poly.reshape(s_count, width, 6, -1)[s_i, slot]  # (R, 6, G)
-    cat = cat.reshape(s_count, width, 6, -1)[s_i, slot]
-    corner_cat = cat[:, :4, :]
-    lane = torch.where((corner_cat & 2) > 0, poly[:, :4, :], torch.full_like(poly[:, :4, :], -1)).flatten(-2)
-    big = torch.iinfo(lane.dtype).max
-    several = torch.where(lane >= 0, lane, torch.full_like(lane, big)).amin(-1) < lane.amax(-1)
-    return torch.stack(
-        [
-            several & ~_lane_in_all_corners(lane.reshape(-1, 4, poly.shape[-1]), several),
-            (corner_cat & 1).amax(-1).amin(-1) == 0,
-            (cat[:, 4, :] & 4).amax(-1) == 0,
-            (cat[:, 4, :] & 8).amax(-1) > 0,
-            (cat[:, 5, :] & 8).amax(-1) > 0,
-        ],
-        -1,
-    )
-
-
-def _lane_in_all_corners(lane: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``(...)`` bool: a lane id of corner 0 is also among those of corners 1, 2 and 3 (``lane`` ``(..., 4, G)``,
-    ``-1`` for none); only evaluated where ``rows``, False elsewhere."""
-    out = torch.zeros_like(rows)
-    idx = torch.nonzero(rows.reshape(-1), as_tuple=True)[0]
-    sub = lane.reshape(-1, *lane.shape[-2:])[idx]  # (R, 4, G)
-    first = sub[:, 0, :]
-    held = first >= 0
-    for p in range(1, 4):
-        held = held & (first[:, :, None] == sub[:, p, None, :]).any(-1)
-    out.view(-1)[idx] = held.any(-1)
-    return out
 
 
 def _span(
@@ -251,44 +91,8 @@ def first_contacts(
 ) -> torch.Tensor:
     """``(S, K, N)`` first event ``t * len(steps) + j`` at which the ego box ``(S, K, T, 4, 2)`` of step ``t``
     moved by ``velocity * steps[j] * dt`` touches track ``n`` at step ``t + steps[j]`` (:data:`NO_CONTACT`: none);
-    only steps ``t < t_count`` where ``active`` ``(S, K, T)``.
-
-    Broad phase in two levels: (scene, step, track) triples whose track centre lies within reach of the bounding box
-    of all active candidates' (moved) centres, then (triple, candidate) pairs within reach (the numba kernel's
-    centre-distance test); the box test only runs on those."""
-    s_count, k_count = corners.shape[:2]
-    n_count = batch.agent_boxes.shape[2]
-    first = torch.full((s_count, k_count, n_count), NO_CONTACT, dtype=torch.int64, device=corners.device)
-    if n_count == 0:
-        return first
-    ego = corners[:, :, :t_count].contiguous()
-    ego_c = ego.mean(-2)
-    ego = ego.reshape(-1, 4, 2)
-    t_all = batch.agent_corners.shape[1]
-    agents = batch.agent_corners.reshape(-1, 4, 2)
-    radius = EGO_RADIUS + batch.agent_radius + 1e-6  # (S, N)
-    act = active[:, :, :t_count]
-    for j, step in enumerate(steps):
-        shift = velocity[:, :, :t_count] * step * dt  # (S, K, Tc, 2)
-        moved = ego_c + shift
-        lo = torch.where(act[..., None], moved, torch.full_like(moved, math.inf)).amin(1)  # (S, Tc, 2)
-        hi = torch.where(act[..., None], moved, torch.full_like(moved, -math.inf)).amax(1)
-        agent_c = batch.agent_boxes[:, step : step + t_count, :, :2]  # (S, Tc, N, 2)
-        gap = torch.clamp_min(torch.maximum(lo[:, :, None] - agent_c, agent_c - hi[:, :, None]), 0.0)
-        reach = (gap * gap).sum(-1) <= (radius * radius)[:, None, :]
-        s_i, t_i, n_i = torch.nonzero(reach & batch.agent_valid[:, step : step + t_count], as_tuple=True)
-        ex = moved[s_i, :, t_i, 0] - agent_c[s_i, t_i, n_i, 0, None]  # (M, K)
-        ey = moved[s_i, :, t_i, 1] - agent_c[s_i, t_i, n_i, 1, None]
-        r = radius[s_i, n_i, None]
-        m_i, k_i = torch.nonzero((ex * ex + ey * ey <= r * r) & act[s_i, :, t_i], as_tuple=True)
-        s_i, t_i, n_i = s_i[m_i], t_i[m_i], n_i[m_i]
-        row = (s_i * k_count + k_i) * t_count + t_i
-        touch = overlap_shifted(ego.index_select(0, row), shift.reshape(-1, 2).index_select(0, row),
-                                agents.index_select(0, (s_i * t_all + t_i + step) * n_count + n_i))  # fmt: skip
-        event = torch.where(touch, t_i * len(steps) + j, torch.full_like(t_i, NO_CONTACT))
-        flat = (s_i * k_count + k_i) * n_count + n_i
-        first.view(-1).scatter_reduce_(0, flat, event, reduce="amin")
-    return first
+    only steps ``t < t_count`` where ``active`` ``(S, K, T)`` (:func:`rewards.torch.pdm_contacts.first_events`)."""
+    return first_events(batch, corners, velocity, [ContactQuery(active, t_count, tuple(steps))], dt)[0]
 
 
 def relative_angle(poses: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -345,26 +149,99 @@ def red_light_contacts(batch: MetricCacheBatch, corners: torch.Tensor) -> torch.
     return out
 
 
+#: Centre-line segments per bounding box of the projection's broad phase (as the numba kernel).
+SEGMENT_CHUNK = 16
+
+
+def _chunk_boxes(batch: MetricCacheBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(S, C, 4)`` bounds (min x, min y, max x, max y) of each group of :data:`SEGMENT_CHUNK` centre-line segments
+    (padding segments repeat the last point, so they never widen a box) and ``(S, C + 1, 2)`` the first vertex of
+    each group and the line's last vertex."""
+    line = batch.centerline
+    n_seg = line.shape[1] - 1
+    n_chunks = -(-n_seg // SEGMENT_CHUNK)
+    pad = n_chunks * SEGMENT_CHUNK - n_seg
+    a, b = line[:, :-1], line[:, 1:]
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    if pad:
+        lo = torch.cat([lo, lo[:, -1:].expand(-1, pad, -1)], 1)
+        hi = torch.cat([hi, hi[:, -1:].expand(-1, pad, -1)], 1)
+    boxes = torch.cat(
+        [lo.reshape(len(line), n_chunks, -1, 2).amin(2), hi.reshape(len(line), n_chunks, -1, 2).amax(2)], -1
+    )
+    return boxes, torch.cat([line[:, :-1:SEGMENT_CHUNK], line[:, -1:]], 1)
+
+
+def _chunk_bounds(batch: MetricCacheBatch, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of points ``(S, P, 2)``: ``(S, P, C)`` squared distance to each segment group's bounding box (at most that of
+    any of its segments) and ``(S, P, 1)`` squared distance to the nearest group start vertex (at least that of the
+    nearest segment)."""
+    boxes, starts = _chunk_boxes(batch)
+    px, py = pts[..., 0, None], pts[..., 1, None]  # (S, P, 1)
+    gx = torch.clamp_min(torch.maximum(boxes[:, None, :, 0] - px, px - boxes[:, None, :, 2]), 0.0)
+    gy = torch.clamp_min(torch.maximum(boxes[:, None, :, 1] - py, py - boxes[:, None, :, 3]), 0.0)
+    vx, vy = starts[:, None, :, 0] - px, starts[:, None, :, 1] - py
+    return gx * gx + gy * gy, (vx * vx + vy * vy).amin(-1, keepdim=True)
+
+
+def centerline_distance_exceeds(batch: MetricCacheBatch, points: torch.Tensor, limit: float) -> torch.Tensor:
+    """``(S, ...)`` bool: the distance of points ``(S, ..., 2)`` to each scene's centre line (that of
+    :func:`project_on_centerline`) exceeds ``limit``. The bounds of :func:`_chunk_bounds` decide, with a relative
+    margin far above rounding; only the points between them are projected."""
+    shape = points.shape[:-1]
+    s_count = shape[0]
+    pts = points.reshape(s_count, -1, 2)
+    lower, upper = _chunk_bounds(batch, pts)
+    lim2 = limit * limit
+    out = lower.amin(-1) > lim2 * (1.0 + 1e-9) + 1e-12  # (S, P)
+    unsure = ~out & (upper[..., 0] >= lim2 * (1.0 - 1e-9) - 1e-12)
+    s_i, p_i = torch.nonzero(unsure, as_tuple=True)
+    if len(s_i):
+        slot, width = _padded_by_scene(s_i, s_count)
+        rows = torch.zeros((s_count, width, 2), dtype=pts.dtype, device=pts.device)
+        rows[s_i, slot] = pts[s_i, p_i]
+        _, distance = project_on_centerline(batch, rows)
+        out[s_i, p_i] = distance[s_i, slot] > limit
+    return out.reshape(shape)
+
+
 def project_on_centerline(batch: MetricCacheBatch, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Arc length and distance ``(S, ...)`` of points ``(S, ..., 2)`` on each scene's centre line (nearest point,
-    first segment on ties), with the arithmetic of the numba projection kernel."""
+    first segment on ties), with the arithmetic of the numba projection kernel.
+
+    Broad phase: a group of :data:`SEGMENT_CHUNK` segments is skipped when its bounding box lies farther from the
+    point than the nearest group start vertex (with a relative margin far above rounding); the segments of the
+    other groups (at most ``W`` per point, the largest count) are tested in order."""
     shape = points.shape[:-1]
-    pts = points.reshape(shape[0], -1, 2)
+    s_count = shape[0]
+    pts = points.reshape(s_count, -1, 2)
+    p_count = pts.shape[1]
     line, cum = batch.centerline, batch.centerline_s
-    ax, ay = line[:, None, :-1, 0], line[:, None, :-1, 1]  # (S, 1, C - 1)
-    bx, by = line[:, None, 1:, 0] - ax, line[:, None, 1:, 1] - ay
+    n_seg = line.shape[1] - 1
+    px, py = pts[..., 0, None], pts[..., 1, None]  # (S, P, 1)
+    lower, upper = _chunk_bounds(batch, pts)
+    keep = lower <= upper * (1.0 + 1e-9) + 1e-9  # (S, P, C)
+    width = max(int(keep.sum(-1).max()), 1) if keep.numel() else 1
+    chunk = torch.sort(keep.to(torch.uint8), dim=-1, descending=True, stable=True).indices[..., :width]
+    kept = torch.gather(keep, -1, chunk)  # (S, P, W), kept groups first, in order
+    seg = (chunk[..., None] * SEGMENT_CHUNK + torch.arange(SEGMENT_CHUNK, device=pts.device)).flatten(-2)
+    ok = kept.repeat_interleave(SEGMENT_CHUNK, -1) & (seg < n_seg)
+    seg = torch.where(ok, seg, torch.zeros_like(seg))
+    ok = ok & torch.gather(batch.segment_valid[:, None].expand(-1, p_count, -1), 2, seg)
+    flat = seg.reshape(s_count, -1)
+
+    def at(v: torch.Tensor) -> torch.Tensor:
+        return torch.gather(v, 1, flat).reshape(seg.shape)
+
+    ax, ay = at(line[:, :-1, 0]), at(line[:, :-1, 1])
+    bx, by = at(line[:, 1:, 0]) - ax, at(line[:, 1:, 1]) - ay
     len2 = torch.clamp_min(bx * bx + by * by, 1e-12)
-    seg_len = torch.sqrt(len2)
-    invalid = ~batch.segment_valid[:, None]
-    s_out, d_out = torch.empty(pts.shape[:2], dtype=pts.dtype, device=pts.device), torch.empty_like(pts[..., 0])
-    step = max(1, CHUNK_ELEMENTS // max(1, shape[0] * ax.shape[-1]))
-    for a in range(0, pts.shape[1], step):
-        px, py = pts[:, a : a + step, 0, None], pts[:, a : a + step, 1, None]
-        t = torch.clamp(((px - ax) * bx + (py - ay) * by) / len2, 0.0, 1.0)
-        dx, dy = ax + t * bx - px, ay + t * by - py
-        d2 = torch.where(invalid, torch.full_like(t, math.inf), dx * dx + dy * dy)
-        best, k = d2.min(-1, keepdim=True)
-        arc = torch.gather(cum[:, None, :-1].expand_as(t), 2, k)
-        s_out[:, a : a + step] = (arc + torch.gather(t, 2, k) * torch.gather(seg_len.expand_as(t), 2, k))[..., 0]
-        d_out[:, a : a + step] = torch.sqrt(best[..., 0])
-    return s_out.reshape(shape), d_out.reshape(shape)
+    t = torch.clamp(((px - ax) * bx + (py - ay) * by) / len2, 0.0, 1.0)
+    dx, dy = ax + t * bx - px, ay + t * by - py
+    d2 = torch.where(ok, dx * dx + dy * dy, torch.full_like(t, math.inf))
+    best = d2.amin(-1, keepdim=True)
+    first = torch.where(d2 == best, seg, torch.full_like(seg, n_seg)).amin(-1, keepdim=True)  # first on ties
+    pick = torch.where(seg == first, torch.arange(seg.shape[-1], device=pts.device), seg.shape[-1]).amin(-1, True)
+    arc = torch.gather(cum[:, :-1], 1, first.reshape(s_count, -1)).reshape(first.shape)
+    s_out = arc + torch.gather(t, 2, pick) * torch.sqrt(torch.gather(len2, 2, pick))
+    return s_out[..., 0].reshape(shape), torch.sqrt(best[..., 0]).reshape(shape)

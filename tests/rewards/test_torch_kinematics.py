@@ -146,3 +146,27 @@ def test_agrees_with_simulation_kinematics() -> None:
     out = track_and_propagate(torch.tensor(states), torch.tensor(refs)).numpy()
     for b in range(len(states)):
         np.testing.assert_allclose(out[b], np.asarray(numpy_track(states[b], refs[b : b + 1]))[0], atol=1e-5, rtol=0)
+
+
+def test_tracking_loop_commands_equal_lqr_command() -> None:
+    """The tracking loop's commands (horizon sums as polynomials, per-step inputs precomputed) equal
+    :func:`lqr_command`'s (sums over the horizon) at every step."""
+    from rewards.torch.kinematics import DEFAULT_TRACKER, _commands, _lateral_coefficients, normalize_angle
+
+    states, refs = _cases()
+    ref = torch.tensor(refs)
+    v, k = fit_profiles(ref, DT)
+    out = track_and_propagate(torch.tensor(states), ref)
+    m, h = v.shape[1], DEFAULT_TRACKER.horizon
+    for step in (0, 5, 25, m - 3, m - 1):
+        st = out[:, step]
+        window = torch.clamp(step + torch.arange(h), max=m - 1)
+        p = ref[:, step]
+        ex, ey = st[:, S.X] - p[:, 0], st[:, S.Y] - p[:, 1]
+        lateral = torch.stack([-ex * torch.sin(p[:, 2]) + ey * torch.cos(p[:, 2]),
+                               normalize_angle(st[:, S.HEADING] - p[:, 2]), st[:, S.STEERING_ANGLE]], -1)  # fmt: skip
+        coef = _lateral_coefficients(k[:, window][:, None], DT)[:, 0]
+        got = _commands(lateral, st[:, S.VX], v[:, min(step + h, m - 1)], coef, h, DT, DEFAULT_TRACKER)
+        want = lqr_command(st, ref, v, k, step, DT)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-9, atol=1e-12)
