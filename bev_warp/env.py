@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 
 import torch
 
-from bev_warp.episodes import EpisodeBatch, build_episodes
+from bev_warp.episodes import EpisodeBatch, build_episodes, repeat_episodes
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
 from rewards.nuplan_metrics import CLS_MULTIPLIERS, CLS_WEIGHTS
 from rewards.torch.closed_loop import ClsRollout, deviation, episode_metrics, step_checks, step_comfortable
@@ -189,6 +189,10 @@ class BEVWarpEnv:
             final={k: torch.full((b,), torch.nan, dtype=torch.float64, device=self.device) for k in METRICS},
         )
 
+    def repeat_state(self, state: EnvState, repeats: int) -> EnvState:
+        """:func:`repeat_state` (the environment's configuration plays no part)."""
+        return repeat_state(state, repeats)
+
     def observe(self, state: EnvState) -> torch.Tensor:
         """``(B, C, H, W)`` logged observations of the current planning frame warped into the simulated frames."""
         obs = state.episodes.observations
@@ -197,14 +201,16 @@ class BEVWarpEnv:
         b = state.episodes.batch_size
         k = min(state.step_index, obs.shape[1] - 1)
         rows = torch.arange(b, device=obs.device)
+        source = state.episodes.observation_rows
+        logged_obs = obs[:, k] if source is None else obs[source, k]  # (B, C, H, W)
         logged = state.episodes.ego[rows, state.frame, :3]
         stride = self.config.raster.height_px // obs.shape[-2]
         geom = RasterGeometry.from_raster_config(self.config.raster, stride)
         dev = relative_pose(logged, state.ego[:, :3])
-        warped = warp_bev(obs[:, k].float(), dev, geom, self.config.fill_value, self.config.warp_mode)
+        warped = warp_bev(logged_obs.float(), dev, geom, self.config.fill_value, self.config.warp_mode)
         if stride == 1 and "ego" in self.config.raster.channels:  # the ego footprint is drawn, not warped
             c = self.config.raster.channels.index("ego")
-            warped[:, c] = obs[:, 0, c].float()
+            warped[:, c] = (obs[:, 0, c] if source is None else obs[source, 0, c]).float()
         return warped
 
     def observe_agents(self, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,6 +358,32 @@ class BEVWarpEnv:
         )
         info = {"rewards": sub, "reason": reason, "episode": summary(new, new.final)}
         return new, torch.as_tensor(reward, dtype=torch.float64, device=ego.device), new.done.clone(), info
+
+
+def repeat_state(state: EnvState, repeats: int) -> EnvState:
+    """``repeats`` branches of every episode of ``state``, for group rollouts (``B * repeats`` episodes).
+
+    Episode ``i * repeats + g`` is branch ``g`` of episode ``i``: each scene's copies are contiguous, so the
+    result equals ``env.reset([s for s in scenes for _ in range(repeats)], maps)`` when ``state`` is a reset, and
+    stepping it gives what stepping that reset gives. Works on any state (branching mid-episode); the per-episode
+    tensors are gathered, the logged observations are shared (:func:`bev_warp.episodes.repeat_episodes`).
+    """
+    rows = torch.arange(state.episodes.batch_size, device=state.ego.device).repeat_interleave(repeats)
+    return EnvState(
+        episodes=repeat_episodes(state.episodes, repeats),
+        ego=state.ego[rows],
+        frame=state.frame[rows],
+        step_index=state.step_index,
+        done=state.done[rows],
+        reason=state.reason[rows],
+        route_s0=state.route_s0[rows],
+        route_s=state.route_s[rows],
+        totals={k: v[rows] for k, v in state.totals.items()},
+        flags={k: v[rows] for k, v in state.flags.items()},
+        history=state.history[rows],
+        collided=state.collided[rows],
+        final={k: v[rows] for k, v in state.final.items()},
+    )
 
 
 def rollout_of(state: EnvState) -> ClsRollout:
