@@ -247,9 +247,17 @@ class BEVWarpEnv:
             )
 
     def step(
-        self, state: EnvState, trajectories: torch.Tensor, planner_failed: torch.Tensor | None = None
+        self,
+        state: EnvState,
+        trajectories: torch.Tensor,
+        planner_failed: torch.Tensor | None = None,
+        start_poses: torch.Tensor | None = None,
     ) -> tuple[EnvState, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Advance every running episode by one replanning interval following ``trajectories`` ``(B, P, 3)``.
+
+        ``start_poses`` ``(B, 3)``: the global pose each plan's reference starts from at t = 0, for plans that
+        start off the ego (IDM: its projection on the path; log replay: the logged pose), as the vector closed
+        loop reads a trajectory's ``start_pose``; NaN rows (and ``None``) start at the simulated pose.
 
         Returns:
             state, reward ``(B,)`` float64, done ``(B,)`` bool and info: ``rewards`` (per sub-reward ``(B,)``),
@@ -262,7 +270,7 @@ class BEVWarpEnv:
         plan = torch.where(
             active[:, None, None], trajectories.to(torch.float64), torch.zeros_like(trajectories, dtype=torch.float64)
         )
-        times, poses = _plan_to_global(plan, state.ego, self.config.plan_interval_s)
+        times, poses = _plan_to_global(plan, state.ego, self.config.plan_interval_s, start_poses)
         subs_per_frame = max(1, int(round(ep.log_dt / KINEMATIC_DT)))
         ego, states = state.ego, []
         for j in range(self.substeps):
@@ -426,13 +434,20 @@ def summary(state: EnvState, metrics: dict[str, torch.Tensor] | None = None) -> 
     }
 
 
-def _plan_to_global(plan: torch.Tensor, ego: torch.Tensor, interval: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Times ``(P + 1,)`` and global poses ``(B, P + 1, 3)`` of local plans ``(B, P, 3)``, current pose first."""
+def _plan_to_global(
+    plan: torch.Tensor, ego: torch.Tensor, interval: float, start: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Times ``(P + 1,)`` and global poses ``(B, P + 1, 3)`` of local plans ``(B, P, 3)``, the current pose first
+    (or ``start`` ``(B, 3)`` global where it is finite)."""
     c, s = torch.cos(ego[:, None, 2]), torch.sin(ego[:, None, 2])
     x = ego[:, None, 0] + c * plan[..., 0] - s * plan[..., 1]
     y = ego[:, None, 1] + s * plan[..., 0] + c * plan[..., 1]
     h = ego[:, None, 2] + plan[..., 2]
-    poses = torch.cat([ego[:, None, :3], torch.stack([x, y, h], -1)], 1)
+    first = ego[:, :3]
+    if start is not None:
+        start = start.to(device=ego.device, dtype=ego.dtype)
+        first = torch.where(torch.isfinite(start).all(-1, keepdim=True), start, first)
+    poses = torch.cat([first[:, None], torch.stack([x, y, h], -1)], 1)
     times = torch.arange(plan.shape[1] + 1, dtype=torch.float64, device=plan.device) * interval
     return times, poses
 

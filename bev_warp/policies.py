@@ -55,24 +55,31 @@ class VectorPolicy:
         self.maps = _maps(maps, len(self.scenes))
         self.planners = [make_planner() for _ in self.scenes]
 
-    def __call__(self, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, state: EnvState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Plans ``(B, 8, 3)``, failed ``(B,)`` and the start poses ``(B, 3)`` of the plans' references (a
+        trajectory's global ``start_pose``, NaN where it has none): ``env.step(state, *policy(state))``."""
         b = state.episodes.batch_size
         plans = np.zeros((b, 8, 3))
+        starts = np.full((b, 3), np.nan)
         failed = np.zeros(b, dtype=bool)
         done = state.done.cpu().numpy()
         for i in range(b):
             if done[i]:
                 continue
             try:
-                poses = np.asarray(self.planners[i].plan(observation(state, i, self.scenes[i], self.maps[i])).poses)
+                trajectory = self.planners[i].plan(observation(state, i, self.scenes[i], self.maps[i]))
+                poses = np.asarray(trajectory.poses)
                 if poses.shape != (8, 3) or not np.isfinite(poses).all():
                     raise ValueError(f"plan of shape {poses.shape} (need (8, 3), finite)")
                 plans[i] = poses
+                start = getattr(trajectory, "start_pose", None)
+                if start is not None:
+                    starts[i] = np.asarray(start, dtype=np.float64).reshape(3)
             except Exception as err:  # noqa: BLE001 - a failing planner ends its episode only
                 logger.warning("episode %s: planner failed: %s", self.scenes[i].token, err)
                 failed[i] = True
         dev = state.ego.device
-        return torch.as_tensor(plans, device=dev), torch.as_tensor(failed, device=dev)
+        return torch.as_tensor(plans, device=dev), torch.as_tensor(failed, device=dev), torch.as_tensor(starts, device=dev)
 
 
 class LearnedPolicy:
