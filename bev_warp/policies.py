@@ -80,7 +80,11 @@ class VectorPolicy:
                 logger.warning("episode %s: planner failed: %s", self.scenes[i].token, err)
                 failed[i] = True
         dev = state.ego.device
-        return torch.as_tensor(plans, device=dev), torch.as_tensor(failed, device=dev), torch.as_tensor(starts, device=dev)
+        return (
+            torch.as_tensor(plans, device=dev),
+            torch.as_tensor(failed, device=dev),
+            torch.as_tensor(starts, device=dev),
+        )
 
 
 class LearnedPolicy:

@@ -131,7 +131,9 @@ class MaskedDiffusionPlanner(nn.Module):
         """The BEV encoder alone: raster ``(B, C, H, W)`` -> feature map ``(B, d, H / 32, W / 32)``."""
         return self.bev_encoder(raster)
 
-    def encode(self, inputs: PlannerInput[torch.Tensor], bev_features: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, inputs: PlannerInput[torch.Tensor], bev_features: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scene memory ``(B, M, d)`` (BEV cells, agents, ego) and its padding mask ``(B, M)``.
 
         ``bev_features``: ``inputs.bev`` already holds the feature map of :meth:`encode_bev`."""
