@@ -231,7 +231,9 @@ class BEVWarpEnv:
 
     # ------------------------------------------------------------------------------------------------
 
-    def _check(self, state: EnvState, trajectories: torch.Tensor, failed: torch.Tensor) -> None:
+    def _check(self, state: EnvState, trajectories: torch.Tensor, failed: torch.Tensor) -> torch.Tensor:
+        """Shape, type and device checked now; ``(B,)`` bool of running episodes with non-finite plans returned,
+        for :meth:`_finish` to raise on (its one host sync serves both)."""
         b = state.episodes.batch_size
         if not isinstance(trajectories, torch.Tensor):
             raise TrajectoryError(f"trajectories must be a torch tensor (B, P, 3), got {type(trajectories).__name__}")
@@ -239,12 +241,7 @@ class BEVWarpEnv:
             raise TrajectoryError(f"trajectories must be ({b}, P, 3), got {tuple(trajectories.shape)}")
         if trajectories.device != state.ego.device:
             raise TrajectoryError(f"trajectories on {trajectories.device}, environment state on {state.ego.device}")
-        bad = ~torch.isfinite(trajectories).all(-1).all(-1) & ~failed & ~state.done
-        if bool(bad.any()):
-            ids = [state.episodes.tokens[i] for i in torch.nonzero(bad).flatten().tolist()[:5]]
-            raise TrajectoryError(
-                f"trajectories of running episodes {ids} contain NaN or inf (flag them planner_failed)"
-            )
+        return ~torch.isfinite(trajectories).all(-1).all(-1) & ~failed & ~state.done
 
     def step(
         self,
@@ -265,23 +262,25 @@ class BEVWarpEnv:
         """
         ep, dev = state.episodes, state.ego.device
         failed = torch.zeros_like(state.done) if planner_failed is None else planner_failed.to(dev).bool()
-        self._check(state, trajectories, failed)
+        bad = self._check(state, trajectories, failed)
         active = ~state.done & ~failed
-        plan = torch.where(
-            active[:, None, None], trajectories.to(torch.float64), torch.zeros_like(trajectories, dtype=torch.float64)
+        plan = torch.where(  # bad plans are zeroed too: the step is thrown away when _finish raises on them
+            (active & ~bad)[:, None, None],
+            trajectories.to(torch.float64),
+            torch.zeros_like(trajectories, dtype=torch.float64),
         )
         times, poses = _plan_to_global(plan, state.ego, self.config.plan_interval_s, start_poses)
+        end = plan.shape[1] * self.config.plan_interval_s
         subs_per_frame = max(1, int(round(ep.log_dt / KINEMATIC_DT)))
         ego, states = state.ego, []
         for j in range(self.substeps):
-            ref = _sample(
-                times, poses, j * KINEMATIC_DT + torch.arange(41, device=dev, dtype=torch.float64) * KINEMATIC_DT
-            )
+            query = j * KINEMATIC_DT + torch.arange(41, device=dev, dtype=torch.float64) * KINEMATIC_DT
+            ref = _sample(times, poses, query, end)
             nxt = track_and_propagate(ego, ref, KINEMATIC_DT, steps=1, params=self.config.tracker)[:, 1]
             ego = torch.where(active[:, None], nxt, ego)
             states.append(ego)
         checks = self._frames(state, states[subs_per_frame - 1 :: subs_per_frame], active)
-        return self._finish(state, ego, active, failed, checks)
+        return self._finish(state, ego, active, failed, checks, bad)
 
     def _frames(
         self, state: EnvState, frame_states: list[torch.Tensor], active: torch.Tensor
@@ -316,6 +315,7 @@ class BEVWarpEnv:
         active: torch.Tensor,
         failed: torch.Tensor,
         checks: dict[str, torch.Tensor],
+        bad: torch.Tensor,
     ) -> tuple[EnvState, torch.Tensor, torch.Tensor, dict[str, Any]]:
         ep = state.episodes
         frame = torch.where(active, checks["frame"], state.frame)
@@ -342,10 +342,16 @@ class BEVWarpEnv:
             (DoneReason.END_OF_LOG, active & (frame >= ep.num_frames - 1)),
         ):
             set_now = cond & ~newly & ~state.done
-            reason[set_now] = int(code)
+            reason = torch.where(set_now, int(code), reason)  # not reason[set_now] = ...: a mask index syncs
             newly |= set_now
         final = state.final
-        if bool(newly.any()):  # score each episode's history once, when it ends
+        any_bad, any_newly = torch.stack([bad.any(), newly.any()]).tolist()  # the step's one host sync
+        if any_bad:
+            ids = [ep.tokens[i] for i in torch.nonzero(bad).flatten().tolist()[:5]]
+            raise TrajectoryError(
+                f"trajectories of running episodes {ids} contain NaN or inf (flag them planner_failed)"
+            )
+        if any_newly:  # score each episode's history once, when it ends
             rows = torch.nonzero(newly).flatten()
             done_now = replace(state, history=checks["history"], frame=frame)
             metrics = episode_metrics(ep.world.select(rows), rollout_of(done_now).select(rows))
@@ -452,9 +458,10 @@ def _plan_to_global(
     return times, poses
 
 
-def _sample(times: torch.Tensor, poses: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """Poses ``(B, Q, 3)`` at ``query`` ``(Q,)`` (linear; unwrapped heading; clamped to the ends)."""
-    q = query.clamp(float(times[0]), float(times[-1]))
+def _sample(times: torch.Tensor, poses: torch.Tensor, query: torch.Tensor, end: float) -> torch.Tensor:
+    """Poses ``(B, Q, 3)`` at ``query`` ``(Q,)`` (linear; unwrapped heading; clamped to the ends, 0 and ``end`` =
+    ``times[-1]``, given so as not to read it from the device)."""
+    q = query.clamp(0.0, end)
     idx = torch.searchsorted(times, q, right=True).clamp(1, len(times) - 1)
     t0, t1 = times[idx - 1], times[idx]
     w = ((q - t0) / (t1 - t0))[None, :, None]
