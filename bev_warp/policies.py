@@ -125,10 +125,10 @@ class LearnedPolicy:
             t = self._cache[name] = make().to(device)
         return t
 
-    def features(self, state: EnvState) -> PlannerInput[torch.Tensor]:
-        """The planner's inputs on the episodes' device: the warped raster or feature map ``(B, C, H, W)``, the ego
-        status ``(B, 8)`` of the simulated state and the logged agents of the current frames as tokens ``(B, A, F)``
-        in the simulated ego frame, with their mask ``(B, A)``."""
+    def features(self, state: EnvState, bev: torch.Tensor | None = None) -> PlannerInput[torch.Tensor]:
+        """The planner's inputs on the episodes' device: the warped raster or feature map ``(B, C, H, W)`` (or
+        ``bev`` when given), the ego status ``(B, 8)`` of the simulated state and the logged agents of the current
+        frames as tokens ``(B, A, F)`` in the simulated ego frame, with their mask ``(B, A)``."""
         ep = state.episodes
         rows = torch.arange(ep.batch_size, device=ep.device)
         ego = state.ego.detach()
@@ -136,7 +136,8 @@ class LearnedPolicy:
         tokens, mask = agent_tokens_torch(boxes, ep.types, valid, ego[:, :3])
         commands = self._on("commands", self._commands(ep.batch_size), ego.device, ep.batch_size)
         status = ego_status_torch(ego, commands)
-        return PlannerInput(bev=self.env.observe(state).float(), ego_status=status, agents=tokens, agents_mask=mask)
+        bev = self.env.observe(state) if bev is None else bev
+        return PlannerInput(bev=bev.float(), ego_status=status, agents=tokens, agents_mask=mask)
 
     def _commands(self, b: int) -> Callable[[], torch.Tensor]:
         """The scenes' driving commands, repeated when the state holds ``G`` branches of each scene
