@@ -75,3 +75,23 @@ def test_features_policy_needs_a_features_environment() -> None:
     with pytest.raises(ValueError, match="observation='features'"):
         LearnedPolicy(model, BEVWarpEnv(EnvConfig(observation="raster")), SCENES, warp="features")
     assert np.isfinite(model.encode_bev(torch.zeros(1, 12, 128, 128)).detach().numpy()).all()
+
+
+def test_masked_planner_head_on_its_encoder_features_is_its_forward() -> None:
+    from planners.masked_diffusion import MaskedDiffusionConfig, MaskedDiffusionPlanner
+    from simulation.features import AGENT_FEATURES, PlannerInput
+
+    torch.manual_seed(0)
+    model = MaskedDiffusionPlanner(MaskedDiffusionConfig(bev_channels=4, d_model=32, num_layers=1, num_steps=2)).eval()
+    inputs = PlannerInput(
+        bev=torch.rand(2, 4, 64, 64),
+        ego_status=torch.rand(2, 8),
+        agents=torch.rand(2, 3, AGENT_FEATURES),
+        agents_mask=torch.ones(2, 3, dtype=torch.bool),
+    )
+    with torch.no_grad():
+        want = model(inputs)
+        got = model.forward_features(PlannerInput(model.encode_bev(inputs.bev), *inputs.tensors()[1:]))
+    assert model.encode_bev(inputs.bev).shape == (2, 32, 2, 2)
+    torch.testing.assert_close(got.trajectory, want.trajectory)
+    torch.testing.assert_close(got.candidates, want.candidates)
