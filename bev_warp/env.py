@@ -354,7 +354,9 @@ class BEVWarpEnv:
         if any_newly:  # score each episode's history once, when it ends
             rows = torch.nonzero(newly).flatten()
             done_now = replace(state, history=checks["history"], frame=frame)
-            metrics = episode_metrics(ep.world.select(rows), rollout_of(done_now).select(rows))
+            # no episode has passed more frames than the steps so far allow: gather only those
+            passed = min(ep.ego.shape[1], (state.step_index + 1) * ep.frames_per_plan + 1)
+            metrics = episode_metrics(ep.world.select(rows), rollout_of(done_now, passed).select(rows))
             final = {k: v.index_put((rows,), metrics[k]) for k, v in final.items()}
         new = replace(
             state,
@@ -400,15 +402,18 @@ def repeat_state(state: EnvState, repeats: int) -> EnvState:
     )
 
 
-def rollout_of(state: EnvState) -> ClsRollout:
+def rollout_of(state: EnvState, frames: int | None = None) -> ClsRollout:
     """The recorded history of each episode as nuPlan's metrics read it: the frames simulated so far, without the
-    log's last frame (the vector closed loop records one sample per iteration, the final state is not one)."""
+    log's last frame (the vector closed loop records one sample per iteration, the final state is not one).
+
+    ``frames``: keep only the first ``frames`` padded frames (views), at least every episode's length."""
     ep = state.episodes
+    t = slice(None) if frames is None else slice(0, frames)
     return ClsRollout(
-        ego=state.history,
-        timestamps_us=ep.timestamps_us,
-        boxes=ep.boxes,
-        valid=ep.valid,
+        ego=state.history[:, t],
+        timestamps_us=ep.timestamps_us[:, t],
+        boxes=ep.boxes[:, t],
+        valid=ep.valid[:, t],
         types=ep.types,
         length=torch.minimum(state.frame + 1, (ep.num_frames - 1).clamp_min(1)),
     )

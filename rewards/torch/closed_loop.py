@@ -110,7 +110,8 @@ def episode_metrics(world: ClsWorld, rollout: ClsRollout) -> dict[str, torch.Ten
     scored on their own length rather than the whole log's)."""
     t = int(rollout.length.max()) if rollout.length.numel() else 0
     if 0 < t < rollout.ego.shape[1]:
-        rollout = replace(rollout, ego=rollout.ego[:, :t]).select(
-            torch.arange(len(rollout.length), device=rollout.ego.device)
+        r = rollout
+        rollout = replace(
+            r, ego=r.ego[:, :t], timestamps_us=r.timestamps_us[:, :t], boxes=r.boxes[:, :t], valid=r.valid[:, :t]
         )
     return cls_metrics(world, rollout)
