@@ -308,6 +308,30 @@ class BEVWarpEnv:
         out["collided"] = torch.where(active[:, None], checks["collided"], state.collided)
         return out
 
+    def _ends(
+        self,
+        state: EnvState,
+        active: torch.Tensor,
+        failed: torch.Tensor,
+        checks: dict[str, torch.Tensor],
+        frame: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The end reasons ``(B,)`` after this step and the episodes ``(B,)`` that end in it (first reason wins)."""
+        reason = state.reason
+        newly = torch.zeros_like(active)
+        ends = self.config.terminate_on
+        for code, cond in (
+            (DoneReason.PLANNER_FAILED, failed & ~state.done),
+            (DoneReason.COLLISION, checks["collision"] & ("collision" in ends)),
+            (DoneReason.OFF_ROAD, checks["drivable_area"] & ("drivable_area" in ends)),
+            (DoneReason.DEVIATION, checks["deviation"] & ("deviation" in ends)),
+            (DoneReason.END_OF_LOG, active & (frame >= state.episodes.num_frames - 1)),
+        ):
+            set_now = cond & ~newly & ~state.done
+            reason = torch.where(set_now, int(code), reason)  # not reason[set_now] = ...: a mask index syncs
+            newly = newly | set_now
+        return reason, newly
+
     def _finish(
         self,
         state: EnvState,
@@ -331,19 +355,7 @@ class BEVWarpEnv:
         }
         weights = dict(self.config.weights)
         reward = sum(weights.get(k, 0.0) * v for k, v in sub.items())
-        reason = state.reason.clone()
-        newly = torch.zeros_like(active)
-        ends = self.config.terminate_on
-        for code, cond in (
-            (DoneReason.PLANNER_FAILED, failed & ~state.done),
-            (DoneReason.COLLISION, checks["collision"] & ("collision" in ends)),
-            (DoneReason.OFF_ROAD, checks["drivable_area"] & ("drivable_area" in ends)),
-            (DoneReason.DEVIATION, checks["deviation"] & ("deviation" in ends)),
-            (DoneReason.END_OF_LOG, active & (frame >= ep.num_frames - 1)),
-        ):
-            set_now = cond & ~newly & ~state.done
-            reason = torch.where(set_now, int(code), reason)  # not reason[set_now] = ...: a mask index syncs
-            newly |= set_now
+        reason, newly = self._ends(state, active, failed, checks, frame)
         final = state.final
         any_bad, any_newly = torch.stack([bad.any(), newly.any()]).tolist()  # the step's one host sync
         if any_bad:
