@@ -13,8 +13,15 @@ Scenes: random eastbound scenarios on the fixture map (default), or with ``--dat
 [--split synth_test]`` nuPlan scenarios (15 s at 10 Hz, 30 env steps) of nuPlan-format logs such as the
 synthetic city, repeated to fill the batch.
 
+End to end (``--e2e CKPT``): a learned planner in both loops, for ``B`` scenes x ``--groups G`` rollouts (one reset,
+then :func:`bev_warp.env.repeat_state`): reset + the planner's forward on the batch at every step (warped features:
+its head on the warped feature map; warped rasters: encoder + head) + the step, against the vector closed loop
+running the same planner (render + encode + head per call). ``--candidates K`` adds an untrained discriminator
+scoring ``K`` samples of the planner's policy ``rollout`` (:class:`planners.reranked.RerankedPlanner`; rasters).
+
 Usage: ``python benchmarks/bench_bev_warp.py [--device cuda] [--batches 1 16 64 256] [--frames 61]``
 or ``python benchmarks/bench_bev_warp.py --data-root D --maps-root D/maps --split synth_test --batches 1 16 64``
+or ``python benchmarks/bench_bev_warp.py --data-root D --e2e CKPT --batches 16 64 --groups 4 [--candidates 20]``
 """
 
 from __future__ import annotations
@@ -115,6 +122,91 @@ def bench_vector(scenes: list[Scenario], maps: list[Any], encoder: torch.nn.Modu
     return calls / (time.perf_counter() - t0), calls / (time.process_time() - c0)
 
 
+def e2e_model(checkpoint: str, candidates: int) -> tuple[Any, Any, str]:
+    """The planner of a checkpoint, or (``candidates > 0``) the planner + an untrained discriminator picking among
+    ``candidates`` samples of the planner's policy ``rollout`` (:class:`planners.reranked.RerankedPlanner`);
+    with the generator and a label."""
+    from planners.checkpoint import load_planner
+
+    generator = load_planner(checkpoint).eval()
+    if candidates <= 0:
+        return generator, generator, type(generator).__name__
+    from planners.discriminator import Discriminator, DiscriminatorConfig
+    from planners.reranked import RerankedConfig, RerankedPlanner, generator_fields
+
+    torch.manual_seed(0)
+    disc = Discriminator(DiscriminatorConfig()).eval()
+    config = RerankedConfig(
+        **generator_fields(generator), discriminator=disc.config.to_dict(), num_samples=candidates, own_candidates=False
+    )
+    pair = RerankedPlanner(generator, disc, config).eval()
+    return pair, generator, f"{type(generator).__name__} + discriminator over {candidates} rollout samples"
+
+
+def bench_e2e_warp(
+    scenes: list[Scenario], maps: list[Any], groups: int, model: Any, generator: Any, device: str, mode: str
+) -> dict[str, float]:
+    """BEV-Warp end to end for ``B`` scenes x ``groups`` rollouts: reset (render, encode in ``features`` mode) +
+    :func:`bev_warp.env.repeat_state` + at every step the planner's forward on the batch + the step."""
+    from bev_warp.policies import LearnedPolicy
+    from simulation.features import raster_from_meta
+
+    raster = raster_from_meta(getattr(generator, "raster_config", None))
+    encoder = generator.encode_bev if mode == "features" else None
+    env = BEVWarpEnv(EnvConfig(observation=mode, raster=raster), device=device, encoder=encoder)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    model.to(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    state = env.repeat_state(env.reset(scenes, maps), groups)
+    sync()
+    reset_s, reset_cpu = time.perf_counter() - t0, time.process_time() - c0
+    policy = LearnedPolicy(model, env, scenes, warp=mode)  # type: ignore[arg-type]
+    steps = 0
+    while not bool(state.done.all()):
+        steps += int((~state.done).sum())
+        state, *_ = env.step(state, *policy(state))
+    sync()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    model.cpu()
+    return {"steps": steps, "wall": wall, "cpu": cpu, "reset": reset_s, "reset_cpu": reset_cpu}
+
+
+def bench_e2e_vector(scenes: list[Scenario], maps: list[Any], model: Any, generator: Any) -> tuple[float, float]:
+    """Env steps (planner calls) per wall / CPU second of the vector closed loop with the same planner (rendering
+    and encoding at every call), scene after scene."""
+    from planners.adapter import LearnedPlanner
+    from simulation.features import raster_from_meta
+
+    raster = raster_from_meta(getattr(generator, "raster_config", None))
+    sim = ClosedLoopSimulator(replan_interval=5)
+    planner = LearnedPlanner(model, raster=raster)
+    calls = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for scene, map_api in zip(scenes, maps, strict=True):
+        calls += sum(1 for p in sim.run(scene, planner, map_api).plans[::5] if p is not None)
+    return calls / (time.perf_counter() - t0), calls / (time.process_time() - c0)
+
+
+def print_e2e(args: argparse.Namespace, batch: Any) -> None:
+    """The end-to-end table: for every batch ``B`` x ``--groups`` rollouts, BEV-Warp against the vector loop."""
+    model, generator, label = e2e_model(args.e2e, args.candidates)
+    modes = ["raster"] if args.candidates > 0 else args.modes  # the pair reads rasters (the discriminator too)
+    vector, vector_cpu = bench_e2e_vector(*batch(args.vector_scenes, 1000), model, generator)
+    print(f"end to end, {label}; vector closed loop: {vector:.2f} env steps/s, {vector_cpu:.2f} per CPU s")
+    for mode in modes:
+        for b in args.batches:
+            r = bench_e2e_warp(*batch(b), args.groups, model, generator, args.device, mode)
+            n = r["steps"]
+            print(
+                f"BEV-Warp {mode:8s} {b:4d} scenes x {args.groups} rollouts: {n / r['wall']:9.1f} env steps/s "
+                f"({n / r['wall'] / vector:6.1f}x vector), {n / r['cpu']:9.1f} per CPU s "
+                f"({n / r['cpu'] / vector_cpu:6.1f}x); without the reset {n / (r['wall'] - r['reset']):9.1f} /s "
+                f"({n / (r['wall'] - r['reset']) / vector:6.1f}x, {n / (r['cpu'] - r['reset_cpu']) / vector_cpu:6.1f}x "
+                f"per CPU s); reset {r['reset']:.1f} s",
+                flush=True,
+            )
+
+
 def data_scenarios(data_root: str, maps_root: str, split: str) -> tuple[list[Scenario], list[Any]]:
     """nuPlan scenarios of ``split`` (tagged and untagged frames, starts at least 5 s apart) and their maps."""
     from simulation.datasets.scenes import ScenarioFilter
@@ -138,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="nuPlan-format data (splits/<split>/*.db); default: the fixture map")
     parser.add_argument("--maps-root")
     parser.add_argument("--split", default="synth_test")
+    parser.add_argument("--e2e", metavar="CKPT", help="end to end with this learned planner (reset + planner + step)")
+    parser.add_argument("--groups", type=int, default=4, help="end to end: rollouts per scene (repeat_state)")
+    parser.add_argument("--candidates", type=int, default=0, help="end to end: + a discriminator over K samples")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -161,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         def batch(n: int, offset: int = 0) -> tuple[list[Scenario], list[Any]]:
             return [fixture_scenario(offset + i, args.frames) for i in range(n)], [fixture_map_api()] * n
 
+    if args.e2e:
+        print_e2e(args, batch)
+        return 0
     vector, vector_cpu = bench_vector(*batch(args.vector_scenes, 1000), encoder)
     print(
         f"vector closed loop (render + encode per planner call): {vector:9.1f} env steps/s, "

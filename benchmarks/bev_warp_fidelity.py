@@ -231,8 +231,7 @@ def warp_loop(scenes: list[LogWindow], maps: list[Any], spec: PlannerSpec, confi
     state = _RESETS[key]
     policy = spec.warp(env, scenes, maps)
     while not bool(state.done.all()):
-        plans, failed = policy(state)
-        state, _, _, _ = env.step(state, plans, failed)
+        state, _, _, _ = env.step(state, *policy(state))
     out = {k: v.numpy().astype(float) for k, v in summary(state).items()}
     out["seconds"] = time.process_time() - t0
     return out

@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 
 import torch
 
-from bev_warp.episodes import EpisodeBatch, build_episodes
+from bev_warp.episodes import EpisodeBatch, build_episodes, repeat_episodes
 from bev_warp.warp import RasterGeometry, relative_pose, warp_bev
 from rewards.nuplan_metrics import CLS_MULTIPLIERS, CLS_WEIGHTS
 from rewards.torch.closed_loop import ClsRollout, deviation, episode_metrics, step_checks, step_comfortable
@@ -189,6 +189,10 @@ class BEVWarpEnv:
             final={k: torch.full((b,), torch.nan, dtype=torch.float64, device=self.device) for k in METRICS},
         )
 
+    def repeat_state(self, state: EnvState, repeats: int) -> EnvState:
+        """:func:`repeat_state` (the environment's configuration plays no part)."""
+        return repeat_state(state, repeats)
+
     def observe(self, state: EnvState) -> torch.Tensor:
         """``(B, C, H, W)`` logged observations of the current planning frame warped into the simulated frames."""
         obs = state.episodes.observations
@@ -197,14 +201,16 @@ class BEVWarpEnv:
         b = state.episodes.batch_size
         k = min(state.step_index, obs.shape[1] - 1)
         rows = torch.arange(b, device=obs.device)
+        source = state.episodes.observation_rows
+        logged_obs = obs[:, k] if source is None else obs[source, k]  # (B, C, H, W)
         logged = state.episodes.ego[rows, state.frame, :3]
         stride = self.config.raster.height_px // obs.shape[-2]
         geom = RasterGeometry.from_raster_config(self.config.raster, stride)
         dev = relative_pose(logged, state.ego[:, :3])
-        warped = warp_bev(obs[:, k].float(), dev, geom, self.config.fill_value, self.config.warp_mode)
+        warped = warp_bev(logged_obs.float(), dev, geom, self.config.fill_value, self.config.warp_mode)
         if stride == 1 and "ego" in self.config.raster.channels:  # the ego footprint is drawn, not warped
             c = self.config.raster.channels.index("ego")
-            warped[:, c] = obs[:, 0, c].float()
+            warped[:, c] = (obs[:, 0, c] if source is None else obs[source, 0, c]).float()
         return warped
 
     def observe_agents(self, state: EnvState) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +231,9 @@ class BEVWarpEnv:
 
     # ------------------------------------------------------------------------------------------------
 
-    def _check(self, state: EnvState, trajectories: torch.Tensor, failed: torch.Tensor) -> None:
+    def _check(self, state: EnvState, trajectories: torch.Tensor, failed: torch.Tensor) -> torch.Tensor:
+        """Shape, type and device checked now; ``(B,)`` bool of running episodes with non-finite plans returned,
+        for :meth:`_finish` to raise on (its one host sync serves both)."""
         b = state.episodes.batch_size
         if not isinstance(trajectories, torch.Tensor):
             raise TrajectoryError(f"trajectories must be a torch tensor (B, P, 3), got {type(trajectories).__name__}")
@@ -233,17 +241,20 @@ class BEVWarpEnv:
             raise TrajectoryError(f"trajectories must be ({b}, P, 3), got {tuple(trajectories.shape)}")
         if trajectories.device != state.ego.device:
             raise TrajectoryError(f"trajectories on {trajectories.device}, environment state on {state.ego.device}")
-        bad = ~torch.isfinite(trajectories).all(-1).all(-1) & ~failed & ~state.done
-        if bool(bad.any()):
-            ids = [state.episodes.tokens[i] for i in torch.nonzero(bad).flatten().tolist()[:5]]
-            raise TrajectoryError(
-                f"trajectories of running episodes {ids} contain NaN or inf (flag them planner_failed)"
-            )
+        return ~torch.isfinite(trajectories).all(-1).all(-1) & ~failed & ~state.done
 
     def step(
-        self, state: EnvState, trajectories: torch.Tensor, planner_failed: torch.Tensor | None = None
+        self,
+        state: EnvState,
+        trajectories: torch.Tensor,
+        planner_failed: torch.Tensor | None = None,
+        start_poses: torch.Tensor | None = None,
     ) -> tuple[EnvState, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Advance every running episode by one replanning interval following ``trajectories`` ``(B, P, 3)``.
+
+        ``start_poses`` ``(B, 3)``: the global pose each plan's reference starts from at t = 0, for plans that
+        start off the ego (IDM: its projection on the path; log replay: the logged pose), as the vector closed
+        loop reads a trajectory's ``start_pose``; NaN rows (and ``None``) start at the simulated pose.
 
         Returns:
             state, reward ``(B,)`` float64, done ``(B,)`` bool and info: ``rewards`` (per sub-reward ``(B,)``),
@@ -251,23 +262,25 @@ class BEVWarpEnv:
         """
         ep, dev = state.episodes, state.ego.device
         failed = torch.zeros_like(state.done) if planner_failed is None else planner_failed.to(dev).bool()
-        self._check(state, trajectories, failed)
+        bad = self._check(state, trajectories, failed)
         active = ~state.done & ~failed
-        plan = torch.where(
-            active[:, None, None], trajectories.to(torch.float64), torch.zeros_like(trajectories, dtype=torch.float64)
+        plan = torch.where(  # bad plans are zeroed too: the step is thrown away when _finish raises on them
+            (active & ~bad)[:, None, None],
+            trajectories.to(torch.float64),
+            torch.zeros_like(trajectories, dtype=torch.float64),
         )
-        times, poses = _plan_to_global(plan, state.ego, self.config.plan_interval_s)
+        times, poses = _plan_to_global(plan, state.ego, self.config.plan_interval_s, start_poses)
+        end = plan.shape[1] * self.config.plan_interval_s
         subs_per_frame = max(1, int(round(ep.log_dt / KINEMATIC_DT)))
         ego, states = state.ego, []
         for j in range(self.substeps):
-            ref = _sample(
-                times, poses, j * KINEMATIC_DT + torch.arange(41, device=dev, dtype=torch.float64) * KINEMATIC_DT
-            )
+            query = j * KINEMATIC_DT + torch.arange(41, device=dev, dtype=torch.float64) * KINEMATIC_DT
+            ref = _sample(times, poses, query, end)
             nxt = track_and_propagate(ego, ref, KINEMATIC_DT, steps=1, params=self.config.tracker)[:, 1]
             ego = torch.where(active[:, None], nxt, ego)
             states.append(ego)
         checks = self._frames(state, states[subs_per_frame - 1 :: subs_per_frame], active)
-        return self._finish(state, ego, active, failed, checks)
+        return self._finish(state, ego, active, failed, checks, bad)
 
     def _frames(
         self, state: EnvState, frame_states: list[torch.Tensor], active: torch.Tensor
@@ -295,6 +308,30 @@ class BEVWarpEnv:
         out["collided"] = torch.where(active[:, None], checks["collided"], state.collided)
         return out
 
+    def _ends(
+        self,
+        state: EnvState,
+        active: torch.Tensor,
+        failed: torch.Tensor,
+        checks: dict[str, torch.Tensor],
+        frame: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The end reasons ``(B,)`` after this step and the episodes ``(B,)`` that end in it (first reason wins)."""
+        reason = state.reason
+        newly = torch.zeros_like(active)
+        ends = self.config.terminate_on
+        for code, cond in (
+            (DoneReason.PLANNER_FAILED, failed & ~state.done),
+            (DoneReason.COLLISION, checks["collision"] & ("collision" in ends)),
+            (DoneReason.OFF_ROAD, checks["drivable_area"] & ("drivable_area" in ends)),
+            (DoneReason.DEVIATION, checks["deviation"] & ("deviation" in ends)),
+            (DoneReason.END_OF_LOG, active & (frame >= state.episodes.num_frames - 1)),
+        ):
+            set_now = cond & ~newly & ~state.done
+            reason = torch.where(set_now, int(code), reason)  # not reason[set_now] = ...: a mask index syncs
+            newly = newly | set_now
+        return reason, newly
+
     def _finish(
         self,
         state: EnvState,
@@ -302,6 +339,7 @@ class BEVWarpEnv:
         active: torch.Tensor,
         failed: torch.Tensor,
         checks: dict[str, torch.Tensor],
+        bad: torch.Tensor,
     ) -> tuple[EnvState, torch.Tensor, torch.Tensor, dict[str, Any]]:
         ep = state.episodes
         frame = torch.where(active, checks["frame"], state.frame)
@@ -317,24 +355,20 @@ class BEVWarpEnv:
         }
         weights = dict(self.config.weights)
         reward = sum(weights.get(k, 0.0) * v for k, v in sub.items())
-        reason = state.reason.clone()
-        newly = torch.zeros_like(active)
-        ends = self.config.terminate_on
-        for code, cond in (
-            (DoneReason.PLANNER_FAILED, failed & ~state.done),
-            (DoneReason.COLLISION, checks["collision"] & ("collision" in ends)),
-            (DoneReason.OFF_ROAD, checks["drivable_area"] & ("drivable_area" in ends)),
-            (DoneReason.DEVIATION, checks["deviation"] & ("deviation" in ends)),
-            (DoneReason.END_OF_LOG, active & (frame >= ep.num_frames - 1)),
-        ):
-            set_now = cond & ~newly & ~state.done
-            reason[set_now] = int(code)
-            newly |= set_now
+        reason, newly = self._ends(state, active, failed, checks, frame)
         final = state.final
-        if bool(newly.any()):  # score each episode's history once, when it ends
+        any_bad, any_newly = torch.stack([bad.any(), newly.any()]).tolist()  # the step's one host sync
+        if any_bad:
+            ids = [ep.tokens[i] for i in torch.nonzero(bad).flatten().tolist()[:5]]
+            raise TrajectoryError(
+                f"trajectories of running episodes {ids} contain NaN or inf (flag them planner_failed)"
+            )
+        if any_newly:  # score each episode's history once, when it ends
             rows = torch.nonzero(newly).flatten()
             done_now = replace(state, history=checks["history"], frame=frame)
-            metrics = episode_metrics(ep.world.select(rows), rollout_of(done_now).select(rows))
+            # no episode has passed more frames than the steps so far allow: gather only those
+            passed = min(ep.ego.shape[1], (state.step_index + 1) * ep.frames_per_plan + 1)
+            metrics = episode_metrics(ep.world.select(rows), rollout_of(done_now, passed).select(rows))
             final = {k: v.index_put((rows,), metrics[k]) for k, v in final.items()}
         new = replace(
             state,
@@ -354,15 +388,44 @@ class BEVWarpEnv:
         return new, torch.as_tensor(reward, dtype=torch.float64, device=ego.device), new.done.clone(), info
 
 
-def rollout_of(state: EnvState) -> ClsRollout:
+def repeat_state(state: EnvState, repeats: int) -> EnvState:
+    """``repeats`` branches of every episode of ``state``, for group rollouts (``B * repeats`` episodes).
+
+    Episode ``i * repeats + g`` is branch ``g`` of episode ``i``: each scene's copies are contiguous, so the
+    result equals ``env.reset([s for s in scenes for _ in range(repeats)], maps)`` when ``state`` is a reset, and
+    stepping it gives what stepping that reset gives. Works on any state (branching mid-episode); the per-episode
+    tensors are gathered, the logged observations are shared (:func:`bev_warp.episodes.repeat_episodes`).
+    """
+    rows = torch.arange(state.episodes.batch_size, device=state.ego.device).repeat_interleave(repeats)
+    return EnvState(
+        episodes=repeat_episodes(state.episodes, repeats),
+        ego=state.ego[rows],
+        frame=state.frame[rows],
+        step_index=state.step_index,
+        done=state.done[rows],
+        reason=state.reason[rows],
+        route_s0=state.route_s0[rows],
+        route_s=state.route_s[rows],
+        totals={k: v[rows] for k, v in state.totals.items()},
+        flags={k: v[rows] for k, v in state.flags.items()},
+        history=state.history[rows],
+        collided=state.collided[rows],
+        final={k: v[rows] for k, v in state.final.items()},
+    )
+
+
+def rollout_of(state: EnvState, frames: int | None = None) -> ClsRollout:
     """The recorded history of each episode as nuPlan's metrics read it: the frames simulated so far, without the
-    log's last frame (the vector closed loop records one sample per iteration, the final state is not one)."""
+    log's last frame (the vector closed loop records one sample per iteration, the final state is not one).
+
+    ``frames``: keep only the first ``frames`` padded frames (views), at least every episode's length."""
     ep = state.episodes
+    t = slice(None) if frames is None else slice(0, frames)
     return ClsRollout(
-        ego=state.history,
-        timestamps_us=ep.timestamps_us,
-        boxes=ep.boxes,
-        valid=ep.valid,
+        ego=state.history[:, t],
+        timestamps_us=ep.timestamps_us[:, t],
+        boxes=ep.boxes[:, t],
+        valid=ep.valid[:, t],
         types=ep.types,
         length=torch.minimum(state.frame + 1, (ep.num_frames - 1).clamp_min(1)),
     )
@@ -394,20 +457,28 @@ def summary(state: EnvState, metrics: dict[str, torch.Tensor] | None = None) -> 
     }
 
 
-def _plan_to_global(plan: torch.Tensor, ego: torch.Tensor, interval: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Times ``(P + 1,)`` and global poses ``(B, P + 1, 3)`` of local plans ``(B, P, 3)``, current pose first."""
+def _plan_to_global(
+    plan: torch.Tensor, ego: torch.Tensor, interval: float, start: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Times ``(P + 1,)`` and global poses ``(B, P + 1, 3)`` of local plans ``(B, P, 3)``, the current pose first
+    (or ``start`` ``(B, 3)`` global where it is finite)."""
     c, s = torch.cos(ego[:, None, 2]), torch.sin(ego[:, None, 2])
     x = ego[:, None, 0] + c * plan[..., 0] - s * plan[..., 1]
     y = ego[:, None, 1] + s * plan[..., 0] + c * plan[..., 1]
     h = ego[:, None, 2] + plan[..., 2]
-    poses = torch.cat([ego[:, None, :3], torch.stack([x, y, h], -1)], 1)
+    first = ego[:, :3]
+    if start is not None:
+        start = start.to(device=ego.device, dtype=ego.dtype)
+        first = torch.where(torch.isfinite(start).all(-1, keepdim=True), start, first)
+    poses = torch.cat([first[:, None], torch.stack([x, y, h], -1)], 1)
     times = torch.arange(plan.shape[1] + 1, dtype=torch.float64, device=plan.device) * interval
     return times, poses
 
 
-def _sample(times: torch.Tensor, poses: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """Poses ``(B, Q, 3)`` at ``query`` ``(Q,)`` (linear; unwrapped heading; clamped to the ends)."""
-    q = query.clamp(float(times[0]), float(times[-1]))
+def _sample(times: torch.Tensor, poses: torch.Tensor, query: torch.Tensor, end: float) -> torch.Tensor:
+    """Poses ``(B, Q, 3)`` at ``query`` ``(Q,)`` (linear; unwrapped heading; clamped to the ends, 0 and ``end`` =
+    ``times[-1]``, given so as not to read it from the device)."""
+    q = query.clamp(0.0, end)
     idx = torch.searchsorted(times, q, right=True).clamp(1, len(times) - 1)
     t0, t1 = times[idx - 1], times[idx]
     w = ((q - t0) / (t1 - t0))[None, :, None]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -49,6 +49,8 @@ class EpisodeBatch:
         timestamps_us: ``(B, T)`` int64 log time stamps (padded by repeating the last one).
         world: the map tensors of nuPlan's closed-loop metrics (lanes, connectors, drivable area,
             intersections, speed limits, the expert's roadblock route), float64.
+        observation_rows: ``(B,)`` long, the row of ``observations`` each episode reads (``None``: its own);
+            repeated episodes (:func:`repeat_episodes`) share one copy of the observations.
     """
 
     tokens: tuple[str, ...]
@@ -66,6 +68,7 @@ class EpisodeBatch:
     route: torch.Tensor
     timestamps_us: torch.Tensor
     world: ClsWorld
+    observation_rows: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -74,6 +77,30 @@ class EpisodeBatch:
     @property
     def device(self) -> torch.device:
         return self.ego.device
+
+
+def repeat_episodes(episodes: EpisodeBatch, repeats: int) -> EpisodeBatch:
+    """Each episode ``repeats`` times in a row (episode ``i * repeats + g`` is copy ``g`` of episode ``i``).
+
+    The per-episode tensors are gathered; the observations, the largest of them, are not copied: the copies
+    read their source's row through ``observation_rows``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    b = episodes.batch_size
+    rows = torch.arange(b, device=episodes.device).repeat_interleave(repeats)
+    source = rows if episodes.observation_rows is None else episodes.observation_rows[rows]
+    per_episode = {
+        f: getattr(episodes, f)[rows]
+        for f in ("num_frames", "ego", "boxes", "valid", "types", "drivable", "grid_origin", "route", "timestamps_us")
+    }
+    return replace(
+        episodes,
+        tokens=tuple(t for t in episodes.tokens for _ in range(repeats)),
+        world=episodes.world.select(rows),
+        observation_rows=source if episodes.observations is not None else None,
+        **per_episode,
+    )
 
 
 def _window_dt(scene: LogWindow) -> float:

@@ -127,9 +127,17 @@ class MaskedDiffusionPlanner(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ network
-    def encode(self, inputs: PlannerInput[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scene memory ``(B, M, d)`` (BEV cells, agents, ego) and its padding mask ``(B, M)``."""
-        bev = self.bev_encoder(inputs.bev)
+    def encode_bev(self, raster: torch.Tensor) -> torch.Tensor:
+        """The BEV encoder alone: raster ``(B, C, H, W)`` -> feature map ``(B, d, H / 32, W / 32)``."""
+        return self.bev_encoder(raster)
+
+    def encode(
+        self, inputs: PlannerInput[torch.Tensor], bev_features: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scene memory ``(B, M, d)`` (BEV cells, agents, ego) and its padding mask ``(B, M)``.
+
+        ``bev_features``: ``inputs.bev`` already holds the feature map of :meth:`encode_bev`."""
+        bev = inputs.bev if bev_features else self.encode_bev(inputs.bev)
         b, d, h, w = bev.shape
         rows = torch.arange(h, device=bev.device).repeat_interleave(w)
         cols = torch.arange(w, device=bev.device).repeat(h)
@@ -280,6 +288,10 @@ class MaskedDiffusionPlanner(nn.Module):
         inputs.validate(self.config.bev_channels)
         return self.goal_candidates(inputs)
 
+    def forward_features(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+        """:meth:`forward` on ``inputs`` whose ``bev`` is the feature map of :meth:`encode_bev`."""
+        return self.goal_candidates(inputs, bev_features=True)
+
     # ------------------------------------------------------------------ log-probabilities
     def log_prob_exact(self, inputs: PlannerInput[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         """``(B,)`` exact sequence log-probability under the left-to-right factorisation.
@@ -336,6 +348,7 @@ class MaskedDiffusionPlanner(nn.Module):
         temperature: float = 0.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        bev_features: bool = False,
     ) -> PlanOutput:
         """Top endpoint goals (distance NMS), one inpainted trajectory per goal; chosen = most likely goal.
 
@@ -345,7 +358,7 @@ class MaskedDiffusionPlanner(nn.Module):
         ``(B, K, 8, 3)`` and goal scores ``(B, K)``.
         """
         k = self.config.num_candidates if num_candidates is None else num_candidates
-        memory, pad = self.encode(inputs)
+        memory, pad = self.encode(inputs, bev_features)
         tok = self.tokenizer
         b = memory.shape[0]
         goals, goal_scores = self.endpoint_goals((memory, pad), k)  # (B, K, 2) ids, (B, K)

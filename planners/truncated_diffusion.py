@@ -251,9 +251,17 @@ class TruncatedDiffusionPlanner(nn.Module):
         return (xy + 1.0) / 2.0 * self.span + self.lo
 
     # ---------------------------------------------------------------- network
-    def encode(self, inputs: PlannerInput[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """BEV map ``(B,d,h,w)``, scene tokens ``(B,N+1,d)`` (agents then ego) and their padding mask."""
-        bev = self.bev_encoder(inputs.bev)
+    def encode_bev(self, raster: torch.Tensor) -> torch.Tensor:
+        """The BEV encoder alone: raster ``(B, C, H, W)`` -> feature map ``(B, d, H / s, W / s)``."""
+        return self.bev_encoder(raster)
+
+    def encode(
+        self, inputs: PlannerInput[torch.Tensor], bev_features: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """BEV map ``(B,d,h,w)``, scene tokens ``(B,N+1,d)`` (agents then ego) and their padding mask.
+
+        ``bev_features``: ``inputs.bev`` already holds the feature map of :meth:`encode_bev`."""
+        bev = inputs.bev if bev_features else self.encode_bev(inputs.bev)
         agents = self.agent_encoder(inputs.agents)
         ego = self.ego_encoder(inputs.ego_status)
         scene = torch.cat([agents, ego], dim=1)
@@ -338,6 +346,12 @@ class TruncatedDiffusionPlanner(nn.Module):
         """Sample candidates and pick the best; ``noise`` ``(B, K, 8, 2)`` makes the output reproducible."""
         inputs.validate(self.config.bev_channels)
         return self.sample(inputs, noise)
+
+    def forward_features(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
+        """:meth:`forward` on ``inputs`` whose ``bev`` is the feature map ``(B, d, h, w)`` of :meth:`encode_bev`."""
+        if noise is None:
+            noise = torch.randn(self.initial_noise_shape(inputs.ego_status.shape[0]), device=inputs.bev.device)
+        return self.denoise(self.encode(inputs, bev_features=True), noise)
 
     def sample(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
         b = inputs.ego_status.shape[0]

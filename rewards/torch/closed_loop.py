@@ -16,6 +16,8 @@ the log frames passed in one step, for rewards and termination:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from rewards.torch import cls_polygons
@@ -102,5 +104,14 @@ def step_comfortable(history: torch.Tensor, frame: torch.Tensor, dt: float) -> t
 
 
 def episode_metrics(world: ClsWorld, rollout: ClsRollout) -> dict[str, torch.Tensor]:
-    """The CLS metrics ``(B,)`` of each rollout and its ``score`` (:func:`rewards.torch.cls_metrics.cls_metrics`)."""
+    """The CLS metrics ``(B,)`` of each rollout and its ``score`` (:func:`rewards.torch.cls_metrics.cls_metrics`).
+
+    The padded frames past the longest rollout are cut first (they play no part; episodes that end early are
+    scored on their own length rather than the whole log's)."""
+    t = int(rollout.length.max()) if rollout.length.numel() else 0
+    if 0 < t < rollout.ego.shape[1]:
+        r = rollout
+        rollout = replace(
+            r, ego=r.ego[:, :t], timestamps_us=r.timestamps_us[:, :t], boxes=r.boxes[:, :t], valid=r.valid[:, :t]
+        )
     return cls_metrics(world, rollout)

@@ -154,8 +154,10 @@ def ttc_violations(
     """
     t_len = ego.shape[1]
     n_steps = int(round(TTC_HORIZON_S / TTC_STEP_S))
-    steps = torch.arange(1, n_steps, dtype=ego.dtype, device=ego.device) * TTC_STEP_S
+    steps = torch.arange(1, n_steps, dtype=ego.dtype) * TTC_STEP_S  # on the host: no device sync to read it
     steps = steps[steps <= LEAST_MIN_TTC_S]
+    horizon = float(steps[-1])
+    steps = steps.to(ego.device)
     ego_speed = torch.hypot(ego[..., S.VX], ego[..., S.VY])
     frame = torch.arange(t_len, device=ego.device)[None, :, None]
     first = collisions.first_frame[:, None]
@@ -165,7 +167,6 @@ def ttc_violations(
     speed = torch.where(_type_mask(types, STATIC_TYPES)[:, None], torch.zeros_like(speed), speed)
     off = PACIFICA.rear_axle_to_center
     cx, cy = ego[..., 0] + off * torch.cos(ego[..., 2]), ego[..., 1] + off * torch.sin(ego[..., 2])
-    horizon = float(steps[-1])
     reach = EGO_RADIUS + bounding_radius(boxes[..., A.LENGTH], boxes[..., A.WIDTH])
     reach = reach + (ego_speed[..., None] + speed) * horizon
     near = torch.hypot(boxes[..., A.X] - cx[..., None], boxes[..., A.Y] - cy[..., None]) <= reach

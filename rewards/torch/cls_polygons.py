@@ -21,6 +21,8 @@ from rewards.torch.geometry import compact
 GROUP_EDGES = 16
 #: Points per chunk of a query (bounds the gathered ``(B, K, G', C, 4)`` edges).
 _CHUNK_ELEMENTS = 1 << 22
+#: A polygon wholly right of a point by more than this cannot contain it (metres; far above float64 rounding).
+_RIGHT_MARGIN_M = 1e-6
 
 
 @dataclass(frozen=True)
@@ -120,14 +122,41 @@ def _chunked(points: torch.Tensor, ps: PolygonSet, fn: object) -> torch.Tensor:
     return torch.zeros(points.shape[0], 0, ps.count, dtype=torch.bool, device=points.device)
 
 
+def _compact_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rewards.torch.geometry.compact` without the sort (a cumulative count and a scatter): the True
+    entries of ``keep`` ``(..., N)`` in order, ``index`` ``(..., M)``, and ``kept`` ``(..., M)`` (slots past a row's
+    count hold index 0, not kept). One host sync (``M``)."""
+    counts = keep.sum(-1)
+    m = int(counts.max()) if keep.numel() else 0
+    slot = torch.where(keep, keep.cumsum(-1) - 1, m)  # False entries go to a spare slot m, dropped
+    index = torch.zeros(*keep.shape[:-1], m + 1, dtype=torch.long, device=keep.device)
+    index.scatter_(-1, slot, torch.arange(keep.shape[-1], device=keep.device).expand_as(keep))
+    kept = torch.arange(m, device=keep.device) < counts[..., None]
+    return index[..., :m], kept
+
+
+def _owner_xmin(ps: PolygonSet) -> torch.Tensor:
+    """``(B, G)`` the smallest x of the polygon that owns each group."""
+    b, g = ps.owner.shape
+    xmin = torch.full((b, ps.count), torch.inf, dtype=ps.box.dtype, device=ps.box.device)
+    xmin = xmin.scatter_reduce(1, ps.owner, ps.box[..., 0], "amin")
+    return torch.gather(xmin, 1, ps.owner)
+
+
 def contains(ps: PolygonSet, points: torch.Tensor) -> torch.Tensor:
-    """``(B, K, P)`` bool: polygon ``p`` contains point ``(B, K, 2)`` (crossing parity of a ray towards +x)."""
+    """``(B, K, P)`` bool: polygon ``p`` contains point ``(B, K, 2)`` (crossing parity of a ray towards +x).
+
+    Only the groups the ray can cross are tested (the point within the group's y range, left of its right end),
+    and only of polygons that do not lie wholly right of the point: the ray crosses such a polygon's closed rings
+    an even number of times (the margin of 1 um keeps rounding of the crossing abscissa out of it), so they
+    cannot contain it."""
+    owner_xmin = _owner_xmin(ps)[:, None] - _RIGHT_MARGIN_M
 
     def part(pts: torch.Tensor) -> torch.Tensor:
         px, py = pts[..., 0, None], pts[..., 1, None]
         box = ps.box[:, None]
-        cand = (py >= box[..., 1]) & (py <= box[..., 3]) & (px <= box[..., 2])
-        index, kept, _ = compact(cand)
+        cand = (py >= box[..., 1]) & (py <= box[..., 3]) & (px <= box[..., 2]) & (px >= owner_xmin)
+        index, kept = _compact_index(cand)
         edges, mask, owner = _gather_groups(ps, index)
         x1, y1, x2, y2 = edges.unbind(-1)
         qx, qy = px[..., None], py[..., None]

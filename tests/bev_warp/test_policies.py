@@ -63,7 +63,7 @@ def test_vector_policy_drives_constant_velocity_and_flags_a_failing_planner() ->
     env = BEVWarpEnv(NONE)
     state = env.reset(scenes, fixture_map())
     policy = VectorPolicy(lambda: next(makers)(), scenes, fixture_map())
-    plans, failed = policy(state)
+    plans, failed, _ = policy(state)
     np.testing.assert_allclose(plans[0, :, 0].numpy(), 8.0 * 0.5 * np.arange(1, 9))  # 8 m/s, poses every 0.5 s
     assert failed.tolist() == [False, True] and float(plans[1].abs().sum()) == 0.0
     while not bool(state.done.all()):
@@ -141,3 +141,36 @@ def test_deviation_is_lateral_past_the_end_of_a_stopped_experts_path() -> None:
     assert int(state.reason[0]) == DoneReason.END_OF_LOG and not bool(state.flags["deviation"][0])
     assert float(state.ego[0, StateIndex.X] - stopped[0].ego.states[0, StateIndex.X]) > 10.0
     assert int(state.reason[1]) == DoneReason.DEVIATION
+
+
+class _OffsetStart:
+    """Constant velocity whose reference starts 0.5 m to the left of the ego (a trajectory with ``start_pose``)."""
+
+    name = "offset_start"
+
+    def plan(self, observation):  # type: ignore[no-untyped-def]
+        from planners.nuplan_idm import IDMTrajectory
+
+        ego = observation.current_state
+        start = ego[:3] + np.array([-0.5 * np.sin(ego[2]), 0.5 * np.cos(ego[2]), 0.0])
+        poses = ConstantVelocityPlanner().plan(observation).poses
+        return IDMTrajectory(np.asarray(poses), 0.5, start_pose=start)
+
+
+def test_vector_policy_starts_the_reference_at_the_trajectorys_start_pose() -> None:
+    """A plan's ``start_pose`` (IDM: the path projection; log replay: the logged pose) is where the vector closed
+    loop starts the tracking reference; BEV-Warp follows it too, so both loops drive the same ego."""
+    from simulation.closed_loop import ClosedLoopSimulator
+
+    scene = eastbound(frames=31)
+    env = BEVWarpEnv(EnvConfig(observation="none", terminate_on=()))
+    state = env.reset([scene], fixture_map())
+    policy = VectorPolicy(_OffsetStart, [scene], fixture_map())
+    plans, failed, starts = policy(state)
+    assert bool(torch.isfinite(starts).all()) and not bool(failed.any())
+    while not bool(state.done.all()):
+        state, *_ = env.step(state, *policy(state))
+    history = ClosedLoopSimulator(replan_interval=5).run(scene, _OffsetStart(), fixture_map())
+    n = len(history.ego_states)
+    assert float(history.ego_states[-1, StateIndex.Y] - scene.ego.states[n - 1, StateIndex.Y]) > 0.2  # moved left
+    np.testing.assert_allclose(state.history[0, :n, :3].numpy(), history.ego_states[:, :3], atol=1e-6)
