@@ -12,9 +12,9 @@ sub-metrics:
 At most ``max_pairs`` of the kept pairs of a scene are stored (drawn without replacement), each in a random order
 (the label says which side is preferred).
 
-The cache (``diffplan data prefs``, :mod:`training.prefs_build`) is one ``.npz`` per scene, ``<out>/<split>/<token>.npz``,
-written atomically (a temporary file, then a rename), plus ``<out>/meta.json`` (how it was built). A scene file
-holds (``K`` candidates, ``P`` pairs; see ``docs/reward_model.md``)::
+The cache (``diffplan data prefs``, :mod:`training.prefs_build`) is one ``.npz`` per scene,
+``<out>/<split>/<token>.npz``, written atomically (a temporary file, then a rename), plus ``<out>/meta.json`` (how
+it was built). A scene file holds (``K`` candidates, ``P`` pairs; see ``docs/reward_model.md``)::
 
     format_version ()        int     CACHE_VERSION
     token          ()        str     the scene token (the feature cache's)
@@ -103,9 +103,9 @@ def label_pairs(
         i_geq, j_geq = (h[i] >= h[j]).all(-1), (h[j] >= h[i]).all(-1)
         i_dom, j_dom = i_geq & ~j_geq, j_geq & ~i_geq
     else:
-        i_dom = j_dom = np.zeros(i.shape, dtype=bool)
+        i_dom = j_dom = np.zeros(i.shape[0], dtype=bool)
     diff = total[i] - total[j]
-    dominance = i_dom | j_dom
+    dominance: np.ndarray = np.asarray(i_dom | j_dom)
     by_margin = ~dominance & (np.abs(diff) >= margin)
     i_wins = i_dom | (by_margin & (diff > 0))
     kept = dominance | by_margin
@@ -165,7 +165,7 @@ def write_scene(path: str | Path, prefs: ScenePrefs) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **prefs.arrays())
+            np.savez(f, **prefs.arrays())  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

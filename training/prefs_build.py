@@ -86,9 +86,7 @@ def draw_candidates(
     return torch.cat([*parts, expert, perturbed.float()], 1)
 
 
-def scene_prefs(
-    token: str, candidates: np.ndarray, rewards: RewardBatch, row: int, config: PrefsConfig
-) -> ScenePrefs:
+def scene_prefs(token: str, candidates: np.ndarray, rewards: RewardBatch, row: int, config: PrefsConfig) -> ScenePrefs:
     """The labelled pairs of scene ``row`` of a scored batch."""
     total = rewards.total[row]
     hard = {n: rewards.terms[n][row] for n in hard_terms(config.version, list(rewards.terms))}
@@ -205,5 +203,6 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"diffplan data prefs: {err}", file=sys.stderr)
         return 1
-    print(f"{args.split}: {counts['scenes']} scenes written ({counts['pairs']} pairs), {counts['skipped']} already there")
+    written, skipped = counts["scenes"], counts["skipped"]
+    print(f"{args.split}: {written} scenes written ({counts['pairs']} pairs), {skipped} already there")
     return 0

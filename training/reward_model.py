@@ -45,9 +45,7 @@ def bradley_terry_loss(winner: torch.Tensor, loser: torch.Tensor, mask: torch.Te
     return (loss * mask).sum() / mask.sum().clamp(min=1)
 
 
-def pair_scores(
-    scores: torch.Tensor, winner: torch.Tensor, loser: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(scores: torch.Tensor, winner: torch.Tensor, loser: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The scores ``(B, P)`` of each pair's winner and loser (indices ``(B, P)`` into ``scores`` ``(B, K)``)."""
     return scores.gather(1, winner), scores.gather(1, loser)
 
@@ -69,9 +67,9 @@ class RewardModelModule(pl.LightningModule):
     """Bradley-Terry training of a reward model on preference pairs.
 
     Args:
-        scorer: the reward model's :class:`~planners.discriminator.DiscriminatorConfig` fields (:func:`planners.reward_model.
-            reward_model_config` defaults: a scalar head, no attention between candidates); ``version`` is the
-            labels' protocol.
+        scorer: the reward model's :class:`~planners.discriminator.DiscriminatorConfig` fields (the defaults of
+            :func:`planners.reward_model.reward_model_config`: a scalar head, no attention between candidates);
+            ``version`` is the labels' protocol.
         init_ckpt: a generator checkpoint: the planner becomes the reranker pair (generator frozen, embedded).
         num_samples, own_candidates, policy: the pair's candidates at inference (as the discriminator's).
         lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule.

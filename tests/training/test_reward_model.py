@@ -206,7 +206,8 @@ def _small_config(tmp_path: Path) -> Path:
     text["model"]["init_args"].update(num_samples=4)
     keep = {"filename": "{epoch}", "monitor": "train/loss", "mode": "min", "save_top_k": -1,
             "enable_version_counter": False}  # fmt: skip
-    text["trainer"]["callbacks"].append({"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": keep})
+    callback = {"class_path": "pytorch_lightning.callbacks.ModelCheckpoint", "init_args": keep}
+    text["trainer"]["callbacks"].append(callback)
     path = tmp_path / CONFIG.name
     path.write_text(yaml.safe_dump(text))
     return path
