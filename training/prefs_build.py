@@ -58,7 +58,7 @@ class PrefsConfig:
     generator: str
     split: str = "synth_train"
     version: str = "v2"
-    num_samples: int = 16
+    num_samples: int = 20
     own_candidates: bool = True
     policy: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_POLICY))
     perturb: dict[str, Any] = field(default_factory=lambda: asdict(Perturbation(copies=3)))
@@ -175,7 +175,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--split", default="synth_train")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--version", choices=("v1", "v2"), default="v2", help="labels: PDMS (v1) or EPDMS (v2)")
-    parser.add_argument("--num-samples", type=int, default=16, help="policy samples per scene")
+    parser.add_argument(
+        "--num-samples", type=int, default=20, help="policy samples per scene (a multiple of the anchors)"
+    )
     parser.add_argument("--copies", type=int, default=3, help="perturbed copies of the pick and of the expert")
     parser.add_argument("--margin", type=float, default=0.05, help="total difference of a pair kept by margin")
     parser.add_argument("--max-pairs", type=int, default=64, help="pairs kept per scene")
