@@ -123,7 +123,8 @@ class StageOutput:
 
     Attributes:
         logits: ``{head: (B, K)}`` sub-metric logits (meaningful where ``mask``).
-        scores: ``(B, K)`` aggregate of the heads' probabilities, :data:`INVALID_SCORE` where not ``mask``.
+        scores: ``(B, K)`` aggregate of the heads' probabilities (the ``score`` logit with ``scalar_head``),
+            :data:`INVALID_SCORE` where not ``mask``.
         mask: ``(B, K)`` bool, the candidates this stage scored.
     """
 
