@@ -50,7 +50,7 @@ BENCH_PLANNER = {
 VARIANTS = {
     "masked_il_reflect": ("masked_il", "masked_reflect", ("navsim_v1", "navsim_v2")),
     # the learned scene reward reranking truncated_il's candidates
-    "truncated_il_reward_rerank": ("reward_model", "reward_reranked", ("navsim_v1", "navsim_v2")),
+    "truncated_il_reward_rerank": ("reward_model", "reward_reranked", ("navsim_v1",)),
 }
 
 #: Table columns per protocol: (column in the benchmark's average row, header).
@@ -98,8 +98,8 @@ class DemoSize:
     planner_epochs: dict[str, int] = field(default_factory=dict)
     rl_epochs: int = 2
     rl_scenes: int = 64
-    reward_epochs: int = 5
-    reward_scenes: int = 48
+    reward_epochs: int = 4
+    reward_scenes: int = 32
 
     def epochs_of(self, name: str) -> int:
         return self.planner_epochs.get(name, self.epochs)
