@@ -100,6 +100,11 @@ class DiscriminatorConfig:
     coarse_to_fine: bool = False
     fine_layers: int = 2
     top_k: int = 32
+    #: a ``score`` head whose logit is the candidate's score (a learned reward, :mod:`planners.reward_model`); the
+    #: sub-metric heads stay as an auxiliary output
+    scalar_head: bool = False
+    #: the candidates of a scene attend to each other (off: each candidate is scored on its own)
+    self_attention: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +123,8 @@ class StageOutput:
 
     Attributes:
         logits: ``{head: (B, K)}`` sub-metric logits (meaningful where ``mask``).
-        scores: ``(B, K)`` aggregate of the heads' probabilities, :data:`INVALID_SCORE` where not ``mask``.
+        scores: ``(B, K)`` aggregate of the heads' probabilities (the ``score`` logit with ``scalar_head``),
+            :data:`INVALID_SCORE` where not ``mask``.
         mask: ``(B, K)`` bool, the candidates this stage scored.
     """
 
@@ -147,12 +153,13 @@ class DiscriminatorOutput:
 class ScorerLayer(nn.Module):
     """BEV sampling at the waypoints, attention to the scene, to the other candidates and to the ego, FFN."""
 
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
+    def __init__(self, d: int, heads: int, dropout: float, self_attention: bool = True) -> None:
         super().__init__()
         self.point_weights = nn.Linear(d, NUM_POSES)
         self.bev_out = nn.Linear(d, d)
         self.scene_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
-        self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True) if self_attention else None
+        self.self_attn = attn
         self.ego_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(4 * d, d))
         self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in range(5)])
@@ -171,8 +178,9 @@ class ScorerLayer(nn.Module):
         query = self.norms[0](query + self.bev_out((samples * weights).sum(2)))
         attended, _ = self.scene_attn(query, scene, scene, key_padding_mask=scene_pad, need_weights=False)
         query = self.norms[1](query + attended)
-        attended, _ = self.self_attn(query, query, query, key_padding_mask=candidate_pad, need_weights=False)
-        query = self.norms[2](query + attended)
+        if self.self_attn is not None:
+            attended, _ = self.self_attn(query, query, query, key_padding_mask=candidate_pad, need_weights=False)
+            query = self.norms[2](query + attended)
         ego = scene[:, -1:]
         attended, _ = self.ego_attn(query, ego, ego, need_weights=False)
         query = self.norms[3](query + attended)
@@ -180,14 +188,18 @@ class ScorerLayer(nn.Module):
 
 
 class ScorerStage(nn.Module):
-    """A stack of :class:`ScorerLayer` and one linear head per sub-metric."""
+    """A stack of :class:`ScorerLayer` and one linear head per sub-metric (and the ``score`` head when
+    ``config.scalar_head``: its logit is then the stage's score instead of the heads' aggregate)."""
 
     def __init__(self, config: DiscriminatorConfig, num_layers: int) -> None:
         super().__init__()
         d = config.d_model
         self.version: Version = config.version
-        self.layers = nn.ModuleList([ScorerLayer(d, config.num_heads, config.dropout) for _ in range(num_layers)])
+        self.layers = nn.ModuleList(
+            [ScorerLayer(d, config.num_heads, config.dropout, config.self_attention) for _ in range(num_layers)]
+        )
         self.heads = nn.ModuleDict({name: nn.Linear(d, 1) for name in head_names(config.version)})
+        self.score_head = nn.Linear(d, 1) if config.scalar_head else None
 
     def forward(
         self,
@@ -203,7 +215,10 @@ class ScorerStage(nn.Module):
         for layer in self.layers:
             query = layer(query, samples, scene, scene_pad, pad)
         logits = {name: head(query).squeeze(-1) for name, head in self.heads.items()}
-        scores = aggregate({n: torch.sigmoid(v) for n, v in logits.items()}, self.version)
+        if self.score_head is not None:
+            scores = self.score_head(query).squeeze(-1)
+        else:
+            scores = aggregate({n: torch.sigmoid(v) for n, v in logits.items()}, self.version)
         return query, StageOutput(logits, scores.masked_fill(~mask, INVALID_SCORE), mask)
 
 

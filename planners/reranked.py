@@ -25,7 +25,7 @@ from torch import nn
 from planners.adapter import LearnedPlanner
 from planners.base import PlanOutput
 from planners.checkpoint import CheckpointError, load_planner
-from planners.discriminator import Discriminator, DiscriminatorConfig
+from planners.discriminator import Discriminator
 from planners.policy import PlanningPolicy, as_policy
 from simulation.features import PlannerInput, raster_from_meta
 
@@ -45,6 +45,8 @@ class RerankedConfig:
         policy: how the generator samples (:func:`planners.policy.as_policy` options).
         seed: seed of the policy samples, drawn afresh at every call.
         generator_ckpt: the checkpoint the generator came from (a record; the weights are embedded).
+        scorer_class: dotted path of the scorer's class (a :class:`~planners.discriminator.Discriminator`, or a
+            subclass such as :class:`~planners.reward_model.RewardModel`), built from ``discriminator``.
     """
 
     generator_class: str
@@ -55,6 +57,7 @@ class RerankedConfig:
     policy: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     generator_ckpt: str | None = None
+    scorer_class: str = "planners.discriminator.Discriminator"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +95,10 @@ class RerankedPlanner(nn.Module):
         self, generator: nn.Module, discriminator: Discriminator, config: RerankedConfig | None = None
     ) -> None:
         super().__init__()
-        config = config or RerankedConfig(**generator_fields(generator), discriminator=discriminator.config.to_dict())
+        scorer = f"{type(discriminator).__module__}.{type(discriminator).__qualname__}"
+        config = config or RerankedConfig(
+            **generator_fields(generator), discriminator=discriminator.config.to_dict(), scorer_class=scorer
+        )
         self.config = config
         self.generator = generator
         self.discriminator = discriminator
@@ -105,7 +111,10 @@ class RerankedPlanner(nn.Module):
         """Rebuild from a stored config (generator and discriminator weights come with the state dict)."""
         rc = RerankedConfig(**dict(config))
         generator = _build_generator(rc.generator_class, rc.generator_config)
-        return cls(generator, Discriminator(DiscriminatorConfig.from_dict(rc.discriminator)), rc)
+        scorer = _build_generator(rc.scorer_class, rc.discriminator)
+        if not isinstance(scorer, Discriminator):
+            raise CheckpointError(f"scorer class {rc.scorer_class!r} is not a Discriminator")
+        return cls(generator, scorer, rc)
 
     @property
     def policy(self) -> PlanningPolicy | None:

@@ -413,6 +413,13 @@ class MixedReward:
             )
         return _gather(futures, lambda batches: self._combine(batches, valid))
 
+    def close(self) -> None:
+        """Close the components that hold a worker pool."""
+        for reward in self.rewards:
+            close = getattr(reward, "close", None)
+            if callable(close):
+                close()
+
     def _combine(self, batches: Sequence[RewardBatch], valid: np.ndarray) -> RewardBatch:
         total = np.zeros(valid.shape)
         terms: dict[str, np.ndarray] = {}

@@ -1,6 +1,7 @@
 """The main job (``make demo``): synthetic city -> scenes and plots -> rule-based benchmark table -> hard
 scenes (navtest-style list) -> feature cache -> imitation training -> RL fine-tuning of both generators ->
-learned-planner rows -> TorchScript / ONNX export.
+preference pairs and the learned scene reward -> learned-planner rows (the reward model's reranker among them)
+-> TorchScript / ONNX export.
 
 Every stage is a ``diffplan`` command (printed before it runs, so the demo doubles as a tutorial) and
 leaves a ``.done`` marker in the output folder: a re-run skips finished stages, and the benchmark
@@ -48,6 +49,8 @@ BENCH_PLANNER = {
 #: Extra rows of a trained planner: label -> (training config, ``diffplan bench`` planner config, protocols).
 VARIANTS = {
     "masked_il_reflect": ("masked_il", "masked_reflect", ("navsim_v1", "navsim_v2")),
+    # the learned scene reward reranking truncated_il's candidates
+    "truncated_il_reward_rerank": ("reward_model", "reward_reranked", ("navsim_v1",)),
 }
 
 #: Table columns per protocol: (column in the benchmark's average row, header).
@@ -78,6 +81,7 @@ class DemoSize:
         epochs: imitation epochs per learned planner, unless ``planner_epochs`` names it.
         planner_epochs: training config -> epochs, for planners that need more steps than the rest.
         rl_epochs, rl_scenes: epochs of each RL run and the training / validation scenes it uses.
+        reward_epochs, reward_scenes: epochs of the reward model and the scenes per split of its preference pairs.
         train_interval: step between training scenes (2 Hz frames).
         navsim_interval: step between benchmark scenes (2 Hz frames) for the NAVSIM protocols.
         hard_interval: the same for the hard scenes (the listed ones among every ``hard_interval``-th frame).
@@ -94,6 +98,8 @@ class DemoSize:
     planner_epochs: dict[str, int] = field(default_factory=dict)
     rl_epochs: int = 2
     rl_scenes: int = 64
+    reward_epochs: int = 4
+    reward_scenes: int = 32
 
     def epochs_of(self, name: str) -> int:
         return self.planner_epochs.get(name, self.epochs)
@@ -227,6 +233,27 @@ class Pipeline:
             "--trainer.enable_progress_bar", "false",
         )  # fmt: skip
 
+    def reward_model(self) -> None:
+        """Preference pairs of truncated_il's candidates (EPDMS labels), then the reward model on them."""
+        generator, prefs, run_dir = (
+            self.checkpoint("truncated_il"),
+            self.out / "prefs",
+            self.out / "train" / "reward_model",
+        )
+        for split in ("synth_train", "synth_val"):
+            self.run_command(
+                "data", "prefs", "--generator", str(generator), "--feature-cache", str(self.out / "cache"),
+                "--metric-cache", str(self.out / "metric_cache" / "rl_v2"), "--data-root", str(self.data),
+                "--maps-root", str(self.maps), "--split", split, "--out", str(prefs),
+                "--max-scenes", str(self.size.reward_scenes), "--workers", str(self.workers),
+            )  # fmt: skip
+        self.run_command(
+            "fit", "--config", str(TRAIN_DIR / "reward_model.yaml"), "--model.init_ckpt", str(generator),
+            "--data.prefs_dir", str(prefs), "--data.feature_cache_dir", str(self.out / "cache"),
+            "--trainer.max_epochs", str(self.size.reward_epochs), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+        )  # fmt: skip
+
     def checkpoint(self, name: str) -> Path:
         # best.ckpt: the lowest validation loss (val/ade for the masked planner), the one a benchmark means
         found = sorted((self.out / "train" / name).rglob("best.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -323,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe.stage(f"train_{name}", lambda n=name: pipe.train(n))  # type: ignore[misc]
     for name in RL:
         pipe.stage(f"train_{name}", lambda n=name: pipe.train_rl(n))  # type: ignore[misc]
+    pipe.stage("train_reward_model", pipe.reward_model)
     pipe.stage("learned", pipe.learned)
     pipe.stage("export", pipe.export)
     pipe.report()

@@ -54,6 +54,7 @@ from training.rl_support import (
     TensorRewards,
     exploration_spread,
     make_policy,
+    rule_reward_of,
     select_scenes,
     submit,
     to_tensors,
@@ -76,7 +77,11 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         init_ckpt: imitation checkpoint (a ``PlannerModule`` Lightning ``.ckpt`` or a planner record) to start from.
         planner: the policy itself instead of ``init_ckpt`` (tests).
         reward: ``rewards.composite.RuleReward`` arguments (``{version: v1, num_workers: 0}``, the default), a dict
-            with ``class_path`` / ``init_args``, or a reward object.
+            with ``class_path`` / ``init_args``, a reward object, or a mix with a learned reward (``learned:
+            {checkpoint: ...}``, ``weights: {rule: .., learned: ..}``; :func:`training.rl_support.build_reward`).
+            The reward is given the batch's features (a learned reward reads them). Validation always scores with
+            the rule-based part (:func:`training.rl_support.rule_reward_of`), so ``val/pdms`` is the rule-based
+            score whatever the training reward.
         policy: how the generator samples in RL (:func:`training.rl_support.make_policy`): the truncated
             planner's ``RolloutConfig`` fields, the masked planner's ``MaskedDiffusionPolicy`` arguments.
         freeze: parameter-name prefixes (e.g. ``bev_encoder``) kept in eval mode with ``requires_grad`` False.
@@ -253,7 +258,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         plans = rollout.plans
         if with_gt:
             plans = torch.cat([plans, batch["targets"]["trajectory"][:, None].to(plans)], 1)
-        pending = submit(self.reward, batch["metric_cache"], plans.detach().cpu().numpy().astype(np.float64))
+        plans_np = plans.detach().cpu().numpy().astype(np.float64)
+        pending = submit(self.reward, batch["metric_cache"], plans_np, batch["features"])
         ref_lp = None
         if float(hp["kl_coef"]) > 0 or bool(hp["log_kl"]):
             with torch.no_grad():  # while the reward is scored
@@ -386,7 +392,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
                 plans = self.planner(batch["features"]).trajectory[:, None]
         finally:
             self.train(was_training)
-        result = self.reward.score(batch["metric_cache"], plans.cpu().numpy().astype(np.float64))
+        result = rule_reward_of(self.reward).score(batch["metric_cache"], plans.cpu().numpy().astype(np.float64))
         return to_tensors(result, self.device)
 
     def _log_validation(self, rewards: TensorRewards, batch_size: int, **kwargs: Any) -> None:

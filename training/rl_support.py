@@ -9,6 +9,7 @@ names), ``version``, ``score(metric_caches, plans) -> RewardBatch`` and, optiona
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -50,7 +51,11 @@ def build_reward(spec: RewardLike | Mapping[str, Any] | None) -> RewardLike:
 
     ``None`` or a dict of ``RuleReward`` arguments (``{version: v1, num_workers: 0}``) builds a
     ``rewards.composite.RuleReward``; a dict with ``class_path`` (and ``init_args``) builds that class; a reward
-    object is returned as it is.
+    object is returned as it is. A dict with ``learned`` (:func:`training.reward_model.load_learned_reward`
+    arguments: ``checkpoint``, ``temperature``, ``device``) adds the learned reward of that checkpoint, mixed with
+    the rule reward by ``weights`` (``{rule: w_r, learned: w_l}``, default ``{rule: 0, learned: 1}``: the learned
+    reward alone; a ``rewards.composite.MixedReward`` when both weigh), the learned one under the rule reward's
+    ``version``.
     """
     if spec is not None and not isinstance(spec, Mapping):
         return spec
@@ -59,7 +64,43 @@ def build_reward(spec: RewardLike | Mapping[str, Any] | None) -> RewardLike:
         module_name, _, cls_name = str(spec["class_path"]).rpartition(".")
         cls = getattr(importlib.import_module(module_name), cls_name)
         return cls(**dict(spec.get("init_args") or {}))  # type: ignore[no-any-return]
-    return importlib.import_module(REWARD_MODULE).RuleReward(**spec)  # type: ignore[no-any-return]
+    learned, weights = spec.pop("learned", None), {"rule": 0.0, "learned": 1.0, **dict(spec.pop("weights", None) or {})}
+    composite = importlib.import_module(REWARD_MODULE)
+    if learned is None:
+        return composite.RuleReward(**spec)  # type: ignore[no-any-return]
+    unknown = sorted(set(weights) - {"rule", "learned"})
+    if unknown:
+        raise ValueError(f"reward weights name {unknown}; only 'rule' and 'learned' are mixed")
+    options = dict(learned)
+    options.setdefault("version", spec.get("version", DEFAULT_REWARD["version"]))
+    model = importlib.import_module("training.reward_model").load_learned_reward(**options)
+    if float(weights["rule"]) == 0:
+        return model  # type: ignore[no-any-return]
+    rule = composite.RuleReward(**spec)
+    return composite.MixedReward([(float(weights["rule"]), rule), (float(weights["learned"]), model)])  # type: ignore[no-any-return]
+
+
+def rule_reward_of(reward: RewardLike) -> RewardLike:
+    """The rule-based scorer behind ``reward`` (what validation scores with): the first component of a
+    ``MixedReward`` that is not learned, a new ``RuleReward`` of its version for a learned reward alone, else
+    ``reward`` itself."""
+    composite = importlib.import_module(REWARD_MODULE)
+    from rewards.learned import LearnedReward
+
+    rules = [part for part in getattr(reward, "rewards", []) if not isinstance(part, LearnedReward)]
+    if rules:
+        return rules[0]  # type: ignore[no-any-return]
+    if isinstance(reward, LearnedReward) or isinstance(reward, composite.MixedReward):
+        return composite.RuleReward(version=reward.version)  # type: ignore[no-any-return]
+    return reward
+
+
+def takes_features(reward: Any) -> bool:
+    """Whether ``reward.score`` has a ``features`` parameter (a learned reward reads the scenes' features)."""
+    try:
+        return "features" in inspect.signature(reward.score).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -133,13 +174,17 @@ def to_tensors(rewards: RewardBatchLike, device: torch.device, with_gt: bool = F
     return TensorRewards(total[:, :-1], {k: v[:, :-1] for k, v in terms.items()}, total[:, -1])
 
 
-def submit(reward: RewardLike, metric_caches: Sequence[Any], plans: np.ndarray) -> Future[RewardBatchLike]:
-    """Start scoring ``plans (B, N, 8, 3)``: ``reward.submit`` when the reward has one, else scored now."""
+def submit(
+    reward: RewardLike, metric_caches: Sequence[Any], plans: np.ndarray, features: PlannerInput[Any] | None = None
+) -> Future[RewardBatchLike]:
+    """Start scoring ``plans (B, N, 8, 3)``: ``reward.submit`` when the reward has one, else scored now. ``features``
+    (the scenes' planner input) is passed on to rewards whose ``score`` takes it."""
+    kwargs = {"features": features} if features is not None and takes_features(reward) else {}
     submit_fn = getattr(reward, "submit", None)
     if callable(submit_fn):
-        return submit_fn(metric_caches, plans)  # type: ignore[no-any-return]
+        return submit_fn(metric_caches, plans, **kwargs)  # type: ignore[no-any-return]
     done: Future[RewardBatchLike] = Future()
-    done.set_result(reward.score(metric_caches, plans))
+    done.set_result(reward.score(metric_caches, plans, **kwargs))  # type: ignore[call-arg]
     return done
 
 

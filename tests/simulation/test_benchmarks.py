@@ -319,7 +319,7 @@ def test_every_shipped_config_combination_composes(monkeypatch: pytest.MonkeyPat
     protocols, planners, workers = _choices("protocol"), _choices("planner"), _choices("worker")
     rule_based = ["constant_velocity", "idm", "log_replay", "pdm_closed"]
     assert protocols == sorted(PROTOCOLS) and planners == sorted(
-        [*rule_based, "exported", "learned", "masked", "masked_reflect", "reranked"]
+        [*rule_based, "exported", "learned", "masked", "masked_reflect", "reranked", "reward_reranked"]
     )
     assert workers == ["process", "ray", "sequential"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from planners.checkpoint import load_planner
+from planners.checkpoint import CheckpointRecord, load_planner, write
+from planners.reward_model import RewardModel, reward_model_config
 from simulation.datasets.testing import write_fixture_data
 from training.cache import build_cache
 from training.lightning_cli import run_cli
@@ -65,11 +66,16 @@ def rl_city(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             ]  # fmt: skip
         )
         paths[kind] = next(out.rglob("last.ckpt"))
+    # a small (untrained) learned scene reward for the *_learned / *_mixed configs
+    reward_model = RewardModel(reward_model_config({"d_model": 32, "version": "v1"}))
+    paths["reward_model"] = write(root / "reward_model.ckpt", CheckpointRecord.of(reward_model))
     return paths
 
 
 def _args(config: Path, city: dict[str, Path], out: Path, *extra: str) -> list[str]:
     kind = config.stem.split("_")[0]  # truncated_* / masked_*
+    if "learned" in config.stem or "mixed" in config.stem:
+        extra = (*extra, "--model.reward.learned.checkpoint", str(city["reward_model"]))
     if "igpo" in config.stem:  # every sample counts as failed: the hinted rollouts run in every step
         extra = (*extra, "--model.igpo.threshold", "1.0")
     return [

@@ -26,9 +26,9 @@ RL_DATA_ARGS = {
 IL_OF = {"truncated": "truncated_il.yaml", "masked": "masked_il.yaml"}
 
 
-def test_the_six_rl_configs_are_found() -> None:
+def test_the_eight_rl_configs_are_found() -> None:
     names = {p.stem for p in RL_CONFIGS}
-    truncated = {"truncated_grpo", "truncated_ddv2", "truncated_gdpo"}
+    truncated = {"truncated_grpo", "truncated_ddv2", "truncated_gdpo", "truncated_grpo_learned", "truncated_grpo_mixed"}
     assert names == truncated | {"masked_gspo", "masked_grpo", "masked_gspo_igpo"}
 
 
@@ -48,7 +48,10 @@ def test_rl_config_parses_into_the_module(config: Path) -> None:
     args = cfg["model"]["init_args"]
     params = inspect.signature(RLModule.__init__).parameters
     assert set(args) <= set(params), set(args) - set(params)
-    assert args["init_ckpt"] is None and args["reward"] == {"version": "v1", "num_workers": 0}
+    rule = {k: v for k, v in args["reward"].items() if k not in ("learned", "weights")}
+    assert args["init_ckpt"] is None and rule == {"version": "v1", "num_workers": 0}
+    if "learned" in args["reward"]:  # the reward model's checkpoint is required
+        assert args["reward"]["learned"]["checkpoint"] is None and set(args["reward"]["weights"]) == {"rule", "learned"}
     module = RLModule(**{**args, "init_ckpt": None, "reward": DistanceReward()}, planner=_imitation_planner(config))
     assert module.frozen_prefixes and all(not p.requires_grad for p in module.planner.bev_encoder.parameters())
     assert module.hparams["advantage"] in ("grpo", "ddv2", "gdpo")
