@@ -216,6 +216,11 @@ def _episode_target(
     return retime(path, dt, conflict_s, speedup, config).poses
 
 
+def _row(inputs: PlannerInput[torch.Tensor], i: int) -> PlannerInput[torch.Tensor]:
+    """Scene ``i`` of a batch of planner inputs (a batch of one)."""
+    return PlannerInput.from_dict({k: v[i : i + 1] for k, v in inputs.as_dict().items()})
+
+
 def ogo_targets(
     rollout: ClosedLoopRollout, advantages: torch.Tensor, config: OGOConfig
 ) -> tuple[PlannerInput[torch.Tensor] | None, torch.Tensor | None]:
@@ -233,7 +238,7 @@ def ogo_targets(
         for e in np.nonzero(good & active)[0]:
             target = _episode_target(rollout, frames, int(e), d, config)
             if target is not None:
-                inputs.append(decision.features.apply(lambda x, e=int(e): x[e : e + 1]))
+                inputs.append(_row(decision.features, int(e)))
                 targets.append(target)
     if not targets:
         return None, None
