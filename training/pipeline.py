@@ -44,8 +44,8 @@ RL = {
 #: Generator + discriminator pairs (``planner=reranked``): config -> (the run it starts from, protocols). The supervised
 #: discriminator reranks truncated_il's candidates; TC-GRPO fine-tunes it in closed loop (BEV-Warp).
 DISCRIMINATORS = {
-    "discriminator": ("truncated_il", ("navsim_v1", "nuplan_cls_nr")),
-    "discriminator_tcgrpo": ("discriminator", ("navsim_v1", "nuplan_cls_nr")),
+    "discriminator": ("truncated_il", ("navsim_v1",)),
+    "discriminator_tcgrpo": ("discriminator", ("navsim_v1",)),
 }
 #: ``diffplan bench`` planner config of a learned planner (default ``learned``: the checkpoint's own sampler).
 BENCH_PLANNER = {
@@ -252,7 +252,10 @@ class Pipeline:
                 "--trainer.max_epochs", str(self.size.disc_epochs),
             ]  # fmt: skip
         else:
-            extra = ["--data.max_scenarios", str(self.size.tcgrpo_scenarios), "--trainer.max_epochs", "1"]
+            extra = [
+                "--data.max_scenarios", str(self.size.tcgrpo_scenarios), "--data.max_val_scenarios", "4",
+                "--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0",
+            ]  # fmt: skip
         self.run_command("fit", "--config", str(TRAIN_DIR / f"{name}.yaml"), *common, *extra)
 
     def checkpoint(self, name: str) -> Path:
