@@ -40,10 +40,16 @@ def scenario_collate(items: list[tuple[Scenario, Any]]) -> dict[str, Any]:
 
 
 def load_scenarios(
-    data_root: str, maps_root: str, split: str, duration_s: float, max_scenarios: int | None, spacing_s: float
+    data_root: str,
+    maps_root: str,
+    split: str,
+    duration_s: float,
+    max_scenarios: int | None,
+    spacing_s: float,
+    stride: int = 1,
 ) -> ScenarioDataset:
     """The split's scenarios (every frame a candidate start, at least ``spacing_s`` apart, ``duration_s`` long),
-    the first ``max_scenarios`` in log order, and the maps they drive on."""
+    every ``stride``-th, the first ``max_scenarios`` of those in log order, and the maps they drive on."""
     from simulation.datasets.nuplan_db import read_log
     from simulation.datasets.scenes import ScenarioFilter, extract_scenarios
     from simulation.datasets.splits import split_log_paths
@@ -52,10 +58,10 @@ def load_scenarios(
     sf = ScenarioFilter(include_unknown=True, duration_s=duration_s, offset_s=0.0, timestamp_threshold_s=spacing_s)
     scenarios: list[Scenario] = []
     for path in split_log_paths(data_root, split):
-        if max_scenarios is not None and len(scenarios) >= max_scenarios:
+        if max_scenarios is not None and len(scenarios) >= max_scenarios * stride:
             break
         scenarios += extract_scenarios(read_log(path), sf)
-    scenarios = scenarios[:max_scenarios]
+    scenarios = scenarios[::stride][:max_scenarios]
     if not scenarios:
         raise ValueError(f"{split}: no scenario of {duration_s} s in the logs under {data_root}")
     maps = {name: MapAPI.load(maps_root, name) for name in sorted({s.map_name for s in scenarios})}
@@ -72,7 +78,8 @@ class ScenarioDataModule(pl.LightningDataModule):
         batch_size: start states per training step (each branched into a group of rollouts by the module).
         duration_s: scenario length (the episode ends at the log's end when the horizon is longer).
         spacing_s: minimum time between the starts of two scenarios of a log.
-        max_scenarios: keep at most this many per split (``None``: all).
+        max_scenarios: keep at most this many training scenarios (``None``: all); max_val_scenarios: validation.
+        stride: keep every ``stride``-th scenario of a split (spread over more logs), before the limits.
         shuffle_seed: seed of the training order (it depends only on the seed and the epoch: exact resume).
     """
 
@@ -87,6 +94,7 @@ class ScenarioDataModule(pl.LightningDataModule):
         spacing_s: float = 8.0,
         max_scenarios: int | None = None,
         max_val_scenarios: int | None = 8,
+        stride: int = 1,
         shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -94,14 +102,15 @@ class ScenarioDataModule(pl.LightningDataModule):
         self.splits = {"train": train_split, "val": val_split}
         self.limits = {"train": max_scenarios, "val": max_val_scenarios}
         self.batch_size, self.duration_s, self.spacing_s = batch_size, duration_s, spacing_s
-        self.shuffle_seed = shuffle_seed
+        self.shuffle_seed, self.stride = shuffle_seed, stride
         self._datasets: dict[str, ScenarioDataset] = {}
 
     def dataset(self, stage: str) -> ScenarioDataset:
         if stage not in self._datasets:
             self._datasets[stage] = load_scenarios(
-                self.data_root, self.maps_root, self.splits[stage], self.duration_s, self.limits[stage], self.spacing_s
-            )
+                self.data_root, self.maps_root, self.splits[stage], self.duration_s, self.limits[stage], self.spacing_s,
+                self.stride,
+            )  # fmt: skip
         return self._datasets[stage]
 
     def setup(self, stage: str | None = None) -> None:

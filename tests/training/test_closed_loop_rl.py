@@ -199,3 +199,14 @@ def test_one_closed_loop_step_trains_the_discriminator_only(city: dict[str, str]
     else:
         assert float(metrics["train/ogo_targets"]) > 0 and torch.isfinite(metrics["train/ogo_loss"])
         assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in generator.values())
+
+
+def test_scenarios_every_stride_th_then_the_limit(city: dict[str, str]) -> None:
+    def tokens(**kwargs: int) -> list[str]:
+        data = ScenarioDataModule(**city, duration_s=3.0, spacing_s=1.0, **kwargs)  # type: ignore[arg-type]
+        return [s.token for s in data.dataset("train").scenarios]
+
+    every = tokens()
+    assert len(every) >= 4 and tokens(stride=2) == every[::2] and tokens(stride=2, max_scenarios=2) == every[:4:2]
+    batch = next(iter(ScenarioDataModule(**city, duration_s=3.0, spacing_s=1.0, batch_size=2).train_dataloader()))
+    assert len(batch["scenes"]) == len(batch["maps"]) == 2 and batch["tokens"] == [s.token for s in batch["scenes"]]
