@@ -1,7 +1,7 @@
 """The main job (``make demo``): synthetic city -> scenes and plots -> rule-based benchmark table -> hard
 scenes (navtest-style list) -> feature cache -> imitation training -> RL fine-tuning of both generators ->
-preference pairs and the learned scene reward -> learned-planner rows (the reward model's reranker among them)
--> TorchScript / ONNX export.
+the discriminator over truncated_il (supervised, then TC-GRPO in closed loop) -> preference pairs and the
+learned scene reward -> learned-planner rows (the rerankers among them) -> TorchScript / ONNX export.
 
 Every stage is a ``diffplan`` command (printed before it runs, so the demo doubles as a tutorial) and
 leaves a ``.done`` marker in the output folder: a re-run skips finished stages, and the benchmark
@@ -40,6 +40,12 @@ LEARNED = {
 RL = {
     "truncated_grpo": ("truncated_il", ("navsim_v1", "navsim_v2")),
     "masked_gspo": ("masked_il", ("navsim_v1", "navsim_v2")),
+}
+#: Generator + discriminator pairs (``planner=reranked``): config -> (the run it starts from, protocols). The supervised
+#: discriminator reranks truncated_il's candidates; TC-GRPO fine-tunes it in closed loop (BEV-Warp).
+DISCRIMINATORS = {
+    "discriminator": ("truncated_il", ("navsim_v1",)),
+    "discriminator_tcgrpo": ("discriminator", ("navsim_v1",)),
 }
 #: ``diffplan bench`` planner config of a learned planner (default ``learned``: the checkpoint's own sampler).
 BENCH_PLANNER = {
@@ -82,6 +88,8 @@ class DemoSize:
         planner_epochs: training config -> epochs, for planners that need more steps than the rest.
         rl_epochs, rl_scenes: epochs of each RL run and the training / validation scenes it uses.
         reward_epochs, reward_scenes: epochs of the reward model and the scenes per split of its preference pairs.
+        disc_epochs: epochs of the supervised discriminator (on ``rl_scenes`` scenes).
+        tcgrpo_scenarios: training scenarios of the closed-loop TC-GRPO run (one epoch).
         train_interval: step between training scenes (2 Hz frames).
         navsim_interval: step between benchmark scenes (2 Hz frames) for the NAVSIM protocols.
         hard_interval: the same for the hard scenes (the listed ones among every ``hard_interval``-th frame).
@@ -100,6 +108,8 @@ class DemoSize:
     rl_scenes: int = 64
     reward_epochs: int = 4
     reward_scenes: int = 32
+    disc_epochs: int = 2
+    tcgrpo_scenarios: int = 8
 
     def epochs_of(self, name: str) -> int:
         return self.planner_epochs.get(name, self.epochs)
@@ -254,6 +264,26 @@ class Pipeline:
             "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
         )  # fmt: skip
 
+    def train_discriminator(self, name: str) -> None:
+        run_dir = self.out / "train" / name
+        common = [
+            "--model.init_ckpt", str(self.checkpoint(DISCRIMINATORS[name][0])), "--data.data_root", str(self.data),
+            "--data.maps_root", str(self.maps), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+        ]  # fmt: skip
+        if name == "discriminator":
+            extra = [
+                "--data.feature_cache_dir", str(self.out / "cache"), "--data.max_scenes", str(self.size.rl_scenes),
+                "--data.metric_cache_dir", str(self.out / "metric_cache" / "rl_v1"),
+                "--trainer.max_epochs", str(self.size.disc_epochs),
+            ]  # fmt: skip
+        else:
+            extra = [
+                "--data.max_scenarios", str(self.size.tcgrpo_scenarios), "--data.max_val_scenarios", "4",
+                "--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0",
+            ]  # fmt: skip
+        self.run_command("fit", "--config", str(TRAIN_DIR / f"{name}.yaml"), *common, *extra)
+
     def checkpoint(self, name: str) -> Path:
         # best.ckpt: the lowest validation loss (val/ade for the masked planner), the one a benchmark means
         found = sorted((self.out / "train" / name).rglob("best.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -269,6 +299,10 @@ class Pipeline:
                 self.bench(planner, protocol, f"planner.ckpt_path={ckpt}", f"planner.name={name}", label=name)
             self.bench(planner, "navsim_v1", f"planner.ckpt_path={ckpt}", f"planner.name={name}", label=name,
                        split=HARD_SPLIT)  # fmt: skip
+        for name, (_, protocols) in DISCRIMINATORS.items():
+            for protocol in protocols:
+                self.bench("reranked", protocol, f"planner.ckpt_path={self.checkpoint(name)}", f"planner.name={name}",
+                           label=name)  # fmt: skip
         for label, (name, planner, protocols) in VARIANTS.items():
             ckpt = self.checkpoint(name)
             for protocol in protocols:
@@ -300,7 +334,7 @@ class Pipeline:
                 frame = pd.read_csv(details)
                 if "diversity" in frame and frame["diversity"].notna().any():
                     cells["Div"] = float(frame.loc[frame["valid"].astype(bool), "diversity"].mean())
-        order = [*RULE_BASED, *LEARNED, *RL, *VARIANTS, "truncated_il_torchscript"]
+        order = [*RULE_BASED, *LEARNED, *RL, *DISCRIMINATORS, *VARIANTS, "truncated_il_torchscript"]
         planners = sorted(by_planner, key=lambda p: (order.index(p) if p in order else len(order), p))
         headers = [*(h for p in (*PROTOCOLS, f"navsim_v1_{HARD_SPLIT}") for _, h in COLUMNS[p]), "Div"]
         lines = ["| planner | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
@@ -350,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe.stage(f"train_{name}", lambda n=name: pipe.train(n))  # type: ignore[misc]
     for name in RL:
         pipe.stage(f"train_{name}", lambda n=name: pipe.train_rl(n))  # type: ignore[misc]
+    for name in DISCRIMINATORS:
+        pipe.stage(f"train_{name}", lambda n=name: pipe.train_discriminator(n))  # type: ignore[misc]
     pipe.stage("train_reward_model", pipe.reward_model)
     pipe.stage("learned", pipe.learned)
     pipe.stage("export", pipe.export)

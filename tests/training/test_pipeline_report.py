@@ -32,3 +32,24 @@ def test_table_rows_columns_and_diversity(tmp_path: Path) -> None:
     assert table[0] == "| planner | NC | DAC | TTC | EP | C | PDMS | EPDMS | CLS-NR | CLS-R | hard PDMS | Div |"
     assert table[2] == "| idm | 100.0 | 50.0 | - | - | - | 75.0 | 60.0 | - | - | - | - |"  # rule-based rows first
     assert table[3] == "| truncated_il | 100.0 | 50.0 | - | - | - | 75.0 | - | - | - | 25.0 | 30.0 |"
+
+
+def test_discriminator_stages_start_from_their_runs_and_rows_follow_the_rl_ones(tmp_path: Path) -> None:
+    pipe = Pipeline(tmp_path, SIZES["small"])
+    commands: list[tuple[str, ...]] = []
+    pipe.run_command = lambda *args: commands.append(args)  # type: ignore[method-assign]
+    pipe.checkpoint = lambda name: tmp_path / name / "best.ckpt"  # type: ignore[method-assign]
+    pipe.train_discriminator("discriminator")
+    pipe.train_discriminator("discriminator_tcgrpo")
+    supervised, tcgrpo = (dict(zip(c[1::2], c[2::2], strict=False)) for c in commands)
+    assert supervised["--config"].endswith("discriminator.yaml")
+    assert supervised["--model.init_ckpt"] == str(tmp_path / "truncated_il" / "best.ckpt")
+    assert supervised["--data.max_scenes"] == str(SIZES["small"].rl_scenes)
+    assert tcgrpo["--config"].endswith("discriminator_tcgrpo.yaml")
+    assert tcgrpo["--model.init_ckpt"] == str(tmp_path / "discriminator" / "best.ckpt")
+    assert tcgrpo["--data.max_scenarios"] == str(SIZES["small"].tcgrpo_scenarios)
+    v1 = {"score": 0.5}
+    for planner in ("discriminator_tcgrpo", "masked_il_reflect", "truncated_grpo", "discriminator"):
+        _bench(tmp_path, "navsim_v1", planner, v1, None)
+    rows = [line.split(" | ")[0][2:] for line in pipe.table().splitlines()[2:]]
+    assert rows == ["truncated_grpo", "discriminator", "discriminator_tcgrpo", "masked_il_reflect"]

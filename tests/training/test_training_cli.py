@@ -15,14 +15,15 @@ from training.data import FeatureCacheError, PlannerDataModule
 from training.lightning_cli import run_cli
 
 # the imitation configs; the RL configs (model training.rl.RLModule) are checked by test_rl_configs.py, the
-# discriminator's (training.discriminator.DiscriminatorModule) by test_discriminator_cli.py
-CONFIGS = sorted(
-    p
-    for p in Path("configs/train").glob("*.yaml")
-    if not any(
-        m in p.read_text() for m in ("training.rl.RLModule", "training.discriminator.", "training.reward_model.")
-    )
-)  # (those configs have their own CLI tests: RL, discriminator, reward model)
+# discriminator's (training.discriminator.DiscriminatorModule) by test_discriminator_cli.py, the closed-loop one
+# (training.closed_loop_rl.ClosedLoopRLModule) by test_closed_loop_rl_cli.py, the reward model's by test_reward_model.py
+OTHER_MODULES = (
+    "training.rl.RLModule",
+    "training.discriminator.",
+    "training.closed_loop_rl.",
+    "training.reward_model.",
+)
+CONFIGS = sorted(p for p in Path("configs/train").glob("*.yaml") if not any(m in p.read_text() for m in OTHER_MODULES))
 SMALL = ["--model.planner.init_args.config.d_model", "32"]
 
 

@@ -1,0 +1,32 @@
+"""A tiny generator + discriminator pair for the closed-loop RL tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from planners.checkpoint import CheckpointRecord, write
+from planners.discriminator import Discriminator, DiscriminatorConfig
+from planners.reranked import RerankedConfig, RerankedPlanner, generator_fields
+from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
+from simulation.features import PLANNER_RASTER
+
+
+def tiny_pair(seed: int = 0, num_samples: int = 4) -> RerankedPlanner:
+    """A 4-anchor truncated generator (d 32) and a d-32 discriminator: 4 own + ``num_samples`` candidates."""
+    torch.manual_seed(seed)
+    t = torch.arange(1, 9) * 0.5
+    anchors = torch.stack([torch.outer(torch.tensor([2.0, 5.0, 8.0, 11.0]), t), torch.zeros(4, 8)], -1)
+    generator = TruncatedDiffusionPlanner(TruncatedDiffusionConfig(d_model=32, num_anchors=4), anchors)
+    generator.raster_config = PLANNER_RASTER.to_dict()  # type: ignore[assignment]
+    disc = Discriminator(DiscriminatorConfig(d_model=32, dropout=0.0))
+    config = RerankedConfig(**generator_fields(generator), discriminator=disc.config.to_dict(), num_samples=num_samples)
+    pair = RerankedPlanner(generator, disc, config)
+    pair.raster_config = generator.raster_config
+    return pair
+
+
+def write_pair(path: Path, seed: int = 0) -> Path:
+    """:func:`tiny_pair` as a planner record (what a supervised discriminator run's checkpoint holds)."""
+    return write(path, CheckpointRecord.of(tiny_pair(seed)))
