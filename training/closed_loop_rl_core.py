@@ -22,16 +22,13 @@ log-probability per decision), so credit is assigned over ``horizon / k`` choice
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from bev_warp.env import BEVWarpEnv, EnvState, expert_trajectories, summary
-from bev_warp.episodes import EpisodeBatch
-from rewards.torch.cls_world import ClsWorld
+from bev_warp.env import BEVWarpEnv, EnvState, expert_trajectories, repeat_state, summary
 from rewards.torch.kinematics import normalize_angle
 from simulation.features import PlannerInput
 from simulation.types import LogWindow
@@ -46,34 +43,10 @@ DEFAULT_RETURN = {"score": 1.0}
 # --------------------------------------------------------------------------------------------------
 
 
-def _take(value: Any, rows: torch.Tensor, b: int) -> Any:
-    """``value`` restricted to the episodes ``rows`` (tensors with a leading batch axis, dicts of them, worlds)."""
-    if isinstance(value, torch.Tensor):
-        return value[rows] if value.dim() > 0 and value.shape[0] == b else value
-    if isinstance(value, dict):
-        return {k: _take(v, rows, b) for k, v in value.items()}
-    if isinstance(value, ClsWorld):
-        return value.select(rows)
-    if isinstance(value, EpisodeBatch):
-        fields = {f.name: _take(getattr(value, f.name), rows, b) for f in dataclasses.fields(value)}
-        fields["tokens"] = tuple(value.tokens[i] for i in rows.tolist())
-        return EpisodeBatch(**fields)
-    return value
-
-
-def select_episodes(state: EnvState, rows: torch.Tensor) -> EnvState:
-    """The episodes ``rows`` (long ``(E',)``, repeats allowed) of ``state`` as a new state."""
-    b = state.episodes.batch_size
-    rows = rows.to(state.ego.device)
-    return EnvState(**{f.name: _take(getattr(state, f.name), rows, b) for f in dataclasses.fields(state)})
-
-
 def branch(env: BEVWarpEnv, scenes: Sequence[LogWindow], maps: Sequence[Any], group_size: int) -> EnvState:
     """Reset ``B`` scenes once and repeat each episode ``group_size`` times: ``B x G`` episodes, scene-major (the
     rollouts of scene ``i`` are ``i G .. i G + G - 1``)."""
-    state = env.reset(list(scenes), list(maps))
-    rows = torch.arange(len(scenes), device=state.ego.device).repeat_interleave(group_size)
-    return select_episodes(state, rows)
+    return repeat_state(env.reset(list(scenes), list(maps)), group_size)
 
 
 # --------------------------------------------------------------------------------------------------
