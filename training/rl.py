@@ -426,11 +426,18 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            rewards = self.score_deterministic(self.transfer_batch_to_device(batch, self.device, 0))
+            rewards = self.score_deterministic(self._batch_to_device(batch))
             for name, term in {"pdms": rewards.total, **rewards.terms}.items():
                 sums[name] = sums.get(name, 0.0) + float(term.sum())
             count += int(rewards.total.shape[0])
         return {name: value / max(count, 1) for name, value in sums.items()}
+
+    def _batch_to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A batch the loop did not move (periodic validation) on this module's device; the metric caches, frozen
+        numpy records, stay as they are (Lightning's generic transfer cannot rebuild frozen dataclasses)."""
+        rest = {k: v for k, v in batch.items() if k != "metric_cache"}
+        moved = self.transfer_batch_to_device(rest, self.device, 0)
+        return moved if "metric_cache" not in batch else {**moved, "metric_cache": batch["metric_cache"]}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

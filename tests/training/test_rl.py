@@ -3,9 +3,11 @@ frozen parameters, the reference KL, and the planner record the benchmarks load.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -182,3 +184,20 @@ def test_periodic_validation_scores_the_val_loader_every_n_steps(tmp_path: Path)
     means = module.validation_scores(loader(8, 4), max_batches=1)
     assert means["pdms"] == pytest.approx(float(trainer.callback_metrics["val/pdms"]))
     assert set(means) == {"pdms", "no_at_fault_collisions", "drivable_area_compliance", "ego_progress"}
+
+
+@dataclass(frozen=True)
+class _FrozenCache:
+    """A stand-in for ``MetricCache``: a frozen record (Lightning's generic batch transfer cannot rebuild one)."""
+
+    target: torch.Tensor
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.target, dtype=dtype)
+
+
+def test_periodic_validation_keeps_frozen_metric_caches_as_they_are() -> None:
+    module = _module(val_every_n_steps=2, val_max_batches=1)
+    plain = next(iter(loader(8, 4)))
+    frozen = {**plain, "metric_cache": [_FrozenCache(torch.as_tensor(c)) for c in plain["metric_cache"]]}
+    assert module.validation_scores([frozen]) == pytest.approx(module.validation_scores([plain]))
