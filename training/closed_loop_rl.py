@@ -20,7 +20,6 @@ sampled ones. Every random draw of a step comes from one generator whose state t
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +41,7 @@ from training.closed_loop_rl_core import (
     group_advantages,
     tcgrpo_loss,
 )
-from training.imitation import lr_factor
+from training.imitation import warmup_cosine
 from training.ogo import OGOConfig, ogo_targets
 
 #: Key of the training state (sampling generator, step count) in a Lightning checkpoint.
@@ -306,10 +305,7 @@ class ClosedLoopRLModule(pl.LightningModule):
         hp = self.hparams
         opt = torch.optim.AdamW(self.discriminator.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1) * int(hp["num_inner_updates"])
-        schedule = functools.partial(
-            lr_factor, warmup_steps=int(hp["warmup_steps"]), total_steps=total, floor=hp["min_lr"] / hp["lr"]
-        )
-        scheduler = {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}
+        scheduler = {"scheduler": warmup_cosine(opt, hp, total), "interval": "step"}
         if not self.ogo.enabled:
             return {"optimizer": opt, "lr_scheduler": scheduler}
         gen_opt = torch.optim.AdamW(self.planner.generator.parameters(), lr=self.ogo.lr, weight_decay=0.0)

@@ -17,7 +17,6 @@ state travels with the checkpoint, so ``--ckpt_path last.ckpt`` resumes the run 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from planners.checkpoint import CHECKPOINT_KEY, load_planner, planner_header
 from planners.discriminator import Discriminator, DiscriminatorConfig, head_targets, supervised_loss
 from planners.reranked import RerankedConfig, RerankedPlanner, generator_fields
 from simulation.features import raster_from_meta
-from training.imitation import lr_factor
+from training.imitation import warmup_cosine
 from training.rl_support import RewardLike, SampledRewardMixin, to_tensors
 
 #: Key of the training state (sampling generator, step count) in a Lightning checkpoint.
@@ -258,10 +257,7 @@ class DiscriminatorModule(SampledRewardMixin, pl.LightningModule):
         hp = self.hparams
         opt = torch.optim.AdamW(self.discriminator.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = functools.partial(
-            lr_factor, warmup_steps=int(hp["warmup_steps"]), total_steps=total, floor=hp["min_lr"] / hp["lr"]
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        scheduler = warmup_cosine(opt, hp, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints

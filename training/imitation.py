@@ -107,16 +107,27 @@ class PlannerModule(pl.LightningModule):
         hp = self.hparams
         opt = torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = functools.partial(
-            lr_factor, warmup_steps=int(hp["warmup_steps"]), total_steps=total, floor=hp["min_lr"] / hp["lr"]
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = warmup_cosine(opt, hp, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add the planner's record (class, config, raster; see :mod:`planners.checkpoint`)."""
         checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, hparams: Any, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The step-wise :func:`lr_factor` schedule of ``optimizer`` from the ``warmup_steps``, ``lr`` and ``min_lr``
+    hyper-parameters, over ``total_steps`` optimiser steps (at least 1)."""
+    schedule = functools.partial(
+        lr_factor,
+        warmup_steps=int(hparams["warmup_steps"]),
+        total_steps=max(int(total_steps), 1),
+        floor=hparams["min_lr"] / hparams["lr"],
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, floor: float) -> float:

@@ -16,7 +16,6 @@ generator whose state travels with the checkpoint, so ``--ckpt_path last.ckpt`` 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ from planners.reward_model import RewardModel, reward_model_config
 from rewards.learned import LearnedReward
 from simulation.features import PLANNER_RASTER, raster_from_meta
 from training.discriminator import spearman
-from training.imitation import lr_factor
+from training.imitation import warmup_cosine
 
 #: Key of the training state (dropout generator, step count) in a Lightning checkpoint.
 REWARD_STATE_KEY = "diffplan_reward_model"
@@ -173,10 +172,7 @@ class RewardModelModule(pl.LightningModule):
         hp = self.hparams
         opt = torch.optim.AdamW(self.reward_model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = functools.partial(
-            lr_factor, warmup_steps=int(hp["warmup_steps"]), total_steps=total, floor=hp["min_lr"] / hp["lr"]
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        scheduler = warmup_cosine(opt, hp, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints

@@ -19,7 +19,6 @@ statistic. Every random draw of a step comes from one generator whose state trav
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from torch import nn
 from planners.checkpoint import CHECKPOINT_KEY, CheckpointRecord, load_planner, planner_header, write
 from planners.policy import PlanningPolicy, Rollout
 from simulation.features import PlannerInput
-from training.imitation import lr_factor
+from training.imitation import warmup_cosine
 from training.rl_igpo import IGPOConfig, Inpainted, inpaint_failed_groups, supports_hints
 from training.rl_objectives import (
     FAILURE_TERMS,
@@ -445,10 +444,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         params = [p for p in self.planner.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
         total = max(int(self.trainer.estimated_stepping_batches), 1) * int(hp["num_inner_updates"])
-        schedule = functools.partial(
-            lr_factor, warmup_steps=int(hp["warmup_steps"]), total_steps=total, floor=hp["min_lr"] / hp["lr"]
-        )
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule)}
+        return {"optimizer": opt, "lr_scheduler": warmup_cosine(opt, hp, total)}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
