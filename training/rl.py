@@ -415,8 +415,14 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         if loader is None:
             raise ValueError("val_every_n_steps needs a val loader (the data module's val_dataloader)")
         limit = self.hparams["val_max_batches"]
-        for name, value in self.validation_scores(loader, None if limit is None else int(limit)).items():
-            self.log(f"val/{name}", value, on_step=True, on_epoch=False)
+        scores = self.validation_scores(loader, None if limit is None else int(limit))
+        metrics = {f"val/{name}": value for name, value in scores.items()}
+        # written once, at this step: ``self.log(on_step=True)`` from a batch hook would be re-written at every
+        # later step of the epoch (flat runs in the curves); callbacks (checkpoints, early stopping) still see them
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
+        self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     def validation_scores(self, loader: Iterable[Any], max_batches: int | None = None) -> dict[str, float]:
         """Mean reward (``pdms``) and sub-rewards of the deterministic plan over ``loader`` (up to ``max_batches``)."""

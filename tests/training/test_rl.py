@@ -186,6 +186,44 @@ def test_periodic_validation_scores_the_val_loader_every_n_steps(tmp_path: Path)
     assert set(means) == {"pdms", "no_at_fault_collisions", "drivable_area_compliance", "ego_progress"}
 
 
+class _Recorder(pl.loggers.Logger):
+    """Keeps every ``log_metrics`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.calls.append((step, dict(metrics)))
+
+
+class _LongData(_Data):
+    def train_dataloader(self) -> Any:
+        return loader(48, 8)
+
+
+def test_periodic_validation_is_written_once_per_validation(tmp_path: Path) -> None:
+    module = _module(val_every_n_steps=2, val_max_batches=1)
+    recorder = _Recorder()
+    trainer = _trainer(tmp_path, max_steps=6, logger=recorder, log_every_n_steps=1)
+    trainer.fit(module, datamodule=_LongData())  # one epoch of 6 steps
+    val_steps = [step for step, metrics in recorder.calls if "val/pdms" in metrics]
+    reward_steps = [step for step, metrics in recorder.calls if "train/reward" in metrics]
+    assert reward_steps == [0, 1, 2, 3, 4, 5]
+    assert val_steps == [1, 3, 5]  # after the 2nd, 4th and 6th rollouts, on the axis of their train/reward
+
+
 @dataclass(frozen=True)
 class _FrozenCache:
     """A stand-in for ``MetricCache``: a frozen record (Lightning's generic batch transfer cannot rebuild one)."""
