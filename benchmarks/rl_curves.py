@@ -59,7 +59,9 @@ def main() -> None:
         ax_r.plot(steps, reward, color=line.get_color(), alpha=0.25, linewidth=0.8)
         v_steps, pdms = read_scalars(run, args.val_tag)
         ax_v.plot(v_steps, pdms, marker="o", color=line.get_color(), label=run.name)
-    ax_r.set(xlabel="step", ylabel=f"{args.reward_tag} (mean over the rollouts)", title=f"training ({args.window}-step mean)")
+    ax_r.set(
+        xlabel="step", ylabel=f"{args.reward_tag} (mean over the rollouts)", title=f"training ({args.window}-step mean)"
+    )
     ax_v.set(xlabel="step", ylabel=f"{args.val_tag} (validation split)", title="validation")
     for ax in (ax_r, ax_v):
         ax.grid(alpha=0.3)
