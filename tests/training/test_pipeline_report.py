@@ -49,7 +49,24 @@ def test_discriminator_stages_start_from_their_runs_and_rows_follow_the_rl_ones(
     assert tcgrpo["--model.init_ckpt"] == str(tmp_path / "discriminator" / "best.ckpt")
     assert tcgrpo["--data.max_scenarios"] == str(SIZES["small"].tcgrpo_scenarios)
     v1 = {"score": 0.5}
-    for planner in ("discriminator_tcgrpo", "masked_il_reflect", "truncated_grpo", "discriminator"):
+    for planner in ("discriminator_tcgrpo", "masked_il_reflect", "truncated_ddv2", "discriminator"):
         _bench(tmp_path, "navsim_v1", planner, v1, None)
     rows = [line.split(" | ")[0][2:] for line in pipe.table().splitlines()[2:]]
-    assert rows == ["truncated_grpo", "discriminator", "discriminator_tcgrpo", "masked_il_reflect"]
+    assert rows == ["truncated_ddv2", "discriminator", "discriminator_tcgrpo", "masked_il_reflect"]
+
+
+def test_rl_stages_start_from_imitation_and_take_their_size_overrides_last(tmp_path: Path) -> None:
+    pipe = Pipeline(tmp_path, SIZES["small"])
+    commands: list[tuple[str, ...]] = []
+    pipe.run_command = lambda *args: commands.append(args)  # type: ignore[method-assign]
+    pipe.checkpoint = lambda name: tmp_path / name / "best.ckpt"  # type: ignore[method-assign]
+    pipe.train_rl("truncated_ddv2")
+    pipe.train_rl("masked_gspo")
+    truncated, masked = commands
+    assert truncated[truncated.index("--model.init_ckpt") + 1] == str(tmp_path / "truncated_il" / "best.ckpt")
+    # jsonargparse keeps the last value of an argument: the run's overrides come after the size's defaults
+    assert truncated[-6:] == ("--data.max_scenes", "null", "--trainer.max_epochs", "1", "--model.warmup_steps", "5")
+    assert truncated.index("--data.max_scenes") < len(truncated) - 6
+    assert masked[masked.index("--model.init_ckpt") + 1] == str(tmp_path / "masked_il" / "best.ckpt")
+    assert "--model.warmup_steps" not in masked
+    assert masked[masked.index("--data.max_scenes") + 1] == str(SIZES["small"].rl_scenes)
