@@ -28,7 +28,7 @@ import torch
 
 from bev_warp.env import BEVWarpEnv, EnvConfig
 from bev_warp.policies import LearnedPolicy
-from planners.checkpoint import CHECKPOINT_KEY, load_planner, planner_header
+from planners.checkpoint import load_planner
 from planners.discriminator import Discriminator, log_probs
 from planners.reranked import RerankedPlanner
 from simulation.features import PlannerInput, raster_from_meta
@@ -43,6 +43,7 @@ from training.closed_loop_rl_core import (
 )
 from training.imitation import warmup_cosine
 from training.ogo import OGOConfig, ogo_targets
+from training.rl_support import SeededCheckpointMixin
 
 #: Key of the training state (sampling generator, step count) in a Lightning checkpoint.
 TCGRPO_STATE_KEY = "diffplan_tcgrpo"
@@ -54,7 +55,7 @@ LOGGED_METRICS = (
 )  # fmt: skip
 
 
-class ClosedLoopRLModule(pl.LightningModule):
+class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
     """TC-GRPO for the discriminator of a generator + discriminator pair in BEV-Warp (manual optimisation).
 
     Args:
@@ -75,6 +76,9 @@ class ClosedLoopRLModule(pl.LightningModule):
         lr, weight_decay, warmup_steps, min_lr, grad_clip: AdamW of the discriminator and its schedule.
         seed: seed of the sampling generator.
     """
+
+    STATE_KEY = TCGRPO_STATE_KEY
+    STEPS_ATTR = "_steps"
 
     def __init__(
         self,
@@ -147,16 +151,6 @@ class ClosedLoopRLModule(pl.LightningModule):
         self.planner.eval()
         self.reference.eval()
         return self
-
-    def generator(self) -> torch.Generator:
-        """The sampling generator (seeded, or restored from the checkpoint)."""
-        if self._generator is None or self._generator.device.type != self.device.type:
-            gen = torch.Generator(device=self.device).manual_seed(int(self.hparams["seed"]) + self.global_rank)
-            if self._pending_rng_state is not None:
-                gen.set_state(self._pending_rng_state)
-                self._pending_rng_state = None
-            self._generator = gen
-        return self._generator
 
     # ------------------------------------------------------------------ rollouts
     def rollout(
@@ -310,18 +304,3 @@ class ClosedLoopRLModule(pl.LightningModule):
             return {"optimizer": opt, "lr_scheduler": scheduler}
         gen_opt = torch.optim.AdamW(self.planner.generator.parameters(), lr=self.ogo.lr, weight_decay=0.0)
         return [opt, gen_opt], [scheduler]
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add the pair's planner record and the sampling generator's state (the reference discriminator is in
-        ``state_dict`` under ``reference.``)."""
-        checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
-        checkpoint[TCGRPO_STATE_KEY] = {"generator": self.generator().get_state(), "steps": self._steps}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(TCGRPO_STATE_KEY)
-        if state is None:
-            return
-        self._pending_rng_state = state["generator"]
-        self._generator = None
-        self._steps = int(state["steps"])

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from planners.checkpoint import CHECKPOINT_KEY, load_planner, planner_header
+from planners.checkpoint import load_planner
 from planners.discriminator import Discriminator, DiscriminatorConfig, head_targets, supervised_loss
 from planners.reranked import RerankedConfig, RerankedPlanner, generator_fields
 from simulation.features import raster_from_meta
@@ -105,6 +105,9 @@ class DiscriminatorModule(SampledRewardMixin, pl.LightningModule):
         lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule (optimiser steps).
         seed: seed of the sampling generator (offset by the process rank).
     """
+
+    STATE_KEY = DISC_STATE_KEY
+    STEPS_ATTR = "_steps"
 
     def __init__(
         self,
@@ -259,17 +262,3 @@ class DiscriminatorModule(SampledRewardMixin, pl.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = warmup_cosine(opt, hp, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add the pair's planner record (generator embedded) and the sampling generator's state."""
-        checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
-        checkpoint[DISC_STATE_KEY] = {"generator": self.generator().get_state(), "steps": self._steps}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(DISC_STATE_KEY)
-        if state is None:
-            return
-        self._pending_rng_state = state["generator"]
-        self._generator = None
-        self._steps = int(state["steps"])

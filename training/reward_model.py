@@ -24,13 +24,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from planners.checkpoint import CHECKPOINT_KEY, CheckpointError, load_planner, planner_header
+from planners.checkpoint import CheckpointError, load_planner
 from planners.reranked import RerankedConfig, RerankedPlanner, generator_fields
 from planners.reward_model import RewardModel, reward_model_config
 from rewards.learned import LearnedReward
 from simulation.features import PLANNER_RASTER, raster_from_meta
 from training.discriminator import spearman
 from training.imitation import warmup_cosine
+from training.rl_support import SeededCheckpointMixin
 
 #: Key of the training state (dropout generator, step count) in a Lightning checkpoint.
 REWARD_STATE_KEY = "diffplan_reward_model"
@@ -62,7 +63,7 @@ def load_learned_reward(
     return LearnedReward(model.score_plans, version or model.config.version, temperature, device)
 
 
-class RewardModelModule(pl.LightningModule):
+class RewardModelModule(SeededCheckpointMixin, pl.LightningModule):
     """Bradley-Terry training of a reward model on preference pairs.
 
     Args:
@@ -74,6 +75,8 @@ class RewardModelModule(pl.LightningModule):
         lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule.
         seed: seed of the dropout generator.
     """
+
+    STATE_KEY = REWARD_STATE_KEY
 
     def __init__(
         self,
@@ -174,15 +177,3 @@ class RewardModelModule(pl.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         scheduler = warmup_cosine(opt, hp, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add the planner's record (the reward model, or the pair with its generator) and the dropout generator."""
-        checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
-        checkpoint[REWARD_STATE_KEY] = {"generator": self.generator().get_state()}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(REWARD_STATE_KEY)
-        if state is not None:
-            self._pending_rng_state = state["generator"]
-            self._generator = None

@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from planners.checkpoint import CHECKPOINT_KEY, CheckpointRecord, load_planner, planner_header, write
+from planners.checkpoint import CheckpointRecord, load_planner, write
 from planners.policy import PlanningPolicy, Rollout
 from simulation.features import PlannerInput
 from training.imitation import warmup_cosine
@@ -113,6 +113,9 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             fail has a share of its rollouts re-sampled around an expert fragment before the advantages.
         seed: seed of the rollout generator (offset by the process rank).
     """
+
+    STATE_KEY = RL_STATE_KEY
+    STEPS_ATTR = "_rl_steps"
 
     def __init__(
         self,
@@ -453,20 +456,6 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": warmup_cosine(opt, hp, total)}
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add the planner's record (so :mod:`planners.checkpoint` loads the policy) and the RL state: the rollout
-        generator's state and the step count (the reference policy is in ``state_dict`` under ``reference.``)."""
-        checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
-        checkpoint[RL_STATE_KEY] = {"generator": self.generator().get_state(), "steps": self._rl_steps}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(RL_STATE_KEY)
-        if state is None:
-            return
-        self._pending_rng_state = state["generator"]
-        self._generator = None
-        self._rl_steps = int(state["steps"])
-
     def planner_record(self) -> CheckpointRecord:
         """The trained policy as a planner record (weights only; the reference and the RL state are left out)."""
         return CheckpointRecord.of(self.planner)

@@ -14,11 +14,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from planners.checkpoint import CHECKPOINT_KEY, planner_header
 from planners.policy import as_policy
 from simulation.features import PlannerInput
 
@@ -118,27 +119,21 @@ class TensorRewards:
     total_gt: torch.Tensor | None = None
 
 
-class SampledRewardMixin:
-    """What a LightningModule that samples plans and scores them shares: the reward object built on first use from
-    ``self._reward_spec``, the seeded sampling generator restored from ``self._pending_rng_state`` (set by the module's
-    ``on_load_checkpoint``), and closing the reward's process pool at teardown. The module sets ``_reward = None``,
-    ``_reward_spec``, ``_generator = None`` and ``_pending_rng_state = None`` in ``__init__`` and has a ``seed``
-    hyper-parameter."""
+class SeededCheckpointMixin:
+    """What a LightningModule that draws random numbers and ships a planner shares: the seeded generator on the
+    module's device, and the checkpoint hooks that store the planner's record (:mod:`planners.checkpoint` loads the
+    checkpoint as a planner) and, under the class's ``STATE_KEY``, the generator's state and the step counter named
+    by ``STEPS_ATTR`` (if any), so that ``--ckpt_path`` resumes the same draws. The module sets ``_generator = None``
+    and ``_pending_rng_state = None`` in ``__init__``, has a ``planner`` and a ``seed`` hyper-parameter."""
 
-    _reward: RewardLike | None
-    _reward_spec: Any
+    STATE_KEY: ClassVar[str]
+    STEPS_ATTR: ClassVar[str | None] = None
     _generator: torch.Generator | None
     _pending_rng_state: torch.Tensor | None
+    planner: Any
     hparams: Any
     device: torch.device
     global_rank: int
-
-    @property
-    def reward(self) -> RewardLike:
-        """The reward object, built on first use (the module's ``reward`` argument)."""
-        if self._reward is None:
-            self._reward = build_reward(self._reward_spec)
-        return self._reward
 
     def generator(self) -> torch.Generator:
         """The sampling generator on the module's device (seeded, or restored from the checkpoint)."""
@@ -153,6 +148,37 @@ class SampledRewardMixin:
                 self._pending_rng_state = None
             self._generator = gen
         return self._generator
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
+        state: dict[str, Any] = {"generator": self.generator().get_state()}
+        if self.STEPS_ATTR is not None:
+            state["steps"] = int(getattr(self, self.STEPS_ATTR))
+        checkpoint[self.STATE_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(self.STATE_KEY)
+        if state is None:
+            return
+        self._pending_rng_state = state["generator"]
+        self._generator = None
+        if self.STEPS_ATTR is not None:
+            setattr(self, self.STEPS_ATTR, int(state["steps"]))
+
+
+class SampledRewardMixin(SeededCheckpointMixin):
+    """:class:`SeededCheckpointMixin` plus the reward: built on first use from ``self._reward_spec`` (the module sets
+    ``_reward = None`` and ``_reward_spec`` in ``__init__``), its process pool closed at teardown."""
+
+    _reward: RewardLike | None
+    _reward_spec: Any
+
+    @property
+    def reward(self) -> RewardLike:
+        """The reward object, built on first use (the module's ``reward`` argument)."""
+        if self._reward is None:
+            self._reward = build_reward(self._reward_spec)
+        return self._reward
 
     def teardown(self, stage: str) -> None:
         close = getattr(self._reward, "close", None)
