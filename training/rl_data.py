@@ -193,6 +193,8 @@ class RLDataModule(pl.LightningDataModule):
         batch_size, num_workers: loader settings (metric caches are read by the loader workers).
         version: NAVSIM protocol of the metric caches, ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
         max_scenes: keep at most this many scenes per split (the first in cache order), e.g. for smoke runs.
+        stride: keep every ``stride``-th scene of a split in cache order (before ``max_scenes``): a large split's
+            scenes spread over all of its logs, with metric caches built only for those.
         cache_workers: processes building missing metric caches (one log per task).
         shuffle_seed: seed of the training order, which depends only on it and the epoch (exact resume).
     """
@@ -211,8 +213,12 @@ class RLDataModule(pl.LightningDataModule):
         max_scenes: int | None = None,
         cache_workers: int = 1,
         shuffle_seed: int = 0,
+        stride: int = 1,
     ) -> None:
         super().__init__()
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.stride = stride
         self.shuffle_seed = shuffle_seed
         if version not in ("v1", "v2"):
             raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
@@ -243,7 +249,8 @@ class RLDataModule(pl.LightningDataModule):
 
     def _build_dataset(self, split: str) -> RLDataset:
         features = FeatureCacheDataset(self.feature_cache_dir, split)
-        tokens = [str(t) for t in features.arrays["tokens"][: self.max_scenes]]
+        positions = list(range(0, len(features.arrays["tokens"]), self.stride))[: self.max_scenes]
+        tokens = [str(features.arrays["tokens"][p]) for p in positions]
         index = index_metric_caches(self.metric_cache_dir)
         missing = [t for t in tokens if t not in index or stored_format_version(index[t]) != CACHE_FORMAT_VERSION]
         if missing:
@@ -263,7 +270,7 @@ class RLDataModule(pl.LightningDataModule):
                 f"{split}: none of its {len(tokens)} scenes has a metric cache in {self.metric_cache_dir}; "
                 "see the warnings above"
             )
-        return RLDataset(features, rows, [index[tokens[i]] for i in rows], self.version)
+        return RLDataset(features, [positions[i] for i in rows], [index[tokens[i]] for i in rows], self.version)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move the tensors to ``device``; the metric caches stay as they are (frozen numpy records)."""

@@ -118,6 +118,21 @@ def test_caches_of_an_older_format_are_rebuilt(
     assert again[0]["metric_cache"].token == first.tokens[0]
 
 
+def test_stride_keeps_every_kth_scene_and_builds_only_their_caches(
+    city: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    metric = tmp_path / "metric"
+    features = FeatureCacheDataset(city[2], "synth_val")
+    tokens = [str(t) for t in features.arrays["tokens"]]
+    val = _module(city, metric, stride=2, max_scenes=2).dataset("val")
+    assert val.tokens == tokens[0:4:2] and set(index_metric_caches(metric)) == set(tokens[0:4:2])
+    sample = val[1]  # the features of the scene the cache is of
+    assert sample["metric_cache"].token == tokens[2]
+    assert torch.equal(sample["targets"]["trajectory"], torch.as_tensor(features[2]["targets"]["trajectory"]))
+    with pytest.raises(ValueError, match="stride"):
+        _module(city, metric, stride=0)
+
+
 def test_wrong_version_in_the_folder_is_an_error(city: tuple[Path, Path, Path], tmp_path: Path) -> None:
     metric = tmp_path / "metric"
     _module(city, metric, max_scenes=1).dataset("val")
