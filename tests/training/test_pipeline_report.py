@@ -45,6 +45,7 @@ def test_discriminator_stages_start_from_their_runs_and_rows_follow_the_rl_ones(
     assert supervised["--config"].endswith("discriminator.yaml")
     assert supervised["--model.init_ckpt"] == str(tmp_path / "truncated_il" / "best.ckpt")
     assert supervised["--data.max_scenes"] == str(SIZES["small"].rl_scenes)
+    assert supervised["--data.stride"] == str(SIZES["small"].rl_stride)
     assert tcgrpo["--config"].endswith("discriminator_tcgrpo.yaml")
     assert tcgrpo["--model.init_ckpt"] == str(tmp_path / "discriminator" / "best.ckpt")
     assert tcgrpo["--data.max_scenarios"] == str(SIZES["small"].tcgrpo_scenarios)
@@ -70,3 +71,6 @@ def test_rl_stages_start_from_imitation_and_take_their_size_overrides_last(tmp_p
     assert masked[masked.index("--model.init_ckpt") + 1] == str(tmp_path / "masked_il" / "best.ckpt")
     assert "--model.warmup_steps" not in masked
     assert masked[masked.index("--data.max_scenes") + 1] == str(SIZES["small"].rl_scenes)
+    # the cache holds every 2 Hz frame; RL sees every 2nd
+    assert SIZES["small"].train_interval == 1
+    assert truncated[truncated.index("--data.stride") + 1] == masked[masked.index("--data.stride") + 1] == "2"
