@@ -106,7 +106,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         train_mode: run the trainable modules in train mode (dropout, batch-norm statistics); by default the whole
             policy runs in eval mode, so that re-scored log-probs equal the rollout's (on-policy ratio 1).
         val_every_n_steps: every that many training steps, score the deterministic plan on the val loader
-            (``val/pdms`` and ``val/<term>``; 0: only in Lightning's own validation loop).
+            (``val/pdms`` and ``val/<term>``; 0: only in Lightning's own validation loop); an ``EarlyStopping``
+            callback checks after each of these validations as well.
         val_max_batches: batches of that periodic validation (``None``: all).
         igpo: inpainting-guided groups (:class:`training.rl_igpo.IGPOConfig` fields: ``enabled``, ``fraction``,
             ``fragment``, ``fragment_end``, ``threshold``; masked diffusion policy only): a scene whose samples all
@@ -426,6 +427,9 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(metrics, step=step)
         self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        # early stopping on the rule-based score counts these validations too (reward hacking shows between epochs)
+        for callback in self.trainer.early_stopping_callbacks:
+            callback._run_early_stopping_check(self.trainer)
 
     def validation_scores(self, loader: Iterable[Any], max_batches: int | None = None) -> dict[str, float]:
         """Mean reward (``pdms``) and sub-rewards of the deterministic plan over ``loader`` (up to ``max_batches``)."""

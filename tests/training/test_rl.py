@@ -224,6 +224,16 @@ def test_periodic_validation_is_written_once_per_validation(tmp_path: Path) -> N
     assert val_steps == [1, 3, 5]  # after the 2nd, 4th and 6th rollouts, on the axis of their train/reward
 
 
+def test_early_stopping_checks_the_periodic_validations(tmp_path: Path) -> None:
+    module = _module(val_every_n_steps=2, val_max_batches=1)
+    stop = pl.callbacks.EarlyStopping(
+        monitor="val/pdms", mode="max", stopping_threshold=0.0, check_on_train_epoch_end=False
+    )
+    trainer = _trainer(tmp_path, max_steps=6, callbacks=[stop])
+    trainer.fit(module, datamodule=_LongData())  # one epoch of 6 steps: without the check it would run all 6
+    assert module._rl_steps == 2 and stop.stopped_epoch == 0 and trainer.should_stop
+
+
 @dataclass(frozen=True)
 class _FrozenCache:
     """A stand-in for ``MetricCache``: a frozen record (Lightning's generic batch transfer cannot rebuild one)."""
