@@ -249,7 +249,7 @@ class RLDataModule(pl.LightningDataModule):
 
     def _build_dataset(self, split: str) -> RLDataset:
         features = FeatureCacheDataset(self.feature_cache_dir, split)
-        positions = list(range(0, len(features.arrays["tokens"]), self.stride))[: self.max_scenes]
+        positions = range(0, len(features.arrays["tokens"]), self.stride)[: self.max_scenes]
         tokens = [str(features.arrays["tokens"][p]) for p in positions]
         index = index_metric_caches(self.metric_cache_dir)
         missing = [t for t in tokens if t not in index or stored_format_version(index[t]) != CACHE_FORMAT_VERSION]

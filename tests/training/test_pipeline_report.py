@@ -34,11 +34,17 @@ def test_table_rows_columns_and_diversity(tmp_path: Path) -> None:
     assert table[3] == "| truncated_il | 100.0 | 50.0 | - | - | - | 75.0 | - | - | - | 25.0 | 30.0 |"
 
 
-def test_discriminator_stages_start_from_their_runs_and_rows_follow_the_rl_ones(tmp_path: Path) -> None:
+def _recording_pipeline(tmp_path: Path) -> tuple[Pipeline, list[tuple[str, ...]]]:
+    """The small demo whose commands are recorded, not run, and whose checkpoints are ``tmp_path/<run>/best.ckpt``."""
     pipe = Pipeline(tmp_path, SIZES["small"])
     commands: list[tuple[str, ...]] = []
     pipe.run_command = lambda *args: commands.append(args)  # type: ignore[method-assign]
     pipe.checkpoint = lambda name: tmp_path / name / "best.ckpt"  # type: ignore[method-assign]
+    return pipe, commands
+
+
+def test_discriminator_stages_start_from_their_runs_and_rows_follow_the_rl_ones(tmp_path: Path) -> None:
+    pipe, commands = _recording_pipeline(tmp_path)
     pipe.train_discriminator("discriminator")
     pipe.train_discriminator("discriminator_tcgrpo")
     supervised, tcgrpo = (dict(zip(c[1::2], c[2::2], strict=False)) for c in commands)
@@ -57,10 +63,7 @@ def test_discriminator_stages_start_from_their_runs_and_rows_follow_the_rl_ones(
 
 
 def test_rl_stages_start_from_imitation_and_take_their_size_overrides_last(tmp_path: Path) -> None:
-    pipe = Pipeline(tmp_path, SIZES["small"])
-    commands: list[tuple[str, ...]] = []
-    pipe.run_command = lambda *args: commands.append(args)  # type: ignore[method-assign]
-    pipe.checkpoint = lambda name: tmp_path / name / "best.ckpt"  # type: ignore[method-assign]
+    pipe, commands = _recording_pipeline(tmp_path)
     pipe.train_rl("truncated_ddv2")
     pipe.train_rl("masked_gspo")
     truncated, masked = commands
@@ -69,8 +72,7 @@ def test_rl_stages_start_from_imitation_and_take_their_size_overrides_last(tmp_p
     assert truncated[-4:] == ("--data.max_scenes", "null", "--trainer.max_epochs", "1")
     assert truncated.index("--data.max_scenes") < len(truncated) - 4
     assert masked[masked.index("--model.init_ckpt") + 1] == str(tmp_path / "masked_il" / "best.ckpt")
-    assert "--model.warmup_steps" not in masked
+    assert masked[-2:] == ("--trainer.enable_progress_bar", "false")  # no overrides of its own
     assert masked[masked.index("--data.max_scenes") + 1] == str(SIZES["small"].rl_scenes)
-    # the cache holds every 2 Hz frame; RL sees every 2nd
-    assert SIZES["small"].train_interval == 1
-    assert truncated[truncated.index("--data.stride") + 1] == masked[masked.index("--data.stride") + 1] == "2"
+    stride = str(SIZES["small"].rl_stride)
+    assert truncated[truncated.index("--data.stride") + 1] == masked[masked.index("--data.stride") + 1] == stride
