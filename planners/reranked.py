@@ -7,9 +7,15 @@ Per scene the candidates are, in this order,
 2. ``num_samples`` samples of the generator's policy :meth:`~planners.policy.PlanningPolicy.rollout` (seeded by
    ``seed`` at every call, so the same scene gives the same plan), when ``num_samples > 0``.
 
-The discriminator scores them all and the pair drives the best (:class:`~planners.base.PlanOutput` with every
-candidate and its score). The pair's checkpoint embeds the generator (its class, config and weights) next to the
-discriminator, so :func:`planners.checkpoint.load_planner` rebuilds the whole planner from one file.
+The discriminator scores them all and the pair drives the best pickable one (:class:`~planners.base.PlanOutput`
+with every candidate and its score). A candidate is pickable when it is finite and, with ``max_reverse`` set, never
+moves backwards along its own heading by more than ``max_reverse`` metres between two poses
+(:func:`forward_mask`): a generator's candidate set holds a few such plans (the denoised anchors that imitation never
+regressed), one-shot scores do not penalise them, and in closed loop, replanned at 10 Hz, they drive the car
+backwards. A scene whose candidates all reverse keeps them all.
+
+The pair's checkpoint embeds the generator (its class, config and weights) next to the discriminator, so
+:func:`planners.checkpoint.load_planner` rebuilds the whole planner from one file.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class RerankedConfig:
         generator_ckpt: the checkpoint the generator came from (a record; the weights are embedded).
         scorer_class: dotted path of the scorer's class (a :class:`~planners.discriminator.Discriminator`, or a
             subclass such as :class:`~planners.reward_model.RewardModel`), built from ``discriminator``.
+        max_reverse: metres a pickable candidate may move backwards between two poses (``None``: no limit).
     """
 
     generator_class: str
@@ -58,6 +65,7 @@ class RerankedConfig:
     seed: int = 0
     generator_ckpt: str | None = None
     scorer_class: str = "planners.discriminator.Discriminator"
+    max_reverse: float | None = 0.1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +79,17 @@ def generator_fields(generator: nn.Module) -> dict[str, Any]:
         "generator_class": f"{cls.__module__}.{cls.__qualname__}",
         "generator_config": config.to_dict() if config is not None and hasattr(config, "to_dict") else None,
     }
+
+
+def forward_mask(candidates: torch.Tensor, max_reverse: float) -> torch.Tensor:
+    """``(B, K)`` bool, ``True`` where a candidate ``(B, K, N, 3)`` (ego frame, starting from the origin with heading
+    0) never moves backwards by more than ``max_reverse`` metres between two consecutive poses, measured along the
+    heading of the earlier pose. Non-finite candidates are ``False``."""
+    origin = torch.zeros_like(candidates[..., :1, :])
+    previous = torch.cat([origin, candidates[..., :-1, :]], dim=-2)
+    step = candidates[..., :2] - previous[..., :2]
+    along = step[..., 0] * torch.cos(previous[..., 2]) + step[..., 1] * torch.sin(previous[..., 2])
+    return (along >= -max_reverse).all(-1) & torch.isfinite(candidates).all(-1).all(-1)
 
 
 def _build_generator(cls_path: str, config: Mapping[str, Any] | None) -> nn.Module:
@@ -150,11 +169,19 @@ class RerankedPlanner(nn.Module):
             raise ValueError("the pair has no candidates: set own_candidates or num_samples > 0")
         return torch.cat(parts, dim=1), own
 
+    def pickable(self, candidates: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` bool: the candidates the pair may drive (see the module docstring)."""
+        finite = torch.isfinite(candidates).all(-1).all(-1)
+        if self.config.max_reverse is None:
+            return finite
+        forward = forward_mask(candidates, float(self.config.max_reverse))
+        return torch.where(forward.any(-1, keepdim=True), forward, finite)
+
     def forward(self, inputs: PlannerInput[torch.Tensor], noise: torch.Tensor | None = None) -> PlanOutput:
-        """The discriminator's pick among the candidates: ``PlanOutput(trajectory (B,8,3), candidates (B,K,8,3),
-        scores (B,K))``."""
+        """The discriminator's pick among the pickable candidates: ``PlanOutput(trajectory (B,8,3), candidates
+        (B,K,8,3), scores (B,K))``."""
         candidates, _ = self.propose(inputs, noise)
-        out = self.discriminator(inputs, candidates)
+        out = self.discriminator(inputs, candidates, self.pickable(candidates))
         trajectory = candidates[torch.arange(candidates.shape[0], device=candidates.device), out.best]
         return PlanOutput(trajectory=trajectory, candidates=candidates, scores=out.scores)
 
@@ -166,6 +193,7 @@ def reranked_planner(
     own_candidates: bool | None = None,
     seed: int = 0,
     name: str = "reranked",
+    max_reverse: float | None = 0.1,
 ) -> LearnedPlanner:
     """A closed-loop planner (``planner=reranked``) from a discriminator checkpoint (``diffplan fit --config
     configs/train/discriminator.yaml``), which embeds its generator.
@@ -174,6 +202,7 @@ def reranked_planner(
         generator_ckpt: drive another generator (a learned planner checkpoint) with this discriminator.
         num_samples, own_candidates: override the stored candidate settings (``None``: as trained).
         seed: seed of the generator's noise and policy samples.
+        max_reverse: metres a pickable candidate may move backwards between two poses (``None``: no limit).
     """
     pair = load_planner(ckpt_path, expect_class="RerankedPlanner")
     if not isinstance(pair, RerankedPlanner):
@@ -188,6 +217,7 @@ def reranked_planner(
     if own_candidates is not None:
         config.own_candidates = own_candidates
     config.seed = seed
+    config.max_reverse = max_reverse
     rebuilt = RerankedPlanner(generator, pair.discriminator, config).eval()
     rebuilt.raster_config = pair.raster_config if generator_ckpt is None else getattr(generator, "raster_config", None)
     return LearnedPlanner(rebuilt, name=name, raster=raster_from_meta(rebuilt.raster_config), seed=seed)

@@ -168,7 +168,7 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         def propose(features: PlannerInput[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             noise = torch.randn(pair.initial_noise_shape(features.batch_size), generator=gen, device=gen.device)
             candidates, _ = pair.propose(features, noise.to(self.device), gen)
-            return candidates, torch.isfinite(candidates).all(-1).all(-1)
+            return candidates, pair.pickable(candidates)
 
         def select(
             features: PlannerInput[torch.Tensor], candidates: torch.Tensor, mask: torch.Tensor

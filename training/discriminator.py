@@ -230,14 +230,14 @@ class DiscriminatorModule(SampledRewardMixin, pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """The pair as it drives (no augmentation, seeded sampling): per-head accuracy, ``val/spearman`` (aggregate
-        vs PDMS), ``val/pdms_picked`` (the discriminator's pick), ``val/pdms_generator`` (the generator's own pick),
-        ``val/pdms_oracle`` (the best candidate) and ``val/pdms_mean``."""
+        """The pair as it drives (no augmentation, seeded sampling, the pickable candidates only): per-head accuracy,
+        ``val/spearman`` (aggregate vs PDMS), ``val/pdms_picked`` (the discriminator's pick), ``val/pdms_generator``
+        (the generator's own pick), ``val/pdms_oracle`` (the best candidate) and ``val/pdms_mean``."""
         gen = torch.Generator(device=self.device).manual_seed(int(self.hparams["seed"]))
         with torch.no_grad():
             candidates, own = self.candidates(batch, gen, augment=False)
             total, terms = self.label(batch, candidates)
-            mask = torch.isfinite(candidates).all(-1).all(-1)
+            mask = self.planner.pickable(candidates)
             out = self.discriminator(batch["features"], candidates, mask)
         b = total.shape[0]
         rows = torch.arange(b, device=total.device)

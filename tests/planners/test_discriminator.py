@@ -24,7 +24,7 @@ from planners.discriminator import (
     margin_rank_loss,
     supervised_loss,
 )
-from planners.reranked import RerankedConfig, RerankedPlanner
+from planners.reranked import RerankedConfig, RerankedPlanner, forward_mask
 from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
 from simulation.features import PlannerInput
 
@@ -212,7 +212,7 @@ def test_pair_is_one_planner_and_round_trips_through_a_checkpoint(tmp_path: Path
         again = pair(feats, noise)
     assert out.candidates is not None and out.scores is not None
     assert out.candidates.shape == (2, 4 + 8, 8, 3) and out.scores.shape == (2, 12)
-    best = out.scores.argmax(-1)
+    best = out.scores.masked_fill(~pair.pickable(out.candidates), float("-inf")).argmax(-1)
     torch.testing.assert_close(out.trajectory, out.candidates[torch.arange(2), best])
     torch.testing.assert_close(out.trajectory, again.trajectory)  # the policy samples are seeded
     cands, own = pair.propose(feats, noise)
@@ -224,3 +224,57 @@ def test_pair_is_one_planner_and_round_trips_through_a_checkpoint(tmp_path: Path
     assert isinstance(loaded, RerankedPlanner) and loaded.config.num_samples == 8
     with torch.no_grad():
         torch.testing.assert_close(loaded(feats, noise).trajectory, out.trajectory)
+
+
+def _poses(*xyh: tuple[float, float, float]) -> torch.Tensor:
+    """An 8-pose candidate: the given poses, then the last one held."""
+    rows = list(xyh) + [xyh[-1]] * (8 - len(xyh))
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_forward_mask_measures_backward_steps_along_the_earlier_heading() -> None:
+    half = math.pi / 2
+    cands = torch.stack([
+        _poses((1.0, 0, 0), (2.0, 0, 0), (3.0, 0, 0)),          # forward
+        _poses((1.0, 0, 0), (0.85, 0, 0)),                      # 0.15 m back: out
+        _poses((1.0, 0, 0), (0.95, 0, 0)),                      # 0.05 m back: within 0.1
+        _poses((-0.2, 0, 0)),                                   # backwards from the origin: out
+        _poses((0, 0, half), (0, 1.0, half), (0, 2.0, half)),  # sideways from the origin, then along its heading
+        _poses((0, 0, half), (0, -0.5, half)),                  # against its heading: out
+        _poses((1.0, 0, 0), (float("nan"), 0, 0)),              # not finite: out
+    ])[None]  # fmt: skip
+    assert forward_mask(cands, 0.1).tolist() == [[True, False, True, False, True, False, False]]
+    assert forward_mask(cands, 0.2).tolist() == [[True, True, True, True, True, False, False]]
+
+
+class _Preferring(Discriminator):
+    """Scores the candidates by a fixed preference (the real masking and pick of :class:`Discriminator`)."""
+
+    def __init__(self, preference: list[float]) -> None:
+        super().__init__(DiscriminatorConfig(bev_channels=4, d_model=32, num_heads=4, dropout=0.0))
+        self.preference = torch.tensor(preference)
+
+    def forward(self, inputs, candidates, mask=None):  # type: ignore[no-untyped-def, override]
+        mask = torch.ones(candidates.shape[:2], dtype=torch.bool) if mask is None else mask
+        scores = self.preference.expand(candidates.shape[:2]).clone()
+        best = scores.masked_fill(~mask, float("-inf")).argmax(-1)
+        return DiscriminatorOutput(scores, mask, best, [])
+
+
+@pytest.mark.parametrize(
+    ("max_reverse", "reversing", "expected"),
+    [(0.1, (0, 1), 2), (None, (0, 1), 0), (0.1, (0, 1, 2), 0), (0.1, (), 0)],
+)
+def test_pair_never_drives_a_reversing_candidate_unless_all_reverse(
+    max_reverse: float | None, reversing: tuple[int, ...], expected: int
+) -> None:
+    gen = _generator().eval()
+    config = RerankedConfig("planners.truncated_diffusion.TruncatedDiffusionPlanner", gen.config.to_dict(),
+                            max_reverse=max_reverse)  # fmt: skip
+    pair = RerankedPlanner(gen, _Preferring([3.0, 2.0, 1.0]), config).eval()
+    backward = _poses((-0.3, 0, 0), (0.5, 0, 0))
+    forward = [_poses((i + 1.0, 0, 0), (2 * i + 2.0, 0, 0)) for i in range(3)]
+    cands = torch.stack([backward if i in reversing else forward[i] for i in range(3)])[None]
+    pair.propose = lambda inputs, noise=None, generator=None: (cands, torch.zeros(1, dtype=torch.long))  # type: ignore[method-assign]
+    out = pair(_features(1), None)
+    torch.testing.assert_close(out.trajectory, cands[0, expected][None])
