@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bev_warp.env import BEVWarpEnv, EnvState
+from simulation.commands import command_from_path_torch
 from simulation.features import PlannerInput, agent_tokens_torch, ego_status_torch
 from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation, Planner
@@ -95,8 +96,11 @@ class LearnedPolicy:
     logged planning frame was encoded once at reset; the planner's head (``forward_features``) runs on the
     warped feature map at every step, without re-rendering or re-encoding (RAD-2's BEV-Warp).
 
-    The inputs are built in torch on the episodes' device; the noise and the driving commands are placed on it
-    once, so a call adds no host sync of its own.
+    The inputs are built in torch on the episodes' device; the noise and the scenes' fixed driving commands are
+    placed on it once, so a call adds no host sync of its own. A scene that carries a driving command (a NAVSIM
+    scene) keeps it; a scenario's command is recomputed at every step from the simulated pose on its logged ego path
+    (:func:`simulation.commands.command_from_path_torch`), as the vector closed loop does
+    (:func:`simulation.commands.window_command`).
     """
 
     def __init__(
@@ -114,8 +118,11 @@ class LearnedPolicy:
         if warp == "features" and not hasattr(model, "forward_features"):
             raise ValueError(f"{type(model).__name__} has no forward_features (encoder / head split)")
         self.model, self.env, self.scenes, self.seed, self.warp = model, env, list(scenes), seed, warp
-        commands = [int(getattr(s, "driving_command", DrivingCommand.UNKNOWN)) for s in self.scenes]
+        # -1: computed at every step on the logged path; UNKNOWN for a scenario without a route
+        commands = [int(getattr(s, "driving_command", -1 if s.route_roadblock_ids else DrivingCommand.UNKNOWN))
+                    for s in self.scenes]  # fmt: skip
         self.commands = torch.as_tensor(commands, dtype=torch.long)  # (B,)
+        self._per_step = bool((self.commands < 0).any())
         self._cache: dict[str, torch.Tensor] = {}
 
     def _on(self, name: str, make: Callable[[], torch.Tensor], device: torch.device, b: int) -> torch.Tensor:
@@ -135,12 +142,14 @@ class LearnedPolicy:
         boxes, valid = ep.boxes[rows, state.frame], ep.valid[rows, state.frame]  # (B, N, 7), (B, N)
         tokens, mask = agent_tokens_torch(boxes, ep.types, valid, ego[:, :3])
         commands = self._on("commands", self._commands(ep.batch_size), ego.device, ep.batch_size)
+        if self._per_step:
+            commands = torch.where(commands < 0, command_from_path_torch(ego[:, :3], ep.ego[..., :2]), commands)
         status = ego_status_torch(ego, commands)
         bev = self.env.observe(state) if bev is None else bev
         return PlannerInput(bev=bev.float(), ego_status=status, agents=tokens, agents_mask=mask)
 
     def _commands(self, b: int) -> Callable[[], torch.Tensor]:
-        """The scenes' driving commands, repeated when the state holds ``G`` branches of each scene
+        """The scenes' driving commands (-1: per step), repeated when the state holds ``G`` branches of each scene
         (:func:`bev_warp.env.repeat_state`)."""
         n = len(self.commands)
         if b % n:

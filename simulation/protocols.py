@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from simulation.commands import window_command
 from simulation.maps.protocol import MapProtocol
 from simulation.types import Agents, DrivingCommand, EgoStates, LogWindow, TrafficLights, Trajectory
 
@@ -66,8 +67,10 @@ class Observation:
             ego_history: ``H`` ego states replacing the logged ones (a simulated ego).
             agents: agents over the ``H`` frames replacing the logged ones (simulated or reactive agents).
 
-        Traffic lights are the logged ones at ``frames``; the route, map name, driving command (``UNKNOWN`` for
-        windows without one) and goal come from the window; ``log_index`` is the last of ``frames``.
+        Traffic lights are the logged ones at ``frames``; the route, map name and goal come from the window;
+        ``log_index`` is the last of ``frames``. The driving command is the window's own (a NAVSIM scene) or, for a
+        scenario, OpenScene's rule at the current (simulated) pose on the window's logged ego path
+        (:func:`simulation.commands.window_command`).
         """
         if frames is None:
             frames = slice(0, window.current_index + 1)
@@ -85,7 +88,7 @@ class Observation:
             route_roadblock_ids=tuple(window.route_roadblock_ids),
             map_name=window.map_name,
             map_api=map_api,
-            driving_command=int(getattr(window, "driving_command", DrivingCommand.UNKNOWN)),
+            driving_command=int(window_command(window, ego_history.states[-1, :3])),
             goal=getattr(window, "goal", None),
             log=window,
             log_index=log_index,

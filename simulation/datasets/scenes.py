@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simulation.commands import command_from_path
 from simulation.datasets.log_data import LogData
 from simulation.maps.protocol import MapProtocol
 from simulation.types import (
@@ -50,8 +51,6 @@ logger = logging.getLogger(__name__)
 
 FRAME_RATE_HZ = 20.0
 SCENE_STEP = 10  # 20 Hz -> 2 Hz
-COMMAND_LOOKAHEAD_M = 20.0
-COMMAND_THRESHOLD_M = 2.0
 
 #: ``(log, frame) -> DrivingCommand``; ``frame`` indexes the log's 20 Hz frames.
 DrivingCommandFn = Callable[[LogData, int], int]
@@ -206,42 +205,6 @@ def _route(log: LogData, frame: int) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------------
 # Driving command
 # --------------------------------------------------------------------------------------------------
-
-
-def command_from_path(
-    pose: np.ndarray,
-    path_xy: np.ndarray,
-    lookahead_m: float = COMMAND_LOOKAHEAD_M,
-    threshold_m: float = COMMAND_THRESHOLD_M,
-) -> DrivingCommand:
-    """OpenScene's rule on a centre line ``path_xy`` ``(N, 2)``: project ``pose`` ``(3,)`` onto it, walk
-    ``lookahead_m`` along it (clamped to its end) and classify the point's lateral offset in the centre
-    line's frame at the projection."""
-    path = np.asarray(path_xy, dtype=np.float64)
-    if path.ndim != 2 or len(path) < 2:
-        return DrivingCommand.UNKNOWN
-    seg = np.diff(path, axis=0)
-    seg_len = np.linalg.norm(seg, axis=1)
-    keep = seg_len > 1e-6
-    if not keep.any():
-        return DrivingCommand.UNKNOWN
-    path = np.concatenate([path[:1], path[1:][keep]])
-    seg, seg_len = seg[keep], seg_len[keep]
-    rel = pose[:2] - path[:-1]
-    u = np.clip(np.einsum("ij,ij->i", rel, seg) / seg_len**2, 0.0, 1.0)
-    foot = path[:-1] + u[:, None] * seg
-    k = int(np.argmin(np.linalg.norm(foot - pose[:2], axis=1)))
-    station = np.concatenate([[0.0], np.cumsum(seg_len)])
-    s0 = station[k] + u[k] * seg_len[k]
-    target = np.array([np.interp(s0 + lookahead_m, station, path[:, i]) for i in range(2)])
-    tangent = seg[k] / seg_len[k]
-    d = target - foot[k]
-    lateral = tangent[0] * d[1] - tangent[1] * d[0]
-    if lateral >= threshold_m:
-        return DrivingCommand.LEFT
-    if lateral <= -threshold_m:
-        return DrivingCommand.RIGHT
-    return DrivingCommand.STRAIGHT
 
 
 def log_path_command(log: LogData, frame: int) -> DrivingCommand:

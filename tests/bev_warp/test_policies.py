@@ -19,6 +19,7 @@ from bev_warp.episodes import planning_rasters  # noqa: E402
 from bev_warp.policies import LearnedPolicy, VectorPolicy, observation  # noqa: E402
 from planners.base import PlanOutput  # noqa: E402
 from planners.rule_based import ConstantVelocityPlanner  # noqa: E402
+from simulation.commands import window_command  # noqa: E402
 from simulation.features import PLANNER_RASTER, PlannerInput, agent_tokens, window_features  # noqa: E402
 from simulation.types import Agents, DrivingCommand, EgoStates, Scenario, StateIndex  # noqa: E402
 
@@ -50,7 +51,7 @@ def test_vector_observation_is_the_simulated_ego_with_the_logged_agents() -> Non
     np.testing.assert_array_equal(obs.current_state, state.ego[0].numpy())
     assert obs.current_state[StateIndex.Y] > scene.ego.states[15, StateIndex.Y] + 0.02
     np.testing.assert_array_equal(obs.agents.boxes[-1], scene.agents.boxes[15])
-    assert obs.map_api is fixture_map() and obs.driving_command == DrivingCommand.UNKNOWN
+    assert obs.map_api is fixture_map() and obs.driving_command == DrivingCommand.STRAIGHT  # from its logged path
 
 
 def test_vector_policy_drives_constant_velocity_and_flags_a_failing_planner() -> None:
@@ -104,9 +105,9 @@ def test_learned_policy_sees_the_logged_features_at_zero_deviation_and_shared_no
         np.concatenate([s.history_agents.valid, s.agents.valid]),
     )
     lights = dataclasses.replace(s.traffic_lights, status=np.zeros((len(ts), 0), np.int8))
-    want = window_features(
-        fixture_map(), ego, ts, agents, lights, s.route_roadblock_ids, 20, int(DrivingCommand.UNKNOWN), PLANNER_RASTER
-    )
+    command = window_command(s, s.ego.states[0, :3])
+    assert command == DrivingCommand.STRAIGHT  # a scenario's command comes from its logged path (eastbound)
+    want = window_features(fixture_map(), ego, ts, agents, lights, s.route_roadblock_ids, 20, command, PLANNER_RASTER)
     np.testing.assert_allclose(feats.bev[0].numpy(), want.bev, atol=1e-6)
     np.testing.assert_array_equal(feats.ego_status[0].numpy(), want.ego_status)
     tokens, mask = agent_tokens(s.agents.boxes[0], s.agents.types, s.ego.states[0, :3])
@@ -174,3 +175,25 @@ def test_vector_policy_starts_the_reference_at_the_trajectorys_start_pose() -> N
     n = len(history.ego_states)
     assert float(history.ego_states[-1, StateIndex.Y] - scene.ego.states[n - 1, StateIndex.Y]) > 0.2  # moved left
     np.testing.assert_allclose(state.history[0, :n, :3].numpy(), history.ego_states[:, :3], atol=1e-6)
+
+
+def test_learned_policy_recomputes_a_scenarios_command_at_the_simulated_pose() -> None:
+    plain = eastbound(obstacle_x=-30.0)
+    ego = plain.ego.states.copy()
+    x0, y0 = ego[0, StateIndex.X], ego[0, StateIndex.Y]
+    ego[:, StateIndex.X] = np.minimum(ego[:, StateIndex.X], x0 + 10.0)  # 10 m east, then a left turn to the north
+    ego[:, StateIndex.Y] = y0 + np.maximum(plain.ego.states[:, StateIndex.X] - x0 - 10.0, 0.0)
+    turning = dataclasses.replace(plain, token="turn", ego=EgoStates(ego, plain.ego.timestamps_us))
+    unrouted = dataclasses.replace(plain, token="none", route_roadblock_ids=())
+    env = BEVWarpEnv(EnvConfig(observation="raster"))
+    scenes = [plain, turning, unrouted]
+    state = env.reset(scenes, fixture_map())
+    policy = LearnedPolicy(_Recorder(), env, scenes)
+    commands = policy.features(state).ego_status[:, 4:].argmax(-1).tolist()
+    assert commands == [DrivingCommand.STRAIGHT, DrivingCommand.LEFT, DrivingCommand.UNKNOWN]
+    # the simulated ego of the turning scenario is already on the northbound leg: straight on from there
+    moved = state.ego.clone()
+    moved[1, StateIndex.X], moved[1, StateIndex.Y], moved[1, StateIndex.HEADING] = x0 + 10.0, y0 + 15.0, np.pi / 2
+    commands = policy.features(dataclasses.replace(state, ego=moved)).ego_status[:, 4:].argmax(-1).tolist()
+    assert commands == [DrivingCommand.STRAIGHT, DrivingCommand.STRAIGHT, DrivingCommand.UNKNOWN]
+    assert commands[:2] == [int(window_command(s, moved[i, :3].numpy())) for i, s in enumerate(scenes[:2])]
