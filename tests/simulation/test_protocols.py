@@ -66,7 +66,10 @@ def test_overrides_and_frame_indices() -> None:
     obs = Observation.from_window(scenario, frames, None, ego_history=ego, agents=agents)
     assert obs.ego_history is ego and obs.agents is agents and obs.log_index == 5
     assert obs.traffic_lights.status[:, 0].tolist() == [TrafficLightStatus.GREEN] * 2 + [TrafficLightStatus.RED]
-    assert obs.driving_command == DrivingCommand.UNKNOWN and obs.goal is None  # a scenario has no command
+    # a scenario carries no command: OpenScene's rule at the simulated pose (9, 9) on its logged path (along x)
+    assert obs.driving_command == DrivingCommand.STRAIGHT and obs.goal is None
+    unrouted = Scenario(**{**_parts(), "route_roadblock_ids": []})
+    assert Observation.from_window(unrouted, frames, ego_history=ego).driving_command == DrivingCommand.UNKNOWN
 
 
 def test_one_frame_slice() -> None:
