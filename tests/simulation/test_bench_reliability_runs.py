@@ -270,7 +270,7 @@ def test_pool_workers_exit_after_kill_9_of_the_driver(tmp_path: Path) -> None:
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # the watchdog polls; a busy machine is slow to schedule it
     while any(pid_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     left = [pid for pid in children if pid_alive(pid)]

@@ -45,7 +45,7 @@ def _config(tmp_path: Path) -> Path:
 def _args(config: Path, city: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [
         "fit", "--config", str(config), "--model.init_ckpt", str(city["pair"]),
-        "--model.group_size", "2", "--model.horizon", "2", "--model.commit_steps", "2",
+        "--model.group_size", "4", "--model.horizon", "2", "--model.commit_steps", "1",
         "--model.num_inner_updates", "1",
         "--data.data_root", str(city["data_root"]), "--data.maps_root", str(city["maps_root"]),
         "--data.batch_size", "1", "--data.duration_s", "3.0", "--data.spacing_s", "2.0",
