@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from bev_warp.env import BEVWarpEnv, EnvState
-from simulation.commands import command_from_path_torch
+from simulation.commands import command_from_path_torch, fixed_command
 from simulation.features import PlannerInput, agent_tokens_torch, ego_status_torch
 from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Observation, Planner
-from simulation.types import DrivingCommand, EgoStates, LogWindow
+from simulation.types import EgoStates, LogWindow
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +118,8 @@ class LearnedPolicy:
         if warp == "features" and not hasattr(model, "forward_features"):
             raise ValueError(f"{type(model).__name__} has no forward_features (encoder / head split)")
         self.model, self.env, self.scenes, self.seed, self.warp = model, env, list(scenes), seed, warp
-        # -1: computed at every step on the logged path; UNKNOWN for a scenario without a route
-        commands = [int(getattr(s, "driving_command", -1 if s.route_roadblock_ids else DrivingCommand.UNKNOWN))
-                    for s in self.scenes]  # fmt: skip
+        fixed = [fixed_command(s) for s in self.scenes]  # None: computed at every step on the logged path (-1)
+        commands = [-1 if c is None else int(c) for c in fixed]
         self.commands = torch.as_tensor(commands, dtype=torch.long)  # (B,)
         self._per_step = bool((self.commands < 0).any())
         self._cache: dict[str, torch.Tensor] = {}

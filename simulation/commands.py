@@ -96,12 +96,19 @@ def command_from_path_torch(
     return torch.where(keep.any(-1), out, int(DrivingCommand.UNKNOWN))
 
 
-def window_command(window: LogWindow, pose: np.ndarray) -> DrivingCommand:
-    """The command of ``window`` at ``pose``: the window's own when it carries one (a NAVSIM scene), else
-    OpenScene's rule at ``pose`` on the window's logged ego path (UNKNOWN without a route, as in a scene)."""
+def fixed_command(window: LogWindow) -> DrivingCommand | None:
+    """The command of ``window`` that does not depend on the pose: its own when it carries one (a NAVSIM scene),
+    UNKNOWN for a window without a route (as in a scene); ``None`` when it follows the pose (:func:`window_command`)."""
     command = getattr(window, "driving_command", None)
     if command is not None:
         return DrivingCommand(int(command))
-    if not window.route_roadblock_ids:
-        return DrivingCommand.UNKNOWN
+    return None if window.route_roadblock_ids else DrivingCommand.UNKNOWN
+
+
+def window_command(window: LogWindow, pose: np.ndarray) -> DrivingCommand:
+    """The command of ``window`` at ``pose``: :func:`fixed_command`, else OpenScene's rule at ``pose`` on the
+    window's logged ego path."""
+    fixed = fixed_command(window)
+    if fixed is not None:
+        return fixed
     return command_from_path(np.asarray(pose, dtype=np.float64), window.ego.states[:, :2])
