@@ -11,6 +11,10 @@ The first run builds the missing ones for the split's tokens with the benchmark'
 split's logs once; later runs only list the folder. Caches are loaded lazily, one per sample, by the data loader.
 A scene whose cache cannot be built (no such token in the split's logs, an unreadable log, a failing build) is
 dropped from the split with a warning naming it.
+
+A split may be a scene list (``configs/data/splits/synth_navtrain.yaml``: the hard scenes of ``synth_train``, as
+NAVSIM's ``navtrain`` is a filter of OpenScene's ``trainval``): its scenes are read from the feature cache folder of
+its source split, keeping the listed tokens only.
 """
 
 from __future__ import annotations
@@ -26,12 +30,29 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from simulation.datasets.splits import available_splits, split_definition, split_scene_list
 from simulation.metric_cache import CACHE_FORMAT_VERSION, MetricCache, MetricCacheError, stored_format_version
 from training.data import FeatureCacheDataset, FeatureCacheError, collate
 
 logger = logging.getLogger(__name__)
 
 Version = Literal["v1", "v2"]
+
+
+def split_cache_source(data_root: str | Path, split: str) -> tuple[str, frozenset[str] | None]:
+    """``(feature cache folder, listed tokens)`` of ``split``: a log split is its own folder with every scene
+    (``None``); a scene-list split reads its source split's folder, keeping the listed tokens.
+
+    Raises:
+        SplitError: the split's scene list is missing or unreadable (the message says how to make it).
+    """
+    if split not in available_splits():
+        return split, None  # a feature cache folder that no split config names: every scene of it
+    if not split_definition(split).get("scene_list"):
+        return split, None
+    scene_list = split_scene_list(data_root, split)
+    assert scene_list is not None
+    return scene_list.source_split, frozenset(scene_list.tokens)
 
 
 def index_metric_caches(metric_cache_dir: str | Path) -> dict[str, Path]:
@@ -248,9 +269,17 @@ class RLDataModule(pl.LightningDataModule):
         return self._datasets[stage]
 
     def _build_dataset(self, split: str) -> RLDataset:
-        features = FeatureCacheDataset(self.feature_cache_dir, split)
-        positions = range(0, len(features.arrays["tokens"]), self.stride)[: self.max_scenes]
-        tokens = [str(features.arrays["tokens"][p]) for p in positions]
+        source, listed = split_cache_source(self.data_root, split)
+        features = FeatureCacheDataset(self.feature_cache_dir, source)
+        cached = [str(t) for t in features.arrays["tokens"]]
+        in_split = [p for p, t in enumerate(cached) if listed is None or t in listed]
+        if listed is not None and not in_split:
+            raise FeatureCacheError(
+                f"{split}: none of its {len(listed)} listed scenes is in the feature cache "
+                f"{self.feature_cache_dir / source} (was the list selected from other data?)"
+            )
+        positions = in_split[:: self.stride][: self.max_scenes]
+        tokens = [cached[p] for p in positions]
         index = index_metric_caches(self.metric_cache_dir)
         missing = [t for t in tokens if t not in index or stored_format_version(index[t]) != CACHE_FORMAT_VERSION]
         if missing:

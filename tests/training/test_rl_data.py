@@ -16,7 +16,9 @@ from rewards.composite import RuleReward
 from simulation.datasets.testing import write_fixture_data
 from simulation.metric_cache import CACHE_FORMAT_VERSION, MetricCache, MetricCacheVersionError, stored_format_version
 from training.cache import build_cache
-from training.data import FeatureCacheDataset, write_npz_atomic
+from simulation.datasets.scene_lists import SceneList, scene_list_path, write_scene_list
+from simulation.datasets.splits import SplitError
+from training.data import FeatureCacheDataset, FeatureCacheError, write_npz_atomic
 from training.lightning_cli import run_cli
 from training.rl_data import RLDataModule, index_metric_caches
 
@@ -131,6 +133,29 @@ def test_stride_keeps_every_kth_scene_and_builds_only_their_caches(
     assert torch.equal(sample["targets"]["trajectory"], torch.as_tensor(features[2]["targets"]["trajectory"]))
     with pytest.raises(ValueError, match="stride"):
         _module(city, metric, stride=0)
+
+
+def test_a_scene_list_split_trains_on_its_listed_scenes_only(city: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    data_root, _, cache = city
+    features = FeatureCacheDataset(cache, "synth_train")
+    tokens = [str(t) for t in features.arrays["tokens"] if str(t) != BOGUS]
+    path = scene_list_path(data_root, "synth_navtrain")
+    logs = tuple(p.stem for p in sorted((data_root / "splits" / "synth_train").glob("*.db")))
+    with pytest.raises(SplitError, match="diffplan data select"):  # no list written yet: how to make it
+        _module(city, tmp_path / "metric", train_split="synth_navtrain").dataset("train")
+    try:
+        listed = (tokens[0], tokens[2])
+        write_scene_list(path, SceneList("synth_navtrain", "synth_train", logs, listed))
+        train = _module(city, tmp_path / "metric", train_split="synth_navtrain").dataset("train")
+        assert train.tokens == list(listed) and set(index_metric_caches(tmp_path / "metric")) == set(listed)
+        assert torch.equal(train[1]["targets"]["trajectory"], torch.as_tensor(features[2]["targets"]["trajectory"]))
+        strided = _module(city, tmp_path / "metric", train_split="synth_navtrain", stride=2).dataset("train")
+        assert strided.tokens == [tokens[0]]  # the stride counts listed scenes
+        write_scene_list(path, SceneList("synth_navtrain", "synth_train", logs, ("0123456789abcdef",)))
+        with pytest.raises(FeatureCacheError, match="none of its 1 listed scenes"):
+            _module(city, tmp_path / "metric", train_split="synth_navtrain").dataset("train")
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def test_wrong_version_in_the_folder_is_an_error(city: tuple[Path, Path, Path], tmp_path: Path) -> None:
