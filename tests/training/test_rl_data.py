@@ -13,11 +13,11 @@ import yaml
 
 import simulation.metric_cache as metric_cache_module
 from rewards.composite import RuleReward
+from simulation.datasets.scene_lists import SceneList, scene_list_path, write_scene_list
+from simulation.datasets.splits import SplitError
 from simulation.datasets.testing import write_fixture_data
 from simulation.metric_cache import CACHE_FORMAT_VERSION, MetricCache, MetricCacheVersionError, stored_format_version
 from training.cache import build_cache
-from simulation.datasets.scene_lists import SceneList, scene_list_path, write_scene_list
-from simulation.datasets.splits import SplitError
 from training.data import FeatureCacheDataset, FeatureCacheError, write_npz_atomic
 from training.lightning_cli import run_cli
 from training.rl_data import RLDataModule, index_metric_caches
