@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from simulation.datasets.splits import available_splits, split_definition, split_scene_list
+from simulation.datasets.splits import available_splits, split_scene_list
 from simulation.metric_cache import CACHE_FORMAT_VERSION, MetricCache, MetricCacheError, stored_format_version
 from training.data import FeatureCacheDataset, FeatureCacheError, collate
 
@@ -48,11 +48,8 @@ def split_cache_source(data_root: str | Path, split: str) -> tuple[str, frozense
     """
     if split not in available_splits():
         return split, None  # a feature cache folder that no split config names: every scene of it
-    if not split_definition(split).get("scene_list"):
-        return split, None
     scene_list = split_scene_list(data_root, split)
-    assert scene_list is not None
-    return scene_list.source_split, frozenset(scene_list.tokens)
+    return (split, None) if scene_list is None else (scene_list.source_split, frozenset(scene_list.tokens))
 
 
 def index_metric_caches(metric_cache_dir: str | Path) -> dict[str, Path]:
