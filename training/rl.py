@@ -45,6 +45,8 @@ from training.rl_objectives import (
     grpo_advantages,
     gspo_loss,
     k3_kl,
+    mode_advantages,
+    mode_choice_loss,
     reinforce_loss,
 )
 from training.rl_support import (
@@ -99,6 +101,12 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         il_weight: weight of the imitation loss ``policy.compute_loss`` (0: none).
         il_weight_positive: when set, the imitation weight of a scene with a positive advantage (DiffusionDriveV2:
             0.1, with ``il_weight`` 1.0 for the others).
+        mode_weight: weight of the mode-choice loss (truncated diffusion only; 0: none). The policy gradient trains
+            the plans of every anchor, not which anchor's plan is executed (the argmax of the planner's mode
+            scores); this term treats those scores as a categorical policy over the anchors, with each anchor's
+            advantage its samples' mean reward normalised over the scene's anchors
+            (:func:`training.rl_objectives.mode_choice_loss`). Not in DiffusionDriveV2, which trains a separate
+            selector instead.
         num_inner_updates: optimiser steps per rollout (PPO-style epochs; 1 = on-policy).
         lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule (optimiser steps).
         grad_clip: gradient-norm clip (0: none); the trainer's own clipping does not apply to manual optimisation.
@@ -139,6 +147,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         kl_coef: float = 0.0,
         il_weight: float = 0.0,
         il_weight_positive: float | None = None,
+        mode_weight: float = 0.0,
         num_inner_updates: int = 1,
         lr: float = 2e-4,
         weight_decay: float = 1e-4,
@@ -163,6 +172,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         self.save_hyperparameters(ignore=["planner", "reward"])
         self.automatic_optimization = False
         self.planner = planner if planner is not None else load_planner(str(init_ckpt)).train()
+        if mode_weight > 0 and not getattr(getattr(self.planner, "config", None), "truncated", False):
+            raise ValueError(f"mode_weight needs the truncated diffusion planner, not {type(self.planner).__name__}")
         self.frozen_prefixes = list(freeze or [])
         self._freeze(self.frozen_prefixes)
         self.reference = copy.deepcopy(self.planner).eval().requires_grad_(False)
@@ -323,6 +334,10 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         loss, stats = self._objective(lp, rollout, adv, scored.ref_lp)
         il = self._imitation_loss(features, targets, adv)
         total = loss + il
+        if float(self.hparams["mode_weight"]) > 0:
+            mode_loss, mode_stats = self._mode_choice_loss(features, rollout, scored)
+            total = total + float(self.hparams["mode_weight"]) * mode_loss
+            stats = {**stats, **mode_stats}
         opt.zero_grad()  # type: ignore[union-attr]
         self.manual_backward(total)
         if float(self.hparams["grad_clip"]) > 0:
@@ -336,6 +351,17 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
                 min=1
             )
         return total.detach(), {**stats, "il_loss": il.detach(), "loss": total.detach()}
+
+    def _mode_choice_loss(
+        self, features: PlannerInput[torch.Tensor], rollout: Rollout, scored: _Scored
+    ) -> tuple[torch.Tensor, Stats]:
+        """The deterministic plan's mode scores (anchored start, no noise) against each anchor's mean reward."""
+        planner: Any = self.planner
+        adv = mode_advantages(
+            scored.rewards.total, rollout.groups, planner.config.num_anchors, float(self.hparams["adv_eps"])
+        )
+        noise = torch.zeros(planner.initial_noise_shape(features.batch_size), device=adv.device)
+        return mode_choice_loss(planner(features, noise).scores, adv)
 
     def _imitation_loss(
         self, features: PlannerInput[torch.Tensor], targets: Mapping[str, torch.Tensor], adv: torch.Tensor

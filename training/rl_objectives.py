@@ -269,3 +269,48 @@ def gspo_loss(
         "kl": kl_mean.detach(),
     }
     return (pg + kl_coef * kl_mean if kl_coef else pg), stats  # a logged-only KL never enters the loss
+
+
+# --------------------------------------------------------------------------------------------------
+# the choice of mode (truncated diffusion: which anchor's plan the planner executes)
+# --------------------------------------------------------------------------------------------------
+
+
+def mode_advantages(total: torch.Tensor, groups: torch.Tensor, num_modes: int, eps: float = 1e-4) -> torch.Tensor:
+    """Each mode's mean reward over its samples, normalised over the scene's sampled modes.
+
+    Args:
+        total: ``(B, N)`` rewards.
+        groups: ``(B, N)`` long mode ids in ``[0, num_modes)`` (the truncated planner's anchor of each sample).
+        num_modes: ``K``.
+        eps: added to the (population) standard deviation over the sampled modes.
+
+    Returns:
+        ``(B, K)`` advantages, 0 for a mode without a sample.
+    """
+    onehot = torch.nn.functional.one_hot(groups, num_modes).to(torch.float64)  # (B, N, K)
+    count = onehot.sum(1)
+    sampled = count > 0
+    mean = (total.to(torch.float64)[..., None] * onehot).sum(1) / count.clamp(min=1.0)
+    n = sampled.sum(-1, keepdim=True).clamp(min=1)
+    centre = (mean * sampled).sum(-1, keepdim=True) / n
+    std = ((((mean - centre) ** 2) * sampled).sum(-1, keepdim=True) / n).sqrt()
+    return torch.where(sampled, (mean - centre) / (std + eps), torch.zeros_like(mean)).to(total.dtype)
+
+
+def mode_choice_loss(logits: torch.Tensor, advantages: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+    """``-mean_b sum_k softmax(logits_b)_k A_bk``: the mode classifier as a categorical policy over the modes.
+
+    Every mode is rolled out, so the expected advantage of the choice is computed exactly and its gradient is the
+    policy gradient without sampling the choice: probability moves towards the modes whose samples scored above the
+    scene's average mode.
+
+    Args:
+        logits: ``(B, K)`` the planner's mode scores (the executed plan is their argmax), with gradients.
+        advantages: ``(B, K)`` from :func:`mode_advantages`.
+    """
+    log_p = torch.log_softmax(logits, dim=-1)
+    p = log_p.exp()
+    loss = -(p * advantages.to(p.dtype)).sum(-1).mean()
+    entropy = -(p * log_p).sum(-1).mean()
+    return loss, {"mode_loss": loss.detach(), "mode_entropy": entropy.detach()}

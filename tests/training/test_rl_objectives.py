@@ -16,6 +16,8 @@ from training.rl_objectives import (
     grpo_advantages,
     gspo_loss,
     k3_kl,
+    mode_advantages,
+    mode_choice_loss,
     reinforce_loss,
     step_discount,
 )
@@ -196,3 +198,25 @@ def test_a_logged_only_kl_never_enters_the_loss(objective: str) -> None:
     assert torch.isfinite(loss) and float(loss.detach()) == pytest.approx(float(expected.detach()))
     assert lp.grad is not None and torch.isfinite(lp.grad).all()
     assert not torch.isfinite(stats["kl"])
+
+
+def test_mode_advantages_normalise_each_anchor_mean_over_the_sampled_anchors() -> None:
+    # anchor 0: samples 1.0 and 0.6 (mean 0.8); anchor 1: 0.2; anchor 2: 0.0; anchor 3 unsampled
+    # centre 1/3, population std sqrt(((7/15)^2 + (2/15)^2 + (1/3)^2) / 3) = 0.339935
+    total = torch.tensor([[1.0, 0.6, 0.2, 0.0]])
+    groups = torch.tensor([[0, 0, 1, 2]])
+    adv = mode_advantages(total, groups, num_modes=4, eps=0.0)
+    expected = torch.tensor([[(0.8 - 1 / 3) / 0.339935, (0.2 - 1 / 3) / 0.339935, -(1 / 3) / 0.339935, 0.0]])
+    assert torch.allclose(adv, expected, atol=1e-5)
+    # a scene whose anchors all score alike carries no signal
+    assert torch.equal(mode_advantages(torch.ones(1, 4), groups, 4), torch.zeros(1, 4))
+
+
+def test_mode_choice_loss_is_the_expected_advantage_of_the_softmax_choice() -> None:
+    logits = torch.zeros(1, 2, requires_grad=True)
+    loss, stats = mode_choice_loss(logits, torch.tensor([[1.0, -1.0]]))
+    assert float(loss) == 0.0  # p = (1/2, 1/2): 1/2 - 1/2
+    loss.backward()
+    # d/dl_k of -sum_j p_j A_j = -p_k (A_k - sum_j p_j A_j) = (-1/2, 1/2): descent raises the better anchor
+    assert logits.grad is not None and torch.allclose(logits.grad, torch.tensor([[-0.5, 0.5]]))
+    assert abs(float(stats["mode_entropy"]) - math.log(2.0)) < 1e-6
