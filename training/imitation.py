@@ -120,12 +120,20 @@ def warmup_cosine(
     optimizer: torch.optim.Optimizer, hparams: Any, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The step-wise :func:`lr_factor` schedule of ``optimizer`` from the ``warmup_steps``, ``lr`` and ``min_lr``
-    hyper-parameters, over ``total_steps`` optimiser steps (at least 1)."""
+    hyper-parameters, over ``total_steps`` optimiser steps (at least 1). A zero ``lr`` (a run that must not move
+    the weights) stays zero.
+
+    Raises:
+        ValueError: a negative ``lr`` or ``min_lr``.
+    """
+    lr, min_lr = float(hparams["lr"]), float(hparams["min_lr"])
+    if lr < 0 or min_lr < 0:
+        raise ValueError(f"learning rates must not be negative (lr {lr}, min_lr {min_lr})")
     schedule = functools.partial(
         lr_factor,
         warmup_steps=int(hparams["warmup_steps"]),
         total_steps=max(int(total_steps), 1),
-        floor=hparams["min_lr"] / hparams["lr"],
+        floor=min_lr / lr if lr > 0 else 0.0,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 

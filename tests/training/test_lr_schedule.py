@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-from training.imitation import lr_factor
+from training.imitation import lr_factor, warmup_cosine
 
 
 def test_long_run_warms_up_for_the_configured_steps() -> None:
@@ -25,3 +26,15 @@ def test_short_run_warms_up_for_a_tenth_of_it() -> None:
     assert lr_factor(34, 50, 63, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 28 / 57)))
     assert lr_factor(0, 0, 63, 0.0) == pytest.approx(1.0)  # no warm-up: the decay starts at once
     assert lr_factor(3, 0, 63, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 63)))
+
+
+def test_a_zero_learning_rate_stays_zero_and_a_negative_one_is_refused() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.0)
+    sched = warmup_cosine(opt, {"lr": 0.0, "min_lr": 1e-6, "warmup_steps": 2}, 10)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == 0.0
+    with pytest.raises(ValueError, match="must not be negative"):
+        warmup_cosine(torch.optim.SGD([param], lr=1e-3), {"lr": -1e-3, "min_lr": 0.0, "warmup_steps": 0}, 10)
