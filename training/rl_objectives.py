@@ -277,25 +277,27 @@ def gspo_loss(
 
 
 def mode_advantages(total: torch.Tensor, groups: torch.Tensor, num_modes: int, eps: float = 1e-4) -> torch.Tensor:
-    """Each mode's mean reward over its samples, normalised over the scene's sampled modes.
+    """Each mode's mean reward over its samples, normalised over the scene's modes (:func:`group_normalize`).
 
     Args:
         total: ``(B, N)`` rewards.
         groups: ``(B, N)`` long mode ids in ``[0, num_modes)`` (the truncated planner's anchor of each sample).
-        num_modes: ``K``.
-        eps: added to the (population) standard deviation over the sampled modes.
+        num_modes: ``K``; every mode must have a sample in every scene (the truncated rollout samples each anchor
+            ``N / K`` times).
+        eps: added to the standard deviation over the modes.
 
     Returns:
-        ``(B, K)`` advantages, 0 for a mode without a sample.
+        ``(B, K)`` advantages.
+
+    Raises:
+        ValueError: a mode without a sample.
     """
     onehot = torch.nn.functional.one_hot(groups, num_modes).to(torch.float64)  # (B, N, K)
     count = onehot.sum(1)
-    sampled = count > 0
-    mean = (total.to(torch.float64)[..., None] * onehot).sum(1) / count.clamp(min=1.0)
-    n = sampled.sum(-1, keepdim=True).clamp(min=1)
-    centre = (mean * sampled).sum(-1, keepdim=True) / n
-    std = ((((mean - centre) ** 2) * sampled).sum(-1, keepdim=True) / n).sqrt()
-    return torch.where(sampled, (mean - centre) / (std + eps), torch.zeros_like(mean)).to(total.dtype)
+    if bool((count == 0).any()):
+        raise ValueError(f"every one of the {num_modes} modes needs a sample in every scene (counts {count.tolist()})")
+    mean = (total.to(torch.float64)[..., None] * onehot).sum(1) / count
+    return group_normalize(mean, None, eps).to(total.dtype)
 
 
 def mode_choice_loss(logits: torch.Tensor, advantages: torch.Tensor) -> tuple[torch.Tensor, Stats]:

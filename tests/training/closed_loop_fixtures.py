@@ -13,13 +13,19 @@ from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiff
 from simulation.features import PLANNER_RASTER
 
 
-def tiny_pair(seed: int = 0, num_samples: int = 4) -> RerankedPlanner:
-    """A 4-anchor truncated generator (d 32) and a d-32 discriminator: 4 own + ``num_samples`` candidates."""
+def tiny_generator(seed: int = 0) -> TruncatedDiffusionPlanner:
+    """A 4-anchor truncated generator (d 32; straight anchors at 2, 5, 8 and 11 m/s) on the planner raster."""
     torch.manual_seed(seed)
     t = torch.arange(1, 9) * 0.5
     anchors = torch.stack([torch.outer(torch.tensor([2.0, 5.0, 8.0, 11.0]), t), torch.zeros(4, 8)], -1)
     generator = TruncatedDiffusionPlanner(TruncatedDiffusionConfig(d_model=32, num_anchors=4), anchors)
     generator.raster_config = PLANNER_RASTER.to_dict()  # type: ignore[assignment]
+    return generator
+
+
+def tiny_pair(seed: int = 0, num_samples: int = 4) -> RerankedPlanner:
+    """:func:`tiny_generator` and a d-32 discriminator: 4 own + ``num_samples`` candidates."""
+    generator = tiny_generator(seed)
     disc = Discriminator(DiscriminatorConfig(d_model=32, dropout=0.0))
     config = RerankedConfig(**generator_fields(generator), discriminator=disc.config.to_dict(), num_samples=num_samples)
     pair = RerankedPlanner(generator, disc, config)

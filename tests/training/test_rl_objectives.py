@@ -200,16 +200,18 @@ def test_a_logged_only_kl_never_enters_the_loss(objective: str) -> None:
     assert not torch.isfinite(stats["kl"])
 
 
-def test_mode_advantages_normalise_each_anchor_mean_over_the_sampled_anchors() -> None:
-    # anchor 0: samples 1.0 and 0.6 (mean 0.8); anchor 1: 0.2; anchor 2: 0.0; anchor 3 unsampled
-    # centre 1/3, population std sqrt(((7/15)^2 + (2/15)^2 + (1/3)^2) / 3) = 0.339935
-    total = torch.tensor([[1.0, 0.6, 0.2, 0.0]])
-    groups = torch.tensor([[0, 0, 1, 2]])
-    adv = mode_advantages(total, groups, num_modes=4, eps=0.0)
-    expected = torch.tensor([[(0.8 - 1 / 3) / 0.339935, (0.2 - 1 / 3) / 0.339935, -(1 / 3) / 0.339935, 0.0]])
-    assert torch.allclose(adv, expected, atol=1e-5)
+def test_mode_advantages_normalise_each_anchor_mean_over_the_anchors() -> None:
+    # anchor 0: samples 1.0 and 0.6 (mean 0.8); anchor 1: 0.2; anchor 2: 0.0 and 0.4 (mean 0.2)
+    # centre 0.4, unbiased std sqrt((0.4^2 + 0.2^2 + 0.2^2) / 2) = sqrt(0.12)
+    total = torch.tensor([[1.0, 0.6, 0.2, 0.0, 0.4]])
+    groups = torch.tensor([[0, 0, 1, 2, 2]])
+    adv = mode_advantages(total, groups, num_modes=3, eps=0.0)
+    std = math.sqrt(0.12)
+    assert torch.allclose(adv, torch.tensor([[0.4 / std, -0.2 / std, -0.2 / std]]), atol=1e-6)
     # a scene whose anchors all score alike carries no signal
-    assert torch.equal(mode_advantages(torch.ones(1, 4), groups, 4), torch.zeros(1, 4))
+    assert torch.equal(mode_advantages(torch.ones(1, 5), groups, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="every one of the 4 modes needs a sample"):
+        mode_advantages(total, groups, num_modes=4)
 
 
 def test_mode_choice_loss_is_the_expected_advantage_of_the_softmax_choice() -> None:
