@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+from anchor_choice import choice_stats  # noqa: E402
 from bench_rl import report  # noqa: E402
 from rl_exploration import group_stats  # noqa: E402
 
@@ -32,3 +33,17 @@ def test_report_shares() -> None:
     # serial step 1 + 1 + 4 + 1 = 7 (scoring 57 %); overlapped 1 + 1 + 2.5 = 4.5, scoring exposed 1.5 / 4.5
     assert "serial 7.00 s (scoring 57%)" in text and "overlapped 4.50 s (scoring exposed 33%)" in text
     assert "serial / overlapped 1.56x" in text and "serial 25, pool 50 (2.00x)" in text
+
+
+def test_choice_stats_on_hand_built_scenes() -> None:
+    scores = np.array([[0.2, 0.9, 0.5], [0.0, 0.4, 1.0]])
+    logits = np.array([[0.0, 1.0, 0.5], [3.0, 0.0, 1.0]])  # picks 1 (0.9) and 0 (0.0)
+    failed = np.array([[False, False, True], [True, False, False]])
+    stats = choice_stats(scores, logits, np.array([1, 2]), failed)
+    assert stats.scenes == 2
+    assert stats.pick == pytest.approx((0.9 + 0.0) / 2) and stats.ref_pick == pytest.approx((0.9 + 1.0) / 2)
+    assert stats.oracle == pytest.approx((0.9 + 1.0) / 2) and stats.mean == pytest.approx(3.0 / 6)
+    assert stats.changed == pytest.approx(0.5) and stats.failed == pytest.approx(0.5)
+    assert "| il | 2 | 45.0 | 95.0 | 95.0 | 50.0 | 50 % | 50 % |" == stats.markdown("il")
+    with pytest.raises(ValueError, match="shapes differ"):
+        choice_stats(scores, logits[:, :2], np.array([1, 2]), failed)
