@@ -94,6 +94,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         failure_terms: sub-rewards whose value below 1 is a failure (``ddv2``: advantage -1).
         ddv2_beat_gt: ``ddv2`` keeps a positive advantage only where the reward is at least the ground-truth plan's
             (the released DiffusionDriveV2 code; the paper does not state it); scores the ground truth too.
+        ddv2_penalize_failed_groups: ``ddv2`` gives -1 to every failed sample (DiffusionDriveV2); ``False``: only to
+            those whose anchor group has a sample that did not fail (ours; see :func:`ddv2_advantages`).
         gdpo_weights: sub-reward weights of ``gdpo`` (``None``: 1 each).
         gamma: step discount ``gamma^(S-1-i)`` of ``reinforce``.
         clip_eps: ratio clip of ``grpo``; ``eps_low`` / ``eps_high``: sequence-ratio clip of ``gspo``.
@@ -139,6 +141,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         adv_eps: float = 1e-4,
         failure_terms: list[str] | None = None,
         ddv2_beat_gt: bool = False,
+        ddv2_penalize_failed_groups: bool = True,
         gdpo_weights: dict[str, float] | None = None,
         gamma: float = 1.0,
         clip_eps: float = 0.2,
@@ -302,7 +305,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             return grpo_advantages(rewards.total, eps)
         if hp["advantage"] == "ddv2":
             failure = failure_mask(rewards.terms, self.failure_terms)
-            return ddv2_advantages(rewards.total, failure, groups, eps, rewards.total_gt)
+            penalize = bool(hp["ddv2_penalize_failed_groups"])
+            return ddv2_advantages(rewards.total, failure, groups, eps, rewards.total_gt, penalize)
         if hp["advantage"] == "gdpo":
             return gdpo_advantages(rewards.terms, hp["gdpo_weights"], None, eps)
         raise ValueError(f"unknown advantage {hp['advantage']!r} (grpo, ddv2, gdpo)")

@@ -87,13 +87,17 @@ def ddv2_advantages(
     groups: torch.Tensor,
     eps: float = 1e-4,
     reward_gt: torch.Tensor | None = None,
+    penalize_failed_groups: bool = True,
 ) -> torch.Tensor:
     """DiffusionDriveV2's truncated intra-anchor advantage (methods §1b.1, paper eq. 10).
 
     ``A = (r - mean_G r) / (std_G r + eps)`` over the samples of the same anchor (``groups``), then
     ``A <- max(A, 0)``; with ``reward_gt`` also ``A <- 0`` where ``r < r_GT - 1e-6`` (the released code keeps only
     samples at least as good as the human trajectory; the paper does not state it); finally ``A = -1`` for every
-    failed sample (collision or off-road), whatever its reward.
+    failed sample (collision or off-road), whatever its reward. With ``penalize_failed_groups=False`` (ours, not
+    DiffusionDriveV2's) a failed sample gets -1 only when a sample of its group did not fail: a group whose every
+    sample fails carries no contrast between its samples, and its -1s push the shared decoder in the directions of
+    their noise draws, which average out only over large batches.
 
     Args:
         total: ``(B, N)`` rewards.
@@ -107,7 +111,13 @@ def ddv2_advantages(
     adv = group_normalize(total, groups, eps).clamp(min=0.0)
     if reward_gt is not None:
         adv = adv * (total > reward_gt[:, None] - 1e-6).to(adv.dtype)
-    return torch.where(failure, torch.full_like(adv, -1.0), adv)
+    penalized = failure
+    if not penalize_failed_groups:
+        # (B, N, N): sample j is in sample i's group; a failure keeps its -1 where some group member succeeded
+        same = groups[:, :, None] == groups[:, None, :]
+        penalized = failure & (same & ~failure[:, None, :]).any(-1)
+    adv = torch.where(failure, torch.zeros_like(adv), adv)
+    return torch.where(penalized, torch.full_like(adv, -1.0), adv)
 
 
 def gdpo_advantages(

@@ -54,6 +54,18 @@ def test_ddv2_truncates_within_anchor_groups_and_penalises_failures() -> None:
     torch.testing.assert_close(adv, _t([[0.0, a, -1.0, 0.0, b, 0.0]]))
 
 
+def test_ddv2_can_leave_groups_whose_every_sample_failed_unpenalised() -> None:
+    total = _t([[0.2, 0.6, 0.5, 0.5, 0.9, 0.1]])
+    groups = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    failure = torch.tensor([[True, False, True, True, False, False]])  # group 0 mixed, group 1 all failed
+    b = 0.4 / (0.4 * math.sqrt(2.0) + 1e-4)
+    adv = ddv2_advantages(total, failure, groups, eps=1e-4, penalize_failed_groups=False)
+    # group 0: the failure keeps -1 and the success its positive advantage; group 1: no contrast -> 0
+    a = 0.2 / (math.sqrt(0.08) + 1e-4)
+    torch.testing.assert_close(adv, _t([[-1.0, a, 0.0, 0.0, b, 0.0]]))
+    torch.testing.assert_close(ddv2_advantages(total, failure, groups, eps=1e-4), _t([[-1.0, a, -1.0, -1.0, b, 0.0]]))
+
+
 def test_ddv2_keeps_only_samples_at_least_as_good_as_the_ground_truth() -> None:
     total = _t([[0.2, 0.6, 0.5, 0.5, 0.9, 0.1]])
     groups = torch.tensor([[0, 0, 1, 1, 2, 2]])
