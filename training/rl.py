@@ -109,6 +109,10 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             advantage its samples' mean reward normalised over the scene's anchors
             (:func:`training.rl_objectives.mode_choice_loss`). Not in DiffusionDriveV2, which trains a separate
             selector instead.
+        mode_reward: what an anchor's advantage is made of: ``"samples"``, the mean reward of its rollout samples;
+            ``"candidates"``, the reward of the candidate the planner itself would execute for that anchor (its
+            deterministic plan's denoised anchor, scored once per step): the exact reward of each action of the
+            categorical policy, so the expected advantage is exact.
         num_inner_updates: optimiser steps per rollout (PPO-style epochs; 1 = on-policy).
         lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule (optimiser steps).
         grad_clip: gradient-norm clip (0: none); the trainer's own clipping does not apply to manual optimisation.
@@ -151,6 +155,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         il_weight: float = 0.0,
         il_weight_positive: float | None = None,
         mode_weight: float = 0.0,
+        mode_reward: Literal["samples", "candidates"] = "samples",
         num_inner_updates: int = 1,
         lr: float = 2e-4,
         weight_decay: float = 1e-4,
@@ -177,6 +182,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         self.planner = planner if planner is not None else load_planner(str(init_ckpt)).train()
         if mode_weight > 0 and not getattr(getattr(self.planner, "config", None), "truncated", False):
             raise ValueError(f"mode_weight needs the truncated diffusion planner, not {type(self.planner).__name__}")
+        if mode_reward not in ("samples", "candidates"):
+            raise ValueError(f"mode_reward must be 'samples' or 'candidates', got {mode_reward!r}")
         self.frozen_prefixes = list(freeze or [])
         self._freeze(self.frozen_prefixes)
         self.reference = copy.deepcopy(self.planner).eval().requires_grad_(False)
@@ -263,9 +270,11 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         if self.igpo.enabled:
             rollout, scored = self._inpaint(batch, rollout, scored, gen)
         adv = self.advantages(scored.rewards, rollout.groups)
+        mode_adv, mode_stats = self._mode_advantages(batch, rollout, scored)
         stats: Stats = {}
         for _ in range(int(hp["num_inner_updates"])):
-            loss, stats = self._update(features, targets, rollout, adv, scored)
+            loss, stats = self._update(features, targets, rollout, adv, scored, mode_adv)
+        stats = {**stats, **mode_stats}
         self._log_step(scored, adv, rollout, stats, features.batch_size)
         return loss
 
@@ -331,15 +340,17 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         rollout: Rollout,
         adv: torch.Tensor,
         scored: _Scored,
+        mode_adv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Stats]:
-        """One optimiser step on the rollout; returns the loss and the statistics."""
+        """One optimiser step on the rollout (and the anchor choice, with ``mode_adv`` ``(B, K)``); returns the loss
+        and the statistics."""
         opt = self.optimizers()
         lp = self.policy.log_prob(features, rollout)
         loss, stats = self._objective(lp, rollout, adv, scored.ref_lp)
         il = self._imitation_loss(features, targets, adv)
         total = loss + il
-        if float(self.hparams["mode_weight"]) > 0:
-            mode_loss, mode_stats = self._mode_choice_loss(features, rollout, scored)
+        if mode_adv is not None:
+            mode_loss, mode_stats = self._mode_choice_loss(features, mode_adv)
             total = total + float(self.hparams["mode_weight"]) * mode_loss
             stats = {**stats, **mode_stats}
         opt.zero_grad()  # type: ignore[union-attr]
@@ -356,16 +367,39 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             )
         return total.detach(), {**stats, "il_loss": il.detach(), "loss": total.detach()}
 
-    def _mode_choice_loss(
-        self, features: PlannerInput[torch.Tensor], rollout: Rollout, scored: _Scored
-    ) -> tuple[torch.Tensor, Stats]:
-        """The deterministic plan's mode scores (anchored start, no noise) against each anchor's mean reward."""
+    def _mode_noise(self, features: PlannerInput[torch.Tensor]) -> torch.Tensor:
+        """The start noise of the mode-choice term's forward pass: none (the anchors themselves)."""
         planner: Any = self.planner
-        adv = mode_advantages(
-            scored.rewards.total, rollout.groups, planner.config.num_anchors, float(self.hparams["adv_eps"])
-        )
-        noise = torch.zeros(planner.initial_noise_shape(features.batch_size), device=adv.device)
-        return mode_choice_loss(planner(features, noise).scores, adv)
+        return torch.zeros(planner.initial_noise_shape(features.batch_size), device=features.ego_status.device)
+
+    def _mode_advantages(
+        self, batch: dict[str, Any], rollout: Rollout, scored: _Scored
+    ) -> tuple[torch.Tensor | None, Stats]:
+        """``(B, K)`` advantages of the anchor choice (``None`` without ``mode_weight``) and their statistics.
+
+        ``mode_reward: samples``: each anchor's samples' mean reward; ``candidates``: the reward of the planner's own
+        candidate for each anchor (the plans it chooses among, from the noise of :meth:`_mode_noise`). Both are
+        normalised over the scene's anchors."""
+        hp = self.hparams
+        if float(hp["mode_weight"]) <= 0:
+            return None, {}
+        planner: Any = self.planner
+        k, eps = int(planner.config.num_anchors), float(hp["adv_eps"])
+        if hp["mode_reward"] == "samples":
+            return mode_advantages(scored.rewards.total, rollout.groups, k, eps), {}
+        features = batch["features"]
+        with torch.no_grad():
+            out = planner(features, self._mode_noise(features))
+        plans = out.candidates.detach().cpu().numpy().astype(np.float64)
+        total = to_tensors(submit(self.reward, batch["metric_cache"], plans, features).result(), self.device).total
+        ids = torch.arange(k, device=total.device).expand_as(total)
+        pick = total.gather(1, out.scores.argmax(1, keepdim=True).to(total.device))
+        stats = {"mode_pick_reward": pick.mean(), "mode_best_reward": total.max(1).values.mean()}
+        return mode_advantages(total, ids, k, eps), stats
+
+    def _mode_choice_loss(self, features: PlannerInput[torch.Tensor], adv: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+        """The planner's mode scores (from :meth:`_mode_noise`), with gradients, against the anchors' advantages."""
+        return mode_choice_loss(self.planner(features, self._mode_noise(features)).scores, adv)
 
     def _imitation_loss(
         self, features: PlannerInput[torch.Tensor], targets: Mapping[str, torch.Tensor], adv: torch.Tensor

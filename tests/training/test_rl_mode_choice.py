@@ -42,8 +42,10 @@ def test_the_executed_anchor_moves_to_the_anchor_whose_samples_score_best() -> N
     scored = _Scored(TensorRewards(total, {}), None)
     opt = torch.optim.Adam([p for p in planner.parameters() if p.requires_grad], lr=1e-2)
     losses = []
+    adv, extra = module._mode_advantages({"features": features}, rollout, scored)
+    assert adv is not None and extra == {}
     for _ in range(40):
-        loss, stats = module._mode_choice_loss(features, rollout, scored)
+        loss, stats = module._mode_choice_loss(features, adv)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -55,3 +57,36 @@ def test_the_executed_anchor_moves_to_the_anchor_whose_samples_score_best() -> N
 def test_mode_weight_needs_the_truncated_planner() -> None:
     with pytest.raises(ValueError, match="mode_weight needs the truncated diffusion planner"):
         RLModule(planner=ToyGaussianPolicy(), reward=DistanceReward(), mode_weight=0.5)
+
+
+def test_candidate_rewards_move_the_executed_anchor_to_the_best_candidate() -> None:
+    planner = tiny_generator()
+    k = planner.config.num_anchors
+    module = RLModule(
+        planner=planner, reward=DistanceReward(), freeze=["bev_encoder"], mode_weight=1.0, mode_reward="candidates"
+    )
+    features = _features(planner.config.bev_channels)
+    before = _argmax(planner, features)
+    best = (before + k // 2) % k
+    with torch.no_grad():
+        candidates = planner(features, torch.zeros(planner.initial_noise_shape(2))).candidates
+    # DistanceReward scores closeness to each scene's "metric cache": here the candidate of anchor `best`
+    batch = {"features": features, "metric_cache": [candidates[i, best[i]].numpy() for i in range(2)]}
+    rollout = module.policy.rollout(features, k, torch.Generator().manual_seed(0)).detach()
+    scored = _Scored(TensorRewards(torch.zeros(2, k), {}), None)  # the rollout's rewards are not used
+    opt = torch.optim.Adam([p for p in planner.parameters() if p.requires_grad], lr=1e-2)
+    adv, stats = module._mode_advantages(batch, rollout, scored)
+    assert adv is not None and adv.shape == (2, k)
+    assert torch.equal(adv.argmax(1), best) and float(stats["mode_best_reward"]) == pytest.approx(1.0)
+    assert float(stats["mode_pick_reward"]) < 1.0  # the planner does not pick it yet
+    for _ in range(40):
+        loss, _ = module._mode_choice_loss(features, adv)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(_argmax(planner, features), best)
+
+
+def test_mode_reward_is_checked() -> None:
+    with pytest.raises(ValueError, match="mode_reward must be"):
+        RLModule(planner=tiny_generator(), reward=DistanceReward(), mode_weight=1.0, mode_reward="mean")  # type: ignore[arg-type]
