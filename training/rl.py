@@ -86,6 +86,9 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         policy: how the generator samples in RL (:func:`training.rl_support.make_policy`): the truncated
             planner's ``RolloutConfig`` fields, the masked planner's ``MaskedDiffusionPolicy`` arguments.
         freeze: parameter-name prefixes (e.g. ``bev_encoder``) kept in eval mode with ``requires_grad`` False.
+        trainable: when set, only the parameters whose name contains one of these strings train (e.g.
+            ``[cls_head]``: the truncated planner's anchor scores alone); the others keep ``requires_grad`` False
+            (their modules stay in train mode unless ``freeze`` lists them).
         num_samples: rollouts per scene (``N``).
         advantage: ``grpo`` (scene-normalised), ``ddv2`` (intra-group truncated, failures -1) or ``gdpo``.
         objective: ``reinforce`` (step-discounted, DiffusionDriveV2), ``grpo`` (clipped ratio + k3 KL per step) or
@@ -139,6 +142,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         reward: dict[str, Any] | Any = None,
         policy: dict[str, Any] | None = None,
         freeze: list[str] | None = None,
+        trainable: list[str] | None = None,
         num_samples: int = 16,
         advantage: Advantage = "grpo",
         objective: Objective = "reinforce",
@@ -186,6 +190,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             raise ValueError(f"mode_reward must be 'samples' or 'candidates', got {mode_reward!r}")
         self.frozen_prefixes = list(freeze or [])
         self._freeze(self.frozen_prefixes)
+        if trainable is not None:
+            self._train_only(list(trainable))
         self.reference = copy.deepcopy(self.planner).eval().requires_grad_(False)
         # the sampling wrappers share the modules' parameters; kept out of the module tree (no duplicate state)
         # (a planner without the policy API can still be loaded and saved; using it as a policy raises)
@@ -206,6 +212,15 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         self._rl_steps = 0
 
     # ------------------------------------------------------------------ set-up
+    def _train_only(self, parts: list[str]) -> None:
+        named = list(self.planner.named_parameters())
+        for part in parts:
+            if not any(part in name for name, _ in named):
+                raise ValueError(f"trainable {part!r} matches no parameter of {type(self.planner).__name__}")
+        for name, param in named:
+            if not any(part in name for part in parts):
+                param.requires_grad_(False)
+
     def _freeze(self, prefixes: list[str]) -> None:
         names = [name for name, _ in self.planner.named_parameters()]
         for prefix in prefixes:

@@ -90,3 +90,14 @@ def test_candidate_rewards_move_the_executed_anchor_to_the_best_candidate() -> N
 def test_mode_reward_is_checked() -> None:
     with pytest.raises(ValueError, match="mode_reward must be"):
         RLModule(planner=tiny_generator(), reward=DistanceReward(), mode_weight=1.0, mode_reward="mean")  # type: ignore[arg-type]
+
+
+def test_trainable_keeps_only_the_named_parameters_training() -> None:
+    planner = tiny_generator()
+    module = RLModule(planner=planner, reward=DistanceReward(), trainable=["cls_head"])
+    training = {name for name, p in planner.named_parameters() if p.requires_grad}
+    assert training and all("cls_head" in name for name in training)
+    assert len(training) == sum("cls_head" in name for name, _ in planner.named_parameters())
+    assert module.reference is not planner
+    with pytest.raises(ValueError, match="trainable 'no_such' matches no parameter"):
+        RLModule(planner=tiny_generator(), reward=DistanceReward(), trainable=["no_such"])
