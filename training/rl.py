@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -42,6 +42,7 @@ from training.rl_objectives import (
     ddv2_advantages,
     failure_mask,
     gdpo_advantages,
+    group_normalize,
     grpo_advantages,
     gspo_loss,
     k3_kl,
@@ -109,7 +110,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         mode_weight: weight of the mode-choice loss (truncated diffusion only; 0: none). The policy gradient trains
             the plans of every anchor, not which anchor's plan is executed (the argmax of the planner's mode
             scores); this term treats those scores as a categorical policy over the anchors, with each anchor's
-            advantage its samples' mean reward normalised over the scene's anchors
+            advantage (see ``mode_reward``) normalised over the scene's anchors
             (:func:`training.rl_objectives.mode_choice_loss`). Not in DiffusionDriveV2, which trains a separate
             selector instead.
         mode_reward: what an anchor's advantage is made of: ``"samples"``, the mean reward of its rollout samples;
@@ -212,23 +213,22 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         self._rl_steps = 0
 
     # ------------------------------------------------------------------ set-up
-    def _train_only(self, parts: list[str]) -> None:
+    def _stop_gradients(self, patterns: list[str], matches: Callable[[str, str], bool], what: str, keep: bool) -> None:
+        """``requires_grad`` False for the parameters that match one of ``patterns`` (``keep=False``) or none of
+        them (``keep=True``); a pattern that matches no parameter is an error naming ``what`` it was."""
         named = list(self.planner.named_parameters())
-        for part in parts:
-            if not any(part in name for name, _ in named):
-                raise ValueError(f"trainable {part!r} matches no parameter of {type(self.planner).__name__}")
+        for pattern in patterns:
+            if not any(matches(name, pattern) for name, _ in named):
+                raise ValueError(f"{what} {pattern!r} matches no parameter of {type(self.planner).__name__}")
         for name, param in named:
-            if not any(part in name for part in parts):
+            if any(matches(name, pattern) for pattern in patterns) != keep:
                 param.requires_grad_(False)
 
+    def _train_only(self, parts: list[str]) -> None:
+        self._stop_gradients(parts, lambda name, part: part in name, "trainable", keep=True)
+
     def _freeze(self, prefixes: list[str]) -> None:
-        names = [name for name, _ in self.planner.named_parameters()]
-        for prefix in prefixes:
-            if not any(name.startswith(prefix) for name in names):
-                raise ValueError(f"freeze prefix {prefix!r} matches no parameter of {type(self.planner).__name__}")
-        for name, param in self.planner.named_parameters():
-            if any(name.startswith(p) for p in prefixes):
-                param.requires_grad_(False)
+        self._stop_gradients(prefixes, str.startswith, "freeze prefix", keep=False)
 
     def _frozen_modules(self) -> Iterable[nn.Module]:
         for name, module in self.planner.named_modules():
@@ -407,10 +407,9 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             out = planner(features, self._mode_noise(features))
         plans = out.candidates.detach().cpu().numpy().astype(np.float64)
         total = to_tensors(submit(self.reward, batch["metric_cache"], plans, features).result(), self.device).total
-        ids = torch.arange(k, device=total.device).expand_as(total)
         pick = total.gather(1, out.scores.argmax(1, keepdim=True).to(total.device))
         stats = {"mode_pick_reward": pick.mean(), "mode_best_reward": total.max(1).values.mean()}
-        return mode_advantages(total, ids, k, eps), stats
+        return group_normalize(total, None, eps).to(total.dtype), stats  # one candidate per anchor
 
     def _mode_choice_loss(self, features: PlannerInput[torch.Tensor], adv: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         """The planner's mode scores (from :meth:`_mode_noise`), with gradients, against the anchors' advantages."""
