@@ -117,6 +117,11 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             ``"candidates"``, the reward of the candidate the planner itself would execute for that anchor (its
             deterministic plan's denoised anchor, scored once per step): the exact reward of each action of the
             categorical policy, so the expected advantage is exact.
+        mode_noise: the start noise of the candidates the anchor choice is trained on: ``"anchors"``, none (the
+            anchors themselves: a scene has the same candidates at every epoch); ``"sampled"``, a fresh standard
+            normal draw per step from the rollout generator, the distribution the planner starts from at inference
+            (the benchmarks draw it from a seeded generator), so the choice learns on the candidates it will choose
+            among, and the RL seed matters.
         num_inner_updates: optimiser steps per rollout (PPO-style epochs; 1 = on-policy).
         lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule (optimiser steps).
         grad_clip: gradient-norm clip (0: none); the trainer's own clipping does not apply to manual optimisation.
@@ -161,6 +166,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         il_weight_positive: float | None = None,
         mode_weight: float = 0.0,
         mode_reward: Literal["samples", "candidates"] = "samples",
+        mode_noise: Literal["anchors", "sampled"] = "anchors",
         num_inner_updates: int = 1,
         lr: float = 2e-4,
         weight_decay: float = 1e-4,
@@ -189,6 +195,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             raise ValueError(f"mode_weight needs the truncated diffusion planner, not {type(self.planner).__name__}")
         if mode_reward not in ("samples", "candidates"):
             raise ValueError(f"mode_reward must be 'samples' or 'candidates', got {mode_reward!r}")
+        if mode_noise not in ("anchors", "sampled"):
+            raise ValueError(f"mode_noise must be 'anchors' or 'sampled', got {mode_noise!r}")
         self.frozen_prefixes = list(freeze or [])
         self._freeze(self.frozen_prefixes)
         if trainable is not None:
@@ -285,7 +293,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         if self.igpo.enabled:
             rollout, scored = self._inpaint(batch, rollout, scored, gen)
         adv = self.advantages(scored.rewards, rollout.groups)
-        mode_adv, mode_stats = self._mode_advantages(batch, rollout, scored)
+        mode_adv, mode_stats = self._mode_advantages(batch, rollout, scored, gen)
         stats: Stats = {}
         for _ in range(int(hp["num_inner_updates"])):
             loss, stats = self._update(features, targets, rollout, adv, scored, mode_adv)
@@ -355,10 +363,10 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         rollout: Rollout,
         adv: torch.Tensor,
         scored: _Scored,
-        mode_adv: torch.Tensor | None = None,
+        mode_adv: _ModeTargets | None = None,
     ) -> tuple[torch.Tensor, Stats]:
-        """One optimiser step on the rollout (and the anchor choice, with ``mode_adv`` ``(B, K)``); returns the loss
-        and the statistics."""
+        """One optimiser step on the rollout (and the anchor choice, with ``mode_adv``); returns the loss and the
+        statistics."""
         opt = self.optimizers()
         lp = self.policy.log_prob(features, rollout)
         loss, stats = self._objective(lp, rollout, adv, scored.ref_lp)
@@ -382,15 +390,19 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             )
         return total.detach(), {**stats, "il_loss": il.detach(), "loss": total.detach()}
 
-    def _mode_noise(self, features: PlannerInput[torch.Tensor]) -> torch.Tensor:
-        """The start noise of the mode-choice term's forward pass: none (the anchors themselves)."""
+    def _mode_noise(self, features: PlannerInput[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+        """The start noise of the mode-choice term's candidates (``mode_noise``): zeros or a draw from ``gen``."""
         planner: Any = self.planner
-        return torch.zeros(planner.initial_noise_shape(features.batch_size), device=features.ego_status.device)
+        shape = planner.initial_noise_shape(features.batch_size)
+        if self.hparams["mode_noise"] == "anchors":
+            return torch.zeros(shape, device=features.ego_status.device)
+        return torch.randn(shape, generator=gen, device=gen.device).to(features.ego_status.device)
 
     def _mode_advantages(
-        self, batch: dict[str, Any], rollout: Rollout, scored: _Scored
-    ) -> tuple[torch.Tensor | None, Stats]:
-        """``(B, K)`` advantages of the anchor choice (``None`` without ``mode_weight``) and their statistics.
+        self, batch: dict[str, Any], rollout: Rollout, scored: _Scored, gen: torch.Generator
+    ) -> tuple[_ModeTargets | None, Stats]:
+        """The anchor choice's ``(B, K)`` advantages and start noise (``None`` without ``mode_weight``), and their
+        statistics.
 
         ``mode_reward: samples``: each anchor's samples' mean reward; ``candidates``: the reward of the planner's own
         candidate for each anchor (the plans it chooses among, from the noise of :meth:`_mode_noise`). Both are
@@ -400,20 +412,22 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             return None, {}
         planner: Any = self.planner
         k, eps = int(planner.config.num_anchors), float(hp["adv_eps"])
-        if hp["mode_reward"] == "samples":
-            return mode_advantages(scored.rewards.total, rollout.groups, k, eps), {}
         features = batch["features"]
+        noise = self._mode_noise(features, gen)
+        if hp["mode_reward"] == "samples":
+            return _ModeTargets(mode_advantages(scored.rewards.total, rollout.groups, k, eps), noise), {}
         with torch.no_grad():
-            out = planner(features, self._mode_noise(features))
+            out = planner(features, noise)
         plans = out.candidates.detach().cpu().numpy().astype(np.float64)
         total = to_tensors(submit(self.reward, batch["metric_cache"], plans, features).result(), self.device).total
         pick = total.gather(1, out.scores.argmax(1, keepdim=True).to(total.device))
         stats = {"mode_pick_reward": pick.mean(), "mode_best_reward": total.max(1).values.mean()}
-        return group_normalize(total, None, eps).to(total.dtype), stats  # one candidate per anchor
+        adv = group_normalize(total, None, eps).to(total.dtype)  # one candidate per anchor
+        return _ModeTargets(adv, noise), stats
 
-    def _mode_choice_loss(self, features: PlannerInput[torch.Tensor], adv: torch.Tensor) -> tuple[torch.Tensor, Stats]:
-        """The planner's mode scores (from :meth:`_mode_noise`), with gradients, against the anchors' advantages."""
-        return mode_choice_loss(self.planner(features, self._mode_noise(features)).scores, adv)
+    def _mode_choice_loss(self, features: PlannerInput[torch.Tensor], mode: _ModeTargets) -> tuple[torch.Tensor, Stats]:
+        """The planner's mode scores (from the advantages' start noise), with gradients, against the advantages."""
+        return mode_choice_loss(self.planner(features, mode.noise).scores, mode.adv)
 
     def _imitation_loss(
         self, features: PlannerInput[torch.Tensor], targets: Mapping[str, torch.Tensor], adv: torch.Tensor
@@ -555,3 +569,12 @@ class _Scored:
     rewards: TensorRewards
     ref_lp: torch.Tensor | None
     hinted: torch.Tensor | None = None  # (B, N) bool: samples decoded from an IGPO hint
+
+
+@dataclass
+class _ModeTargets:
+    """What the anchor choice trains on in one step: the ``(B, K)`` advantages of the anchors and the start noise
+    ``(B, K, T, 2)`` of the candidates they were computed for (the loss re-runs the planner on the same noise)."""
+
+    adv: torch.Tensor
+    noise: torch.Tensor

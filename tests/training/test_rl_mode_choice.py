@@ -42,10 +42,10 @@ def test_the_executed_anchor_moves_to_the_anchor_whose_samples_score_best() -> N
     scored = _Scored(TensorRewards(total, {}), None)
     opt = torch.optim.Adam([p for p in planner.parameters() if p.requires_grad], lr=1e-2)
     losses = []
-    adv, extra = module._mode_advantages({"features": features}, rollout, scored)
-    assert adv is not None and extra == {}
+    mode, extra = module._mode_advantages({"features": features}, rollout, scored, torch.Generator())
+    assert mode is not None and extra == {} and not mode.noise.any()  # mode_noise "anchors": no start noise
     for _ in range(40):
-        loss, stats = module._mode_choice_loss(features, adv)
+        loss, stats = module._mode_choice_loss(features, mode)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -75,12 +75,12 @@ def test_candidate_rewards_move_the_executed_anchor_to_the_best_candidate() -> N
     rollout = module.policy.rollout(features, k, torch.Generator().manual_seed(0)).detach()
     scored = _Scored(TensorRewards(torch.zeros(2, k), {}), None)  # the rollout's rewards are not used
     opt = torch.optim.Adam([p for p in planner.parameters() if p.requires_grad], lr=1e-2)
-    adv, stats = module._mode_advantages(batch, rollout, scored)
-    assert adv is not None and adv.shape == (2, k)
-    assert torch.equal(adv.argmax(1), best) and float(stats["mode_best_reward"]) == pytest.approx(1.0)
+    mode, stats = module._mode_advantages(batch, rollout, scored, torch.Generator())
+    assert mode is not None and mode.adv.shape == (2, k)
+    assert torch.equal(mode.adv.argmax(1), best) and float(stats["mode_best_reward"]) == pytest.approx(1.0)
     assert float(stats["mode_pick_reward"]) < 1.0  # the planner does not pick it yet
     for _ in range(40):
-        loss, _ = module._mode_choice_loss(features, adv)
+        loss, _ = module._mode_choice_loss(features, mode)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -90,6 +90,46 @@ def test_candidate_rewards_move_the_executed_anchor_to_the_best_candidate() -> N
 def test_mode_reward_is_checked() -> None:
     with pytest.raises(ValueError, match="mode_reward must be"):
         RLModule(planner=tiny_generator(), reward=DistanceReward(), mode_weight=1.0, mode_reward="mean")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mode_noise must be"):
+        RLModule(planner=tiny_generator(), reward=DistanceReward(), mode_weight=1.0, mode_noise="zeros")  # type: ignore[arg-type]
+
+
+def test_sampled_mode_noise_trains_on_the_candidates_of_the_drawn_noise() -> None:
+    """``mode_noise: sampled``: each step draws the start noise from the rollout generator (a standard normal, as at
+    inference); the advantages are those of that noise's candidates, and the loss re-runs the planner on it."""
+    planner = tiny_generator()
+    k = planner.config.num_anchors
+    module = RLModule(
+        planner=planner,
+        reward=DistanceReward(),
+        freeze=["bev_encoder"],
+        mode_weight=1.0,
+        mode_reward="candidates",
+        mode_noise="sampled",
+    )
+    features = _features(planner.config.bev_channels)
+    shape = planner.initial_noise_shape(2)
+    drawn = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        candidates = planner(features, drawn).candidates
+        anchors_only = planner(features, torch.zeros(shape)).candidates
+    assert not torch.allclose(candidates, anchors_only)  # the noise changes the candidates
+    target = candidates[:, 1]  # anchor 1's candidate of the drawn noise scores best in both scenes
+    batch = {"features": features, "metric_cache": [target[i].numpy() for i in range(2)]}
+    rollout = module.policy.rollout(features, k, torch.Generator().manual_seed(0)).detach()
+    scored = _Scored(TensorRewards(torch.zeros(2, k), {}), None)
+    mode, stats = module._mode_advantages(batch, rollout, scored, torch.Generator().manual_seed(3))
+    assert mode is not None and torch.equal(mode.noise, drawn)
+    assert mode.adv.argmax(1).tolist() == [1, 1] and float(stats["mode_best_reward"]) == pytest.approx(1.0)
+    # the next draw of the generator is another noise
+    gen = torch.Generator().manual_seed(3)
+    first, second = (module._mode_noise(features, gen) for _ in range(2))
+    assert torch.equal(first, drawn) and not torch.allclose(first, second)
+    loss, _ = module._mode_choice_loss(features, mode)
+    with torch.no_grad():
+        scores = planner(features, drawn).scores
+    expected = -(torch.softmax(scores, 1) * mode.adv).sum(1).mean()  # the loss is on the drawn noise's scores
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_trainable_keeps_only_the_named_parameters_training() -> None:
