@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 from closed_loop_fixtures import tiny_generator
 from rl_toy import DistanceReward, ToyGaussianPolicy
 
 from planners.truncated_diffusion import TruncatedDiffusionPlanner
-from simulation.features import PlannerInput
+from simulation.features import PlannerInput, batch
 from training.rl import RLModule, _Scored
 from training.rl_support import TensorRewards
 
@@ -141,3 +145,74 @@ def test_trainable_keeps_only_the_named_parameters_training() -> None:
     assert all(not p.requires_grad for p in module.reference.parameters())
     with pytest.raises(ValueError, match="trainable 'no_such' matches no parameter"):
         RLModule(planner=tiny_generator(), reward=DistanceReward(), trainable=["no_such"])
+
+
+class _StopAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+        trainer.should_stop = True
+
+
+def _choice_loader(planner: TruncatedDiffusionPlanner) -> DataLoader:
+    """4 scenes whose "metric cache" (DistanceReward's target) is the zero-noise candidate of anchor 1 + scene % 2."""
+    features = _features(planner.config.bev_channels, b=4)
+    with torch.no_grad():
+        candidates = planner(features, torch.zeros(planner.initial_noise_shape(4))).candidates
+    items = []
+    for i in range(4):
+        one = PlannerInput(features.bev[i], features.ego_status[i], features.agents[i], features.agents_mask[i])
+        items.append({"features": one, "trajectory": candidates[i, 1 + i % 2].numpy(), "token": str(i)})
+
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "features": batch([s["features"] for s in samples]),
+            "targets": {"trajectory": torch.stack([torch.from_numpy(s["trajectory"]) for s in samples])},
+            "tokens": [s["token"] for s in samples],
+            "metric_cache": [s["trajectory"] for s in samples],
+        }
+
+    return DataLoader(items, batch_size=2, shuffle=False, collate_fn=collate)  # type: ignore[arg-type]
+
+
+def test_anchor_choice_on_fresh_noise_trains_only_the_choice_and_resumes_exactly(tmp_path: Path) -> None:
+    """``mode_noise: sampled`` draws each step's start noise from the rollout generator: a run killed after its first
+    epoch and resumed from its checkpoint lands on the same weights as a run that never stopped, and only the
+    anchor-score head moves away from the start."""
+
+    def module(seed: int) -> RLModule:
+        torch.manual_seed(seed)
+        return RLModule(
+            planner=tiny_generator(),
+            reward=DistanceReward(),
+            trainable=["cls_head"],
+            num_samples=4,
+            mode_weight=1.0,
+            mode_reward="candidates",
+            mode_noise="sampled",
+            lr=1e-2,
+            log_kl=False,
+        )
+
+    trainer_args: dict[str, Any] = dict(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, max_epochs=2,
+    )  # fmt: skip
+    continuous = module(0)
+    start = {name: value.clone() for name, value in continuous.planner.state_dict().items()}
+    data = _choice_loader(continuous.planner)  # type: ignore[arg-type]
+    pl.Trainer(default_root_dir=tmp_path / "a", enable_checkpointing=False, **trainer_args).fit(continuous, data)
+    moved = {name for name, value in continuous.planner.state_dict().items() if not torch.equal(value, start[name])}
+    assert moved and all("cls_head" in name for name in moved)
+
+    killed = module(0)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path / "b", enable_checkpointing=False, callbacks=[_StopAfterFirstEpoch()], **trainer_args
+    )
+    trainer.fit(killed, data)
+    trainer.save_checkpoint(tmp_path / "b" / "last.ckpt")
+    resumed = module(1)  # other weights: everything comes from the checkpoint, the generator's state included
+    pl.Trainer(default_root_dir=tmp_path / "c", enable_checkpointing=False, **trainer_args).fit(
+        resumed, data, ckpt_path=tmp_path / "b" / "last.ckpt"
+    )
+    assert resumed.global_step == continuous.global_step == 4
+    for (name, a), b in zip(continuous.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
