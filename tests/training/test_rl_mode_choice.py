@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 from closed_loop_fixtures import tiny_generator
 from rl_toy import DistanceReward, ToyGaussianPolicy
+from torch.utils.data import DataLoader
 
 from planners.truncated_diffusion import TruncatedDiffusionPlanner
 from simulation.features import PlannerInput, batch
