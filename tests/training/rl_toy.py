@@ -94,7 +94,8 @@ class DistanceReward:
         return FakeRewardBatch(total, terms)
 
 
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+# scene dicts (features, trajectory, token, metric_cache) -> an RL batch
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "features": batch([s["features"] for s in samples]),
         "targets": {"trajectory": torch.stack([torch.from_numpy(s["trajectory"]) for s in samples])},
@@ -115,4 +116,4 @@ def scenes(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def loader(n: int, batch_size: int, seed: int = 0) -> DataLoader:
     """Scene batches in a fixed order (``features``, ``targets``, ``tokens``, ``metric_cache``)."""
-    return DataLoader(scenes(n, seed), batch_size=batch_size, shuffle=False, collate_fn=_collate)  # type: ignore[arg-type]
+    return DataLoader(scenes(n, seed), batch_size=batch_size, shuffle=False, collate_fn=collate)  # type: ignore[arg-type]

@@ -10,11 +10,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from closed_loop_fixtures import tiny_generator
-from rl_toy import DistanceReward, ToyGaussianPolicy
+from rl_toy import DistanceReward, ToyGaussianPolicy, collate
 from torch.utils.data import DataLoader
 
 from planners.truncated_diffusion import TruncatedDiffusionPlanner
-from simulation.features import PlannerInput, batch
+from simulation.features import PlannerInput
 from training.rl import RLModule, _Scored
 from training.rl_support import TensorRewards
 
@@ -160,16 +160,8 @@ def _choice_loader(planner: TruncatedDiffusionPlanner) -> DataLoader:
     items = []
     for i in range(4):
         one = PlannerInput(features.bev[i], features.ego_status[i], features.agents[i], features.agents_mask[i])
-        items.append({"features": one, "trajectory": candidates[i, 1 + i % 2].numpy(), "token": str(i)})
-
-    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "features": batch([s["features"] for s in samples]),
-            "targets": {"trajectory": torch.stack([torch.from_numpy(s["trajectory"]) for s in samples])},
-            "tokens": [s["token"] for s in samples],
-            "metric_cache": [s["trajectory"] for s in samples],
-        }
-
+        target = candidates[i, 1 + i % 2].numpy()
+        items.append({"features": one, "trajectory": target, "token": str(i), "metric_cache": target})
     return DataLoader(items, batch_size=2, shuffle=False, collate_fn=collate)  # type: ignore[arg-type]
 
 
