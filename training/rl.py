@@ -293,10 +293,10 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         if self.igpo.enabled:
             rollout, scored = self._inpaint(batch, rollout, scored, gen)
         adv = self.advantages(scored.rewards, rollout.groups)
-        mode_adv, mode_stats = self._mode_advantages(batch, rollout, scored, gen)
+        mode, mode_stats = self._mode_advantages(batch, rollout, scored, gen)
         stats: Stats = {}
         for _ in range(int(hp["num_inner_updates"])):
-            loss, stats = self._update(features, targets, rollout, adv, scored, mode_adv)
+            loss, stats = self._update(features, targets, rollout, adv, scored, mode)
         stats = {**stats, **mode_stats}
         self._log_step(scored, adv, rollout, stats, features.batch_size)
         return loss
@@ -363,17 +363,17 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         rollout: Rollout,
         adv: torch.Tensor,
         scored: _Scored,
-        mode_adv: _ModeTargets | None = None,
+        mode: _ModeTargets | None = None,
     ) -> tuple[torch.Tensor, Stats]:
-        """One optimiser step on the rollout (and the anchor choice, with ``mode_adv``); returns the loss and the
+        """One optimiser step on the rollout (and the anchor choice, with ``mode``); returns the loss and the
         statistics."""
         opt = self.optimizers()
         lp = self.policy.log_prob(features, rollout)
         loss, stats = self._objective(lp, rollout, adv, scored.ref_lp)
         il = self._imitation_loss(features, targets, adv)
         total = loss + il
-        if mode_adv is not None:
-            mode_loss, mode_stats = self._mode_choice_loss(features, mode_adv)
+        if mode is not None:
+            mode_loss, mode_stats = self._mode_choice_loss(features, mode)
             total = total + float(self.hparams["mode_weight"]) * mode_loss
             stats = {**stats, **mode_stats}
         opt.zero_grad()  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,8 +95,8 @@ class DistanceReward:
         return FakeRewardBatch(total, terms)
 
 
-# scene dicts (features, trajectory, token, metric_cache) -> an RL batch
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Scene dicts (``features``, ``trajectory``, ``token``, ``metric_cache``) -> an RL batch."""
     return {
         "features": batch([s["features"] for s in samples]),
         "targets": {"trajectory": torch.stack([torch.from_numpy(s["trajectory"]) for s in samples])},
@@ -117,3 +118,10 @@ def scenes(n: int, seed: int = 0) -> list[dict[str, Any]]:
 def loader(n: int, batch_size: int, seed: int = 0) -> DataLoader:
     """Scene batches in a fixed order (``features``, ``targets``, ``tokens``, ``metric_cache``)."""
     return DataLoader(scenes(n, seed), batch_size=batch_size, shuffle=False, collate_fn=collate)  # type: ignore[arg-type]
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    """Stops a fit after its first epoch: a run killed there, for the resume tests."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+        trainer.should_stop = True

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from rl_toy import DistanceReward, ToyGaussianPolicy, loader, scenes
+from rl_toy import DistanceReward, StopAfterFirstEpoch, ToyGaussianPolicy, loader, scenes
 
 from planners.checkpoint import CHECKPOINT_KEY, CheckpointRecord, load_planner, read, write
 from planners.ego_mlp import EgoStatusMLP
@@ -97,11 +97,6 @@ def test_frozen_parameters_do_not_move_and_stay_in_eval_mode(tmp_path: Path) -> 
         _module(freeze=["bev_encoder"])
 
 
-class _StopAfterFirstEpoch(pl.Callback):
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
-        trainer.should_stop = True
-
-
 def test_resume_from_a_checkpoint_equals_a_continuous_run(tmp_path: Path) -> None:
     options = dict(advantage="ddv2", objective="grpo", kl_coef=0.05, il_weight=1.0, il_weight_positive=0.1,
                    num_inner_updates=2, lr=1e-2, warmup_steps=2)  # fmt: skip
@@ -109,7 +104,7 @@ def test_resume_from_a_checkpoint_equals_a_continuous_run(tmp_path: Path) -> Non
     _trainer(tmp_path / "a", max_epochs=2).fit(continuous, loader(16, 8))
 
     first = _module(**options)
-    trainer = _trainer(tmp_path / "b", max_epochs=2, callbacks=[_StopAfterFirstEpoch()])  # the same run, killed
+    trainer = _trainer(tmp_path / "b", max_epochs=2, callbacks=[StopAfterFirstEpoch()])  # the same run, killed
     trainer.fit(first, loader(16, 8))
     assert first.global_step == 4
     ckpt = tmp_path / "b" / "last.ckpt"

@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from closed_loop_fixtures import tiny_generator
-from rl_toy import DistanceReward, ToyGaussianPolicy, collate
+from rl_toy import DistanceReward, StopAfterFirstEpoch, ToyGaussianPolicy, collate
 from torch.utils.data import DataLoader
 
 from planners.truncated_diffusion import TruncatedDiffusionPlanner
@@ -147,11 +147,6 @@ def test_trainable_keeps_only_the_named_parameters_training() -> None:
         RLModule(planner=tiny_generator(), reward=DistanceReward(), trainable=["no_such"])
 
 
-class _StopAfterFirstEpoch(pl.Callback):
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
-        trainer.should_stop = True
-
-
 def _choice_loader(planner: TruncatedDiffusionPlanner) -> DataLoader:
     """4 scenes whose "metric cache" (DistanceReward's target) is the zero-noise candidate of anchor 1 + scene % 2."""
     features = _features(planner.config.bev_channels, b=4)
@@ -197,7 +192,7 @@ def test_anchor_choice_on_fresh_noise_trains_only_the_choice_and_resumes_exactly
 
     killed = module(0)
     trainer = pl.Trainer(
-        default_root_dir=tmp_path / "b", enable_checkpointing=False, callbacks=[_StopAfterFirstEpoch()], **trainer_args
+        default_root_dir=tmp_path / "b", enable_checkpointing=False, callbacks=[StopAfterFirstEpoch()], **trainer_args
     )
     trainer.fit(killed, data)
     trainer.save_checkpoint(tmp_path / "b" / "last.ckpt")
