@@ -122,6 +122,15 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             normal draw per step from the rollout generator, the distribution the planner starts from at inference
             (the benchmarks draw it from a seeded generator), so the choice learns on the candidates it will choose
             among, and the RL seed matters.
+        mode_advantage: how the candidates' rewards become the anchors' advantages (``mode_reward: candidates``):
+            ``"normalized"``, normalised over the scene's candidates; ``"ddv2"``, DiffusionDriveV2's rule applied
+            to them (:func:`training.rl_objectives.ddv2_advantages` with the scene as the group: ``max(A, 0)``,
+            and -1 for a candidate that fails one of ``failure_terms``), so the choice is pushed off the
+            colliding and off-road candidates harder than off the merely slow ones.
+        rollout: ``False``: no rollout and no sample objective; each step trains the anchor choice alone
+            (``mode_weight > 0``, ``mode_reward: candidates``, no imitation term, no IGPO). With only ``cls_head``
+            trainable the sample objective has no gradient to give, and skipping it saves its sampling, scoring
+            and log-probs; ``train/reward`` is then the candidates' mean reward.
         num_inner_updates: optimiser steps per rollout (PPO-style epochs; 1 = on-policy).
         lr, weight_decay, warmup_steps, min_lr: AdamW and its warm-up + cosine schedule (optimiser steps).
         grad_clip: gradient-norm clip (0: none); the trainer's own clipping does not apply to manual optimisation.
@@ -167,6 +176,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         mode_weight: float = 0.0,
         mode_reward: Literal["samples", "candidates"] = "samples",
         mode_noise: Literal["anchors", "sampled"] = "anchors",
+        mode_advantage: Literal["normalized", "ddv2"] = "normalized",
+        rollout: bool = True,
         num_inner_updates: int = 1,
         lr: float = 2e-4,
         weight_decay: float = 1e-4,
@@ -197,6 +208,12 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             raise ValueError(f"mode_reward must be 'samples' or 'candidates', got {mode_reward!r}")
         if mode_noise not in ("anchors", "sampled"):
             raise ValueError(f"mode_noise must be 'anchors' or 'sampled', got {mode_noise!r}")
+        if mode_advantage not in ("normalized", "ddv2"):
+            raise ValueError(f"mode_advantage must be 'normalized' or 'ddv2', got {mode_advantage!r}")
+        if mode_advantage == "ddv2" and mode_reward != "candidates":
+            raise ValueError("mode_advantage 'ddv2' needs mode_reward 'candidates' (a failure is a candidate's)")
+        if not rollout:
+            _check_choice_only(mode_weight, mode_reward, il_weight, il_weight_positive, igpo)
         self.frozen_prefixes = list(freeze or [])
         self._freeze(self.frozen_prefixes)
         if trainable is not None:
@@ -285,6 +302,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
 
     def _rl_step(self, batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
         hp = self.hparams
+        if not bool(hp["rollout"]):
+            return self._choice_step(batch, gen)
         features, targets = batch["features"], batch["targets"]
         with torch.no_grad():
             rollout = self.policy.rollout(features, int(hp["num_samples"]), gen).detach()
@@ -293,13 +312,28 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         if self.igpo.enabled:
             rollout, scored = self._inpaint(batch, rollout, scored, gen)
         adv = self.advantages(scored.rewards, rollout.groups)
-        mode, mode_stats = self._mode_advantages(batch, rollout, scored, gen)
+        mode, mode_stats, _ = self._mode_advantages(batch, rollout, scored, gen)
         stats: Stats = {}
         for _ in range(int(hp["num_inner_updates"])):
             loss, stats = self._update(features, targets, rollout, adv, scored, mode)
         stats = {**stats, **mode_stats}
         self._log_step(scored, adv, rollout, stats, features.batch_size)
         return loss
+
+    def _choice_step(self, batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+        """A step of the anchor choice alone (``rollout: False``): its candidates scored, its loss, no rollout."""
+        features = batch["features"]
+        mode, mode_stats, rewards = self._mode_advantages(batch, None, None, gen)
+        assert mode is not None and rewards is not None  # _check_choice_only
+        stats: Stats = {}
+        total = torch.zeros(())
+        for _ in range(int(self.hparams["num_inner_updates"])):
+            mode_loss, stats = self._mode_choice_loss(features, mode)
+            total = float(self.hparams["mode_weight"]) * mode_loss
+            self._optimizer_step(total)
+        values: Stats = {**_reward_stats(rewards, self.failure_terms), **stats, **mode_stats, "loss": total.detach()}
+        self._log_values(values, features.batch_size)
+        return total.detach()
 
     def _score_rollout(self, batch: dict[str, Any], rollout: Rollout) -> _Scored:
         hp = self.hparams
@@ -367,7 +401,6 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
     ) -> tuple[torch.Tensor, Stats]:
         """One optimiser step on the rollout (and the anchor choice, with ``mode``); returns the loss and the
         statistics."""
-        opt = self.optimizers()
         lp = self.policy.log_prob(features, rollout)
         loss, stats = self._objective(lp, rollout, adv, scored.ref_lp)
         il = self._imitation_loss(features, targets, adv)
@@ -376,6 +409,16 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             mode_loss, mode_stats = self._mode_choice_loss(features, mode)
             total = total + float(self.hparams["mode_weight"]) * mode_loss
             stats = {**stats, **mode_stats}
+        self._optimizer_step(total)
+        if scored.ref_lp is not None:
+            stats["kl"] = (k3_kl(lp.detach(), scored.ref_lp) * rollout.step_mask).sum() / rollout.step_mask.sum().clamp(
+                min=1
+            )
+        return total.detach(), {**stats, "il_loss": il.detach(), "loss": total.detach()}
+
+    def _optimizer_step(self, total: torch.Tensor) -> None:
+        """Backward ``total``, clip, one optimiser and one scheduler step."""
+        opt = self.optimizers()
         opt.zero_grad()  # type: ignore[union-attr]
         self.manual_backward(total)
         if float(self.hparams["grad_clip"]) > 0:
@@ -384,11 +427,6 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()  # type: ignore[union-attr]
-        if scored.ref_lp is not None:
-            stats["kl"] = (k3_kl(lp.detach(), scored.ref_lp) * rollout.step_mask).sum() / rollout.step_mask.sum().clamp(
-                min=1
-            )
-        return total.detach(), {**stats, "il_loss": il.detach(), "loss": total.detach()}
 
     def _mode_noise(self, features: PlannerInput[torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         """The start noise of the mode-choice term's candidates (``mode_noise``): zeros or a draw from ``gen``."""
@@ -399,35 +437,48 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         return torch.randn(shape, generator=gen, device=gen.device).to(features.ego_status.device)
 
     def _mode_advantages(
-        self, batch: dict[str, Any], rollout: Rollout, scored: _Scored, gen: torch.Generator
-    ) -> tuple[_ModeTargets | None, Stats]:
-        """The anchor choice's ``(B, K)`` advantages and start noise (``None`` without ``mode_weight``), and their
-        statistics.
+        self, batch: dict[str, Any], rollout: Rollout | None, scored: _Scored | None, gen: torch.Generator
+    ) -> tuple[_ModeTargets | None, Stats, TensorRewards | None]:
+        """The anchor choice's ``(B, K)`` advantages and start noise (``None`` without ``mode_weight``), their
+        statistics and the candidates' rewards (``None`` with ``mode_reward: samples``).
 
-        ``mode_reward: samples``: each anchor's samples' mean reward; ``candidates``: the reward of the planner's own
-        candidate for each anchor (the plans it chooses among, from the noise of :meth:`_mode_noise`). Both are
-        normalised over the scene's anchors."""
+        ``mode_reward: samples``: each anchor's samples' mean reward, normalised over the scene's anchors;
+        ``candidates``: the reward of the planner's own candidate for each anchor (the plans it chooses among, from
+        the noise of :meth:`_mode_noise`), made an advantage by ``mode_advantage``. The candidates' forward pass
+        keeps its graph: the first update's loss reuses its scores instead of running the planner again."""
         hp = self.hparams
         if float(hp["mode_weight"]) <= 0:
-            return None, {}
+            return None, {}, None
         planner: Any = self.planner
         k, eps = int(planner.config.num_anchors), float(hp["adv_eps"])
         features = batch["features"]
         noise = self._mode_noise(features, gen)
         if hp["mode_reward"] == "samples":
-            return _ModeTargets(mode_advantages(scored.rewards.total, rollout.groups, k, eps), noise), {}
-        with torch.no_grad():
-            out = planner(features, noise)
+            if rollout is None or scored is None:
+                raise ValueError("mode_reward 'samples' needs the rollout")
+            return _ModeTargets(mode_advantages(scored.rewards.total, rollout.groups, k, eps), noise), {}, None
+        out = planner(features, noise)
         plans = out.candidates.detach().cpu().numpy().astype(np.float64)
-        total = to_tensors(submit(self.reward, batch["metric_cache"], plans, features).result(), self.device).total
-        pick = total.gather(1, out.scores.argmax(1, keepdim=True).to(total.device))
+        rewards = to_tensors(submit(self.reward, batch["metric_cache"], plans, features).result(), self.device)
+        total = rewards.total
+        pick = total.gather(1, out.scores.detach().argmax(1, keepdim=True).to(total.device))
         stats = {"mode_pick_reward": pick.mean(), "mode_best_reward": total.max(1).values.mean()}
-        adv = group_normalize(total, None, eps).to(total.dtype)  # one candidate per anchor
-        return _ModeTargets(adv, noise), stats
+        if hp["mode_advantage"] == "ddv2":
+            failure = failure_mask(rewards.terms, self.failure_terms)
+            adv = ddv2_advantages(total, failure, torch.zeros_like(total, dtype=torch.long), eps)
+            stats["mode_failure"] = failure.float().mean()
+        else:
+            adv = group_normalize(total, None, eps).to(total.dtype)  # one candidate per anchor
+        return _ModeTargets(adv, noise, out.scores), stats, rewards
 
     def _mode_choice_loss(self, features: PlannerInput[torch.Tensor], mode: _ModeTargets) -> tuple[torch.Tensor, Stats]:
-        """The planner's mode scores (from the advantages' start noise), with gradients, against the advantages."""
-        return mode_choice_loss(self.planner(features, mode.noise).scores, mode.adv)
+        """The planner's mode scores (from the advantages' start noise), with gradients, against the advantages:
+        the scores of the advantages' own forward pass on first use, a new forward pass after that."""
+        scores = mode.scores if mode.scores is not None and mode.scores.requires_grad else None
+        mode.scores = None
+        if scores is None:
+            scores = self.planner(features, mode.noise).scores
+        return mode_choice_loss(scores, mode.adv)
 
     def _imitation_loss(
         self, features: PlannerInput[torch.Tensor], targets: Mapping[str, torch.Tensor], adv: torch.Tensor
@@ -455,11 +506,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
     # ------------------------------------------------------------------ logging
     def _log_step(self, scored: _Scored, adv: torch.Tensor, rollout: Rollout, stats: Stats, batch_size: int) -> None:
         rewards = scored.rewards
-        values: dict[str, torch.Tensor] = {"reward": rewards.total.mean()}
-        for name, term in rewards.terms.items():
-            values[f"reward/{name}"] = term.mean()
-            values[f"fail/{name}"] = (term < 1.0).float().mean()
-        values["failure"] = failure_mask(rewards.terms, self.failure_terms).float().mean()
+        values = _reward_stats(rewards, self.failure_terms)
         values.update(
             adv_mean=adv.mean(),
             adv_std=adv.std() if adv.numel() > 1 else torch.zeros(()),
@@ -471,8 +518,12 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             values["igpo_scenes"] = scored.hinted.any(-1).float().mean()
             values["igpo_reward"] = rewards.total[scored.hinted].mean() if scored.hinted.any() else torch.zeros(())
         values.update(stats)
+        self._log_values(values, batch_size)
+
+    def _log_values(self, values: Stats, batch_size: int) -> None:
+        """Log ``train/<name>`` for every value, and the learning rate."""
         opt = self.optimizers()
-        values["lr"] = torch.tensor(opt.param_groups[0]["lr"])  # type: ignore[union-attr]
+        values = {**values, "lr": torch.tensor(opt.param_groups[0]["lr"])}  # type: ignore[union-attr]
         for name, value in values.items():
             self.log(f"train/{name}", value.float(), prog_bar=name in ("reward", "loss"), batch_size=batch_size)
 
@@ -578,3 +629,29 @@ class _ModeTargets:
 
     adv: torch.Tensor
     noise: torch.Tensor
+    scores: torch.Tensor | None = None  # (B, K) of that noise, with gradients, until the first loss uses them
+
+
+def _reward_stats(rewards: TensorRewards, failure_terms: tuple[str, ...]) -> Stats:
+    """The mean reward, each sub-reward's mean and share of failures (below 1), and the share of failed plans."""
+    values: Stats = {"reward": rewards.total.mean()}
+    for name, term in rewards.terms.items():
+        values[f"reward/{name}"] = term.mean()
+        values[f"fail/{name}"] = (term < 1.0).float().mean()
+    values["failure"] = failure_mask(rewards.terms, failure_terms).float().mean()
+    return values
+
+
+def _check_choice_only(
+    mode_weight: float, mode_reward: str, il_weight: float, il_weight_positive: float | None, igpo: Any
+) -> None:
+    """``rollout: False`` trains the anchor choice alone: refuse the options that need a rollout."""
+    needs = []
+    if mode_weight <= 0 or mode_reward != "candidates":
+        needs.append("mode_weight > 0 with mode_reward 'candidates' (the anchor choice is all it trains)")
+    if il_weight != 0 or (il_weight_positive is not None and il_weight_positive != 0):
+        needs.append("il_weight 0 and il_weight_positive 0 or unset (the imitation term weighs scenes by advantage)")
+    if IGPOConfig.of(igpo).enabled:
+        needs.append("igpo off (it hints failed rollouts)")
+    if needs:
+        raise ValueError("rollout: false needs " + "; ".join(needs))

@@ -26,9 +26,16 @@ RL_DATA_ARGS = {
 IL_OF = {"truncated": "truncated_il.yaml", "masked": "masked_il.yaml"}
 
 
-def test_the_eight_rl_configs_are_found() -> None:
+def test_the_nine_rl_configs_are_found() -> None:
     names = {p.stem for p in RL_CONFIGS}
-    truncated = {"truncated_grpo", "truncated_ddv2", "truncated_gdpo", "truncated_grpo_learned", "truncated_grpo_mixed"}
+    truncated = {
+        "truncated_grpo",
+        "truncated_ddv2",
+        "truncated_choice",
+        "truncated_gdpo",
+        "truncated_grpo_learned",
+        "truncated_grpo_mixed",
+    }
     assert names == truncated | {"masked_gspo", "masked_grpo", "masked_gspo_igpo"}
 
 

@@ -6,11 +6,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from closed_loop_fixtures import tiny_generator
-from rl_toy import DistanceReward, StopAfterFirstEpoch, ToyGaussianPolicy, collate
+from rl_toy import DistanceReward, FakeRewardBatch, StopAfterFirstEpoch, ToyGaussianPolicy, collate
 from torch.utils.data import DataLoader
 
 from planners.truncated_diffusion import TruncatedDiffusionPlanner
@@ -46,8 +47,10 @@ def test_the_executed_anchor_moves_to_the_anchor_whose_samples_score_best() -> N
     scored = _Scored(TensorRewards(total, {}), None)
     opt = torch.optim.Adam([p for p in planner.parameters() if p.requires_grad], lr=1e-2)
     losses = []
-    mode, extra = module._mode_advantages({"features": features}, rollout, scored, torch.Generator())
-    assert mode is not None and extra == {} and not mode.noise.any()  # mode_noise "anchors": no start noise
+    mode, extra, candidate_rewards = module._mode_advantages({"features": features}, rollout, scored, torch.Generator())
+    assert (
+        mode is not None and extra == {} and candidate_rewards is None and not mode.noise.any()
+    )  # mode_noise "anchors": no start noise
     for _ in range(40):
         loss, stats = module._mode_choice_loss(features, mode)
         opt.zero_grad()
@@ -79,7 +82,7 @@ def test_candidate_rewards_move_the_executed_anchor_to_the_best_candidate() -> N
     rollout = module.policy.rollout(features, k, torch.Generator().manual_seed(0)).detach()
     scored = _Scored(TensorRewards(torch.zeros(2, k), {}), None)  # the rollout's rewards are not used
     opt = torch.optim.Adam([p for p in planner.parameters() if p.requires_grad], lr=1e-2)
-    mode, stats = module._mode_advantages(batch, rollout, scored, torch.Generator())
+    mode, stats, _ = module._mode_advantages(batch, rollout, scored, torch.Generator())
     assert mode is not None and mode.adv.shape == (2, k)
     assert torch.equal(mode.adv.argmax(1), best) and float(stats["mode_best_reward"]) == pytest.approx(1.0)
     assert float(stats["mode_pick_reward"]) < 1.0  # the planner does not pick it yet
@@ -96,6 +99,98 @@ def test_mode_reward_is_checked() -> None:
         RLModule(planner=tiny_generator(), reward=DistanceReward(), mode_weight=1.0, mode_reward="mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mode_noise must be"):
         RLModule(planner=tiny_generator(), reward=DistanceReward(), mode_weight=1.0, mode_noise="zeros")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mode_advantage must be"):
+        RLModule(planner=tiny_generator(), reward=DistanceReward(), mode_weight=1.0, mode_advantage="grpo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mode_advantage 'ddv2' needs mode_reward 'candidates'"):
+        RLModule(planner=tiny_generator(), reward=DistanceReward(), mode_weight=1.0, mode_advantage="ddv2")
+
+
+@pytest.mark.parametrize(
+    ("options", "needs"),
+    [
+        ({"mode_weight": 0.0}, "mode_weight > 0"),
+        ({"mode_reward": "samples"}, "mode_reward 'candidates'"),
+        ({"il_weight": 0.1}, "il_weight 0"),
+        ({"il_weight_positive": 0.1}, "il_weight 0"),
+    ],
+)
+def test_rollout_false_refuses_what_needs_a_rollout(options: dict[str, Any], needs: str) -> None:
+    kwargs: dict[str, Any] = {"mode_weight": 1.0, "mode_reward": "candidates", **options}
+    with pytest.raises(ValueError, match=f"rollout: false needs .*{needs}"):
+        RLModule(planner=tiny_generator(), reward=DistanceReward(), rollout=False, **kwargs)
+
+
+class _CandidateIndexReward:
+    """Scores candidate ``k`` of every scene ``TOTAL[k]``; candidate 2 collides (NC 0)."""
+
+    TOTAL = (1.0, 0.5, 0.0, 0.5)
+    names = ("no_at_fault_collisions", "drivable_area_compliance")
+    version = "v1"
+
+    def score(self, metric_caches: Any, plans: Any) -> Any:
+        b, k = plans.shape[:2]
+        total = np.zeros((b, k))
+        total[:, :4] = self.TOTAL
+        nc = np.ones((b, k))
+        nc[:, 2] = 0.0
+        return FakeRewardBatch(total, {"no_at_fault_collisions": nc, "drivable_area_compliance": np.ones((b, k))})
+
+
+def test_ddv2_mode_advantage_by_hand() -> None:
+    """``mode_advantage: ddv2``: the candidates' rewards normalised over the scene, ``max(A, 0)``, -1 for the
+    colliding one; against ``normalized``, which keeps the negative advantages of the slow candidates."""
+    planner = tiny_generator()
+    k = planner.config.num_anchors
+    assert k == 4  # the hand-computed case below scores 4 candidates
+    features = _features(planner.config.bev_channels)
+    batch = {"features": features, "metric_cache": [None, None]}
+    # rewards 1, 0.5, 0, 0.5: mean 0.5, unbiased std sqrt(0.5 / 3)
+    z = 0.5 / math.sqrt(0.5 / 3)
+    expected = {"normalized": [z, 0.0, -z, 0.0], "ddv2": [z, 0.0, -1.0, 0.0]}
+    for name, want in expected.items():
+        module = RLModule(
+            planner=planner,
+            reward=_CandidateIndexReward(),
+            mode_weight=1.0,
+            mode_reward="candidates",
+            mode_advantage=name,  # type: ignore[arg-type]
+            adv_eps=0.0,
+        )
+        mode, stats, rewards = module._mode_advantages(batch, None, None, torch.Generator())
+        assert mode is not None and rewards is not None
+        torch.testing.assert_close(mode.adv, torch.tensor([want, want], dtype=mode.adv.dtype), rtol=0, atol=1e-6)
+        assert float(stats["mode_best_reward"]) == 1.0
+        if name == "ddv2":
+            assert float(stats["mode_failure"]) == pytest.approx(0.25)
+
+
+def test_the_first_update_reuses_the_candidates_forward_pass() -> None:
+    """The choice's loss on the advantages' own scores (one forward pass), then on a new pass: the same value while
+    the weights have not moved."""
+    planner = tiny_generator()
+    module = RLModule(
+        planner=planner,
+        reward=_CandidateIndexReward(),
+        mode_weight=1.0,
+        mode_reward="candidates",
+        trainable=["cls_head"],
+    )
+    features = _features(planner.config.bev_channels)
+    mode, _, _ = module._mode_advantages(
+        {"features": features, "metric_cache": [None, None]}, None, None, torch.Generator()
+    )
+    assert mode is not None and mode.scores is not None and mode.scores.requires_grad
+    first, _ = module._mode_choice_loss(features, mode)
+    assert mode.scores is None  # used once
+    again, _ = module._mode_choice_loss(features, mode)
+    torch.testing.assert_close(first, again)
+    params = [p for p in planner.parameters() if p.requires_grad]
+    grads = [torch.autograd.grad(loss, params, allow_unused=True) for loss in (first, again)]
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in grads[0])
+    for g1, g2 in zip(*grads, strict=True):
+        assert (g1 is None) == (g2 is None)
+        if g1 is not None:
+            torch.testing.assert_close(g1, g2)
 
 
 def test_sampled_mode_noise_trains_on_the_candidates_of_the_drawn_noise() -> None:
@@ -122,7 +217,7 @@ def test_sampled_mode_noise_trains_on_the_candidates_of_the_drawn_noise() -> Non
     batch = {"features": features, "metric_cache": [target[i].numpy() for i in range(2)]}
     rollout = module.policy.rollout(features, k, torch.Generator().manual_seed(0)).detach()
     scored = _Scored(TensorRewards(torch.zeros(2, k), {}), None)
-    mode, stats = module._mode_advantages(batch, rollout, scored, torch.Generator().manual_seed(3))
+    mode, stats, _ = module._mode_advantages(batch, rollout, scored, torch.Generator().manual_seed(3))
     assert mode is not None and torch.equal(mode.noise, drawn)
     assert mode.adv.argmax(1).tolist() == [1, 1] and float(stats["mode_best_reward"]) == pytest.approx(1.0)
     # the next draw of the generator is another noise
@@ -203,3 +298,39 @@ def test_anchor_choice_on_fresh_noise_trains_only_the_choice_and_resumes_exactly
     assert resumed.global_step == continuous.global_step == 4
     for (name, a), b in zip(continuous.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_rollout_false_trains_the_choice_as_the_full_step_does_without_its_rollout(tmp_path: Path) -> None:
+    """With ``cls_head`` alone trainable the sample objective gives it no gradient: ``rollout: False`` lands on the
+    full step's weights (zero start noise, so no random draw differs), with one reward call per step instead of
+    two."""
+
+    def fit(rollout: bool) -> tuple[RLModule, int]:
+        torch.manual_seed(0)
+        reward = DistanceReward()
+        module = RLModule(
+            planner=tiny_generator(),
+            reward=reward,
+            trainable=["cls_head"],
+            num_samples=4,
+            mode_weight=1.0,
+            mode_reward="candidates",
+            rollout=rollout,
+            lr=1e-2,
+            log_kl=False,
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, limit_val_batches=0, max_epochs=2, default_root_dir=tmp_path / str(rollout),
+            enable_checkpointing=False,
+        )  # fmt: skip
+        trainer.fit(module, _choice_loader(module.planner))  # type: ignore[arg-type]
+        return module, reward.calls
+
+    full, full_calls = fit(True)
+    alone, alone_calls = fit(False)
+    assert (full_calls, alone_calls) == (8, 4)  # 4 steps
+    for (name, a), b in zip(full.planner.state_dict().items(), alone.planner.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    moved = [n for n, p in alone.planner.named_parameters() if p.requires_grad]
+    assert moved and all("cls_head" in n for n in moved)
