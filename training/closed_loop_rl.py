@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -33,10 +33,13 @@ from planners.discriminator import Discriminator, log_probs
 from planners.reranked import RerankedPlanner
 from simulation.features import PlannerInput, raster_from_meta
 from training.closed_loop_rl_core import (
+    FAILURE_METRICS,
     ClosedLoopRollout,
     branch,
     cat_inputs,
     closed_loop_rollout,
+    ddv2_group_advantages,
+    episode_failures,
     episode_returns,
     group_advantages,
     tcgrpo_loss,
@@ -69,6 +72,10 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         clip_eps: ratio clip; kl_coef: weight of the k3 KL to the warm-start discriminator.
         num_inner_updates: optimiser steps per rollout batch.
         returns: episode return as weights of the episode's metrics (``{score: 1}``: nuPlan's CLS).
+        advantage: ``grpo``, the return normalised in its group; ``ddv2``, DiffusionDriveV2's rule on episodes
+            (:func:`training.closed_loop_rl_core.ddv2_group_advantages`: ``max(A, 0)``, -1 for a failed episode).
+        failure_metrics: episode metrics whose value below 1 is a failure (``ddv2``; default: an at-fault collision
+            or leaving the drivable area).
         adv_eps: added to the group standard deviation.
         env: :class:`bev_warp.env.EnvConfig` fields (``replan_interval_s``, ``terminate_on``, ...).
         ogo: :class:`training.ogo.OGOConfig` fields (on-policy generator optimisation; off by default).
@@ -94,6 +101,8 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         kl_coef: float = 0.04,
         num_inner_updates: int = 1,
         returns: dict[str, float] | None = None,
+        advantage: Literal["grpo", "ddv2"] = "grpo",
+        failure_metrics: list[str] | None = None,
         adv_eps: float = 1e-4,
         env: dict[str, Any] | None = None,
         ogo: dict[str, Any] | None = None,
@@ -110,6 +119,8 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
             raise ValueError("give exactly one of init_ckpt (a discriminator checkpoint) and planner")
         if group_size < 2 or commit_steps < 1 or horizon < 1 or num_inner_updates < 1:
             raise ValueError("need group_size >= 2, commit_steps >= 1, horizon >= 1, num_inner_updates >= 1")
+        if advantage not in ("grpo", "ddv2"):
+            raise ValueError(f"advantage must be 'grpo' or 'ddv2', got {advantage!r}")
         self.save_hyperparameters(ignore=["planner"])
         self.automatic_optimization = False
         pair = planner if planner is not None else load_planner(str(init_ckpt), expect_class="RerankedPlanner")
@@ -128,6 +139,7 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         self.reference = copy.deepcopy(pair.discriminator).requires_grad_(False)
         self.env_config = self._env_config(env)
         self.returns = dict(returns) if returns else {"score": 1.0}
+        self.failure_metrics = tuple(FAILURE_METRICS if failure_metrics is None else failure_metrics)
         self._generator: torch.Generator | None = None
         self._pending_rng_state: torch.Tensor | None = None
         self._steps = 0
@@ -203,7 +215,7 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
             torch.manual_seed(seed)
             rollout = self.rollout(batch, gen)
             returns = episode_returns(rollout.metrics, self.returns)
-            adv = group_advantages(returns, int(self.hparams["group_size"]), float(self.hparams["adv_eps"]))
+            adv = self.advantages(rollout.metrics, returns)
             stats: dict[str, torch.Tensor] = {}
             for _ in range(int(self.hparams["num_inner_updates"])):
                 stats = self._update(rollout, adv)
@@ -212,6 +224,13 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         self._steps += 1
         self._log_step(rollout, returns, adv, stats, len(batch["scenes"]))
         return stats["loss"]
+
+    def advantages(self, metrics: Mapping[str, torch.Tensor], returns: torch.Tensor) -> torch.Tensor:
+        """``(E,)`` advantages of the configured scheme from the episodes' metrics and returns."""
+        g, eps = int(self.hparams["group_size"]), float(self.hparams["adv_eps"])
+        if self.hparams["advantage"] == "ddv2":
+            return ddv2_group_advantages(returns, episode_failures(metrics, self.failure_metrics), g, eps)
+        return group_advantages(returns, g, eps)
 
     def _optimizers(self) -> list[Any]:
         opts = self.optimizers()

@@ -24,6 +24,8 @@ from training.closed_loop_rl_core import (  # noqa: E402
     branch,
     closed_loop_rollout,
     commitment_schedule,
+    ddv2_group_advantages,
+    episode_failures,
     episode_returns,
     group_advantages,
     held_plan,
@@ -47,6 +49,26 @@ def test_group_advantages_normalise_within_each_group_of_g() -> None:
     torch.testing.assert_close(adv, expected)
     with pytest.raises(ValueError, match="groups of 3"):
         group_advantages(returns, 3)
+
+
+def test_ddv2_group_advantages_by_hand() -> None:
+    """Two groups of 4: returns normalised in the group, clipped at 0, and -1 for the failed episodes (an at-fault
+    collision multiplier or drivable-area compliance below 1)."""
+    returns = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.9, 0.9, 0.2, 0.9], dtype=torch.float64)
+    metrics = {
+        "no_ego_at_fault_collisions": torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0]),
+        "drivable_area_compliance": torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]),
+        "score": returns.float(),
+    }
+    failure = episode_failures(metrics)
+    assert failure.tolist() == [False, True, False, True, False, False, True, False]
+    adv = ddv2_group_advantages(returns, failure, 4, eps=0.0)
+    z1 = 0.5 / math.sqrt(0.5 / 3)  # group 1: mean 0.5, deviations 0.5, -0.5, 0, 0
+    z2 = 0.175 / math.sqrt((3 * 0.175**2 + 0.525**2) / 3)  # group 2: mean 0.725
+    expected = torch.tensor([z1, -1.0, 0.0, -1.0, z2, z2, -1.0, z2], dtype=torch.float64)
+    torch.testing.assert_close(adv, expected)
+    with pytest.raises(ValueError, match="not episode metrics"):
+        episode_failures({"score": returns}, ("no_ego_at_fault_collisions",))
 
 
 def test_episode_returns_mix_the_metrics() -> None:
@@ -210,3 +232,21 @@ def test_scenarios_every_stride_th_then_the_limit(city: dict[str, str]) -> None:
     assert len(every) >= 4 and tokens(stride=2) == every[::2] and tokens(stride=2, max_scenarios=2) == every[:4:2]
     batch = next(iter(ScenarioDataModule(**city, duration_s=3.0, spacing_s=1.0, batch_size=2).train_dataloader()))
     assert len(batch["scenes"]) == len(batch["maps"]) == 2 and batch["tokens"] == [s.token for s in batch["scenes"]]
+
+
+def test_the_module_uses_the_configured_advantage() -> None:
+    metrics = {
+        "no_ego_at_fault_collisions": torch.tensor([1.0, 0.0, 1.0, 1.0]),
+        "drivable_area_compliance": torch.ones(4),
+        "progress_m": torch.tensor([10.0, 30.0, 5.0, 1.0]),
+    }
+    returns = torch.tensor([1.0, 0.0, 0.25, 0.25], dtype=torch.float64)
+    grpo = ClosedLoopRLModule(planner=tiny_pair(), group_size=4)
+    torch.testing.assert_close(grpo.advantages(metrics, returns), group_advantages(returns, 4))
+    ddv2 = ClosedLoopRLModule(planner=tiny_pair(), group_size=4, advantage="ddv2")
+    adv = ddv2.advantages(metrics, returns)
+    assert adv[1] == -1.0 and adv[0] > 0 and adv[2] == adv[3] == 0.0  # the slow safe ones are left alone
+    by_progress = ClosedLoopRLModule(planner=tiny_pair(), group_size=4, advantage="ddv2", failure_metrics=[])
+    assert bool((by_progress.advantages(metrics, returns) >= 0).all())  # no failure metric: nothing gets -1
+    with pytest.raises(ValueError, match="advantage must be"):
+        ClosedLoopRLModule(planner=tiny_pair(), group_size=4, advantage="gdpo")  # type: ignore[arg-type]
