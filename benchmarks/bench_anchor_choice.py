@@ -27,9 +27,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, not an installed copy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rl_exploration import demo_rl_data  # noqa: E402
 
 from training.rl import RLModule  # noqa: E402
-from training.rl_data import RLDataModule  # noqa: E402
 
 CKPT = "train/truncated_il/lightning_logs/version_0/checkpoints/best.ckpt"
 
@@ -59,13 +61,7 @@ def time_steps(root: Path, rollout: bool, steps: int, warmup: int, batch: int) -
     """Per-step seconds of ``steps`` steps after ``warmup`` (the whole fit runs ``steps + warmup``)."""
     torch.manual_seed(0)
     module = RLModule(**{**module_args(rollout), "init_ckpt": str(root / CKPT)})
-    data = RLDataModule(
-        feature_cache_dir=str(root / "cache"),
-        metric_cache_dir=str(root / "metric_cache" / "rl_v1"),
-        data_root=str(root / "data"),
-        maps_root=str(root / "data" / "maps"),
-        batch_size=batch,
-    )
+    data = demo_rl_data(root, batch_size=batch)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         trainer = pl.Trainer(

@@ -207,16 +207,20 @@ def masked_rows(
     return rows
 
 
-def load_batch(root: Path, scenes: int) -> dict[str, Any]:
-    """The first ``scenes`` training scenes of the RL data set under ``root`` as one batch."""
-    data = RLDataModule(
+def demo_rl_data(root: Path, **kwargs: Any) -> RLDataModule:
+    """The RL data module of a ``make demo`` output folder (its caches, data and maps); ``kwargs`` go to it."""
+    return RLDataModule(
         feature_cache_dir=str(root / "cache"),
         metric_cache_dir=str(root / "metric_cache" / "rl_v1"),
         data_root=str(root / "data"),
         maps_root=str(root / "data" / "maps"),
-        max_scenes=scenes,
+        **kwargs,
     )
-    dataset = data.dataset("train")
+
+
+def load_batch(root: Path, scenes: int) -> dict[str, Any]:
+    """The first ``scenes`` training scenes of the RL data set under ``root`` as one batch."""
+    dataset = demo_rl_data(root, max_scenes=scenes).dataset("train")
     return rl_collate([dataset[i] for i in range(len(dataset))])
 
 

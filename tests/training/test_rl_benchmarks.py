@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from anchor_choice import choice_stats  # noqa: E402
+from bench_anchor_choice import module_args  # noqa: E402
 from bench_rl import report  # noqa: E402
 from rl_exploration import group_stats  # noqa: E402
 
@@ -47,3 +48,10 @@ def test_choice_stats_on_hand_built_scenes() -> None:
     assert "| il | 2 | 45.0 | 95.0 | 95.0 | 50.0 | 50 % | 50 % |" == stats.markdown("il")
     with pytest.raises(ValueError, match="shapes differ"):
         choice_stats(scores, logits[:, :2], np.array([1, 2]), failed)
+
+
+def test_anchor_choice_benchmark_compares_the_same_config_with_and_without_the_rollout() -> None:
+    with_rollout, alone = module_args(True), module_args(False)
+    assert (with_rollout.pop("rollout"), alone.pop("rollout")) == (True, False)
+    assert with_rollout == alone  # otherwise the same module: truncated_choice.yaml with truncated_ddv2's sampler
+    assert alone["trainable"] == ["cls_head"] and alone["policy"]["schedule"] == "ddv2"
