@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
     if not (args.root / CKPT).is_file():
-        print(f"no truncated imitation checkpoint at {args.root / CKPT}: run `make demo` first", file=sys.stderr)
-        return 2
+        print(f"bench_anchor_choice: skipped, no demo run under {args.root} (make demo, or --root)")
+        return 0
     torch.set_num_threads(args.threads)
     samples = int(module_args(True)["num_samples"])
     anchors = 20
