@@ -57,8 +57,9 @@ def module_args(rollout: bool) -> dict[str, Any]:
     return {**args, "rollout": rollout, "policy": ddv2["policy"]}
 
 
-def time_steps(root: Path, rollout: bool, steps: int, warmup: int, batch: int) -> list[float]:
-    """Per-step seconds of ``steps`` steps after ``warmup`` (the whole fit runs ``steps + warmup``)."""
+def time_steps(root: Path, rollout: bool, steps: int, warmup: int, batch: int) -> tuple[list[float], int]:
+    """Per-step seconds of ``steps`` steps after ``warmup`` (the whole fit runs ``steps + warmup``), and the
+    planner's number of anchors (candidates per scene)."""
     torch.manual_seed(0)
     module = RLModule(**{**module_args(rollout), "init_ckpt": str(root / CKPT)})
     data = demo_rl_data(root, batch_size=batch)
@@ -70,7 +71,7 @@ def time_steps(root: Path, rollout: bool, steps: int, warmup: int, batch: int) -
             limit_train_batches=steps + warmup, callbacks=[timer], default_root_dir=out,
         )  # fmt: skip
         trainer.fit(module, data)
-    return timer.seconds[warmup:]
+    return timer.seconds[warmup:], int(module.planner.config.num_anchors)  # type: ignore[union-attr]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,15 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     samples = int(module_args(True)["num_samples"])
-    anchors = 20
-    rows = []
+    median: dict[bool, float] = {}
     for rollout in (True, False):
-        seconds = float(np.median(time_steps(args.root, rollout, args.steps, args.warmup, args.batch)))
-        scored = args.batch * (anchors + (samples if rollout else 0))
-        rows.append((rollout, seconds, scored))
+        seconds, anchors = time_steps(args.root, rollout, args.steps, args.warmup, args.batch)
+        median[rollout] = float(np.median(seconds))
+        scored = args.batch * (anchors + (samples if rollout else 0))  # the choice's candidates, and the rollout's
         label = f"with the rollout ({samples} samples per scene)" if rollout else "the choice alone (rollout: false)"
-        print(f"{label}: {seconds:.3f} s per step of {args.batch} scenes, {scored / seconds:.0f} candidates scored/s")
-    print(f"ratio (with the rollout / alone): {rows[0][1] / rows[1][1]:.2f}x per step")
+        print(
+            f"{label}: {median[rollout]:.3f} s per step of {args.batch} scenes, {scored / median[rollout]:.0f} "
+            "candidates scored/s"
+        )
+    print(f"ratio (with the rollout / alone): {median[True] / median[False]:.2f}x per step")
     return 0
 
 

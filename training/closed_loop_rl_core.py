@@ -32,7 +32,7 @@ from bev_warp.env import BEVWarpEnv, EnvState, expert_trajectories, repeat_state
 from rewards.torch.kinematics import normalize_angle
 from simulation.features import PlannerInput
 from simulation.types import LogWindow
-from training.rl_objectives import Stats, clipped_loss, ddv2_advantages, group_normalize
+from training.rl_objectives import Stats, clipped_loss, ddv2_advantages, failure_mask, group_normalize
 
 #: Episode return when the config gives no weights: nuPlan's CLS of the episode.
 DEFAULT_RETURN = {"score": 1.0}
@@ -131,15 +131,12 @@ FAILURE_METRICS = ("no_ego_at_fault_collisions", "drivable_area_compliance")
 
 def episode_failures(metrics: Mapping[str, torch.Tensor], names: Sequence[str] = FAILURE_METRICS) -> torch.Tensor:
     """``(E,)`` bool: episodes where one of the ``names`` metrics is below 1 (an at-fault collision, leaving the
-    drivable area)."""
+    drivable area): :func:`training.rl_objectives.failure_mask`, except that a name the episodes do not have is an
+    error (a misspelt config entry would otherwise never fail an episode)."""
     missing = [k for k in names if k not in metrics]
     if missing:
         raise ValueError(f"failure metrics {missing} are not episode metrics; known: {sorted(metrics)}")
-    first = next(iter(metrics.values()))
-    out = torch.zeros(first.shape, dtype=torch.bool, device=first.device)
-    for name in names:
-        out = out | (metrics[name].to(torch.float64) < 1.0)
-    return out
+    return failure_mask(metrics, names)
 
 
 def ddv2_group_advantages(
@@ -147,8 +144,8 @@ def ddv2_group_advantages(
 ) -> torch.Tensor:
     """DiffusionDriveV2's rule on episodes (:func:`training.rl_objectives.ddv2_advantages`, the group of ``G``
     rollouts of one start state as the group): ``max(A, 0)`` of :func:`group_advantages`, and -1 for a failed episode
-    (``failure``, :func:`episode_failures`). A safe episode below its group's mean is left alone rather than pushed
-    away, so the policy is not driven towards the fastest episodes that happen to end well."""
+    (``failure``, :func:`episode_failures`). A safe episode below its group's mean gets 0 rather than a negative
+    advantage."""
     if returns.numel() % group_size:
         raise ValueError(f"{returns.numel()} episodes are not groups of {group_size}")
     r, f = returns.reshape(-1, group_size), failure.reshape(-1, group_size)
