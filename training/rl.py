@@ -18,9 +18,10 @@ statistic. Every random draw of a step comes from one generator whose state trav
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -127,6 +128,9 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             to them (:func:`training.rl_objectives.ddv2_advantages` with the scene as the group: ``max(A, 0)``,
             and -1 for a candidate that fails one of ``failure_terms``), so the choice is pushed off the
             colliding and off-road candidates harder than off the merely slow ones.
+        mode_detach: the anchor choice's gradient stops at the anchor-score heads (every ``cls_head``): its loss
+            trains those heads alone, and the shared decoder, which also makes the candidates, trains only from the
+            sample objective and the imitation term. ``False`` (the default): it reaches the whole trainable policy.
         rollout: ``False``: no rollout and no sample objective; each step trains the anchor choice alone
             (``mode_weight > 0``, ``mode_reward: candidates``, no imitation term, no IGPO). With only ``cls_head``
             trainable the sample objective has no gradient to give, and skipping it saves its sampling, scoring
@@ -177,6 +181,7 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         mode_reward: Literal["samples", "candidates"] = "samples",
         mode_noise: Literal["anchors", "sampled"] = "anchors",
         mode_advantage: Literal["normalized", "ddv2"] = "normalized",
+        mode_detach: bool = False,
         rollout: bool = True,
         num_inner_updates: int = 1,
         lr: float = 2e-4,
@@ -212,6 +217,9 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             raise ValueError(f"mode_advantage must be 'normalized' or 'ddv2', got {mode_advantage!r}")
         if mode_advantage == "ddv2" and mode_reward != "candidates":
             raise ValueError("mode_advantage 'ddv2' needs mode_reward 'candidates' (a failure is a candidate's)")
+        self._score_heads = [m for n, m in self.planner.named_modules() if n.split(".")[-1] == "cls_head"]
+        if mode_detach and not self._score_heads:
+            raise ValueError(f"mode_detach needs anchor-score heads (cls_head) in {type(self.planner).__name__}")
         if not rollout:
             _check_choice_only(mode_weight, mode_reward, il_weight, il_weight_positive, igpo)
         self.frozen_prefixes = list(freeze or [])
@@ -457,7 +465,8 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
             if rollout is None or scored is None:
                 raise ValueError("mode_reward 'samples' needs the rollout")
             return _ModeTargets(mode_advantages(scored.rewards.total, rollout.groups, k, eps), noise), {}, None
-        out = planner(features, noise)
+        with self._choice_forward():
+            out = planner(features, noise)
         plans = out.candidates.detach().cpu().numpy().astype(np.float64)
         rewards = to_tensors(submit(self.reward, batch["metric_cache"], plans, features).result(), self.device)
         total = rewards.total
@@ -477,8 +486,22 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         scores = mode.scores if mode.scores is not None and mode.scores.requires_grad else None
         mode.scores = None
         if scores is None:
-            scores = self.planner(features, mode.noise).scores
+            with self._choice_forward():
+                scores = self.planner(features, mode.noise).scores
         return mode_choice_loss(scores, mode.adv)
+
+    @contextlib.contextmanager
+    def _choice_forward(self) -> Iterator[None]:
+        """A forward pass of the anchor choice: with ``mode_detach``, the score heads see detached inputs."""
+        if not self.hparams.get("mode_detach", False):
+            yield
+            return
+        hooks = [head.register_forward_pre_hook(_detach_inputs) for head in self._score_heads]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def _imitation_loss(
         self, features: PlannerInput[torch.Tensor], targets: Mapping[str, torch.Tensor], adv: torch.Tensor
@@ -655,3 +678,8 @@ def _check_choice_only(
         needs.append("igpo off (it hints failed rollouts)")
     if needs:
         raise ValueError("rollout: false needs " + "; ".join(needs))
+
+
+def _detach_inputs(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: the module's tensor inputs without their graph (its gradient stops at the module)."""
+    return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)

@@ -193,6 +193,48 @@ def test_the_first_update_reuses_the_candidates_forward_pass() -> None:
             torch.testing.assert_close(g1, g2)
 
 
+def test_mode_detach_confines_the_choice_gradient_to_the_score_heads() -> None:
+    """``mode_detach``: the choice's loss has the same value and the same gradient on every ``cls_head`` as without
+    it, and none on the rest of the policy (which the undetached loss does reach); the sample path is untouched."""
+    features = _features(tiny_generator().config.bev_channels)
+    batch = {"features": features, "metric_cache": [None, None]}
+    grads, values = {}, {}
+    for detach in (False, True):
+        planner = tiny_generator()
+        module = RLModule(
+            planner=planner,
+            reward=_CandidateIndexReward(),
+            freeze=["bev_encoder"],
+            mode_weight=1.0,
+            mode_reward="candidates",
+            mode_detach=detach,
+        )
+        mode, _, _ = module._mode_advantages(batch, None, None, torch.Generator())
+        assert mode is not None
+        losses = [module._mode_choice_loss(features, mode)[0] for _ in range(2)]  # the reused pass, then a new one
+        named = [(n, p) for n, p in planner.named_parameters() if p.requires_grad]
+        values[detach] = [float(loss.detach()) for loss in losses]
+        grads[detach] = [
+            dict(zip([n for n, _ in named], torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)))
+            for loss in losses
+        ]
+        assert not any(h._forward_pre_hooks for h in module._score_heads)  # the hooks live for the pass only
+    assert values[True] == pytest.approx(values[False], abs=1e-6)
+    for with_hook, without in zip(grads[True], grads[False], strict=True):
+        heads = [n for n in without if ".cls_head." in n or n.startswith("cls_head.")]
+        others = [n for n in without if n not in heads]
+        assert heads and others
+        for n in heads:
+            torch.testing.assert_close(with_hook[n], without[n])
+        assert all(with_hook[n] is None or not with_hook[n].any() for n in others)
+        assert any(without[n] is not None and bool(without[n].abs().sum() > 0) for n in others)
+
+
+def test_mode_detach_needs_score_heads() -> None:
+    with pytest.raises(ValueError, match="mode_detach needs anchor-score heads"):
+        RLModule(planner=ToyGaussianPolicy(), reward=DistanceReward(), mode_detach=True)
+
+
 def test_sampled_mode_noise_trains_on_the_candidates_of_the_drawn_noise() -> None:
     """``mode_noise: sampled``: each step draws the start noise from the rollout generator (a standard normal, as at
     inference); the advantages are those of that noise's candidates, and the loss re-runs the planner on it."""
