@@ -32,6 +32,7 @@ from planners.checkpoint import load_planner
 from planners.discriminator import Discriminator, log_probs
 from planners.reranked import RerankedPlanner
 from simulation.features import PlannerInput, raster_from_meta
+from simulation.io import atomic_write_text
 from training.closed_loop_rl_core import (
     FAILURE_METRICS,
     ClosedLoopRollout,
@@ -80,6 +81,9 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         env: :class:`bev_warp.env.EnvConfig` fields (``replan_interval_s``, ``terminate_on``, ...).
         ogo: :class:`training.ogo.OGOConfig` fields (on-policy generator optimisation; off by default).
         val_commit_steps: the commitment of the validation rollouts (greedy selection; 1 as the pair drives).
+        val_episodes: a CSV file that each validation run rewrites with one row per episode (``token`` and the
+            :data:`LOGGED_METRICS`), for paired comparisons of two planners on the same scenarios
+            (``benchmarks/paired_scores.py``); ``None``: not written.
         lr, weight_decay, warmup_steps, min_lr, grad_clip: AdamW of the discriminator and its schedule.
         seed: seed of the sampling generator.
     """
@@ -107,6 +111,7 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         env: dict[str, Any] | None = None,
         ogo: dict[str, Any] | None = None,
         val_commit_steps: int = 1,
+        val_episodes: str | None = None,
         lr: float = 5e-5,
         weight_decay: float = 1e-4,
         warmup_steps: int = 0,
@@ -143,6 +148,7 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         self._generator: torch.Generator | None = None
         self._pending_rng_state: torch.Tensor | None = None
         self._steps = 0
+        self._val_rows: list[dict[str, Any]] = []
         self.train()
 
     def _env_config(self, fields: Mapping[str, Any] | None) -> EnvConfig:
@@ -309,9 +315,26 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         gen = torch.Generator(device=self.device).manual_seed(int(self.hparams["seed"]))
         with torch.no_grad():
             rollout = self.rollout(batch, gen, greedy=True, group_size=1)
-        values = {**self.episode_means(rollout), "return": episode_returns(rollout.metrics, self.returns).mean()}
+        returns = episode_returns(rollout.metrics, self.returns)
+        values = {**self.episode_means(rollout), "return": returns.mean()}
         for name, value in values.items():
             self.log(f"val/{name}", value.float(), batch_size=len(batch["scenes"]), sync_dist=True)
+        if self.hparams.get("val_episodes"):
+            metrics = {k: rollout.metrics[k].double().cpu() for k in LOGGED_METRICS if k in rollout.metrics}
+            for i, scene in enumerate(batch["scenes"]):
+                row = {"token": scene.token, **{k: float(v[i]) for k, v in metrics.items()}}
+                self._val_rows.append({**row, "return": float(returns[i])})
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows = []
+
+    def on_validation_epoch_end(self) -> None:
+        path = self.hparams.get("val_episodes")
+        if not path or not self._val_rows or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        columns = list(self._val_rows[0])
+        lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in self._val_rows]
+        atomic_write_text(path, "\n".join(lines) + "\n")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

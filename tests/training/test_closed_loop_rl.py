@@ -250,3 +250,22 @@ def test_the_module_uses_the_configured_advantage() -> None:
     assert bool((by_progress.advantages(metrics, returns) >= 0).all())  # no failure metric: nothing gets -1
     with pytest.raises(ValueError, match="advantage must be"):
         ClosedLoopRLModule(planner=tiny_pair(), group_size=4, advantage="gdpo")  # type: ignore[arg-type]
+
+
+def test_validation_writes_one_row_per_episode_matching_the_logged_means(city: dict[str, str], tmp_path: Path) -> None:
+    """``val_episodes``: each scenario's metrics, whose means are the logged ``val/*`` values (paired comparisons)."""
+    data = ScenarioDataModule(**city, batch_size=2, duration_s=3.0, spacing_s=2.0, max_val_scenarios=3)
+    csv = tmp_path / "eval" / "episodes.csv"
+    module = ClosedLoopRLModule(planner=tiny_pair(), group_size=2, horizon=3, val_episodes=str(csv))
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.validate(module, data, verbose=False)
+    lines = csv.read_text().splitlines()
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+    tokens = [s.token for s in data.dataset("val").scenarios]
+    assert header[0] == "token" and "score" in header and "return" in header
+    assert [r[0] for r in rows] == tokens and len(tokens) == 3  # two batches, every scenario once, in order
+    for name in ("score", "progress_m", "no_ego_at_fault_collisions"):
+        values = [float(r[header.index(name)]) for r in rows]
+        assert sum(values) / len(values) == pytest.approx(float(trainer.callback_metrics[f"val/{name}"]), abs=1e-5)
+    trainer.validate(module, data, verbose=False)  # a second run rewrites the file, it does not append
+    assert len(csv.read_text().splitlines()) == 4

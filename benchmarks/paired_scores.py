@@ -1,0 +1,101 @@
+"""Two runs on the same scenes, compared scene by scene: the mean difference of a per-scene score and its paired
+bootstrap interval.
+
+    python benchmarks/paired_scores.py BASE.csv NEW.csv [NEW2.csv ...] [--column score] [--level 0.9]
+
+Each file is a CSV with a ``token`` column: a benchmark's ``scores.csv`` (``diffplan bench``; rows whose
+``valid`` is False and its closing ``average`` row are left out) or the per-episode file of a closed-loop
+validation (``--model.val_episodes``). Only the tokens present and valid in both runs are compared; how many were
+dropped is printed. The interval resamples the scenes with replacement (percentile bootstrap of the mean
+difference), so it says how much the difference would move on another draw of scenes like these, not on another
+training seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The comparison of ``new`` against ``base`` on their common scenes."""
+
+    scenes: int
+    dropped: int
+    base: float
+    new: float
+    diff: float
+    low: float
+    high: float
+    better: int
+    worse: int
+
+
+def read_scores(path: str | Path, column: str = "score") -> dict[str, float]:
+    """``token -> column`` of a CSV, without the rows marked invalid, the ``average`` row and empty values."""
+    path = Path(path)
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = reader.fieldnames or []
+        if "token" not in fields or column not in fields:
+            raise ValueError(f"{path}: needs the columns 'token' and {column!r}, has {fields}")
+        out: dict[str, float] = {}
+        for row in reader:
+            if row["token"] == "average" or row.get("valid", "True").strip().lower() in ("false", "0"):
+                continue  # the benchmark's closing mean row; a failed scene
+            if not row[column].strip():
+                continue
+            out[row["token"]] = float(row[column])
+    return out
+
+
+def paired(
+    base: Mapping[str, float], new: Mapping[str, float], level: float = 0.9, resamples: int = 10_000, seed: int = 0
+) -> Paired:
+    """Mean of ``new - base`` over the common tokens, with its percentile bootstrap interval at ``level``."""
+    tokens = sorted(set(base) & set(new))
+    if not tokens:
+        raise ValueError("the two runs share no valid scene")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    a = np.array([base[t] for t in tokens])
+    b = np.array([new[t] for t in tokens])
+    d = b - a
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return Paired(
+        scenes=len(tokens), dropped=len(set(base) ^ set(new)), base=float(a.mean()), new=float(b.mean()),
+        diff=float(d.mean()), low=float(low), high=float(high), better=int((d > 0).sum()), worse=int((d < 0).sum()),
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base", type=Path)
+    parser.add_argument("new", type=Path, nargs="+")
+    parser.add_argument("--column", default="score")
+    parser.add_argument("--level", type=float, default=0.9)
+    parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    base = read_scores(args.base, args.column)
+    print(f"| run | scenes | {args.column} | base | difference | {args.level:.0%} interval | better / worse |")
+    print("|---|---:|---:|---:|---:|---|---|")
+    for path in args.new:
+        r = paired(base, read_scores(path, args.column), args.level, args.resamples, args.seed)
+        note = f" ({r.dropped} not in both)" if r.dropped else ""
+        print(
+            f"| {path} | {r.scenes}{note} | {r.new:.4f} | {r.base:.4f} | {r.diff:+.4f} | [{r.low:+.4f}, {r.high:+.4f}]"
+            f" | {r.better} / {r.worse} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
