@@ -85,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        _print_table(args)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"paired_scores: {err}") from None
+
+
+def _print_table(args: argparse.Namespace) -> None:
     base = read_scores(args.base, args.column)
     print(f"| run | scenes | {args.column} | base | difference | {args.level:.0%} interval | better / worse |")
     print("|---|---:|---:|---:|---:|---|---|")

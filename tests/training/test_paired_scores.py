@@ -40,5 +40,7 @@ def test_invalid_rows_are_left_out_and_bad_files_are_named(tmp_path: Path, capsy
     assert "| 2 (1 not in both) | 1.0000 | 0.7500 | +0.2500 |" in out and "| 1 / 0 |" in out
     with pytest.raises(ValueError, match="base.csv.*'ego'"):
         read_scores(base, "ego")
+    with pytest.raises(SystemExit, match="paired_scores: .*missing.csv"):
+        main([str(base), str(tmp_path / "missing.csv")])
     with pytest.raises(ValueError, match="share no valid scene"):
         paired({"x": 1.0}, {"y": 1.0})
