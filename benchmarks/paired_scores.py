@@ -38,7 +38,7 @@ class Paired:
 
 
 def read_scores(path: str | Path, column: str = "score") -> dict[str, float]:
-    """``token -> column`` of a CSV, without the rows marked invalid, the ``average`` row and empty values."""
+    """``token -> column`` of a CSV, without the rows marked invalid, the ``average`` row and empty or NaN values."""
     path = Path(path)
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
@@ -49,9 +49,9 @@ def read_scores(path: str | Path, column: str = "score") -> dict[str, float]:
         for row in reader:
             if row["token"] == "average" or row.get("valid", "True").strip().lower() in ("false", "0"):
                 continue  # the benchmark's closing mean row; a failed scene
-            if not row[column].strip():
-                continue
-            out[row["token"]] = float(row[column])
+            value = float(row[column]) if row[column].strip() else float("nan")
+            if np.isfinite(value):  # an empty or NaN cell: a metric the scene has no value for
+                out[row["token"]] = value
     return out
 
 

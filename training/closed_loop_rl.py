@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 
@@ -31,8 +33,8 @@ from bev_warp.policies import LearnedPolicy
 from planners.checkpoint import load_planner
 from planners.discriminator import Discriminator, log_probs
 from planners.reranked import RerankedPlanner
+from simulation.evaluation.report import write_csv
 from simulation.features import PlannerInput, raster_from_meta
-from simulation.io import atomic_write_text
 from training.closed_loop_rl_core import (
     FAILURE_METRICS,
     ClosedLoopRollout,
@@ -148,7 +150,7 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         self._generator: torch.Generator | None = None
         self._pending_rng_state: torch.Tensor | None = None
         self._steps = 0
-        self._val_rows: list[dict[str, Any]] = []
+        self._val_frames: list[pd.DataFrame] = []  # the validation episodes of each batch (val_episodes)
         self.train()
 
     def _env_config(self, fields: Mapping[str, Any] | None) -> EnvConfig:
@@ -320,21 +322,18 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         for name, value in values.items():
             self.log(f"val/{name}", value.float(), batch_size=len(batch["scenes"]), sync_dist=True)
         if self.hparams.get("val_episodes"):
-            metrics = {k: rollout.metrics[k].double().cpu() for k in LOGGED_METRICS if k in rollout.metrics}
-            for i, scene in enumerate(batch["scenes"]):
-                row = {"token": scene.token, **{k: float(v[i]) for k, v in metrics.items()}}
-                self._val_rows.append({**row, "return": float(returns[i])})
+            columns = {k: rollout.metrics[k] for k in LOGGED_METRICS if k in rollout.metrics} | {"return": returns}
+            frame = pd.DataFrame({k: v.double().cpu().numpy() for k, v in columns.items()})
+            self._val_frames.append(frame.assign(token=[s.token for s in batch["scenes"]])[["token", *columns]])
 
     def on_validation_epoch_start(self) -> None:
-        self._val_rows = []
+        self._val_frames = []
 
     def on_validation_epoch_end(self) -> None:
         path = self.hparams.get("val_episodes")
-        if not path or not self._val_rows or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        if not path or not self._val_frames or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        columns = list(self._val_rows[0])
-        lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in self._val_rows]
-        atomic_write_text(path, "\n".join(lines) + "\n")
+        write_csv(pd.concat(self._val_frames, ignore_index=True), Path(path))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

@@ -31,7 +31,9 @@ def test_a_constant_difference_has_a_zero_width_interval() -> None:
 
 def test_invalid_rows_are_left_out_and_bad_files_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base = tmp_path / "base.csv"
-    base.write_text("token,valid,score\nt1,True,0.5\nt2,False,0.0\nt3,True,1.0\naverage,True,0.75\n")
+    base.write_text(
+        "token,valid,score\nt1,True,0.5\nt2,False,0.0\nt3,True,1.0\nt4,True,nan\nt5,True,\naverage,True,0.75\n"
+    )
     new = tmp_path / "episodes.csv"  # a closed-loop validation file: no valid column
     new.write_text("token,score,return\nt1,1.0,1.0\nt2,1.0,1.0\nt3,1.0,1.0\n")
     assert read_scores(base) == {"t1": 0.5, "t3": 1.0}
