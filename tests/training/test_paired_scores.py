@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from paired_scores import main, paired, read_scores  # noqa: E402
+from paired_scores import main, paired, read_scores, run_labels  # noqa: E402
 
 
 def test_hand_computed_difference_counts_and_interval() -> None:
@@ -46,3 +46,27 @@ def test_invalid_rows_are_left_out_and_bad_files_are_named(tmp_path: Path, capsy
         main([str(base), str(tmp_path / "missing.csv")])
     with pytest.raises(ValueError, match="share no valid scene"):
         paired({"x": 1.0}, {"y": 1.0})
+
+
+def test_run_labels_keep_what_the_paths_do_not_share() -> None:
+    paths = ["/x/runs/b16_s0/nv1/scores.csv", "/x/runs/b16_s1/nv1/scores.csv", "/x/runs/il/nv1/scores.csv"]
+    assert run_labels(paths) == ["b16_s0", "b16_s1", "il"]
+    assert run_labels(["a/s0/ep.csv", "a/s0/deeper/ep.csv"]) == ["ep.csv", "deeper/ep.csv"]
+    assert run_labels(["only/one.csv"]) == ["only/one.csv"]
+
+
+def test_plot_writes_one_row_per_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base = tmp_path / "base.csv"
+    base.write_text("token,score\nt1,0.5\nt2,1.0\n")
+    for name in ("r_s0", "r_s1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scores.csv").write_text("token,score\nt1,1.0\nt2,1.0\n")
+    out = tmp_path / "paired.png"
+    main([str(base), str(tmp_path / "r_s0/scores.csv"), str(tmp_path / "r_s1/scores.csv"), "--plot", str(out)])
+    text = capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {out}" in text
+    import matplotlib.image
+
+    height = matplotlib.image.imread(out).shape[0]
+    main([str(base), *(str(tmp_path / f"r_s{i % 2}/scores.csv") for i in range(6)), "--plot", str(out)])
+    assert matplotlib.image.imread(out).shape[0] > height  # a taller figure for more runs

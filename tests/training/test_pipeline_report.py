@@ -69,8 +69,9 @@ def test_rl_stages_start_from_imitation_and_take_their_size_overrides_last(tmp_p
     truncated, masked = commands
     assert truncated[truncated.index("--model.init_ckpt") + 1] == str(tmp_path / "truncated_il" / "best.ckpt")
     # jsonargparse keeps the last value of an argument: the run's overrides come after the size's defaults
-    assert truncated[-4:] == ("--data.max_scenes", "null", "--trainer.max_epochs", "1")
-    assert truncated.index("--data.max_scenes") < len(truncated) - 4
+    overrides = ("--data.max_scenes", "null", "--trainer.max_epochs", "2", "--data.batch_size", "16")
+    assert truncated[-6:] == overrides
+    assert truncated.index("--data.max_scenes") < len(truncated) - 6
     assert masked[masked.index("--model.init_ckpt") + 1] == str(tmp_path / "masked_il" / "best.ckpt")
     assert masked[-2:] == ("--trainer.enable_progress_bar", "false")  # no overrides of its own
     assert masked[masked.index("--data.max_scenes") + 1] == str(SIZES["small"].rl_scenes)
