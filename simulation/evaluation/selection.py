@@ -52,12 +52,17 @@ class SelectionRule:
     expert_planner: str = "log_replay"
     max_extrapolation_score: float = 0.8
     min_expert_score: float = 0.8
+    # > 0: also keep every plus_every-th scene the rule drops (in split order, failed scenes aside), so that a
+    # training list mixes the hard scenes with a share of the easy ones (RL on hard scenes alone forgets the rest)
+    plus_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_extrapolation_score", "min_expert_score"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"SelectionRule.{name} must be in [0, 1], got {value}")
+        if self.plus_every < 0:
+            raise ValueError(f"SelectionRule.plus_every must be >= 0, got {self.plus_every}")
 
 
 def select(
@@ -68,10 +73,12 @@ def select(
     """Tokens kept by ``rule`` from the rows of the two benchmark runs, and the counts behind the choice.
 
     A scene that either run could not evaluate (``valid`` false, or missing from one run) is not kept and is
-    counted as ``failed``.
+    counted as ``failed``. With ``rule.plus_every = n > 0`` every n-th dropped scene (the 1st, the n+1-th, ...)
+    is kept as well and counted as ``added`` (``selected`` counts both).
     """
     expert = {str(r["token"]): r for r in expert_rows}
     kept: set[str] = set()
+    dropped: list[tuple[str, str]] = []
     counts: Counter[str] = Counter()
     per_type: Counter[str] = Counter()
     for row in extrapolation_rows:
@@ -88,9 +95,16 @@ def select(
         if not (extrapolable or bad_label):
             kept.add(token)
             per_type[str(row.get("scenario_type", "unknown"))] += 1
+        else:
+            dropped.append((token, str(row.get("scenario_type", "unknown"))))
+    if rule.plus_every > 0:
+        for token, kind in dropped[:: rule.plus_every]:
+            kept.add(token)
+            per_type[kind] += 1
+            counts["added"] += 1
     counts["selected"] = len(kept)
     return kept, {
-        **{k: int(counts[k]) for k in ("scenes", "failed", "extrapolable", "expert_below", "selected")},
+        **{k: int(counts[k]) for k in ("scenes", "failed", "extrapolable", "expert_below", "added", "selected")},
         "per_type": dict(sorted(per_type.items())),
     }
 
@@ -184,6 +198,12 @@ def _parser() -> argparse.ArgumentParser:
         default=SelectionRule.min_expert_score,
         help="drop scenes the logged expert scores below this (default 0.8)",
     )
+    p.add_argument(
+        "--plus-every",
+        type=int,
+        default=0,
+        help="also keep every N-th scene the rule drops: hard scenes mixed with a share of easy ones (default 0: none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -200,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rule = SelectionRule(
-            max_extrapolation_score=args.max_extrapolation_score, min_expert_score=args.min_expert_score
+            max_extrapolation_score=args.max_extrapolation_score,
+            min_expert_score=args.min_expert_score,
+            plus_every=args.plus_every,
         )
     except ValueError as exc:
         print(f"diffplan data select: {exc}", file=sys.stderr)
@@ -214,10 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffplan data select: {exc}", file=sys.stderr)
         return 2
     c = scene_list.counts
+    added = f"; {c['added']} of the dropped added back, every {rule.plus_every}th" if rule.plus_every else ""
     print(
         f"{args.split} -> {args.name}: {c['selected']} of {c['scenes']} scenes from {len(scene_list.log_names)} logs "
         f"({c['extrapolable']} solved by constant velocity, {c['expert_below']} with the expert below "
-        f"{rule.min_expert_score}, {c['failed']} failed) in {time.perf_counter() - start:.0f} s -> {path}"
+        f"{rule.min_expert_score}, {c['failed']} failed{added}) in {time.perf_counter() - start:.0f} s -> {path}"
     )
     for kind, n in sorted(c["per_type"].items(), key=lambda kv: (-kv[1], kv[0])):
         print(f"  {kind:<58} {n:>6}")

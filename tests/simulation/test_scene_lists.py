@@ -101,9 +101,24 @@ def test_select_drops_extrapolable_scenes_and_bad_labels_at_the_thresholds() -> 
     # t0, t5: the constant-velocity plan scores >= 0.8; t2, t6: the expert < 0.8; t4 failed; t3 at the bound
     assert kept == {"t1", "t3"}
     assert counts == {
-        "scenes": 7, "failed": 1, "extrapolable": 2, "expert_below": 2, "selected": 2,
+        "scenes": 7, "failed": 1, "extrapolable": 2, "expert_below": 2, "added": 0, "selected": 2,
         "per_type": {"following_lane_with_lead": 2},
     }  # fmt: skip
+
+
+def test_plus_every_adds_every_nth_dropped_scene_in_split_order() -> None:
+    #          t0   t1    t2    t3   t4    t5    t6   t7
+    cv = _rows([0.9, 0.5, 0.79, 0.2, None, 0.8, 0.0, 0.95])
+    human = _rows([1.0, 0.95, 0.5, 0.8, 1.0, 1.0, 0.7999, 1.0])
+    cv[5]["scenario_type"] = "stopping_with_lead"
+    # dropped, in order: t0, t2, t5, t6, t7 (t4 failed: never added); every 2nd of them from the first: t0, t5, t7
+    kept, counts = select(cv, human, SelectionRule(plus_every=2))
+    assert kept == {"t1", "t3", "t0", "t5", "t7"}
+    assert (counts["added"], counts["selected"], counts["failed"]) == (3, 5, 1)
+    assert counts["per_type"] == {"following_lane_with_lead": 4, "stopping_with_lead": 1}
+    assert select(cv, human, SelectionRule(plus_every=1))[0] == {f"t{i}" for i in range(8)} - {"t4"}
+    with pytest.raises(ValueError, match="plus_every"):
+        SelectionRule(plus_every=-1)
 
 
 def test_select_counts_a_scene_missing_from_the_expert_run_as_failed() -> None:
