@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffplan data select: {exc}", file=sys.stderr)
         return 2
     c = scene_list.counts
-    added = f"; {c['added']} of the dropped added back, every {rule.plus_every}th" if rule.plus_every else ""
+    added = f"; {c['added']} dropped scenes kept by --plus-every {rule.plus_every}" if rule.plus_every else ""
     print(
         f"{args.split} -> {args.name}: {c['selected']} of {c['scenes']} scenes from {len(scene_list.log_names)} logs "
         f"({c['extrapolable']} solved by constant velocity, {c['expert_below']} with the expert below "
