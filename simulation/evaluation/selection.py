@@ -92,11 +92,12 @@ def select(
         bad_label = float(other["score"]) < rule.min_expert_score
         counts["extrapolable"] += extrapolable
         counts["expert_below"] += bad_label
+        kind = str(row.get("scenario_type", "unknown"))
         if not (extrapolable or bad_label):
             kept.add(token)
-            per_type[str(row.get("scenario_type", "unknown"))] += 1
+            per_type[kind] += 1
         else:
-            dropped.append((token, str(row.get("scenario_type", "unknown"))))
+            dropped.append((token, kind))
     if rule.plus_every > 0:
         for token, kind in dropped[:: rule.plus_every]:
             kept.add(token)
