@@ -33,6 +33,8 @@ from simulation.render import RasterConfig, render_window
 from simulation.types import AgentIndex, Agents, DrivingCommand, LogWindow, StateIndex, TrackedObjectType, TrafficLights
 
 EGO_STATUS_DIM = 8
+#: The leading ``ego_status`` columns that are kinematics (vx, vy, ax, ay); the rest is the command one-hot.
+EGO_KINEMATICS = 4
 NUM_POSES = 8
 MAX_AGENTS = 32
 

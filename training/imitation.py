@@ -9,6 +9,7 @@ and the result travels with the checkpoint (buffers), so resumed and loaded runs
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from planners.checkpoint import CHECKPOINT_KEY, planner_header
-from simulation.features import PlannerInput
+from simulation.features import EGO_KINEMATICS, PlannerInput
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ class PlannerModule(pl.LightningModule):
         warmup_steps: linear warm-up steps before a cosine decay to ``min_lr`` over the run (at most a tenth
             of the run's optimiser steps, so that a short run is not spent warming up).
         min_lr: final learning rate.
+        ego_dropout: probability that a training sample's ego kinematics (velocity and acceleration in
+            ``ego_status``; the driving command stays) are zeroed, as state dropout: a planner that always sees its
+            own speed learns to copy it (stopped stays stopped, moving keeps moving), which a closed loop
+            compounds; with dropout it must also read the speed it should drive from the scene. 0 disables it.
     """
 
     def __init__(
@@ -43,8 +48,11 @@ class PlannerModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         warmup_steps: int = 0,
         min_lr: float = 1e-6,
+        ego_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= ego_dropout <= 1.0:
+            raise ValueError(f"ego_dropout must lie in [0, 1], got {ego_dropout}")
         self.planner = planner
         self.save_hyperparameters(ignore=["planner"])
 
@@ -77,7 +85,10 @@ class PlannerModule(pl.LightningModule):
         return self.planner(inputs)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        losses = self.planner.compute_loss(batch["features"], batch["targets"])  # type: ignore[operator]
+        features = batch["features"]
+        if stage == "train" and self.hparams["ego_dropout"] > 0:
+            features = drop_ego_kinematics(features, self.hparams["ego_dropout"])
+        losses = self.planner.compute_loss(features, batch["targets"])  # type: ignore[operator]
         bs = batch["targets"]["trajectory"].shape[0]
         for name, value in losses.items():
             self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=bs, sync_dist=stage != "train")
@@ -114,6 +125,18 @@ class PlannerModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add the planner's record (class, config, raster; see :mod:`planners.checkpoint`)."""
         checkpoint[CHECKPOINT_KEY] = planner_header(self.planner)
+
+
+def drop_ego_kinematics(
+    features: PlannerInput[torch.Tensor], p: float, generator: torch.Generator | None = None
+) -> PlannerInput[torch.Tensor]:
+    """``features`` with the ego kinematics (the first :data:`EGO_KINEMATICS` columns of ``ego_status``) zeroed
+    in each sample with probability ``p``; the command columns and every other input are untouched."""
+    ego = features.ego_status
+    drop = torch.rand(ego.shape[0], device=ego.device, generator=generator) < p
+    keep = torch.ones_like(ego)
+    keep[:, :EGO_KINEMATICS] = (~drop).to(ego.dtype)[:, None]
+    return dataclasses.replace(features, ego_status=ego * keep)
 
 
 def warmup_cosine(
