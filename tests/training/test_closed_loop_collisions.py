@@ -1,0 +1,56 @@
+"""benchmarks/closed_loop_collisions.py: at-fault collision records of a hand-built rollout, and their summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from closed_loop_collisions import at_fault_records, summarise  # noqa: E402
+
+from simulation.types import StateIndex, TrackedObjectType  # noqa: E402
+
+
+def _rollout(ego_speed: float, lead_speed: float, lead_x: float, steps: int = 40):
+    """The ego drives along +x at ``ego_speed``; one vehicle ahead at ``lead_x`` drives at ``lead_speed``."""
+    t = np.arange(steps) * 0.1
+    ego = np.zeros((steps, 11))
+    ego[:, StateIndex.X] = ego_speed * t
+    ego[:, StateIndex.VX] = ego_speed
+    boxes = np.zeros((steps, 1, 7))
+    boxes[:, 0, 0] = lead_x + lead_speed * t
+    boxes[:, 0, 3] = lead_speed
+    boxes[:, 0, 5], boxes[:, 0, 6] = 4.5, 2.0
+    types = np.array([TrackedObjectType.VEHICLE])
+    return ego, boxes, types, np.ones((steps, 1), bool), np.ones(steps, bool)
+
+
+def test_rear_ending_a_stopped_vehicle_is_one_stopped_track_record() -> None:
+    ego, boxes, types, valid, in_route = _rollout(ego_speed=8.0, lead_speed=0.0, lead_x=12.0)
+    records = at_fault_records(ego, np.full(len(ego), 1.5), boxes, types, valid, in_route)
+    assert len(records) == 1
+    r = records[0]
+    # the Pacifica's front bumper (rear axle + 4.049 m) reaches the lead's rear (12 - 2.25 = 9.75 m) at x = 5.70 m:
+    # t = 0.71 s at 8 m/s, so the first 0.1 s frame in contact is t = 0.8 s
+    assert r["type"] == "STOPPED_TRACK" and r["agent_type"] == "VEHICLE"
+    assert r["time_s"] == pytest.approx(0.8)
+    assert r["ego_speed"] == pytest.approx(8.0) and r["log_speed"] == pytest.approx(1.5) and r["agent_speed"] == 0.0
+
+
+def test_no_contact_no_record_and_the_summary_counts() -> None:
+    ego, boxes, types, valid, in_route = _rollout(ego_speed=5.0, lead_speed=5.0, lead_x=20.0)
+    assert at_fault_records(ego, np.zeros(len(ego)), boxes, types, valid, in_route) == []
+    records = [
+        {"type": "ACTIVE_FRONT", "ego_speed": 6.0, "log_speed": 1.0},
+        {"type": "ACTIVE_FRONT", "ego_speed": 2.0, "log_speed": 1.5},  # faster, but within the 1 m/s margin
+        {"type": "STOPPED_TRACK", "ego_speed": 3.0, "log_speed": 0.0},
+    ]
+    s = summarise(records)
+    assert s["collisions"] == 3 and s["by_type"] == {"ACTIVE_FRONT": 2, "STOPPED_TRACK": 1}
+    assert s["ego_faster_than_log"] == 2
+    assert s["median_ego_speed"] == 3.0 and s["median_log_speed"] == 1.0
+    assert summarise([])["collisions"] == 0
