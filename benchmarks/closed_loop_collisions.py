@@ -95,7 +95,8 @@ def _simulate(args: argparse.Namespace) -> list[dict[str, Any]]:
         logged = scenario.ego.states[scenario.current_index :][: len(ego)]
         log_speed = np.full(len(ego), np.nan)
         log_speed[: len(logged)] = np.hypot(logged[:, StateIndex.VX], logged[:, StateIndex.VY])
-        ctx = build_lane_graph_context(map_api, ego[:, :2])
+        expert = scenario.ego.states[scenario.current_index :, :2]
+        ctx = build_lane_graph_context(map_api, np.concatenate([ego[:, :2], expert]))  # as score_simulation builds it
         in_route = in_common_or_connected_route_objects(ctx, ego_box_corners(ego[:, :3]))
         boxes, types, valid = (np.asarray(x) for x in (history.agent_boxes, history.agent_types, history.agent_valid))
         for record in at_fault_records(ego, log_speed, boxes, types, valid, in_route, sim.config.dt):
