@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewards.nuplan_collisions import CollisionType, at_fault_collisions  # noqa: E402
+from rewards.nuplan_collisions import CollisionResult, CollisionType  # noqa: E402
 from simulation.types import AgentIndex, StateIndex, TrackedObjectType  # noqa: E402
 
 #: The ego counts as faster than the log when its speed exceeds the logged one by more than this (m/s).
@@ -30,22 +30,20 @@ FASTER_MARGIN = 1.0
 
 
 def at_fault_records(
+    result: CollisionResult,
     ego_states: np.ndarray,
     log_speed: np.ndarray,
     boxes: np.ndarray,
     types: np.ndarray,
-    valid: np.ndarray,
-    in_route: np.ndarray,
     dt: float = 0.1,
 ) -> list[dict[str, Any]]:
     """One record per at-fault collision of a rollout.
 
     Args:
+        result: the rollout's collisions by nuPlan's rules (``rewards.nuplan_metrics.rollout_collisions``).
         ego_states: ``(T, 11)`` simulated ego states; log_speed: ``(T,)`` the logged ego's speed at the same times.
-        boxes, types, valid: ``(T, N, 7)``, ``(N,)``, ``(T, N)`` the agents; in_route: ``(T,)`` bool (nuPlan's
-            "ego in the route's lanes", which decides the fault of a lateral collision).
+        boxes, types: ``(T, N, 7)``, ``(N,)`` the agents.
     """
-    result = at_fault_collisions(ego_states, boxes, types, valid, in_route)
     records = []
     for track in np.flatnonzero(result.at_fault):
         frame = int(result.first_collision_frame[track])
@@ -77,10 +75,9 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _simulate(args: argparse.Namespace) -> list[dict[str, Any]]:
     from planners.checkpoint import learned_planner, masked_planner
-    from rewards.nuplan_metrics import build_lane_graph_context, in_common_or_connected_route_objects
+    from rewards.nuplan_metrics import rollout_collisions, rollout_context, simulation_rollout
     from simulation.closed_loop import ClosedLoopSimulator
     from simulation.evaluation.sources import MapProvider, nuplan_log_source
-    from simulation.geometry import ego_box_corners
 
     source = nuplan_log_source(args.data_root, args.split, "closed_loop", maps_root=args.maps_root)
     maps = MapProvider(args.maps_root)
@@ -90,16 +87,14 @@ def _simulate(args: argparse.Namespace) -> list[dict[str, Any]]:
     for ref in source.refs()[: args.max_scenarios]:
         scenario: Any = source.load(ref)  # a closed-loop scenario
         map_api = maps(scenario.map_name)
-        history = sim.run(scenario, planner, map_api)
-        ego = np.asarray(history.ego_states)
-        logged = scenario.ego.states[scenario.current_index :][: len(ego)]
+        rollout = simulation_rollout(scenario, sim.run(scenario, planner, map_api))
+        collisions, _ = rollout_collisions(rollout, rollout_context(rollout, map_api))  # as score_simulation does
+        ego = rollout.ego_states
+        logged = rollout.expert_states[: len(ego)]
         log_speed = np.full(len(ego), np.nan)
         log_speed[: len(logged)] = np.hypot(logged[:, StateIndex.VX], logged[:, StateIndex.VY])
-        expert = scenario.ego.states[scenario.current_index :, :2]
-        ctx = build_lane_graph_context(map_api, np.concatenate([ego[:, :2], expert]))  # as score_simulation builds it
-        in_route = in_common_or_connected_route_objects(ctx, ego_box_corners(ego[:, :3]))
-        boxes, types, valid = (np.asarray(x) for x in (history.agent_boxes, history.agent_types, history.agent_valid))
-        for record in at_fault_records(ego, log_speed, boxes, types, valid, in_route, sim.config.dt):
+        records = at_fault_records(collisions, ego, log_speed, rollout.agent_boxes, rollout.agent_types, sim.config.dt)
+        for record in records:
             record = {"token": ref.token, "scenario_type": ref.scenario_type, **record}
             out.append(record)
             print(

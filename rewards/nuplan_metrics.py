@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from rewards.nuplan_collisions import at_fault_collisions, time_to_collision
+from rewards.nuplan_collisions import CollisionResult, at_fault_collisions, time_to_collision
 from rewards.nuplan_comfort import ego_is_comfortable
 from rewards.nuplan_map_context import LaneGraphContext, build_lane_graph_context
 from rewards.nuplan_route import (
@@ -173,14 +173,22 @@ def _in_intersection(ctx: LaneGraphContext, points: np.ndarray) -> np.ndarray:
     return shapely.contains_xy(ctx.intersections, points[:, 0], points[:, 1])
 
 
+def rollout_collisions(rollout: ClosedLoopRollout, ctx: LaneGraphContext) -> tuple[CollisionResult, np.ndarray]:
+    """nuPlan's at-fault collisions of a rollout and the ``(T,)`` "ego in the route's lanes" mask that decides the
+    fault of a lateral collision (what ``no_ego_at_fault_collisions`` and TTC read)."""
+    ego = rollout.ego_states
+    in_route = in_common_or_connected_route_objects(ctx, ego_box_corners(ego[:, :3]))
+    collisions = at_fault_collisions(ego, rollout.agent_boxes, rollout.agent_types, rollout.agent_valid, in_route)
+    return collisions, in_route
+
+
 def compute_closed_loop_metrics(rollout: ClosedLoopRollout, ctx: LaneGraphContext) -> dict[str, float]:
     """Every CLS metric of one rollout, plus ``score`` (:func:`cls_score`)."""
     ego = rollout.ego_states
     centers = rear_axle_to_center(ego[:, :3])[:, :2]
     expert_centers = rear_axle_to_center(rollout.expert_states[:, :3])[:, :2]
     route = ego_route(ctx, centers)
-    in_route = in_common_or_connected_route_objects(ctx, ego_box_corners(ego[:, :3]))
-    collisions = at_fault_collisions(ego, rollout.agent_boxes, rollout.agent_types, rollout.agent_valid, in_route)
+    collisions, in_route = rollout_collisions(rollout, ctx)
     ttc = time_to_collision(
         ego,
         rollout.agent_boxes,
@@ -233,9 +241,9 @@ def cls_score(metrics: Mapping[str, float | None]) -> float:
     return multiplier * weighted
 
 
-def score_simulation(scenario: Any, history: Any, map_api: MapProtocol) -> dict[str, float]:
-    """CLS metrics of a ``simulation.closed_loop.SimulationHistory`` run on ``scenario`` (benchmark entry point)."""
-    rollout = ClosedLoopRollout(
+def simulation_rollout(scenario: Any, history: Any) -> ClosedLoopRollout:
+    """The :class:`ClosedLoopRollout` of a ``simulation.closed_loop.SimulationHistory`` run on ``scenario``."""
+    return ClosedLoopRollout(
         ego_states=np.asarray(history.ego_states),
         timestamps_us=np.asarray(history.timestamps_us),
         agent_boxes=np.asarray(history.agent_boxes),
@@ -243,5 +251,15 @@ def score_simulation(scenario: Any, history: Any, map_api: MapProtocol) -> dict[
         agent_valid=np.asarray(history.agent_valid),
         expert_states=np.asarray(scenario.ego.states[scenario.current_index :]),
     )
+
+
+def rollout_context(rollout: ClosedLoopRollout, map_api: MapProtocol) -> LaneGraphContext:
+    """The lane graph around the driven and the logged path (what the benchmark's metrics read)."""
     points = np.concatenate([rollout.ego_states[:, :2], rollout.expert_states[:, :2]])
-    return compute_closed_loop_metrics(rollout, build_lane_graph_context(map_api, points))
+    return build_lane_graph_context(map_api, points)
+
+
+def score_simulation(scenario: Any, history: Any, map_api: MapProtocol) -> dict[str, float]:
+    """CLS metrics of a ``simulation.closed_loop.SimulationHistory`` run on ``scenario`` (benchmark entry point)."""
+    rollout = simulation_rollout(scenario, history)
+    return compute_closed_loop_metrics(rollout, rollout_context(rollout, map_api))

@@ -20,6 +20,7 @@ from rewards.nuplan_metrics import (
     ClosedLoopRollout,
     cls_score,
     compute_closed_loop_metrics,
+    rollout_collisions,
     driving_direction_compliance,
     progress_ratio,
 )
@@ -160,6 +161,17 @@ def test_active_front_and_active_rear():
     rear = at_fault_collisions(ego, fast_behind, types, valid, in_route)
     assert front.collision_type[0] == CollisionType.ACTIVE_FRONT and front.score == 0.0
     assert rear.collision_type[0] == CollisionType.ACTIVE_REAR and rear.score == 1.0
+
+
+def test_rollout_collisions_is_what_the_metric_reads():
+    ego = straight_states(30.0, -2.0, 10.0, 21)
+    slow_ahead = agent_track(30.0 + D + PACIFICA.length / 2 + 3.0, -2.0, 5.0, 21)
+    r = rollout(ego, boxes=slow_ahead, types=[TrackedObjectType.VEHICLE])
+    ctx = build_lane_graph_context(TinyMap(), np.concatenate([ego[:, :2], ego[:, :2]]))
+    collisions, in_route = rollout_collisions(r, ctx)
+    assert in_route.shape == (21,) and in_route.all()  # the ego stays in its lane
+    assert collisions.collision_type[0] == CollisionType.ACTIVE_FRONT and collisions.at_fault[0]
+    assert collisions.score == metrics_of(r)["no_ego_at_fault_collisions"] == 0.0
 
 
 def test_lateral_collision_fault_depends_on_lane():

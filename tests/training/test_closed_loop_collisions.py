@@ -12,7 +12,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from closed_loop_collisions import at_fault_records, summarise  # noqa: E402
 
+from rewards.nuplan_collisions import at_fault_collisions  # noqa: E402
 from simulation.types import StateIndex, TrackedObjectType  # noqa: E402
+
+
+def _records(ego, log_speed, boxes, types, valid, in_route):
+    return at_fault_records(at_fault_collisions(ego, boxes, types, valid, in_route), ego, log_speed, boxes, types)
 
 
 def _rollout(ego_speed: float, lead_speed: float, lead_x: float, steps: int = 40):
@@ -31,7 +36,7 @@ def _rollout(ego_speed: float, lead_speed: float, lead_x: float, steps: int = 40
 
 def test_rear_ending_a_stopped_vehicle_is_one_stopped_track_record() -> None:
     ego, boxes, types, valid, in_route = _rollout(ego_speed=8.0, lead_speed=0.0, lead_x=12.0)
-    records = at_fault_records(ego, np.full(len(ego), 1.5), boxes, types, valid, in_route)
+    records = _records(ego, np.full(len(ego), 1.5), boxes, types, valid, in_route)
     assert len(records) == 1
     r = records[0]
     # the Pacifica's front bumper (rear axle + 4.049 m) reaches the lead's rear (12 - 2.25 = 9.75 m) at x = 5.70 m:
@@ -43,7 +48,7 @@ def test_rear_ending_a_stopped_vehicle_is_one_stopped_track_record() -> None:
 
 def test_no_contact_no_record_and_the_summary_counts() -> None:
     ego, boxes, types, valid, in_route = _rollout(ego_speed=5.0, lead_speed=5.0, lead_x=20.0)
-    assert at_fault_records(ego, np.zeros(len(ego)), boxes, types, valid, in_route) == []
+    assert _records(ego, np.zeros(len(ego)), boxes, types, valid, in_route) == []
     records = [
         {"type": "ACTIVE_FRONT", "ego_speed": 6.0, "log_speed": 1.0},
         {"type": "ACTIVE_FRONT", "ego_speed": 2.0, "log_speed": 1.5},  # faster, but within the 1 m/s margin
