@@ -20,9 +20,9 @@ from rewards.nuplan_metrics import (
     ClosedLoopRollout,
     cls_score,
     compute_closed_loop_metrics,
-    rollout_collisions,
     driving_direction_compliance,
     progress_ratio,
+    rollout_collisions,
 )
 from rewards.nuplan_open_loop import open_loop_metrics
 from simulation.geometry import center_to_rear_axle
