@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from planners.checkpoint import CHECKPOINT_KEY, planner_header
-from simulation.features import EGO_KINEMATICS, PlannerInput
+from simulation.features import EGO_KINEMATICS, PlannerInput, raster_from_meta
+from training.augment import StatePerturbation, perturb_batch
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class PlannerModule(pl.LightningModule):
             ``ego_status``; the driving command stays) are zeroed, as state dropout: a planner that always sees its
             own speed learns to copy it (stopped stays stopped, moving keeps moving), which a closed loop
             compounds; with dropout it must also read the speed it should drive from the scene. 0 disables it.
+        state_perturbation: :class:`training.augment.StatePerturbation` fields (``None``: off): training samples
+            whose ego pose and speed are moved off the log, with a target that drives back onto the logged
+            future (ChauffeurNet's synthesised perturbations, made from the cached features).
     """
 
     def __init__(
@@ -49,10 +53,12 @@ class PlannerModule(pl.LightningModule):
         warmup_steps: int = 0,
         min_lr: float = 1e-6,
         ego_dropout: float = 0.0,
+        state_perturbation: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= ego_dropout <= 1.0:
             raise ValueError(f"ego_dropout must lie in [0, 1], got {ego_dropout}")
+        self.perturbation = None if state_perturbation is None else StatePerturbation(**dict(state_perturbation))
         self.planner = planner
         self.save_hyperparameters(ignore=["planner"])
 
@@ -79,12 +85,20 @@ class PlannerModule(pl.LightningModule):
                 f"the planner expects {expected}: rebuild the cache or change the planner config"
             )
         self.planner.raster_config = raster  # type: ignore[assignment]
+        if self.perturbation is not None:
+            try:
+                raster_from_meta(raster)
+            except ValueError as err:
+                raise ValueError(f"state_perturbation needs the feature cache's raster description: {err}") from None
 
     # ------------------------------------------------------------------ steps
     def forward(self, inputs: PlannerInput[torch.Tensor]) -> Any:
         return self.planner(inputs)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        if stage == "train" and self.perturbation is not None and self.perturbation.probability > 0:
+            raster = raster_from_meta(getattr(self.planner, "raster_config", None))
+            batch = perturb_batch(batch, self.perturbation, raster)
         features = batch["features"]
         if stage == "train" and self.hparams["ego_dropout"] > 0:
             features = drop_ego_kinematics(features, self.hparams["ego_dropout"])
