@@ -110,10 +110,11 @@ def perturb_state(
     b = trajectory.shape[0]
     if deviation.shape != (b, 3) or speed_factor.shape != (b,):
         raise ValueError(f"deviation must be ({b}, 3) and speed_factor ({b},)")
-    dev = deviation.to(torch.float64)
+    device = features.bev.device
+    dev, speed_factor, trajectory = deviation.to(device, torch.float64), speed_factor.to(device), trajectory.to(device)
     # raster: warp the world, keep the ego footprint where the ego is
     geometry = RasterGeometry.from_raster_config(raster)
-    warped = warp_bev(features.bev, dev.to(features.bev.device), geometry, mode="nearest")
+    warped = warp_bev(features.bev, dev, geometry, mode="nearest")
     if "ego" in raster.channels:
         k = raster.channels.index("ego")
         warped[:, k] = features.bev[:, k]
