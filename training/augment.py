@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from bev_warp.warp import RasterGeometry, warp_bev
+from rewards.torch.geometry import normalize_angle
 from simulation.features import AgentFeature, PlannerInput
 from simulation.render import RasterConfig
 
@@ -83,10 +84,6 @@ def _to_perturbed_frame(xy: torch.Tensor, yaw: torch.Tensor, deviation: torch.Te
     c, s = torch.cos(deviation[:, 2])[:, None], torch.sin(deviation[:, 2])[:, None]
     dx, dy = xy[..., 0] - deviation[:, None, 0], xy[..., 1] - deviation[:, None, 1]
     return c * dx + s * dy, -s * dx + c * dy, yaw - deviation[:, None, 2]
-
-
-def _wrap(angle: torch.Tensor) -> torch.Tensor:
-    return torch.atan2(torch.sin(angle), torch.cos(angle))
 
 
 def perturb_state(
@@ -145,7 +142,7 @@ def perturb_state(
     ox, oy, oyaw = _to_perturbed_frame(origin, torch.zeros(b, 1, dtype=torch.float64, device=traj.device), dev)
     tau = (torch.arange(1, traj.shape[1] + 1, dtype=torch.float64) * config.interval_s / config.rejoin_s).clamp(max=1)
     keep = (1.0 - (3.0 * tau**2 - 2.0 * tau**3)).to(traj.device)  # 1 at the start, 0 from rejoin_s on
-    target = torch.stack([tx - keep * ox, ty - keep * oy, _wrap(tyaw - keep * oyaw)], -1).to(trajectory.dtype)
+    target = torch.stack([tx - keep * ox, ty - keep * oy, normalize_angle(tyaw - keep * oyaw)], -1).to(trajectory.dtype)
     out = dataclasses.replace(features, bev=warped, agents=agents_out, agents_mask=mask_out, ego_status=ego)
     return out, target
 
