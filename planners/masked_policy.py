@@ -27,6 +27,17 @@ per-step log-probs on the actual inference trajectory, methods.md §7.6); it dif
 1) and :meth:`MaskedDiffusionPlanner.log_prob_one_pass` (d1's mean-field estimate), which
 :meth:`MaskedDiffusionPolicy.sequence_log_prob` offers as sequence-level alternatives for a GSPO ratio.
 
+**The deployed decode as a group member** (``greedy_members > 0``, ours). The benchmarked planner decodes by
+argmax, and the sampled paths at ``temperature`` only surround that decode, so an update that improves the samples
+can move the argmax decode anywhere (a small change of the weights flips a revealed token and every token after
+it). With ``greedy_members = g``, the first ``g`` rollouts of every scene take the argmax at every position (the
+order and the quotas as for the samples): the path the planner would drive, scored with the others, with its exact
+log-probability under the sampling procedure (the argmax draws are one outcome of it). Its advantage says whether
+the deployed plan is better or worse than its sampled neighbours, and the objective raises or lowers exactly that
+path. It is off-policy (not a draw of ``pi_old``), so the estimate is biased towards the deployed decode by
+design. For the ``reverse_causal`` order the greedy member is :meth:`MaskedDiffusionPlanner.goal_candidates`'
+chosen plan but for the last pose's ``x``, which the planner decodes after that pose's ``y`` rather than with it.
+
 **Inpainted hints** (IGPO). A rollout may start from a partial sequence instead of the fully masked one
 (``rollout(..., fixed=...)``, e.g. the expert's first waypoints from :func:`fragment_tokens`). The fixed tokens are
 part of the state, never an action: their ``reveal_step`` is ``-1``, every step sees them, and the path log-prob
@@ -136,6 +147,8 @@ class MaskedDiffusionPolicy(nn.Module):
         top_k: sample among the ``top_k`` most likely ids of each position (0: all legal ids).
         order, num_steps, cfg_scale: decoding order, unmasking steps ``S`` and guidance scale; ``None`` takes
             the planner's configuration.
+        greedy_members: the first that many rollouts of each scene decode by argmax (the deployed decode as a
+            group member; see the module docstring). 0: every rollout is sampled.
 
     Rollout chains: ``tokens`` ``(B, N, L)`` the final ids and ``reveal_step`` ``(B, N, L)`` the step at which
     each position was revealed; the partial sequence before step ``s`` is ``tokens`` where ``reveal_step < s``
@@ -150,6 +163,7 @@ class MaskedDiffusionPolicy(nn.Module):
         order: str | None = None,
         num_steps: int | None = None,
         cfg_scale: float | None = None,
+        greedy_members: int = 0,
     ) -> None:
         super().__init__()
         c = planner.config
@@ -159,12 +173,15 @@ class MaskedDiffusionPolicy(nn.Module):
         self.order = c.order if order is None else order
         self.num_steps = c.num_steps if num_steps is None else int(num_steps)
         self.cfg_scale = c.cfg_scale if cfg_scale is None else float(cfg_scale)
+        self.greedy_members = int(greedy_members)
         if self.temperature <= 0.0:
             raise ValueError(f"a sampling policy needs temperature > 0 (got {temperature})")
         if self.order not in ORDERS:
             raise ValueError(f"unknown decoding order {self.order!r}; choose one of {ORDERS}")
         if self.num_steps < 1 or self.top_k < 0:
             raise ValueError(f"num_steps must be >= 1 and top_k >= 0 (got {num_steps}, {top_k})")
+        if self.greedy_members < 0:
+            raise ValueError(f"greedy_members must be >= 0 (got {greedy_members})")
 
     # ------------------------------------------------------------------ the policy API
     def rollout(
@@ -173,6 +190,7 @@ class MaskedDiffusionPolicy(nn.Module):
         num_samples: int,
         generator: torch.Generator | None = None,
         fixed: torch.Tensor | None = None,
+        greedy: int | None = None,
     ) -> Rollout:
         """Sample ``num_samples`` decoding paths per scene; ``log_prob`` ``(B, N, S)`` of each step, detached.
 
@@ -183,13 +201,20 @@ class MaskedDiffusionPolicy(nn.Module):
         (the quotas split the tokens left over the ``S`` steps; a step with nothing left is not counted). A fixed
         position has ``reveal_step = -1``: it is in every step's input but is never an action, so it carries no
         log-prob; the rollout's log-prob is that of the path over the revealed tokens given the hint.
+
+        ``greedy``: how many of each scene's rollouts (the first ones) decode by argmax; ``None`` takes
+        ``greedy_members``. The sampled rollouts draw the same tokens whatever it is.
         """
         planner, tok = self.planner, self.planner.tokenizer
         b, n, steps = inputs.bev.shape[0], num_samples, self.num_steps
+        g = self.greedy_members if greedy is None else int(greedy)
+        if not 0 <= g <= n:
+            raise ValueError(f"{g} greedy members in groups of {n} rollouts")
         with torch.no_grad(), attention_fast_path_off():
             memory, pad = self._context(inputs, n)
             tokens = torch.full((b * n, tok.seq_len), tok.mask_id, dtype=torch.long, device=memory.device)
             reveal_step = torch.full_like(tokens, steps)
+            is_greedy = (torch.arange(b * n, device=memory.device) % n < g)[:, None]  # (B * N, 1)
             if fixed is not None:
                 tokens = self._fixed_tokens(fixed, b, n).to(tokens.device)
                 reveal_step = torch.where(tokens == tok.mask_id, steps, -1)
@@ -199,6 +224,10 @@ class MaskedDiffusionPolicy(nn.Module):
                 quota = torch.ceil(masked.sum(1).float() / (steps - step)).long()
                 logits = planner._guided_logits(tokens, memory, pad, self.cfg_scale)
                 token, conf = planner._pick(logits, self.temperature, self.top_k, generator)
+                if g > 0:
+                    top_conf, top_token = torch.softmax(logits, dim=-1).max(-1)
+                    token = torch.where(is_greedy, top_token, token)
+                    conf = torch.where(is_greedy, top_conf, conf)
                 revealed = reveal_positions(planner._order_scores(self.order, conf), masked, quota)
                 tokens = torch.where(revealed, token, tokens)
                 reveal_step = torch.where(revealed, step, reveal_step)

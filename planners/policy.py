@@ -107,7 +107,8 @@ def as_policy(planner: Any, options: Mapping[str, Any] | None = None) -> Any:
     * truncated diffusion: ``options`` are :class:`planners.truncated_policy.RolloutConfig` fields (``schedule``,
       ``eta``, ``noise``, ``noise_floor``, ``log_prob_std_floor``, ...); the planner itself is the policy;
     * masked diffusion: :class:`planners.masked_policy.MaskedDiffusionPolicy` arguments (``temperature``,
-      ``top_k``, ``order``, ``num_steps``, ``cfg_scale``), a wrapper sharing the planner's parameters;
+      ``top_k``, ``order``, ``num_steps``, ``cfg_scale``, ``greedy_members``), a wrapper sharing the planner's
+      parameters;
     * anything already offering ``rollout`` / ``log_prob`` (and no options): itself.
 
     Raises:

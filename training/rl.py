@@ -540,6 +540,10 @@ class RLModule(SampledRewardMixin, pl.LightningModule):
         if scored.hinted is not None:
             values["igpo_scenes"] = scored.hinted.any(-1).float().mean()
             values["igpo_reward"] = rewards.total[scored.hinted].mean() if scored.hinted.any() else torch.zeros(())
+        greedy = int(getattr(self.policy, "greedy_members", 0))
+        if greedy > 0:  # the deployed (argmax) decode, the first members of every group
+            values["greedy_reward"] = rewards.total[:, :greedy].mean()
+            values["greedy_failure"] = failure_mask(rewards.terms, self.failure_terms)[:, :greedy].float().mean()
         values.update(stats)
         self._log_values(values, batch_size)
 

@@ -98,7 +98,7 @@ def hinted_rollout(
         raise TypeError(f"igpo needs the masked diffusion policy, got {type(policy).__name__}")
     hint = fragment_tokens(policy.planner.tokenizer, trajectory.detach().float(), config.fragment, config.fragment_end)
     with torch.no_grad():
-        return policy.rollout(features, num_samples, generator, fixed=hint)
+        return policy.rollout(features, num_samples, generator, fixed=hint, greedy=0)
 
 
 def splice(values: torch.Tensor, scenes: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
