@@ -6,26 +6,16 @@ import math
 
 import pytest
 import torch
+from test_masked_policy import _features
 
 from planners.masked_diffusion import MaskedDiffusionConfig, MaskedDiffusionPlanner
 from planners.masked_policy import MaskedDiffusionPolicy, attention_fast_path_off, fragment_tokens
 from planners.tokenizer import CodebookConfig
-from simulation.features import PlannerInput
 from training.rl import RLModule, _Scored
 from training.rl_igpo import IGPOConfig, hinted_rollout
 from training.rl_support import TensorRewards
 
 ORDERS = ("confidence", "causal", "reverse_causal")
-
-
-def _features(b: int = 2, seed: int = 0) -> PlannerInput[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return PlannerInput(
-        bev=torch.rand(b, 4, 32, 32, generator=g),
-        ego_status=torch.randn(b, 8, generator=g),
-        agents=torch.randn(b, 5, 11, generator=g),
-        agents_mask=torch.rand(b, 5, generator=g) > 0.3,
-    )
 
 
 def _planner(num_steps: int = 4) -> MaskedDiffusionPlanner:
@@ -47,7 +37,7 @@ def _planner(num_steps: int = 4) -> MaskedDiffusionPlanner:
 @pytest.mark.parametrize("order", ORDERS)
 def test_greedy_members_are_the_argmax_decode_and_the_others_unchanged(order: str) -> None:
     planner = _planner(num_steps=4)
-    feats = _features()
+    feats = _features(b=2)
     policy = MaskedDiffusionPolicy(planner, temperature=0.7, order=order, greedy_members=2)
     mixed = policy.rollout(feats, 5, torch.Generator().manual_seed(4))
     sampled = policy.rollout(feats, 5, torch.Generator().manual_seed(4), greedy=0)
@@ -93,7 +83,7 @@ def test_a_greedy_members_log_prob_is_the_sampling_probability_of_its_argmax_pat
 
 def test_hinted_rollouts_are_all_sampled_and_never_replace_the_greedy_member() -> None:
     planner = _planner(num_steps=4)
-    feats = _features()
+    feats = _features(b=2)
     policy = MaskedDiffusionPolicy(planner, temperature=0.7, order="reverse_causal", greedy_members=1)
     expert = torch.tensor([[[2.0 * i, 0.1 * i] for i in range(1, 9)]] * 2)
     config = IGPOConfig(fragment=2)
@@ -111,14 +101,14 @@ def test_bad_greedy_settings_are_errors() -> None:
         MaskedDiffusionPolicy(planner, greedy_members=-1)
     policy = MaskedDiffusionPolicy(planner, greedy_members=3)
     with pytest.raises(ValueError, match="3 greedy members in groups of 2"):
-        policy.rollout(_features(), 2)
+        policy.rollout(_features(b=2), 2)
 
 
 def test_the_rl_module_logs_the_greedy_members_reward_and_failures() -> None:
     """``train/greedy_reward`` / ``train/greedy_failure``: the first member of each group, by hand."""
     module = RLModule(planner=_planner(num_steps=4), reward=_Unused(), policy={"temperature": 0.7, "greedy_members": 1})
     assert isinstance(module.policy, MaskedDiffusionPolicy) and module.policy.greedy_members == 1
-    rollout = module.policy.rollout(_features(), 3, torch.Generator().manual_seed(0))
+    rollout = module.policy.rollout(_features(b=2), 3, torch.Generator().manual_seed(0))
     total = torch.tensor([[0.2, 1.0, 0.6], [1.0, 0.0, 0.4]])
     nc = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
     rewards = TensorRewards(total, {"no_at_fault_collisions": nc, "drivable_area_compliance": torch.ones(2, 3)})
