@@ -5,6 +5,9 @@ Batch: ``--scenes`` (32) training scenes of the demo's RL data set with their me
 rollouts per scene for the masked planner, the nearest multiple of the anchors for the truncated one (20 anchors:
 20). Policies sample as the shipped configs do (``truncated_grpo`` / ``masked_gspo``); the encoders are frozen.
 
+``--device cuda`` runs the policies (sampling, log-probs, backward) on the GPU, each part timed between CUDA
+synchronisations; the scorer stays the numpy one on the CPU, as in training.
+
 Scoring is timed three ways in the same run: the serial numpy scorer in the calling process (``RuleReward``,
 ``num_workers=0``: the baseline), the process pool (``--workers``, blocking), and the pool overlapped with the
 reference's log-probs (``RuleReward.submit``, then the reference, then the result: what ``training.rl`` does).
@@ -12,6 +15,7 @@ Printed per generator: each part's seconds, candidates scored per second, the sh
 (serial, and what the overlapped pool leaves exposed), and the step-time ratio serial / overlapped.
 
     python benchmarks/bench_rl.py [--root outputs/demo] [--scenes 32] [--samples 16] [--workers 2] [--repeats 2]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -44,21 +48,36 @@ POLICY: dict[str, dict[str, Any]] = {
     "masked_il": {"temperature": 0.5, "top_k": 5},
 }
 FROZEN = ("bev_encoder", "agent_encoder", "ego_encoder")
+CPU = torch.device("cpu")
 
 
-def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Smallest wall time of ``repeats`` calls of ``fn`` and the last call's result."""
+def best_of(fn: Callable[[], Any], repeats: int, device: torch.device | None = None) -> tuple[float, Any]:
+    """Smallest wall time of ``repeats`` calls of ``fn`` and the last call's result (on a CUDA ``device``, each
+    call between two synchronisations, so the time covers the kernels it queued)."""
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     best, out = np.inf, None
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         out = fn()
+        sync()
         best = min(best, time.perf_counter() - start)
     return float(best), out
 
 
-def load_policy(root: Path, name: str) -> tuple[Any, Any]:
-    """The generator of ``name`` as a policy (encoders frozen) and a frozen copy as the reference."""
-    planner = load_planner(root / CKPT.format(name=name))
+def resolve_device(name: str) -> torch.device:
+    """``--device``: ``cpu`` or ``cuda[:N]``; a CUDA device that this machine does not have is an error."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"bench_rl: --device {name}: no CUDA device on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"bench_rl: --device {name}: choose cpu or cuda")
+    return device
+
+
+def load_policy(root: Path, name: str, device: torch.device = CPU) -> tuple[Any, Any]:
+    """The generator of ``name`` as a policy (encoders frozen) and a frozen copy as the reference, on ``device``."""
+    planner = load_planner(root / CKPT.format(name=name)).to(device)
     for prefix in FROZEN:
         getattr(planner, prefix).requires_grad_(False)
     reference = copy.deepcopy(planner).requires_grad_(False)
@@ -66,16 +85,22 @@ def load_policy(root: Path, name: str) -> tuple[Any, Any]:
 
 
 def step_parts(
-    name: str, root: Path, batch: dict[str, Any], samples: int, rewards: tuple[RuleReward, RuleReward], repeats: int
+    name: str,
+    root: Path,
+    batch: dict[str, Any],
+    samples: int,
+    rewards: tuple[RuleReward, RuleReward],
+    repeats: int,
+    device: torch.device = CPU,
 ) -> dict[str, float]:
     """Seconds of each part of one RL step of generator ``name`` (best of ``repeats`` after a warm-up)."""
     serial, pool = rewards
-    policy, reference = load_policy(root, name)
-    features, caches = batch["features"], batch["metric_cache"]
-    gen = torch.Generator().manual_seed(0)
+    policy, reference = load_policy(root, name, device)
+    features, caches = batch["features"].apply(lambda v: v.to(device)), batch["metric_cache"]
+    gen = torch.Generator(device=device).manual_seed(0)
     sample = lambda: policy.rollout(features, samples, gen).detach()  # noqa: E731
     rollout: Rollout = sample()
-    plans = rollout.plans.double().numpy()
+    plans = rollout.plans.double().cpu().numpy()
     serial.score(caches, plans), pool.score(caches, plans)  # warm-up: numba kernels, the pool's start
 
     def reference_lp() -> torch.Tensor:
@@ -88,17 +113,17 @@ def step_parts(
         return pending.result()
 
     def backward() -> None:
-        adv = grpo_advantages(torch.as_tensor(scored.total, dtype=torch.float32))
+        adv = grpo_advantages(torch.as_tensor(scored.total, dtype=torch.float32, device=device))
         loss, _ = reinforce_loss(policy.log_prob(features, rollout), adv, rollout.step_mask, 1.0)
         loss.backward()
 
     out: dict[str, float] = {"candidates": float(plans.shape[0] * plans.shape[1])}
-    out["sample"], _ = best_of(sample, repeats)
-    out["score_serial"], scored = best_of(lambda: serial.score(caches, plans), repeats)
-    out["score_pool"], _ = best_of(lambda: pool.score(caches, plans), repeats)
-    out["reference"], _ = best_of(reference_lp, repeats)
-    out["overlapped"], _ = best_of(overlapped, repeats)
-    out["backward"], _ = best_of(backward, repeats)
+    out["sample"], _ = best_of(sample, repeats, device)
+    out["score_serial"], scored = best_of(lambda: serial.score(caches, plans), repeats, device)
+    out["score_pool"], _ = best_of(lambda: pool.score(caches, plans), repeats, device)
+    out["reference"], _ = best_of(reference_lp, repeats, device)
+    out["overlapped"], _ = best_of(overlapped, repeats, device)
+    out["backward"], _ = best_of(backward, repeats, device)
     return out
 
 
@@ -134,13 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the calling process")
     parser.add_argument("--generator", choices=("truncated", "masked", "both"), default="both")
+    parser.add_argument("--device", default="cpu", help="where the policies run: cpu or cuda[:N] (scoring: CPU)")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     if not (args.root / CKPT.format(name="masked_il")).exists():
         print(f"bench_rl: skipped, no demo run under {args.root} (make demo, or --root)")
         return 0
     batch = load_batch(args.root, args.scenes)
-    print(f"{len(batch['metric_cache'])} scenes; torch threads {args.threads}; pool of {args.workers} workers")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{len(batch['metric_cache'])} scenes; policies on {where}; torch threads {args.threads}; pool of "
+          f"{args.workers} workers")  # fmt: skip
     with RuleReward("v1", num_workers=0) as serial, RuleReward("v1", num_workers=args.workers) as pool:
         for name in ("truncated_il", "masked_il"):
             if args.generator not in ("both", name.split("_")[0]):
@@ -150,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             anchors = getattr(getattr(policy, "config", None), "num_anchors", None)
             if anchors and getattr(policy.config, "truncated", False):
                 samples = max(1, round(samples / anchors)) * anchors
-            times = step_parts(name, args.root, batch, samples, (serial, pool), args.repeats)
+            times = step_parts(name, args.root, batch, samples, (serial, pool), args.repeats, device)
             print(report(name, times, args.workers))
     return 0
 

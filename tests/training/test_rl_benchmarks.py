@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -55,3 +56,17 @@ def test_anchor_choice_benchmark_compares_the_same_config_with_and_without_the_r
     assert (with_rollout.pop("rollout"), alone.pop("rollout")) == (True, False)
     assert with_rollout == alone  # otherwise the same module: truncated_choice.yaml with truncated_ddv2's sampler
     assert alone["trainable"] == ["cls_head"] and alone["policy"]["schedule"] == "ddv2"
+
+
+def test_bench_rl_device_option() -> None:
+    from bench_rl import best_of, resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: no CUDA device on this machine"):
+            resolve_device("cuda")
+    with pytest.raises(SystemExit, match="--device meta: choose cpu or cuda"):
+        resolve_device("meta")
+    calls = iter([0.0, 1.0])
+    seconds, out = best_of(lambda: next(calls), 2, torch.device("cpu"))
+    assert out == 1.0 and 0.0 <= seconds < 1.0
