@@ -36,7 +36,7 @@ log-probability under the sampling procedure (the argmax draws are one outcome o
 the deployed plan is better or worse than its sampled neighbours, and the objective raises or lowers exactly that
 path. It is off-policy (not a draw of ``pi_old``), so the estimate is biased towards the deployed decode by
 design. For the ``reverse_causal`` order the greedy member is :meth:`MaskedDiffusionPlanner.goal_candidates`'
-chosen plan but for the last pose's ``x``, which the planner decodes after that pose's ``y`` rather than with it.
+chosen plan but for the first pose's ``x``, which the planner decodes after that pose's ``y`` rather than with it.
 
 **Inpainted hints** (IGPO). A rollout may start from a partial sequence instead of the fully masked one
 (``rollout(..., fixed=...)``, e.g. the expert's first waypoints from :func:`fragment_tokens`). The fixed tokens are

@@ -132,3 +132,16 @@ class _Unused:
 
     def score(self, metric_caches: object, plans: object) -> None:
         raise AssertionError("not scored in this test")
+
+
+def test_the_greedy_member_is_the_plan_the_planner_drives_but_for_the_first_pose_x() -> None:
+    """``reverse_causal`` (the shipped order): the goal first, then the same argmax tokens as ``goal_candidates``'
+    chosen plan; only the first pose's ``x``, decoded last, sees that pose's ``y`` in the planner and not here."""
+    planner = _planner(num_steps=8)
+    feats = _features(b=3)
+    policy = MaskedDiffusionPolicy(planner, temperature=0.3, order="reverse_causal", greedy_members=1)
+    greedy = policy.rollout(feats, 2, torch.Generator().manual_seed(0)).plans[:, 0, :, :2]  # (3, 8, 2)
+    with torch.no_grad():
+        driven = planner(feats).trajectory[..., :2]
+    torch.testing.assert_close(greedy[:, 1:], driven[:, 1:], atol=0, rtol=0)
+    torch.testing.assert_close(greedy[:, 0, 1], driven[:, 0, 1], atol=0, rtol=0)
