@@ -1,7 +1,8 @@
 """The main job (``make demo``): synthetic city -> scenes and plots -> rule-based benchmark table -> hard
 scenes (navtest-style list) -> feature cache -> imitation training -> RL fine-tuning of both generators ->
 the discriminator over truncated_il (supervised, then TC-GRPO in closed loop) -> preference pairs and the
-learned scene reward -> learned-planner rows (the rerankers among them) -> TorchScript / ONNX export.
+learned scene reward -> learned-planner rows (the rerankers among them) -> each RL run against its imitation start,
+scene by scene -> TorchScript / ONNX export.
 
 Every stage is a ``diffplan`` command (printed before it runs, so the demo doubles as a tutorial) and
 leaves a ``.done`` marker in the output folder: a re-run skips finished stages, and the benchmark
@@ -23,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from configs import TRAIN_DIR
+from simulation.evaluation.compare import paired, read_scores
 from training.cli import main as diffplan
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,8 @@ class DemoSize:
         train_interval: step between training scenes (2 Hz frames).
         navsim_interval: step between benchmark scenes (2 Hz frames) for the NAVSIM protocols.
         hard_interval: the same for the hard scenes (the listed ones among every ``hard_interval``-th frame).
+        paired_interval: the same for the comparison of each RL run with its imitation start (NAVSIM v1, scene by
+            scene): more scenes than the table's, which are too few to tell a 1-3 point gain from the draw.
         cls_scenarios: scenarios per nuPlan closed-loop run.
     """
 
@@ -106,6 +110,7 @@ class DemoSize:
     navsim_interval: int
     cls_scenarios: int
     hard_interval: int = 1
+    paired_interval: int = 2
     planner_epochs: dict[str, int] = field(default_factory=dict)
     rl_epochs: int = 2
     rl_scenes: int = 64
@@ -193,10 +198,19 @@ class Pipeline:
         )  # fmt: skip
 
     def bench(
-        self, planner: str, protocol: str, *extra: str, label: str | None = None, split: str = "synth_test"
+        self,
+        planner: str,
+        protocol: str,
+        *extra: str,
+        label: str | None = None,
+        split: str = "synth_test",
+        interval: int | None = None,
+        root: str = "bench",
     ) -> None:
+        """One ``diffplan bench`` run into ``out/root/<protocol>[_<split>]/<label>``; NAVSIM protocols on every
+        ``interval``-th frame (default: the size's interval for the split)."""
         folder = protocol if split == "synth_test" else f"{protocol}_{split}"
-        out = self.out / "bench" / folder / (label or planner)
+        out = self.out / root / folder / (label or planner)
         overrides = [
             f"protocol={protocol}", f"planner={planner}", f"split={split}", f"data_root={self.data}",
             f"maps_root={self.maps}", f"output_dir={out}", "progress=false", "worker=sequential",
@@ -213,7 +227,7 @@ class Pipeline:
             ]
         else:
             overrides += [
-                f"protocol.scene_filter.frame_interval={self.size.navsim_interval}",
+                f"protocol.scene_filter.frame_interval={interval or self.size.navsim_interval}",
                 f"metric_cache_dir={self.out / 'metric_cache' / protocol}",
             ]
         self.run_command("bench", *overrides, *extra)
@@ -327,6 +341,38 @@ class Pipeline:
             self.bench(planner, "navsim_v1", f"planner.ckpt_path={ckpt}", f"planner.name={label}", label=label,
                        split=HARD_SPLIT)  # fmt: skip
 
+    def paired_dir(self) -> Path:
+        """Where the RL-against-imitation runs are: the table's own when it scores as many scenes."""
+        root = "bench" if self.size.paired_interval == self.size.navsim_interval else "paired"
+        return self.out / root / "navsim_v1"
+
+    def rl_paired(self) -> None:
+        """NAVSIM v1 on every ``paired_interval``-th frame of synth_test for each RL run and its imitation start."""
+        if self.paired_dir().parent.name == "bench":
+            return  # the table's runs already score those scenes
+        for rl, (il, _) in RL.items():
+            for name in (il, rl):
+                ckpt = f"planner.ckpt_path={self.checkpoint(name)}"
+                self.bench(BENCH_PLANNER.get(name, "learned"), "navsim_v1", ckpt, f"planner.name={name}", label=name,
+                           interval=self.size.paired_interval, root="paired")  # fmt: skip
+
+    def paired_table(self) -> str:
+        """Each RL run against its imitation start on the same scenes (PDMS x 100, 90 % bootstrap interval)."""
+        lines = [
+            "| RL run | from | scenes | imitation | RL | RL - imitation | 90 % interval | better / worse |",
+            "|---|---|---:|---:|---:|---:|---|---|",
+        ]
+        for rl, (il, _) in RL.items():
+            files = [self.paired_dir() / name / "scores.csv" for name in (il, rl)]
+            if not all(f.exists() for f in files):
+                continue
+            p = paired(read_scores(files[0]), read_scores(files[1]))
+            lines.append(
+                f"| {rl} | {il} | {p.scenes} | {100 * p.base:.1f} | {100 * p.new:.1f} | {100 * p.diff:+.1f} | "
+                f"[{100 * p.low:+.1f}, {100 * p.high:+.1f}] | {p.better} / {p.worse} |"
+            )
+        return "\n".join(lines)
+
     def export(self) -> None:
         ckpt = self.checkpoint("truncated_il")
         for fmt, suffix in (("torchscript", "pt"), ("onnx", "onnx")):
@@ -376,7 +422,13 @@ class Pipeline:
             f"loop on {self.size.cls_scenarios} scenarios. hard PDMS: NAVSIM v1 on the {HARD_SPLIT} scenes (the "
             f"navtest-style list of synth_test's hard scenes) every {self.size.hard_interval / 2:g} s. "
             "Div: mode diversity of the planner's candidates "
-            f"(x 100, navsim_v1 scenes; planners with one output: -).\n\n{table}\n\n## Stages\n\n{self.timings()}\n"
+            f"(x 100, navsim_v1 scenes; planners with one output: -).\n\n{table}\n\n"
+            "## RL against imitation, scene by scene\n\n"
+            f"NAVSIM v1 PDMS on synth_test every {self.size.paired_interval / 2:g} s, each RL run paired with the "
+            "imitation checkpoint it started from. The table above scores one seed on fewer scenes, where one "
+            "collision moves a row by more than RL's gain; the interval is a paired bootstrap over these scenes "
+            f"(another draw of scenes, not another training seed).\n\n{self.paired_table()}\n\n"
+            f"## Stages\n\n{self.timings()}\n"
         )
         print(f"\n{table}\n\nreport: {path}")
 
@@ -405,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe.stage(f"train_{name}", lambda n=name: pipe.train_discriminator(n))  # type: ignore[misc]
     pipe.stage("train_reward_model", pipe.reward_model)
     pipe.stage("learned", pipe.learned)
+    pipe.stage("rl_paired", pipe.rl_paired)
     pipe.stage("export", pipe.export)
     pipe.report()
     return 0

@@ -77,3 +77,39 @@ def test_rl_stages_start_from_imitation_and_take_their_size_overrides_last(tmp_p
     assert masked[masked.index("--data.max_scenes") + 1] == str(SIZES["small"].rl_scenes)
     stride = str(SIZES["small"].rl_stride)
     assert truncated[truncated.index("--data.stride") + 1] == masked[masked.index("--data.stride") + 1] == stride
+
+
+def test_rl_paired_runs_each_rl_run_and_its_start_on_more_scenes(tmp_path: Path) -> None:
+    pipe, commands = _recording_pipeline(tmp_path)
+    pipe.rl_paired()
+    runs = [dict(arg.split("=", 1) for arg in c[1:]) for c in commands]
+    assert [r["planner.name"] for r in runs] == ["truncated_il", "truncated_ddv2", "masked_il", "masked_gspo"]
+    assert [r["planner"] for r in runs] == ["learned", "learned", "masked", "masked"]
+    assert {r["protocol"] for r in runs} == {"navsim_v1"} and {r["split"] for r in runs} == {"synth_test"}
+    small = SIZES["small"]
+    assert small.paired_interval < small.navsim_interval  # more scenes than the table's
+    assert {r["protocol.scene_filter.frame_interval"] for r in runs} == {str(small.paired_interval)}
+    assert runs[1]["output_dir"] == str(tmp_path / "paired" / "navsim_v1" / "truncated_ddv2")
+    assert runs[1]["planner.ckpt_path"] == str(tmp_path / "truncated_ddv2" / "best.ckpt")
+    # the medium size scores the table on as many scenes: no extra runs, the table's own are paired
+    medium, medium_commands = _recording_pipeline(tmp_path / "m")
+    medium.size = SIZES["medium"]
+    medium.rl_paired()
+    assert medium_commands == [] and medium.paired_dir() == tmp_path / "m" / "bench" / "navsim_v1"
+
+
+def test_paired_table_by_hand(tmp_path: Path) -> None:
+    pipe = Pipeline(tmp_path, SIZES["small"])
+    for name, scores in {"truncated_il": [0.5, 0.8, 0.0, 0.8], "truncated_ddv2": [0.7, 0.9, 0.0, 0.7]}.items():
+        run = tmp_path / "paired" / "navsim_v1" / name
+        run.mkdir(parents=True)
+        rows = [{"token": t, "valid": True, "score": v} for t, v in zip("abcd", scores, strict=True)]
+        rows.append({"token": "average", "valid": True, "score": sum(scores) / 4})
+        pd.DataFrame(rows).to_csv(run / "scores.csv", index=False)
+    lines = pipe.paired_table().splitlines()
+    assert len(lines) == 3  # header, rule, the truncated pair (the masked runs are missing: no row)
+    # 0.525 -> 0.575: differences +0.2, +0.1, 0, -0.1 (2 better, 1 worse); the interval inside [-0.1, +0.2]
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:6] == ["truncated_ddv2", "truncated_il", "4", "52.5", "57.5", "+5.0"]
+    low, high = (float(v) for v in cells[6].strip("[]").split(","))
+    assert -10.0 <= low <= 5.0 <= high <= 20.0 and cells[7] == "2 / 1"
