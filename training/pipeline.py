@@ -207,8 +207,8 @@ class Pipeline:
         interval: int | None = None,
         root: str = "bench",
     ) -> None:
-        """One ``diffplan bench`` run into ``out/root/<protocol>[_<split>]/<label>``; NAVSIM protocols on every
-        ``interval``-th frame (default: the size's interval for the split)."""
+        """One ``diffplan bench`` run into ``out/root/<protocol>[_<split>]/<label>``; NAVSIM protocols on synth_test
+        on every ``interval``-th frame (default: ``navsim_interval``; the hard split keeps ``hard_interval``)."""
         folder = protocol if split == "synth_test" else f"{protocol}_{split}"
         out = self.out / root / folder / (label or planner)
         overrides = [
@@ -341,15 +341,18 @@ class Pipeline:
             self.bench(planner, "navsim_v1", f"planner.ckpt_path={ckpt}", f"planner.name={label}", label=label,
                        split=HARD_SPLIT)  # fmt: skip
 
+    def pairs_table_runs(self) -> bool:
+        """Whether the table already scores the paired comparison's scenes (then its own runs are paired)."""
+        return self.size.paired_interval == self.size.navsim_interval
+
     def paired_dir(self) -> Path:
-        """Where the RL-against-imitation runs are: the table's own when it scores as many scenes."""
-        root = "bench" if self.size.paired_interval == self.size.navsim_interval else "paired"
-        return self.out / root / "navsim_v1"
+        """Where the RL-against-imitation runs are."""
+        return self.out / ("bench" if self.pairs_table_runs() else "paired") / "navsim_v1"
 
     def rl_paired(self) -> None:
         """NAVSIM v1 on every ``paired_interval``-th frame of synth_test for each RL run and its imitation start."""
-        if self.paired_dir().parent.name == "bench":
-            return  # the table's runs already score those scenes
+        if self.pairs_table_runs():
+            return
         for rl, (il, _) in RL.items():
             for name in (il, rl):
                 ckpt = f"planner.ckpt_path={self.checkpoint(name)}"
@@ -416,6 +419,12 @@ class Pipeline:
     def report(self) -> None:
         table = self.table()
         path = self.out / "report.md"
+        fewer = (
+            ""
+            if self.pairs_table_runs()
+            else "The table above scores one seed on fewer scenes, where one collision moves a row by more than RL's "
+            "gain. "
+        )
         path.write_text(
             "# diffplan demo on the synthetic city (synth_test)\n\n"
             f"Scores x 100; NAVSIM protocols on scenes every {self.size.navsim_interval / 2:g} s, nuPlan closed "
@@ -425,8 +434,7 @@ class Pipeline:
             f"(x 100, navsim_v1 scenes; planners with one output: -).\n\n{table}\n\n"
             "## RL against imitation, scene by scene\n\n"
             f"NAVSIM v1 PDMS on synth_test every {self.size.paired_interval / 2:g} s, each RL run paired with the "
-            "imitation checkpoint it started from. The table above scores one seed on fewer scenes, where one "
-            "collision moves a row by more than RL's gain; the interval is a paired bootstrap over these scenes "
+            f"imitation checkpoint it started from. {fewer}The interval is a paired bootstrap over these scenes "
             f"(another draw of scenes, not another training seed).\n\n{self.paired_table()}\n\n"
             f"## Stages\n\n{self.timings()}\n"
         )

@@ -12,7 +12,7 @@ from planners.masked_diffusion import MaskedDiffusionConfig, MaskedDiffusionPlan
 from planners.masked_policy import MaskedDiffusionPolicy, attention_fast_path_off, fragment_tokens
 from planners.tokenizer import CodebookConfig
 from training.rl import RLModule, _Scored
-from training.rl_igpo import IGPOConfig, hinted_rollout
+from training.rl_igpo import IGPOConfig, hinted_mask, hinted_rollout
 from training.rl_support import TensorRewards
 
 ORDERS = ("confidence", "causal", "reverse_causal")
@@ -92,7 +92,11 @@ def test_hinted_rollouts_are_all_sampled_and_never_replace_the_greedy_member() -
     for greedy, same in ((0, True), (1, False)):
         direct = policy.rollout(feats, 4, torch.Generator().manual_seed(0), fixed=hint, greedy=greedy)
         assert torch.equal(hinted.chains["tokens"], direct.chains["tokens"]) == same
-    assert config.num_hinted(8) <= 7  # IGPO replaces the last members only: the first (greedy) one stays
+    # IGPO splices hinted rollouts over the last members of a failed group: never over the first (greedy) one
+    for fraction in (0.5, 1.0):
+        for n in range(1, 17):
+            m = IGPOConfig(fraction=fraction).num_hinted(n)
+            assert not bool(hinted_mask(1, n, torch.tensor([0]), m, torch.device("cpu"))[0, 0]) or n == 1
 
 
 def test_bad_greedy_settings_are_errors() -> None:

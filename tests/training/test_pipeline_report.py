@@ -113,3 +113,13 @@ def test_paired_table_by_hand(tmp_path: Path) -> None:
     assert cells[:6] == ["truncated_ddv2", "truncated_il", "4", "52.5", "57.5", "+5.0"]
     low, high = (float(v) for v in cells[6].strip("[]").split(","))
     assert -10.0 <= low <= 5.0 <= high <= 20.0 and cells[7] == "2 / 1"
+
+
+def test_report_says_the_table_has_fewer_scenes_only_when_it_does(tmp_path: Path) -> None:
+    for size, fewer in (("small", True), ("medium", False)):
+        pipe = Pipeline(tmp_path / size, SIZES[size])
+        (tmp_path / size).mkdir()
+        pipe.report()
+        text = (tmp_path / size / "report.md").read_text()
+        assert "## RL against imitation, scene by scene" in text
+        assert ("The table above scores one seed on fewer scenes" in text) == fewer
