@@ -18,6 +18,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "select a split's hard scenes into a scene list (navtest-style)",
     ),
     ("data", "cache"): ("training.cache", "build the planner feature cache and NAVSIM metric caches of a split"),
+    ("data", "dagger"): (
+        "training.dagger",
+        "label the states a learned planner drives into in closed loop with PDM-Closed's plans (DAgger)",
+    ),
     ("data", "prefs"): ("training.prefs_build", "build preference pairs of a generator's candidates (reward model)"),
     ("viz",): ("simulation.visualize", "BEV plot (PNG) of a scene or GIF of a log"),
     ("bench",): ("simulation.evaluation.cli", "closed-loop / NAVSIM benchmarks (Hydra)"),

@@ -77,14 +77,21 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class FeatureCacheDataset(Dataset):
-    """All shards of one split, loaded into memory."""
+    """All shards of one split, or of several concatenated in the order given (a list: the logged scenes and the
+    closed-loop states of ``diffplan data dagger``, say), loaded into memory."""
 
-    def __init__(self, cache_dir: str | Path, split: str) -> None:
+    def __init__(self, cache_dir: str | Path, split: str | Sequence[str]) -> None:
         self.cache_dir = Path(cache_dir)
         self.meta = read_meta(self.cache_dir)
-        shards = sorted((self.cache_dir / split).glob("shard_*.npz"))
-        if not shards:
-            raise FeatureCacheError(f"{self.cache_dir}: split {split!r} has no shards")
+        splits = [split] if isinstance(split, str) else list(split)
+        if not splits:
+            raise FeatureCacheError(f"{self.cache_dir}: no split given")
+        shards = []
+        for name in splits:
+            found = sorted((self.cache_dir / name).glob("shard_*.npz"))
+            if not found:
+                raise FeatureCacheError(f"{self.cache_dir}: split {name!r} has no shards")
+            shards += found
         parts: dict[str, list[np.ndarray]] = {}
         for shard in shards:
             try:
@@ -97,7 +104,7 @@ class FeatureCacheDataset(Dataset):
         expected = tuple(self.meta["bev_shape"])
         shape = self.arrays[BEV_KEY].shape[1:]
         if shape != expected:
-            raise FeatureCacheError(f"{self.cache_dir}/{split}: bev {shape} != meta {expected}")
+            raise FeatureCacheError(f"{self.cache_dir}/{'+'.join(splits)}: bev {shape} != meta {expected}")
 
     def __len__(self) -> int:
         return int(self.arrays["tokens"].shape[0])
@@ -113,16 +120,16 @@ class PlannerDataModule(pl.LightningDataModule):
 
     Args:
         cache_dir: folder written by ``diffplan data cache``.
-        train_split, val_split, test_split: split folder names inside the cache.
+        train_split, val_split, test_split: split folder names inside the cache; a list concatenates several.
         batch_size, num_workers: loader settings; memory is pinned when a GPU is present.
     """
 
     def __init__(
         self,
         cache_dir: str = "outputs/demo/cache",
-        train_split: str = "synth_train",
-        val_split: str = "synth_val",
-        test_split: str = "synth_test",
+        train_split: str | list[str] = "synth_train",
+        val_split: str | list[str] = "synth_val",
+        test_split: str | list[str] = "synth_test",
         batch_size: int = 32,
         num_workers: int = 0,
     ) -> None:
