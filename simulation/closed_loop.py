@@ -239,7 +239,7 @@ class ClosedLoopSimulator:
         while not state.done:
             trajectory, error = None, None
             if state.iteration % self.config.replan_interval == 0:
-                trajectory, error = _call_planner(planner, self.observe(state))
+                trajectory, error = call_planner(planner, self.observe(state))
             state = self.step(state, trajectory, error)
         return self.history(state)
 
@@ -269,7 +269,7 @@ class ClosedLoopSimulator:
         )
 
 
-def _call_planner(planner: Planner, observation: Observation) -> tuple[Trajectory | None, str | None]:
+def call_planner(planner: Planner, observation: Observation) -> tuple[Trajectory | None, str | None]:
     try:
         trajectory = planner.plan(observation)
         trajectory.validate()

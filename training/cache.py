@@ -110,7 +110,7 @@ def build_cache(
     """
     tasks = [
         CacheTask(path, split, maps_root, out, raster, frame_interval, metric_version)
-        for split, path in _split_logs(data_root, maps_root, splits)
+        for split, path in split_logs(data_root, maps_root, splits)
     ]
     if metric_version is None:
         write_meta(out, {"bev_shape": list(raster.shape), "raster": raster.to_dict()})
@@ -134,7 +134,7 @@ def build_cache(
     return counts
 
 
-def _split_logs(data_root: Path, maps_root: Path, splits: list[str]) -> list[tuple[str, Path]]:
+def split_logs(data_root: Path, maps_root: Path, splits: list[str]) -> list[tuple[str, Path]]:
     """``(split, log path)`` of every log of ``splits``; raises :class:`CacheBuildError` before anything is written."""
     for what, folder in (("data root", data_root), ("maps root", maps_root)):
         if not Path(folder).is_dir():

@@ -37,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from simulation.closed_loop import ClosedLoopSimulator, SimulationHistory, _call_planner
+from simulation.closed_loop import ClosedLoopSimulator, SimulationHistory, call_planner
 from simulation.features import PlannerInput, observation_features, raster_from_meta
 from simulation.maps.protocol import MapProtocol
 from simulation.protocols import Planner
 from simulation.render import RasterConfig
 from simulation.types import NUM_TRAJECTORY_POSES, TRAJECTORY_INTERVAL_S, Scenario
+from training.cache import CacheBuildError, split_logs
 from training.data import read_meta, stack_samples, write_npz_atomic
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def collect_scenario(
             labelled = state.iteration > 0 and state.iteration % config.every == 0
             expert_plan = None
             if labelled or use_expert:
-                expert_plan, expert_error = _call_planner(expert, observation)
+                expert_plan, expert_error = call_planner(expert, observation)
                 if expert_plan is None:
                     failures += 1
                     logger.warning("dagger: expert failed on %s at iteration %d: %s", scenario.token,
@@ -129,7 +130,7 @@ def collect_scenario(
             if use_expert and expert_plan is not None:
                 trajectory = expert_plan
             else:
-                trajectory, error = _call_planner(learner, observation)
+                trajectory, error = call_planner(learner, observation)
         state = sim.step(state, trajectory, error)
     return Labelled(features, targets, tokens, failures, sim.history(state))
 
@@ -207,8 +208,6 @@ def collect(
         DaggerError: no feature cache at ``cache``, a missing checkpoint or folder, an unknown split, a suffix that
             is not a plain name, or every log failed.
     """
-    from simulation.datasets.splits import SplitError, split_log_paths
-
     try:
         meta = read_meta(cache)
     except ValueError as err:
@@ -217,12 +216,9 @@ def collect(
         raise DaggerError(f"--suffix {suffix!r} must be a plain folder-name part (no '/', not hidden)")
     if not Path(ckpt).is_file():
         raise DaggerError(f"checkpoint {ckpt} does not exist")
-    for what, folder in (("data root", data_root), ("maps root", maps_root)):
-        if not Path(folder).is_dir():
-            raise DaggerError(f"{what} {folder} is not a folder")
     try:
-        logs = [(split, Path(p)) for split in splits for p in split_log_paths(data_root, split)]
-    except SplitError as exc:
+        logs = split_logs(data_root, maps_root, splits)
+    except CacheBuildError as exc:  # a missing data / maps root, an unknown split
         raise DaggerError(str(exc)) from None
     tasks = [
         LogTask(path, maps_root, cache / f"{split}_{suffix}" / f"shard_{path.stem}.npz", ckpt, meta["raster"], config)

@@ -72,10 +72,10 @@ class _Rollout:
 
 def _loop(scenario: Any, planner: Any, map_api: MapProtocol) -> _Rollout:
     """A toy closed loop that records planner failures as the simulator does."""
-    from simulation.closed_loop import _call_planner
+    from simulation.closed_loop import call_planner
 
     obs = Observation(scenario.ego, scenario.agents, scenario.traffic_lights, (), scenario.map_name, log=scenario)
-    errors = tuple(_call_planner(planner, obs)[1] for _ in range(3))
+    errors = tuple(call_planner(planner, obs)[1] for _ in range(3))
     return _Rollout(np.stack([scenario.current_ego] * 4), errors)
 
 

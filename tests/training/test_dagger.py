@@ -83,10 +83,9 @@ def test_beta_one_drives_the_expert_and_beta_is_reproducible(scenario_and_map) -
     ]
     np.testing.assert_array_equal(half[0], half[1])  # the same seed and scenario: the same mixture
     assert not np.array_equal(half[0], half[2])
+    learner_alone = sim.run(scenario, Straight(2.0), map_api).ego_states
     for mixed in half:  # between the two: faster than the learner alone, slower than the expert alone
-        assert (
-            got.history.ego_states[-1, 0] > mixed[-1, 0] > sim.run(scenario, Straight(2.0), map_api).ego_states[-1, 0]
-        )
+        assert got.history.ego_states[-1, 0] > mixed[-1, 0] > learner_alone[-1, 0]
 
 
 def test_an_expert_that_fails_leaves_the_state_unlabelled(scenario_and_map) -> None:
