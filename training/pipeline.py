@@ -167,9 +167,11 @@ class Pipeline:
 
     def run_command(self, *args: str) -> None:
         print(f"\n$ diffplan {' '.join(args)}", flush=True)
+        t0 = time.perf_counter()
         code = diffplan(list(args))
         if code:
             raise RuntimeError(f"`diffplan {' '.join(args)}` exited with {code}")
+        print(f"[demo] {args[0]} took {time.perf_counter() - t0:.1f} s", flush=True)
 
     def stage(self, name: str, fn: Callable[[], None]) -> None:
         marker = self.out / ".stages" / f"{name}.done"
