@@ -5,7 +5,10 @@ Per scene the candidates are, in this order,
 1. the generator's own candidates (``forward``: the truncated planner's denoised anchors, the masked planner's
    goal candidates), when ``own_candidates``;
 2. ``num_samples`` samples of the generator's policy :meth:`~planners.policy.PlanningPolicy.rollout` (seeded by
-   ``seed`` at every call, so the same scene gives the same plan), when ``num_samples > 0``.
+   ``seed`` at every call, so the same scene gives the same plan), when ``num_samples > 0``;
+3. for each factor of ``speed_scales``, every candidate above driven at that fraction of its own speed along its own
+   path (:func:`slowed`; 0 stands still), when given: the slower choices a rule-based planner's proposals offer
+   (PDM-Closed's speed-limit fractions), so that the discriminator can brake on a generator's path.
 
 The discriminator scores them all and the pair drives the best pickable one (:class:`~planners.base.PlanOutput`
 with every candidate and its score). A candidate is pickable when it is finite and, with ``max_reverse`` set, never
@@ -21,7 +24,7 @@ The pair's checkpoint embeds the generator (its class, config and weights) next 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -54,6 +57,7 @@ class RerankedConfig:
         scorer_class: dotted path of the scorer's class (a :class:`~planners.discriminator.Discriminator`, or a
             subclass such as :class:`~planners.reward_model.RewardModel`), built from ``discriminator``.
         max_reverse: metres a pickable candidate may move backwards between two poses (``None``: no limit).
+        speed_scales: the speed fractions of the slowed copies of every candidate (empty: none).
     """
 
     generator_class: str
@@ -66,6 +70,7 @@ class RerankedConfig:
     generator_ckpt: str | None = None
     scorer_class: str = "planners.discriminator.Discriminator"
     max_reverse: float | None = 0.1
+    speed_scales: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +95,34 @@ def forward_mask(candidates: torch.Tensor, max_reverse: float) -> torch.Tensor:
     step = candidates[..., :2] - previous[..., :2]
     along = step[..., 0] * torch.cos(previous[..., 2]) + step[..., 1] * torch.sin(previous[..., 2])
     return (along >= -max_reverse).all(-1) & torch.isfinite(candidates).all(-1).all(-1)
+
+
+def slowed(candidates: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    """Each candidate ``(B, K, N, 3)`` (ego frame, from the origin) at a fraction of its own speed along its own path:
+    pose ``i`` of the copy at scale ``c`` is the candidate's pose at arc length ``c * s_i``, ``s_i`` the arc length
+    of its pose ``i`` from the origin (linear between poses, heading included; where the path stands still, the
+    first pose at that spot; 0 stands at the origin).
+    Returns ``(B, K * len(scales), N, 3)``, the copies of one scale after another."""
+    if any(not 0.0 <= c <= 1.0 for c in scales):
+        raise ValueError(f"speed scales must lie in [0, 1], got {list(scales)}")
+    b, k, n, _ = candidates.shape
+    path = torch.cat([torch.zeros_like(candidates[..., :1, :]), candidates], dim=-2)  # (B, K, N + 1, 3)
+    step = path[..., 1:, :2] - path[..., :-1, :2]
+    station = torch.cat([torch.zeros_like(path[..., :1, 0]), step.norm(dim=-1).cumsum(-1)], dim=-1)
+    turn = torch.diff(path[..., 2], dim=-1)
+    heading = torch.cat([path[..., :1, 2], torch.atan2(torch.sin(turn), torch.cos(turn)).cumsum(-1)], dim=-1)
+    values = torch.stack([path[..., 0], path[..., 1], heading], dim=-1)  # (B, K, N + 1, 3), heading unwrapped
+    copies = []
+    for scale in scales:
+        s = scale * station[..., 1:]
+        j = (torch.searchsorted(station.contiguous(), s.contiguous()) - 1).clamp(0, n - 1)
+        s0, s1 = station.gather(-1, j), station.gather(-1, j + 1)
+        w = ((s - s0) / (s1 - s0).clamp_min(1e-9)).clamp(0.0, 1.0)[..., None]
+        v0 = values.gather(-2, j[..., None].expand(-1, -1, -1, 3))
+        v1 = values.gather(-2, (j + 1)[..., None].expand(-1, -1, -1, 3))
+        pose = v0 + w * (v1 - v0)
+        copies.append(torch.cat([pose[..., :2], torch.atan2(torch.sin(pose[..., 2:]), torch.cos(pose[..., 2:]))], -1))
+    return torch.cat(copies, dim=1) if copies else candidates[:, :0]
 
 
 def _build_generator(cls_path: str, config: Mapping[str, Any] | None) -> nn.Module:
@@ -167,7 +200,10 @@ class RerankedPlanner(nn.Module):
                 parts.append(self.policy.rollout(inputs, self.config.num_samples, generator).plans)
         if not parts:
             raise ValueError("the pair has no candidates: set own_candidates or num_samples > 0")
-        return torch.cat(parts, dim=1), own
+        candidates = torch.cat(parts, dim=1)
+        if self.config.speed_scales:
+            candidates = torch.cat([candidates, slowed(candidates, self.config.speed_scales)], dim=1)
+        return candidates, own
 
     def pickable(self, candidates: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` bool: the candidates the pair may drive (see the module docstring)."""
@@ -194,6 +230,7 @@ def reranked_planner(
     seed: int = 0,
     name: str = "reranked",
     max_reverse: float | None = 0.1,
+    speed_scales: Sequence[float] | None = None,
 ) -> LearnedPlanner:
     """A closed-loop planner (``planner=reranked``) from a discriminator checkpoint (``diffplan fit --config
     configs/train/discriminator.yaml``), which embeds its generator.
@@ -203,6 +240,8 @@ def reranked_planner(
         num_samples, own_candidates: override the stored candidate settings (``None``: as trained).
         seed: seed of the generator's noise and policy samples.
         max_reverse: metres a pickable candidate may move backwards between two poses (``None``: no limit).
+        speed_scales: add every candidate's slowed copies at these speed fractions (:func:`slowed`; ``None``: as
+            trained, ``[]``: none).
     """
     pair = load_planner(ckpt_path, expect_class="RerankedPlanner")
     if not isinstance(pair, RerankedPlanner):
@@ -218,6 +257,9 @@ def reranked_planner(
         config.own_candidates = own_candidates
     config.seed = seed
     config.max_reverse = max_reverse
+    if speed_scales is not None:
+        slowed(torch.zeros(1, 1, 1, 3), speed_scales)  # checks the factors
+        config.speed_scales = [float(c) for c in speed_scales]
     rebuilt = RerankedPlanner(generator, pair.discriminator, config).eval()
     rebuilt.raster_config = pair.raster_config if generator_ckpt is None else getattr(generator, "raster_config", None)
     return LearnedPlanner(rebuilt, name=name, raster=raster_from_meta(rebuilt.raster_config), seed=seed)

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from planners.anchors import kmeans_anchors
 from planners.checkpoint import CheckpointRecord, load_planner, write
@@ -24,7 +26,7 @@ from planners.discriminator import (
     margin_rank_loss,
     supervised_loss,
 )
-from planners.reranked import RerankedConfig, RerankedPlanner, forward_mask
+from planners.reranked import RerankedConfig, RerankedPlanner, forward_mask, slowed
 from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiffusionPlanner
 from simulation.features import PlannerInput
 
@@ -278,3 +280,62 @@ def test_pair_never_drives_a_reversing_candidate_unless_all_reverse(
     pair.propose = lambda inputs, noise=None, generator=None: (cands, torch.zeros(1, dtype=torch.long))  # type: ignore[method-assign]
     out = pair(_features(1), None)
     torch.testing.assert_close(out.trajectory, cands[0, expected][None])
+
+
+def test_slowed_copies_of_a_straight_and_a_turning_candidate_hand_computed() -> None:
+    straight = _poses(*[(2.0 * (i + 1), 0.0, 0.0) for i in range(8)])
+    # a quarter turn: 1 m straight, then a left turn on the spot, then 1 m per pose along +y
+    turn = _poses((1.0, 0, 0), (1.0, 1.0, math.pi / 2), (1.0, 2.0, math.pi / 2))
+    out = slowed(torch.stack([straight, turn])[None], [0.5, 0.0])
+    assert out.shape == (1, 4, 8, 3)
+    torch.testing.assert_close(out[0, 0, :, 0], torch.arange(1, 9, dtype=torch.float32))  # half the speed
+    torch.testing.assert_close(out[0, 0, :, 1:], torch.zeros(8, 2))
+    # the turn's arc lengths are 1, 2, 3 (then held): at half speed 0.5, 1, 1.5, then 1.5 for good
+    expected = torch.tensor([[0.5, 0, 0], [1.0, 0, 0], [1.0, 0.5, math.pi / 4]] + [[1.0, 0.5, math.pi / 4]] * 5)
+    torch.testing.assert_close(out[0, 1], expected)
+    torch.testing.assert_close(out[0, 2:], torch.zeros(2, 8, 3))  # 0: standing at the origin
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-0.3, 0.3), min_size=8, max_size=8),
+    st.lists(st.floats(0.0, 3.0), min_size=8, max_size=8),
+    st.floats(0.0, 1.0),
+)
+def test_slowed_stays_on_the_path_and_scales_its_length(turns: list[float], steps: list[float], scale: float) -> None:
+    heading = torch.tensor(turns, dtype=torch.float64).cumsum(0)
+    step = torch.tensor(steps, dtype=torch.float64)
+    xy = torch.stack([step * torch.cos(heading), step * torch.sin(heading)], -1).cumsum(0)
+    cand = torch.cat([xy, heading[:, None]], -1)[None, None]
+    out = slowed(cand, [scale, 1.0])
+    # full speed: the candidate itself (a pose that did not move keeps the heading of the first pose at that spot)
+    torch.testing.assert_close(out[0, 1, :, :2], cand[0, 0, :, :2])
+    moved = step > 1e-6
+    torch.testing.assert_close(out[0, 1, moved, 2], cand[0, 0, moved, 2])
+    length = step.cumsum(0)
+    got = torch.cat([torch.zeros(1, 2, dtype=torch.float64), out[0, 0, :, :2]]).diff(dim=0).norm(dim=-1).cumsum(0)
+    # the copy's poses lie on the path at scale x its arc length: chords never exceed the path's arc length
+    assert bool((got <= scale * length + 1e-9).all())
+    points = torch.cat([torch.zeros(1, 2, dtype=torch.float64), xy])
+    for pose in out[0, 0, :, :2]:  # every pose on a segment of the path
+        a, b = points[:-1], points[1:]
+        t = (((pose - a) * (b - a)).sum(-1) / ((b - a) ** 2).sum(-1).clamp_min(1e-12)).clamp(0, 1)
+        assert float(((a + t[:, None] * (b - a)) - pose).norm(dim=-1).min()) < 1e-9
+
+
+def test_pair_adds_slowed_copies_of_its_candidates() -> None:
+    gen = _generator().eval()
+    config = RerankedConfig("planners.truncated_diffusion.TruncatedDiffusionPlanner", gen.config.to_dict(),
+                            speed_scales=[0.5, 0.0])  # fmt: skip
+    pair = RerankedPlanner(gen, _Preferring([0.0] * 4 + [0.0] * 4 + [1.0] * 4), config).eval()
+    feats = _features(1)
+    noise = torch.randn(pair.initial_noise_shape(1), generator=torch.Generator().manual_seed(0))
+    cands, own = pair.propose(feats, noise)
+    plain = gen(feats, noise).candidates
+    assert plain is not None and cands.shape == (1, 12, 8, 3)
+    torch.testing.assert_close(cands[:, :4], plain)
+    torch.testing.assert_close(cands[:, 4:], slowed(plain, [0.5, 0.0]))
+    out = pair(feats, noise)  # the standing copies are pickable and preferred here
+    torch.testing.assert_close(out.trajectory, torch.zeros(1, 8, 3))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        slowed(plain, [1.5])
