@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import shapely  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.collections import LineCollection, PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, PathPatch  # noqa: E402
@@ -137,9 +137,11 @@ def plot_map(
     red_polys = [o.polygon for o in connectors if o.id in red]
     _add_polygons(ax, red_polys, origin, 3, facecolor=COLORS["red_light"], alpha=0.5, lw=0)
     _add_polygons(ax, crosswalks, origin, 3, facecolor=COLORS["crosswalk"], edgecolor="#c9a227", hatch="///", lw=0.5)
-    for obj in lanes + connectors:
-        xy = _to_plot(transform_points_to_local(np.asarray(obj.baseline)[:, :2], origin))
-        ax.plot(xy[:, 0], xy[:, 1], color=COLORS["centerline"], lw=0.6, ls=(0, (4, 4)), zorder=4)
+    lines = [_to_plot(transform_points_to_local(np.asarray(o.baseline)[:, :2], origin)) for o in lanes + connectors]
+    if lines:  # one artist for every centreline: a plot call each costs more than drawing them
+        ax.add_collection(
+            LineCollection(lines, colors=COLORS["centerline"], linewidths=0.6, linestyles=[(0, (4, 4))], zorder=4)
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,9 +156,10 @@ def _draw_boxes(ax: Axes, boxes_local: np.ndarray, colors: Sequence[str], z: flo
     corners = _to_plot(agent_box_corners(boxes_local))
     ax.add_collection(PolyCollection(list(corners), facecolors=colors, edgecolors="black", linewidths=0.6, zorder=z))
     centre = _to_plot(boxes_local[:, :2])
-    front = _to_plot((agent_box_corners(boxes_local)[:, 0] + agent_box_corners(boxes_local)[:, 3]) / 2.0)
-    for c, f in zip(centre, front, strict=True):
-        ax.plot([c[0], f[0]], [c[1], f[1]], color="black", lw=0.8, zorder=z + 0.1)
+    front = (corners[:, 0] + corners[:, 3]) / 2.0
+    ax.add_collection(
+        LineCollection(list(np.stack([centre, front], 1)), colors="black", linewidths=0.8, zorder=z + 0.1)
+    )
 
 
 def _agent_colors(types: np.ndarray) -> list[str]:

@@ -14,7 +14,9 @@ import logging
 import os
 import re
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +310,50 @@ def read_log(path: str | os.PathLike[str]) -> LogData:
         **lights,
         source=str(path),
     )
+
+
+#: Decoded logs :func:`cached_read_log` keeps in this process: (resolved path, size, mtime) -> (log, bytes).
+_LOG_CACHE: OrderedDict[tuple[str, int, int], tuple[LogData, int]] = OrderedDict()
+
+
+def log_cache_budget() -> int:
+    """Bytes of arrays :func:`cached_read_log` may keep: ``$DIFFPLAN_LOG_CACHE_MB`` MiB (default 1024; 0: none)."""
+    raw = os.environ.get("DIFFPLAN_LOG_CACHE_MB", "1024")
+    try:
+        mib = float(raw)
+    except ValueError:
+        raise ValueError(f"DIFFPLAN_LOG_CACHE_MB={raw!r} is not a number of MiB") from None
+    return max(int(mib * 2**20), 0)
+
+
+def cached_read_log(path: str | os.PathLike[str]) -> LogData:
+    """:func:`read_log`, keeping the logs read last in this process (up to :func:`log_cache_budget` bytes of
+    arrays, least recently used first out; a log larger than the budget is not kept), so that a process which
+    benchmarks the same split several times (``make demo``: 40 runs in one process) decodes each log once.
+
+    A file is known by its resolved path, size and modification time: a rewritten log is read again. The
+    arrays of a returned log are read-only, because every caller shares them; copy before modifying.
+    """
+    resolved = Path(path).resolve()
+    try:
+        stat = resolved.stat()
+    except OSError:
+        return read_log(path)  # read_log names the problem
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    hit = _LOG_CACHE.get(key)
+    if hit is not None:
+        _LOG_CACHE.move_to_end(key)
+        return hit[0]
+    log = read_log(path)
+    arrays = [v for v in (getattr(log, f.name) for f in fields(log)) if isinstance(v, np.ndarray)]
+    size, budget = sum(a.nbytes for a in arrays), log_cache_budget()
+    if size <= budget:
+        for a in arrays:
+            a.flags.writeable = False
+        _LOG_CACHE[key] = (log, size)
+        while sum(n for _, n in _LOG_CACHE.values()) > budget:
+            _LOG_CACHE.popitem(last=False)
+    return log
 
 
 def _map_version(map_location: str, location: str) -> str:

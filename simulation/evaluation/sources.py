@@ -234,10 +234,10 @@ class NuplanExtractor:
     maps_root: str | None = None
 
     def __call__(self, path: str) -> list[tuple[LogWindow, str]]:
-        from simulation.datasets.nuplan_db import read_log
+        from simulation.datasets.nuplan_db import cached_read_log
         from simulation.datasets.scenes import SceneFilter, extract_scenarios, extract_scenes
 
-        log = read_log(path)
+        log = cached_read_log(path)  # a process that benchmarks a split again decodes its logs once
         if self.maps_root:
             check_log_map(log, self.maps_root)
         if self.kind == "navsim":

@@ -14,6 +14,7 @@ from simulation.datasets.nuplan_db import (
     LogError,
     LogFileError,
     LogSchemaError,
+    cached_read_log,
     quaternion_to_yaw,
     read_log,
     write_log,
@@ -209,3 +210,39 @@ def test_content_errors(db, tmp_path, sql, match):
     with pytest.raises(LogContentError, match=match) as info:
         read_log(path)
     assert str(path) in str(info.value)
+
+
+def test_cached_read_log_decodes_a_file_once_until_it_changes(db, tmp_path, monkeypatch):
+    import simulation.datasets.nuplan_db as nuplan_db
+
+    monkeypatch.setattr(nuplan_db, "_LOG_CACHE", type(nuplan_db._LOG_CACHE)())
+    reads: list[str] = []
+    real = nuplan_db.read_log
+    monkeypatch.setattr(nuplan_db, "read_log", lambda p: reads.append(str(p)) or real(p))
+    path = _copy(db, tmp_path / "a")
+    first = cached_read_log(path)
+    assert cached_read_log(str(path)) is first and len(reads) == 1  # str or Path, the same file
+    np.testing.assert_array_equal(first.box_states, read_log(path).box_states)
+    with pytest.raises(ValueError, match="read-only"):
+        first.ego_states[0, 0] = 1.0  # shared between callers: nobody may modify it
+    # a rewritten file (other size or modification time) is decoded again
+    with sqlite3.connect(path) as con:
+        con.execute("DELETE FROM lidar_box WHERE rowid = (SELECT MAX(rowid) FROM lidar_box)")
+    con.close()
+    again = cached_read_log(path)
+    assert again is not first and len(reads) == 2 and len(again.box_tokens) == len(first.box_tokens) - 1
+    # the budget: least recently used out; 0 keeps nothing
+    size = sum(a.nbytes for a in vars(again).values() if isinstance(a, np.ndarray))
+    monkeypatch.setenv("DIFFPLAN_LOG_CACHE_MB", str(1.5 * size / 2**20))
+    other = cached_read_log(_copy(db, tmp_path / "b"))
+    assert len(nuplan_db._LOG_CACHE) == 1 and cached_read_log(tmp_path / "b" / db.name) is other
+    cached_read_log(path)
+    assert len(reads) == 4  # "a" was pushed out by "b"
+    monkeypatch.setenv("DIFFPLAN_LOG_CACHE_MB", "0")
+    fresh = cached_read_log(_copy(db, tmp_path / "c"))
+    assert fresh.ego_states.flags.writeable and len(reads) == 5
+    monkeypatch.setenv("DIFFPLAN_LOG_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="DIFFPLAN_LOG_CACHE_MB"):
+        cached_read_log(_copy(db, tmp_path / "d"))
+    with pytest.raises(LogFileError):
+        cached_read_log(tmp_path / "missing.db")
