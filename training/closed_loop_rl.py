@@ -71,6 +71,8 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         commit_steps: replanning steps a selection is held (``k``; 1: a decision at every step).
         horizon: replanning steps per rollout (episodes also end at their log's end or on a terminal event).
         num_samples, own_candidates: the generator's candidates (``K``; ``None``: as the pair was trained).
+        speed_scales: the speed fractions of the slowed copies of every candidate (:func:`planners.reranked.slowed`;
+            ``None``: as the pair was trained, ``[]``: none).
         temperature: of the categorical policy ``softmax(scores / temperature)``.
         clip_eps: ratio clip; kl_coef: weight of the k3 KL to the warm-start discriminator.
         num_inner_updates: optimiser steps per rollout batch.
@@ -102,6 +104,7 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         horizon: int = 8,
         num_samples: int | None = None,
         own_candidates: bool | None = None,
+        speed_scales: list[float] | None = None,
         temperature: float = 0.1,
         clip_eps: float = 0.2,
         kl_coef: float = 0.04,
@@ -133,10 +136,11 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         pair = planner if planner is not None else load_planner(str(init_ckpt), expect_class="RerankedPlanner")
         if not isinstance(pair, RerankedPlanner):
             raise TypeError(f"{init_ckpt}: holds a {type(pair).__name__}, expected a RerankedPlanner")
-        if num_samples is not None or own_candidates is not None:
+        if num_samples is not None or own_candidates is not None or speed_scales is not None:
             cfg = copy.copy(pair.config)
             cfg.num_samples = cfg.num_samples if num_samples is None else num_samples
             cfg.own_candidates = cfg.own_candidates if own_candidates is None else own_candidates
+            cfg.speed_scales = cfg.speed_scales if speed_scales is None else [float(c) for c in speed_scales]
             rebuilt = RerankedPlanner(pair.generator, pair.discriminator, cfg)
             rebuilt.raster_config = pair.raster_config
             pair = rebuilt

@@ -97,6 +97,8 @@ class DiscriminatorModule(SampledRewardMixin, pl.LightningModule):
         policy: how the generator samples (:func:`planners.policy.as_policy` options).
         num_samples: policy samples per scene (training and the pair at inference).
         own_candidates: include the generator's own candidates (``forward``).
+        speed_scales: also every candidate at these fractions of its own speed along its own path
+            (:func:`planners.reranked.slowed`), labelled like the rest; the pair keeps them at inference.
         perturb: :class:`Perturbation` fields; the generator's pick and the expert plan are perturbed.
         reward: the labels' scorer (``rewards.composite.RuleReward`` arguments; see
             :func:`training.rl_support.build_reward`).
@@ -117,6 +119,7 @@ class DiscriminatorModule(SampledRewardMixin, pl.LightningModule):
         policy: dict[str, Any] | None = None,
         num_samples: int = 16,
         own_candidates: bool = True,
+        speed_scales: list[float] | None = None,
         perturb: dict[str, Any] | None = None,
         reward: dict[str, Any] | Any = None,
         soft_terms: list[str] | None = None,
@@ -147,6 +150,7 @@ class DiscriminatorModule(SampledRewardMixin, pl.LightningModule):
             discriminator=disc.config.to_dict(),
             num_samples=num_samples,
             own_candidates=own_candidates,
+            speed_scales=[float(c) for c in speed_scales or []],
             policy=dict(policy or {}),
             seed=seed,
             generator_ckpt=init_ckpt,

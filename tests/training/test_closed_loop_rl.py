@@ -190,17 +190,20 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"data_root": str(data_root), "maps_root": str(maps_root)}
 
 
-@pytest.mark.parametrize("ogo", [False, True])
-def test_one_closed_loop_step_trains_the_discriminator_only(city: dict[str, str], ogo: bool) -> None:
+@pytest.mark.parametrize(("ogo", "speed_scales"), [(False, None), (True, None), (False, [0.5, 0.0])])
+def test_one_closed_loop_step_trains_the_discriminator_only(
+    city: dict[str, str], ogo: bool, speed_scales: list[float] | None
+) -> None:
     """Loss finite, gradients on the discriminator (and with OGO on the generator), the reference unchanged."""
     data = ScenarioDataModule(**city, batch_size=1, duration_s=3.0, spacing_s=2.0, max_scenarios=1)
     pair = tiny_pair()
     before = {k: v.clone() for k, v in pair.state_dict().items()}
     module = ClosedLoopRLModule(
         planner=pair, group_size=4, commit_steps=2, horizon=3, temperature=0.02,
-        returns={"score": 1.0, "progress_m": 0.1},
+        returns={"score": 1.0, "progress_m": 0.1}, speed_scales=speed_scales,
         ogo={"enabled": ogo, "every_n_steps": 1, "min_advantage": -1e9, "min_future_s": 0.5},
     )  # fmt: skip
+    assert module.planner.config.speed_scales == (speed_scales or []) and pair.config.speed_scales == []
     reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
     trainer = pl.Trainer(
         max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
