@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from matplotlib.collections import LineCollection
 from PIL import Image
 from shapely.geometry import Polygon, box
 
@@ -116,8 +118,15 @@ def test_plot_scene_differs_with_candidates_and_without_map() -> None:
     assert "log-a" in ax.get_title() and scene.token in ax.get_title()
     assert ax.get_legend() is not None
     n_lines = len(ax.lines)
+
+    def centrelines(axes: Any) -> int:  # segments of the dashed centreline collection
+        dashed = [c for c in axes.collections if isinstance(c, LineCollection) and c.get_linestyle()[0][1]]
+        return sum(len(c.get_segments()) for c in dashed)
+
+    assert centrelines(ax) == 3  # one per lane, in one collection
     fig2 = plot_scene(scene, None, candidates=np.zeros((3, 8, 3)), chosen=np.zeros((8, 3)))
-    assert len(fig2.axes[0].lines) == n_lines - 3 + 4  # no centrelines (3 lanes), + 3 candidates + 1 chosen
+    assert len(fig2.axes[0].lines) == n_lines + 4  # + 3 candidates + 1 chosen
+    assert centrelines(fig2.axes[0]) == 0  # no map, no centrelines
     with pytest.raises(VisualizationError, match="candidates"):
         plot_scene(scene, None, candidates=np.zeros((8, 3)))
 
