@@ -151,6 +151,7 @@ class RerankedPlanner(nn.Module):
         config = config or RerankedConfig(
             **generator_fields(generator), discriminator=discriminator.config.to_dict(), scorer_class=scorer
         )
+        slowed(torch.zeros(1, 1, 1, 3), config.speed_scales)  # a factor outside [0, 1] fails here, not mid-benchmark
         self.config = config
         self.generator = generator
         self.discriminator = discriminator
@@ -258,7 +259,6 @@ def reranked_planner(
     config.seed = seed
     config.max_reverse = max_reverse
     if speed_scales is not None:
-        slowed(torch.zeros(1, 1, 1, 3), speed_scales)  # checks the factors
         config.speed_scales = [float(c) for c in speed_scales]
     rebuilt = RerankedPlanner(generator, pair.discriminator, config).eval()
     rebuilt.raster_config = pair.raster_config if generator_ckpt is None else getattr(generator, "raster_config", None)

@@ -340,6 +340,8 @@ def test_pair_adds_slowed_copies_of_its_candidates(tmp_path: Path) -> None:
     torch.testing.assert_close(out.trajectory, torch.zeros(1, 8, 3))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         slowed(plain, [1.5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        RerankedPlanner(gen, _disc(), dataclasses.replace(config, speed_scales=[-0.5]))
     # the pair's checkpoint keeps them
     disc = _disc()
     real = RerankedPlanner(gen, disc, dataclasses.replace(config, discriminator=disc.config.to_dict())).eval()
