@@ -97,14 +97,19 @@ def forward_mask(candidates: torch.Tensor, max_reverse: float) -> torch.Tensor:
     return (along >= -max_reverse).all(-1) & torch.isfinite(candidates).all(-1).all(-1)
 
 
+def check_speed_scales(scales: Sequence[float]) -> None:
+    """Raise ``ValueError`` unless every factor of ``scales`` lies in [0, 1]."""
+    if any(not 0.0 <= c <= 1.0 for c in scales):
+        raise ValueError(f"speed scales must lie in [0, 1], got {list(scales)}")
+
+
 def slowed(candidates: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
     """Each candidate ``(B, K, N, 3)`` (ego frame, from the origin) at a fraction of its own speed along its own path:
     pose ``i`` of the copy at scale ``c`` is the candidate's pose at arc length ``c * s_i``, ``s_i`` the arc length
     of its pose ``i`` from the origin (linear between poses, heading included; where the path stands still, the
     first pose at that spot; 0 stands at the origin).
     Returns ``(B, K * len(scales), N, 3)``, the copies of one scale after another."""
-    if any(not 0.0 <= c <= 1.0 for c in scales):
-        raise ValueError(f"speed scales must lie in [0, 1], got {list(scales)}")
+    check_speed_scales(scales)
     b, k, n, _ = candidates.shape
     path = torch.cat([torch.zeros_like(candidates[..., :1, :]), candidates], dim=-2)  # (B, K, N + 1, 3)
     step = path[..., 1:, :2] - path[..., :-1, :2]
@@ -151,7 +156,7 @@ class RerankedPlanner(nn.Module):
         config = config or RerankedConfig(
             **generator_fields(generator), discriminator=discriminator.config.to_dict(), scorer_class=scorer
         )
-        slowed(torch.zeros(1, 1, 1, 3), config.speed_scales)  # a factor outside [0, 1] fails here, not mid-benchmark
+        check_speed_scales(config.speed_scales)  # a bad factor fails here, not mid-benchmark
         self.config = config
         self.generator = generator
         self.discriminator = discriminator

@@ -334,6 +334,7 @@ def cached_read_log(path: str | os.PathLike[str]) -> LogData:
     A file is known by its resolved path, size and modification time: a rewritten log is read again. The
     arrays of a returned log are read-only, because every caller shares them; copy before modifying.
     """
+    budget = log_cache_budget()
     resolved = Path(path).resolve()
     try:
         stat = resolved.stat()
@@ -346,7 +347,7 @@ def cached_read_log(path: str | os.PathLike[str]) -> LogData:
         return hit[0]
     log = read_log(path)
     arrays = [v for v in (getattr(log, f.name) for f in fields(log)) if isinstance(v, np.ndarray)]
-    size, budget = sum(a.nbytes for a in arrays), log_cache_budget()
+    size = sum(a.nbytes for a in arrays)
     if size <= budget:
         for a in arrays:
             a.flags.writeable = False

@@ -244,5 +244,7 @@ def test_cached_read_log_decodes_a_file_once_until_it_changes(db, tmp_path, monk
     monkeypatch.setenv("DIFFPLAN_LOG_CACHE_MB", "lots")
     with pytest.raises(ValueError, match="DIFFPLAN_LOG_CACHE_MB"):
         cached_read_log(_copy(db, tmp_path / "d"))
+    assert len(reads) == 5  # a bad budget fails before any decoding
+    monkeypatch.delenv("DIFFPLAN_LOG_CACHE_MB")
     with pytest.raises(LogFileError):
         cached_read_log(tmp_path / "missing.db")
