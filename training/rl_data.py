@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from simulation.datasets.splits import available_splits, split_scene_list
 from simulation.metric_cache import CACHE_FORMAT_VERSION, MetricCache, MetricCacheError, stored_format_version
@@ -175,6 +175,17 @@ class RLDataset(Dataset):
         return {**sample, "metric_cache": cache}
 
 
+class RLDatasets(ConcatDataset):
+    """Several splits' :class:`RLDataset` in the order given (e.g. the logged scenes and the closed-loop states
+    of ``diffplan data dagger --metric-cache``)."""
+
+    datasets: list[RLDataset]  # type: ignore[assignment]
+
+    @property
+    def tokens(self) -> list[str]:
+        return [t for d in self.datasets for t in d.tokens]
+
+
 def rl_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """:func:`training.data.collate` of the imitation part, ``metric_cache`` as a list in batch order."""
     caches = [s["metric_cache"] for s in samples]
@@ -207,7 +218,9 @@ class RLDataModule(pl.LightningDataModule):
         feature_cache_dir: the feature cache (``diffplan data cache``).
         metric_cache_dir: metric caches of ``version`` (built there when missing).
         data_root, maps_root: the nuPlan-format logs and maps the caches are built from.
-        train_split, val_split: split names (feature cache folders and ``configs/data/splits`` entries).
+        train_split, val_split: split names (feature cache folders and ``configs/data/splits`` entries); a list
+            concatenates several. A folder that no split config names (``diffplan data dagger``'s) has its metric
+            caches made with it: its scenes without one are left out (a warning), never built from the logs.
         batch_size, num_workers: loader settings (metric caches are read by the loader workers).
         version: NAVSIM protocol of the metric caches, ``"v1"`` (PDMS) or ``"v2"`` (EPDMS).
         max_scenes: keep at most this many scenes per split (the first in cache order), e.g. for smoke runs.
@@ -223,8 +236,8 @@ class RLDataModule(pl.LightningDataModule):
         metric_cache_dir: str = "outputs/demo/metric_cache/v1",
         data_root: str = "outputs/demo/data",
         maps_root: str = "outputs/demo/data/maps",
-        train_split: str = "synth_train",
-        val_split: str = "synth_val",
+        train_split: str | list[str] = "synth_train",
+        val_split: str | list[str] = "synth_val",
         batch_size: int = 8,
         num_workers: int = 0,
         version: Version = "v1",
@@ -248,7 +261,7 @@ class RLDataModule(pl.LightningDataModule):
         self.version = version
         self.max_scenes = max_scenes
         self.cache_workers = cache_workers
-        self._datasets: dict[str, RLDataset] = {}
+        self._datasets: dict[str, RLDataset | RLDatasets] = {}
 
     def prepare_data(self) -> None:
         """Build the missing metric caches of both splits (once, on one process per node)."""
@@ -259,10 +272,14 @@ class RLDataModule(pl.LightningDataModule):
         for name in self.splits if stage in (None, "fit") else ("val",):
             self.dataset(name)
 
-    def dataset(self, stage: str) -> RLDataset:
+    def dataset(self, stage: str) -> RLDataset | RLDatasets:
         """The ``"train"`` or ``"val"`` scenes that have a metric cache (missing ones built first)."""
         if stage not in self._datasets:
-            self._datasets[stage] = self._build_dataset(self.splits[stage])
+            split = self.splits[stage]
+            if isinstance(split, str):
+                self._datasets[stage] = self._build_dataset(split)
+            else:
+                self._datasets[stage] = RLDatasets([self._build_dataset(s) for s in split])
         return self._datasets[stage]
 
     def _build_dataset(self, split: str) -> RLDataset:
@@ -279,7 +296,17 @@ class RLDataModule(pl.LightningDataModule):
         tokens = [cached[p] for p in positions]
         index = index_metric_caches(self.metric_cache_dir)
         missing = [t for t in tokens if t not in index or stored_format_version(index[t]) != CACHE_FORMAT_VERSION]
-        if missing:
+        if missing and split not in available_splits():
+            # not a split of the logs (closed-loop states): its metric caches come with it, none can be built here
+            logger.warning(
+                "%s: %d of its %d samples have no metric cache of this format in %s; left out",
+                split,
+                len(missing),
+                len(tokens),
+                self.metric_cache_dir,
+            )
+            index = {t: p for t, p in index.items() if t not in set(missing)}
+        elif missing:
             logger.info(
                 "metric cache: building %d of %d scenes of %s (absent or of an older format)",
                 len(missing),

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from closed_loop_fixtures import tiny_generator
+from closed_loop_fixtures import tiny_generator, tiny_pair
 from random_cache import write_random_cache
 
 from planners.checkpoint import CheckpointRecord, write
 from simulation.closed_loop import ClosedLoopSimulator
 from simulation.datasets.nuplan_db import write_log
-from simulation.datasets.scenes import extract_scenarios
+from simulation.datasets.scenes import extract_scenarios, scene_at
 from simulation.datasets.testing import make_log_data
 from simulation.features import PLANNER_RASTER, observation_features
 from simulation.maps.api import MapAPI
@@ -21,7 +22,16 @@ from simulation.maps.testing import build_fixture_map, write_fixture_maps
 from simulation.protocols import Observation
 from simulation.types import Trajectory
 from training.cli import main as diffplan
-from training.dagger import DaggerConfig, DaggerError, _target, collect, collect_scenario
+from training.dagger import (
+    DaggerConfig,
+    DaggerError,
+    _target,
+    closed_loop_scene,
+    collect,
+    collect_scenario,
+    learner_planner,
+    metric_cache_labeller,
+)
 from training.data import FeatureCacheDataset, FeatureCacheError, PlannerDataModule, write_meta
 
 T = np.arange(1, 9) * 0.5
@@ -46,6 +56,75 @@ class Straight:
 def scenario_and_map():
     log = make_log_data()
     return extract_scenarios(log)[0], MapAPI.from_data(build_fixture_map())
+
+
+def _frame_of(log) -> dict[str, int]:
+    return {str(t): i for i, t in enumerate(log.frame_tokens)}
+
+
+def _states_at(scenario, map_api, learner, iterations, **sim_config):
+    """The simulator's states at ``iterations`` of ``learner``'s rollout."""
+    sim = ClosedLoopSimulator(**sim_config)
+    state, out = sim.reset(scenario, map_api), {}
+    while not state.done:
+        if state.iteration in iterations:
+            out[state.iteration] = state
+        state = sim.step(state, learner.plan(sim.observe(state)))
+    return out
+
+
+def test_a_closed_loop_scene_is_the_logged_scene_with_the_simulated_ego(scenario_and_map) -> None:
+    scenario, map_api = scenario_and_map
+    log = make_log_data()
+    states = _states_at(scenario, map_api, Straight(2.0), {5, 30})
+    state = states[30]
+    scene = closed_loop_scene(log, _frame_of(log), state, "tok:030")
+    assert scene is not None and scene.token == "tok:030" and scene.current_index == 3
+    assert scene.route_roadblock_ids == tuple(scenario.route_roadblock_ids)
+    # the current state and the 2 Hz history are the simulated ones: 0, 5, 10, 15 steps of 0.1 s back
+    for k in range(4):
+        np.testing.assert_array_equal(scene.ego.states[3 - k], state.ego_states[-1 - 5 * k])
+    np.testing.assert_array_equal(scene.current_ego, state.current_state)
+    # the rest is the log's: the scene cut at the same frame, its agents and the logged ego future
+    current = _frame_of(log)[str(scenario.frame_tokens[state.frame])]
+    logged = scene_at(log, current + 10 * np.arange(-3, 11), 3)
+    np.testing.assert_array_equal(scene.ego.states[4:], logged.ego.states[4:])
+    np.testing.assert_array_equal(scene.agents.boxes, logged.agents.boxes)
+    np.testing.assert_array_equal(scene.timestamps_us, logged.timestamps_us)
+    # the learner drove slower than the log: the simulated ego is not where the log was
+    assert np.linalg.norm(scene.current_ego[:2] - logged.current_ego[:2]) > 1.0
+    # a state whose 5 s of logged future (100 frames at 20 Hz) leave the log has no scene
+    token = str(scenario.frame_tokens[state.frame])
+    for frame, has_scene in ((log.num_frames - 101, True), (log.num_frames - 100, False)):
+        assert (closed_loop_scene(log, {token: frame}, state, "t") is not None) == has_scene
+
+
+def test_on_log_replay_the_closed_loop_metric_cache_is_the_logged_scenes(scenario_and_map, tmp_path: Path) -> None:
+    """An ego that follows the log (the log-playback controller) is at the logged state: its metric cache is
+    the one ``diffplan data cache --metric`` builds for the logged scene at that frame, field for field."""
+    from planners.rule_based import PDMClosedPlanner
+    from simulation.metric_cache import MetricCache, build_metric_cache
+
+    scenario, map_api = scenario_and_map
+    log = make_log_data()
+    state = _states_at(scenario, map_api, Straight(2.0), {20}, controller="log_playback")[20]
+    label = metric_cache_labeller(log, map_api, tmp_path, "v1")
+    assert label(state, f"{scenario.token}:020")
+    got = MetricCache.load(tmp_path / log.log_name / f"{scenario.token}:020.npz")
+    current = _frame_of(log)[str(scenario.frame_tokens[state.frame])]
+    logged = scene_at(log, current + 10 * np.arange(-3, 11), 3)
+    want = build_metric_cache(replace(logged, route_roadblock_ids=tuple(scenario.route_roadblock_ids)), map_api,
+                              PDMClosedPlanner(), "v1")  # fmt: skip
+    assert got.token == f"{scenario.token}:020" and want.token == logged.token
+    for name in ("current_state", "agent_boxes", "agent_valid", "centerline", "reference_states", "human_trajectory",
+                 "human_states", "history_states", "reference_trajectory"):  # fmt: skip
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), err_msg=name)
+    for name in ("route_lane_ids", "map_ids", "agent_track_ids", "red_connector_ids"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    # a state whose scene leaves the log is dropped, nothing stored
+    short = replace(log, frame_tokens=log.frame_tokens[: current + 60])
+    assert not metric_cache_labeller(short, map_api, tmp_path, "v1")(state, "late")
+    assert not (tmp_path / log.log_name / "late.npz").exists()
 
 
 def test_labels_every_kth_iteration_of_the_learners_own_rollout(scenario_and_map) -> None:
@@ -116,6 +195,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_log(log, root / "data" / "splits" / "synth_train" / f"{log.log_name}.db")
     write_fixture_maps(root / "maps")
     write(root / "generator.ckpt", CheckpointRecord.of(tiny_generator()))
+    write(root / "pair.ckpt", CheckpointRecord.of(tiny_pair()))
     return root
 
 
@@ -144,6 +224,44 @@ def test_the_command_writes_a_cache_split_that_trains_with_the_logged_one(data_r
     assert diffplan(argv) == 0 and shards[0].stat().st_mtime_ns == stamp
 
 
+def test_collected_states_have_metric_caches_that_the_rl_data_serves(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from planners.reranked import RerankedPlanner
+    from training.rl_data import RLDataModule
+
+    assert isinstance(learner_planner(data_root / "pair.ckpt", 0).model, RerankedPlanner)
+    assert not isinstance(learner_planner(data_root / "generator.ckpt", 0).model, RerankedPlanner)
+    raster = PLANNER_RASTER.to_dict()
+    cache = write_random_cache(tmp_path / "cache", {"synth_train": 4}, PLANNER_RASTER.height_px, raster=raster)
+    metric = tmp_path / "metric"
+    torch.set_num_threads(1)
+    # (a pair drives as planner=reranked, above; the generator drives faster, for the test's time)
+    gen = data_root / "generator.ckpt"
+    assert diffplan(["data", "dagger", "--ckpt", str(gen), "--data-root", str(data_root / "data"),
+                     "--maps-root", str(data_root / "maps"), "--splits", "synth_train", "--cache", str(cache),
+                     "--suffix", "cl", "--every", "40", "--metric-cache", str(metric)]) == 0  # fmt: skip
+    (shard,) = (cache / "synth_train_cl").glob("shard_*.npz")
+    with np.load(shard) as data:
+        tokens = [str(t) for t in data["tokens"]]
+    log_name = shard.stem.removeprefix("shard_")
+    assert tokens and sorted(p.stem for p in (metric / log_name).glob("*.npz")) == sorted(tokens)
+    # the closed-loop split trains beside others (a list concatenates), each state with its own metric cache
+    data = RLDataModule(str(cache), str(metric), str(data_root / "data"), str(data_root / "maps"),
+                        train_split=["synth_train_cl", "synth_train_cl"], val_split="synth_train_cl")  # fmt: skip
+    train = data.dataset("train")
+    assert len(train) == 2 * len(tokens) and train.tokens == tokens + tokens
+    sample = train[len(tokens) + 1]
+    assert sample["tokens"] == tokens[1] and sample["metric_cache"].token == tokens[1]
+    # a state whose metric cache is gone is left out with a warning, never built from the logs
+    (metric / log_name / f"{tokens[0]}.npz").unlink()
+    with caplog.at_level("WARNING"):
+        val = RLDataModule(str(cache), str(metric), str(data_root / "data"), str(data_root / "maps"),
+                           val_split="synth_train_cl").dataset("val")  # fmt: skip
+    assert val.tokens == tokens[1:] and "1 of its" in caplog.text and "left out" in caplog.text
+    assert not (metric / log_name / f"{tokens[0]}.npz").exists()
+
+
 def test_bad_input_is_a_clear_error(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt, data, maps = data_root / "generator.ckpt", data_root / "data", data_root / "maps"
     config = DaggerConfig()
@@ -155,6 +273,10 @@ def test_bad_input_is_a_clear_error(data_root: Path, tmp_path: Path, capsys: pyt
             collect(ckpt, data, maps, ["synth_train"], tmp_path, suffix, config)
     with pytest.raises(DaggerError, match="missing.ckpt does not exist"):
         collect(data_root / "missing.ckpt", data, maps, ["synth_train"], tmp_path, "r1", config)
+    with pytest.raises(DaggerError, match="not with --reactive"):
+        collect(ckpt, data, maps, ["synth_train"], tmp_path, "r1", DaggerConfig(reactive=True), 1, tmp_path / "m")
+    with pytest.raises(DaggerError, match="v1 or v2"):
+        collect(ckpt, data, maps, ["synth_train"], tmp_path, "r1", config, 1, tmp_path / "m", "v3")
     with pytest.raises(DaggerError, match="synth_nowhere"):
         collect(ckpt, data, maps, ["synth_nowhere"], tmp_path, "r1", config)
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
