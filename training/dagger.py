@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,9 @@ from simulation.render import RasterConfig
 from simulation.types import NUM_TRAJECTORY_POSES, TRAJECTORY_INTERVAL_S, EgoStates, Scenario, Scene
 from training.cache import CacheBuildError, split_logs
 from training.data import read_meta, stack_samples, write_npz_atomic
+
+if TYPE_CHECKING:
+    from planners.adapter import LearnedPlanner
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +221,7 @@ class LogTask:
     version: str = "v1"
 
 
-def learner_planner(ckpt: Path, seed: int) -> Planner:
+def learner_planner(ckpt: Path, seed: int) -> LearnedPlanner:
     """The closed-loop planner of a checkpoint: a generator + discriminator pair as ``planner=reranked`` drives it
     (its defaults), any other learned planner as ``planner=learned``."""
     from planners.checkpoint import learned_planner, load_planner
