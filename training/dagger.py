@@ -109,7 +109,7 @@ class Labelled:
     dropped: int = 0
 
 
-#: Observation: called with a labelled state and its sample token; ``False`` drops the sample.
+#: Called with each labelled state and its sample token; ``False`` leaves the sample out.
 OnLabel = Callable[[SimState, str], bool]
 
 
@@ -279,7 +279,7 @@ def collect_log(task: LogTask) -> tuple[str, int, int, str | None]:
         features: list[PlannerInput[np.ndarray]] = []
         targets: list[np.ndarray] = []
         tokens: list[str] = []
-        failures = 0
+        failures = dropped = 0
         for scenario in extract_scenarios(log):
             # a fresh expert per scenario: PDM-Closed keeps its route and map context between calls
             got = collect_scenario(
@@ -289,6 +289,10 @@ def collect_log(task: LogTask) -> tuple[str, int, int, str | None]:
             targets += got.targets
             tokens += got.tokens
             failures += got.expert_failures
+            dropped += got.dropped
+        if dropped:
+            logger.warning("dagger: %s: %d states left out (no metric cache: see above, or 5 s past the log's end)",
+                           log.log_name, dropped)  # fmt: skip
         if tokens:
             write_npz_atomic(task.shard, stack_samples(features, targets, tokens))
         return log.log_name, len(tokens), failures, None
