@@ -32,7 +32,8 @@ the non-reactive closed loop replays. States whose 5 s of logged future leave th
 agents only (not with ``--reactive``, whose agents leave the log).
 
 Output: one shard per log in the feature cache's format, ``<cache>/<split>_<suffix>/shard_<log>.npz`` (tokens
-``<scenario token>:<iteration>``); train on the aggregate with ``--data.train_split '[synth_train,
+``<scenario token>:<suffix>:<iteration>``: two collections' states of one scenario never share a token, nor a metric
+cache, which is found by token); train on the aggregate with ``--data.train_split '[synth_train,
 synth_train_dagger1]'``. Shards already present are skipped, so an interrupted collection continues; a log that
 fails is named and skipped.
 """
@@ -122,6 +123,7 @@ def collect_scenario(
     raster: RasterConfig,
     simulator: ClosedLoopSimulator | None = None,
     on_label: OnLabel | None = None,
+    tag: str = "",
 ) -> Labelled:
     """Drive ``scenario`` with ``learner`` (or, at a replanning step drawn with probability ``beta``, with the
     expert) and label every ``config.every``-th iteration's observation with the expert's plan.
@@ -129,8 +131,10 @@ def collect_scenario(
     A planner that raises is handled as in the benchmarks (the last plan is kept); an expert that raises leaves its
     state unlabelled (counted in ``expert_failures``) and, at a mixture step, the learner's plan is executed.
     ``on_label(state, token)`` is called for each labelled state (e.g. to store its metric cache); a state for which
-    it returns ``False`` is left out (counted in ``dropped``).
+    it returns ``False`` is left out (counted in ``dropped``). Tokens are ``<scenario token>:<iteration>``, or
+    ``<scenario token>:<tag>:<iteration>`` with a ``tag``, which keeps the states of two collections apart.
     """
+    prefix = f"{scenario.token}:{tag}:" if tag else f"{scenario.token}:"
     sim = simulator or ClosedLoopSimulator(reactive=config.reactive)
     rng = np.random.default_rng([config.seed, zlib.crc32(str(scenario.token).encode())])
     features: list[PlannerInput[np.ndarray]] = []
@@ -152,7 +156,7 @@ def collect_scenario(
                     logger.warning("dagger: expert failed on %s at iteration %d: %s", scenario.token,
                                    state.iteration, expert_error)  # fmt: skip
                 elif labelled:
-                    token = f"{scenario.token}:{state.iteration:03d}"
+                    token = f"{prefix}{state.iteration:03d}"
                     if on_label is None or on_label(state, token):
                         features.append(observation_features(observation, raster))
                         targets.append(_target(expert_plan.poses, expert_plan.interval_s))
@@ -219,6 +223,7 @@ class LogTask:
     config: DaggerConfig
     metric_cache_dir: Path | None = None
     version: str = "v1"
+    suffix: str = ""
 
 
 def learner_planner(ckpt: Path, seed: int) -> LearnedPlanner:
@@ -283,7 +288,7 @@ def collect_log(task: LogTask) -> tuple[str, int, int, str | None]:
         for scenario in extract_scenarios(log):
             # a fresh expert per scenario: PDM-Closed keeps its route and map context between calls
             got = collect_scenario(
-                scenario, map_api, learner, PDMClosedPlanner("v1"), task.config, raster, sim, on_label
+                scenario, map_api, learner, PDMClosedPlanner("v1"), task.config, raster, sim, on_label, task.suffix
             )
             features += got.features
             targets += got.targets
@@ -347,6 +352,7 @@ def collect(
             config,
             None if metric_cache_dir is None else Path(metric_cache_dir),
             version,
+            suffix,
         )
         for split, path in logs
     ]

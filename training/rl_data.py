@@ -305,7 +305,8 @@ class RLDataModule(pl.LightningDataModule):
                 len(tokens),
                 self.metric_cache_dir,
             )
-            index = {t: p for t, p in index.items() if t not in set(missing)}
+            absent = set(missing)
+            index = {t: p for t, p in index.items() if t not in absent}
         elif missing:
             logger.info(
                 "metric cache: building %d of %d scenes of %s (absent or of an older format)",

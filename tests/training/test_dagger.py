@@ -148,6 +148,14 @@ def test_labels_every_kth_iteration_of_the_learners_own_rollout(scenario_and_map
         assert target.dtype == np.float32
 
 
+def test_a_tag_keeps_two_collections_tokens_apart(scenario_and_map) -> None:
+    scenario, map_api = scenario_and_map
+    config = DaggerConfig(every=50)
+    plain = collect_scenario(scenario, map_api, Straight(2.0), Straight(7.0), config, PLANNER_RASTER)
+    tagged = collect_scenario(scenario, map_api, Straight(2.0), Straight(7.0), config, PLANNER_RASTER, tag="r2")
+    assert plain.tokens and tagged.tokens == [t.replace(":", ":r2:", 1) for t in plain.tokens]
+
+
 def test_beta_one_drives_the_expert_and_beta_is_reproducible(scenario_and_map) -> None:
     scenario, map_api = scenario_and_map
     sim = ClosedLoopSimulator()
@@ -246,6 +254,8 @@ def test_collected_states_have_metric_caches_that_the_rl_data_serves(
         tokens = [str(t) for t in data["tokens"]]
     log_name = shard.stem.removeprefix("shard_")
     assert tokens and sorted(p.stem for p in (metric / log_name).glob("*.npz")) == sorted(tokens)
+    # the suffix is in every token: another collection's states of these scenarios get caches of their own
+    assert all(t.split(":")[1] == "cl" for t in tokens)
     # the closed-loop split trains beside others (a list concatenates), each state with its own metric cache
     data = RLDataModule(str(cache), str(metric), str(data_root / "data"), str(data_root / "maps"),
                         train_split=["synth_train_cl", "synth_train_cl"], val_split="synth_train_cl")  # fmt: skip
