@@ -2,16 +2,17 @@
 discriminator: how much of the pair's gap to PDM-Closed is its choice, and how much its candidates.
 
     python benchmarks/closed_loop_oracle.py --ckpt PAIR.ckpt --data-root D --maps-root M --out DIR \
-        [--pick pdms|safe|discriminator] [--split synth_test] [--max-scenarios N] [--shard I/N]
+        [--pick pdms|safe|discriminator] [--version v1|v2] [--split synth_test] [--max-scenarios N] [--shard I/N]
 
 The scenarios are simulated as ``diffplan bench protocol=nuplan_cls_nr planner=reranked`` does (log-replay agents,
 LQR + bicycle, replanning every 0.1 s, the pair's candidates and seed as ``planner=reranked`` has them). At every
-replanning step each pickable candidate is scored by the NAVSIM v1 scorer (PDMS) on the scene the closed loop is in:
+replanning step each pickable candidate is scored by the NAVSIM scorer (v1's PDMS, or with ``--version v2`` EPDMS
+without extended comfort) on the scene the closed loop is in:
 the log's scene at that frame with the simulated ego's state and history put in
 (:func:`training.dagger.closed_loop_scene`), so its agents move as log replay moves them, and PDM-Closed's reference
 is planned from the simulated state, as the labels of ``diffplan data dagger --metric-cache`` are. Then
 
-- ``pdms``: the pair drives the candidate of the highest PDMS (the discriminator's score breaks ties);
+- ``pdms``: the pair drives the candidate of the highest score (the discriminator's score breaks ties);
 - ``safe``: the discriminator's pick among the candidates that neither collide at fault nor leave the drivable area
   in NAVSIM's 4 s (NC = DAC = 1);
 - ``discriminator``: the discriminator's own pick (the pair as benchmarked; nothing is scored).
@@ -58,7 +59,7 @@ def oracle_pick(
     Args:
         mode: one of :data:`PICKS`.
         scores: ``(K,)`` the discriminator's scores; pickable: ``(K,)`` bool, the candidates the pair may drive.
-        metrics: the NAVSIM v1 sub-metrics and ``score`` ``(K,)`` of every candidate (unpickable ones ignored), or
+        metrics: the NAVSIM sub-metrics and ``score`` ``(K,)`` of every candidate (unpickable ones ignored), or
             ``None`` when the state has no scene to score.
     """
     if not pickable.any():
@@ -95,16 +96,19 @@ class OracleSelector:
     Args:
         planner: ``planners.reranked.reranked_planner(ckpt)`` (a ``LearnedPlanner`` around a ``RerankedPlanner``).
         mode: one of :data:`PICKS`.
+        version: the NAVSIM scorer that labels the candidates (``v1`` PDMS, ``v2`` EPDMS).
     """
 
-    def __init__(self, planner: Any, mode: str) -> None:
+    def __init__(self, planner: Any, mode: str, version: str = "v1") -> None:
         from planners.rule_based import PDMClosedPlanner
         from rewards.pdm import PDMScorer
         from simulation.evaluation.sources import MetricCacheProvider
 
         self.planner, self.mode = planner, mode
-        self.scorer = PDMScorer("v1")
-        self.provider = MetricCacheProvider(PDMClosedPlanner(), "v1", None)  # built in memory, never stored
+        if version not in ("v1", "v2"):
+            raise ValueError(f"version must be v1 or v2, got {version!r}")
+        self.scorer = PDMScorer(version)  # type: ignore[arg-type]
+        self.provider = MetricCacheProvider(PDMClosedPlanner(), version, None)  # built in memory, never stored
         self.counts = Counts()
 
     def plan(self, observation: Any, scene: Any) -> Trajectory:
@@ -242,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--maps-root", required=True)
     parser.add_argument("--out", required=True, help="output folder (journal.jsonl, scores.csv)")
     parser.add_argument("--pick", choices=PICKS, default="pdms")
+    parser.add_argument("--version", choices=("v1", "v2"), default="v1", help="the NAVSIM scorer of the labels")
     parser.add_argument("--split", default="synth_test")
     parser.add_argument("--max-scenarios", type=int, default=None)
     parser.add_argument("--shard", default="0/1", help="I/N: every N-th scenario from the I-th")
@@ -263,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     journal = out / "journal.jsonl"
     if not journal.exists():
-        append_line(journal, {"journal": 1, "protocol": "nuplan_cls_nr", "planner": f"oracle_{args.pick}",
-                              "split": args.split, "ckpt": str(args.ckpt)})  # fmt: skip
-    selector = OracleSelector(reranked_planner(args.ckpt), args.pick)
+        header = {"journal": 1, "protocol": "nuplan_cls_nr", "planner": f"oracle_{args.pick}_{args.version}",
+                  "split": args.split, "ckpt": str(args.ckpt)}  # fmt: skip
+        append_line(journal, header)
+    selector = OracleSelector(reranked_planner(args.ckpt), args.pick, args.version)
     source = nuplan_log_source(args.data_root, args.split, "closed_loop", maps_root=args.maps_root)
     maps = MapProvider(args.maps_root)
     refs = source.refs()[: args.max_scenarios][index::count]

@@ -61,6 +61,8 @@ def test_safe_keeps_the_discriminators_order_among_the_candidates_that_pass() ->
 def test_bad_choices_are_errors() -> None:
     with pytest.raises(ValueError, match="pick must be one of"):
         oracle_pick("best", SCORES, PICKABLE, None)
+    with pytest.raises(ValueError, match="version must be v1 or v2"):
+        OracleSelector(None, "pdms", "v3")
     with pytest.raises(ValueError, match="no pickable candidate"):
         oracle_pick("pdms", SCORES, np.zeros(4, bool), None)
 
@@ -75,7 +77,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_pdms_pick_is_the_candidate_the_scorer_rates_best_in_the_closed_loop_state(data_root: Path) -> None:
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_pdms_pick_is_the_candidate_the_scorer_rates_best_in_the_closed_loop_state(data_root: Path, version) -> None:
     log = make_log_data()
     scenario, map_api = extract_scenarios(log)[0], MapAPI.from_data(build_fixture_map())
     sim = ClosedLoopSimulator()
@@ -86,13 +89,14 @@ def test_pdms_pick_is_the_candidate_the_scorer_rates_best_in_the_closed_loop_sta
     assert scene is not None
     # every candidate pickable (the tiny pair's random candidates mostly reverse)
     planner = reranked_planner(str(data_root / "pair.ckpt"), max_reverse=None)
-    selector = OracleSelector(planner, "pdms")
+    selector = OracleSelector(planner, "pdms", version)
     observation = sim.observe(state)
     chosen = selector.plan(observation, scene).poses
     own = planner.plan(observation).poses  # the discriminator's pick
     candidates = planner.last_candidates
     assert candidates is not None and len(candidates) == 8  # the tiny pair: 4 own + 4 samples
-    pdms = PDMScorer("v1").score(build_metric_cache(scene, map_api, PDMClosedPlanner(), "v1"), candidates)["score"]
+    cache = build_metric_cache(scene, map_api, PDMClosedPlanner(), version)
+    pdms = PDMScorer(version).score(cache, candidates)["score"]
     k = int(np.flatnonzero(np.all(np.isclose(candidates, chosen), axis=(1, 2)))[0])
     assert pdms[k] == pytest.approx(pdms.max()) and pdms.max() > 0.5 > np.median(pdms)
     assert selector.counts.changed == int(not np.allclose(own, chosen))
@@ -116,7 +120,7 @@ def test_the_command_reproduces_the_benchmark_and_resumes(data_root: Path, tmp_p
     out = tmp_path / "pdms"
     assert main([*args, "--out", str(out), "--pick", "pdms"]) == 0
     lines = (out / "journal.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["planner"] == "oracle_pdms" and len(lines) == 2
+    assert json.loads(lines[0])["planner"] == "oracle_pdms_v1" and len(lines) == 2
     (record,) = read_journal(out / "journal.jsonl").values()
     assert 0 <= record["changed"] <= record["decisions"] and 0.0 <= record["score"] <= 1.0
     assert (out / "scores.csv").read_text().splitlines()[0].startswith("token,valid,no_ego_at_fault_collisions")
