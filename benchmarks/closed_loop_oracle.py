@@ -204,6 +204,17 @@ def read_journal(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
+def check_header(path: Path, header: Mapping[str, Any]) -> None:
+    """Refuse to resume a journal written for another pick, scorer version, split or checkpoint."""
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    try:
+        found = json.loads(first)
+    except json.JSONDecodeError:
+        found = None
+    if found != dict(header):
+        raise SystemExit(f"{path}: a journal of another run ({first[:200]}); use another --out folder")
+
+
 def append_line(path: Path, record: Mapping[str, Any]) -> None:
     """One JSON line appended in a single write, so that processes sharing the journal never interleave."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -267,35 +278,44 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     journal = out / "journal.jsonl"
+    header = {"journal": 1, "protocol": "nuplan_cls_nr", "planner": f"oracle_{args.pick}_{args.version}",
+              "split": args.split, "ckpt": str(args.ckpt)}  # fmt: skip
     if not journal.exists():
-        header = {"journal": 1, "protocol": "nuplan_cls_nr", "planner": f"oracle_{args.pick}_{args.version}",
-                  "split": args.split, "ckpt": str(args.ckpt)}  # fmt: skip
         append_line(journal, header)
+    else:
+        check_header(journal, header)
     selector = OracleSelector(reranked_planner(args.ckpt), args.pick, args.version)
     source = nuplan_log_source(args.data_root, args.split, "closed_loop", maps_root=args.maps_root)
     maps = MapProvider(args.maps_root)
-    refs = source.refs()[: args.max_scenarios][index::count]
+    all_refs = source.refs()[: args.max_scenarios]
     done = read_journal(journal)
-    for ref in refs:
+    for ref in all_refs[index::count]:
         if ref.token in done:
             continue
-        scenario: Any = source.load(ref)
-        record = run_scenario(scenario, cached_read_log(ref.group), maps(scenario.map_name), selector)
+        try:
+            scenario: Any = source.load(ref)
+            record = run_scenario(scenario, cached_read_log(ref.group), maps(scenario.map_name), selector)
+        except Exception as err:  # noqa: BLE001 - one bad scenario never stops the run: recorded as failed
+            record = {"token": ref.token, "log_name": ref.log_name, "scenario_type": ref.scenario_type,
+                      "valid": False, "error": f"{type(err).__name__}: {err}"}  # fmt: skip
+            print(f"{ref.token}: failed: {record['error']}", flush=True)
         append_line(journal, record)
-        print(
-            f"{record['token']} {record['scenario_type'][:36]:36s} CLS {record['score']:.3f} at-fault "
-            f"{record['no_ego_at_fault_collisions']:.2f} changed {record['changed']}/{record['decisions']} "
-            f"back {record['back']} ({record['seconds']:.0f} s)",
-            flush=True,
-        )
-    order = {ref.token: i for i, ref in enumerate(source.refs()[: args.max_scenarios])}
+        if record["valid"]:
+            print(
+                f"{record['token']} {record['scenario_type'][:36]:36s} CLS {record['score']:.3f} at-fault "
+                f"{record['no_ego_at_fault_collisions']:.2f} changed {record['changed']}/{record['decisions']} "
+                f"back {record['back']} ({record['seconds']:.0f} s)",
+                flush=True,
+            )
+    order = {ref.token: i for i, ref in enumerate(all_refs)}
     records = sorted(read_journal(journal).values(), key=lambda r: order.get(r["token"], len(order)))
     atomic_write_text(out / "scores.csv", scores_csv(records))
-    scores = [float(r["score"]) for r in records]
-    at_fault = sum(float(r["no_ego_at_fault_collisions"]) < 1.0 for r in records)
-    changed = sum(int(r["changed"]) for r in records) / max(sum(int(r["decisions"]) for r in records), 1)
-    print(f"{len(records)} scenarios in {out}: CLS {100 * np.mean(scores):.1f}, {at_fault} with an at-fault "
-          f"collision; the selector changed {100 * changed:.1f} % of the discriminator's picks")  # fmt: skip
+    valid = [r for r in records if r["valid"]]
+    at_fault = sum(float(r["no_ego_at_fault_collisions"]) < 1.0 for r in valid)
+    changed = sum(int(r["changed"]) for r in valid) / max(sum(int(r["decisions"]) for r in valid), 1)
+    cls = 100 * np.mean([float(r["score"]) for r in valid]) if valid else float("nan")
+    print(f"{len(valid)} scenarios in {out} ({len(records) - len(valid)} failed): CLS {cls:.1f}, {at_fault} with an "
+          f"at-fault collision; the selector changed {100 * changed:.1f} % of the discriminator's picks")  # fmt: skip
     return 0
 
 

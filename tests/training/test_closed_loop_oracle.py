@@ -129,3 +129,24 @@ def test_the_command_reproduces_the_benchmark_and_resumes(data_root: Path, tmp_p
     assert len((out / "journal.jsonl").read_text().splitlines()) == 2
     with pytest.raises(SystemExit):
         main([*args, "--out", str(out), "--shard", "2/2"])
+    # another pick into the same folder is refused, not mixed in
+    with pytest.raises(SystemExit, match="a journal of another run"):
+        main([*args, "--out", str(out), "--pick", "safe"])
+
+
+def test_a_scenario_that_fails_is_recorded_and_the_run_goes_on(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import closed_loop_oracle
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("map layer missing")
+
+    monkeypatch.setattr(closed_loop_oracle, "run_scenario", broken)
+    out = tmp_path / "broken"
+    assert main(["--ckpt", str(data_root / "pair.ckpt"), "--data-root", str(data_root / "data"),
+                 "--maps-root", str(data_root / "maps"), "--out", str(out), "--max-scenarios", "2"]) == 0  # fmt: skip
+    records = list(read_journal(out / "journal.jsonl").values())
+    assert len(records) == 2 and all(not r["valid"] and "map layer missing" in r["error"] for r in records)
+    rows = (out / "scores.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(row.split(",")[1] == "False" for row in rows)
