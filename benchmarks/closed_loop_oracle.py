@@ -44,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not an installed copy
 
+from simulation.evaluation.protocols import CLS_COLUMNS  # noqa: E402
 from simulation.types import Trajectory  # noqa: E402
 
 PICKS = ("pdms", "safe", "discriminator")
@@ -224,20 +225,8 @@ def append_line(path: Path, record: Mapping[str, Any]) -> None:
         os.close(fd)
 
 
-SCORE_COLUMNS = (
-    "no_ego_at_fault_collisions",
-    "drivable_area_compliance",
-    "driving_direction_compliance",
-    "ego_is_making_progress",
-    "ego_progress_along_expert_route",
-    "time_to_collision_within_bound",
-    "speed_limit_compliance",
-    "ego_is_comfortable",
-    "score",
-    "decisions",
-    "changed",
-    "back",
-)
+#: The benchmark's CLS columns, its score, and the selector's counts.
+SCORE_COLUMNS = (*CLS_COLUMNS, "score", "decisions", "changed", "back")
 
 
 def scores_csv(records: list[Mapping[str, Any]]) -> str:
