@@ -53,7 +53,11 @@ TIE = 1e-9
 
 
 def oracle_pick(
-    mode: str, scores: np.ndarray, pickable: np.ndarray, metrics: Mapping[str, np.ndarray] | None
+    mode: str,
+    scores: np.ndarray,
+    pickable: np.ndarray,
+    metrics: Mapping[str, np.ndarray] | None,
+    own: int | None = None,
 ) -> tuple[int, bool]:
     """The candidate to drive and whether the discriminator's pick was kept for want of a labelled choice.
 
@@ -62,10 +66,12 @@ def oracle_pick(
         scores: ``(K,)`` the discriminator's scores; pickable: ``(K,)`` bool, the candidates the pair may drive.
         metrics: the NAVSIM sub-metrics and ``score`` ``(K,)`` of every candidate (unpickable ones ignored), or
             ``None`` when the state has no scene to score.
+        own: the discriminator's pick (its forward's ``best``); ``None``: its best-scored pickable candidate.
     """
     if not pickable.any():
         raise ValueError("no pickable candidate")
-    own = int(np.argmax(np.where(pickable, scores, -np.inf)))
+    if own is None:
+        own = int(np.argmax(np.where(pickable, scores, -np.inf)))
     if mode == "discriminator":
         return own, False
     if mode not in PICKS:
@@ -137,9 +143,7 @@ class OracleSelector:
                 full = np.zeros(len(cands))
                 full[keep] = value
                 metrics[name] = full
-        pick, back = oracle_pick(self.mode, scores, keep, metrics)
-        if self.mode == "discriminator":
-            pick = own  # exactly the pair's forward
+        pick, back = oracle_pick(self.mode, scores, keep, metrics, own)
         self.counts.decisions += 1
         self.counts.changed += int(pick != own)
         self.counts.back += int(back)

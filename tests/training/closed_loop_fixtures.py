@@ -33,6 +33,20 @@ def tiny_pair(seed: int = 0, num_samples: int = 4) -> RerankedPlanner:
     return pair
 
 
+def write_data_root(root: Path, split: str) -> Path:
+    """``root`` with one fixture log under ``data/splits/<split>/``, the fixture maps under ``maps/`` and
+    :func:`tiny_pair` as ``pair.ckpt``: what the closed-loop commands read."""
+    from simulation.datasets.nuplan_db import write_log
+    from simulation.datasets.testing import make_log_data
+    from simulation.maps.testing import write_fixture_maps
+
+    log = make_log_data()
+    write_log(log, root / "data" / "splits" / split / f"{log.log_name}.db")
+    write_fixture_maps(root / "maps")
+    write_pair(root / "pair.ckpt")
+    return root
+
+
 def write_pair(path: Path, seed: int = 0) -> Path:
     """:func:`tiny_pair` as a planner record (what a supervised discriminator run's checkpoint holds)."""
     return write(path, CheckpointRecord.of(tiny_pair(seed)))

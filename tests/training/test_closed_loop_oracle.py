@@ -9,23 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from closed_loop_fixtures import tiny_pair
+from closed_loop_fixtures import write_data_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from closed_loop_oracle import OracleSelector, main, oracle_pick, read_journal  # noqa: E402
 
-from planners.checkpoint import CheckpointRecord, write  # noqa: E402
 from planners.reranked import reranked_planner  # noqa: E402
 from planners.rule_based import PDMClosedPlanner  # noqa: E402
 from rewards.nuplan_metrics import score_simulation  # noqa: E402
 from rewards.pdm import PDMScorer  # noqa: E402
 from simulation.closed_loop import ClosedLoopSimulator  # noqa: E402
-from simulation.datasets.nuplan_db import write_log  # noqa: E402
 from simulation.datasets.scenes import extract_scenarios  # noqa: E402
 from simulation.datasets.testing import make_log_data  # noqa: E402
 from simulation.maps.api import MapAPI  # noqa: E402
-from simulation.maps.testing import build_fixture_map, write_fixture_maps  # noqa: E402
+from simulation.maps.testing import build_fixture_map  # noqa: E402
 from simulation.metric_cache import build_metric_cache  # noqa: E402
 from training.dagger import closed_loop_scene  # noqa: E402
 
@@ -40,6 +38,9 @@ def _metrics(pdms, nc, dac):
 
 def test_the_discriminator_pick_is_its_best_pickable_candidate() -> None:
     assert oracle_pick("discriminator", SCORES, PICKABLE, _metrics([0, 1, 1, 1], [1] * 4, [1] * 4)) == (0, False)
+    # the discriminator's own pick when given (its forward's ``best``), kept where nothing is labelled
+    assert oracle_pick("discriminator", SCORES, PICKABLE, None, own=2) == (2, False)
+    assert oracle_pick("safe", SCORES, PICKABLE, None, own=2) == (2, True)
 
 
 def test_pdms_drives_the_best_candidate_and_the_discriminator_breaks_ties() -> None:
@@ -69,12 +70,7 @@ def test_bad_choices_are_errors() -> None:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("oracle")
-    log = make_log_data()
-    write_log(log, root / "data" / "splits" / "synth_test" / f"{log.log_name}.db")
-    write_fixture_maps(root / "maps")
-    write(root / "pair.ckpt", CheckpointRecord.of(tiny_pair()))
-    return root
+    return write_data_root(tmp_path_factory.mktemp("oracle"), "synth_test")
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])

@@ -8,17 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from closed_loop_fixtures import tiny_generator, tiny_pair
+from closed_loop_fixtures import tiny_generator, write_data_root
 from random_cache import write_random_cache
 
 from planners.checkpoint import CheckpointRecord, write
 from simulation.closed_loop import ClosedLoopSimulator
-from simulation.datasets.nuplan_db import write_log
 from simulation.datasets.scenes import extract_scenarios, scene_at
 from simulation.datasets.testing import make_log_data
 from simulation.features import PLANNER_RASTER, observation_features
 from simulation.maps.api import MapAPI
-from simulation.maps.testing import build_fixture_map, write_fixture_maps
+from simulation.maps.testing import build_fixture_map
 from simulation.protocols import Observation
 from simulation.types import Trajectory
 from training.cli import main as diffplan
@@ -198,12 +197,8 @@ def test_config_and_target_errors() -> None:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dagger")
-    log = make_log_data()
-    write_log(log, root / "data" / "splits" / "synth_train" / f"{log.log_name}.db")
-    write_fixture_maps(root / "maps")
+    root = write_data_root(tmp_path_factory.mktemp("dagger"), "synth_train")
     write(root / "generator.ckpt", CheckpointRecord.of(tiny_generator()))
-    write(root / "pair.ckpt", CheckpointRecord.of(tiny_pair()))
     return root
 
 
