@@ -8,6 +8,8 @@ Each folder's ``journal.jsonl`` is read: the nuPlan metrics of every scenario an
 path length gives the distance. A scenario counts as an at-fault collision when nuPlan's
 ``no_ego_at_fault_collisions`` multiplier is below 1 (0 for a vehicle, pedestrian or cyclist, 0.5 for an object);
 per km, such scenarios over the kilometres all valid scenarios drove. Failed scenarios are listed, not averaged.
+``--multipliers`` adds, for each of CLS's other multipliers, the scenarios where it is below 1 (off the drivable
+area, against the driving direction, not making progress), and the scenarios that score 0.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ import numpy as np
 
 #: the CLS multiplier whose value below 1 marks an at-fault collision
 COLLISION_KEY = "no_ego_at_fault_collisions"
+#: CLS's other multipliers (``rewards.nuplan_metrics.CLS_MULTIPLIERS``) and their columns under ``--multipliers``
+OTHER_MULTIPLIERS: dict[str, str] = {
+    "drivable_area_compliance": "off road",
+    "driving_direction_compliance": "wrong way",
+    "ego_is_making_progress": "not progressing",
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,10 @@ class ClosedLoopRow:
     km: float
     progress: float
     comfortable: float
+    #: valid scenarios whose multiplier (a key of :data:`OTHER_MULTIPLIERS`) is below 1
+    failures: Mapping[str, int]
+    #: valid scenarios that score 0
+    zero: int
 
     @property
     def at_fault_share(self) -> float:
@@ -87,6 +99,8 @@ def aggregate(name: str, records: Iterable[Mapping[str, Any]]) -> ClosedLoopRow:
         km=sum(path_length(r["ego_poses"]) for r in valid if r.get("ego_poses")) / 1000.0,
         progress=mean("ego_progress_along_expert_route"),
         comfortable=mean("ego_is_comfortable"),
+        failures={key: sum(float(r.get(key, 1.0)) < 1.0 for r in valid) for key in OTHER_MULTIPLIERS},
+        zero=sum(float(r["score"]) == 0.0 for r in valid),
     )
 
 
@@ -96,26 +110,41 @@ HEADER = (
 )
 
 
-def markdown_row(row: ClosedLoopRow) -> str:
+def header(multipliers: bool = False) -> str:
+    """The table's header; with ``multipliers``, the columns of :data:`OTHER_MULTIPLIERS` and "score 0"."""
+    if not multipliers:
+        return HEADER
+    names, rule = HEADER.split("\n")
+    extra = [*OTHER_MULTIPLIERS.values(), "score 0"]
+    return f"{names} {' | '.join(extra)} |\n{rule}{'---:|' * len(extra)}"
+
+
+def markdown_row(row: ClosedLoopRow, multipliers: bool = False) -> str:
     failed = f" ({row.failed} failed)" if row.failed else ""
-    return (
+    line = (
         f"| {row.name} | {row.scenarios}{failed} | {100 * row.score:.1f} "
         f"| {row.at_fault} ({100 * row.at_fault_share:.0f} %) "
         f"| {row.at_fault_per_km:.2f} | {100 * row.progress:.1f} | {100 * row.comfortable:.1f} | {row.km:.1f} |"
     )
+    if multipliers:
+        line += "".join(f" {row.failures[key]} |" for key in OTHER_MULTIPLIERS) + f" {row.zero} |"
+    return line
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="diffplan bench output folders (nuplan_cls_nr / _r)")
     parser.add_argument("--names", nargs="*", help="row labels (default: the folders' parent / name)")
+    parser.add_argument(
+        "--multipliers", action="store_true", help="also count the scenarios failing each other CLS multiplier"
+    )
     args = parser.parse_args()
     names = args.names or [f"{run.parent.name}/{run.name}" for run in args.runs]
     if len(names) != len(args.runs):
         raise SystemExit(f"{len(names)} names for {len(args.runs)} runs")
-    print(HEADER)
+    print(header(args.multipliers))
     for name, run in zip(names, args.runs):
-        print(markdown_row(aggregate(name, journal_records(run))))
+        print(markdown_row(aggregate(name, journal_records(run)), args.multipliers))
 
 
 if __name__ == "__main__":
