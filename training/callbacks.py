@@ -442,3 +442,130 @@ class BEVPlotCallback(_ScenesCallback):
                 pixels = np.asarray(img.convert("RGB"))
             for writer in writers:
                 writer.add_image(f"bev/{path.stem}", pixels, trainer.global_step, dataformats="HWC")
+
+
+# --------------------------------------------------------------------------------------------------
+# Closed-loop episodes in BEV-Warp
+# --------------------------------------------------------------------------------------------------
+
+
+class BEVWarpEvalCallback(pl.Callback):
+    """BEV-Warp closed-loop episodes of the generator + discriminator pair under training, the validation of
+    TC-GRPO (``configs/train/discriminator_tcgrpo.yaml``): one greedy rollout per scenario, the discriminator's
+    highest-scored candidate driven and replanned every ``commit_steps`` steps, judged by nuPlan's CLS rules.
+    Logs ``<prefix>/score`` (CLS) and the other episode means of
+    :data:`training.closed_loop_rl.LOGGED_METRICS`, so that a ``ModelCheckpoint`` can keep the supervised
+    discriminator's epoch that drives best (``configs/train/discriminator_closed_loop_val.yaml``) rather than the
+    one whose one-shot pick scores best.
+
+    Args:
+        data_root, maps_root: nuPlan-format logs and maps (default: the datamodule's ``data_root`` / ``maps_root``).
+        split, duration_s, spacing_s, max_scenarios, stride: the scenarios
+            (:func:`training.closed_loop_rl_data.load_scenarios`, read once at setup).
+        batch_size: scenarios rolled out together (the sampling noise of a scenario depends on its batch).
+        horizon: replanning steps per episode; commit_steps: steps a selection is held (1: the pair as it drives).
+        env: :class:`bev_warp.env.EnvConfig` fields (default: TC-GRPO's, replanning every 0.5 s).
+        every_n_epochs: run at the end of every n-th validation epoch; seed: the proposals' noise (per batch).
+        prefix: logged names' prefix.
+
+    With ``batch_size``, ``horizon``, ``env`` and ``seed`` as a TC-GRPO run's validation, the values are that
+    run's ``val/*`` for the same pair. After each run ``last_metrics`` holds the per-episode metrics and
+    ``last_seconds`` the time taken.
+    """
+
+    def __init__(
+        self,
+        data_root: str | None = None,
+        maps_root: str | None = None,
+        split: str = "synth_val",
+        duration_s: float = 8.0,
+        spacing_s: float = 8.0,
+        max_scenarios: int | None = None,
+        stride: int = 1,
+        batch_size: int = 4,
+        horizon: int = 12,
+        commit_steps: int = 1,
+        env: Mapping[str, Any] | None = None,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+        prefix: str = "val/closed_loop",
+    ) -> None:
+        if every_n_epochs < 1 or batch_size < 1 or horizon < 1 or commit_steps < 1:
+            raise CallbackConfigError("every_n_epochs, batch_size, horizon and commit_steps must be >= 1")
+        self.data_root, self.maps_root = data_root, maps_root
+        self.split, self.duration_s, self.spacing_s = split, duration_s, spacing_s
+        self.max_scenarios, self.stride, self.batch_size = max_scenarios, stride, batch_size
+        self.horizon, self.commit_steps, self.every_n_epochs, self.seed = horizon, commit_steps, every_n_epochs, seed
+        self.env = dict(env) if env is not None else {"replan_interval_s": 0.5, "terminate_on": []}
+        self.prefix = prefix
+        self.dataset: Any = None
+        self.last_metrics: dict[str, torch.Tensor] = {}
+        self.last_seconds = math.nan
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dataset is not None:
+            return
+        from training.closed_loop_rl_data import load_scenarios
+
+        datamodule = getattr(trainer, "datamodule", None)
+        data_root = self.data_root or getattr(datamodule, "data_root", None)
+        maps_root = self.maps_root or getattr(datamodule, "maps_root", None)
+        if not data_root or not maps_root:
+            raise CallbackConfigError(
+                f"BEVWarpEvalCallback: no scenarios: pass data_root and maps_root (got {data_root!r}, {maps_root!r})"
+            )
+        self.dataset = load_scenarios(
+            str(data_root), str(maps_root), self.split, self.duration_s, self.max_scenarios, self.spacing_s,
+            self.stride,
+        )  # fmt: skip
+
+    def evaluate(self, pair: nn.Module) -> dict[str, float]:
+        """Roll ``pair`` (a :class:`~planners.reranked.RerankedPlanner`) out on the scenarios; the episode means.
+
+        Runs in eval mode without gradients and with the global random state untouched; every module's previous
+        mode is restored."""
+        from planners.reranked import RerankedPlanner
+        from training.closed_loop_rl import LOGGED_METRICS, pair_env_config, pair_rollout
+        from training.closed_loop_rl_data import scenario_collate
+
+        if not isinstance(pair, RerankedPlanner):
+            raise CallbackConfigError(f"BEVWarpEvalCallback drives a RerankedPlanner, got {type(pair).__name__}")
+        if self.dataset is None:
+            raise CallbackConfigError("BEVWarpEvalCallback: evaluate before setup (no scenarios loaded)")
+        start = time.perf_counter()
+        param = next(pair.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        env_config = pair_env_config(pair, self.env)
+        modes = {m: m.training for m in pair.modules()}
+        episodes: dict[str, list[torch.Tensor]] = {}
+        devices = [device.index or 0] if device.type == "cuda" else []
+        try:
+            pair.eval()
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                for first in range(0, len(self.dataset), self.batch_size):
+                    items = [self.dataset[i] for i in range(first, min(first + self.batch_size, len(self.dataset)))]
+                    gen = torch.Generator(device=device).manual_seed(self.seed)
+                    rollout = pair_rollout(
+                        pair, env_config, scenario_collate(items), gen, group_size=1, horizon=self.horizon,
+                        commit_steps=self.commit_steps, temperature=1.0, greedy=True, device=device,
+                    )  # fmt: skip
+                    for key in LOGGED_METRICS:
+                        if key in rollout.metrics:
+                            episodes.setdefault(key, []).append(rollout.metrics[key].double().cpu())
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        self.last_metrics = {k: torch.cat(v) for k, v in episodes.items()}
+        self.last_seconds = time.perf_counter() - start
+        return {f"{self.prefix}/{k}": float(v.mean()) for k, v in self.last_metrics.items()}
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        metrics = self.evaluate(module_planner(pl_module))
+        for name, value in metrics.items():
+            pl_module.log(name, value, prog_bar=name == f"{self.prefix}/score", sync_dist=False)
+        logger.info(
+            "%s/score %.4f on %d scenarios (%.1f s)",
+            self.prefix, metrics[f"{self.prefix}/score"], len(self.dataset), self.last_seconds,
+        )  # fmt: skip

@@ -61,6 +61,56 @@ LOGGED_METRICS = (
 )  # fmt: skip
 
 
+def pair_env_config(pair: RerankedPlanner, fields: Mapping[str, Any] | None) -> EnvConfig:
+    """BEV-Warp's configuration for ``pair``: the given :class:`~bev_warp.env.EnvConfig` fields, observations
+    rendered in the pair's own raster."""
+    fields = dict(fields or {})
+    for key in ("terminate_on", "weights"):
+        if key in fields:
+            fields[key] = tuple(tuple(v) if isinstance(v, list) else v for v in fields[key])
+    raster = raster_from_meta(pair.raster_config)
+    return EnvConfig(**{**fields, "observation": "raster", "raster": raster})
+
+
+def pair_rollout(
+    pair: RerankedPlanner,
+    env_config: EnvConfig,
+    batch: Mapping[str, Any],
+    gen: torch.Generator,
+    *,
+    group_size: int,
+    horizon: int,
+    commit_steps: int,
+    temperature: float,
+    greedy: bool,
+    device: torch.device,
+) -> ClosedLoopRollout:
+    """BEV-Warp rollouts of ``pair`` on the batch's scenarios (``scenes``, ``maps``), ``group_size`` from each
+    reset: at every ``commit_steps``-th step the generator proposes (noise from ``gen``) and the discriminator's
+    categorical policy ``softmax(scores / temperature)`` selects, sampled from ``gen`` or, when ``greedy``, its
+    highest score (as the pair drives)."""
+    env = BEVWarpEnv(env_config, device=device)
+    scenes = [s for s in batch["scenes"] for _ in range(group_size)]
+    state = branch(env, batch["scenes"], batch["maps"], group_size)
+    inputs = LearnedPolicy(pair, env, scenes)
+
+    def propose(features: PlannerInput[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randn(pair.initial_noise_shape(features.batch_size), generator=gen, device=gen.device)
+        candidates, _ = pair.propose(features, noise.to(device), gen)
+        return candidates, pair.pickable(candidates)
+
+    def select(
+        features: PlannerInput[torch.Tensor], candidates: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            out = pair.discriminator(features, candidates, mask)
+            lp = log_probs(out.scores, out.mask, temperature)
+            action = out.best if greedy else torch.multinomial(lp.exp(), 1, generator=gen).squeeze(-1)
+        return action, lp.gather(1, action[:, None]).squeeze(-1), out.best
+
+    return closed_loop_rollout(env, state, inputs.features, propose, select, horizon, commit_steps)
+
+
 class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
     """TC-GRPO for the discriminator of a generator + discriminator pair in BEV-Warp (manual optimisation).
 
@@ -148,7 +198,7 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         self.ogo = OGOConfig(**dict(ogo or {}))
         self.planner.generator.requires_grad_(self.ogo.enabled)
         self.reference = copy.deepcopy(pair.discriminator).requires_grad_(False)
-        self.env_config = self._env_config(env)
+        self.env_config = pair_env_config(self.planner, env)
         self.returns = dict(returns) if returns else {"score": 1.0}
         self.failure_metrics = tuple(FAILURE_METRICS if failure_metrics is None else failure_metrics)
         self._generator: torch.Generator | None = None
@@ -156,14 +206,6 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
         self._steps = 0
         self._val_frames: list[pd.DataFrame] = []  # the validation episodes of each batch (val_episodes)
         self.train()
-
-    def _env_config(self, fields: Mapping[str, Any] | None) -> EnvConfig:
-        fields = dict(fields or {})
-        for key in ("terminate_on", "weights"):
-            if key in fields:
-                fields[key] = tuple(tuple(v) if isinstance(v, list) else v for v in fields[key])
-        raster = raster_from_meta(self.planner.raster_config)
-        return EnvConfig(**{**fields, "observation": "raster", "raster": raster})
 
     @property
     def discriminator(self) -> Discriminator:
@@ -182,29 +224,13 @@ class ClosedLoopRLModule(SeededCheckpointMixin, pl.LightningModule):
     ) -> ClosedLoopRollout:
         """Closed-loop rollouts of the batch's scenarios: ``G`` per scenario (1 when ``greedy``)."""
         hp = self.hparams
-        g = int(hp["group_size"]) if group_size is None else group_size
-        env = BEVWarpEnv(self.env_config, device=self.device)
-        scenes = [s for s in batch["scenes"] for _ in range(g)]
-        state = branch(env, batch["scenes"], batch["maps"], g)
-        inputs = LearnedPolicy(self.planner, env, scenes)
-        pair, temperature = self.planner, float(hp["temperature"])
-
-        def propose(features: PlannerInput[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-            noise = torch.randn(pair.initial_noise_shape(features.batch_size), generator=gen, device=gen.device)
-            candidates, _ = pair.propose(features, noise.to(self.device), gen)
-            return candidates, pair.pickable(candidates)
-
-        def select(
-            features: PlannerInput[torch.Tensor], candidates: torch.Tensor, mask: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            with torch.no_grad():
-                out = pair.discriminator(features, candidates, mask)
-                lp = log_probs(out.scores, out.mask, temperature)
-                action = out.best if greedy else torch.multinomial(lp.exp(), 1, generator=gen).squeeze(-1)
-            return action, lp.gather(1, action[:, None]).squeeze(-1), out.best
-
-        commit = int(hp["val_commit_steps"]) if greedy else int(hp["commit_steps"])
-        return closed_loop_rollout(env, state, inputs.features, propose, select, int(hp["horizon"]), commit)
+        return pair_rollout(
+            self.planner, self.env_config, batch, gen,
+            group_size=int(hp["group_size"]) if group_size is None else group_size,
+            horizon=int(hp["horizon"]),
+            commit_steps=int(hp["val_commit_steps"]) if greedy else int(hp["commit_steps"]),
+            temperature=float(hp["temperature"]), greedy=greedy, device=self.device,
+        )  # fmt: skip
 
     def decision_log_probs(self, rollout: ClosedLoopRollout, discriminator: Discriminator) -> torch.Tensor:
         """``(E, D)`` log-probabilities of the selected candidates under ``discriminator`` (one batched forward over

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -19,6 +20,7 @@ from scenes import eastbound, fixture_map  # noqa: E402
 from bev_warp.env import BEVWarpEnv, EnvConfig  # noqa: E402
 from simulation.datasets.testing import write_fixture_data  # noqa: E402
 from simulation.features import PlannerInput  # noqa: E402
+from training.callbacks import BEVWarpEvalCallback, CallbackConfigError  # noqa: E402
 from training.closed_loop_rl import ClosedLoopRLModule  # noqa: E402
 from training.closed_loop_rl_core import (  # noqa: E402
     branch,
@@ -272,3 +274,34 @@ def test_validation_writes_one_row_per_episode_matching_the_logged_means(city: d
         assert sum(values) / len(values) == pytest.approx(float(trainer.callback_metrics[f"val/{name}"]), abs=1e-5)
     trainer.validate(module, data, verbose=False)  # a second run rewrites the file, it does not append
     assert len(csv.read_text().splitlines()) == 4
+
+
+def test_the_bev_warp_eval_callback_is_the_tcgrpo_validation(city: dict[str, str]) -> None:
+    """The callback (a supervised discriminator's closed-loop validation) gives a TC-GRPO run's ``val/*`` for the same
+    pair and scenarios, leaves the global random state and every module's mode as they were, and names bad input."""
+    env = {"replan_interval_s": 0.5, "terminate_on": []}
+    data = ScenarioDataModule(**city, batch_size=2, duration_s=3.0, spacing_s=2.0, max_val_scenarios=3)
+    module = ClosedLoopRLModule(planner=tiny_pair(), group_size=2, horizon=3, env=env)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.validate(module, data, verbose=False)
+    callback = BEVWarpEvalCallback(
+        duration_s=3.0, spacing_s=2.0, max_scenarios=3, batch_size=2, horizon=3, env=env, prefix="cl"
+    )
+    callback.setup(SimpleNamespace(datamodule=SimpleNamespace(**city)), module, "validate")  # type: ignore[arg-type]
+    assert [s.token for s in callback.dataset.scenarios] == [s.token for s in data.dataset("val").scenarios]
+    pair = module.planner
+    pair.train()
+    pair.generator.eval()
+    modes = {m: m.training for m in pair.modules()}
+    rng = torch.get_rng_state()
+    metrics = callback.evaluate(pair)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {m: m.training for m in pair.modules()} == modes and pair.training and not pair.generator.training
+    assert len(callback.last_metrics["score"]) == 3
+    for name in ("score", "progress_m", "no_ego_at_fault_collisions", "ego_is_comfortable"):
+        assert metrics[f"cl/{name}"] == pytest.approx(float(trainer.callback_metrics[f"val/{name}"]), abs=1e-5)
+    assert callback.evaluate(pair) == metrics  # seeded: the same pair scores the same
+    with pytest.raises(CallbackConfigError, match="RerankedPlanner"):
+        callback.evaluate(pair.generator)
+    with pytest.raises(CallbackConfigError, match="data_root"):
+        BEVWarpEvalCallback().setup(SimpleNamespace(datamodule=None), module, "fit")  # type: ignore[arg-type]

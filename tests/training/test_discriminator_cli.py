@@ -17,11 +17,13 @@ from planners.truncated_diffusion import TruncatedDiffusionConfig, TruncatedDiff
 from simulation.datasets.testing import write_fixture_data
 from simulation.features import PLANNER_RASTER
 from training.cache import build_cache
+from training.callbacks import BEVWarpEvalCallback
 from training.cli import main as diffplan
 from training.discriminator import Perturbation, perturb_plans, spearman
 from training.lightning_cli import run_cli
 
 CONFIG = Path("configs/train/discriminator.yaml")
+CLOSED_LOOP_VAL = Path("configs/train/discriminator_closed_loop_val.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,31 @@ def test_resumes_exactly_and_the_pair_benchmarks(city: dict[str, Path], tmp_path
     assert diffplan(bench) == 0
     scores = pd.read_csv(tmp_path / "b" / "scores.csv")
     assert len(scores) == 3 and scores["valid"].iloc[:2].all()
+
+
+def test_closed_loop_validation_keeps_the_epoch_that_drives_best(city: dict[str, Path], tmp_path: Path) -> None:
+    """The overlay config: BEV-Warp episodes on validation scenarios at every validation, and best.ckpt the pair
+    whose episodes scored best (scoring it again gives the monitored value). The scenarios come from a city of
+    their own (the fixture city above is too short for closed-loop scenarios)."""
+    data_root, maps_root = write_fixture_data(tmp_path / "scenarios", split="synth_val", duration_s=20.0, num_scenes=6)
+    overlay = yaml.safe_load(CLOSED_LOOP_VAL.read_text())
+    callbacks = overlay["trainer"]["callbacks"]
+    assert callbacks[0]["class_path"] == "training.callbacks.BEVWarpEvalCallback"
+    callbacks[0]["init_args"].update(
+        data_root=str(data_root), maps_root=str(maps_root), duration_s=3.0, spacing_s=2.0, max_scenarios=2, horizon=3
+    )
+    small = tmp_path / CLOSED_LOOP_VAL.name
+    small.write_text(yaml.safe_dump(overlay))
+    args = _args(_small_config(tmp_path), city, tmp_path / "a", "--config", str(small), "--trainer.max_epochs", "2")
+    cli = run_cli(args)
+    evaluator = next(c for c in cli.trainer.callbacks if isinstance(c, BEVWarpEvalCallback))  # type: ignore[attr-defined]
+    assert len(evaluator.dataset) == 2 and 0.0 <= float(cli.trainer.callback_metrics["val/closed_loop/score"]) <= 1.0
+    keep = [c for c in cli.trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "val/closed_loop/score"]
+    assert len(keep) == 1 and len(cli.trainer.checkpoint_callbacks) == 2  # the overlay replaced the callbacks
+    best = Path(keep[0].best_model_path)
+    assert best.name == "best.ckpt" and (best.parent / "last.ckpt").exists()
+    rescored = evaluator.evaluate(load_planner(best))["val/closed_loop/score"]
+    assert rescored == pytest.approx(float(keep[0].best_model_score), abs=1e-6)
 
 
 def test_perturbations_keep_shape_and_spread() -> None:

@@ -16,9 +16,12 @@ from training.lightning_cli import run_cli
 
 # the imitation configs; the RL configs (model training.rl.RLModule) are checked by test_rl_configs.py, the
 # discriminator's (training.discriminator.DiscriminatorModule) by test_discriminator_cli.py, the closed-loop one
-# (training.closed_loop_rl.ClosedLoopRLModule) by test_closed_loop_rl_cli.py, the reward model's by test_reward_model.py
+# (training.closed_loop_rl.ClosedLoopRLModule) by test_closed_loop_rl_cli.py, the reward model's by
+# test_reward_model.py; the discriminator's closed-loop validation overlay (no model of its own) by
+# test_discriminator_cli.py
 OTHER_MODULES = (
     "training.rl.RLModule",
+    "training.callbacks.BEVWarpEvalCallback",
     "training.discriminator.",
     "training.closed_loop_rl.",
     "training.reward_model.",
