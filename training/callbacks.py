@@ -1,6 +1,7 @@
-"""Lightning callbacks that look at the planner while it trains: NAVSIM scores and BEV plots.
+"""Lightning callbacks that look at the planner while it trains: NAVSIM scores, BEV plots and, for a generator +
+discriminator pair, BEV-Warp closed-loop episodes (:class:`BEVWarpEvalCallback`, on the split's nuPlan scenarios).
 
-Both callbacks work on a fixed set of validation scenes, chosen once at ``setup``, given either
+The first two work on a fixed set of validation scenes, chosen once at ``setup``, given either
 
 * in Python: ``scenes`` (:class:`~simulation.types.Scene` list) and ``map_api`` (one ``MapAPI`` for every
   scene, or a ``map_name -> MapAPI`` mapping), or
