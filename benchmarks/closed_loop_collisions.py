@@ -1,12 +1,15 @@
-"""What a planner collides with in the nuPlan closed loop: every at-fault collision of a CLS-NR run, with nuPlan's
-collision type, the time, the ego's speed, the logged ego's speed at that moment, and the other agent's speed and type.
+"""What a planner collides with in the nuPlan closed loop: every at-fault collision of a CLS-NR (or CLS-R) run, with
+nuPlan's collision type, the time, the ego's speed, the logged ego's speed at that moment, and the other agent's speed
+and type.
 
     python benchmarks/closed_loop_collisions.py --data-root C/data --maps-root C/data/maps --ckpt RUN/best.ckpt
-        [--split synth_test] [--max-scenarios N] [--planner learned|masked]
+        [--split synth_test] [--max-scenarios N] [--planner learned|masked|reranked] [--reactive]
 
 The scenarios are simulated as ``diffplan bench protocol=nuplan_cls_nr`` does (log-replay agents, LQR + bicycle,
-replanning every 0.1 s) and the collisions found by nuPlan's rules (``rewards.nuplan_collisions``). Prints one line per
-at-fault collision, then the counts by collision type and how many happened while the ego drove faster than the log.
+replanning every 0.1 s; ``--reactive``: IDM agents, as ``protocol=nuplan_cls_r``) and the collisions found by nuPlan's
+rules (``rewards.nuplan_collisions``). ``--planner reranked`` drives a generator + discriminator checkpoint as
+``planner=reranked`` does. Prints one line per at-fault collision, then the counts by collision type and how many
+happened while the ego drove faster than the log.
 """
 
 from __future__ import annotations
@@ -75,14 +78,16 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _simulate(args: argparse.Namespace) -> list[dict[str, Any]]:
     from planners.checkpoint import learned_planner, masked_planner
+    from planners.reranked import reranked_planner
     from rewards.nuplan_metrics import rollout_collisions, rollout_context, simulation_rollout
     from simulation.closed_loop import ClosedLoopSimulator
     from simulation.evaluation.sources import MapProvider, nuplan_log_source
 
     source = nuplan_log_source(args.data_root, args.split, "closed_loop", maps_root=args.maps_root)
     maps = MapProvider(args.maps_root)
-    planner = learned_planner(args.ckpt) if args.planner == "learned" else masked_planner(args.ckpt)
-    sim = ClosedLoopSimulator()
+    loaders = {"learned": learned_planner, "masked": masked_planner, "reranked": reranked_planner}
+    planner = loaders[args.planner](args.ckpt)
+    sim = ClosedLoopSimulator(reactive=args.reactive)
     out = []
     for ref in source.refs()[: args.max_scenarios]:
         scenario: Any = source.load(ref)  # a closed-loop scenario
@@ -111,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--maps-root", required=True)
-    parser.add_argument("--ckpt", required=True, help="a learned planner's checkpoint")
-    parser.add_argument("--planner", choices=("learned", "masked"), default="learned")
+    parser.add_argument("--ckpt", required=True, help="a learned planner's (or a discriminator run's) checkpoint")
+    parser.add_argument("--planner", choices=("learned", "masked", "reranked"), default="learned")
+    parser.add_argument("--reactive", action="store_true", help="IDM agents (CLS-R) instead of log replay (CLS-NR)")
     parser.add_argument("--split", default="synth_test")
     parser.add_argument("--max-scenarios", type=int, default=None)
     args = parser.parse_args(argv)

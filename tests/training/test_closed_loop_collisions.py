@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,3 +60,38 @@ def test_no_contact_no_record_and_the_summary_counts() -> None:
     assert s["ego_faster_than_log"] == 2
     assert s["median_ego_speed"] == 3.0 and s["median_log_speed"] == 1.0
     assert summarise([])["collisions"] == 0
+
+
+@pytest.mark.parametrize("reactive", [False, True])
+def test_the_command_drives_a_pair_as_the_benchmark_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], reactive: bool
+) -> None:
+    from closed_loop_collisions import main
+    from closed_loop_fixtures import write_data_root
+
+    import simulation.closed_loop as closed_loop
+    from planners.reranked import reranked_planner
+    from rewards.nuplan_metrics import score_simulation
+    from simulation.datasets.scenes import extract_scenarios
+    from simulation.datasets.testing import make_log_data
+    from simulation.maps.api import MapAPI
+    from simulation.maps.testing import build_fixture_map
+
+    root = write_data_root(tmp_path, "synth_test")
+    built: list[bool] = []
+
+    class Spy(closed_loop.ClosedLoopSimulator):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self.config.reactive)
+
+    monkeypatch.setattr(closed_loop, "ClosedLoopSimulator", Spy)
+    argv = ["--data-root", str(root / "data"), "--maps-root", str(root / "maps"), "--ckpt", str(root / "pair.ckpt"),
+            "--planner", "reranked", *(["--reactive"] if reactive else [])]  # fmt: skip
+    assert main(argv) == 0 and built == [reactive]  # log replay (CLS-NR) or IDM agents (CLS-R)
+    found = int(capsys.readouterr().out.splitlines()[-1].split()[0])
+    # its at-fault collisions are those of the pair's rollout as the benchmark scores it
+    scenario, map_api = extract_scenarios(make_log_data())[0], MapAPI.from_data(build_fixture_map())
+    history = Spy(reactive=reactive).run(scenario, reranked_planner(str(root / "pair.ckpt")), map_api)
+    multiplier = score_simulation(scenario, history, map_api)["no_ego_at_fault_collisions"]
+    assert (found == 0) == (multiplier == 1.0)
