@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,11 @@ def _simulate(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     source = nuplan_log_source(args.data_root, args.split, "closed_loop", maps_root=args.maps_root)
     maps = MapProvider(args.maps_root)
-    loaders = {"learned": learned_planner, "masked": masked_planner, "reranked": reranked_planner}
+    loaders: dict[str, Callable[[str], Any]] = {
+        "learned": learned_planner,
+        "masked": masked_planner,
+        "reranked": reranked_planner,
+    }
     planner = loaders[args.planner](args.ckpt)
     sim = ClosedLoopSimulator(reactive=args.reactive)
     out = []
