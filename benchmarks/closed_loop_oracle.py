@@ -120,29 +120,13 @@ class OracleSelector:
 
     def plan(self, observation: Any, scene: Any) -> Trajectory:
         """The selected candidate for ``observation``; ``scene``: its closed-loop NAVSIM scene or ``None``."""
-        from simulation.features import batch, observation_features
+        from planners.safety_gate import pair_decision, score_pickable
 
-        pair, lp = self.planner.model, self.planner
-        inputs = batch([observation_features(observation, lp.raster)])
-        g = torch.Generator().manual_seed(lp.seed)
-        with torch.no_grad():
-            noise = torch.randn(pair.initial_noise_shape(1), generator=g)
-            candidates, _ = pair.propose(inputs, noise)
-            pickable = pair.pickable(candidates)
-            out = pair.discriminator(inputs, candidates, pickable)
-        cands = candidates[0].double().numpy()
-        keep = pickable[0].numpy()
-        scores = out.scores[0].double().numpy()
-        own = int(out.best[0])
+        decision = pair_decision(self.planner, observation)
+        cands, keep, scores, own = decision.candidates, decision.pickable, decision.scores, decision.own
         metrics = None
         if self.mode != "discriminator" and scene is not None:
-            cache = self.provider(scene, observation.map_api)
-            scored = self.scorer.score(cache, cands[keep])
-            metrics = {}
-            for name, value in scored.items():
-                full = np.zeros(len(cands))
-                full[keep] = value
-                metrics[name] = full
+            metrics = score_pickable(self.scorer, self.provider(scene, observation.map_api), decision)
         pick, back = oracle_pick(self.mode, scores, keep, metrics, own)
         self.counts.decisions += 1
         self.counts.changed += int(pick != own)

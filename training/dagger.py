@@ -233,7 +233,9 @@ def learner_planner(ckpt: Path, seed: int) -> LearnedPlanner:
     from planners.reranked import RerankedPlanner, reranked_planner
 
     if isinstance(load_planner(str(ckpt)), RerankedPlanner):
-        return reranked_planner(str(ckpt), seed=seed)
+        pair = reranked_planner(str(ckpt), seed=seed)
+        assert isinstance(pair, LearnedPlanner)  # no safety gate
+        return pair
     return learned_planner(str(ckpt), seed=seed)
 
 

@@ -27,7 +27,7 @@ from simulation.agents import IDMParameters
 from simulation.geometry import global_to_local, normalize_angle, rear_axle_to_center
 from simulation.kinematics import simulate_proposals
 from simulation.maps.protocol import MapProtocol
-from simulation.metric_cache import MAP_RADIUS, MapContext, build_observation_metric_cache
+from simulation.metric_cache import MAP_RADIUS, MapContext, MetricCache, build_observation_metric_cache
 from simulation.protocols import Observation
 from simulation.types import Trajectory
 
@@ -155,6 +155,22 @@ class PDMClosedPlanner:
         poses = np.concatenate([r.poses[:, : PROPOSAL_STEPS + 1] for r in rolls])
         return poses, rolls, pdm_obs, ctx
 
+    def observation_metric_cache(self, observation: Observation) -> MetricCache:
+        """The metric cache PDM-Closed scores its proposals on, for any plan from ``observation``'s state: the agents
+        valid now forecast at constant velocity (:func:`~planners.pdm_closed.observation.scoring_observation`), the
+        on-route lane connectors red now held red, the drivable map around the ego; frames as a scene's cache, so
+        ``rewards.pdm.PDMScorer.score(cache, trajectories (K, 8, 3))`` scores plans in the ego's frame. Its progress
+        is normalised over the plans scored together (no reference plan)."""
+        ctx = pdm_route_context(observation, self._route_cache)
+        return self._metric_cache(observation, ctx, self._observation(observation, ctx.route_lanes))
+
+    def _metric_cache(self, observation: Observation, ctx: PDMRouteContext, pdm_obs: PDMObservation) -> MetricCache:
+        center = rear_axle_to_center(np.asarray(observation.current_state[:3], dtype=np.float64))[:2]
+        self._map_context = _map_context(_require_map(observation), center, self._map_context)
+        scored_obs, boxes = scoring_observation(observation, pdm_obs, TRAJECTORY_STEPS + 1)
+        return build_observation_metric_cache(scored_obs, ctx.states[:, :2], ctx.route_lanes, boxes,
+                                              list(pdm_obs.red_ids), self._map_context, self.version)  # fmt: skip
+
     def _observation(self, observation: Observation, route_lanes: set[str]) -> PDMObservation:
         map_api = _require_map(observation)
         red = [i for i in _red_connector_ids(observation, route_lanes) if i in map_api.lane_connectors]
@@ -180,11 +196,7 @@ class PDMClosedPlanner:
     ) -> np.ndarray:
         """``(K,)`` proposal scores (progress along the centre line's vertices, as NAVSIM's ``PDMPath``); also sets
         :attr:`last_scores`."""
-        center = rear_axle_to_center(np.asarray(observation.current_state[:3], dtype=np.float64))[:2]
-        self._map_context = _map_context(_require_map(observation), center, self._map_context)
-        scored_obs, boxes = scoring_observation(observation, pdm_obs, TRAJECTORY_STEPS + 1)
-        cache = build_observation_metric_cache(scored_obs, ctx.states[:, :2], ctx.route_lanes, boxes,
-                                               list(pdm_obs.red_ids), self._map_context, self.version)  # fmt: skip
+        cache = self._metric_cache(observation, ctx, pdm_obs)
         if self.scorer is not None and hasattr(self.scorer, "score_states"):
             out = dict(self.scorer.score_states(cache, states))
         elif self.version == "v1":
