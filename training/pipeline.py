@@ -57,6 +57,8 @@ BENCH_PLANNER = {
 }  # goal candidates, the most likely one driven (masked_reflect's baseline)
 #: Extra rows of a trained planner: label -> (training config, ``diffplan bench`` planner config, protocols).
 VARIANTS = {
+    # the TC-GRPO pair behind PDM-Closed's own check of its candidates (planners.safety_gate)
+    "discriminator_tcgrpo_gated": ("discriminator_tcgrpo", "reranked_gated", ("navsim_v1",)),
     "masked_il_reflect": ("masked_il", "masked_reflect", ("navsim_v1", "navsim_v2")),
     # the learned scene reward reranking truncated_il's candidates
     "truncated_il_reward_rerank": ("reward_model", "reward_reranked", ("navsim_v1",)),

@@ -56,10 +56,12 @@ def test_discriminator_stages_start_from_their_runs_and_rows_follow_the_rl_ones(
     assert tcgrpo["--model.init_ckpt"] == str(tmp_path / "discriminator" / "best.ckpt")
     assert tcgrpo["--data.max_scenarios"] == str(SIZES["small"].tcgrpo_scenarios)
     v1 = {"score": 0.5}
-    for planner in ("discriminator_tcgrpo", "masked_il_reflect", "truncated_ddv2", "discriminator"):
+    for planner in ("discriminator_tcgrpo", "masked_il_reflect", "discriminator_tcgrpo_gated", "truncated_ddv2",
+                    "discriminator"):  # fmt: skip
         _bench(tmp_path, "navsim_v1", planner, v1, None)
     rows = [line.split(" | ")[0][2:] for line in pipe.table().splitlines()[2:]]
-    assert rows == ["truncated_ddv2", "discriminator", "discriminator_tcgrpo", "masked_il_reflect"]
+    assert rows == ["truncated_ddv2", "discriminator", "discriminator_tcgrpo", "discriminator_tcgrpo_gated",
+                    "masked_il_reflect"]  # fmt: skip
 
 
 def test_rl_stages_start_from_imitation_and_take_their_size_overrides_last(tmp_path: Path) -> None:
