@@ -3,13 +3,13 @@ nuPlan's collision type, the time, the ego's speed, the logged ego's speed at th
 and type.
 
     python benchmarks/closed_loop_collisions.py --data-root C/data --maps-root C/data/maps --ckpt RUN/best.ckpt
-        [--split synth_test] [--max-scenarios N] [--planner learned|masked|reranked] [--reactive]
+        [--split synth_test] [--max-scenarios N] [--planner learned|masked|reranked] [--reactive] [--safety-gate]
 
 The scenarios are simulated as ``diffplan bench protocol=nuplan_cls_nr`` does (log-replay agents, LQR + bicycle,
 replanning every 0.1 s; ``--reactive``: IDM agents, as ``protocol=nuplan_cls_r``) and the collisions found by nuPlan's
 rules (``rewards.nuplan_collisions``). ``--planner reranked`` drives a generator + discriminator checkpoint as
-``planner=reranked`` does. Prints one line per at-fault collision, then the counts by collision type and how many
-happened while the ego drove faster than the log.
+``planner=reranked`` does (``--safety-gate``: as ``planner=reranked_gated``). Prints one line per at-fault collision,
+then the counts by collision type and how many happened while the ego drove faster than the log.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _simulate(args: argparse.Namespace) -> list[dict[str, Any]]:
         "masked": masked_planner,
         "reranked": reranked_planner,
     }
-    planner = loaders[args.planner](args.ckpt)
+    planner = reranked_planner(args.ckpt, safety_gate=True) if args.safety_gate else loaders[args.planner](args.ckpt)
     sim = ClosedLoopSimulator(reactive=args.reactive)
     out = []
     for ref in source.refs()[: args.max_scenarios]:
@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, help="a learned planner's (or a discriminator run's) checkpoint")
     parser.add_argument("--planner", choices=("learned", "masked", "reranked"), default="learned")
     parser.add_argument("--reactive", action="store_true", help="IDM agents (CLS-R) instead of log replay (CLS-NR)")
+    parser.add_argument(
+        "--safety-gate", action="store_true", help="a pair behind the safety gate (planner=reranked_gated)"
+    )
     parser.add_argument("--split", default="synth_test")
     parser.add_argument("--max-scenarios", type=int, default=None)
     args = parser.parse_args(argv)
