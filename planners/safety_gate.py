@@ -106,7 +106,8 @@ class SafetyGatedPlanner:
 
     Args:
         planner: ``planners.reranked.reranked_planner(...)`` without a gate.
-        version: the NAVSIM scorer (``v1`` or ``v2``; v2 adds DDC, TLC, LK, HC to what ``require`` may name).
+        version: the NAVSIM scorer (``v1`` or ``v2``); ``require`` may name any metric it gives (v2 adds TLC, LK,
+            HC to v1's).
         require: the metrics a candidate must score 1 on (:data:`GATE_METRICS`).
     """
 
