@@ -229,6 +229,7 @@ class LogTask:
 def learner_planner(ckpt: Path, seed: int) -> LearnedPlanner:
     """The closed-loop planner of a checkpoint: a generator + discriminator pair as ``planner=reranked`` drives it
     (its defaults), any other learned planner as ``planner=learned``."""
+    from planners.adapter import LearnedPlanner
     from planners.checkpoint import learned_planner, load_planner
     from planners.reranked import RerankedPlanner, reranked_planner
 

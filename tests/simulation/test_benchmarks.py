@@ -319,7 +319,16 @@ def test_every_shipped_config_combination_composes(monkeypatch: pytest.MonkeyPat
     protocols, planners, workers = _choices("protocol"), _choices("planner"), _choices("worker")
     rule_based = ["constant_velocity", "idm", "log_replay", "pdm_closed"]
     assert protocols == sorted(PROTOCOLS) and planners == sorted(
-        [*rule_based, "exported", "learned", "masked", "masked_reflect", "reranked", "reward_reranked"]
+        [
+            *rule_based,
+            "exported",
+            "learned",
+            "masked",
+            "masked_reflect",
+            "reranked",
+            "reranked_gated",
+            "reward_reranked",
+        ]
     )
     assert workers == ["process", "ray", "sequential"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -339,6 +348,15 @@ def test_every_shipped_config_combination_composes(monkeypatch: pytest.MonkeyPat
             assert resolved["source"]["_target_"] == "simulation.evaluation.sources.nuplan_log_source"
             executor = instantiate(cfg.worker)
             assert hasattr(executor, "map_chunks")
+        # the gated pair: planner=reranked's keys, the gate on
+        reranked, gated = (
+            compose("config", overrides=[f"planner={p}", "planner.ckpt_path=pair.ckpt"]).planner
+            for p in ("reranked", "reranked_gated")
+        )
+        assert gated.safety_gate and not reranked.safety_gate and gated.name == "reranked_gated"
+        assert {k: v for k, v in gated.items() if k not in ("name", "safety_gate")} == {
+            k: v for k, v in reranked.items() if k not in ("name", "safety_gate")
+        }
 
 
 def test_cli_overrides_and_missing_data_root(
