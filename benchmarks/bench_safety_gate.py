@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from planners.adapter import LearnedPlanner  # noqa: E402
 from planners.reranked import reranked_planner  # noqa: E402
-from planners.safety_gate import SafetyGatedPlanner  # noqa: E402
+from planners.safety_gate import gated_planner  # noqa: E402
 from simulation.closed_loop import ClosedLoopSimulator  # noqa: E402
 from simulation.evaluation.sources import MapProvider, nuplan_log_source  # noqa: E402
 
@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    pair = reranked_planner(args.ckpt)
-    gated = reranked_planner(args.ckpt, safety_gate=True)
-    assert isinstance(pair, LearnedPlanner) and isinstance(gated, SafetyGatedPlanner)
+    pair, gated = reranked_planner(args.ckpt), gated_planner(args.ckpt)
     obs = observations(pair, args)
     best_pair, best_gated = np.inf, np.inf
     for _ in range(args.repeats):

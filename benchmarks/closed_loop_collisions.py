@@ -79,6 +79,7 @@ def summarise(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 def _simulate(args: argparse.Namespace) -> list[dict[str, Any]]:
     from planners.checkpoint import learned_planner, masked_planner
     from planners.reranked import reranked_planner
+    from planners.safety_gate import gated_planner
     from rewards.nuplan_metrics import rollout_collisions, rollout_context, simulation_rollout
     from simulation.closed_loop import ClosedLoopSimulator
     from simulation.evaluation.sources import MapProvider, nuplan_log_source
@@ -88,9 +89,9 @@ def _simulate(args: argparse.Namespace) -> list[dict[str, Any]]:
     loaders: dict[str, Callable[[str], Any]] = {
         "learned": learned_planner,
         "masked": masked_planner,
-        "reranked": reranked_planner,
+        "reranked": gated_planner if args.safety_gate else reranked_planner,
     }
-    planner = reranked_planner(args.ckpt, safety_gate=True) if args.safety_gate else loaders[args.planner](args.ckpt)
+    planner = loaders[args.planner](args.ckpt)
     sim = ClosedLoopSimulator(reactive=args.reactive)
     out = []
     for ref in source.refs()[: args.max_scenarios]:
@@ -124,11 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planner", choices=("learned", "masked", "reranked"), default="learned")
     parser.add_argument("--reactive", action="store_true", help="IDM agents (CLS-R) instead of log replay (CLS-NR)")
     parser.add_argument(
-        "--safety-gate", action="store_true", help="a pair behind the safety gate (planner=reranked_gated)"
+        "--safety-gate",
+        action="store_true",
+        help="with --planner reranked: the pair behind the safety gate (planner=reranked_gated)",
     )
     parser.add_argument("--split", default="synth_test")
     parser.add_argument("--max-scenarios", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.safety_gate and args.planner != "reranked":
+        parser.error("--safety-gate gates a generator + discriminator pair: give --planner reranked")
     summary = summarise(_simulate(args))
     print(
         f"{summary['collisions']} at-fault collisions: {summary['by_type']}; the ego faster than the log by more than "

@@ -36,7 +36,6 @@ from planners.base import PlanOutput
 from planners.checkpoint import CheckpointError, load_planner
 from planners.discriminator import Discriminator
 from planners.policy import PlanningPolicy, as_policy
-from planners.safety_gate import SafetyGatedPlanner
 from simulation.features import PlannerInput, raster_from_meta
 
 _PLANNER_PACKAGE = "planners."
@@ -238,9 +237,7 @@ def reranked_planner(
     name: str = "reranked",
     max_reverse: float | None = 0.1,
     speed_scales: Sequence[float] | None = None,
-    safety_gate: bool = False,
-    gate_version: str = "v1",
-) -> LearnedPlanner | SafetyGatedPlanner:
+) -> LearnedPlanner:
     """A closed-loop planner (``planner=reranked``) from a discriminator checkpoint (``diffplan fit --config
     configs/train/discriminator.yaml``), which embeds its generator.
 
@@ -251,9 +248,6 @@ def reranked_planner(
         max_reverse: metres a pickable candidate may move backwards between two poses (``None``: no limit).
         speed_scales: add every candidate's slowed copies at these speed fractions (:func:`slowed`; ``None``: as
             trained, ``[]``: none).
-        safety_gate: drive the discriminator's best candidate among those that pass PDM-Closed's own check (no
-            at-fault collision, inside the drivable area, against the agents forecast at constant velocity;
-            :mod:`planners.safety_gate`), scored by NAVSIM ``gate_version``'s scorer.
     """
     pair = load_planner(ckpt_path, expect_class="RerankedPlanner")
     if not isinstance(pair, RerankedPlanner):
@@ -273,5 +267,4 @@ def reranked_planner(
         config.speed_scales = [float(c) for c in speed_scales]
     rebuilt = RerankedPlanner(generator, pair.discriminator, config).eval()
     rebuilt.raster_config = pair.raster_config if generator_ckpt is None else getattr(generator, "raster_config", None)
-    planner = LearnedPlanner(rebuilt, name=name, raster=raster_from_meta(rebuilt.raster_config), seed=seed)
-    return SafetyGatedPlanner(planner, version=gate_version) if safety_gate else planner
+    return LearnedPlanner(rebuilt, name=name, raster=raster_from_meta(rebuilt.raster_config), seed=seed)

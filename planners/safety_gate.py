@@ -1,4 +1,4 @@
-"""A rule-based safety gate on a generator + discriminator pair (``planner=reranked planner.safety_gate=true``).
+"""A rule-based safety gate on a generator + discriminator pair (``planner=reranked_gated``, :func:`gated_planner`).
 
 At every replanning step each pickable candidate of the pair is scored by the NAVSIM scorer on the metric cache
 PDM-Closed scores its own proposals on (:meth:`planners.pdm_closed.planner.PDMClosedPlanner.observation_metric_cache`:
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from planners.adapter import LearnedPlanner
+from planners.reranked import reranked_planner
 from simulation.features import batch, observation_features
 from simulation.protocols import Observation
 from simulation.types import Trajectory
@@ -138,3 +139,9 @@ class SafetyGatedPlanner:
             raise ValueError(f"{self.name}: the gated candidate is not finite")
         self.last_candidates = decision.candidates
         return Trajectory(poses)
+
+
+def gated_planner(ckpt_path: str, gate_version: str = "v1", **pair_args: Any) -> SafetyGatedPlanner:
+    """``planner=reranked_gated``: the pair of :func:`planners.reranked.reranked_planner` (``ckpt_path`` and
+    ``pair_args`` as it takes them) behind the gate, scored by NAVSIM ``gate_version``'s scorer."""
+    return SafetyGatedPlanner(reranked_planner(ckpt_path, **pair_args), version=gate_version)

@@ -229,14 +229,11 @@ class LogTask:
 def learner_planner(ckpt: Path, seed: int) -> LearnedPlanner:
     """The closed-loop planner of a checkpoint: a generator + discriminator pair as ``planner=reranked`` drives it
     (its defaults), any other learned planner as ``planner=learned``."""
-    from planners.adapter import LearnedPlanner
     from planners.checkpoint import learned_planner, load_planner
     from planners.reranked import RerankedPlanner, reranked_planner
 
     if isinstance(load_planner(str(ckpt)), RerankedPlanner):
-        pair = reranked_planner(str(ckpt), seed=seed)
-        assert isinstance(pair, LearnedPlanner)  # no safety gate
-        return pair
+        return reranked_planner(str(ckpt), seed=seed)
     return learned_planner(str(ckpt), seed=seed)
 
 

@@ -348,15 +348,15 @@ def test_every_shipped_config_combination_composes(monkeypatch: pytest.MonkeyPat
             assert resolved["source"]["_target_"] == "simulation.evaluation.sources.nuplan_log_source"
             executor = instantiate(cfg.worker)
             assert hasattr(executor, "map_chunks")
-        # the gated pair: planner=reranked's keys, the gate on
+        # the gated pair: planner=reranked's keys, its own factory and the gate's scorer
         reranked, gated = (
             compose("config", overrides=[f"planner={p}", "planner.ckpt_path=pair.ckpt"]).planner
             for p in ("reranked", "reranked_gated")
         )
-        assert gated.safety_gate and not reranked.safety_gate and gated.name == "reranked_gated"
-        assert {k: v for k, v in gated.items() if k not in ("name", "safety_gate")} == {
-            k: v for k, v in reranked.items() if k not in ("name", "safety_gate")
-        }
+        assert gated._target_ == "planners.safety_gate.gated_planner" and gated.name == "reranked_gated"
+        own = ("name", "_target_", "gate_version")
+        assert {k: v for k, v in gated.items() if k not in own} == {k: v for k, v in reranked.items() if k not in own}
+        assert gated.gate_version == "v1"
 
 
 def test_cli_overrides_and_missing_data_root(
